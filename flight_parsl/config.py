@@ -1,0 +1,252 @@
+"""Experiment configuration: dataclasses, YAML loading and ``key.sub=value`` overrides.
+
+A whole experiment is one :class:`ExperimentConfig`. It is built from defaults,
+then an optional experiment YAML file, then command-line flags, then
+``key.sub=value`` overrides, and validated once. Every validation error names the
+key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from flight_parsl.errors import ConfigError
+
+BACKENDS = ("parsl", "thread", "process")
+TRAIN_MODES = ("local", "none")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from."""
+
+    dataset: str = "digits"
+    root: str | None = None
+
+
+@dataclass
+class PartitionConfig:
+    """How the training set is split over workers (see flight_parsl.data.partition)."""
+
+    kind: str = "iid"
+    labels_alpha: float = 1.0
+    samples_alpha: float = 10.0
+    labels_per_client: int = 2
+    power_law_exponent: float = 1.5
+    min_samples: int = 1
+
+
+@dataclass
+class ModelConfig:
+    """Which model, and optional overrides of its input shape and classes.
+
+    Unset fields follow the dataset when training, and the model's reference
+    architecture (the published sizes) when ``train.mode`` is ``none``.
+    """
+
+    name: str = "mlp"
+    in_channels: int | None = None
+    image_size: int | None = None
+    num_classes: int | None = None
+    extra_blocks: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each worker."""
+
+    mode: str = "local"
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    threads: int = 1
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class StrategyConfig:
+    """The federated strategy."""
+
+    name: str = "fedavg"
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: the engine's whole input."""
+
+    workers: int = 4
+    rounds: int = 3
+    seed: int = 0
+    backend: str = "parsl"
+    parsl_config: str | None = None
+    out: str | None = None
+    round_timeout: float | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what config.yaml holds)."""
+        return dataclasses.asdict(self)
+
+
+# --- building -----------------------------------------------------------------
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _allowed(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type hint of ``key``; ints widen to floats."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-2" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint is bool and isinstance(value, bool):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"config key {key!r}: expected {name}, got {value!r}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set fields of dataclass ``obj`` from a nested dict, checking keys and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {values!r}")
+    hints = _section_types(type(obj))
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(
+                f"unknown config key {full!r}; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+                f"{_allowed(type(obj))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, hints[key]))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``a.b=value`` into ``{"a": {"b": value}}``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment YAML file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def build_config(
+    file: str | Path | None = None,
+    values: list[dict[str, Any]] | None = None,
+    overrides: list[str] | None = None,
+) -> ExperimentConfig:
+    """Defaults, then ``file``, then nested ``values`` dicts, then ``key=value`` overrides."""
+    cfg = ExperimentConfig()
+    if file is not None:
+        _apply(cfg, load_yaml(file))
+    for nested in values or []:
+        _apply(cfg, nested)
+    for text in overrides or []:
+        _apply(cfg, parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check values that types alone do not catch; names come from the registries."""
+    from flight_parsl.data import dataset_names, partition_kinds
+    from flight_parsl.errors import unknown_name
+    from flight_parsl.strategies import strategy_names
+
+    def positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
+        if value is None and allow_none:
+            return
+        if value is None or value <= 0:
+            raise ConfigError(f"config key {key!r} must be > 0, got {value!r}")
+
+    positive("workers", cfg.workers)
+    positive("rounds", cfg.rounds)
+    positive("round_timeout", cfg.round_timeout, allow_none=True)
+    positive("train.epochs", cfg.train.epochs)
+    positive("train.batch_size", cfg.train.batch_size)
+    positive("train.lr", cfg.train.lr)
+    positive("train.threads", cfg.train.threads)
+    positive("train.eval_batch_size", cfg.train.eval_batch_size)
+    positive("partition.min_samples", cfg.partition.min_samples)
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"config key 'backend': unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
+    if cfg.train.mode not in TRAIN_MODES:
+        raise ConfigError(f"config key 'train.mode': unknown mode {cfg.train.mode!r}; valid: {', '.join(TRAIN_MODES)}")
+    if not 0 <= cfg.train.momentum < 1:
+        raise ConfigError(f"config key 'train.momentum' must be in [0, 1), got {cfg.train.momentum!r}")
+    if cfg.data.dataset not in dataset_names():
+        raise unknown_name("dataset", cfg.data.dataset, dataset_names())
+    if cfg.partition.kind not in partition_kinds():
+        raise unknown_name("partition", cfg.partition.kind, partition_kinds())
+    if cfg.strategy.name not in strategy_names():
+        raise unknown_name("strategy", cfg.strategy.name, strategy_names())
+    from flight_parsl.models import model_names  # imports torch: the coordinator has it
+
+    if cfg.model.name not in model_names():
+        raise unknown_name("model", cfg.model.name, model_names())
+
+
+def save_yaml(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

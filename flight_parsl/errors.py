@@ -1,0 +1,35 @@
+"""The errors flight_parsl raises for problems a user can fix.
+
+Each carries one message that names what is wrong; the command line prints it and
+exits non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class FlightParslError(Exception):
+    """Base class of every user-facing flight_parsl error."""
+
+
+class ConfigError(FlightParslError):
+    """A configuration key, value or file is wrong."""
+
+
+class DataError(FlightParslError):
+    """A dataset is missing, malformed or cannot be partitioned as asked."""
+
+
+class ExecutorError(FlightParslError):
+    """The execution backend (Parsl, a pool) failed to start or lost a task."""
+
+
+class TaskError(FlightParslError):
+    """A task on a worker failed; the message names the worker and the round."""
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> ConfigError:
+    """Build the error for an unknown registry name, listing the valid names."""
+    choices = ", ".join(sorted(valid))
+    return ConfigError(f"unknown {kind} {name!r}; valid names: {choices}")

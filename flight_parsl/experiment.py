@@ -1,0 +1,105 @@
+"""Turn a config into what the engine runs: workload, initial model, evaluator.
+
+The model's input shape and classes follow the dataset when training, and the
+model's reference architecture (the published sizes) in no-training mode, where
+no data is touched; ``model.*`` keys override either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from flight_parsl.config import ExperimentConfig
+from flight_parsl.data import PartitionSpec, load_dataset, shard_sizes
+from flight_parsl.model_spec import ModelSpec
+from flight_parsl.strategies import LocalSettings, Strategy, make_strategy
+from flight_parsl.tasks import Workload
+from flight_parsl.weights import FlatWeights
+
+Evaluator = Callable[[FlatWeights], tuple[float, float]]
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs besides the executor and the transfer."""
+
+    workload: Workload
+    initial: FlatWeights
+    settings: LocalSettings
+    strategy: Strategy
+    evaluate: Evaluator | None
+    num_parameters: int
+
+
+def model_spec(cfg: ExperimentConfig) -> ModelSpec:
+    """The model to build, from the dataset (training) or the reference (no training)."""
+    from flight_parsl.models import reference_spec
+
+    m = cfg.model
+    if cfg.train.mode == "none":
+        base = reference_spec(m.name)
+    else:
+        ds = load_dataset(cfg.data.dataset, cfg.data.root)
+        c, h, _ = ds.input_shape
+        base = ModelSpec(m.name, in_channels=c, image_size=h, num_classes=ds.num_classes)
+    given = {k: getattr(m, k) for k in ("in_channels", "image_size", "num_classes") if getattr(m, k) is not None}
+    if m.extra_blocks:
+        given["extra_blocks"] = m.extra_blocks
+    return replace(base, **given)
+
+
+def partition_spec(cfg: ExperimentConfig) -> PartitionSpec:
+    """The partition section as the data layer's spec."""
+    p = cfg.partition
+    return PartitionSpec(
+        kind=p.kind,
+        labels_alpha=p.labels_alpha,
+        samples_alpha=p.samples_alpha,
+        labels_per_client=p.labels_per_client,
+        power_law_exponent=p.power_law_exponent,
+        min_samples=p.min_samples,
+    )
+
+
+def prepare(cfg: ExperimentConfig) -> Experiment:
+    """Build the initial model (seeded) and check data and partition up front."""
+    import torch
+
+    from flight_parsl.models import build_model, check_trainable, count_parameters
+
+    spec = model_spec(cfg)
+    partition = partition_spec(cfg)
+    evaluate: Evaluator | None = None
+    if cfg.train.mode == "local":
+        check_trainable(spec)
+        # Fails here, on the coordinator, before any task, if the split is impossible.
+        shard_sizes(cfg.data.dataset, cfg.data.root, partition, cfg.workers, cfg.seed)
+        ds = load_dataset(cfg.data.dataset, cfg.data.root)
+        from flight_parsl.training import evaluate as evaluate_on
+
+        def evaluate(weights: FlatWeights) -> tuple[float, float]:
+            return evaluate_on(weights, spec, ds.x_test, ds.y_test, cfg.train.eval_batch_size)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec)
+    workload = Workload(
+        mode=cfg.train.mode,
+        model=spec,
+        dataset=cfg.data.dataset,
+        data_root=cfg.data.root,
+        partition=partition,
+        num_clients=cfg.workers,
+        seed=cfg.seed,
+        threads=cfg.train.threads,
+    )
+    t = cfg.train
+    settings = LocalSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum)
+    return Experiment(
+        workload=workload,
+        initial=FlatWeights.from_model(model),
+        settings=settings,
+        strategy=make_strategy(cfg.strategy.name),
+        evaluate=evaluate,
+        num_parameters=count_parameters(model),
+    )

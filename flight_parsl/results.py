@@ -1,0 +1,158 @@
+"""The run directory: resolved config, per-round and per-task tables, and a summary.
+
+Layout of a run directory::
+
+    config.yaml    the resolved experiment config
+    rounds.csv     one row per round
+    tasks.csv      one row per worker per round
+    summary.json   timestamps (start, dfk_start_done, priming_done, end), derived
+                   durations, status and totals; rewritten at each milestone
+
+Rows are written and flushed as they happen, so a crash loses nothing finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from flight_parsl.config import ExperimentConfig, save_yaml
+
+ROUND_COLUMNS = (
+    "round",
+    "start",
+    "end",
+    "makespan_s",
+    "publish_s",
+    "aggregate_s",
+    "eval_s",
+    "participants",
+    "bytes_to_workers",
+    "bytes_from_workers",
+    "bytes_moved",
+    "test_loss",
+    "test_acc",
+    "train_loss",
+    "train_acc",
+)
+
+TASK_COLUMNS = (
+    "round",
+    "worker",
+    "host",
+    "pid",
+    "submitted",
+    "started",
+    "finished",
+    "received",
+    "resolve_s",
+    "train_s",
+    "reply_s",
+    "collect_s",
+    "bytes_in",
+    "bytes_out",
+    "samples",
+    "train_loss",
+    "train_acc",
+    "peak_rss_mb",
+)
+
+TIMESTAMPS = ("start", "dfk_start_done", "priming_done", "end")
+
+
+def default_run_dir(cfg: ExperimentConfig, root: str | Path = "runs") -> Path:
+    """A fresh timestamped directory name under ``root``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{cfg.model.name}-n{cfg.workers}-{cfg.train.mode}"
+    path, i = base, 1
+    while path.exists():
+        path = base.with_name(f"{base.name}-{i}")
+        i += 1
+    return path
+
+
+class _Table:
+    """A CSV file that is appended to and flushed row by row."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.path = path
+        self._file: IO[str] = path.open("w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="raise")
+        self._writer.writeheader()
+        self._file.flush()
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: _cell(v) for k, v in row.items()})
+        self._file.flush()
+        self.rows += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
+
+
+class RunRecorder:
+    """Writes one run directory."""
+
+    def __init__(self, out: str | Path, cfg: ExperimentConfig) -> None:
+        self.dir = Path(out)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, self.dir / "config.yaml")
+        self.rounds = _Table(self.dir / "rounds.csv", ROUND_COLUMNS)
+        self.tasks = _Table(self.dir / "tasks.csv", TASK_COLUMNS)
+        self.summary: dict[str, Any] = {"status": "running"}
+        self.mark("start")
+
+    def mark(self, event: str, when: float | None = None) -> None:
+        """Record a timestamp (one of TIMESTAMPS) and rewrite summary.json."""
+        self.summary[event] = time.time() if when is None else when
+        self._derive()
+        self.write_summary()
+
+    def update(self, **values: Any) -> None:
+        """Add or replace summary fields and rewrite summary.json."""
+        self.summary.update(values)
+        self.write_summary()
+
+    def task_row(self, row: dict[str, Any]) -> None:
+        """Append one task row."""
+        self.tasks.write(row)
+
+    def round_row(self, row: dict[str, Any]) -> None:
+        """Append one round row."""
+        self.rounds.write(row)
+        self.update(rounds_completed=self.rounds.rows)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Mark the end, record the status, close the tables."""
+        self.summary["status"] = status
+        if error is not None:
+            self.summary["error"] = error
+        if "end" not in self.summary:
+            self.mark("end")
+        self.write_summary()
+        self.rounds.close()
+        self.tasks.close()
+
+    def _derive(self) -> None:
+        s = self.summary
+        if "end" in s:
+            s["start2end"] = s["end"] - s["start"]
+            if "priming_done" in s:
+                s["prime2end"] = s["end"] - s["priming_done"]
+
+    def write_summary(self) -> None:
+        """Atomically rewrite summary.json."""
+        tmp = self.dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
+        tmp.replace(self.dir / "summary.json")

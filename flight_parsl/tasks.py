@@ -1,0 +1,105 @@
+"""The functions that run on workers, and what they take and return.
+
+Parsl pickles these module-level functions by reference, so a worker imports this
+module and what it imports: numpy and the data and weights modules, never torch.
+Training imports torch lazily (:mod:`flight_parsl.training`), so a no-training
+("debug") round runs on workers that never load it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import socket
+import time
+from dataclasses import dataclass
+
+from flight_parsl.data.partition import PartitionSpec
+from flight_parsl.model_spec import ModelSpec
+from flight_parsl.strategies import LocalSettings
+from flight_parsl.transfer.base import Ref
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every task of a run needs to rebuild its model and load its own shard."""
+
+    mode: str
+    model: ModelSpec
+    dataset: str
+    data_root: str | None
+    partition: PartitionSpec
+    num_clients: int
+    seed: int
+    threads: int = 1
+
+
+@dataclass
+class TaskResult:
+    """A worker's answer: its weights (as a transfer reference) and measurements.
+
+    Times are Unix seconds on the worker's clock; durations are seconds.
+    """
+
+    worker: int
+    round: int
+    host: str
+    pid: int
+    started: float
+    finished: float
+    resolve_s: float
+    train_s: float
+    reply_s: float
+    bytes_in: int
+    bytes_out: int
+    samples: int
+    train_loss: float
+    train_acc: float
+    peak_rss_mb: float
+    payload: Ref
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def prime_task() -> tuple[str, int]:
+    """Warm-up task: proves a worker is up; returns its host and pid."""
+    return socket.gethostname(), os.getpid()
+
+
+def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settings: LocalSettings) -> TaskResult:
+    """One worker's part of one round: resolve the global model, train, reply."""
+    started = time.time()
+    t0 = time.perf_counter()
+    weights = ref.resolve()
+    t1 = time.perf_counter()
+    if workload.mode == "none":
+        out, samples, loss, acc = weights, 1, math.nan, math.nan
+    else:
+        from flight_parsl.training import train_local
+
+        out, samples, loss, acc = train_local(weights, workload, settings, worker, round_idx)
+    t2 = time.perf_counter()
+    payload = ref.reply(out)
+    t3 = time.perf_counter()
+    return TaskResult(
+        worker=worker,
+        round=round_idx,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=started,
+        finished=time.time(),
+        resolve_s=t1 - t0,
+        train_s=t2 - t1,
+        reply_s=t3 - t2,
+        bytes_in=ref.nbytes,
+        bytes_out=payload.nbytes,
+        samples=samples,
+        train_loss=loss,
+        train_acc=acc,
+        peak_rss_mb=peak_rss_mb(),
+        payload=payload,
+    )

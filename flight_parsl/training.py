@@ -1,0 +1,107 @@
+"""Local training and evaluation in torch (imported lazily, on workers that train).
+
+Models are built once per process and reused across rounds; each task loads the
+round's global weights into the cached model, trains on the worker's own shard and
+returns fresh flat weights.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flight_parsl.data.shards import load_shard
+from flight_parsl.model_spec import ModelSpec
+from flight_parsl.models import build_model
+from flight_parsl.strategies import LocalSettings
+from flight_parsl.tasks import Workload
+from flight_parsl.weights import FlatWeights
+
+_LOCAL = threading.local()
+
+
+def cached_model(spec: ModelSpec) -> torch.nn.Module:
+    """This thread's instance of the model ``spec`` (built on first use).
+
+    Per thread, not per process, so that thread-pool workers never share one.
+    """
+    models: dict[ModelSpec, torch.nn.Module] = _LOCAL.__dict__.setdefault("models", {})
+    model = models.get(spec)
+    if model is None:
+        model = models[spec] = build_model(spec)
+    return model
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing a (read-only, cached) shard's memory; nothing writes to it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def train_local(
+    weights: FlatWeights, workload: Workload, settings: LocalSettings, worker: int, round_idx: int
+) -> tuple[FlatWeights, int, float, float]:
+    """Train from ``weights`` on ``worker``'s shard.
+
+    Returns:
+        The new weights, the shard size, and mean loss and accuracy over the
+        batches of the last epoch (measured before each step).
+    """
+    torch.set_num_threads(workload.threads)
+    x, y = load_shard(
+        workload.dataset, workload.data_root, workload.partition, workload.num_clients, worker, workload.seed
+    )
+    xt, yt = _tensor(x), _tensor(y)
+    model = cached_model(workload.model)
+    weights.load_into(model)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    rng = np.random.default_rng([workload.seed, round_idx, worker])
+    n = len(yt)
+    batch = n if settings.full_batch else settings.batch_size
+    steps = 0
+    loss_sum, correct, seen = 0.0, 0, 0
+    for _ in range(settings.epochs):
+        loss_sum, correct, seen = 0.0, 0, 0
+        order = torch.from_numpy(rng.permutation(n))
+        for start in range(0, n, batch):
+            idx = order[start : start + batch]
+            xb, yb = xt[idx], yt[idx]
+            opt.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            steps += 1
+            if settings.max_steps is not None and steps >= settings.max_steps:
+                break
+        if settings.max_steps is not None and steps >= settings.max_steps:
+            break
+    loss_mean = loss_sum / seen if seen else math.nan
+    acc = correct / seen if seen else math.nan
+    return FlatWeights.from_model(model), n, loss_mean, acc
+
+
+@torch.no_grad()
+def evaluate(weights: FlatWeights, spec: ModelSpec, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``weights`` on ``(x, y)``."""
+    model = cached_model(spec)
+    weights.load_into(model)
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        xb = _tensor(x[start : start + batch_size])
+        yb = _tensor(y[start : start + batch_size])
+        logits = model(xb)
+        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return loss_sum / len(y), correct / len(y)

@@ -1,0 +1,143 @@
+"""Model weights as one contiguous float32 buffer plus its layout.
+
+Every entry of a torch ``state_dict`` (parameters and buffers such as BatchNorm
+statistics) lives in one flat ``float32`` numpy array; the layout records each
+entry's name, shape and original dtype. Aggregation is then plain vectorized
+arithmetic on whole buffers, and pickling a :class:`FlatWeights` costs about one
+memory copy (numpy arrays pickle out-of-band with protocol 5).
+
+This module imports numpy only; the torch conversions import torch lazily so that
+no-training workers never load it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One state-dict entry: its name, shape, dtype name and offset in the buffer."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The ordered entries that make up a flat buffer."""
+
+    entries: tuple[Entry, ...]
+
+    @property
+    def size(self) -> int:
+        """Total number of float32 elements in the buffer."""
+        if not self.entries:
+            return 0
+        last = self.entries[-1]
+        return last.offset + last.size
+
+    @classmethod
+    def from_shapes(cls, items: list[tuple[str, tuple[int, ...], str]]) -> Layout:
+        """Build a layout from ``(name, shape, dtype)`` triples, packed in order."""
+        entries = []
+        offset = 0
+        for name, shape, dtype in items:
+            entry = Entry(name, tuple(int(s) for s in shape), dtype, offset)
+            entries.append(entry)
+            offset += entry.size
+        return cls(tuple(entries))
+
+
+@dataclass
+class FlatWeights:
+    """A model's weights: one 1-D float32 buffer and the layout that names its parts."""
+
+    buffer: np.ndarray
+    layout: Layout
+
+    def __post_init__(self) -> None:
+        if self.buffer.dtype != np.float32 or self.buffer.ndim != 1:
+            raise ValueError("FlatWeights buffer must be a 1-D float32 array")
+        if self.buffer.size != self.layout.size:
+            raise ValueError(
+                f"buffer has {self.buffer.size} elements but the layout needs {self.layout.size}"
+            )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffer."""
+        return int(self.buffer.nbytes)
+
+    def like(self, buffer: np.ndarray) -> FlatWeights:
+        """Return new weights with the same layout and another buffer."""
+        return FlatWeights(np.ascontiguousarray(buffer, dtype=np.float32), self.layout)
+
+    def view(self, name: str) -> np.ndarray:
+        """Return the entry ``name`` as a shaped view into the buffer (no copy)."""
+        for entry in self.layout.entries:
+            if entry.name == name:
+                return self.buffer[entry.offset : entry.offset + entry.size].reshape(entry.shape)
+        raise KeyError(name)
+
+    def to_bytes(self) -> bytes:
+        """Serialize with pickle protocol 5 (one copy of the buffer)."""
+        return pickle.dumps(self, protocol=5)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> FlatWeights:
+        """Inverse of :meth:`to_bytes`."""
+        obj = pickle.loads(data)
+        if not isinstance(obj, FlatWeights):
+            raise TypeError(f"expected FlatWeights, got {type(obj).__name__}")
+        return obj
+
+    # torch conversions --------------------------------------------------------
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> FlatWeights:
+        """Pack a torch state_dict into one float32 buffer."""
+        layout = Layout.from_shapes(
+            [(name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state.items()]
+        )
+        buffer = np.empty(layout.size, dtype=np.float32)
+        for entry, tensor in zip(layout.entries, state.values()):
+            target = buffer[entry.offset : entry.offset + entry.size]
+            target[...] = tensor.detach().reshape(-1).to("cpu").numpy()
+        return cls(buffer, layout)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> FlatWeights:
+        """Pack a module's state_dict."""
+        return cls.from_state_dict(model.state_dict())
+
+    def to_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unpack into a state_dict; float32 entries are zero-copy views of the buffer."""
+        import torch
+
+        state: dict[str, torch.Tensor] = {}
+        flat = torch.from_numpy(self.buffer)
+        for entry in self.layout.entries:
+            part = flat[entry.offset : entry.offset + entry.size].view(entry.shape)
+            dtype = getattr(torch, entry.dtype)
+            state[entry.name] = part if dtype == torch.float32 else part.to(dtype)
+        return state
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Copy these weights into ``model`` (in place)."""
+        model.load_state_dict(self.to_state_dict(), strict=True)
+

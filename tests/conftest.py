@@ -1,0 +1,33 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flight_parsl.config import ExperimentConfig, build_config
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """Build a validated config writing into tmp_path/run, with overrides."""
+
+    def make(*overrides: str, **values: Any) -> ExperimentConfig:
+        base = {"out": str(tmp_path / "run"), "backend": "thread"}
+        base.update(values)
+        return build_config(values=[base], overrides=list(overrides))
+
+    return make

@@ -1,0 +1,49 @@
+"""End to end on real Parsl HighThroughputExecutor workers (LocalProvider).
+
+Each run loads and cleans up its own DataFlowKernel; the module keeps them few.
+"""
+
+import os
+
+import pytest
+
+from conftest import read_csv, read_summary
+from flight_parsl.errors import ExecutorError
+from flight_parsl.progress import Progress
+from flight_parsl.runner import run_experiment
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_debug_round_on_htex_workers(make_config) -> None:
+    cfg = make_config("train.mode=none", "model.name=smallnet", workers=4, rounds=2, backend="parsl")
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    tasks = read_csv(out / "tasks.csv")
+    summary = read_summary(out)
+    assert len(tasks) == 8
+    pids = {int(t["pid"]) for t in tasks}
+    assert os.getpid() not in pids  # tasks ran in HTEX worker processes
+    assert summary["status"] == "completed"
+    assert summary["start"] < summary["dfk_start_done"] < summary["priming_done"] < summary["end"]
+    assert (out / "parsl").is_dir()
+    assert all(int(t["bytes_out"]) == int(t["bytes_in"]) > 62006 * 4 for t in tasks)
+
+
+def test_local_training_on_htex_workers(make_config) -> None:
+    cfg = make_config("model.name=logreg", "train.epochs=3", workers=2, rounds=2, backend="parsl")
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    rounds = read_csv(out / "rounds.csv")
+    assert len(rounds) == 2 and len(read_csv(out / "tasks.csv")) == 4
+    assert float(rounds[-1]["test_acc"]) > 0.8
+
+
+def test_workers_that_never_start_give_a_clear_error(make_config, tmp_path) -> None:
+    site = tmp_path / "broken.yaml"
+    site.write_text(
+        "address: 127.0.0.1\nencrypted: false\nstart_timeout: 15\n"
+        "provider:\n  kind: local\n  worker_init: 'exit 3'\n"
+    )
+    cfg = make_config("train.mode=none", "model.name=tiny", workers=1, rounds=1, backend="parsl", parsl_config=str(site))
+    with pytest.raises(ExecutorError, match="warm-up task failed .*EXIT CODE: 3"):
+        run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    assert read_summary(tmp_path / "run")["status"] == "failed"
