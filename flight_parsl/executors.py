@@ -82,7 +82,7 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
     except Exception as exc:  # Parsl raises many kinds here; one message for the user
         raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
     try:
-        yield Backend(ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site), site_start_timeout(site))
+        yield Backend(ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site))
     finally:
         try:
             dfk.cleanup()

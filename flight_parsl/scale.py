@@ -82,7 +82,13 @@ def flags_to_values(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Parsl sets its own loggers to DEBUG (its log files); the terminal gets warnings only.
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # Parsl warns for every task argument over 1 MiB; model payloads are that big by design.
+    handler.addFilter(lambda record: not record.getMessage().startswith("Serialized object exceeds buffer threshold"))
+    logging.getLogger().addHandler(handler)
     from flight_parsl.config import build_config
     from flight_parsl.progress import Progress
     from flight_parsl.runner import run_experiment
