@@ -4,9 +4,13 @@
 Usage:
     python download_data.py --root DIR [--dataset mnist|fashion_mnist|all]
         [--base-url URL] [--no-verify | --md5-file FILE] [--timeout SECONDS]
+        [--no-torchvision]
 
-A thin command line over ``flight_parsl.data.download``. Progress goes to stdout;
-a failure prints one line to stderr and exits with status 1.
+A thin command line over ``flight_parsl.data.download``. With the default mirrors,
+torchvision downloads the files (into DIR/MNIST/raw/, DIR/FashionMNIST/raw/) when it
+imports; otherwise, or if it fails, plain urllib does. Either way the checksums are
+verified. Progress goes to stdout; a failure prints one line to stderr and exits
+with status 1.
 """
 
 from __future__ import annotations
@@ -26,13 +30,18 @@ from flight_parsl.errors import FlightParslError  # noqa: E402
 def _parser() -> argparse.ArgumentParser:
     """Build the argument parser."""
     parser = argparse.ArgumentParser(description="Download the IDX files of MNIST / Fashion-MNIST.")
-    parser.add_argument("--root", required=True, help="data root; files go to ROOT/<dataset>/")
+    parser.add_argument(
+        "--root", required=True, help="data root; files go to ROOT/<dataset>/ (torchvision: ROOT/MNIST/raw/ ...)"
+    )
     parser.add_argument("--dataset", default="all", choices=[*downloadable_names(), "all"])
     parser.add_argument("--base-url", help="mirror to use instead of the defaults (http(s):// or file://)")
     checks = parser.add_mutually_exclusive_group()
     checks.add_argument("--no-verify", action="store_true", help="skip the MD5 check")
     checks.add_argument("--md5-file", help="md5sum-style file of checksums replacing the known ones")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a stalled connection fails")
+    parser.add_argument(
+        "--no-torchvision", action="store_true", help="download with plain urllib even if torchvision imports"
+    )
     return parser
 
 
@@ -51,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 verify=not args.no_verify,
                 timeout=args.timeout,
                 log=print,
+                use_torchvision=not args.no_torchvision,
             )
             print(f"{name}: {len(paths)} files ready in {paths[0].parent}")
     except FlightParslError as exc:

@@ -1,13 +1,19 @@
-"""Tests of flight_parsl.data.download and download_data.py against a local HTTP server."""
+"""Tests of flight_parsl.data.download and download_data.py against a local HTTP server.
+
+torchvision is never really imported here: the torchvision path is tested with a fake
+``torchvision`` package put into ``sys.modules``.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import socket
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flight_parsl.data import download as download_module
 from flight_parsl.data.datasets import load_dataset
 from flight_parsl.data.download import DATASET_FILES, KNOWN_MD5, download_dataset, read_checksums
 from flight_parsl.data.idx import read_idx, write_idx
@@ -257,3 +264,199 @@ def test_cli_runs_from_another_directory(tmp_path):
     )
     assert result.returncode == 0
     assert "--base-url" in result.stdout
+    assert "--no-torchvision" in result.stdout
+
+
+# --- the torchvision path, with a fake torchvision package ---------------------------------
+
+
+def fake_torchvision(monkeypatch, arrays: dict[str, np.ndarray], error: Exception | None = None) -> list[dict]:
+    """Put a fake ``torchvision`` into sys.modules; return the list its dataset classes log calls to.
+
+    Like torchvision, a dataset class writes the four .gz files into ``root/<class name>/raw/``
+    (skipping those present), or raises ``error`` if given.
+    """
+    calls: list[dict] = []
+
+    def dataset_class(class_name: str) -> type:
+        def __init__(self, root: str, train: bool = True, download: bool = False) -> None:
+            calls.append({"class": class_name, "root": root, "train": train, "download": download})
+            if error is not None:
+                raise error
+            raw = Path(root) / class_name / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for file_name, array in arrays.items():
+                if not (raw / file_name).exists():
+                    write_idx(raw / file_name, array)
+
+        return type(class_name, (), {"__init__": __init__})
+
+    datasets = types.ModuleType("torchvision.datasets")
+    datasets.MNIST = dataset_class("MNIST")
+    datasets.FashionMNIST = dataset_class("FashionMNIST")
+    package = types.ModuleType("torchvision")
+    package.__path__ = []
+    package.datasets = datasets
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    return calls
+
+
+@pytest.fixture
+def default_mirror(monkeypatch, server) -> tuple[str, list[str]]:
+    """Make the local test server the only default mirror of both datasets."""
+    url, requests = server
+    for name in ("mnist", "fashion_mnist"):
+        monkeypatch.setitem(download_module.MIRRORS, name, (url,))
+    return url, requests
+
+
+@pytest.mark.parametrize(("name", "class_name"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_torchvision_used_with_default_mirrors(tmp_path, monkeypatch, mirror, md5s, name, class_name):
+    calls = fake_torchvision(monkeypatch, mirror)
+    root = tmp_path / "data"
+    lines: list[str] = []
+    paths = download_dataset(name, root, checksums=md5s, log=lines.append)
+    assert calls == [
+        {"class": class_name, "root": str(root), "train": True, "download": True},
+        {"class": class_name, "root": str(root), "train": False, "download": True},
+    ]
+    raw = root / class_name / "raw"
+    assert paths == [raw / file_name for file_name in DATASET_FILES]
+    assert all(path.is_file() for path in paths)
+    assert not (root / name).exists()
+    assert any("with torchvision" in line for line in lines)
+    assert sum(line.endswith(": ok") for line in lines) == 4
+    data = load_dataset(name, root)
+    assert data.x_train.shape == (30, 1, 28, 28)
+    np.testing.assert_array_equal(data.y_train, mirror["train-labels-idx1-ubyte.gz"])
+    np.testing.assert_array_equal(data.y_test, mirror["t10k-labels-idx1-ubyte.gz"])
+
+
+def test_torchvision_files_are_verified(tmp_path, monkeypatch, mirror):
+    fake_torchvision(monkeypatch, mirror)
+    root = tmp_path / "data"
+    # the generated files do not match the official checksums
+    with pytest.raises(DataError) as info:
+        download_dataset("mnist", root)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("torchvision download of mnist: ")
+    assert str(root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz") in message
+    assert "checksum mismatch, expected md5 f68b3c2dcbeaaa9fbdd348bbdeb94873" in message
+    # verify=False still requires readable IDX files
+    paths = download_dataset("mnist", root, verify=False)
+    np.testing.assert_array_equal(read_idx(paths[0]), mirror[DATASET_FILES[0]])
+    (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"torchvision download of mnist: .*t10k-labels-idx1-ubyte.gz: not a valid IDX"):
+        download_dataset("mnist", root, verify=False)
+
+
+def test_torchvision_decompressed_copy_only(tmp_path, monkeypatch, mirror, md5s):
+    """Where torchvision kept only the decompressed file, that file is returned (no MD5 to check)."""
+    calls = fake_torchvision(monkeypatch, {})
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file_name, array in mirror.items():
+        write_idx(raw / file_name.removesuffix(".gz"), array)
+    lines: list[str] = []
+    paths = download_dataset("mnist", tmp_path, checksums=md5s, log=lines.append)
+    assert len(calls) == 2
+    assert paths == [raw / file_name.removesuffix(".gz") for file_name in DATASET_FILES]
+    assert sum("md5 not checked" in line for line in lines) == 4
+
+
+def test_no_torchvision_option(tmp_path, monkeypatch, mirror, md5s, server, default_mirror):
+    calls = fake_torchvision(monkeypatch, mirror)
+    url, requests = server
+    root = tmp_path / "data"
+    paths = download_dataset("mnist", root, base_url=url, checksums=md5s, use_torchvision=False)
+    assert paths == [root / "mnist" / file_name for file_name in DATASET_FILES]
+    # the default mirrors, too
+    paths = download_dataset("fashion_mnist", root, checksums=md5s, use_torchvision=False)
+    assert paths == [root / "fashion_mnist" / file_name for file_name in DATASET_FILES]
+    assert calls == []
+    assert len(requests) == 8
+    assert not (root / "MNIST").exists() and not (root / "FashionMNIST").exists()
+
+
+def test_base_url_bypasses_torchvision(tmp_path, monkeypatch, mirror, md5s, server):
+    calls = fake_torchvision(monkeypatch, mirror)
+    url, requests = server
+    paths = download_dataset("mnist", tmp_path / "data", base_url=url, checksums=md5s)
+    assert calls == []
+    assert len(requests) == 4
+    assert all(path.parent == tmp_path / "data" / "mnist" for path in paths)
+
+
+def test_files_already_present_skip_torchvision(tmp_path, monkeypatch, mirror, md5s, server):
+    url, requests = server
+    root = tmp_path / "data"
+    download_dataset("mnist", root, base_url=url, checksums=md5s)
+    calls = fake_torchvision(monkeypatch, mirror)
+    lines: list[str] = []
+    paths = download_dataset("mnist", root, checksums=md5s, log=lines.append)
+    assert calls == []
+    assert paths == [root / "mnist" / file_name for file_name in DATASET_FILES]
+    assert sum("present, skipped" in line for line in lines) == 4
+
+
+def test_torchvision_failure_falls_back_to_urllib(tmp_path, monkeypatch, mirror, md5s, default_mirror):
+    url, requests = default_mirror
+    error = RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example/, got:\nHTTP 503")
+    calls = fake_torchvision(monkeypatch, mirror, error=error)
+    root = tmp_path / "data"
+    lines: list[str] = []
+    paths = download_dataset("mnist", root, checksums=md5s, log=lines.append)
+    assert len(calls) == 1 and calls[0]["class"] == "MNIST"
+    assert paths == [root / "mnist" / file_name for file_name in DATASET_FILES]
+    for path in paths:
+        np.testing.assert_array_equal(read_idx(path), mirror[path.name])
+    assert sorted(requests) == sorted(f"/{file_name}" for file_name in DATASET_FILES)
+    fallback = [line for line in lines if "falling back to urllib" in line]
+    assert fallback == [
+        "torchvision download of mnist failed (RuntimeError: Error downloading train-images-idx3-ubyte.gz: "
+        "Tried https://example/, got: HTTP 503); falling back to urllib"
+    ]
+
+
+class _BrokenTorchvisionFinder:
+    """Makes ``import torchvision`` fail as a CUDA build does next to a CPU torch."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "torchvision" or fullname.startswith("torchvision."):
+            raise OSError("libcudart.so.12: cannot open shared object file: No such file or directory")
+        return None
+
+
+def test_torchvision_that_does_not_import_falls_back_silently(tmp_path, monkeypatch, mirror, md5s, default_mirror):
+    url, requests = default_mirror
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.delitem(sys.modules, "torchvision.datasets", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTorchvisionFinder(), *sys.meta_path])
+    lines: list[str] = []
+    paths = download_dataset("mnist", tmp_path / "data", checksums=md5s, log=lines.append)
+    assert paths == [tmp_path / "data" / "mnist" / file_name for file_name in DATASET_FILES]
+    assert len(requests) == 4
+    assert not any("with torchvision" in line or "falling back" in line for line in lines)
+
+
+def load_cli_module() -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("download_data_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_torchvision_and_no_torchvision(tmp_path, monkeypatch, mirror, default_mirror, capsys):
+    url, requests = default_mirror
+    calls = fake_torchvision(monkeypatch, mirror)
+    cli = load_cli_module()
+    root = str(tmp_path / "data")
+    assert cli.main(["--root", root, "--dataset", "mnist", "--no-torchvision", "--no-verify"]) == 0
+    assert calls == [] and len(requests) == 4
+    assert "mnist: 4 files ready in " + str(tmp_path / "data" / "mnist") in capsys.readouterr().out
+    assert cli.main(["--root", root, "--dataset", "fashion_mnist", "--no-verify"]) == 0
+    assert [call["train"] for call in calls] == [True, False] and len(requests) == 4
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    assert f"fashion_mnist: 4 files ready in {raw}" in capsys.readouterr().out
