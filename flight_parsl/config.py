@@ -79,6 +79,21 @@ class StrategyConfig:
 
 
 @dataclass
+class TransferConfig:
+    """How model weights travel (see flight_parsl.transfer).
+
+    ``redis``: ``HOST:PORT`` of a running server; unset starts a managed one on
+    loopback. ``file_dir``: a directory every worker sees; unset uses /dev/shm
+    (or the temp dir). ``cache_size``: objects each worker process keeps resolved.
+    """
+
+    kind: str = "parsl"
+    redis: str | None = None
+    file_dir: str | None = None
+    cache_size: int = 1
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: the engine's whole input."""
 
@@ -94,6 +109,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what config.yaml holds)."""
@@ -239,6 +255,16 @@ def validate(cfg: ExperimentConfig) -> None:
         raise unknown_name("dataset", cfg.data.dataset, dataset_names())
     if cfg.partition.kind not in partition_kinds():
         raise unknown_name("partition", cfg.partition.kind, partition_kinds())
+    from flight_parsl.transfer import TRANSFER_KINDS
+
+    if cfg.transfer.kind not in TRANSFER_KINDS:
+        raise unknown_name("transfer", cfg.transfer.kind, TRANSFER_KINDS)
+    if cfg.transfer.cache_size < 0:
+        raise ConfigError(f"config key 'transfer.cache_size' must be >= 0, got {cfg.transfer.cache_size!r}")
+    if cfg.transfer.redis is not None:
+        from flight_parsl.redis_server import RedisAddress
+
+        RedisAddress.parse(cfg.transfer.redis)
     if cfg.strategy.name not in strategy_names():
         raise unknown_name("strategy", cfg.strategy.name, strategy_names())
     from flight_parsl.models import model_names  # imports torch: the coordinator has it

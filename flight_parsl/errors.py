@@ -25,6 +25,10 @@ class ExecutorError(FlightParslError):
     """The execution backend (Parsl, a pool) failed to start or lost a task."""
 
 
+class TransferError(FlightParslError):
+    """The model channel (Redis, a shared directory) failed; names the key or address."""
+
+
 class TaskError(FlightParslError):
     """A task on a worker failed; the message names the worker and the round."""
 

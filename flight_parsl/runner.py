@@ -18,7 +18,7 @@ from flight_parsl.experiment import prepare
 from flight_parsl.progress import Progress
 from flight_parsl.results import RunRecorder, default_run_dir
 from flight_parsl.tasks import peak_rss_mb
-from flight_parsl.transfer import make_transfer
+from flight_parsl.transfer import open_transfer
 
 
 def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Path:
@@ -39,10 +39,11 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> P
             model_bytes=exp.initial.nbytes,
             workers=cfg.workers,
             backend=cfg.backend,
-            transfer="parsl",
+            transfer=cfg.transfer.kind,
         )
-        transfer = make_transfer("parsl")
-        with open_backend(
+        t = cfg.transfer
+        # The channel opens first: an unreachable Redis fails before Parsl starts.
+        with open_transfer(t.kind, t.redis, t.file_dir, t.cache_size) as transfer, open_backend(
             cfg.backend, cfg.workers, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done")
         ) as backend:
             recorder.update(executor=backend.description)
@@ -53,7 +54,6 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> P
                 exp, backend.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.seed, cfg.round_timeout
             )
             recorder.mark("end")
-            transfer.close()
         last = rounds[-1]
         recorder.update(
             final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,

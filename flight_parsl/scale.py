@@ -33,6 +33,8 @@ FLAG_KEYS = {
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "strategy": "strategy.name",
+    "transfer": "transfer.kind",
+    "redis": "transfer.redis",
 }
 
 
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="local batch size")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--strategy", help="fedavg (default) or fedsgd")
+    p.add_argument("--transfer", choices=["parsl", "redis", "file"], help="model channel (default parsl)")
+    p.add_argument("--redis", metavar="HOST:PORT", help="use this Redis server (default: start one on loopback)")
     p.add_argument("--seed", type=int, help="seed for model init, partition and shuffling")
     p.add_argument("--backend", choices=["parsl", "thread", "process"], help="executor (default parsl)")
     p.add_argument("--parsl-config", help="Parsl site YAML (default configs/parsl/local.yaml)")

@@ -48,9 +48,11 @@ class TaskResult:
     pid: int
     started: float
     finished: float
-    resolve_s: float
+    get_s: float
+    deserialize_s: float
     train_s: float
-    reply_s: float
+    serialize_s: float
+    put_s: float
     bytes_in: int
     bytes_out: int
     samples: int
@@ -73,8 +75,7 @@ def prime_task() -> tuple[str, int]:
 def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settings: LocalSettings) -> TaskResult:
     """One worker's part of one round: resolve the global model, train, reply."""
     started = time.time()
-    t0 = time.perf_counter()
-    weights = ref.resolve()
+    weights, get_s, deserialize_s = ref.resolve()
     t1 = time.perf_counter()
     if workload.mode == "none":
         out, samples, loss, acc = weights, 1, math.nan, math.nan
@@ -82,9 +83,8 @@ def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settin
         from flight_parsl.training import train_local
 
         out, samples, loss, acc = train_local(weights, workload, settings, worker, round_idx)
-    t2 = time.perf_counter()
-    payload = ref.reply(out)
-    t3 = time.perf_counter()
+    train_s = time.perf_counter() - t1
+    payload, serialize_s, put_s = ref.reply(out)
     return TaskResult(
         worker=worker,
         round=round_idx,
@@ -92,9 +92,11 @@ def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settin
         pid=os.getpid(),
         started=started,
         finished=time.time(),
-        resolve_s=t1 - t0,
-        train_s=t2 - t1,
-        reply_s=t3 - t2,
+        get_s=get_s,
+        deserialize_s=deserialize_s,
+        train_s=train_s,
+        serialize_s=serialize_s,
+        put_s=put_s,
         bytes_in=ref.nbytes,
         bytes_out=payload.nbytes,
         samples=samples,

@@ -1,19 +1,72 @@
-"""Model transfer channels (see :mod:`flight_parsl.transfer.base`)."""
+"""Model transfer channels (see :mod:`flight_parsl.transfer.base`).
+
+``parsl``: weights ride inside the Parsl tasks. ``redis``: ProxyStore over Redis (an
+existing server given as HOST:PORT, or a managed one on loopback). ``file``:
+ProxyStore over a directory that every worker sees.
+"""
 
 from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from flight_parsl.errors import unknown_name
 from flight_parsl.transfer.base import Ref, Transfer
 from flight_parsl.transfer.inline import InlineRef, InlineTransfer
 
-TRANSFER_KINDS = ("parsl",)
+TRANSFER_KINDS = ("file", "parsl", "redis")
 
 
-def make_transfer(kind: str) -> Transfer:
-    """Build the coordinator's side of a transfer channel by kind."""
+def default_file_dir() -> str:
+    """/dev/shm where it exists (memory-backed on Linux), else the temp dir."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+@contextmanager
+def open_transfer(
+    kind: str, redis: str | None = None, file_dir: str | None = None, cache_size: int = 1
+) -> Iterator[Transfer]:
+    """Open a transfer channel and everything behind it; close all of it on exit.
+
+    A managed redis-server and a run's own file directory are removed on exit,
+    including after an error or Ctrl-C.
+    """
+    if kind not in TRANSFER_KINDS:
+        raise unknown_name("transfer", kind, TRANSFER_KINDS)
     if kind == "parsl":
-        return InlineTransfer()
-    raise unknown_name("transfer", kind, TRANSFER_KINDS)
+        yield InlineTransfer()
+        return
+    from flight_parsl.transfer.proxy import ProxyTransfer
+
+    with ExitStack() as stack:
+        if kind == "redis":
+            from proxystore.connectors.redis import RedisConnector
+
+            from flight_parsl.redis_server import ManagedRedis, RedisAddress, check_reachable
+
+            if redis is None:
+                address = stack.enter_context(ManagedRedis()).address
+            else:
+                address = RedisAddress.parse(redis)
+                check_reachable(address)
+            transfer = ProxyTransfer("redis", RedisConnector(address.host, address.port), str(address), cache_size)
+        else:
+            from proxystore.connectors.file import FileConnector
+
+            base = Path(file_dir or default_file_dir())
+            if not base.is_dir():
+                from flight_parsl.errors import ConfigError
+
+                raise ConfigError(f"config key 'transfer.file_dir': {base} is not a directory")
+            run_dir = base / f"flight_parsl-{uuid.uuid4().hex[:12]}"
+            # clear=True removes only this run's own subdirectory on close.
+            transfer = ProxyTransfer("file", FileConnector(str(run_dir), clear=True), str(run_dir), cache_size)
+        stack.callback(transfer.close)
+        yield transfer
 
 
-__all__ = ["InlineRef", "InlineTransfer", "Ref", "Transfer", "TRANSFER_KINDS", "make_transfer"]
+__all__ = ["InlineRef", "InlineTransfer", "Ref", "Transfer", "TRANSFER_KINDS", "default_file_dir", "open_transfer"]

@@ -21,11 +21,14 @@ class Ref(Protocol):
     def nbytes(self) -> int:
         """Payload bytes this reference moves through its channel."""
 
-    def resolve(self) -> FlatWeights:
-        """Return the weights (on a worker or on the coordinator)."""
+    def resolve(self) -> tuple[FlatWeights, float, float]:
+        """Return the weights and the seconds spent getting and deserializing them."""
 
-    def reply(self, weights: FlatWeights) -> Ref:
-        """Package ``weights`` for the trip back, through the same channel."""
+    def reply(self, weights: FlatWeights) -> tuple[Ref, float, float]:
+        """Package ``weights`` for the trip back, through the same channel.
+
+        Returns the new reference and the seconds spent serializing and putting.
+        """
 
 
 class Transfer(Protocol):

@@ -1,0 +1,149 @@
+"""The ``redis`` and ``file`` transfers: weights travel through a ProxyStore store.
+
+The coordinator puts the round's global model into the store once and every task
+carries the same small proxy; each worker resolves it (cached per process, so a
+worker running several tasks of a round fetches it once) and returns a proxy of its
+own result, which it put into the same store. Result bytes therefore never pass
+through the Parsl interchange. Every key of a round belongs to that round's
+:class:`~proxystore.store.lifetimes.ContextLifetime`, which evicts them when the
+round ends; closing the transfer ends any open lifetime, so a finished or failed
+run leaves no key behind.
+
+Payloads are our own pickled :class:`FlatWeights` bytes; the store's serializer is
+the identity, so ProxyStore adds no copy and byte counts are exact.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flight_parsl.errors import TransferError
+from flight_parsl.weights import FlatWeights
+
+
+def identity(data: bytes) -> bytes:
+    """Store (de)serializer: payloads are already bytes."""
+    return data
+
+
+@dataclass(frozen=True)
+class ProxyRef:
+    """A ProxyStore proxy of pickled weights, with its size and round."""
+
+    proxy: Any
+    nbytes: int
+    round: int
+
+    @property
+    def key(self) -> Any:
+        """The store key behind the proxy."""
+        from proxystore.store.utils import get_key
+
+        return get_key(self.proxy)
+
+    def resolve(self) -> tuple[FlatWeights, float, float]:
+        from proxystore.proxy import extract
+
+        t0 = time.perf_counter()
+        try:
+            data = extract(self.proxy)
+        except Exception as exc:
+            raise TransferError(
+                f"cannot resolve proxy key {self.key} of round {self.round + 1}: {type(exc).__name__}: {exc}"
+            ) from exc
+        t1 = time.perf_counter()
+        weights = FlatWeights.from_bytes(data)
+        return weights, t1 - t0, time.perf_counter() - t1
+
+    def reply(self, weights: FlatWeights) -> tuple[ProxyRef, float, float]:
+        from proxystore.store.utils import get_factory
+
+        t0 = time.perf_counter()
+        data = weights.to_bytes()
+        t1 = time.perf_counter()
+        store = get_factory(self.proxy).get_store()
+        try:
+            proxy = store.proxy(data, populate_target=False)
+        except Exception as exc:
+            raise TransferError(f"cannot store the result of round {self.round + 1}: {type(exc).__name__}: {exc}") from exc
+        return ProxyRef(proxy, len(data), self.round), t1 - t0, time.perf_counter() - t1
+
+
+class ProxyTransfer:
+    """Coordinator side of a ProxyStore channel.
+
+    Args:
+        kind: ``redis`` or ``file`` (for logs and results).
+        connector: the ProxyStore connector.
+        where: a human-readable location for error messages (host:port, a path).
+        cache_size: objects each process's store keeps resolved; small, because a
+            cached model is a full copy of it.
+    """
+
+    def __init__(self, kind: str, connector: Any, where: str, cache_size: int = 1) -> None:
+        from proxystore.store import Store
+
+        self.kind = kind
+        self.where = where
+        self.store = Store(
+            f"flight-parsl-{uuid.uuid4().hex[:12]}",
+            connector,
+            serializer=identity,
+            deserializer=identity,
+            cache_size=cache_size,
+            register=True,
+        )
+        self._lifetimes: dict[int, Any] = {}
+
+    def _lifetime(self, round_idx: int) -> Any:
+        from proxystore.store.lifetimes import ContextLifetime
+
+        if round_idx not in self._lifetimes:
+            self._lifetimes[round_idx] = ContextLifetime(self.store, name=f"round-{round_idx}")
+        return self._lifetimes[round_idx]
+
+    def publish(self, weights: FlatWeights, round_idx: int) -> ProxyRef:
+        data = weights.to_bytes()
+        try:
+            proxy = self.store.proxy(data, lifetime=self._lifetime(round_idx), populate_target=False)
+        except Exception as exc:
+            raise TransferError(
+                f"{self.kind} store at {self.where} failed in round {round_idx + 1}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return ProxyRef(proxy, len(data), round_idx)
+
+    def collect(self, ref: ProxyRef) -> FlatWeights:
+        key = ref.key
+        self._lifetime(ref.round).add_key(key)
+        try:
+            data = self.store.connector.get(key)
+        except Exception as exc:
+            raise TransferError(
+                f"{self.kind} store at {self.where} failed reading key {key} of round {ref.round + 1}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if data is None:
+            raise TransferError(f"result key {key} of round {ref.round + 1} is missing from the {self.kind} store")
+        return FlatWeights.from_bytes(data)
+
+    def end_round(self, round_idx: int) -> None:
+        lifetime = self._lifetimes.pop(round_idx, None)
+        if lifetime is not None:
+            try:
+                lifetime.close()
+            except Exception as exc:
+                raise TransferError(
+                    f"{self.kind} store at {self.where} failed evicting round {round_idx + 1}: {exc}"
+                ) from exc
+
+    def close(self) -> None:
+        """End every open lifetime (evicting its keys), then close the store."""
+        for round_idx in list(self._lifetimes):
+            try:
+                self.end_round(round_idx)
+            except TransferError:
+                pass  # the store is gone; nothing left to evict
+        self.store.close()
