@@ -10,7 +10,9 @@ import pytest
 from conftest import read_csv, read_summary
 from flight_parsl.errors import ExecutorError
 from flight_parsl.progress import Progress
+from flight_parsl.redis_server import count_keys
 from flight_parsl.runner import run_experiment
+from redis_fixtures import managed_redis  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,6 +29,24 @@ def test_debug_round_on_htex_workers(make_config) -> None:
     assert summary["start"] < summary["dfk_start_done"] < summary["priming_done"] < summary["end"]
     assert (out / "parsl").is_dir()
     assert all(int(t["bytes_out"]) == int(t["bytes_in"]) > 62006 * 4 for t in tasks)
+
+
+@pytest.mark.parametrize("kind", ["redis", "file"])
+def test_proxy_transfers_on_htex_workers(kind, make_config, managed_redis, tmp_path) -> None:
+    import redis
+
+    redis.Redis(managed_redis.address.host, managed_redis.address.port).set("sentinel", b"kept")
+    cfg = make_config(
+        "train.mode=none", "model.name=smallnet", f"transfer.kind={kind}",
+        f"transfer.redis={managed_redis.address}", f"transfer.file_dir={tmp_path}",
+        workers=4, rounds=2, backend="parsl",
+    )
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    tasks = read_csv(out / "tasks.csv")
+    assert len(tasks) == 8 and os.getpid() not in {int(t["pid"]) for t in tasks}
+    assert all(int(t["bytes_in"]) == int(t["bytes_out"]) > 62006 * 4 for t in tasks)
+    assert count_keys(managed_redis.address) == 1  # only the sentinel
+    assert list(tmp_path.glob("flight_parsl-*")) == []
 
 
 def test_local_training_on_htex_workers(make_config) -> None:

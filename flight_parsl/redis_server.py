@@ -1,0 +1,476 @@
+"""A managed ``redis-server`` for laptops, tests and job scripts, and a reachability check.
+
+This module owns everything flight_parsl does to find, start, probe and stop a Redis
+server: :class:`RedisAddress` (``HOST:PORT`` parsing), :func:`check_reachable` (one PING
+with a one-line error), :class:`ManagedRedis` (a private, non-persistent server on a
+free loopback port that leaves nothing behind), :func:`redis_available` and
+:func:`count_keys` (SCAN-based key counting to check that a run cleaned up).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from flight_parsl.errors import ConfigError, ExecutorError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BINARY = "redis-server"
+POLL_INTERVAL = 0.05
+BIND_ATTEMPTS = 5
+LOG_TAIL_LINES = 15
+STOP_TIMEOUT = 5.0
+
+_BIND_FAILURE_MARKERS = (
+    "Address already in use",
+    "Could not create server TCP listening socket",
+)
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where a Redis server listens.
+
+    Attributes:
+        host: Host name or IP address (IPv6 without brackets).
+        port: TCP port, 1..65535.
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        """Return ``host:port`` (``[host]:port`` for an IPv6 address)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> RedisAddress:
+        """Parse ``HOST:PORT`` or ``[IPV6]:PORT``.
+
+        Args:
+            text: The address as given by the user.
+
+        Returns:
+            The parsed address.
+
+        Raises:
+            ConfigError: The text is not of the form HOST:PORT or the port is out of range.
+        """
+        expected = f"invalid Redis address {text!r}; expected HOST:PORT (e.g. 127.0.0.1:6379)"
+        stripped = text.strip()
+        host, sep, port_text = stripped.rpartition(":")
+        if not sep or not host or not port_text:
+            raise ConfigError(expected)
+        if host.startswith("[") or host.endswith("]"):
+            if not (host.startswith("[") and host.endswith("]")) or len(host) < 3:
+                raise ConfigError(expected)
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ConfigError(f"{expected}; {host!r} is not an IPv6 address") from None
+        elif ":" in host:
+            raise ConfigError(f"{expected}; write an IPv6 host in brackets, [::1]:6379")
+        if any(ch.isspace() for ch in host) or not port_text.isascii() or not port_text.isdigit():
+            raise ConfigError(expected)
+        port = int(port_text)
+        if not 1 <= port <= 65535:
+            raise ConfigError(
+                f"invalid Redis address {text!r}: port {port} is outside 1..65535; "
+                "expected HOST:PORT"
+            )
+        return cls(host=host, port=port)
+
+
+def _client(address: RedisAddress, timeout: float) -> redis.Redis:
+    """Build a client that tries once (no retries, no backoff) with the given timeouts."""
+    return redis.Redis(
+        host=address.host,
+        port=address.port,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """Describe why talking to Redis failed, on one line."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, (TimeoutError, socket.timeout, redis.exceptions.TimeoutError)):
+            return "timed out"
+        current = current.__cause__ or current.__context__
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def check_reachable(address: RedisAddress, timeout: float = 5.0) -> None:
+    """Connect to Redis and send PING.
+
+    Args:
+        address: The server to probe.
+        timeout: Seconds for connecting and for the reply.
+
+    Raises:
+        ExecutorError: One line, ``Redis at HOST:PORT is unreachable: REASON``.
+    """
+    client = _client(address, timeout)
+    try:
+        client.ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ExecutorError(f"Redis at {address} is unreachable: {_reason(exc)}") from None
+    finally:
+        client.close()
+
+
+def redis_available(binary: str = DEFAULT_BINARY) -> bool:
+    """Return whether the redis-server binary can be found (``shutil.which``)."""
+    return shutil.which(binary) is not None
+
+
+def count_keys(address: RedisAddress, pattern: str = "*") -> int:
+    """Count the keys matching a glob pattern with SCAN (never KEYS).
+
+    Args:
+        address: The server to query.
+        pattern: A Redis glob pattern.
+
+    Returns:
+        The number of matching keys in database 0.
+
+    Raises:
+        ExecutorError: The server cannot be reached.
+    """
+    client = _client(address, 5.0)
+    try:
+        return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ExecutorError(f"Redis at {address} is unreachable: {_reason(exc)}") from None
+    finally:
+        client.close()
+
+
+def _free_port(host: str) -> int:
+    """Ask the kernel for a free TCP port on host (bind to port 0, then release it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """Return the last non-empty lines of a text file, or [] if it cannot be read."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+class _BindFailed(Exception):
+    """The server could not listen on the chosen port; try another one."""
+
+
+class ManagedRedis:
+    """A private redis-server on a free loopback port, stopped and cleaned up on exit.
+
+    The server keeps no data on disk (``--save "" --appendonly no``), writes only inside
+    its own temporary directory (removed on stop), runs in its own session so Ctrl-C in
+    the terminal does not kill it before it is shut down cleanly, and is also stopped by
+    ``atexit``.
+
+    Example:
+        with ManagedRedis() as server:
+            check_reachable(server.address)
+    """
+
+    def __init__(
+        self,
+        binary: str = DEFAULT_BINARY,
+        host: str = "127.0.0.1",
+        start_timeout: float = 10.0,
+        maxmemory: str | None = None,
+    ) -> None:
+        """Configure the server; nothing starts until :meth:`start` or ``with``.
+
+        Args:
+            binary: The redis-server executable (a name on PATH or a path).
+            host: The address to bind and to connect to.
+            start_timeout: Seconds to wait for the first PING answer.
+            maxmemory: Passed as ``--maxmemory`` (e.g. ``"256mb"``) if set.
+        """
+        self.binary = binary
+        self.host = host
+        self.start_timeout = start_timeout
+        self.maxmemory = maxmemory
+        self._address: RedisAddress | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._directory: Path | None = None
+        self._lock = threading.Lock()
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def address(self) -> RedisAddress:
+        """The address the server listens on (kept after :meth:`stop`)."""
+        if self._address is None:
+            raise ExecutorError("ManagedRedis has not been started; use it in a with block")
+        return self._address
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, or None before start and after stop."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def directory(self) -> Path | None:
+        """The server's temporary directory (removed on stop), or None before start."""
+        return self._directory
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> RedisAddress:
+        """Start the server and wait until it answers PING.
+
+        Returns:
+            The address it listens on.
+
+        Raises:
+            ExecutorError: The binary is missing, or the server exited early or did not
+                answer within ``start_timeout`` (the message holds its last log lines).
+        """
+        with self._lock:
+            if self._process is not None:
+                raise ExecutorError("ManagedRedis is already started; use a new instance")
+            resolved = shutil.which(self.binary)
+            if resolved is None:
+                raise ExecutorError(
+                    f"{self.binary} not found on PATH; install it (apt-get install "
+                    "redis-server) or pass --redis HOST:PORT of a running server"
+                )
+            last_error: _BindFailed | None = None
+            for attempt in range(1, BIND_ATTEMPTS + 1):
+                try:
+                    self._start_once(resolved, _free_port(self.host))
+                except _BindFailed as exc:
+                    last_error = exc
+                    log.debug("redis-server bind failed (attempt %d): %s", attempt, exc)
+                    continue
+                atexit.register(self.stop)
+                log.info("started redis-server pid %s at %s", self.pid, self._address)
+                return self.address
+            raise ExecutorError(
+                f"redis-server could not bind a free port on {self.host} after "
+                f"{BIND_ATTEMPTS} attempts: {last_error}"
+            )
+
+    def stop(self) -> None:
+        """Shut the server down (SHUTDOWN NOSAVE, then terminate/kill) and remove its files.
+
+        Safe to call more than once and before start.
+        """
+        with self._lock:
+            self._shutdown()
+            atexit.unregister(self.stop)
+
+    def __enter__(self) -> ManagedRedis:
+        """Start the server."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    def __repr__(self) -> str:
+        """Show the address and whether the server runs."""
+        where = str(self._address) if self._address else "not started"
+        return f"ManagedRedis({where}, running={self.running})"
+
+    # -- internals -------------------------------------------------------------------
+
+    def _command(self, binary: str, port: int, directory: Path) -> list[str]:
+        """Build the redis-server command line."""
+        args = [
+            binary,
+            "--bind", self.host,
+            "--port", str(port),
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+            "--dir", str(directory),
+            "--logfile", str(directory / "redis.log"),
+        ]  # fmt: skip
+        if self.maxmemory is not None:
+            args += ["--maxmemory", self.maxmemory]
+        return args
+
+    def _start_once(self, binary: str, port: int) -> None:
+        """Start one server on port; raise _BindFailed if the port was taken."""
+        directory = Path(tempfile.mkdtemp(prefix="flight-parsl-redis-"))
+        address = RedisAddress(self.host, port)
+        self._directory = directory
+        self._address = address
+        self._stderr = (directory / "stderr.log").open("wb")
+        try:
+            self._process = subprocess.Popen(
+                self._command(binary, port, directory),
+                stdin=subprocess.DEVNULL,
+                stdout=self._stderr,
+                stderr=self._stderr,
+                cwd=directory,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            self._shutdown(graceful=False)
+            raise ExecutorError(f"cannot start {binary}: {exc}") from None
+        try:
+            self._wait_ready(address)
+        except BaseException:
+            lines = self._log_lines()
+            self._shutdown(graceful=False)
+            self._address = None
+            if any(marker in line for line in lines for marker in _BIND_FAILURE_MARKERS):
+                raise _BindFailed(lines[-1] if lines else "address in use") from None
+            raise
+
+    def _wait_ready(self, address: RedisAddress) -> None:
+        """Poll PING every 50 ms until it answers from our own process."""
+        assert self._process is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            status = self._process.poll()
+            if status is not None:
+                raise ExecutorError(
+                    f"redis-server exited with status {status} before answering on "
+                    f"{address}{self._log_excerpt()}"
+                )
+            if self._answers(address):
+                return
+            if time.monotonic() >= deadline:
+                raise ExecutorError(
+                    f"redis-server did not answer PING on {address} within "
+                    f"{self.start_timeout:g} s{self._log_excerpt()}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _answers(self, address: RedisAddress) -> bool:
+        """Return whether our process (not another one on the port) answers PING."""
+        assert self._process is not None
+        client = _client(address, 1.0)
+        try:
+            if not client.ping():
+                return False
+            info = client.info("server")
+            return int(info.get("process_id", -1)) == self._process.pid
+        except (redis.exceptions.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def _log_lines(self) -> list[str]:
+        """Return the last lines of the server's log file and stderr."""
+        if self._directory is None:
+            return []
+        return _tail(self._directory / "redis.log") + _tail(self._directory / "stderr.log")
+
+    def _log_excerpt(self) -> str:
+        """Format the last log lines for an error message."""
+        lines = self._log_lines()
+        if not lines:
+            return " (its log is empty)"
+        return "; last lines of its log:\n" + "\n".join(f"  {line}" for line in lines)
+
+    def _shutdown(self, graceful: bool = True) -> None:
+        """Stop the process if any, close files and remove the temporary directory.
+
+        Args:
+            graceful: Send SHUTDOWN NOSAVE first; False (a server that never became
+                ready) goes straight to SIGTERM.
+        """
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            if not graceful or self._address is None:
+                _signal(process.terminate)
+            else:
+                client = _client(self._address, 1.0)
+                try:
+                    client.shutdown(nosave=True)
+                except (redis.exceptions.RedisError, OSError) as exc:
+                    log.debug("SHUTDOWN NOSAVE failed (%s); sending SIGTERM", exc)
+                    _signal(process.terminate)
+                finally:
+                    client.close()
+            _reap(process)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        if self._directory is not None and self._directory.exists():
+            shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def _signal(send: Callable[[], None]) -> None:
+    """Send a signal with Popen.terminate/kill, ignoring a process that is already gone."""
+    try:
+        send()
+    except ProcessLookupError:
+        pass
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    """Wait for process to exit, escalating to SIGTERM and then SIGKILL."""
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    for send in (process.terminate, process.kill):
+        _signal(send)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    log.warning("redis-server pid %s did not exit after SIGKILL", process.pid)
+
+
+__all__ = [
+    "ManagedRedis",
+    "RedisAddress",
+    "check_reachable",
+    "count_keys",
+    "redis_available",
+]

@@ -1,0 +1,151 @@
+"""Transfer channels: round trips, exact byte counts, eviction, and clear failures."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import read_csv, read_summary
+from flight_parsl.errors import ConfigError, ExecutorError, TaskError, TransferError
+from flight_parsl.progress import Progress
+from flight_parsl.redis_server import count_keys
+from flight_parsl.runner import run_experiment
+from flight_parsl.transfer import open_transfer
+from flight_parsl.weights import FlatWeights, Layout
+from redis_fixtures import managed_redis, require_redis_server  # noqa: F401 (fixture)
+
+
+def _weights(seed: int, n: int = 1000) -> FlatWeights:
+    layout = Layout.from_shapes([("w", (n,), "float32")])
+    return FlatWeights(np.random.default_rng(seed).normal(size=n).astype(np.float32), layout)
+
+
+def _round_trip(transfer) -> int:
+    """Publish, resolve as a worker would, reply, collect; returns the payload size."""
+    w = _weights(0)
+    ref = transfer.publish(w, 0)
+    got, get_s, de_s = ref.resolve()
+    assert np.array_equal(got.buffer, w.buffer) and got.layout == w.layout
+    assert get_s >= 0 and de_s >= 0
+    back, ser_s, put_s = ref.reply(_weights(1))
+    assert np.array_equal(transfer.collect(back).buffer, _weights(1).buffer)
+    assert ref.nbytes == back.nbytes == len(w.to_bytes())
+    return ref.nbytes
+
+
+def test_parsl_round_trip() -> None:
+    with open_transfer("parsl") as t:
+        assert _round_trip(t) == len(_weights(0).to_bytes())
+
+
+def test_file_round_trip_evicts_the_round_and_removes_its_directory(tmp_path) -> None:
+    with open_transfer("file", file_dir=str(tmp_path)) as t:
+        _round_trip(t)
+        (store_dir,) = tmp_path.iterdir()
+        objects = [p for p in store_dir.iterdir() if p.suffix != ".ready"]
+        assert len(objects) == 2  # the global model and one result
+        t.end_round(0)
+        assert list(store_dir.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redis_round_trip_leaves_no_key(managed_redis) -> None:
+    addr = managed_redis.address
+    with open_transfer("redis", redis=str(addr)) as t:
+        _round_trip(t)
+        assert count_keys(addr) == 2
+        t.end_round(0)
+        assert count_keys(addr) == 0
+        t.publish(_weights(2), 1)  # a round left open is evicted on close
+    assert count_keys(addr) == 0
+
+
+def test_managed_redis_starts_and_stops() -> None:
+    require_redis_server()
+    with open_transfer("redis") as t:
+        assert t.where.startswith("127.0.0.1:")
+        _round_trip(t)
+        where = t.where
+    with pytest.raises(ExecutorError, match="unreachable"):
+        from flight_parsl.redis_server import RedisAddress, check_reachable
+
+        check_reachable(RedisAddress.parse(where), timeout=1)
+
+
+def test_an_evicted_key_names_key_and_round(managed_redis) -> None:
+    with open_transfer("redis", redis=str(managed_redis.address)) as t:
+        ref = t.publish(_weights(0), 4)
+        t.end_round(4)
+        with pytest.raises(TransferError, match=rf"cannot resolve proxy key .*{ref.key.redis_key}.* of round 5"):
+            ref.resolve()
+
+
+@pytest.mark.parametrize("kind", ["parsl", "file", "redis"])
+def test_thread_pool_run_counts_exact_payload_bytes(kind, make_config, tmp_path, managed_redis) -> None:
+    extra = [f"transfer.file_dir={tmp_path}"] if kind == "file" else []
+    extra += [f"transfer.redis={managed_redis.address}"] if kind == "redis" else []
+    before = count_keys(managed_redis.address)
+    cfg = make_config("train.mode=none", "model.name=smallnet", f"transfer.kind={kind}", *extra, workers=3, rounds=2)
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    tasks, rounds = read_csv(out / "tasks.csv"), read_csv(out / "rounds.csv")
+    payload = read_summary(out)["model_bytes"]
+    assert len(tasks) == 6
+    assert all(payload < int(t["bytes_in"]) == int(t["bytes_out"]) < payload + 4096 for t in tasks)
+    for r in rounds:
+        mine = [t for t in tasks if t["round"] == r["round"]]
+        assert int(r["bytes_moved"]) == sum(int(t["bytes_in"]) + int(t["bytes_out"]) for t in mine)
+    assert count_keys(managed_redis.address) == before
+    if kind == "file":
+        assert list(Path(tmp_path).glob("flight_parsl-*")) == []
+
+
+def test_training_through_redis_learns(make_config, managed_redis) -> None:
+    cfg = make_config("transfer.kind=redis", f"transfer.redis={managed_redis.address}", "model.name=logreg", workers=2, rounds=2)
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    assert float(read_csv(out / "rounds.csv")[-1]["test_acc"]) > 0.8
+    assert count_keys(managed_redis.address) == 0
+
+
+def test_unreachable_redis_fails_before_any_task(make_config, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = make_config("transfer.kind=redis", f"transfer.redis=127.0.0.1:{port}", workers=2, rounds=1, backend="parsl")
+    with pytest.raises(ExecutorError, match=f"Redis at 127.0.0.1:{port} is unreachable"):
+        run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "failed" and "dfk_start_done" not in summary
+    assert read_csv(tmp_path / "run" / "tasks.csv") == []
+
+
+def test_redis_dying_mid_run_stops_with_a_clear_error_and_keeps_round_one(make_config, managed_redis, monkeypatch) -> None:
+    import flight_parsl.engine as engine
+
+    real = engine.train_task
+
+    def kill_redis_in_round_two(ref, round_idx, worker, workload, settings):
+        if round_idx == 1:
+            managed_redis.stop()
+        return real(ref, round_idx, worker, workload, settings)
+
+    monkeypatch.setattr(engine, "train_task", kill_redis_in_round_two)
+    cfg = make_config(
+        "transfer.kind=redis", f"transfer.redis={managed_redis.address}", "train.mode=none", "model.name=tiny",
+        workers=2, rounds=3,
+    )
+    with pytest.raises(TaskError, match=r"failed in round 2: TransferError: cannot resolve proxy key .* of round 2"):
+        run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    out = Path(cfg.out)
+    assert len(read_csv(out / "rounds.csv")) == 1
+    assert read_summary(out)["status"] == "failed"
+
+
+def test_bad_transfer_config_is_named() -> None:
+    from flight_parsl.config import build_config
+
+    with pytest.raises(ConfigError, match="unknown transfer 'ftp'; valid names: file, parsl, redis"):
+        build_config(overrides=["transfer.kind=ftp"])
+    with pytest.raises(ConfigError, match="invalid Redis address 'nohost'"):
+        build_config(overrides=["transfer.redis=nohost"])
