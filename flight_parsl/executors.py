@@ -91,11 +91,16 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
         parsl.clear()
 
 
-def prime(backend: Backend) -> tuple[str, int]:
-    """Run one warm-up task; fail clearly if no worker answers in time."""
-    future = backend.executor.submit(prime_task)
+def prime(backend: Backend, workers: int = 1, modules: tuple[str, ...] = ()) -> set[tuple[str, int]]:
+    """Run ``workers`` warm-up tasks that import ``modules``; return the (host, pid) seen.
+
+    One-time costs on each worker (starting, importing torch or ProxyStore) then
+    fall before ``priming_done`` instead of into the first measured round. Fails
+    clearly if no worker answers in time.
+    """
+    futures = [backend.executor.submit(prime_task, modules, 0.2 if workers > 1 else 0.0) for _ in range(workers)]
     try:
-        return future.result(timeout=backend.start_timeout)
+        return {f.result(timeout=backend.start_timeout) for f in futures}
     except FuturesTimeout as exc:
         raise ExecutorError(
             f"no worker started within {backend.start_timeout:.0f} s ({backend.description}); "

@@ -21,6 +21,16 @@ from flight_parsl.tasks import peak_rss_mb
 from flight_parsl.transfer import open_transfer
 
 
+def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """Modules the round's tasks import on a worker, imported during priming."""
+    modules: list[str] = []
+    if cfg.train.mode == "local":
+        modules.append("flight_parsl.training")
+    if cfg.transfer.kind != "parsl":
+        modules += ["proxystore.proxy", "proxystore.store", f"proxystore.connectors.{cfg.transfer.kind}"]
+    return tuple(modules)
+
+
 def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Path:
     """Run ``cfg``; return its run directory.
 
@@ -48,8 +58,9 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> P
         ) as backend:
             recorder.update(executor=backend.description)
             progress.say(f"{backend.description}; model {exp.workload.model.name} ({exp.num_parameters:,} parameters)")
-            prime(backend)
+            primed = prime(backend, cfg.workers, warm_modules(cfg))
             recorder.mark("priming_done")
+            recorder.update(primed_workers=len(primed))
             final, rounds = run_sync(
                 exp, backend.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.seed, cfg.round_timeout
             )

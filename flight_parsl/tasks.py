@@ -67,8 +67,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def prime_task() -> tuple[str, int]:
-    """Warm-up task: proves a worker is up; returns its host and pid."""
+def prime_task(modules: tuple[str, ...] = (), hold_s: float = 0.0) -> tuple[str, int]:
+    """Warm-up task: imports what the round's tasks will import; returns host and pid.
+
+    ``hold_s`` keeps the worker busy a moment so that concurrent warm-up tasks
+    spread over idle workers instead of queueing on the first one.
+    """
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+    time.sleep(hold_s)
     return socket.gethostname(), os.getpid()
 
 

@@ -106,3 +106,31 @@ def test_same_seed_gives_the_same_model(make_config, tmp_path) -> None:
     la = [float(r["test_loss"]) for r in read_csv(a / "rounds.csv")]
     lb = [float(r["test_loss"]) for r in read_csv(b / "rounds.csv")]
     np.testing.assert_allclose(la, lb, rtol=1e-5)
+
+
+def test_process_pool_backend_runs_tasks_in_other_processes(make_config) -> None:
+    import os
+
+    cfg = make_config("train.mode=none", "model.name=tiny", workers=2, rounds=2, backend="process")
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    tasks = read_csv(out / "tasks.csv")
+    assert len(tasks) == 4 and os.getpid() not in {int(t["pid"]) for t in tasks}
+
+
+def test_a_round_that_outlives_its_timeout_stops_the_run(make_config, monkeypatch) -> None:
+    import time
+
+    import flight_parsl.engine as engine
+
+    real = engine.train_task
+
+    def slow_worker(ref, round_idx, worker, workload, settings):
+        if worker == 1:
+            time.sleep(3)
+        return real(ref, round_idx, worker, workload, settings)
+
+    monkeypatch.setattr(engine, "train_task", slow_worker)
+    cfg = make_config("train.mode=none", "model.name=tiny", "round_timeout=1", workers=2, rounds=1)
+    with pytest.raises(TaskError, match=r"round 1 timed out after 1.0 s with 1/2 results"):
+        run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    assert len(read_csv(Path(cfg.out) / "tasks.csv")) == 1
