@@ -1,0 +1,99 @@
+"""The scaling results table: one row per run, shared by flight_parsl sweeps and baselines.
+
+Every framework (flight_parsl with each transfer, Flower simulation, Flower gRPC)
+appends rows with the same columns, so one table holds a whole comparison and
+analysis/ plots it directly. Rows are appended and flushed one at a time; a sweep
+that is run again skips the (framework, model, num_workers, transfer, trial) cells
+already present with status ``ok``.
+
+Columns:
+    framework: ``flight_parsl``, ``flower-simulation`` or ``flower-grpc``.
+    model, num_workers, transfer (``parsl``/``redis``/``file``; Flower: ``ray``/``grpc``),
+    trial, train (``none``/``local``), rounds.
+    start, dfk_start_done, priming_done, end: Unix seconds (for Flower: start = first
+        client launch or engine start, dfk_start_done = server/engine up,
+        priming_done = first round starts).
+    start2end, prime2end: seconds (prime2end is the measured rounds).
+    round_makespan_s: mean seconds from a round's start to its aggregate being ready.
+    bytes_moved: model payload bytes sent and received, all rounds.
+    peak_rss_mb: peak RSS of the coordinator/server process.
+    peak_rss_workers_mb: sum over worker/client processes of each one's peak RSS.
+    status: ``ok`` or ``failed: <reason>``.
+    run_dir: where the run's own files are.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (
+    "framework",
+    "model",
+    "num_workers",
+    "transfer",
+    "trial",
+    "train",
+    "rounds",
+    "start",
+    "dfk_start_done",
+    "priming_done",
+    "end",
+    "start2end",
+    "prime2end",
+    "round_makespan_s",
+    "bytes_moved",
+    "peak_rss_mb",
+    "peak_rss_workers_mb",
+    "status",
+    "run_dir",
+)
+
+CellKey = tuple[str, str, int, str, int]
+
+
+def cell_key(row: dict[str, Any]) -> CellKey:
+    """The identity of a sweep cell: framework, model, workers, transfer, trial."""
+    return (str(row["framework"]), str(row["model"]), int(row["num_workers"]), str(row["transfer"]), int(row["trial"]))
+
+
+def append_row(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one row (writing the header first if the file is new), flushed at once."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    new = not p.exists() or p.stat().st_size == 0
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown results columns: {sorted(unknown)}")
+    with p.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """All rows of a results table (empty if the file does not exist)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    with p.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def done_cells(path: str | Path) -> set[CellKey]:
+    """Cells already finished with status ``ok``."""
+    return {cell_key(r) for r in read_rows(path) if r.get("status") == "ok"}
+
+
+def rows_to_frame(rows: Iterable[dict[str, Any]]) -> Any:
+    """A pandas DataFrame with numeric columns converted."""
+    import pandas as pd
+
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    for col in COLUMNS:
+        if col not in ("framework", "model", "transfer", "train", "status", "run_dir"):
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
