@@ -34,7 +34,15 @@ class RoundSummary:
     makespan_s: float
     test_loss: float
     test_acc: float
-    peak_worker_rss_mb: float
+
+
+@dataclass
+class SyncResult:
+    """The final model, one summary per round, and each worker process's peak RSS (MiB)."""
+
+    weights: FlatWeights
+    rounds: list[RoundSummary]
+    worker_peak_rss_mb: dict[tuple[str, int], float]
 
 
 def _mean(values: list[float]) -> float:
@@ -52,8 +60,8 @@ def run_sync(
     rounds: int,
     seed: int,
     round_timeout: float | None = None,
-) -> tuple[FlatWeights, list[RoundSummary]]:
-    """Run ``rounds`` synchronous rounds; returns the final model and round summaries.
+) -> SyncResult:
+    """Run ``rounds`` synchronous rounds.
 
     Raises:
         TaskError: a task failed or the round timed out. Rows of finished tasks
@@ -62,6 +70,7 @@ def run_sync(
     rng = np.random.default_rng(seed)
     weights = exp.initial
     summaries: list[RoundSummary] = []
+    worker_peaks: dict[tuple[str, int], float] = {}
     all_workers = list(range(workers))
     for r in range(rounds):
         start = time.time()
@@ -77,7 +86,6 @@ def run_sync(
         aggregator = exp.strategy.aggregator(weights)
         aggregate_s = 0.0
         bytes_in = bytes_out = 0
-        peak_rss = 0.0
         losses: list[float] = []
         accs: list[float] = []
         try:
@@ -99,7 +107,8 @@ def run_sync(
                 del result_weights
                 bytes_in += res.bytes_in
                 bytes_out += res.bytes_out
-                peak_rss = max(peak_rss, res.peak_rss_mb)
+                process = (res.host, res.pid)
+                worker_peaks[process] = max(worker_peaks.get(process, 0.0), res.peak_rss_mb)
                 losses.append(res.train_loss)
                 accs.append(res.train_acc)
                 recorder.task_row(_task_row(res, submitted, received, collect_s))
@@ -137,8 +146,8 @@ def run_sync(
             }
         )
         progress.end_round(r, aggregator.count, len(participants), end - start, loss, acc)
-        summaries.append(RoundSummary(r, end - start, loss, acc, peak_rss))
-    return weights, summaries
+        summaries.append(RoundSummary(r, end - start, loss, acc))
+    return SyncResult(weights, summaries, worker_peaks)
 
 
 def _task_row(res: TaskResult, submitted: float, received: float, collect_s: float) -> dict[str, object]:
@@ -162,5 +171,6 @@ def _task_row(res: TaskResult, submitted: float, received: float, collect_s: flo
         "samples": res.samples,
         "train_loss": res.train_loss,
         "train_acc": res.train_acc,
+        "rss_mb": res.rss_mb,
         "peak_rss_mb": res.peak_rss_mb,
     }

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flight_parsl.errors import ExecutorError
@@ -33,6 +34,9 @@ class Backend:
     kind: str
     description: str
     start_timeout: float = DEFAULT_START_TIMEOUT
+    started_at: float = field(default_factory=time.time)
+    ready_at: float = field(default_factory=time.time)
+    runs: int = 0
 
 
 @contextmanager
@@ -48,8 +52,10 @@ def open_backend(
     ``on_started`` is called once the executor is up (for Parsl: the DataFlowKernel
     is loaded), before any task runs.
     """
+    started_at = time.time()
     if kind == "parsl":
         with _parsl_backend(workers, run_dir, parsl_config) as backend:
+            backend.started_at = started_at
             if on_started:
                 on_started()
             yield backend
@@ -63,7 +69,7 @@ def open_backend(
     try:
         if on_started:
             on_started()
-        yield Backend(pool, kind, f"{kind} pool with {workers} workers")
+        yield Backend(pool, kind, f"{kind} pool with {workers} workers", started_at=started_at)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 

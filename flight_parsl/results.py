@@ -60,6 +60,7 @@ TASK_COLUMNS = (
     "samples",
     "train_loss",
     "train_acc",
+    "rss_mb",
     "peak_rss_mb",
 )
 

@@ -9,15 +9,17 @@ back), ``end`` (the last round's aggregate is ready); summary.json derives
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flight_parsl.config import ExperimentConfig
 from flight_parsl.engine import run_sync
-from flight_parsl.executors import open_backend, prime
+from flight_parsl.executors import Backend, open_backend, prime
 from flight_parsl.experiment import prepare
 from flight_parsl.progress import Progress
 from flight_parsl.results import RunRecorder, default_run_dir
-from flight_parsl.tasks import peak_rss_mb
+from flight_parsl.memory import PeakSampler
 from flight_parsl.transfer import open_transfer
 
 
@@ -31,46 +33,52 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
     return tuple(modules)
 
 
-def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Path:
+def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, backend: Backend | None = None) -> Path:
     """Run ``cfg``; return its run directory.
 
-    On any error the run directory keeps every finished row, and summary.json
-    says ``failed`` (or ``interrupted``) with the error; the error is re-raised.
+    With ``backend`` the run reuses an executor that is already up (a sweep reusing
+    one DataFlowKernel per worker count): ``dfk_start_done`` then equals ``start``
+    and summary.json says ``dfk_reused``. On any error the run directory keeps
+    every finished row, summary.json says ``failed`` (or ``interrupted``) with the
+    error, and the error is re-raised.
     """
     progress = progress or Progress(cfg.rounds)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     recorder = RunRecorder(out, cfg)
     progress.say(f"run directory: {out}")
     try:
-        exp = prepare(cfg)
-        recorder.update(
-            model=exp.workload.model.name,
-            num_parameters=exp.num_parameters,
-            model_bytes=exp.initial.nbytes,
-            workers=cfg.workers,
-            backend=cfg.backend,
-            transfer=cfg.transfer.kind,
-        )
-        t = cfg.transfer
-        # The channel opens first: an unreachable Redis fails before Parsl starts.
-        with open_transfer(t.kind, t.redis, t.file_dir, t.cache_size) as transfer, open_backend(
-            cfg.backend, cfg.workers, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done")
-        ) as backend:
-            recorder.update(executor=backend.description)
-            progress.say(f"{backend.description}; model {exp.workload.model.name} ({exp.num_parameters:,} parameters)")
-            primed = prime(backend, cfg.workers, warm_modules(cfg))
-            recorder.mark("priming_done")
-            recorder.update(primed_workers=len(primed))
-            final, rounds = run_sync(
-                exp, backend.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.seed, cfg.round_timeout
+        with PeakSampler() as memory:
+            exp = prepare(cfg)
+            recorder.update(
+                model=exp.workload.model.name,
+                num_parameters=exp.num_parameters,
+                model_bytes=exp.initial.nbytes,
+                workers=cfg.workers,
+                backend=cfg.backend,
+                transfer=cfg.transfer.kind,
             )
-            recorder.mark("end")
-        last = rounds[-1]
+            t = cfg.transfer
+            # The channel opens first: an unreachable Redis fails before Parsl starts.
+            with open_transfer(t.kind, t.redis, t.file_dir, t.cache_size) as transfer, _backend(
+                cfg, out, recorder, backend
+            ) as active:
+                recorder.update(executor=active.description)
+                progress.say(f"{active.description}; model {exp.workload.model.name} ({exp.num_parameters:,} parameters)")
+                primed = prime(active, cfg.workers, warm_modules(cfg))
+                recorder.mark("priming_done")
+                recorder.update(primed_workers=len(primed))
+                result = run_sync(
+                    exp, active.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.seed, cfg.round_timeout
+                )
+                recorder.mark("end")
+        last = result.rounds[-1]
         recorder.update(
             final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,
             final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
-            peak_rss_mb_coordinator=peak_rss_mb(),
-            peak_rss_mb_worker=max(r.peak_worker_rss_mb for r in rounds),
+            round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
+            peak_rss_mb_coordinator=memory.peak_mb,
+            peak_rss_mb_worker=max(result.worker_peak_rss_mb.values()),
+            peak_rss_mb_workers_total=sum(result.worker_peak_rss_mb.values()),
         )
         recorder.finish("completed")
     except KeyboardInterrupt:
@@ -82,3 +90,26 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> P
     s = recorder.summary
     progress.say(f"done: start2end {s['start2end']:.2f}s  prime2end {s['prime2end']:.2f}s  -> {out}")
     return out
+
+
+@contextmanager
+def _backend(cfg: ExperimentConfig, out: Path, recorder: RunRecorder, backend: Backend | None) -> Iterator[Backend]:
+    """The given backend, or a fresh one for this run.
+
+    A given backend's first run takes the backend's own start-up times; later runs
+    record ``dfk_start_done`` = now and ``dfk_reused``.
+    """
+    if backend is None:
+        with open_backend(
+            cfg.backend, cfg.workers, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done")
+        ) as fresh:
+            yield fresh
+        return
+    if backend.runs == 0:
+        recorder.mark("start", backend.started_at)
+        recorder.mark("dfk_start_done", backend.ready_at)
+    else:
+        recorder.mark("dfk_start_done")
+    recorder.update(dfk_reused=backend.runs > 0)
+    backend.runs += 1
+    yield backend

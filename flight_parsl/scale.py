@@ -13,7 +13,13 @@ import logging
 import sys
 from typing import Any
 
-from flight_parsl.errors import FlightParslError
+from typing import TYPE_CHECKING
+
+from flight_parsl.errors import ConfigError, FlightParslError
+
+if TYPE_CHECKING:
+    from flight_parsl.config import ExperimentConfig
+    from flight_parsl.progress import Progress
 
 # flag dest -> config key
 FLAG_KEYS = {
@@ -44,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flight_parsl.scale",
         description="Run a federated-learning experiment on Parsl (or a local pool) and write a run directory.",
     )
-    p.add_argument("--workers", "-n", type=int, help="number of FL workers (default 4)")
+    p.add_argument("--workers", "-n", help="number of FL workers (default 4); a comma list sweeps")
     p.add_argument("--rounds", "-r", type=int, help="synchronous rounds (default 3)")
-    p.add_argument("--model", help="model name (default mlp), e.g. tiny, smallnet, resnet18")
+    p.add_argument("--model", help="model name (default mlp), e.g. tiny, smallnet, resnet18; a comma list sweeps")
     p.add_argument("--dataset", help="digits (offline, default), mnist, fashion_mnist")
     p.add_argument("--data-root", help="directory that download_data.py filled")
     p.add_argument("--partition", help="iid (default), dirichlet, labels, power_law")
@@ -55,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="local batch size")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--strategy", help="fedavg (default) or fedsgd")
-    p.add_argument("--transfer", choices=["parsl", "redis", "file"], help="model channel (default parsl)")
+    p.add_argument("--transfer", help="model channel: parsl (default), redis, file; a comma list sweeps")
+    p.add_argument("--trials", type=int, help="repeat each sweep cell this many times (sweep)")
+    p.add_argument("--results", help="results table to append to (sweep; default <out>/results.csv)")
     p.add_argument("--redis", metavar="HOST:PORT", help="use this Redis server (default: start one on loopback)")
     p.add_argument("--seed", type=int, help="seed for model init, partition and shuffling")
     p.add_argument("--backend", choices=["parsl", "thread", "process"], help="executor (default parsl)")
@@ -68,13 +76,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SWEEP_FLAGS = ("workers", "model", "transfer")
+
+
+def split_list(flag: str, text: str | None) -> list[str]:
+    """Split a comma list flag value; empty items are an error."""
+    if text is None:
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ConfigError(f"--{flag} {text!r} has an empty item")
+    return items
+
+
+def parse_workers(text: str | None) -> list[int]:
+    """``--workers`` as a list of positive integers."""
+    values = []
+    for item in split_list("workers", text):
+        if not item.isdigit() or int(item) < 1:
+            raise ConfigError(f"--workers: {item!r} is not a positive integer")
+        values.append(int(item))
+    return values
+
+
+def is_sweep(args: argparse.Namespace) -> bool:
+    """A sweep: a comma list on a sweep flag, --trials or --results."""
+    listed = any("," in (getattr(args, flag) or "") for flag in SWEEP_FLAGS)
+    return listed or args.trials is not None or args.results is not None
+
+
 def flags_to_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags that were given, as a nested config dict."""
+    """The flags that were given, as a nested config dict (a sweep flag's first item)."""
     nested: dict[str, Any] = {}
     for dest, key in FLAG_KEYS.items():
         value = getattr(args, dest)
         if value is None:
             continue
+        if dest == "workers":
+            value = parse_workers(value)[0]
+        elif dest in SWEEP_FLAGS:
+            value = split_list(dest, value)[0]
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:
@@ -99,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = build_config(args.config, [flags_to_values(args)], args.overrides)
-        run_experiment(cfg, Progress(cfg.rounds, enabled=not args.quiet))
+        progress = Progress(cfg.rounds, enabled=not args.quiet)
+        if is_sweep(args):
+            return _sweep(args, cfg, progress)
+        run_experiment(cfg, progress)
     except FlightParslError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -107,6 +151,33 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; finished rows are in the run directory", file=sys.stderr)
         return 130
     return 0
+
+
+def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progress") -> int:
+    """Run a sweep; exit status 1 if any cell failed."""
+    import time
+    from pathlib import Path
+
+    from flight_parsl.sweep import SweepSpec, cell_config, run_sweep
+
+    spec = SweepSpec(
+        workers=tuple(parse_workers(args.workers) or [cfg.workers]),
+        models=tuple(split_list("model", args.model) or [cfg.model.name]),
+        transfers=tuple(split_list("transfer", args.transfer) or [cfg.transfer.kind]),
+        trials=1 if args.trials is None else args.trials,
+    )
+    if spec.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {spec.trials}")
+    out_root = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    for workers in spec.workers:  # every cell is validated before anything starts
+        for model, transfer, trial in spec.cells(workers):
+            cell_config(cfg, out_root, workers, model, transfer, trial)
+    results = Path(args.results) if args.results else out_root / "results.csv"
+    progress.say(f"sweep: {spec.size} runs -> {results}")
+    rows = run_sweep(cfg, spec, results, out_root, progress)
+    failed = [r for r in rows if r["status"] != "ok"]
+    progress.say(f"sweep done: {len(rows) - len(failed)} ok, {len(failed)} failed, results in {results}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

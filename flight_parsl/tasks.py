@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import socket
 import time
 from dataclasses import dataclass
 
 from flight_parsl.data.partition import PartitionSpec
+from flight_parsl.memory import lifetime_peak_rss_mb, rss_mb
 from flight_parsl.model_spec import ModelSpec
 from flight_parsl.strategies import LocalSettings
 from flight_parsl.transfer.base import Ref
@@ -58,13 +58,9 @@ class TaskResult:
     samples: int
     train_loss: float
     train_acc: float
+    rss_mb: float
     peak_rss_mb: float
     payload: Ref
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def prime_task(modules: tuple[str, ...] = (), hold_s: float = 0.0) -> tuple[str, int]:
@@ -111,6 +107,7 @@ def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settin
         samples=samples,
         train_loss=loss,
         train_acc=acc,
-        peak_rss_mb=peak_rss_mb(),
+        rss_mb=rss_mb(),
+        peak_rss_mb=lifetime_peak_rss_mb(),
         payload=payload,
     )

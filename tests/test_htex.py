@@ -4,6 +4,7 @@ Each run loads and cleans up its own DataFlowKernel; the module keeps them few.
 """
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,26 @@ def test_workers_that_never_start_give_a_clear_error(make_config, tmp_path) -> N
     with pytest.raises(ExecutorError, match="warm-up task failed .*EXIT CODE: 3"):
         run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     assert read_summary(tmp_path / "run")["status"] == "failed"
+
+
+def test_sweep_reuses_one_dataflowkernel_per_worker_count(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from flight_parsl.results_table import read_rows
+
+    out = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "-m", "flight_parsl.scale", "--train", "none", "--rounds", "1", "--out", str(out),
+        "--workers", "2", "--model", "tiny,smallnet", "--transfer", "parsl,file", f"transfer.file_dir={tmp_path}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(out / "results.csv")
+    assert [(r["model"], r["transfer"], r["status"]) for r in rows] == [
+        ("tiny", "parsl", "ok"), ("tiny", "file", "ok"), ("smallnet", "parsl", "ok"), ("smallnet", "file", "ok")
+    ]
+    pids = [{t["pid"] for t in read_csv(Path(r["run_dir"]) / "tasks.csv")} for r in rows]
+    all_pids = set.union(*pids)
+    assert len(all_pids) <= 2  # the same two HTEX workers served every run
+    assert [p.name for p in out.glob("executor-n*")] == ["executor-n2"]

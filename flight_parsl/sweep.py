@@ -1,0 +1,134 @@
+"""Sweeps: every combination of worker counts x models x transfers x trials.
+
+One DataFlowKernel serves all the runs of a worker count (its workers, site and
+backend are the same; only the model and the channel change between runs), so the
+start-up cost is paid once per worker count and later runs record ``dfk_reused``.
+A run that fails is recorded with its reason and the executor is restarted for the
+next run, since the failure may have left it broken. Each run appends one row to
+the results table (see :mod:`flight_parsl.results_table`); running the same sweep
+again skips the cells already there with status ``ok``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from flight_parsl.config import ExperimentConfig, validate
+from flight_parsl.errors import FlightParslError
+from flight_parsl.executors import Backend, open_backend
+from flight_parsl.progress import Progress
+from flight_parsl.results_table import CellKey, append_row, done_cells
+from flight_parsl.runner import run_experiment
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The axes of a sweep."""
+
+    workers: tuple[int, ...]
+    models: tuple[str, ...]
+    transfers: tuple[str, ...]
+    trials: int = 1
+
+    def cells(self, workers: int) -> Iterator[tuple[str, str, int]]:
+        """(model, transfer, trial) for one worker count, in sweep order."""
+        for model in self.models:
+            for transfer in self.transfers:
+                for trial in range(self.trials):
+                    yield model, transfer, trial
+
+    @property
+    def size(self) -> int:
+        """Number of runs in the whole sweep."""
+        return len(self.workers) * len(self.models) * len(self.transfers) * self.trials
+
+
+def cell_config(base: ExperimentConfig, out_root: Path, workers: int, model: str, transfer: str, trial: int) -> ExperimentConfig:
+    """The config of one sweep cell; each trial gets its own seed."""
+    cfg = replace(
+        base,
+        workers=workers,
+        seed=base.seed + trial,
+        out=str(out_root / f"{model}-n{workers}-{transfer}-t{trial}"),
+        model=replace(base.model, name=model),
+        transfer=replace(base.transfer, kind=transfer),
+    )
+    validate(cfg)
+    return cfg
+
+
+def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) -> dict[str, Any]:
+    """One results-table row from a run directory's summary.json."""
+    summary: dict[str, Any] = {}
+    path = run_dir / "summary.json"
+    if path.exists():
+        summary = json.loads(path.read_text())
+    rounds_path = run_dir / "rounds.csv"
+    bytes_moved = 0
+    if rounds_path.exists():
+        import csv
+
+        with rounds_path.open() as f:
+            bytes_moved = sum(int(r["bytes_moved"]) for r in csv.DictReader(f))
+    return {
+        "framework": "flight_parsl",
+        "model": cfg.model.name,
+        "num_workers": cfg.workers,
+        "transfer": cfg.transfer.kind,
+        "trial": trial,
+        "train": cfg.train.mode,
+        "rounds": cfg.rounds,
+        **{k: summary.get(k, "") for k in ("start", "dfk_start_done", "priming_done", "end", "start2end", "prime2end")},
+        "round_makespan_s": summary.get("round_makespan_s", ""),
+        "bytes_moved": bytes_moved,
+        "peak_rss_mb": summary.get("peak_rss_mb_coordinator", ""),
+        "peak_rss_workers_mb": summary.get("peak_rss_mb_workers_total", ""),
+        "status": status,
+        "run_dir": str(run_dir),
+    }
+
+
+def run_sweep(
+    base: ExperimentConfig, spec: SweepSpec, results: Path, out_root: Path, progress: Progress
+) -> list[dict[str, Any]]:
+    """Run every cell not yet in ``results``; returns the rows appended."""
+    done: set[CellKey] = done_cells(results)
+    rows: list[dict[str, Any]] = []
+    index = 0
+    for workers in spec.workers:
+        todo = []
+        for model, transfer, trial in spec.cells(workers):
+            index += 1
+            if ("flight_parsl", model, workers, transfer, trial) in done:
+                progress.say(f"[{index}/{spec.size}] {model} n={workers} {transfer} trial {trial}: already done")
+                continue
+            todo.append((index, model, transfer, trial))
+        if not todo:
+            continue
+        with ExitStack() as stack:
+            backend: Backend | None = None
+            for i, model, transfer, trial in todo:
+                cfg = cell_config(base, out_root, workers, model, transfer, trial)
+                progress.say(f"[{i}/{spec.size}] {model} n={workers} {transfer} trial {trial}")
+                if backend is None:
+                    backend = stack.enter_context(
+                        open_backend(cfg.backend, workers, out_root / f"executor-n{workers}", cfg.parsl_config)
+                    )
+                run_dir = Path(cfg.out or "")
+                try:
+                    run_experiment(cfg, progress, backend)
+                    status = "ok"
+                except FlightParslError as exc:
+                    status = f"failed: {exc}"
+                    progress.say(f"  {status}")
+                    stack.close()  # the executor may be broken: start a fresh one for the next cell
+                    backend = None
+                row = result_row(cfg, trial, run_dir, status)
+                append_row(results, row)
+                rows.append(row)
+    return rows
