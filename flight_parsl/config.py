@@ -20,6 +20,7 @@ import yaml
 from flight_parsl.errors import ConfigError
 
 BACKENDS = ("parsl", "thread", "process")
+MODES = ("sync", "async")
 TRAIN_MODES = ("local", "none")
 
 
@@ -69,13 +70,24 @@ class TrainConfig:
     momentum: float = 0.9
     threads: int = 1
     eval_batch_size: int = 1024
+    slowdown_max: float = 1.0
 
 
 @dataclass
 class StrategyConfig:
-    """The federated strategy."""
+    """The federated strategy and its parameters.
+
+    ``participation``: fraction of workers selected per round (sync). ``mu``:
+    FedProx's proximal weight. ``alpha``, ``staleness`` (constant | polynomial),
+    ``staleness_exponent``: FedAsync's mixing.
+    """
 
     name: str = "fedavg"
+    participation: float = 1.0
+    mu: float = 0.3
+    alpha: float = 0.5
+    staleness: str = "constant"
+    staleness_exponent: float = 0.5
 
 
 @dataclass
@@ -100,6 +112,8 @@ class ExperimentConfig:
     workers: int = 4
     rounds: int = 3
     seed: int = 0
+    mode: str = "sync"
+    topology: str = "flat"
     backend: str = "parsl"
     parsl_config: str | None = None
     out: str | None = None
@@ -267,10 +281,34 @@ def validate(cfg: ExperimentConfig) -> None:
         RedisAddress.parse(cfg.transfer.redis)
     if cfg.strategy.name not in strategy_names():
         raise unknown_name("strategy", cfg.strategy.name, strategy_names())
+    _validate_modes(cfg)
     from flight_parsl.models import model_names  # imports torch: the coordinator has it
 
     if cfg.model.name not in model_names():
         raise unknown_name("model", cfg.model.name, model_names())
+
+
+def _validate_modes(cfg: ExperimentConfig) -> None:
+    """Mode, strategy and topology must fit together; strategy parameters in range."""
+    s = cfg.strategy
+    if cfg.mode not in MODES:
+        raise ConfigError(f"config key 'mode': unknown mode {cfg.mode!r}; valid: {', '.join(MODES)}")
+    if cfg.mode == "async" and s.name != "fedasync":
+        raise ConfigError(f"config key 'strategy.name': mode 'async' needs strategy 'fedasync', got {s.name!r}")
+    if cfg.mode == "sync" and s.name == "fedasync":
+        raise ConfigError("config key 'mode': strategy 'fedasync' needs mode 'async' (--mode async)")
+    if cfg.mode == "async" and cfg.topology != "flat":
+        raise ConfigError(f"config key 'topology': mode 'async' runs on a flat topology, got {cfg.topology!r}")
+    if not 0 < s.participation <= 1:
+        raise ConfigError(f"config key 'strategy.participation' must be in (0, 1], got {s.participation!r}")
+    if s.mu < 0:
+        raise ConfigError(f"config key 'strategy.mu' must be >= 0, got {s.mu!r}")
+    if not 0 < s.alpha <= 1:
+        raise ConfigError(f"config key 'strategy.alpha' must be in (0, 1], got {s.alpha!r}")
+    if s.staleness not in ("constant", "polynomial"):
+        raise ConfigError(f"config key 'strategy.staleness': unknown {s.staleness!r}; valid: constant, polynomial")
+    if cfg.train.slowdown_max < 1:
+        raise ConfigError(f"config key 'train.slowdown_max' must be >= 1, got {cfg.train.slowdown_max!r}")
 
 
 def save_yaml(cfg: ExperimentConfig, path: str | Path) -> None:

@@ -81,7 +81,7 @@ def run_sync(
         progress.start_round(r, len(participants))
         futures: dict[Future[TaskResult], tuple[int, float]] = {}
         for w in participants:
-            settings = exp.strategy.configure(r, w, exp.settings)
+            settings = exp.settings_for(r, w)
             futures[executor.submit(train_task, ref, r, w, exp.workload, settings)] = (w, time.time())
         aggregator = exp.strategy.aggregator(weights)
         aggregate_s = 0.0

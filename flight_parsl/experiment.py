@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from flight_parsl.config import ExperimentConfig
 from flight_parsl.data import PartitionSpec, load_dataset, shard_sizes
 from flight_parsl.model_spec import ModelSpec
-from flight_parsl.strategies import LocalSettings, Strategy, make_strategy
+from flight_parsl.strategies import FedAsync, LocalSettings, Strategy, make_strategy
 from flight_parsl.tasks import Workload
 from flight_parsl.weights import FlatWeights
 
@@ -27,9 +27,16 @@ class Experiment:
     workload: Workload
     initial: FlatWeights
     settings: LocalSettings
-    strategy: Strategy
+    strategy: Strategy | FedAsync
     evaluate: Evaluator | None
     num_parameters: int
+    slowdowns: list[float]
+
+    def settings_for(self, round_idx: int, worker: int) -> LocalSettings:
+        """A worker's local settings: the strategy's, with its injected slowdown."""
+        settings = self.strategy.configure(round_idx, worker, self.settings)
+        factor = self.slowdowns[worker]
+        return settings if factor == 1.0 else replace(settings, slowdown=factor)
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -47,6 +54,16 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     if m.extra_blocks:
         given["extra_blocks"] = m.extra_blocks
     return replace(base, **given)
+
+
+def slowdowns(cfg: ExperimentConfig) -> list[float]:
+    """Per-worker slowdown factors, uniform in [1, train.slowdown_max], fixed by the seed."""
+    if cfg.train.slowdown_max == 1.0:
+        return [1.0] * cfg.workers
+    import numpy as np
+
+    rng = np.random.default_rng([cfg.seed, 7])
+    return [float(f) for f in rng.uniform(1.0, cfg.train.slowdown_max, size=cfg.workers)]
 
 
 def partition_spec(cfg: ExperimentConfig) -> PartitionSpec:
@@ -99,7 +116,15 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         workload=workload,
         initial=FlatWeights.from_model(model),
         settings=settings,
-        strategy=make_strategy(cfg.strategy.name),
+        strategy=make_strategy(
+            cfg.strategy.name,
+            participation=cfg.strategy.participation,
+            mu=cfg.strategy.mu,
+            alpha=cfg.strategy.alpha,
+            staleness=cfg.strategy.staleness,
+            exponent=cfg.strategy.staleness_exponent,
+        ),
+        slowdowns=slowdowns(cfg),
         evaluate=evaluate,
         num_parameters=count_parameters(model),
     )

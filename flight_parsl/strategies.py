@@ -9,6 +9,7 @@ Strategies whose aggregate is a weighted mean say so with ``linear = True``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -23,7 +24,9 @@ class LocalSettings:
     """One participant's local training settings for one round.
 
     ``max_steps`` caps optimizer steps (None: whole epochs); ``full_batch`` makes
-    each step use the worker's whole shard.
+    each step use the worker's whole shard; ``prox_mu`` adds FedProx's proximal
+    term (mu/2) * ||w - w_global||^2; ``slowdown`` >= 1 stretches the task's training
+    time by that factor (injected heterogeneity for experiments).
     """
 
     epochs: int
@@ -32,6 +35,8 @@ class LocalSettings:
     momentum: float = 0.0
     max_steps: int | None = None
     full_batch: bool = False
+    prox_mu: float = 0.0
+    slowdown: float = 1.0
 
 
 class Aggregator(Protocol):
@@ -93,13 +98,26 @@ class Strategy(Protocol):
 
 
 class FedAvg:
-    """FedAvg: all workers train locally; the mean is weighted by sample counts."""
+    """FedAvg: the selected workers train locally; the mean is weighted by sample counts.
+
+    Args:
+        participation: fraction of the workers selected each round (at least one),
+            drawn without replacement from the run's seeded generator.
+    """
 
     name = "fedavg"
     linear = True
 
+    def __init__(self, participation: float = 1.0) -> None:
+        if not 0 < participation <= 1:
+            raise ValueError(f"participation must be in (0, 1], got {participation}")
+        self.participation = participation
+
     def select(self, round_idx: int, workers: list[int], rng: np.random.Generator) -> list[int]:
-        return list(workers)
+        if self.participation >= 1:
+            return list(workers)
+        k = max(1, math.ceil(self.participation * len(workers)))
+        return sorted(int(w) for w in rng.choice(workers, size=k, replace=False))
 
     def configure(self, round_idx: int, worker: int, base: LocalSettings) -> LocalSettings:
         return base
@@ -118,7 +136,58 @@ class FedSGD(FedAvg):
         return replace(base, epochs=1, max_steps=1, full_batch=True, momentum=0.0)
 
 
-STRATEGIES: dict[str, type] = {cls.name: cls for cls in (FedAvg, FedSGD)}
+class FedProx(FedAvg):
+    """FedProx: FedAvg whose local objective adds (mu/2) * ||w - w_global||^2."""
+
+    name = "fedprox"
+
+    def __init__(self, participation: float = 1.0, mu: float = 0.3) -> None:
+        super().__init__(participation)
+        if mu < 0:
+            raise ValueError(f"mu must be >= 0, got {mu}")
+        self.mu = mu
+
+    def configure(self, round_idx: int, worker: int, base: LocalSettings) -> LocalSettings:
+        return replace(base, prox_mu=self.mu)
+
+
+class FedAsync:
+    """FedAsync: each update is mixed into the global model as it arrives.
+
+    ``w <- (1 - a) * w + a * w_client`` with ``a = alpha * s(staleness)``, where the
+    staleness is how many updates the global model took since the client's copy,
+    and ``s`` is 1 (``constant``) or ``(1 + staleness) ** -exponent`` (``polynomial``).
+    """
+
+    name = "fedasync"
+    linear = False
+
+    def __init__(self, alpha: float = 0.5, staleness: str = "constant", exponent: float = 0.5) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if staleness not in ("constant", "polynomial"):
+            raise ValueError(f"staleness must be constant or polynomial, got {staleness!r}")
+        self.alpha, self.staleness, self.exponent = alpha, staleness, exponent
+
+    def configure(self, round_idx: int, worker: int, base: LocalSettings) -> LocalSettings:
+        return base
+
+    def mixing(self, staleness: int) -> float:
+        """The weight ``a`` of an update that is ``staleness`` updates old."""
+        if self.staleness == "polynomial":
+            return self.alpha * (1.0 + staleness) ** -self.exponent
+        return self.alpha
+
+    def mix(self, global_weights: FlatWeights, update: FlatWeights, staleness: int) -> FlatWeights:
+        """The new global model after folding in one update."""
+        if update.layout != global_weights.layout:
+            raise ValueError("update does not match the global model's layout")
+        a = self.mixing(staleness)
+        return global_weights.like((1.0 - a) * global_weights.buffer + a * update.buffer)
+
+
+STRATEGIES: dict[str, type] = {cls.name: cls for cls in (FedAvg, FedSGD, FedProx, FedAsync)}
+SYNC_STRATEGIES = ("fedavg", "fedprox", "fedsgd")
 
 
 def strategy_names() -> list[str]:
@@ -126,8 +195,12 @@ def strategy_names() -> list[str]:
     return sorted(STRATEGIES)
 
 
-def make_strategy(name: str) -> Strategy:
-    """Build a strategy by name."""
+def make_strategy(name: str, **params: float | str) -> Strategy | FedAsync:
+    """Build a strategy by name with its parameters (unknown ones are ignored)."""
+    import inspect
+
     if name not in STRATEGIES:
         raise unknown_name("strategy", name, strategy_names())
-    return STRATEGIES[name]()
+    cls = STRATEGIES[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in params.items() if k in accepted})

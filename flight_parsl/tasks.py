@@ -88,6 +88,8 @@ def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settin
         from flight_parsl.training import train_local
 
         out, samples, loss, acc = train_local(weights, workload, settings, worker, round_idx)
+    if settings.slowdown > 1.0:  # injected heterogeneity: this worker is `slowdown` times slower
+        time.sleep((settings.slowdown - 1.0) * (time.perf_counter() - t1))
     train_s = time.perf_counter() - t1
     payload, serialize_s, put_s = ref.reply(out)
     return TaskResult(

@@ -44,6 +44,11 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
+def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's (mu / 2) * ||w - w_global||^2 over the model's parameters."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))  # type: ignore[return-value]
+
+
 def train_local(
     weights: FlatWeights, workload: Workload, settings: LocalSettings, worker: int, round_idx: int
 ) -> tuple[FlatWeights, int, float, float]:
@@ -62,6 +67,7 @@ def train_local(
     weights.load_into(model)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    anchor = [p.detach().clone() for p in model.parameters()] if settings.prox_mu > 0 else None
     rng = np.random.default_rng([workload.seed, round_idx, worker])
     n = len(yt)
     batch = n if settings.full_batch else settings.batch_size
@@ -76,7 +82,8 @@ def train_local(
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
-            loss.backward()
+            objective = loss if anchor is None else loss + proximal_term(model, anchor, settings.prox_mu)
+            objective.backward()
             opt.step()
             loss_sum += loss.item() * len(yb)
             correct += int((logits.argmax(1) == yb).sum())

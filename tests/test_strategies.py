@@ -1,5 +1,7 @@
 """Strategies: FedAvg against a hand computation, FedSGD settings, errors."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,63 @@ def test_fedsgd_takes_one_full_batch_step() -> None:
 def test_selection_and_names() -> None:
     rng = np.random.default_rng(0)
     assert make_strategy("fedavg").select(0, [0, 1, 2], rng) == [0, 1, 2]
-    assert strategy_names() == ["fedavg", "fedsgd"]
-    with pytest.raises(ConfigError, match="fedavg, fedsgd"):
+    assert strategy_names() == ["fedasync", "fedavg", "fedprox", "fedsgd"]
+    with pytest.raises(ConfigError, match="fedasync, fedavg, fedprox, fedsgd"):
         make_strategy("nope")
+
+
+def test_participation_selects_a_seeded_fraction() -> None:
+    s = make_strategy("fedavg", participation=1 / 32)
+    picked = s.select(0, list(range(256)), np.random.default_rng(3))
+    assert len(picked) == 8 and len(set(picked)) == 8 and picked == sorted(picked)
+    assert picked == make_strategy("fedavg", participation=1 / 32).select(0, list(range(256)), np.random.default_rng(3))
+    assert make_strategy("fedavg", participation=0.01).select(0, [5, 6], np.random.default_rng(0)) in ([5], [6])
+
+
+def test_fedprox_sets_the_proximal_weight() -> None:
+    base = LocalSettings(epochs=2, batch_size=8, lr=0.1)
+    assert make_strategy("fedprox", mu=2.0).configure(1, 0, base).prox_mu == 2.0
+    assert make_strategy("fedprox").configure(1, 0, base).prox_mu == 0.3  # the default mu
+
+
+def test_fedasync_mixes_by_alpha_and_staleness() -> None:
+    g, u = _w(0, 0, 0, 0, 0), _w(10, 10, 10, 10, 10)
+    s = make_strategy("fedasync", alpha=0.25)
+    np.testing.assert_allclose(s.mix(g, u, staleness=5).buffer, 2.5)
+    p = make_strategy("fedasync", alpha=0.5, staleness="polynomial", exponent=1.0)
+    assert p.mixing(0) == 0.5 and p.mixing(3) == 0.5 / 4
+    np.testing.assert_allclose(p.mix(g, u, staleness=3).buffer, 10 * 0.125)
+
+
+def test_proximal_term_matches_the_hand_computation() -> None:
+    import torch
+
+    from flight_parsl.training import proximal_term
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight[:] = torch.tensor([[1.0, 2.0]])
+        model.bias[:] = 3.0
+    anchor = [torch.zeros(1, 2), torch.zeros(1)]
+    assert proximal_term(model, anchor, mu=0.5).item() == 0.25 * (1 + 4 + 9)
+
+
+def test_fedprox_keeps_local_models_closer_to_the_global_one() -> None:
+    import torch
+
+    from flight_parsl.data import PartitionSpec
+    from flight_parsl.model_spec import ModelSpec
+    from flight_parsl.models import build_model
+    from flight_parsl.tasks import Workload
+    from flight_parsl.training import train_local
+
+    spec = ModelSpec("logreg", 1, 8, 10)
+    torch.manual_seed(0)
+    start = FlatWeights.from_model(build_model(spec))
+    wl = Workload("local", spec, "digits", None, PartitionSpec(kind="labels", labels_per_client=2), 4, 0)
+    base = LocalSettings(epochs=5, batch_size=16, lr=0.1)
+    drift = {}
+    for mu in (0.0, 5.0):
+        out, *_ = train_local(start, wl, replace(base, prox_mu=mu), worker=1, round_idx=0)
+        drift[mu] = float(np.linalg.norm(out.buffer - start.buffer))
+    assert drift[5.0] < 0.7 * drift[0.0]
