@@ -114,6 +114,7 @@ class ExperimentConfig:
     seed: int = 0
     mode: str = "sync"
     topology: str = "flat"
+    broadcast: str = "direct"
     backend: str = "parsl"
     parsl_config: str | None = None
     out: str | None = None
@@ -297,6 +298,13 @@ def _validate_modes(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'strategy.name': mode 'async' needs strategy 'fedasync', got {s.name!r}")
     if cfg.mode == "sync" and s.name == "fedasync":
         raise ConfigError("config key 'mode': strategy 'fedasync' needs mode 'async' (--mode async)")
+    if cfg.broadcast not in ("direct", "tree"):
+        raise ConfigError(f"config key 'broadcast': unknown {cfg.broadcast!r}; valid: direct, tree")
+    if cfg.topology != "flat" and not cfg.topology.startswith("tree:"):
+        from pathlib import Path
+
+        if not Path(cfg.topology).is_file():
+            raise ConfigError(f"config key 'topology': {cfg.topology!r} is not flat, tree:HEIGHT or an existing YAML file")
     if cfg.mode == "async" and cfg.topology != "flat":
         raise ConfigError(f"config key 'topology': mode 'async' runs on a flat topology, got {cfg.topology!r}")
     if not 0 < s.participation <= 1:

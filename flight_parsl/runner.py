@@ -9,18 +9,46 @@ back), ``end`` (the last round's aggregate is ready); summary.json derives
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from flight_parsl.config import ExperimentConfig
-from flight_parsl.engine import run_sync
+from flight_parsl.engine import RunResult, WorkerClock, run_sync
 from flight_parsl.executors import Backend, open_backend, prime
-from flight_parsl.experiment import prepare
+from flight_parsl.experiment import Experiment, prepare
 from flight_parsl.progress import Progress
 from flight_parsl.results import RunRecorder, default_run_dir
 from flight_parsl.memory import PeakSampler
-from flight_parsl.transfer import open_transfer
+from flight_parsl.topology import parse_topology
+from flight_parsl.transfer import Transfer, open_transfer
+
+
+def run_engine(
+    cfg: ExperimentConfig, exp: Experiment, backend: Backend, transfer: Transfer, recorder: RunRecorder, progress: Progress
+) -> RunResult:
+    """The engine loop the config asks for: synchronous rounds on a topology, or asynchronous."""
+    if cfg.mode == "async":
+        from flight_parsl.engine_async import run_async
+
+        return run_async(
+            exp, backend.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.round_timeout
+        )
+    topology = parse_topology(cfg.topology, cfg.workers)
+    recorder.update(topology=topology.describe())
+    return run_sync(
+        exp, backend.executor, transfer, recorder, progress, topology, cfg.rounds, cfg.seed, cfg.round_timeout,
+        cfg.broadcast,
+    )
+
+
+def idle_summary(clock: WorkerClock) -> dict[str, float]:
+    """Mean and standard deviation over workers of their idle percentage."""
+    idle = list(clock.idle_percent().values())
+    if not idle:
+        return {}
+    return {"idle_pct_mean": statistics.fmean(idle), "idle_pct_std": statistics.pstdev(idle)}
 
 
 def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
@@ -67,10 +95,9 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
                 primed = prime(active, cfg.workers, warm_modules(cfg))
                 recorder.mark("priming_done")
                 recorder.update(primed_workers=len(primed))
-                result = run_sync(
-                    exp, active.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.seed, cfg.round_timeout
-                )
-                recorder.mark("end")
+                result = run_engine(cfg, exp, active, transfer, recorder, progress)
+                if "end" not in recorder.summary:
+                    recorder.mark("end")
         last = result.rounds[-1]
         recorder.update(
             final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,
@@ -79,6 +106,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             peak_rss_mb_coordinator=memory.peak_mb,
             peak_rss_mb_worker=max(result.worker_peak_rss_mb.values()),
             peak_rss_mb_workers_total=sum(result.worker_peak_rss_mb.values()),
+            **idle_summary(result.clock),
         )
         recorder.finish("completed")
     except KeyboardInterrupt:

@@ -40,6 +40,8 @@ FLAG_KEYS = {
     "lr": "train.lr",
     "strategy": "strategy.name",
     "transfer": "transfer.kind",
+    "topology": "topology",
+    "mode": "mode",
     "redis": "transfer.redis",
 }
 
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="local epochs per round")
     p.add_argument("--batch-size", type=int, help="local batch size")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--strategy", help="fedavg (default) or fedsgd")
+    p.add_argument("--strategy", help="fedavg (default), fedsgd, fedprox, or fedasync (with --mode async)")
+    p.add_argument("--mode", choices=["sync", "async"], help="synchronous rounds (default) or asynchronous updates")
+    p.add_argument("--topology", help="flat (default), tree:HEIGHT (balanced, --workers leaves) or a topology YAML")
     p.add_argument("--transfer", help="model channel: parsl (default), redis, file; a comma list sweeps")
     p.add_argument("--trials", type=int, help="repeat each sweep cell this many times (sweep)")
     p.add_argument("--results", help="results table to append to (sweep; default <out>/results.csv)")

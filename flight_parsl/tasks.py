@@ -37,12 +37,18 @@ class Workload:
 
 @dataclass
 class TaskResult:
-    """A worker's answer: its weights (as a transfer reference) and measurements.
+    """A task's answer: its weights (as a transfer reference) and measurements.
 
-    Times are Unix seconds on the worker's clock; durations are seconds.
+    ``kind`` is ``train`` (a worker's local training; ``worker`` is its index),
+    ``aggregate`` (an aggregator node combining its children) or ``relay`` (an
+    aggregator node passing the global model down the tree). Times are Unix seconds
+    on the worker's clock; durations are seconds; ``compute_s`` is training or
+    aggregating.
     """
 
-    worker: int
+    kind: str
+    node: str
+    worker: int | None
     round: int
     host: str
     pid: int
@@ -50,7 +56,7 @@ class TaskResult:
     finished: float
     get_s: float
     deserialize_s: float
-    train_s: float
+    compute_s: float
     serialize_s: float
     put_s: float
     bytes_in: int
@@ -77,6 +83,22 @@ def prime_task(modules: tuple[str, ...] = (), hold_s: float = 0.0) -> tuple[str,
     return socket.gethostname(), os.getpid()
 
 
+def _result(kind: str, node: str, worker: int | None, round_idx: int, started: float, **values: object) -> TaskResult:
+    return TaskResult(
+        kind=kind,
+        node=node,
+        worker=worker,
+        round=round_idx,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        started=started,
+        finished=time.time(),
+        rss_mb=rss_mb(),
+        peak_rss_mb=lifetime_peak_rss_mb(),
+        **values,  # type: ignore[arg-type]
+    )
+
+
 def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settings: LocalSettings) -> TaskResult:
     """One worker's part of one round: resolve the global model, train, reply."""
     started = time.time()
@@ -90,26 +112,61 @@ def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settin
         out, samples, loss, acc = train_local(weights, workload, settings, worker, round_idx)
     if settings.slowdown > 1.0:  # injected heterogeneity: this worker is `slowdown` times slower
         time.sleep((settings.slowdown - 1.0) * (time.perf_counter() - t1))
-    train_s = time.perf_counter() - t1
+    compute_s = time.perf_counter() - t1
     payload, serialize_s, put_s = ref.reply(out)
-    return TaskResult(
-        worker=worker,
-        round=round_idx,
-        host=socket.gethostname(),
-        pid=os.getpid(),
-        started=started,
-        finished=time.time(),
-        get_s=get_s,
-        deserialize_s=deserialize_s,
-        train_s=train_s,
-        serialize_s=serialize_s,
-        put_s=put_s,
-        bytes_in=ref.nbytes,
-        bytes_out=payload.nbytes,
-        samples=samples,
-        train_loss=loss,
-        train_acc=acc,
-        rss_mb=rss_mb(),
-        peak_rss_mb=lifetime_peak_rss_mb(),
+    return _result(
+        "train", f"worker-{worker}", worker, round_idx, started,
+        get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
+        bytes_in=ref.nbytes, bytes_out=payload.nbytes, samples=samples, train_loss=loss, train_acc=acc, payload=payload,
+    )
+
+
+def aggregate_task(refs: list[Ref], samples: list[int], round_idx: int, node: str) -> TaskResult:
+    """An aggregator node: the sample-weighted mean of its children, as one partial result.
+
+    Children are folded in one at a time (O(model) memory); the partial carries
+    the children's total samples so that its parent weights it exactly.
+    """
+    started = time.time()
+    get_s = deserialize_s = 0.0
+    acc = None
+    total = 0
+    t_compute = 0.0
+    for ref, n in zip(refs, samples):
+        weights, g, d = ref.resolve()
+        get_s += g
+        deserialize_s += d
+        t0 = time.perf_counter()
+        if acc is None:
+            import numpy as np
+
+            acc, template = np.zeros(weights.layout.size, dtype=np.float64), weights
+        acc += n * weights.buffer
+        total += n
+        t_compute += time.perf_counter() - t0
+        del weights
+    if acc is None:
+        raise ValueError(f"aggregator {node} got no child result in round {round_idx + 1}")
+    t0 = time.perf_counter()
+    mean = template.like(acc / total)
+    t_compute += time.perf_counter() - t0
+    payload, serialize_s, put_s = refs[0].reply(mean)
+    return _result(
+        "aggregate", node, None, round_idx, started,
+        get_s=get_s, deserialize_s=deserialize_s, compute_s=t_compute, serialize_s=serialize_s, put_s=put_s,
+        bytes_in=sum(r.nbytes for r in refs), bytes_out=payload.nbytes, samples=total,
+        train_loss=math.nan, train_acc=math.nan, payload=payload,
+    )
+
+
+def relay_task(ref: Ref, round_idx: int, node: str) -> TaskResult:
+    """An aggregator node passing the global model down: fetch it once, republish it for its children."""
+    started = time.time()
+    weights, get_s, deserialize_s = ref.resolve()
+    payload, serialize_s, put_s = ref.reply(weights)
+    return _result(
+        "relay", node, None, round_idx, started,
+        get_s=get_s, deserialize_s=deserialize_s, compute_s=0.0, serialize_s=serialize_s, put_s=put_s,
+        bytes_in=ref.nbytes, bytes_out=payload.nbytes, samples=0, train_loss=math.nan, train_acc=math.nan,
         payload=payload,
     )

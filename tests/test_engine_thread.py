@@ -131,6 +131,6 @@ def test_a_round_that_outlives_its_timeout_stops_the_run(make_config, monkeypatc
 
     monkeypatch.setattr(engine, "train_task", slow_worker)
     cfg = make_config("train.mode=none", "model.name=tiny", "round_timeout=1", workers=2, rounds=1)
-    with pytest.raises(TaskError, match=r"round 1 timed out after 1.0 s with 1/2 results"):
+    with pytest.raises(TaskError, match=r"round 1 timed out after 1.0 s with 1/2 workers done"):
         run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     assert len(read_csv(Path(cfg.out) / "tasks.csv")) == 1

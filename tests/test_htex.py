@@ -91,3 +91,17 @@ def test_sweep_reuses_one_dataflowkernel_per_worker_count(tmp_path) -> None:
     all_pids = set.union(*pids)
     assert len(all_pids) <= 2  # the same two HTEX workers served every run
     assert [p.name for p in out.glob("executor-n*")] == ["executor-n2"]
+
+
+def test_hierarchical_round_through_redis_on_htex(make_config, managed_redis) -> None:
+    cfg = make_config(
+        "train.mode=none", "model.name=smallnet", "topology=tree:3", "broadcast=tree",
+        "transfer.kind=redis", f"transfer.redis={managed_redis.address}", workers=8, rounds=2, backend="parsl",
+    )
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
+    assert all(int(r["edge_bytes"]) == int(r["modeled_hierarchical_bytes"]) for r in rounds)
+    kinds = [t["kind"] for t in tasks]
+    assert (kinds.count("train"), kinds.count("aggregate"), kinds.count("relay")) == (16, 12, 12)
+    assert os.getpid() not in {int(t["pid"]) for t in tasks}
+    assert count_keys(managed_redis.address) == 0

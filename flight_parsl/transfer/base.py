@@ -40,7 +40,10 @@ class Transfer(Protocol):
         """Make the round's global model available to every task of the round."""
 
     def collect(self, ref: Ref) -> FlatWeights:
-        """Fetch one worker's result."""
+        """Fetch one worker's result (and :meth:`adopt` it)."""
+
+    def adopt(self, ref: Ref) -> None:
+        """Take charge of a reference a worker created, so its round's end releases it."""
 
     def end_round(self, round_idx: int) -> None:
         """Release everything the round stored."""

@@ -46,6 +46,9 @@ class InlineTransfer:
     def collect(self, ref: InlineRef) -> FlatWeights:
         return FlatWeights.from_bytes(ref.data)
 
+    def adopt(self, ref: InlineRef) -> None:
+        return None
+
     def end_round(self, round_idx: int) -> None:
         return None
 

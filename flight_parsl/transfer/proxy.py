@@ -115,9 +115,12 @@ class ProxyTransfer:
             ) from exc
         return ProxyRef(proxy, len(data), round_idx)
 
+    def adopt(self, ref: ProxyRef) -> None:
+        self._lifetime(ref.round).add_key(ref.key)
+
     def collect(self, ref: ProxyRef) -> FlatWeights:
+        self.adopt(ref)
         key = ref.key
-        self._lifetime(ref.round).add_key(key)
         try:
             data = self.store.connector.get(key)
         except Exception as exc:

@@ -1,0 +1,27 @@
+"""Flower baseline: the Flight weak-scaling workload on Flower, for side-by-side numbers.
+
+The same debug workload as ``flight_parsl.scale --train none``: the reference
+model (``build_model(reference_spec(name))`` under ``torch.manual_seed(0)``) as
+numpy arrays in state_dict order, N clients that each return exactly the
+parameters they received, Flower's FedAvg over all N clients, 1 round by default.
+
+Two modes:
+
+- ``simulation``: Flower's Simulation Runtime (``flwr.simulation.run_simulation``,
+  Ray backend) with N virtual SuperNodes, one Ray actor each;
+- ``grpc``: a Flower server process and N client processes over loopback gRPC
+  (``flwr.server.start_server`` / ``flwr.client.start_client``).
+
+``python -m flight_parsl.baselines.flower --workers N --model M --mode MODE --out DIR``
+or :func:`run_flower` runs one; ``DIR/summary.json`` holds the timestamps and
+measurements (:mod:`flight_parsl.baselines.flower.runner` defines them) and
+``--results PATH`` appends a row to a :mod:`flight_parsl.results_table`.
+
+flwr is imported only by the child processes, so this package imports without
+the ``flower`` extra (``pip install -e ".[flower]"``).
+"""
+
+from flight_parsl.baselines.flower.cli import main
+from flight_parsl.baselines.flower.runner import FRAMEWORKS, MODES, FlowerInputError, run_flower
+
+__all__ = ["FRAMEWORKS", "MODES", "FlowerInputError", "main", "run_flower"]

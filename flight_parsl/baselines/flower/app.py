@@ -1,0 +1,521 @@
+"""The processes of a Flower debug run: server, client and simulation driver (imports flwr).
+
+Only the child processes that :mod:`flight_parsl.baselines.flower.runner` starts
+import this module (and Ray's actors, which unpickle its client function):
+
+``server``
+    ``flwr.server.start_server`` (Flower's legacy gRPC-bidi server, deprecated
+    since 1.13 but working in 1.42) on 127.0.0.1, with :class:`TimedFedAvg` and
+    :class:`TimedClientManager`. Builds the model itself, before it listens.
+``client``
+    ``flwr.client.start_client`` with :class:`EchoClient`; exits when the server
+    disconnects it at the end of the run.
+``simulate``
+    ``flwr.simulation.run_simulation`` (the Simulation Runtime, Ray backend) with
+    a ``ServerApp(server_fn=...)`` running the same strategy and a
+    ``ClientApp(client_fn=...)`` running the same client in N virtual SuperNodes.
+
+Each writes ``flower_result.json`` into the run directory, also after an error:
+round times, payload bytes, client reports and its own peak RSS.
+
+The strategy is Flower's own (legacy) ``FedAvg`` with ``fraction_fit=1.0``,
+``min_fit_clients = min_available_clients = N``, no federated evaluation
+(``fraction_evaluate=0``, the clients do not train) and ``accept_failures=False``.
+The subclass only records times and byte counts; aggregation is Flower's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import flwr
+import numpy as np
+from flwr.client import Client, NumPyClient
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server import ServerConfig, SimpleClientManager
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from flight_parsl.baselines.flower.workload import describe, model_arrays
+
+RESULT_FILE = "flower_result.json"
+PARAMS_FILE = "final_parameters.npz"
+
+
+def maxrss_kb() -> int:
+    """This process's peak RSS so far, in KiB (Linux ``ru_maxrss``)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def payload_bytes(parameters: Parameters) -> int:
+    """Bytes of a Parameters' serialized tensors (``np.save`` format: array bytes + header)."""
+    return sum(len(t) for t in parameters.tensors)
+
+
+# ---------------------------------------------------------------------------
+# What the server side records
+# ---------------------------------------------------------------------------
+
+
+class RunRecord:
+    """Times, bytes and client reports of one run, filled in by the server process."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.lock = threading.Lock()
+        self.registered: list[float] = []
+        self.clients_ready: float | None = None
+        self.rounds: dict[int, dict[str, Any]] = {}
+        self.client_maxrss_kb: dict[int, int] = {}  # pid -> largest ru_maxrss reported in fit
+        self.errors: list[str] = []
+        self.final: list[np.ndarray] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "registered": list(self.registered),
+                "clients_ready": self.clients_ready,
+                "rounds": [self.rounds[r] for r in sorted(self.rounds)],
+                "client_maxrss_kb": {str(pid): kb for pid, kb in self.client_maxrss_kb.items()},
+                "errors": list(self.errors),
+            }
+
+
+class TimedClientManager(SimpleClientManager):
+    """SimpleClientManager that records when each client registers."""
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__()
+        self.record = record
+
+    def register(self, client: ClientProxy) -> bool:
+        ok = super().register(client)
+        if ok:
+            with self.record.lock:
+                self.record.registered.append(time.time())
+        return ok
+
+
+class TimedFedAvg(FedAvg):
+    """Flower's FedAvg over all N clients, recording each round's times and bytes.
+
+    ``initialize_parameters`` first waits for the N clients (what ``configure_fit``
+    of round 1 would otherwise do), so a round's start is when ``configure_fit`` is
+    entered in both modes. ``configure_fit`` records that start and the payload
+    sent (serialized tensors x clients); ``aggregate_fit`` records the payload
+    received, the clients' reports and when the aggregate is ready.
+    """
+
+    def __init__(
+        self,
+        *,
+        record: RunRecord,
+        workers: int,
+        rounds: int,
+        wait_timeout: float,
+        initial_parameters: Parameters,
+        keep_final: bool = False,
+        on_final: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_fit_clients=workers,
+            min_evaluate_clients=workers,
+            min_available_clients=workers,
+            accept_failures=False,
+            initial_parameters=initial_parameters,
+        )
+        self.record = record
+        self.workers = workers
+        self.rounds = rounds
+        self.wait_timeout = wait_timeout
+        self.keep_final = keep_final
+        self.on_final = on_final
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        # In the simulation, start_grid's client manager learns about nodes only when
+        # num_available/all/sample are called (or every 5 s); wait_for alone would sleep.
+        deadline = time.time() + self.wait_timeout
+        while client_manager.num_available() < self.workers:
+            if time.time() > deadline:
+                raise RuntimeError(
+                    f"only {client_manager.num_available()} of {self.workers} clients "
+                    f"connected within {self.wait_timeout:g} s"
+                )
+            client_manager.wait_for(self.workers, timeout=1)
+        with self.record.lock:
+            self.record.clients_ready = time.time()
+        return super().initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        start = time.time()
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        with self.record.lock:
+            self.record.rounds[server_round] = {
+                "round": server_round,
+                "configure_start": start,
+                "configure_done": time.time(),
+                "clients": len(instructions),
+                "bytes_to_clients": payload_bytes(parameters) * len(instructions),
+            }
+        return instructions
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        start = time.time()
+        received = sum(payload_bytes(res.parameters) for _, res in results)
+        aggregated, metrics = super().aggregate_fit(server_round, results, failures)
+        ready = time.time()
+        with self.record.lock:
+            rnd = self.record.rounds.setdefault(server_round, {"round": server_round})
+            rnd.update(
+                aggregate_start=start,
+                aggregate_ready=ready,
+                results=len(results),
+                failures=len(failures),
+                bytes_from_clients=received,
+            )
+            if "configure_start" in rnd:
+                rnd["makespan_s"] = ready - rnd["configure_start"]
+            for _, res in results:
+                pid, kb = res.metrics.get("pid"), res.metrics.get("maxrss_kb")
+                if isinstance(pid, int) and isinstance(kb, int):
+                    self.record.client_maxrss_kb[pid] = max(kb, self.record.client_maxrss_kb.get(pid, 0))
+            if failures or len(results) < self.workers or aggregated is None:
+                first = failures[0] if failures else None
+                reason = _describe_failure(first) if first is not None else "no aggregate"
+                self.record.errors.append(
+                    f"round {server_round}: {len(results)} of {self.workers} clients returned, "
+                    f"{len(failures)} failed ({reason})"
+                )
+        if aggregated is not None and server_round == self.rounds and self.keep_final:
+            self.record.final = parameters_to_ndarrays(aggregated)
+        if server_round == self.rounds and self.on_final is not None:
+            self.on_final()
+        return aggregated, metrics
+
+
+def _describe_failure(failure: Any) -> str:
+    if isinstance(failure, BaseException):
+        return f"{type(failure).__name__}: {failure}"
+    _, res = failure
+    status = getattr(res, "status", None)
+    return f"client status {getattr(status, 'code', '?')}: {getattr(status, 'message', '')}"
+
+
+# ---------------------------------------------------------------------------
+# The client: debug mode returns exactly what it received
+# ---------------------------------------------------------------------------
+
+
+class EchoClient(NumPyClient):
+    """Returns the parameters it received (no training), with its pid and peak RSS."""
+
+    def get_parameters(self, config: dict[str, Scalar]) -> list[np.ndarray]:
+        return []
+
+    def fit(
+        self, parameters: list[np.ndarray], config: dict[str, Scalar]
+    ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
+        return parameters, 1, {"pid": os.getpid(), "maxrss_kb": maxrss_kb()}
+
+    def evaluate(
+        self, parameters: list[np.ndarray], config: dict[str, Scalar]
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        return 0.0, 1, {}
+
+
+def client_fn(context: Any) -> Client:
+    """Flower ``client_fn``: an :class:`EchoClient` per message."""
+    return EchoClient().to_client()
+
+
+# ---------------------------------------------------------------------------
+# Simulation engine: engine-up and warm-up hooks
+# ---------------------------------------------------------------------------
+
+
+def _warm_actor(actor: Any) -> int:
+    """Runs inside a Ray actor: this module (hence flwr and numpy) is imported by now."""
+    return os.getpid()
+
+
+def _actor_maxrss(actor: Any) -> tuple[int, int]:
+    """Runs inside a Ray actor: (pid, peak RSS KiB) of the actor's process."""
+    return os.getpid(), maxrss_kb()
+
+
+class EngineProbe:
+    """Observes Flower's Ray backend: when its actor pool is up and warm, and its actors' peak RSS.
+
+    Wraps ``RayBackend.build`` (which runs ``ray.init`` and creates the actor
+    pool) for the duration of :meth:`patched`: after it returns, ``engine_up``
+    is recorded, then every actor runs :func:`_warm_actor` (so each actor
+    process has started and imported this module, as flight_parsl's warm-up
+    tasks do) and ``warm_done`` is recorded. The ServerApp waits on
+    :meth:`wait_ready` before its first round, so Ray's start-up stays out of
+    the measured rounds.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.engine_up: float | None = None
+        self.warm_done: float | None = None
+        self.actors: list[Any] = []
+        self.actor_pids: list[int] = []
+        self.actor_maxrss_kb: dict[int, int] = {}
+        self.probe_error: str | None = None
+
+    @contextmanager
+    def patched(self) -> Iterator[None]:
+        from flwr.server.superlink.fleet.vce.backend import raybackend
+
+        original = raybackend.RayBackend.build
+        probe = self
+
+        def build(backend: Any, app_fn: Any) -> None:
+            try:
+                original(backend, app_fn)
+                probe.engine_up = time.time()
+                import ray
+
+                actors = list(backend.pool.pool)
+                probe.actor_pids = list(
+                    ray.get([a.__ray_call__.remote(_warm_actor) for a in actors], timeout=probe.timeout)
+                )
+                probe.actors = actors
+                probe.warm_done = time.time()
+            except BaseException as exc:
+                probe.error = exc
+                raise
+            finally:
+                probe.ready.set()
+
+        raybackend.RayBackend.build = build  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            raybackend.RayBackend.build = original  # type: ignore[method-assign]
+
+    def wait_ready(self) -> None:
+        if not self.ready.wait(self.timeout):
+            raise RuntimeError(f"the simulation engine was not up within {self.timeout:g} s")
+        if self.error is not None:
+            raise RuntimeError(f"the simulation engine failed to start: {self.error!r}")
+
+    def probe_actors(self) -> None:
+        """Ask every actor for its peak RSS (called after the last aggregate, before shutdown)."""
+        try:
+            import ray
+
+            reports = ray.get([a.__ray_call__.remote(_actor_maxrss) for a in self.actors], timeout=60)
+            self.actor_maxrss_kb = {int(pid): int(kb) for pid, kb in reports}
+        except Exception as exc:  # the metrics reported in fit remain
+            self.probe_error = f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+
+
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--save-params", action="store_true")
+
+
+def _write_result(out: Path, result: dict[str, Any], record: RunRecord | None, save_params: bool) -> None:
+    if record is not None:
+        result.update(record.to_json())
+        if save_params and record.final is not None:
+            np.savez(out / PARAMS_FILE, *record.final)
+            result["final_parameters"] = str(out / PARAMS_FILE)
+    result["peak_rss_kb"] = maxrss_kb()
+    tmp = out / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(out / RESULT_FILE)
+
+
+def _prepare(args: argparse.Namespace, result: dict[str, Any]) -> tuple[Parameters, RunRecord]:
+    arrays = model_arrays(args.model)
+    result["model_info"] = describe(arrays)
+    initial = ndarrays_to_parameters(arrays)
+    result["model_info"]["model_payload_bytes"] = payload_bytes(initial)
+    del arrays
+    return initial, RunRecord(args.workers)
+
+
+def server_main(argv: list[str]) -> int:
+    """``server``: a Flower gRPC server on 127.0.0.1:PORT for N clients."""
+    parser = argparse.ArgumentParser(prog="flight_parsl.baselines.flower server")
+    _common_args(parser)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-message-length", type=int, required=True)
+    args = parser.parse_args(argv)
+    from flwr.server import start_server
+
+    out = Path(args.out)
+    result: dict[str, Any] = {"role": "server", "pid": os.getpid(), "flwr_version": flwr.__version__}
+    record: RunRecord | None = None
+    rc = 0
+    try:
+        initial, record = _prepare(args, result)
+        strategy = TimedFedAvg(
+            record=record,
+            workers=args.workers,
+            rounds=args.rounds,
+            wait_timeout=args.timeout,
+            initial_parameters=initial,
+            keep_final=args.save_params,
+        )
+        del initial
+        result["server_start"] = time.time()
+        start_server(
+            server_address=f"127.0.0.1:{args.port}",
+            config=ServerConfig(num_rounds=args.rounds, round_timeout=args.timeout),
+            strategy=strategy,
+            client_manager=TimedClientManager(record),
+            grpc_max_message_length=args.max_message_length,
+        )
+        result["server_exit"] = time.time()
+    except BaseException as exc:  # noqa: BLE001 - recorded, then a non-zero exit
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+        rc = 1
+    finally:
+        _write_result(out, result, record, args.save_params)
+    return rc
+
+
+def client_main(argv: list[str]) -> int:
+    """``client``: one Flower client process connecting to ADDRESS."""
+    from flwr.client import start_client
+
+    parser = argparse.ArgumentParser(prog="flight_parsl.baselines.flower client")
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--max-message-length", type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    start_client(
+        server_address=args.address,
+        client_fn=client_fn,
+        grpc_max_message_length=args.max_message_length,
+        insecure=True,
+        max_wait_time=args.timeout,
+    )
+    return 0
+
+
+def simulation_backend_config(workers: int) -> dict[str, Any]:
+    """Ray settings: N logical CPUs and 1 per client, so exactly N actors start.
+
+    Ray rounds fractional resources to 1e-4, so a fraction like 2/N of the two
+    physical cores can leave the last actor without room (2/7 -> 0.2858 never
+    fits 7 times in 2.0); whole logical CPUs are exact. Ray does not pin them
+    to cores: the N actor processes share the machine's cores.
+    """
+    return {
+        "init_args": {"num_cpus": workers, "num_gpus": 0},
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+    }
+
+
+def simulate_main(argv: list[str]) -> int:
+    """``simulate``: Flower's Simulation Runtime (Ray) with N virtual SuperNodes."""
+    parser = argparse.ArgumentParser(prog="flight_parsl.baselines.flower simulate")
+    _common_args(parser)
+    args = parser.parse_args(argv)
+    import ray
+    from flwr.clientapp import ClientApp
+    from flwr.server import ServerAppComponents
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    out = Path(args.out)
+    backend_config = simulation_backend_config(args.workers)
+    result: dict[str, Any] = {
+        "role": "simulation",
+        "pid": os.getpid(),
+        "flwr_version": flwr.__version__,
+        "ray_version": ray.__version__,
+        "backend_config": backend_config,
+    }
+    record: RunRecord | None = None
+    probe = EngineProbe(args.timeout)
+    rc = 0
+    try:
+        initial, record = _prepare(args, result)
+        strategy = TimedFedAvg(
+            record=record,
+            workers=args.workers,
+            rounds=args.rounds,
+            wait_timeout=args.timeout,
+            initial_parameters=initial,
+            keep_final=args.save_params,
+            on_final=probe.probe_actors,
+        )
+        del initial
+        run_record = record
+
+        def server_fn(context: Any) -> ServerAppComponents:
+            probe.wait_ready()
+            return ServerAppComponents(
+                strategy=strategy,
+                config=ServerConfig(num_rounds=args.rounds, round_timeout=args.timeout),
+                client_manager=TimedClientManager(run_record),
+            )
+
+        result["start"] = time.time()
+        with probe.patched():
+            run_simulation(
+                server_app=ServerApp(server_fn=server_fn),
+                client_app=ClientApp(client_fn=client_fn),
+                num_supernodes=args.workers,
+                backend_config=backend_config,  # type: ignore[arg-type]
+            )
+        result["engine_exit"] = time.time()
+    except BaseException as exc:  # noqa: BLE001 - recorded, then a non-zero exit
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc()
+        rc = 1
+    finally:
+        result.update(
+            engine_up=probe.engine_up,
+            warm_done=probe.warm_done,
+            actor_pids=probe.actor_pids,
+            actor_maxrss_kb={str(k): v for k, v in probe.actor_maxrss_kb.items()},
+            actor_probe_error=probe.probe_error,
+        )
+        _write_result(out, result, record, args.save_params)
+    return rc

@@ -1,0 +1,96 @@
+"""The command line: ``python -m flight_parsl.baselines.flower --workers N --model M --mode MODE``.
+
+Exit status: 0 when the run is ``ok``, 1 when it failed (the row says why),
+2 for a bad argument or a missing flower extra (one line on stderr).
+
+The first argument ``server``, ``client`` or ``simulate`` runs one of the child
+processes instead (see :mod:`flight_parsl.baselines.flower.app`); the runner
+starts those itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any, NoReturn
+
+from flight_parsl.errors import ConfigError
+
+ROLES = ("server", "client", "simulate")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m flight_parsl.baselines.flower",
+        description="Flower's side of the weak-scaling comparison: N clients, FedAvg, "
+        "no training (each client returns the parameters it received).",
+    )
+    parser.add_argument("--workers", type=int, required=True, help="clients (N)")
+    parser.add_argument("--model", required=True, help="a flight_parsl model name, built at its reference size")
+    parser.add_argument("--mode", required=True, choices=("simulation", "grpc"),
+                        help="simulation: Flower's Simulation Runtime (Ray); grpc: a server and N client processes")
+    parser.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-flower-...)")
+    parser.add_argument("--rounds", type=int, default=1, help="FedAvg rounds (default 1)")
+    parser.add_argument("--trial", type=int, default=0, help="trial number recorded in the row (default 0)")
+    parser.add_argument("--results", default=None, help="append the row to this results table (CSV)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped (default 600)")
+    parser.add_argument("--mem-limit-gb", type=float, default=18.0,
+                        help="stop the run when the machine's memory in use exceeds this (GiB, default 18; 0: off)")
+    parser.add_argument("--save-params", action="store_true",
+                        help="write the final aggregated parameters to OUT/final_parameters.npz")
+    return parser
+
+
+def _line(row: dict[str, Any]) -> str:
+    def fmt(key: str) -> str:
+        value = row.get(key)
+        return f"{value:.3f}" if isinstance(value, float) else "-"
+
+    return (
+        f"{row['framework']} {row['model']} n={row['num_workers']}: {row['status']}; "
+        f"prime2end {fmt('prime2end')} s, round {fmt('round_makespan_s')} s, start2end {fmt('start2end')} s, "
+        f"server peak {fmt('peak_rss_mb')} MB, clients peak {fmt('peak_rss_workers_mb')} MB "
+        f"-> {row['run_dir']}/summary.json"
+    )
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ROLES:
+        from flight_parsl.baselines.flower import app
+
+        role = {"server": app.server_main, "client": app.client_main, "simulate": app.simulate_main}
+        return role[argv[0]](argv[1:])
+
+    from flight_parsl.baselines.flower.runner import run_flower
+
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        row = run_flower(
+            args.workers, args.model, args.mode, args.out, rounds=args.rounds, trial=args.trial,
+            timeout=args.timeout, results=args.results, save_params=args.save_params,
+            mem_limit_gb=args.mem_limit_gb or None,
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every process of the run was stopped", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(_line(row))
+    return 0 if row["status"] == "ok" else 1

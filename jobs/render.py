@@ -1,0 +1,740 @@
+"""Batch jobs for the weak-scaling study: sweep spec YAML -> PBS/Slurm scripts -> qsub/sbatch.
+
+A sweep spec (``jobs/specs/*.yaml``) names the scheduler, the allocation and the sweep
+(worker counts x models x transfers x trials). Rendering groups the worker counts by the
+number of nodes they need, ``1 + ceil(workers / workers_per_node)`` (one node for the
+coordinator, the others host ``workers_per_node`` workers each), and makes ONE job per node
+count, as the published study did: 2..128 workers -> 2 nodes, 256 -> 3, 512 -> 5, 1024 -> 9,
+2048 -> 17 with 128 workers per node. Each job runs one harness sweep,
+``python -m flight_parsl.scale --workers 2,8,32,128 --model ... --transfer ... --train none``,
+against a per-job copy of the Parsl site file whose ``provider.nodes_per_block`` is the
+job's nodes - 1. When ``redis`` is among the transfers the job starts redis-server on its
+head node, bound to the interconnect address, and passes it in with ``--redis``.
+
+Public API: :func:`load_spec`, :func:`validate_spec`, :func:`nodes_for`,
+:func:`group_workers`, :func:`render_jobs`, :func:`write_jobs`, :func:`submit_jobs`,
+:func:`default_out_dir`, and the errors :class:`SpecError` / :class:`SubmitError`.
+Nothing here submits a job except :func:`submit_jobs`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import shlex
+import shutil
+import string
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "JOBS_DIR",
+    "REPO_ROOT",
+    "SCHEDULERS",
+    "SPEC_KEYS",
+    "Job",
+    "Spec",
+    "SpecError",
+    "SubmitError",
+    "default_out_dir",
+    "group_workers",
+    "load_spec",
+    "nodes_for",
+    "render_jobs",
+    "submit_jobs",
+    "validate_spec",
+    "write_jobs",
+]
+
+JOBS_DIR: Path = Path(__file__).resolve().parent
+REPO_ROOT: Path = JOBS_DIR.parent
+TEMPLATE_DIR: Path = JOBS_DIR / "templates"
+SITE_DIR: Path = REPO_ROOT / "configs" / "parsl"
+
+#: scheduler -> (template file, submit command, directive prefix)
+SCHEDULERS: dict[str, tuple[str, str, str]] = {
+    "slurm": ("slurm.sh.tmpl", "sbatch", "#SBATCH "),
+    "pbs": ("pbs.sh.tmpl", "qsub", "#PBS "),
+}
+TRANSFERS = ("parsl", "redis", "file")
+#: Harness flags the renderer sets itself; extra_args may not repeat them.
+RENDERED_FLAGS = ("--workers", "-n", "--model", "--transfer", "--trials", "--rounds", "--train",
+                  "--parsl-config", "--results", "--redis", "--backend", "--config")
+#: Seconds the job waits for redis-server to answer PING.
+REDIS_WAIT_S = 60
+PLACEHOLDER_ACCOUNT = "YOUR_ACCOUNT"
+
+
+class SpecError(ValueError):
+    """A sweep spec is wrong; the message names the key."""
+
+
+class SubmitError(RuntimeError):
+    """Writing or submitting the job scripts failed (a missing qsub/sbatch, a refused job)."""
+
+
+# --------------------------------------------------------------------------- schema
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One spec key: accepted types, default, nullability, owning scheduler, extra check."""
+
+    types: tuple[type, ...]
+    type_name: str
+    default: Any = _REQUIRED
+    nullable: bool = False
+    scheduler: str | None = None  # only meaningful for this scheduler
+    check: Callable[[Any], str | None] | None = None
+
+
+def _at_least(low: int) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _port(v: int) -> str | None:
+    return None if 1 <= v <= 65535 else "must be a TCP port, 1..65535"
+
+
+def _name(v: str) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", v)
+    return None if ok else "must start with a letter and hold only letters, digits, '_', '.', '-'"
+
+
+def _token(v: str) -> str | None:
+    if not v:
+        return "must not be empty"
+    return None if re.fullmatch(r"[A-Za-z0-9_.:,@+=/-]+", v) else "must be one word (no spaces or quotes)"
+
+
+def _walltime(v: str) -> str | None:
+    return None if re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", v) else 'must look like "HH:MM:SS"'
+
+
+def _nonempty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+_INT = ((int,), "int")
+_STR = ((str,), "str")
+_LIST = ((list,), "list")
+
+#: The spec schema: key -> rules. Keys not listed here are an error.
+SPEC_KEYS: dict[str, _Key] = {
+    "scheduler": _Key(*_STR, check=lambda v: None if v in SCHEDULERS else
+                      f"must be one of: {', '.join(SCHEDULERS)}"),
+    "job_name": _Key(*_STR, default="fp-scaling", check=_name),
+    "account": _Key(*_STR, check=_token),
+    "queue": _Key(*_STR, default=None, nullable=True, scheduler="pbs", check=_token),
+    "filesystems": _Key(*_STR, default=None, nullable=True, scheduler="pbs", check=_token),
+    "partition": _Key(*_STR, default=None, nullable=True, scheduler="slurm", check=_token),
+    "qos": _Key(*_STR, default=None, nullable=True, scheduler="slurm", check=_token),
+    "constraint": _Key(*_STR, default=None, nullable=True, scheduler="slurm", check=_token),
+    "walltime": _Key((str,), 'str (quote it in YAML: "01:00:00")', check=_walltime),
+    "worker_init": _Key(*_STR, default="", nullable=True),
+    "parsl_config": _Key(*_STR, check=_nonempty),
+    "workers_per_node": _Key(*_INT, default=128, check=_at_least(1)),
+    "workers": _Key((list,), "list of int"),
+    "models": _Key((list,), "list of str"),
+    "transfers": _Key((list,), "list of str"),
+    "trials": _Key(*_INT, default=1, check=_at_least(1)),
+    "rounds": _Key(*_INT, default=1, check=_at_least(1)),
+    "results": _Key(*_STR, default="results/scaling.csv", check=_nonempty),
+    "redis_interface": _Key(*_STR, default=None, nullable=True, check=_token),
+    "redis_port": _Key(*_INT, default=6379, check=_port),
+    "extra_args": _Key((list,), "list of str", default=[]),
+    "directives": _Key((list,), "list of str", default=[]),
+}
+
+#: Defaults that depend on the scheduler (applied when the key is null or absent).
+_SCHEDULER_DEFAULTS = {"pbs": {"filesystems": "home:eagle"}}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated sweep spec (see ``SPEC_KEYS`` and jobs/README.md)."""
+
+    scheduler: str
+    job_name: str
+    account: str
+    queue: str | None
+    filesystems: str | None
+    partition: str | None
+    qos: str | None
+    constraint: str | None
+    walltime: str
+    worker_init: str
+    parsl_config: str
+    workers_per_node: int
+    workers: tuple[int, ...]
+    models: tuple[str, ...]
+    transfers: tuple[str, ...]
+    trials: int
+    rounds: int
+    results: str
+    redis_interface: str | None
+    redis_port: int
+    extra_args: tuple[str, ...]
+    directives: tuple[str, ...]
+    source: str = "spec"
+
+    @property
+    def uses_redis(self) -> bool:
+        return "redis" in self.transfers
+
+
+def _err(source: str, key: str, message: str) -> SpecError:
+    return SpecError(f"{source}: key {key!r} {message}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_scalar(source: str, key: str, value: Any, rule: _Key) -> Any:
+    if value is None:
+        if rule.nullable:
+            return None
+        raise _err(source, key, f"= null; expected {rule.type_name}")
+    ok = isinstance(value, rule.types) and not (isinstance(value, bool) and bool not in rule.types)
+    if not ok:
+        hint = ""
+        if key == "walltime" and _is_int(value):
+            hint = " (YAML reads an unquoted 01:00:00 as a number of seconds)"
+        raise _err(source, key, f"= {value!r} ({type(value).__name__}); expected {rule.type_name}"
+                   f"{' or null' if rule.nullable else ''}{hint}")
+    if rule.check is not None:
+        problem = rule.check(value)
+        if problem:
+            raise _err(source, key, f"= {value!r} {problem}")
+    return value
+
+
+def _check_list(source: str, key: str, value: list[Any], item_ok: Callable[[Any], str | None],
+                *, allow_empty: bool = False, unique: bool = True) -> list[Any]:
+    if not value and not allow_empty:
+        raise _err(source, key, "is an empty list; give at least one item")
+    for item in value:
+        problem = item_ok(item)
+        if problem:
+            raise _err(source, key, f"item {item!r} {problem}")
+    if unique:
+        seen: set[Any] = set()
+        for item in value:
+            if item in seen:
+                raise _err(source, key, f"lists {item!r} twice")
+            seen.add(item)
+    return list(value)
+
+
+def _positive_int_item(v: Any) -> str | None:
+    if not _is_int(v):
+        return f"({type(v).__name__}) is not an int"
+    return None if v >= 1 else "must be >= 1"
+
+
+def _model_item(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"({type(v).__name__}) is not a str"
+    return None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "is not a model name"
+
+
+def _transfer_item(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"({type(v).__name__}) is not a str"
+    return None if v in TRANSFERS else f"is not a transfer; choose from {', '.join(TRANSFERS)}"
+
+
+def _str_item(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"({type(v).__name__}) is not a str"
+    return None if v.strip() else "is empty"
+
+
+def _known_models() -> list[str] | None:
+    """The harness's model names, or None when flight_parsl/torch cannot be imported here."""
+    try:
+        from flight_parsl.models import model_names
+    except Exception:  # noqa: BLE001 - a login node without torch: the harness checks later
+        return None
+    return list(model_names())
+
+
+def validate_spec(data: Any, source: str = "spec", *, check_models: bool = True) -> Spec:
+    """Validate a spec mapping strictly and return a :class:`Spec`.
+
+    Args:
+        data: the parsed YAML.
+        source: names the spec in error messages (usually its path).
+        check_models: also check the model names against ``flight_parsl.models`` (skipped
+            when that cannot be imported, e.g. without torch).
+
+    Raises:
+        SpecError: an unknown or missing key, a wrong type or value; the message names the key.
+    """
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: a spec must be a mapping of keys, got {type(data).__name__}")
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise SpecError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(SPEC_KEYS)}")
+    for key, rule in SPEC_KEYS.items():
+        if rule.default is _REQUIRED and key not in data:
+            raise SpecError(f"{source}: key {key!r} is missing (required)")
+
+    values: dict[str, Any] = {}
+    for key, rule in SPEC_KEYS.items():
+        raw = data.get(key, rule.default)
+        if isinstance(raw, list):
+            raw = list(raw)
+        values[key] = _check_scalar(source, key, raw, rule)
+    scheduler = values["scheduler"]
+
+    for key, rule in SPEC_KEYS.items():
+        if rule.scheduler is not None and rule.scheduler != scheduler and values[key] is not None:
+            raise _err(source, key, f"= {values[key]!r} is a {rule.scheduler} key, but scheduler is "
+                       f"{scheduler!r}; remove it or set it to null")
+    for key, default in _SCHEDULER_DEFAULTS.get(scheduler, {}).items():
+        if values[key] is None:
+            values[key] = default
+    if scheduler == "pbs" and values["queue"] is None:
+        raise _err(source, "queue", "is required when scheduler is 'pbs' (e.g. prod, debug-scaling)")
+
+    values["workers"] = _check_list(source, "workers", values["workers"], _positive_int_item)
+    values["models"] = _check_list(source, "models", values["models"], _model_item)
+    values["transfers"] = _check_list(source, "transfers", values["transfers"], _transfer_item)
+    values["extra_args"] = _check_list(source, "extra_args", values["extra_args"], _str_item,
+                                       allow_empty=True, unique=False)
+    values["directives"] = _check_list(source, "directives", values["directives"], _str_item,
+                                       allow_empty=True, unique=False)
+    values["worker_init"] = values["worker_init"] or ""
+
+    prefix = SCHEDULERS[scheduler][2]
+    for line in values["directives"]:
+        if not line.startswith(prefix) or "\n" in line:
+            raise _err(source, "directives", f"item {line!r} must be one line starting with "
+                       f"{prefix.strip()!r} (scheduler is {scheduler!r})")
+    for arg in values["extra_args"]:
+        flag = arg.split("=", 1)[0]
+        if flag in RENDERED_FLAGS:
+            raise _err(source, "extra_args", f"item {arg!r} sets {flag}, which the spec key "
+                       "for it sets already (workers, models, transfers, trials, rounds, "
+                       "parsl_config, results; --redis comes from the job's Redis)")
+    if "file" in values["transfers"] and not any(
+        a.startswith("transfer.file_dir=") for a in values["extra_args"]
+    ):
+        raise _err(source, "transfers", "includes 'file', but workers run on other nodes than the "
+                   "coordinator: add 'transfer.file_dir=/a/shared/directory' to extra_args "
+                   "(the default /dev/shm is not shared between nodes)")
+    if check_models:
+        known = _known_models()
+        if known is not None:
+            for model in values["models"]:
+                if model not in known:
+                    raise _err(source, "models", f"item {model!r} is not a model of the harness; "
+                               f"valid names: {', '.join(known)}")
+
+    for key in ("workers", "models", "transfers", "extra_args", "directives"):
+        values[key] = tuple(values[key])
+    return Spec(**values, source=source)
+
+
+def load_spec(path: str | Path, *, check_models: bool = True) -> Spec:
+    """Read and validate a spec YAML file.
+
+    Raises:
+        SpecError: the file is missing, unreadable, not YAML, or breaks the schema.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file {str(p)!r}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        raise SpecError(f"spec file {str(p)!r} is empty")
+    return validate_spec(data, str(p), check_models=check_models)
+
+
+# ----------------------------------------------------------------------- node counts
+
+
+def nodes_for(workers: int, workers_per_node: int) -> int:
+    """Nodes a run of ``workers`` needs: one for the coordinator + ceil(workers / per node)."""
+    if not _is_int(workers) or workers < 1:
+        raise ValueError(f"workers = {workers!r}; expected an int >= 1")
+    if not _is_int(workers_per_node) or workers_per_node < 1:
+        raise ValueError(f"workers_per_node = {workers_per_node!r}; expected an int >= 1")
+    return 1 + math.ceil(workers / workers_per_node)
+
+
+def group_workers(workers: Sequence[int], workers_per_node: int) -> dict[int, list[int]]:
+    """Worker counts grouped by the node count they need: {nodes: [workers, ...]}, both sorted."""
+    groups: dict[int, list[int]] = {}
+    for w in sorted(set(workers)):
+        groups.setdefault(nodes_for(w, workers_per_node), []).append(w)
+    return dict(sorted(groups.items()))
+
+
+# ------------------------------------------------------------------------- templates
+
+
+class JobTemplate(string.Template):
+    """``string.Template`` with lowercase placeholders only.
+
+    ``$name`` / ``${name}`` with a lowercase name are placeholders; everything else a shell
+    script says with ``$`` (``$HOME``, ``${PBS_JOBID:-x}``, ``$(hostname)``, awk's ``$1``)
+    is left alone, so the templates read as plain bash. ``$$`` is a literal ``$``.
+    """
+
+    delimiter = "$"
+    flags = re.VERBOSE  # case-sensitive
+    pattern = r"""
+    \$(?:
+      (?P<escaped>\$)
+    | (?P<named>[a-z][a-z0-9_]*)
+    | {(?P<braced>[a-z][a-z0-9_]*)}
+    | (?P<invalid>(?!))
+    )
+    """
+
+
+def _fill(template_name: str, values: Mapping[str, Any]) -> str:
+    path = TEMPLATE_DIR / template_name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SubmitError(f"cannot read template {str(path)!r}: {exc}") from exc
+    try:
+        return JobTemplate(text).substitute({k: str(v) for k, v in values.items()})
+    except KeyError as exc:
+        raise SubmitError(f"template {str(path)!r} uses ${{{exc.args[0]}}}, which the renderer "
+                          f"does not fill; known: {', '.join(sorted(values))}") from exc
+
+
+# --------------------------------------------------------------------------- site copy
+
+
+def _resolve_site(name: str, cwd: Path) -> Path:
+    """The site file for ``parsl_config``: a path (cwd, then repo root) or a bare name."""
+    candidate = Path(name).expanduser()
+    tries = [candidate] if candidate.is_absolute() else [cwd / candidate, REPO_ROOT / candidate]
+    if "/" not in name and not candidate.suffix:
+        tries.append(SITE_DIR / f"{name}.yaml")
+    for path in tries:
+        if path.is_file():
+            return path.resolve()
+    raise SpecError(f"key 'parsl_config' = {name!r}: site file not found "
+                    f"(looked at {', '.join(str(p) for p in tries)})")
+
+
+def _load_site_source(path: Path, spec: Spec) -> dict[str, Any]:
+    """Read the spec's site file and check it can run inside the job's allocation."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"key 'parsl_config': cannot read site file {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("provider", {}), dict):
+        raise SpecError(f"key 'parsl_config': site file {str(path)!r} is not a site mapping "
+                        "with a 'provider' section")
+    provider = data.setdefault("provider", {}) or {}
+    data["provider"] = provider
+    kind = provider.get("kind", "local")
+    if kind != "local":
+        raise SpecError(
+            f"key 'parsl_config' = {spec.parsl_config!r}: its provider.kind is {kind!r}, so Parsl "
+            "would submit a second batch job from inside this one. The jobs run the harness in "
+            "their own allocation: use a site with provider.kind local and an srun (Slurm) or "
+            "mpiexec (PBS) launcher, e.g. configs/parsl/expanse.yaml, jobs/sites/polaris.yaml "
+            "or jobs/sites/perlmutter.yaml")
+    acc = data.get("available_accelerators")
+    slots = acc if _is_int(acc) else (len(acc) if isinstance(acc, list) else None)
+    if slots is not None and slots < spec.workers_per_node:
+        raise SpecError(
+            f"key 'workers_per_node' = {spec.workers_per_node}: the site {str(path)!r} pins one "
+            f"worker per accelerator (available_accelerators = {acc!r}), so a node holds only "
+            f"{slots}; set workers_per_node to {slots} or available_accelerators to null")
+    return data
+
+
+def _site_copy_text(data: Mapping[str, Any], source: Path, job_name: str, nodes: int,
+                    spec: Spec) -> str:
+    site = copy.deepcopy(dict(data))
+    site["max_workers_per_node"] = spec.workers_per_node
+    site["provider"]["nodes_per_block"] = nodes - 1
+    site["provider"]["worker_init"] = spec.worker_init
+    header = (
+        f"# Parsl site for job {job_name}: {nodes} nodes = 1 coordinator + {nodes - 1} worker "
+        f"node{'s' if nodes > 2 else ''}.\n"
+        f"# Generated by jobs/submit.py from {source} (see it for what each key means);\n"
+        f"# changed here: provider.nodes_per_block = {nodes - 1} (job nodes - 1),\n"
+        f"# max_workers_per_node = {spec.workers_per_node} (spec workers_per_node),\n"
+        "# provider.worker_init = the spec's worker_init.\n"
+    )
+    return header + yaml.safe_dump(site, sort_keys=False, default_flow_style=False)
+
+
+def _check_site_text(text: str, spec: Spec) -> None:
+    """Validate a site copy with flight_parsl.site when it can be imported here."""
+    try:
+        from flight_parsl.errors import ConfigError
+        from flight_parsl.site import load_site
+    except Exception:  # noqa: BLE001 - no parsl on this machine: the harness checks later
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "site.yaml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_site(path)
+        except ConfigError as exc:
+            raise SpecError(f"key 'parsl_config' = {spec.parsl_config!r}: the site does not "
+                            f"validate: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- render
+
+
+@dataclass(frozen=True)
+class Job:
+    """One rendered job: its node count, worker counts, script and site copy."""
+
+    name: str
+    nodes: int
+    workers: tuple[int, ...]
+    dir: Path
+    script_path: Path
+    script: str
+    site_path: Path
+    site_text: str
+
+
+def default_out_dir(now: float | None = None) -> Path:
+    """``jobs/out/<YYYYmmdd-HHMMSS>`` (with a suffix if that exists already)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    out = JOBS_DIR / "out" / stamp
+    n = 1
+    while out.exists():
+        n += 1
+        out = JOBS_DIR / "out" / f"{stamp}-{n}"
+    return out
+
+
+def _redis_block(spec: Spec, job_dir: Path) -> str:
+    if spec.redis_interface:
+        iface = spec.redis_interface
+        command = f"ip -4 addr show {iface} | awk '/inet /{{print $2}}' | cut -d/ -f1 | head -n 1"
+        source = f"interface {iface}"
+    else:
+        command = "hostname -i | awk '{print $1}'"
+        source = "hostname -i"
+    return _fill("redis.sh.tmpl", {
+        "redis_port": spec.redis_port,
+        "redis_host_command": command,
+        "redis_host_source": source,
+        "redis_wait_s": REDIS_WAIT_S,
+        "job_dir": job_dir,
+    })
+
+
+def _harness_command(spec: Spec, workers: Sequence[int], site_path: Path, results: Path) -> str:
+    args = [
+        "python", "-m", "flight_parsl.scale",
+        "--workers", ",".join(str(w) for w in workers),
+        "--model", ",".join(spec.models),
+        "--transfer", ",".join(spec.transfers),
+        "--trials", str(spec.trials),
+        "--rounds", str(spec.rounds),
+        "--train", "none",
+        "--parsl-config", str(site_path),
+        "--results", str(results),
+    ]
+    line = " ".join(shlex.quote(a) for a in args)
+    if spec.uses_redis:
+        line += " --redis $REDIS_HOST:$REDIS_PORT"
+    if spec.extra_args:
+        line += " " + " ".join(shlex.quote(a) for a in spec.extra_args)
+    return line
+
+
+def _directives(spec: Spec) -> str:
+    lines = []
+    if spec.scheduler == "slurm":
+        for key in ("partition", "qos", "constraint"):
+            value = getattr(spec, key)
+            if value is not None:
+                lines.append(f"#SBATCH --{key}={value}")
+    lines.extend(spec.directives)
+    return "".join(line + "\n" for line in lines)
+
+
+def _safe_path(path: Path, what: str) -> Path:
+    if re.search(r"[\s'\"$`\\]", str(path)):
+        raise SubmitError(f"{what} {str(path)!r} has a space, quote, '$' or backslash, which "
+                          "scheduler directives cannot hold; choose another --out-dir")
+    return path
+
+
+def render_jobs(spec: Spec, out_dir: str | Path, *, cwd: str | Path | None = None) -> list[Job]:
+    """Render one job per node count (nothing is written or submitted).
+
+    Args:
+        spec: a validated spec.
+        out_dir: where the job directories ``<out_dir>/<job_name>-n<nodes>/`` will go.
+        cwd: the directory relative spec paths are relative to, and where the jobs will be
+            submitted from (default: the current directory).
+
+    Returns:
+        The jobs, by node count.
+
+    Raises:
+        SpecError: the site file is missing or cannot run inside the job.
+        SubmitError: a template or path problem.
+    """
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    out = _safe_path(Path(out_dir).expanduser().absolute(), "output directory")
+    site_source = _resolve_site(spec.parsl_config, base)
+    site_data = _load_site_source(site_source, spec)
+    results = Path(spec.results).expanduser()
+    results = _safe_path(results if results.is_absolute() else (base / results).absolute(),
+                         "results path")
+    template, _, _ = SCHEDULERS[spec.scheduler]
+
+    jobs: list[Job] = []
+    for nodes, workers in group_workers(spec.workers, spec.workers_per_node).items():
+        name = f"{spec.job_name}-n{nodes}"
+        job_dir = out / name
+        site_path = job_dir / "site.yaml"
+        script_path = job_dir / "job.sh"
+        site_text = _site_copy_text(site_data, site_source, name, nodes, spec)
+        values = {
+            "account": spec.account,
+            "queue": spec.queue or "",
+            "filesystems": spec.filesystems or "",
+            "nodes": nodes,
+            "worker_nodes": nodes - 1,
+            "workers_per_node": spec.workers_per_node,
+            "walltime": spec.walltime,
+            "job_name": name,
+            "job_dir": job_dir,
+            "directives": _directives(spec),
+            "spec_path": spec.source,
+            "site_path": site_path,
+            "workers_csv": ",".join(str(w) for w in workers),
+            "worker_init": spec.worker_init,
+            "redis_block": _redis_block(spec, job_dir) if spec.uses_redis else "",
+            "harness_command": _harness_command(spec, workers, site_path, results),
+        }
+        script = _fill(template, values)
+        jobs.append(Job(name, nodes, tuple(workers), job_dir, script_path, script, site_path,
+                        site_text))
+    if jobs:
+        _check_site_text(jobs[0].site_text, spec)
+    return jobs
+
+
+def write_jobs(jobs: Sequence[Job]) -> None:
+    """Write each job's directory: job.sh (executable) and site.yaml.
+
+    Raises:
+        SubmitError: a job directory exists already (it may hold a submitted job's logs).
+    """
+    for job in jobs:
+        if job.dir.exists():
+            raise SubmitError(f"job directory {str(job.dir)!r} exists already; "
+                              "choose another --out-dir")
+    for job in jobs:
+        job.dir.mkdir(parents=True)
+        job.site_path.write_text(job.site_text, encoding="utf-8")
+        job.script_path.write_text(job.script, encoding="utf-8")
+        job.script_path.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+def submit_command(scheduler: str) -> str:
+    """``sbatch`` or ``qsub``."""
+    return SCHEDULERS[scheduler][1]
+
+
+def check_submit_command(scheduler: str) -> str:
+    """The full path of the scheduler's submit command.
+
+    Raises:
+        SubmitError: it is not on PATH.
+    """
+    command = submit_command(scheduler)
+    found = shutil.which(command)
+    if found is None:
+        raise SubmitError(
+            f"'{command}' not found on PATH: cannot submit {scheduler} jobs from this machine "
+            f"(run on the cluster's login node); --dry-run shows the job scripts without "
+            f"submitting")
+    return found
+
+
+def _job_id(scheduler: str, stdout: str) -> str:
+    text = stdout.strip()
+    if scheduler == "slurm":
+        m = re.search(r"Submitted batch job (\S+)", text)
+        if m:
+            return m.group(1)
+    return text.splitlines()[-1].strip() if text else "?"
+
+
+def submit_jobs(jobs: Sequence[Job], scheduler: str, *, cwd: str | Path | None = None,
+                on_submit: Callable[[Job, str], None] | None = None) -> list[tuple[Job, str]]:
+    """Run ``sbatch FILE`` / ``qsub FILE`` for each written job, from ``cwd``.
+
+    Returns:
+        (job, scheduler job id) for each job.
+
+    Raises:
+        SubmitError: the command is missing or refused a job (jobs before it stay submitted;
+            the message lists them).
+    """
+    command = check_submit_command(scheduler)
+    done: list[tuple[Job, str]] = []
+    for job in jobs:
+        try:
+            proc = subprocess.run([command, str(job.script_path)], cwd=cwd, capture_output=True,
+                                  text=True, check=False, env=os.environ.copy())
+        except OSError as exc:
+            proc = None
+            problem = str(exc)
+        else:
+            problem = (proc.stderr or proc.stdout).strip() if proc.returncode else ""
+        if proc is None or proc.returncode != 0:
+            already = ", ".join(f"{j.name}={i}" for j, i in done) or "none"
+            raise SubmitError(f"{submit_command(scheduler)} {job.script_path} failed"
+                              f"{f' (exit {proc.returncode})' if proc else ''}: {problem}; "
+                              f"submitted before it: {already}")
+        job_id = _job_id(scheduler, proc.stdout)
+        done.append((job, job_id))
+        if on_submit is not None:
+            on_submit(job, job_id)
+    return done
+
+
+def check_account(spec: Spec) -> None:
+    """Refuse to submit with the placeholder account.
+
+    Raises:
+        SpecError: account is still ``YOUR_ACCOUNT``.
+    """
+    if spec.account == PLACEHOLDER_ACCOUNT:
+        raise _err(spec.source, "account", f"= {PLACEHOLDER_ACCOUNT!r}: edit the spec and set your "
+                   "allocation's project before submitting (--dry-run works without it)")
