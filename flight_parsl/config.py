@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import yaml
 
+from flight_parsl.data.partition import PartitionSpec
 from flight_parsl.errors import ConfigError
 
 BACKENDS = ("parsl", "thread", "process")
@@ -30,18 +31,6 @@ class DataConfig:
 
     dataset: str = "digits"
     root: str | None = None
-
-
-@dataclass
-class PartitionConfig:
-    """How the training set is split over workers (see flight_parsl.data.partition)."""
-
-    kind: str = "iid"
-    labels_alpha: float = 1.0
-    samples_alpha: float = 10.0
-    labels_per_client: int = 2
-    power_law_exponent: float = 1.5
-    min_samples: int = 1
 
 
 @dataclass
@@ -120,7 +109,7 @@ class ExperimentConfig:
     out: str | None = None
     round_timeout: float | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -168,11 +157,16 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise ConfigError(f"config key {key!r}: expected {name}, got {value!r}")
 
 
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Set fields of dataclass ``obj`` from a nested dict, checking keys and types."""
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
+    """Set fields of dataclass ``obj`` from a nested dict, checking keys and types.
+
+    Returns ``obj`` itself, or a replaced copy when it is a frozen dataclass (such
+    sections, like the partition spec, validate themselves on construction).
+    """
     if not isinstance(values, dict):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {values!r}")
     hints = _section_types(type(obj))
+    changes: dict[str, Any] = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in hints:
@@ -182,9 +176,14 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _apply(current, value, f"{full}.")
+            changes[key] = _apply(current, value, f"{full}.")
         else:
-            setattr(obj, key, _coerce(full, value, hints[key]))
+            changes[key] = _coerce(full, value, hints[key])
+    if type(obj).__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        return dataclasses.replace(obj, **changes)
+    for key, value in changes.items():
+        setattr(obj, key, value)
+    return obj
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -241,7 +240,7 @@ def build_config(
 
 def validate(cfg: ExperimentConfig) -> None:
     """Check values that types alone do not catch; names come from the registries."""
-    from flight_parsl.data import dataset_names, partition_kinds
+    from flight_parsl.data import dataset_names
     from flight_parsl.errors import unknown_name
     from flight_parsl.strategies import strategy_names
 
@@ -259,7 +258,6 @@ def validate(cfg: ExperimentConfig) -> None:
     positive("train.lr", cfg.train.lr)
     positive("train.threads", cfg.train.threads)
     positive("train.eval_batch_size", cfg.train.eval_batch_size)
-    positive("partition.min_samples", cfg.partition.min_samples)
     if cfg.backend not in BACKENDS:
         raise ConfigError(f"config key 'backend': unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
     if cfg.train.mode not in TRAIN_MODES:
@@ -268,8 +266,6 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'train.momentum' must be in [0, 1), got {cfg.train.momentum!r}")
     if cfg.data.dataset not in dataset_names():
         raise unknown_name("dataset", cfg.data.dataset, dataset_names())
-    if cfg.partition.kind not in partition_kinds():
-        raise unknown_name("partition", cfg.partition.kind, partition_kinds())
     from flight_parsl.transfer import TRANSFER_KINDS
 
     if cfg.transfer.kind not in TRANSFER_KINDS:

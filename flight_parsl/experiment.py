@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from flight_parsl.config import ExperimentConfig
-from flight_parsl.data import PartitionSpec, load_dataset, shard_sizes
+from flight_parsl.data import load_dataset, shard_sizes
 from flight_parsl.model_spec import ModelSpec
 from flight_parsl.strategies import FedAsync, LocalSettings, Strategy, make_strategy
 from flight_parsl.tasks import Workload
@@ -66,19 +66,6 @@ def slowdowns(cfg: ExperimentConfig) -> list[float]:
     return [float(f) for f in rng.uniform(1.0, cfg.train.slowdown_max, size=cfg.workers)]
 
 
-def partition_spec(cfg: ExperimentConfig) -> PartitionSpec:
-    """The partition section as the data layer's spec."""
-    p = cfg.partition
-    return PartitionSpec(
-        kind=p.kind,
-        labels_alpha=p.labels_alpha,
-        samples_alpha=p.samples_alpha,
-        labels_per_client=p.labels_per_client,
-        power_law_exponent=p.power_law_exponent,
-        min_samples=p.min_samples,
-    )
-
-
 def prepare(cfg: ExperimentConfig) -> Experiment:
     """Build the initial model (seeded) and check data and partition up front."""
     import torch
@@ -86,7 +73,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     from flight_parsl.models import build_model, check_trainable, count_parameters
 
     spec = model_spec(cfg)
-    partition = partition_spec(cfg)
+    partition = cfg.partition
     evaluate: Evaluator | None = None
     if cfg.train.mode == "local":
         check_trainable(spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,3 +32,12 @@ def make_config(tmp_path):
         return build_config(values=[base], overrides=list(overrides))
 
     return make
+
+
+def run_quietly(make_config, *overrides: str, **values: Any) -> Path:
+    """Build a config with ``make_config`` and run it without progress output."""
+    from flight_parsl.progress import Progress
+    from flight_parsl.runner import run_experiment
+
+    cfg = make_config(*overrides, **values)
+    return run_experiment(cfg, Progress(cfg.rounds, enabled=False))

@@ -2,17 +2,13 @@
 
 import pytest
 
-from conftest import read_csv, read_summary
+from conftest import read_csv, read_summary, run_quietly
 from flight_parsl.errors import ConfigError
-from flight_parsl.progress import Progress
 from flight_parsl.redis_server import count_keys
-from flight_parsl.runner import run_experiment
 from redis_fixtures import managed_redis  # noqa: F401 (fixture)
 
 
-def run(make_config, *overrides, **values):
-    cfg = make_config(*overrides, **values)
-    return run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+run = run_quietly
 
 
 def test_async_training_folds_rounds_times_workers_updates(make_config) -> None:

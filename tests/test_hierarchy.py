@@ -2,15 +2,11 @@
 
 import pytest
 
-from conftest import read_csv, read_summary
-from flight_parsl.progress import Progress
-from flight_parsl.runner import run_experiment
+from conftest import read_csv, read_summary, run_quietly
 from flight_parsl.topology import balanced_tree
 
 
-def run(make_config, *overrides, **values):
-    cfg = make_config(*overrides, **values)
-    return run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+run = run_quietly
 
 
 def test_tree_broadcast_moves_exactly_the_modeled_hierarchical_bytes(make_config) -> None:
