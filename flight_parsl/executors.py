@@ -34,6 +34,7 @@ class Backend:
     kind: str
     description: str
     start_timeout: float = DEFAULT_START_TIMEOUT
+    slots: int | None = None
     started_at: float = field(default_factory=time.time)
     ready_at: float = field(default_factory=time.time)
     runs: int = 0
@@ -69,7 +70,7 @@ def open_backend(
     try:
         if on_started:
             on_started()
-        yield Backend(pool, kind, f"{kind} pool with {workers} workers", started_at=started_at)
+        yield Backend(pool, kind, f"{kind} pool with {workers} workers", slots=workers, started_at=started_at)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -88,7 +89,9 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
     except Exception as exc:  # Parsl raises many kinds here; one message for the user
         raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
     try:
-        yield Backend(ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site))
+        yield Backend(
+            ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config)
+        )
     finally:
         try:
             dfk.cleanup()
@@ -97,14 +100,25 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
         parsl.clear()
 
 
-def prime(backend: Backend, workers: int = 1, modules: tuple[str, ...] = ()) -> set[tuple[str, int]]:
-    """Run ``workers`` warm-up tasks that import ``modules``; return the (host, pid) seen.
+def _slots(config: object) -> int | None:
+    """Worker processes the executor starts at load (workers per node x nodes x initial blocks)."""
+    try:
+        htex = config.executors[0]  # type: ignore[attr-defined]
+        provider = htex.provider
+        return int(htex.max_workers_per_node) * int(provider.nodes_per_block) * max(int(provider.init_blocks), 1)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
 
-    One-time costs on each worker (starting, importing torch or ProxyStore) then
-    fall before ``priming_done`` instead of into the first measured round. Fails
-    clearly if no worker answers in time.
+
+def prime(backend: Backend, workers: int = 1, modules: tuple[str, ...] = ()) -> set[tuple[str, int]]:
+    """Warm up: one task per executor slot (at most ``workers``) importing ``modules``.
+
+    One-time costs on each worker process (starting, importing torch or ProxyStore)
+    then fall before ``priming_done`` instead of into the first measured round.
+    Returns the (host, pid) seen; fails clearly if no worker answers in time.
     """
-    futures = [backend.executor.submit(prime_task, modules, 0.2 if workers > 1 else 0.0) for _ in range(workers)]
+    count = min(workers, backend.slots) if backend.slots else workers
+    futures = [backend.executor.submit(prime_task, modules, 0.2 if count > 1 else 0.0) for _ in range(count)]
     try:
         return {f.result(timeout=backend.start_timeout) for f in futures}
     except FuturesTimeout as exc:
