@@ -59,6 +59,7 @@ class WeightedMean:
     def __init__(self, template: FlatWeights) -> None:
         self._template = template
         self._acc = np.zeros(template.layout.size, dtype=np.float64)
+        self._scratch: np.ndarray | None = None
         self._total = 0.0
         self._count = 0
 
@@ -67,9 +68,20 @@ class WeightedMean:
             raise ValueError("result weights do not match the global model's layout")
         if samples <= 0:
             raise ValueError(f"samples must be > 0, got {samples}")
-        self._acc += samples * weights.buffer
+        if samples == 1:  # cast-and-add in place: no model-sized temporary
+            np.add(self._acc, weights.buffer, out=self._acc)
+        else:
+            if self._scratch is None:
+                self._scratch = np.empty_like(self._acc)
+            np.multiply(weights.buffer, samples, out=self._scratch)
+            self._acc += self._scratch
         self._total += samples
         self._count += 1
+
+    @property
+    def total(self) -> float:
+        """Sum of the samples added."""
+        return self._total
 
     @property
     def count(self) -> int:

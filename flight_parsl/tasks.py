@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from flight_parsl.data.partition import PartitionSpec
 from flight_parsl.memory import lifetime_peak_rss_mb, rss_mb
 from flight_parsl.model_spec import ModelSpec
-from flight_parsl.strategies import LocalSettings
+from flight_parsl.strategies import LocalSettings, WeightedMean
 from flight_parsl.transfer.base import Ref
 
 
@@ -128,33 +128,28 @@ def aggregate_task(refs: list[Ref], samples: list[int], round_idx: int, node: st
     the children's total samples so that its parent weights it exactly.
     """
     started = time.time()
-    get_s = deserialize_s = 0.0
-    acc = None
-    total = 0
-    t_compute = 0.0
+    if not refs:
+        raise ValueError(f"aggregator {node} got no child result in round {round_idx + 1}")
+    get_s = deserialize_s = t_compute = 0.0
+    mean: WeightedMean | None = None
     for ref, n in zip(refs, samples):
         weights, g, d = ref.resolve()
         get_s += g
         deserialize_s += d
         t0 = time.perf_counter()
-        if acc is None:
-            import numpy as np
-
-            acc, template = np.zeros(weights.layout.size, dtype=np.float64), weights
-        acc += n * weights.buffer
-        total += n
+        mean = mean or WeightedMean(weights)
+        mean.add(weights, n)
         t_compute += time.perf_counter() - t0
         del weights
-    if acc is None:
-        raise ValueError(f"aggregator {node} got no child result in round {round_idx + 1}")
+    assert mean is not None
     t0 = time.perf_counter()
-    mean = template.like(acc / total)
+    result = mean.result()
     t_compute += time.perf_counter() - t0
-    payload, serialize_s, put_s = refs[0].reply(mean)
+    payload, serialize_s, put_s = refs[0].reply(result)
     return _result(
         "aggregate", node, None, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=t_compute, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=sum(r.nbytes for r in refs), bytes_out=payload.nbytes, samples=total,
+        bytes_in=sum(r.nbytes for r in refs), bytes_out=payload.nbytes, samples=int(mean.total),
         train_loss=math.nan, train_acc=math.nan, payload=payload,
     )
 

@@ -13,6 +13,7 @@ no-training workers never load it.
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,9 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+
+_MAGIC = b"FPW1"
 
 
 @dataclass(frozen=True)
@@ -95,16 +99,27 @@ class FlatWeights:
         raise KeyError(name)
 
     def to_bytes(self) -> bytes:
-        """Serialize with pickle protocol 5 (one copy of the buffer)."""
-        return pickle.dumps(self, protocol=5)
+        """Serialize: a small header (magic, header length, pickled layout) then the raw
+        buffer, 64-byte aligned. Costs one copy of the buffer."""
+        layout = pickle.dumps(self.layout, protocol=5)
+        head = len(_MAGIC) + 8 + len(layout)
+        pad = -head % 64
+        header = _MAGIC + (head + pad).to_bytes(8, "little") + layout + b"\0" * pad
+        return b"".join((header, memoryview(self.buffer).cast("B")))
 
     @staticmethod
-    def from_bytes(data: bytes) -> FlatWeights:
-        """Inverse of :meth:`to_bytes`."""
-        obj = pickle.loads(data)
-        if not isinstance(obj, FlatWeights):
-            raise TypeError(f"expected FlatWeights, got {type(obj).__name__}")
-        return obj
+    def from_bytes(data: bytes | bytearray | memoryview) -> FlatWeights:
+        """Inverse of :meth:`to_bytes`, without copying: the buffer is a read-only view of
+        ``data`` (which it keeps alive), so it may come from a socket, a file map or Redis."""
+        view = memoryview(data)
+        if view[: len(_MAGIC)] != _MAGIC:
+            raise TypeError("not a FlatWeights payload (bad magic)")
+        start = int.from_bytes(view[len(_MAGIC) : len(_MAGIC) + 8], "little")
+        layout = pickle.loads(view[len(_MAGIC) + 8 : start])
+        if not isinstance(layout, Layout):
+            raise TypeError(f"expected a Layout header, got {type(layout).__name__}")
+        buffer = np.frombuffer(view, dtype=np.float32, offset=start)
+        return FlatWeights(buffer, layout)
 
     # torch conversions --------------------------------------------------------
 
@@ -130,7 +145,9 @@ class FlatWeights:
         import torch
 
         state: dict[str, torch.Tensor] = {}
-        flat = torch.from_numpy(self.buffer)
+        with warnings.catch_warnings():  # read-only views of a payload: nothing writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            flat = torch.from_numpy(self.buffer)
         for entry in self.layout.entries:
             part = flat[entry.offset : entry.offset + entry.size].view(entry.shape)
             dtype = getattr(torch, entry.dtype)

@@ -55,7 +55,7 @@ def open_transfer(
                 check_reachable(address)
             transfer = ProxyTransfer("redis", RedisConnector(address.host, address.port), str(address), cache_size)
         else:
-            from proxystore.connectors.file import FileConnector
+            from flight_parsl.transfer.proxy import MappedFileConnector
 
             base = Path(file_dir or default_file_dir())
             if not base.is_dir():
@@ -64,7 +64,7 @@ def open_transfer(
                 raise ConfigError(f"config key 'transfer.file_dir': {base} is not a directory")
             run_dir = base / f"flight_parsl-{uuid.uuid4().hex[:12]}"
             # clear=True removes only this run's own subdirectory on close.
-            transfer = ProxyTransfer("file", FileConnector(str(run_dir), clear=True), str(run_dir), cache_size)
+            transfer = ProxyTransfer("file", MappedFileConnector(str(run_dir), clear=True), str(run_dir), cache_size)
         stack.callback(transfer.close)
         yield transfer
 

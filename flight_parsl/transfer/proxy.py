@@ -15,13 +15,33 @@ the identity, so ProxyStore adds no copy and byte counts are exact.
 
 from __future__ import annotations
 
+import mmap
+import os
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from proxystore.connectors.file import FileConnector
+
 from flight_parsl.errors import TransferError
 from flight_parsl.weights import FlatWeights
+
+
+class MappedFileConnector(FileConnector):  # type: ignore[misc]
+    """A ProxyStore FileConnector whose reads map the file instead of copying it.
+
+    A worker (or the coordinator) then reads a model straight from the page cache:
+    ``FlatWeights.from_bytes`` wraps the mapping without a copy. Writes, keys,
+    eviction and ``clear`` are FileConnector's own.
+    """
+
+    def get(self, key: Any) -> memoryview | None:
+        path = os.path.join(self.store_dir, key.filename)
+        if not os.path.exists(path + ".ready"):
+            return None
+        with open(path, "rb") as f:
+            return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 def identity(data: bytes) -> bytes:

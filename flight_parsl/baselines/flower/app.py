@@ -49,7 +49,7 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.server import ServerConfig, SimpleClientManager
+from flwr.server import Server, ServerConfig, SimpleClientManager
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
@@ -353,6 +353,25 @@ def _common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--save-params", action="store_true")
+    parser.add_argument("--server-threads", type=int, default=0)
+
+
+def fit_threads(requested: int) -> int:
+    """Threads the legacy Server uses to send fit instructions and wait for replies.
+
+    ``Server.fit_clients`` runs one ThreadPoolExecutor task per client; with
+    ``max_workers=None`` (Flower's default) Python gives it min(32, cpus + 4)
+    threads, so at most that many clients are in flight at once.
+    """
+    return requested if requested > 0 else min(32, (os.cpu_count() or 1) + 4)
+
+
+def make_server(record: RunRecord, strategy: TimedFedAvg, threads: int) -> Server:
+    """A legacy ``flwr.server.Server`` with the timed client manager and ``threads`` fit threads."""
+    server = Server(client_manager=TimedClientManager(record), strategy=strategy)
+    if threads > 0:
+        server.set_max_workers(threads)
+    return server
 
 
 def _write_result(out: Path, result: dict[str, Any], record: RunRecord | None, save_params: bool) -> None:
@@ -400,12 +419,12 @@ def server_main(argv: list[str]) -> int:
             keep_final=args.save_params,
         )
         del initial
+        result["server_fit_threads"] = fit_threads(args.server_threads)
         result["server_start"] = time.time()
         start_server(
             server_address=f"127.0.0.1:{args.port}",
+            server=make_server(record, strategy, args.server_threads),
             config=ServerConfig(num_rounds=args.rounds, round_timeout=args.timeout),
-            strategy=strategy,
-            client_manager=TimedClientManager(record),
             grpc_max_message_length=args.max_message_length,
         )
         result["server_exit"] = time.time()
@@ -486,14 +505,14 @@ def simulate_main(argv: list[str]) -> int:
             on_final=probe.probe_actors,
         )
         del initial
-        run_record = record
+        server = make_server(record, strategy, args.server_threads)
+        result["server_fit_threads"] = fit_threads(args.server_threads)
 
         def server_fn(context: Any) -> ServerAppComponents:
             probe.wait_ready()
             return ServerAppComponents(
-                strategy=strategy,
+                server=server,
                 config=ServerConfig(num_rounds=args.rounds, round_timeout=args.timeout),
-                client_manager=TimedClientManager(run_record),
             )
 
         result["start"] = time.time()

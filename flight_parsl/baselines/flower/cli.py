@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before the run is stopped (default 600)")
     parser.add_argument("--mem-limit-gb", type=float, default=18.0,
                         help="stop the run when the machine's memory in use exceeds this (GiB, default 18; 0: off)")
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="server threads sending fit instructions (clients in flight at once); "
+                        "default: Flower's own, min(32, cpus + 4)")
     parser.add_argument("--save-params", action="store_true",
                         help="write the final aggregated parameters to OUT/final_parameters.npz")
     return parser
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_flower(
             args.workers, args.model, args.mode, args.out, rounds=args.rounds, trial=args.trial,
             timeout=args.timeout, results=args.results, save_params=args.save_params,
-            mem_limit_gb=args.mem_limit_gb or None,
+            mem_limit_gb=args.mem_limit_gb or None, server_threads=args.server_threads,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

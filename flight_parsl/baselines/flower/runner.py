@@ -38,6 +38,13 @@ receives (``np.save`` format: the arrays' bytes plus a header of about 128 bytes
 per array), N messages each way per round; ``array_bytes_moved`` in summary.json
 counts the raw array bytes. ``peak_rss_mb`` is the process running the
 strategy (gRPC server / simulation driver, which also built the model with torch).
+
+Concurrency: Flower's legacy ``Server`` sends the fit instructions from a thread
+pool, one task per client, with ``max_workers=None`` by default: Python then uses
+min(32, cpus + 4) threads (6 on a 2-core machine), so at most that many clients
+are in flight at once in either mode. ``server_threads`` (``--server-threads N``)
+calls ``Server.set_max_workers`` to put all N in flight; summary.json records
+``server_fit_threads``.
 """
 
 from __future__ import annotations
@@ -276,7 +283,7 @@ def _module_argv(role: str, *args: str) -> list[str]:
 
 
 def _run_grpc(
-    out: Path, workers: int, model: str, rounds: int, timeout: float, save_params: bool,
+    out: Path, workers: int, model: str, rounds: int, timeout: float, extra: list[str],
     watch: Watch, children: list[Child], info: dict[str, Any],
 ) -> None:
     env = _child_env()
@@ -285,7 +292,7 @@ def _run_grpc(
     max_len = GRPC_MAX_MESSAGE_LENGTH
     info.update(address=f"127.0.0.1:{port}", grpc_max_message_length=max_len)
     common = ["--workers", str(workers), "--model", model, "--rounds", str(rounds), "--out", str(out),
-              "--timeout", str(timeout)] + (["--save-params"] if save_params else [])
+              "--timeout", str(timeout), *extra]
     server = Child("server", _module_argv("server", *common, "--port", str(port),
                                           "--max-message-length", str(max_len)),
                    logs / "server.log", env)
@@ -337,12 +344,12 @@ def _run_grpc(
 
 
 def _run_simulation(
-    out: Path, workers: int, model: str, rounds: int, timeout: float, save_params: bool,
+    out: Path, workers: int, model: str, rounds: int, timeout: float, extra: list[str],
     watch: Watch, children: list[Child], info: dict[str, Any],
 ) -> None:
     env = _child_env()
     args = ["--workers", str(workers), "--model", model, "--rounds", str(rounds), "--out", str(out),
-            "--timeout", str(timeout)] + (["--save-params"] if save_params else [])
+            "--timeout", str(timeout), *extra]
     driver = Child("simulation", _module_argv("simulate", *args), out / "logs" / "simulation.log", env)
     children.append(driver)
     info["server_pid"] = driver.pid
@@ -428,11 +435,15 @@ def _summarize(
         "peak_rss_workers_mb": workers_kb / 1024 if workers_kb else None,
         "peak_rss_workers_how": how,
         "peak_system_memory_used_gb": info.get("peak_system_used_gb"),
+        # 1/5/15-minute load averages: other work on the machine skews the timings.
+        "loadavg_before": info.get("loadavg_before"),
+        "loadavg_after": info.get("loadavg_after"),
         "model_info": model_info,
         "rounds_detail": result.get("rounds", []),
         "clients_registered": registered,
         "clients_ready": result.get("clients_ready"),
         "server_pid": info.get("server_pid"),
+        "server_fit_threads": result.get("server_fit_threads"),
         "flwr_version": result.get("flwr_version"),
         "run_dir": str(out),
     }
@@ -485,6 +496,7 @@ def run_flower(
     results: str | Path | None = None,
     save_params: bool = False,
     mem_limit_gb: float | None = 18.0,
+    server_threads: int | None = None,
 ) -> dict[str, Any]:
     """Run one Flower debug run; write ``out/summary.json``; return its results-table row.
 
@@ -492,12 +504,21 @@ def run_flower(
     memory guard, or Ctrl-C, which is re-raised after the row is written). With
     ``results`` the row is appended to that results table. With ``save_params``
     the final aggregated parameters are written to ``out/final_parameters.npz``
-    (``arr_0``, ``arr_1``, ... in state_dict order).
+    (``arr_0``, ``arr_1``, ... in state_dict order). ``server_threads`` sets the
+    server's fit threads (``Server.set_max_workers``: clients in flight at once);
+    None keeps Flower's default, min(32, cpus + 4). ``mem_limit_gb`` stops the run
+    when the machine's memory in use exceeds it (None: no guard).
 
     Raises:
         FlowerInputError, ConfigError: a bad argument (nothing is started).
     """
     check_inputs(workers, model, mode, rounds, timeout)
+    if server_threads is not None and (isinstance(server_threads, bool) or not isinstance(server_threads, int)
+                                       or server_threads < 1):
+        raise FlowerInputError(f"server_threads must be a positive integer or None, got {server_threads!r}")
+    extra = ["--save-params"] if save_params else []
+    if server_threads is not None:
+        extra += ["--server-threads", str(server_threads)]
     run_dir = Path(out) if out is not None else default_out(mode, model, workers, trial)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
@@ -506,14 +527,14 @@ def run_flower(
 
     watch = Watch(float(timeout), mem_limit_gb)
     children: list[Child] = []
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"loadavg_before": os.getloadavg()}
     status = "ok"
     interrupted: BaseException | None = None
     try:
         if mode == "grpc":
-            _run_grpc(run_dir, workers, model, rounds, float(timeout), save_params, watch, children, info)
+            _run_grpc(run_dir, workers, model, rounds, float(timeout), extra, watch, children, info)
         else:
-            _run_simulation(run_dir, workers, model, rounds, float(timeout), save_params, watch, children, info)
+            _run_simulation(run_dir, workers, model, rounds, float(timeout), extra, watch, children, info)
     except RunFailed as exc:
         status = f"failed: {exc}"
     except KeyboardInterrupt as exc:
@@ -526,6 +547,7 @@ def run_flower(
         if left:
             info["left_running"] = left
     info["peak_system_used_gb"] = round(watch.peak_system_used_gb, 2)
+    info["loadavg_after"] = os.getloadavg()
 
     result = _read_result(run_dir)
     if status == "ok":
