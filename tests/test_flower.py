@@ -6,6 +6,7 @@ Skipped when flwr is not installed (CI does not install the ``flower`` extra).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -83,15 +84,17 @@ def test_simulation(tmp_path: Path, model: str) -> None:
     assert row["framework"] == "flower-simulation" and row["transfer"] == "ray"
     summary = _check_run(row, out, model, results)
     assert summary["backend_config"]["client_resources"]["num_cpus"] == 1
+    assert summary["server_fit_threads"] == min(32, (os.cpu_count() or 1) + 4)  # Flower's default
     assert len(set(summary["actor_pids"])) == N
     assert _gone(summary["actor_pids"] + [summary["server_pid"]]) == []
 
 
 def test_grpc(tmp_path: Path) -> None:
     out, results = tmp_path / "run", tmp_path / "results.csv"
-    row = run_flower(N, "smallnet", "grpc", out, timeout=90, results=results, save_params=True)
+    row = run_flower(N, "smallnet", "grpc", out, timeout=90, results=results, save_params=True, server_threads=N)
     assert row["framework"] == "flower-grpc" and row["transfer"] == "grpc"
     summary = _check_run(row, out, "smallnet", results)
+    assert summary["server_fit_threads"] == N
     assert len(summary["client_pids"]) == N
     assert summary["client_exit_status"] == [0] * N
     assert summary["clients_stopped"] == []

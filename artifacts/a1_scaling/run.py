@@ -1,0 +1,118 @@
+"""Artifact 1 on one machine: flight_parsl's weak scaling next to Flower, in one results table.
+
+Runs, for every worker count and model, a no-training round on flight_parsl with each
+transfer (one sweep; one DataFlowKernel per worker count), then the same workload on
+Flower's simulation engine and on one Flower server with N gRPC client processes.
+Every run appends one row to the results table; cells already there with status ok are
+skipped, so an interrupted run resumes. Finally it prints the comparison table
+(round makespan, whole run, peak memory, Flower / flight_parsl ratios) and draws the
+figure with analysis/.
+
+    python artifacts/a1_scaling/run.py --workers 2,8,32,64 --models tiny,smallnet,resnet18 --out runs/a1
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from flight_parsl.results_table import done_cells, read_rows, rows_to_frame  # noqa: E402
+
+FLOWER_MODES = {"simulation": ("flower-simulation", "ray"), "grpc": ("flower-grpc", "grpc")}
+
+
+def run_flight_parsl(args: argparse.Namespace, results: Path) -> None:
+    """The flight_parsl sweep (it skips its own finished cells)."""
+    cmd = [
+        sys.executable, "-m", "flight_parsl.scale", "--train", "none", "--rounds", str(args.rounds),
+        "--workers", args.workers, "--model", args.models, "--transfer", args.transfers,
+        "--trials", str(args.trials), "--out", str(Path(args.out) / "flight_parsl"), "--results", str(results),
+    ]
+    subprocess.run(cmd, check=False)
+
+
+def run_flower(args: argparse.Namespace, results: Path) -> None:
+    """Flower runs, one process each, skipping finished cells."""
+    done = done_cells(results)
+    for mode in args.flower.split(","):
+        framework, transfer = FLOWER_MODES[mode]
+        for workers in (int(w) for w in args.workers.split(",")):
+            for model in args.models.split(","):
+                for trial in range(args.trials):
+                    if (framework, model, workers, transfer, trial) in done:
+                        continue
+                    out = Path(args.out) / framework / f"{model}-n{workers}-t{trial}"
+                    print(f"{framework} {model} n={workers} trial {trial}", flush=True)
+                    cmd = [
+                        sys.executable, "-m", "flight_parsl.baselines.flower", "--mode", mode, "--workers", str(workers),
+                        "--model", model, "--rounds", str(args.rounds), "--trial", str(trial), "--out", str(out),
+                        "--results", str(results), "--timeout", str(args.flower_timeout),
+                    ]
+                    subprocess.run(cmd, check=False)
+
+
+def comparison(results: Path) -> str:
+    """Markdown table: one row per model x workers with each system's makespan, whole run, memory, ratios."""
+    frame = rows_to_frame(read_rows(results))
+    frame = frame[frame["status"] == "ok"]
+    frame["system"] = frame["framework"].where(frame["framework"] != "flight_parsl", "flight_parsl/" + frame["transfer"])
+    frame["memory_mb"] = frame["peak_rss_mb"].fillna(0) + frame["peak_rss_workers_mb"].fillna(0)
+    cells = frame.groupby(["model", "num_workers", "system"])[["round_makespan_s", "start2end", "memory_mb"]].mean()
+    lines = [
+        "| model | N | system | round makespan s | whole run s | peak memory MB (server + workers) "
+        "| simulation / best flight_parsl (makespan, whole) | gRPC / best flight_parsl (makespan, whole) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, workers), cell in cells.groupby(level=[0, 1]):
+        cell = cell.droplevel([0, 1])
+        ours = cell[cell.index.str.startswith("flight_parsl/")]
+        best = ours.loc[ours["round_makespan_s"].idxmin()] if len(ours) else None
+        for system, row in cell.iterrows():
+            ratio = {}
+            for flower in ("flower-simulation", "flower-grpc"):
+                if system == flower and best is not None:
+                    ratio[flower] = (
+                        f"{row['round_makespan_s'] / best['round_makespan_s']:.2f}x, "
+                        f"{row['start2end'] / best['start2end']:.2f}x"
+                    )
+            lines.append(
+                f"| {model} | {int(workers)} | {system} | {row['round_makespan_s']:.3f} | {row['start2end']:.2f} "
+                f"| {row['memory_mb']:.0f} | {ratio.get('flower-simulation', '')} | {ratio.get('flower-grpc', '')} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", default="2,8,32,64")
+    p.add_argument("--models", default="tiny,smallnet,resnet18")
+    p.add_argument("--transfers", default="parsl,redis,file")
+    p.add_argument("--flower", default="simulation,grpc", help="Flower modes to run ('' for none)")
+    p.add_argument("--trials", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--flower-timeout", type=int, default=900)
+    p.add_argument("--out", default="runs/a1")
+    p.add_argument("--figure", default=None, help="PNG to write (default <out>/scaling.png)")
+    args = p.parse_args(argv)
+    results = Path(args.out) / "results.csv"
+    run_flight_parsl(args, results)
+    if args.flower:
+        run_flower(args, results)
+    if not results.exists():
+        print(f"error: no results were written to {results}", file=sys.stderr)
+        return 1
+    print(comparison(results))
+    figure = Path(args.figure or Path(args.out) / "scaling.png").resolve()
+    subprocess.run(
+        [sys.executable, "-m", "analysis.scaling", str(results.resolve()), "--out", str(figure)], cwd=REPO, check=False
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
