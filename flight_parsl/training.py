@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -51,12 +52,13 @@ def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float)
 
 def train_local(
     weights: FlatWeights, workload: Workload, settings: LocalSettings, worker: int, round_idx: int
-) -> tuple[FlatWeights, int, float, float]:
+) -> tuple[FlatWeights, int, float, float, float]:
     """Train from ``weights`` on ``worker``'s shard.
 
     Returns:
-        The new weights, the shard size, and mean loss and accuracy over the
-        batches of the last epoch (measured before each step).
+        The new weights, the shard size, mean loss and accuracy over the batches of
+        the last epoch (measured before each step), and the CPU seconds of the
+        optimization loop alone (no data loading or model building).
     """
     torch.set_num_threads(workload.threads)
     x, y = load_shard(
@@ -73,6 +75,7 @@ def train_local(
     batch = n if settings.full_batch else settings.batch_size
     steps = 0
     loss_sum, correct, seen = 0.0, 0, 0
+    cpu0 = time.thread_time()
     for _ in range(settings.epochs):
         loss_sum, correct, seen = 0.0, 0, 0
         order = torch.from_numpy(rng.permutation(n))
@@ -93,9 +96,10 @@ def train_local(
                 break
         if settings.max_steps is not None and steps >= settings.max_steps:
             break
+    cpu_s = time.thread_time() - cpu0
     loss_mean = loss_sum / seen if seen else math.nan
     acc = correct / seen if seen else math.nan
-    return FlatWeights.from_model(model), n, loss_mean, acc
+    return FlatWeights.from_model(model), n, loss_mean, acc, cpu_s
 
 
 @torch.no_grad()

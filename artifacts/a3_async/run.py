@@ -1,0 +1,369 @@
+"""Flight Artifact 3: asynchronous FedAsync vs synchronous FedAvg, worker idle time.
+
+Runs synchronous FedAvg, then asynchronous FedAsync, on the same Dirichlet split
+(labels alpha 1, samples alpha 10), the same seed and the same injected per-worker
+slowdowns, sharing one executor (one DataFlowKernel with one HTEX worker process
+per FL worker on the parsl backend). Both modes do ``rounds x workers`` local
+trainings. Before them, an untimed warm-up run (``--warmup-rounds``, sync, no
+slowdown) makes every worker process load the dataset once, so that one-time
+loading does not land in the first measured round (where the injected slowdown,
+a sleep proportional to the task's elapsed time, would multiply it). Then it writes
+
+    <out>/warmup/                 the warm-up run directory
+    <out>/sync/, <out>/async/     the two run directories (rounds.csv, tasks.csv, summary.json, ...)
+    <out>/results.csv             one row per mode (columns: RESULT_COLUMNS)
+    <out>/idle_per_worker.csv     one row per mode and worker (columns: IDLE_COLUMNS)
+
+and prints a markdown table. Defaults finish in a few minutes on a 2-core machine
+with the offline ``digits`` dataset::
+
+    python artifacts/a3_async/run.py --out runs/a3
+    python artifacts/a3_async/run.py --published --data-root data --out runs/a3-published
+
+Defaults: 12 workers, 20 rounds, alpha 1/12, slowdown_max 4, digits, mlp, 40 local
+epochs (see DIGITS_EPOCHS), parsl backend, seed 0. ``--published`` sets the
+published study: FashionMNIST (needs --data-root, see download_data.py), the
+fedprox_cnn model, 1 local epoch, 12 workers, 20 rounds, alpha 1/12, slowdown_max 4;
+flags given explicitly still win. ``key.sub=value`` arguments after the flags
+override config keys of both modes (e.g. ``train.batch_size=32``).
+
+Exit status: 0 on success; 1 when a run fails; 2 for bad arguments, config values
+or missing data (all checked before the executor starts). Errors are one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script from anywhere: import the checkout's flight_parsl
+    sys.path.insert(0, str(ROOT))
+
+PROG = "a3"
+MODES = ("sync", "async")
+RESULT_COLUMNS = (
+    "mode", "strategy", "workers", "rounds", "updates", "idle_pct_mean", "idle_pct_std", "final_test_acc",
+    "wall_s", "acc_at_equal_wall", "equal_wall_s", "task_s_median", "gap_s_median", "alpha", "slowdown_max",
+    "dataset", "model", "epochs", "backend", "seed", "run_dir",
+)
+IDLE_COLUMNS = (
+    "mode", "worker", "slowdown", "tasks", "busy_s", "idle_s", "idle_pct", "task_s_median", "return_s",
+    "coordinator_s", "dispatch_s",
+)
+DEFAULTS: dict[str, Any] = {
+    "workers": 12, "rounds": 20, "alpha": 1 / 12, "slowdown_max": 4.0, "dataset": "digits", "model": "mlp",
+    "epochs": None, "backend": "parsl", "out": "runs/a3", "seed": 0,
+}
+# Local epochs when --epochs is not given: a digits shard holds ~120 samples (1,437 training images over
+# 12 workers), so one epoch is ~8 SGD steps (~10 ms), shorter than a task's round trip through HTEX;
+# 40 epochs (~300 steps at batch 16) match one epoch over a 5,000-sample FashionMNIST shard (60,000 / 12).
+DIGITS_EPOCHS = 40
+# What --published changes (flags given on the command line still win).
+PUBLISHED: dict[str, Any] = {
+    "workers": 12, "rounds": 20, "alpha": 1 / 12, "slowdown_max": 4.0, "dataset": "fashion_mnist",
+    "model": "fedprox_cnn", "epochs": 1,
+}
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit status 2)."""
+
+
+def fraction(text: str) -> float:
+    """A float, or a fraction such as 1/12."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line, status 2
+            self.exit(2, f"{PROG}: error: {message}\n")
+
+    p = Parser(prog="run.py", description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, help=f"FL workers (default {DEFAULTS['workers']})")
+    p.add_argument("--rounds", type=int, help=f"rounds; async: rounds x workers updates (default {DEFAULTS['rounds']})")
+    p.add_argument("--alpha", type=fraction, help="FedAsync mixing weight, float or fraction (default 1/12)")
+    p.add_argument("--slowdown-max", type=float, help="per-worker slowdown factor uniform in [1, K] (default 4)")
+    p.add_argument("--dataset", help=f"digits, mnist, fashion_mnist (default {DEFAULTS['dataset']})")
+    p.add_argument("--data-root", help="directory filled by download_data.py (mnist, fashion_mnist)")
+    p.add_argument("--model", help=f"model name (default {DEFAULTS['model']})")
+    p.add_argument("--epochs", type=int, help=f"local epochs per task (default {DIGITS_EPOCHS} on digits, else 1)")
+    p.add_argument("--backend", choices=("parsl", "thread", "process"), help="executor (default parsl)")
+    p.add_argument("--parsl-config", help="Parsl site YAML (default: configs/parsl/local.yaml's built-in twin)")
+    p.add_argument("--out", help=f"output directory (default {DEFAULTS['out']})")
+    p.add_argument("--published", action="store_true", help="the published settings: " + ", ".join(
+        f"{k}={v if k != 'alpha' else '1/12'}" for k, v in PUBLISHED.items()) + " (needs --data-root)")
+    p.add_argument("--seed", type=int, help="seed of the model, split, shuffling and slowdowns (default 0)")
+    p.add_argument("--warmup-rounds", type=int, default=1, help="untimed sync rounds (no slowdown) before the "
+                   "measured runs, so every worker process has loaded the data once (default 1; 0: none)")
+    p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides for both modes")
+    args = p.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    settings = dict(DEFAULTS)
+    if args.published:
+        settings.update(PUBLISHED)
+    for key in DEFAULTS:
+        if key in given:
+            settings[key] = given[key]
+    if settings["epochs"] is None:
+        settings["epochs"] = DIGITS_EPOCHS if settings["dataset"] == "digits" else 1
+    for key, value in settings.items():
+        setattr(args, key, value)
+    root_override = any(o.replace(" ", "").startswith("data.root=") for o in args.overrides)
+    if args.dataset != "digits" and not args.data_root and not root_override:
+        why = "--published uses FashionMNIST" if args.published else f"--dataset {args.dataset}"
+        raise UsageError(f"{why}: give --data-root DIR (python download_data.py --root DIR --dataset {args.dataset})")
+    if args.workers < 1 or args.rounds < 1 or args.epochs < 1:
+        raise UsageError("--workers, --rounds and --epochs must be >= 1")
+    if args.warmup_rounds < 0:
+        raise UsageError("--warmup-rounds must be >= 0")
+    return args
+
+
+def mode_config(args: argparse.Namespace, mode: str, out: Path, warmup: bool = False) -> Any:
+    """The experiment config of one mode; everything but mode and strategy is shared.
+
+    ``warmup``: the untimed warm-up run (``warmup_rounds`` sync rounds, no slowdown) into ``<out>/warmup``.
+    """
+    from flight_parsl.config import build_config
+
+    values: dict[str, Any] = {
+        "workers": args.workers,
+        "rounds": args.warmup_rounds if warmup else args.rounds,
+        "seed": args.seed,
+        "mode": mode,
+        "topology": "flat",
+        "backend": args.backend,
+        "parsl_config": args.parsl_config,
+        "out": str(out / ("warmup" if warmup else mode)),
+        "data": {"dataset": args.dataset, "root": args.data_root},
+        "partition": {"kind": "dirichlet", "labels_alpha": 1.0, "samples_alpha": 10.0},
+        "model": {"name": args.model},
+        "train": {"epochs": args.epochs, "slowdown_max": 1.0 if warmup else args.slowdown_max},
+        "strategy": {"name": "fedasync" if mode == "async" else "fedavg", "alpha": args.alpha},
+    }
+    return build_config(values=[values], overrides=list(args.overrides))
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def idle_per_worker(run_dir: Path, slowdowns: list[float]) -> list[dict[str, Any]]:
+    """Per-worker busy/idle seconds and idle %, from tasks.csv (counted as flight_parsl's WorkerClock does).
+
+    Each gap between a worker's consecutive tasks is split by the coordinator's timestamps into
+    ``return_s`` (task finished on the worker -> result received by the coordinator),
+    ``coordinator_s`` (received -> the worker's next task submitted: in sync mode the wait for the
+    round's stragglers and the evaluation) and ``dispatch_s`` (submitted -> started on a worker).
+    """
+    by_worker: dict[int, list[dict[str, float]]] = {}
+    for row in read_csv(run_dir / "tasks.csv"):
+        if row["kind"] != "train" or row["worker"] == "":
+            continue
+        keys = ("submitted", "started", "finished", "received", "idle_s")
+        by_worker.setdefault(int(row["worker"]), []).append({k: _float(row[k]) for k in keys})
+    out = []
+    for w in sorted(by_worker):
+        tasks = sorted(by_worker[w], key=lambda t: t["started"])
+        busy = sum(t["finished"] - t["started"] for t in tasks)
+        idle = sum(max(t["idle_s"], 0.0) for t in tasks if not math.isnan(t["idle_s"]))
+        ret = sum(a["received"] - a["finished"] for a in tasks[:-1])
+        coord = sum(b["submitted"] - a["received"] for a, b in zip(tasks, tasks[1:]))
+        disp = sum(b["started"] - b["submitted"] for b in tasks[1:])
+        total = busy + idle
+        out.append({
+            "worker": w,
+            "slowdown": slowdowns[w] if w < len(slowdowns) else math.nan,
+            "tasks": len(tasks),
+            "busy_s": busy,
+            "idle_s": idle,
+            "idle_pct": 100.0 * idle / total if total > 0 else 0.0,
+            "task_s_median": statistics.median(t["finished"] - t["started"] for t in tasks),
+            "return_s": ret,
+            "coordinator_s": coord,
+            "dispatch_s": disp,
+        })
+    return out
+
+
+def median_of(run_dir: Path, value: Any) -> float:
+    """Median over the train rows of tasks.csv of ``value(row)``, NaNs left out."""
+    values = [value(r) for r in read_csv(run_dir / "tasks.csv") if r["kind"] == "train"]
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def acc_at(rounds: list[dict[str, str]], summary: dict[str, Any], horizon: float) -> float:
+    """Test accuracy of the last rounds.csv row with ``end - priming_done <= horizon`` (NaN if none).
+
+    A row's time is capped at the run's prime2end: the async engine marks ``end`` just before it
+    writes its last row, so that row's ``end`` is a moment past the run's end; capped, the shorter
+    run's last row always counts at T.
+    """
+    acc = math.nan
+    for row in rounds:
+        if min(_float(row["end"]) - summary["priming_done"], summary["prime2end"]) <= horizon:
+            acc = _float(row["test_acc"])
+    return acc
+
+
+def summarize(
+    args: argparse.Namespace, dirs: dict[str, Path], slowdowns: list[float]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """results.csv and idle_per_worker.csv rows from the two run directories."""
+    info = {}
+    for mode, run_dir in dirs.items():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        info[mode] = (summary, read_csv(run_dir / "rounds.csv"))
+    horizon = min(s["prime2end"] for s, _ in info.values())
+    results, idle_rows = [], []
+    for mode, run_dir in dirs.items():
+        summary, rounds = info[mode]
+        per_worker = idle_per_worker(run_dir, slowdowns)
+        for row in per_worker:
+            idle_rows.append({"mode": mode, **row})
+        results.append({
+            "mode": mode,
+            "strategy": "fedasync" if mode == "async" else "fedavg",
+            "workers": args.workers,
+            "rounds": args.rounds,
+            "updates": sum(r["tasks"] for r in per_worker),
+            "idle_pct_mean": summary.get("idle_pct_mean", math.nan),
+            "idle_pct_std": summary.get("idle_pct_std", math.nan),
+            "final_test_acc": summary.get("final_test_acc", math.nan),
+            "wall_s": summary["prime2end"],
+            "acc_at_equal_wall": acc_at(rounds, summary, horizon),
+            "equal_wall_s": horizon,
+            "task_s_median": median_of(run_dir, lambda r: _float(r["finished"]) - _float(r["started"])),
+            "gap_s_median": median_of(run_dir, lambda r: _float(r["idle_s"])),
+            "alpha": args.alpha if mode == "async" else "",
+            "slowdown_max": args.slowdown_max,
+            "dataset": args.dataset,
+            "model": args.model,
+            "epochs": args.epochs,
+            "backend": args.backend,
+            "seed": args.seed,
+            "run_dir": str(run_dir),
+        })
+    return results, idle_rows
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    header = (
+        "mode", "strategy", "workers", "rounds", "updates", "idle % mean", "idle % std", "final test acc",
+        "wall s (prime2end)", "acc at equal wall",
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cells = (
+            r["mode"], r["strategy"], r["workers"], r["rounds"], r["updates"], _fmt(r["idle_pct_mean"], ".3f"),
+            _fmt(r["idle_pct_std"], ".3f"), _fmt(r["final_test_acc"], ".4f"), _fmt(r["wall_s"], ".1f"),
+            _fmt(r["acc_at_equal_wall"], ".4f"),
+        )
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from flight_parsl.executors import open_backend
+    from flight_parsl.experiment import prepare, slowdowns
+    from flight_parsl.progress import Progress
+    from flight_parsl.runner import run_experiment
+
+    out = Path(args.out)
+    configs = {mode: mode_config(args, mode, out) for mode in MODES}  # both validated before anything starts
+    prepare(configs["sync"])  # dataset present, split possible, model buildable: fail before the executor starts
+    out.mkdir(parents=True, exist_ok=True)
+    factors = slowdowns(configs["sync"])
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    say(f"slowdowns: {', '.join(f'{f:.2f}' for f in factors)}")
+    dirs: dict[str, Path] = {}
+    first = configs["sync"]
+    with open_backend(first.backend, first.workers, out, first.parsl_config) as backend:
+        if args.warmup_rounds > 0:
+            warm = mode_config(args, "sync", out, warmup=True)
+            say(f"== warm-up: {warm.rounds} sync round(s) without slowdown -> {warm.out}")
+            warm_dir = run_experiment(warm, Progress(warm.rounds, enabled=not args.quiet), backend)
+            pids = {(r["host"], r["pid"]) for r in read_csv(warm_dir / "tasks.csv")}
+            say(f"== warm-up reached {len(pids)} worker process(es)")
+        for mode in MODES:
+            cfg = configs[mode]
+            say(f"== {mode}: {cfg.strategy.name}" + (f" alpha={cfg.strategy.alpha:.4g}" if mode == "async" else ""))
+            t0 = time.perf_counter()
+            dirs[mode] = run_experiment(cfg, Progress(cfg.rounds, enabled=not args.quiet), backend)
+            say(f"== {mode} took {time.perf_counter() - t0:.1f} s")
+    results, idle_rows = summarize(args, dirs, factors)
+    write_csv(out / "results.csv", RESULT_COLUMNS, results)
+    write_csv(out / "idle_per_worker.csv", IDLE_COLUMNS, idle_rows)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results = run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the user; the run directories keep the details
+        from flight_parsl.errors import ConfigError, DataError
+
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, (ConfigError, DataError)):
+            print(f"{PROG}: error: {detail}", file=sys.stderr)
+            return 2
+        print(f"{PROG}: failed: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 1
+    print(markdown_table(results))
+    print(f"\nwrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'idle_per_worker.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
