@@ -56,6 +56,8 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
     modules: list[str] = []
     if cfg.train.mode == "local":
         modules.append("flight_parsl.training")
+        if cfg.data.dataset == "digits":
+            modules.append("sklearn.datasets")  # the offline dataset's loader
     if cfg.transfer.kind != "parsl":
         modules += ["proxystore.proxy", "proxystore.store", f"proxystore.connectors.{cfg.transfer.kind}"]
     return tuple(modules)
