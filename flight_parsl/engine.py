@@ -32,8 +32,6 @@ from flight_parsl.topology import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref, Transfer
 from flight_parsl.weights import FlatWeights
 
-BROADCASTS = ("direct", "tree")
-
 
 @dataclass
 class RoundSummary:

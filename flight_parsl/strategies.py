@@ -199,7 +199,6 @@ class FedAsync:
 
 
 STRATEGIES: dict[str, type] = {cls.name: cls for cls in (FedAvg, FedSGD, FedProx, FedAsync)}
-SYNC_STRATEGIES = ("fedavg", "fedprox", "fedsgd")
 
 
 def strategy_names() -> list[str]:
