@@ -220,6 +220,19 @@ class TimedFedAvg(FedAvg):
         return aggregated, metrics
 
 
+
+def _strategy(args: argparse.Namespace, record: RunRecord, initial: Any, **extra: Any) -> TimedFedAvg:
+    """The timed FedAvg both modes run, configured from the command line."""
+    return TimedFedAvg(
+        record=record,
+        workers=args.workers,
+        rounds=args.rounds,
+        wait_timeout=args.timeout,
+        initial_parameters=initial,
+        keep_final=args.save_params,
+        **extra,
+    )
+
 def _describe_failure(failure: Any) -> str:
     if isinstance(failure, BaseException):
         return f"{type(failure).__name__}: {failure}"
@@ -410,14 +423,7 @@ def server_main(argv: list[str]) -> int:
     rc = 0
     try:
         initial, record = _prepare(args, result)
-        strategy = TimedFedAvg(
-            record=record,
-            workers=args.workers,
-            rounds=args.rounds,
-            wait_timeout=args.timeout,
-            initial_parameters=initial,
-            keep_final=args.save_params,
-        )
+        strategy = _strategy(args, record, initial)
         del initial
         result["server_fit_threads"] = fit_threads(args.server_threads)
         result["server_start"] = time.time()
@@ -495,15 +501,7 @@ def simulate_main(argv: list[str]) -> int:
     rc = 0
     try:
         initial, record = _prepare(args, result)
-        strategy = TimedFedAvg(
-            record=record,
-            workers=args.workers,
-            rounds=args.rounds,
-            wait_timeout=args.timeout,
-            initial_parameters=initial,
-            keep_final=args.save_params,
-            on_final=probe.probe_actors,
-        )
+        strategy = _strategy(args, record, initial, on_final=probe.probe_actors)
         del initial
         server = make_server(record, strategy, args.server_threads)
         result["server_fit_threads"] = fit_threads(args.server_threads)
