@@ -24,7 +24,7 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from flight_parsl.data.download import download_dataset, downloadable_names, read_checksums  # noqa: E402
-from flight_parsl.errors import FlightParslError  # noqa: E402
+from flight_parsl.core.errors import FlightParslError  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullLocator
 
-from flight_parsl.results_table import read_rows, rows_to_frame
+from flight_parsl.results.table import read_rows, rows_to_frame
 
 GROUP_KEYS = ["framework", "transfer", "model", "num_workers"]
 METRICS = ["prime2end", "round_makespan_s", "start2end", "peak_rss_mb", "peak_rss_workers_mb"]
@@ -336,7 +336,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m analysis.scaling", description="Scaling figure(s) and summary from a results table.")
-    p.add_argument("results", help="results table (CSV written by flight_parsl.results_table)")
+    p.add_argument("results", help="results table (CSV written by flight_parsl.results.table)")
     p.add_argument("--out", required=True, help="PNG for the scaling figure")
     p.add_argument("--metric", default="prime2end", help=f"one of {', '.join(TIME_METRICS)} (default prime2end)")
     p.add_argument("--ratio-out", help="also write the baseline/flight_parsl ratio figure here")

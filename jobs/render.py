@@ -488,10 +488,10 @@ def _site_copy_text(data: Mapping[str, Any], source: Path, job_name: str, nodes:
 
 
 def _check_site_text(text: str, spec: Spec) -> None:
-    """Validate a site copy with flight_parsl.site when it can be imported here."""
+    """Validate a site copy with flight_parsl.execution.site when it can be imported here."""
     try:
-        from flight_parsl.errors import ConfigError
-        from flight_parsl.site import load_site
+        from flight_parsl.core.errors import ConfigError
+        from flight_parsl.execution.site import load_site
     except Exception:  # noqa: BLE001 - no parsl on this machine: the harness checks later
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from flight_parsl.config import ExperimentConfig, build_config
+from flight_parsl.config.experiment import ExperimentConfig, build_config
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -35,8 +35,8 @@ def make_config(tmp_path):
 
 def run_quietly(make_config, *overrides: str, **values: Any) -> Path:
     """Build a config with ``make_config`` and run it without progress output."""
-    from flight_parsl.progress import Progress
-    from flight_parsl.runner import run_experiment
+    from flight_parsl.engine.progress import Progress
+    from flight_parsl.engine.runner import run_experiment
 
     cfg = make_config(*overrides, **values)
     return run_experiment(cfg, Progress(cfg.rounds, enabled=False))

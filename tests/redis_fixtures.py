@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flight_parsl.redis_server import ManagedRedis
+from flight_parsl.transfer.redis_server import ManagedRedis
 
 MISSING_REASON = "redis-server not installed"
 

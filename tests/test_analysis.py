@@ -22,7 +22,7 @@ from matplotlib.container import ErrorbarContainer  # noqa: E402
 
 from analysis import run_notebook as rn  # noqa: E402
 from analysis import scaling  # noqa: E402
-from flight_parsl.results_table import append_row  # noqa: E402
+from flight_parsl.results.table import append_row  # noqa: E402
 
 SERIES = [("flight_parsl", "parsl", 1.0), ("flight_parsl", "redis", 0.5), ("flower-simulation", "ray", 2.0), ("flower-grpc", "grpc", 3.0)]
 LABELS = ["flight_parsl/parsl", "flight_parsl/redis", "flower-simulation", "flower-grpc"]

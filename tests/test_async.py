@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import read_csv, read_summary, run_quietly
-from flight_parsl.errors import ConfigError
-from flight_parsl.redis_server import count_keys
+from flight_parsl.core.errors import ConfigError
+from flight_parsl.transfer.redis_server import count_keys
 from redis_fixtures import managed_redis  # noqa: F401 (fixture)
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from flight_parsl.config import build_config, parse_override
-from flight_parsl.errors import ConfigError
+from flight_parsl.config.experiment import build_config, parse_override
+from flight_parsl.core.errors import ConfigError
 
 
 def test_defaults_are_valid() -> None:

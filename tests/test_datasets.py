@@ -9,7 +9,7 @@ import pytest
 
 from flight_parsl.data.datasets import Dataset, dataset_names, load_dataset
 from flight_parsl.data.idx import write_idx
-from flight_parsl.errors import ConfigError, DataError
+from flight_parsl.core.errors import ConfigError, DataError
 
 FILES = {
     "x_train": "train-images-idx3-ubyte",

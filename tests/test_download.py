@@ -25,7 +25,7 @@ from flight_parsl.data import download as download_module
 from flight_parsl.data.datasets import load_dataset
 from flight_parsl.data.download import DATASET_FILES, KNOWN_MD5, download_dataset, read_checksums
 from flight_parsl.data.idx import read_idx, write_idx
-from flight_parsl.errors import ConfigError, DataError
+from flight_parsl.core.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "download_data.py"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import read_csv, read_summary
-from flight_parsl.errors import TaskError
-from flight_parsl.progress import Progress
-from flight_parsl.runner import run_experiment
+from flight_parsl.core.errors import TaskError
+from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.runner import run_experiment
 
 
 def test_local_training_on_digits_learns_and_writes_the_run_directory(make_config) -> None:
@@ -58,7 +58,7 @@ def test_fedsgd_runs_one_step_per_round(make_config) -> None:
 
 
 def test_a_failing_task_stops_the_run_and_keeps_finished_rows(make_config, monkeypatch) -> None:
-    import flight_parsl.engine as engine
+    import flight_parsl.engine.sync as engine
 
     real = engine.train_task
 
@@ -83,11 +83,11 @@ def test_debug_mode_task_never_imports_torch() -> None:
     code = """
 import sys
 from flight_parsl.data import PartitionSpec
-from flight_parsl.model_spec import ModelSpec
-from flight_parsl.strategies import LocalSettings
-from flight_parsl.tasks import Workload, train_task
+from flight_parsl.core.model_spec import ModelSpec
+from flight_parsl.fl.strategies import LocalSettings
+from flight_parsl.worker.tasks import Workload, train_task
 from flight_parsl.transfer import InlineRef
-from flight_parsl.weights import FlatWeights, Layout
+from flight_parsl.core.weights import FlatWeights, Layout
 import numpy as np
 w = FlatWeights(np.arange(4, dtype=np.float32), Layout.from_shapes([("a", (4,), "float32")]))
 wl = Workload("none", ModelSpec("tiny", 1, 1, 1), "digits", None, PartitionSpec(), 2, 0)
@@ -120,7 +120,7 @@ def test_process_pool_backend_runs_tasks_in_other_processes(make_config) -> None
 def test_a_round_that_outlives_its_timeout_stops_the_run(make_config, monkeypatch) -> None:
     import time
 
-    import flight_parsl.engine as engine
+    import flight_parsl.engine.sync as engine
 
     real = engine.train_task
 

@@ -21,8 +21,8 @@ import psutil  # noqa: E402  (a dependency of the flower extra)
 
 from flight_parsl.baselines.flower import run_flower  # noqa: E402
 from flight_parsl.baselines.flower.workload import model_arrays  # noqa: E402
-from flight_parsl.errors import ConfigError  # noqa: E402
-from flight_parsl.results_table import read_rows  # noqa: E402
+from flight_parsl.core.errors import ConfigError  # noqa: E402
+from flight_parsl.results.table import read_rows  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

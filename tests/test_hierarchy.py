@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import read_csv, read_summary, run_quietly
-from flight_parsl.topology import balanced_tree
+from flight_parsl.topology.tree import balanced_tree
 
 
 run = run_quietly
@@ -73,7 +73,7 @@ def test_topology_from_yaml(make_config) -> None:
 
 
 def test_topology_errors_name_the_problem(make_config) -> None:
-    from flight_parsl.errors import ConfigError
+    from flight_parsl.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="set --workers 8"):
         run(make_config, "train.mode=none", "model.name=tiny", "topology=configs/topologies/example_two_sites.yaml", workers=6, rounds=1)

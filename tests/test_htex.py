@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import read_csv, read_summary
-from flight_parsl.errors import ExecutorError
-from flight_parsl.progress import Progress
-from flight_parsl.redis_server import count_keys
-from flight_parsl.runner import run_experiment
+from flight_parsl.core.errors import ExecutorError
+from flight_parsl.engine.progress import Progress
+from flight_parsl.transfer.redis_server import count_keys
+from flight_parsl.engine.runner import run_experiment
 from redis_fixtures import managed_redis  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -74,7 +74,7 @@ def test_sweep_reuses_one_dataflowkernel_per_worker_count(tmp_path) -> None:
     import subprocess
     import sys
 
-    from flight_parsl.results_table import read_rows
+    from flight_parsl.results.table import read_rows
 
     out = tmp_path / "sweep"
     cmd = [

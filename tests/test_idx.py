@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flight_parsl.data.idx import read_idx, write_idx
-from flight_parsl.errors import DataError
+from flight_parsl.core.errors import DataError
 
 RNG = np.random.default_rng(7)
 ARRAYS = {

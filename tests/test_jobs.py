@@ -309,7 +309,7 @@ def test_bash_n_catches_a_broken_script(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("make", [slurm_spec, pbs_spec], ids=["expanse", "polaris"])
 def test_site_copy_per_job(make, tmp_path: Path) -> None:
-    from flight_parsl.site import load_site
+    from flight_parsl.execution.site import load_site
 
     source_text = Path(make()["parsl_config"]).read_text()
     _, jobs = render(make(workers_per_node=64, workers=[2, 64, 65, 1000]), tmp_path)

@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from flight_parsl.errors import ConfigError
+from flight_parsl.core.errors import ConfigError
 from flight_parsl.models import (
     ModelSpec,
     build_model,
@@ -286,7 +286,7 @@ def test_resnet50_strides_on_the_3x3_conv() -> None:
 
 
 def test_model_spec_is_the_torch_free_class() -> None:
-    from flight_parsl import model_spec
+    from flight_parsl.core import model_spec
 
     assert ModelSpec is model_spec.ModelSpec
     assert reference_spec("mlp") == model_spec.ModelSpec("mlp", 1, 28, 10)

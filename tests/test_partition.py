@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flight_parsl.data.partition import PartitionSpec, partition, partition_kinds
-from flight_parsl.errors import ConfigError, DataError
+from flight_parsl.core.errors import ConfigError, DataError
 
 LABELS = np.random.default_rng(11).integers(0, 10, size=1000)
 KINDS = ["dirichlet", "iid", "labels", "power_law"]

@@ -1,4 +1,4 @@
-"""Tests for flight_parsl.redis_server: addresses, reachability, ManagedRedis, key counts."""
+"""Tests for flight_parsl.transfer.redis_server: addresses, reachability, ManagedRedis, key counts."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-import flight_parsl.redis_server as redis_server_module
-from flight_parsl.errors import ConfigError, ExecutorError
-from flight_parsl.redis_server import (
+import flight_parsl.transfer.redis_server as redis_server_module
+from flight_parsl.core.errors import ConfigError, ExecutorError
+from flight_parsl.transfer.redis_server import (
     ManagedRedis,
     RedisAddress,
     check_reachable,
@@ -321,7 +321,7 @@ def test_atexit_stops_a_server_left_running(redis_server, tmp_path):
     script = textwrap.dedent(
         """
         import sys
-        from flight_parsl.redis_server import ManagedRedis
+        from flight_parsl.transfer.redis_server import ManagedRedis
         server = ManagedRedis(binary=sys.argv[1])
         server.start()
         print(server.pid, server.directory, server.address.port, flush=True)

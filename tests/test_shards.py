@@ -12,7 +12,7 @@ from flight_parsl.data.datasets import load_dataset
 from flight_parsl.data.idx import write_idx
 from flight_parsl.data.partition import PartitionSpec, partition
 from flight_parsl.data.shards import load_shard, shard_sizes
-from flight_parsl.errors import ConfigError, DataError
+from flight_parsl.core.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("kind", ["iid", "dirichlet", "labels", "power_law"])

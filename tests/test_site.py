@@ -1,4 +1,4 @@
-"""Tests for flight_parsl.site: site YAML -> Parsl Config (no DataFlowKernel is started)."""
+"""Tests for flight_parsl.execution.site: site YAML -> Parsl Config (no DataFlowKernel is started)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from parsl.executors import HighThroughputExecutor
 from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 
-from flight_parsl import site as site_mod
-from flight_parsl.errors import ConfigError
-from flight_parsl.site import (
+from flight_parsl.execution import site as site_mod
+from flight_parsl.core.errors import ConfigError
+from flight_parsl.execution.site import (
     DEFAULT_LOCAL_SITE,
     LAUNCHERS,
     PROVIDERS,

@@ -5,9 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from flight_parsl.errors import ConfigError
-from flight_parsl.strategies import LocalSettings, make_strategy, strategy_names
-from flight_parsl.weights import FlatWeights, Layout
+from flight_parsl.core.errors import ConfigError
+from flight_parsl.fl.strategies import LocalSettings, make_strategy, strategy_names
+from flight_parsl.core.weights import FlatWeights, Layout
 
 LAYOUT = Layout.from_shapes([("w", (2, 2), "float32"), ("b", (1,), "float32")])
 
@@ -89,7 +89,7 @@ def test_fedasync_mixes_by_alpha_and_staleness() -> None:
 def test_proximal_term_matches_the_hand_computation() -> None:
     import torch
 
-    from flight_parsl.training import proximal_term
+    from flight_parsl.worker.training import proximal_term
 
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
@@ -103,10 +103,10 @@ def test_fedprox_keeps_local_models_closer_to_the_global_one() -> None:
     import torch
 
     from flight_parsl.data import PartitionSpec
-    from flight_parsl.model_spec import ModelSpec
+    from flight_parsl.core.model_spec import ModelSpec
     from flight_parsl.models import build_model
-    from flight_parsl.tasks import Workload
-    from flight_parsl.training import train_local
+    from flight_parsl.worker.tasks import Workload
+    from flight_parsl.worker.training import train_local
 
     spec = ModelSpec("logreg", 1, 8, 10)
     torch.manual_seed(0)

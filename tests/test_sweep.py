@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flight_parsl.results_table import COLUMNS, append_row, done_cells, read_rows
+from flight_parsl.results.table import COLUMNS, append_row, done_cells, read_rows
 
 
 def sweep(out: Path, *args: str) -> subprocess.CompletedProcess:

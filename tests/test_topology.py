@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flight_parsl.errors import ConfigError
-from flight_parsl.topology import (
+from flight_parsl.core.errors import ConfigError
+from flight_parsl.topology.tree import (
     Node,
     Topology,
     balanced_tree,

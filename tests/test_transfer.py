@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from conftest import read_csv, read_summary
-from flight_parsl.errors import ConfigError, ExecutorError, TaskError, TransferError
-from flight_parsl.progress import Progress
-from flight_parsl.redis_server import count_keys
-from flight_parsl.runner import run_experiment
+from flight_parsl.core.errors import ConfigError, ExecutorError, TaskError, TransferError
+from flight_parsl.engine.progress import Progress
+from flight_parsl.transfer.redis_server import count_keys
+from flight_parsl.engine.runner import run_experiment
 from flight_parsl.transfer import open_transfer
-from flight_parsl.weights import FlatWeights, Layout
+from flight_parsl.core.weights import FlatWeights, Layout
 from redis_fixtures import managed_redis, require_redis_server  # noqa: F401 (fixture)
 
 
@@ -67,7 +67,7 @@ def test_managed_redis_starts_and_stops() -> None:
         _round_trip(t)
         where = t.where
     with pytest.raises(ExecutorError, match="unreachable"):
-        from flight_parsl.redis_server import RedisAddress, check_reachable
+        from flight_parsl.transfer.redis_server import RedisAddress, check_reachable
 
         check_reachable(RedisAddress.parse(where), timeout=1)
 
@@ -121,7 +121,7 @@ def test_unreachable_redis_fails_before_any_task(make_config, tmp_path) -> None:
 
 
 def test_redis_dying_mid_run_stops_with_a_clear_error_and_keeps_round_one(make_config, managed_redis, monkeypatch) -> None:
-    import flight_parsl.engine as engine
+    import flight_parsl.engine.sync as engine
 
     real = engine.train_task
 
@@ -143,7 +143,7 @@ def test_redis_dying_mid_run_stops_with_a_clear_error_and_keeps_round_one(make_c
 
 
 def test_bad_transfer_config_is_named() -> None:
-    from flight_parsl.config import build_config
+    from flight_parsl.config.experiment import build_config
 
     with pytest.raises(ConfigError, match="unknown transfer 'ftp'; valid names: file, parsl, redis"):
         build_config(overrides=["transfer.kind=ftp"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flight_parsl.weights import FlatWeights, Layout
+from flight_parsl.core.weights import FlatWeights, Layout
 
 
 def _model() -> torch.nn.Module:

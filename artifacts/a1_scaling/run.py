@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from flight_parsl.results_table import done_cells, read_rows, rows_to_frame  # noqa: E402
+from flight_parsl.results.table import done_cells, read_rows, rows_to_frame  # noqa: E402
 
 FLOWER_MODES = {"simulation": ("flower-simulation", "ray"), "grpc": ("flower-grpc", "grpc")}
 

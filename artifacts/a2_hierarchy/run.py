@@ -44,7 +44,7 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from flight_parsl.errors import ConfigError, FlightParslError  # noqa: E402
+from flight_parsl.core.errors import ConfigError, FlightParslError  # noqa: E402
 
 PROG = "artifacts/a2_hierarchy/run.py"
 SITE = HERE / "site.yaml"
@@ -135,7 +135,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 def cell_config(args: argparse.Namespace, height: int, strategy: str, out: Path) -> Any:
     """The validated ExperimentConfig of one cell (same seed in every cell)."""
-    from flight_parsl.config import build_config
+    from flight_parsl.config.experiment import build_config
 
     values = {
         "workers": args.leaves,
@@ -176,7 +176,7 @@ def root_in_bytes(run_dir: Path, tree: Any) -> int:
 
 def cell_row(height: int, tree: Any, strategy: str, run_dir: Path, wall_s: float) -> dict[str, Any]:
     """One results.csv row from a finished run directory (flat-relative column filled later)."""
-    from flight_parsl.topology import reduction
+    from flight_parsl.topology.tree import reduction
 
     rounds = read_rounds(run_dir)
     accs = [float(r["test_acc"]) for r in rounds]
@@ -250,10 +250,10 @@ def quiet_logging() -> None:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validate every cell, open one executor, run the cells, return the results rows."""
-    from flight_parsl.executors import open_backend
-    from flight_parsl.progress import Progress
-    from flight_parsl.runner import run_experiment
-    from flight_parsl.topology import balanced_tree
+    from flight_parsl.execution.backends import open_backend
+    from flight_parsl.engine.progress import Progress
+    from flight_parsl.engine.runner import run_experiment
+    from flight_parsl.topology.tree import balanced_tree
 
     out = Path(args.out)
     # Everything that can be checked fails here, before the executor starts.
@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     load_dataset(args.dataset, args.data_root)
     if args.backend == "parsl":
-        from flight_parsl.site import load_site
+        from flight_parsl.execution.site import load_site
 
         load_site(args.parsl_config)
     out.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def mode_config(args: argparse.Namespace, mode: str, out: Path, warmup: bool = F
 
     ``warmup``: the untimed warm-up run (``warmup_rounds`` sync rounds, no slowdown) into ``<out>/warmup``.
     """
-    from flight_parsl.config import build_config
+    from flight_parsl.config.experiment import build_config
 
     values: dict[str, Any] = {
         "workers": args.workers,
@@ -307,10 +307,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from flight_parsl.executors import open_backend
-    from flight_parsl.experiment import prepare, slowdowns
-    from flight_parsl.progress import Progress
-    from flight_parsl.runner import run_experiment
+    from flight_parsl.execution.backends import open_backend
+    from flight_parsl.engine.context import prepare, slowdowns
+    from flight_parsl.engine.progress import Progress
+    from flight_parsl.engine.runner import run_experiment
 
     out = Path(args.out)
     configs = {mode: mode_config(args, mode, out) for mode in MODES}  # both validated before anything starts
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; the run directories keep the details
-        from flight_parsl.errors import ConfigError, DataError
+        from flight_parsl.core.errors import ConfigError, DataError
 
         detail = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, (ConfigError, DataError)):

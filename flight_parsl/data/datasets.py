@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flight_parsl.data.idx import read_idx
-from flight_parsl.errors import DataError, unknown_name
+from flight_parsl.core.errors import DataError, unknown_name
 
 #: The split of ``digits`` is fixed, independent of any experiment seed.
 DIGITS_SPLIT_SEED = 0

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flight_parsl.data.idx import read_idx
-from flight_parsl.errors import ConfigError, DataError, unknown_name
+from flight_parsl.core.errors import ConfigError, DataError, unknown_name
 
 #: The four files of each dataset, in download order.
 DATASET_FILES: tuple[str, ...] = (

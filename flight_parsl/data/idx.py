@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flight_parsl.errors import DataError
+from flight_parsl.core.errors import DataError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 

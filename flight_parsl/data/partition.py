@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flight_parsl.errors import ConfigError, DataError, unknown_name
+from flight_parsl.core.errors import ConfigError, DataError, unknown_name
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from flight_parsl.data.datasets import load_dataset, resolve_root
 from flight_parsl.data.partition import PartitionSpec, partition
-from flight_parsl.errors import ConfigError
+from flight_parsl.core.errors import ConfigError
 
 
 def load_shard(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from flight_parsl.errors import unknown_name
+from flight_parsl.core.errors import unknown_name
 from flight_parsl.transfer.base import Ref, Transfer
 from flight_parsl.transfer.inline import InlineRef, InlineTransfer
 
@@ -46,7 +46,7 @@ def open_transfer(
         if kind == "redis":
             from proxystore.connectors.redis import RedisConnector
 
-            from flight_parsl.redis_server import ManagedRedis, RedisAddress, check_reachable
+            from flight_parsl.transfer.redis_server import ManagedRedis, RedisAddress, check_reachable
 
             if redis is None:
                 address = stack.enter_context(ManagedRedis()).address
@@ -59,7 +59,7 @@ def open_transfer(
 
             base = Path(file_dir or default_file_dir())
             if not base.is_dir():
-                from flight_parsl.errors import ConfigError
+                from flight_parsl.core.errors import ConfigError
 
                 raise ConfigError(f"config key 'transfer.file_dir': {base} is not a directory")
             run_dir = base / f"flight_parsl-{uuid.uuid4().hex[:12]}"

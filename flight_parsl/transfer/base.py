@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from flight_parsl.weights import FlatWeights
+from flight_parsl.core.weights import FlatWeights
 
 
 class Ref(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flight_parsl.weights import FlatWeights
+from flight_parsl.core.weights import FlatWeights
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from typing import Any
 
 from proxystore.connectors.file import FileConnector
 
-from flight_parsl.errors import TransferError
-from flight_parsl.weights import FlatWeights
+from flight_parsl.core.errors import TransferError
+from flight_parsl.core.weights import FlatWeights
 
 
 class MappedFileConnector(FileConnector):  # type: ignore[misc]

@@ -15,7 +15,7 @@ Two modes:
 ``python -m flight_parsl.baselines.flower --workers N --model M --mode MODE --out DIR``
 or :func:`run_flower` runs one; ``DIR/summary.json`` holds the timestamps and
 measurements (:mod:`flight_parsl.baselines.flower.runner` defines them) and
-``--results PATH`` appends a row to a :mod:`flight_parsl.results_table`.
+``--results PATH`` appends a row to a :mod:`flight_parsl.results.table`.
 
 flwr is imported only by the child processes, so this package imports without
 the ``flower`` extra (``pip install -e ".[flower]"``).

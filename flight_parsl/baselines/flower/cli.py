@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from flight_parsl.errors import ConfigError
+from flight_parsl.core.errors import ConfigError
 
 ROLES = ("server", "client", "simulate")
 

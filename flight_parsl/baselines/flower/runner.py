@@ -18,7 +18,7 @@ Modes and their processes:
     peak RSS: each actor's own ``ru_maxrss``, asked after the last aggregate
     (falling back to what the clients reported in their fit metrics).
 
-Timestamps (Unix seconds; columns of :mod:`flight_parsl.results_table`):
+Timestamps (Unix seconds; columns of :mod:`flight_parsl.results.table`):
 
 ============== ========================================== ==========================================
 column         grpc                                       simulation
@@ -63,7 +63,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.errors import ConfigError
+from flight_parsl.core.errors import ConfigError
 
 MODES = ("grpc", "simulation")
 FRAMEWORKS = {"grpc": "flower-grpc", "simulation": "flower-simulation"}
@@ -474,7 +474,7 @@ def _summarize(
 
 
 def _row(summary: dict[str, Any]) -> dict[str, Any]:
-    from flight_parsl.results_table import COLUMNS
+    from flight_parsl.results.table import COLUMNS
 
     def cell(value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -563,7 +563,7 @@ def run_flower(
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     row = _row(summary)
     if results is not None:
-        from flight_parsl.results_table import append_row
+        from flight_parsl.results.table import append_row
 
         append_row(results, row)
     if interrupted is not None:

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flight_parsl.errors import TaskError
-from flight_parsl.experiment import Experiment
-from flight_parsl.progress import Progress
-from flight_parsl.results import RunRecorder
-from flight_parsl.tasks import TaskResult, aggregate_task, relay_task, train_task
-from flight_parsl.topology import Topology, hierarchical_bytes, two_tier_bytes
+from flight_parsl.core.errors import TaskError
+from flight_parsl.engine.context import Experiment
+from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.records import RunRecorder
+from flight_parsl.worker.tasks import TaskResult, aggregate_task, relay_task, train_task
+from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref, Transfer
-from flight_parsl.weights import FlatWeights
+from flight_parsl.core.weights import FlatWeights
 
 
 @dataclass

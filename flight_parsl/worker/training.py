@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from flight_parsl.data.shards import load_shard
-from flight_parsl.model_spec import ModelSpec
+from flight_parsl.core.model_spec import ModelSpec
 from flight_parsl.models import build_model
-from flight_parsl.strategies import LocalSettings
-from flight_parsl.tasks import Workload
-from flight_parsl.weights import FlatWeights
+from flight_parsl.fl.strategies import LocalSettings
+from flight_parsl.worker.tasks import Workload
+from flight_parsl.core.weights import FlatWeights
 
 _LOCAL = threading.local()
 

@@ -13,7 +13,7 @@ This module owns the shape of an FL system and nothing that runs on it:
   :func:`reduction`.
 
 Everything is pure Python; every problem a user can fix raises
-:class:`~flight_parsl.errors.ConfigError` naming the node and the file.
+:class:`~flight_parsl.core.errors.ConfigError` naming the node and the file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from flight_parsl.errors import ConfigError
+from flight_parsl.core.errors import ConfigError
 
 COORDINATOR = "coordinator"
 AGGREGATOR = "aggregator"

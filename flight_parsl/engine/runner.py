@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flight_parsl.config import ExperimentConfig
-from flight_parsl.engine import RunResult, WorkerClock, run_sync
-from flight_parsl.executors import Backend, open_backend, prime
-from flight_parsl.experiment import Experiment, prepare
-from flight_parsl.progress import Progress
-from flight_parsl.results import RunRecorder, default_run_dir
-from flight_parsl.memory import PeakSampler
-from flight_parsl.topology import parse_topology
+from flight_parsl.config.experiment import ExperimentConfig
+from flight_parsl.engine.sync import RunResult, WorkerClock, run_sync
+from flight_parsl.execution.backends import Backend, open_backend, prime
+from flight_parsl.engine.context import Experiment, prepare
+from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.records import RunRecorder, default_run_dir
+from flight_parsl.core.memory import PeakSampler
+from flight_parsl.topology.tree import parse_topology
 from flight_parsl.transfer import Transfer, open_transfer
 
 
@@ -30,7 +30,7 @@ def run_engine(
 ) -> RunResult:
     """The engine loop the config asks for: synchronous rounds on a topology, or asynchronous."""
     if cfg.mode == "async":
-        from flight_parsl.engine_async import run_async
+        from flight_parsl.engine.asynchronous import run_async
 
         return run_async(
             exp, backend.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.round_timeout
@@ -55,7 +55,7 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
     """Modules the round's tasks import on a worker, imported during priming."""
     modules: list[str] = []
     if cfg.train.mode == "local":
-        modules.append("flight_parsl.training")
+        modules.append("flight_parsl.worker.training")
         if cfg.data.dataset == "digits":
             modules.append("sklearn.datasets")  # the offline dataset's loader
     if cfg.transfer.kind != "parsl":

@@ -4,7 +4,7 @@ This module owns the model registry (``model_names``), the reference input
 shapes of each architecture (``reference_spec``, used by no-training scaling
 runs whose model sizes must match the published ones), model construction
 (``build_model``) with input-size validation, and ``count_parameters``.
-``ModelSpec`` itself lives in the torch-free ``flight_parsl.model_spec`` and is
+``ModelSpec`` itself lives in the torch-free ``flight_parsl.core.model_spec`` and is
 re-exported here.
 
 All models are plain ``torch.nn`` modules defined at module level (so they
@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from flight_parsl.errors import ConfigError, unknown_name
-from flight_parsl.model_spec import ModelSpec  # re-exported: one class, importable without torch
+from flight_parsl.core.errors import ConfigError, unknown_name
+from flight_parsl.core.model_spec import ModelSpec  # re-exported: one class, importable without torch
 
 __all__ = [
     "ModelSpec",

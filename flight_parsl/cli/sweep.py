@@ -5,7 +5,7 @@ backend are the same; only the model and the channel change between runs), so th
 start-up cost is paid once per worker count and later runs record ``dfk_reused``.
 A run that fails is recorded with its reason and the executor is restarted for the
 next run, since the failure may have left it broken. Each run appends one row to
-the results table (see :mod:`flight_parsl.results_table`); running the same sweep
+the results table (see :mod:`flight_parsl.results.table`); running the same sweep
 again skips the cells already there with status ``ok``.
 """
 
@@ -18,12 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.config import ExperimentConfig, validate
-from flight_parsl.errors import FlightParslError
-from flight_parsl.executors import Backend, open_backend
-from flight_parsl.progress import Progress
-from flight_parsl.results_table import CellKey, append_row, done_cells
-from flight_parsl.runner import run_experiment
+from flight_parsl.config.experiment import ExperimentConfig, validate
+from flight_parsl.core.errors import FlightParslError
+from flight_parsl.execution.backends import Backend, open_backend
+from flight_parsl.engine.progress import Progress
+from flight_parsl.results.table import CellKey, append_row, done_cells
+from flight_parsl.engine.runner import run_experiment
 
 
 @dataclass(frozen=True)

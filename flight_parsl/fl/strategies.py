@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from flight_parsl.errors import unknown_name
-from flight_parsl.weights import FlatWeights
+from flight_parsl.core.errors import unknown_name
+from flight_parsl.core.weights import FlatWeights
 
 
 @dataclass(frozen=True)

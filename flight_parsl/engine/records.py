@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from flight_parsl.config import ExperimentConfig, save_yaml
+from flight_parsl.config.experiment import ExperimentConfig, save_yaml
 
 ROUND_COLUMNS = (
     "round",

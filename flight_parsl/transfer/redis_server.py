@@ -28,7 +28,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from flight_parsl.errors import ConfigError, ExecutorError
+from flight_parsl.core.errors import ConfigError, ExecutorError
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 
-from flight_parsl.engine import RoundSummary, RunResult, WorkerClock, _mean, task_row
-from flight_parsl.errors import TaskError
-from flight_parsl.experiment import Experiment
-from flight_parsl.progress import Progress
-from flight_parsl.results import RunRecorder
-from flight_parsl.strategies import FedAsync
-from flight_parsl.tasks import TaskResult, train_task
+from flight_parsl.engine.sync import RoundSummary, RunResult, WorkerClock, _mean, task_row
+from flight_parsl.core.errors import TaskError
+from flight_parsl.engine.context import Experiment
+from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.records import RunRecorder
+from flight_parsl.fl.strategies import FedAsync
+from flight_parsl.worker.tasks import TaskResult, train_task
 from flight_parsl.transfer.base import Ref, Transfer
-from flight_parsl.weights import FlatWeights
+from flight_parsl.core.weights import FlatWeights
 
 
 class _Window:

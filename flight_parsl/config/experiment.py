@@ -18,7 +18,7 @@ from typing import Any, Union
 import yaml
 
 from flight_parsl.data.partition import PartitionSpec
-from flight_parsl.errors import ConfigError
+from flight_parsl.core.errors import ConfigError
 
 BACKENDS = ("parsl", "thread", "process")
 MODES = ("sync", "async")
@@ -241,8 +241,8 @@ def build_config(
 def validate(cfg: ExperimentConfig) -> None:
     """Check values that types alone do not catch; names come from the registries."""
     from flight_parsl.data import dataset_names
-    from flight_parsl.errors import unknown_name
-    from flight_parsl.strategies import strategy_names
+    from flight_parsl.core.errors import unknown_name
+    from flight_parsl.fl.strategies import strategy_names
 
     def positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
         if value is None and allow_none:
@@ -273,7 +273,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.transfer.cache_size < 0:
         raise ConfigError(f"config key 'transfer.cache_size' must be >= 0, got {cfg.transfer.cache_size!r}")
     if cfg.transfer.redis is not None:
-        from flight_parsl.redis_server import RedisAddress
+        from flight_parsl.transfer.redis_server import RedisAddress
 
         RedisAddress.parse(cfg.transfer.redis)
     if cfg.strategy.name not in strategy_names():

@@ -2,7 +2,7 @@
 
 Parsl pickles these module-level functions by reference, so a worker imports this
 module and what it imports: numpy and the data and weights modules, never torch.
-Training imports torch lazily (:mod:`flight_parsl.training`), so a no-training
+Training imports torch lazily (:mod:`flight_parsl.worker.training`), so a no-training
 ("debug") round runs on workers that never load it.
 """
 
@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 
 from flight_parsl.data.partition import PartitionSpec
-from flight_parsl.memory import lifetime_peak_rss_mb, rss_mb
-from flight_parsl.model_spec import ModelSpec
-from flight_parsl.strategies import LocalSettings, WeightedMean
+from flight_parsl.core.memory import lifetime_peak_rss_mb, rss_mb
+from flight_parsl.core.model_spec import ModelSpec
+from flight_parsl.fl.strategies import LocalSettings, WeightedMean
 from flight_parsl.transfer.base import Ref
 
 
@@ -107,7 +107,7 @@ def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settin
     if workload.mode == "none":
         out, samples, loss, acc, cpu_s = weights, 1, math.nan, math.nan, 0.0
     else:
-        from flight_parsl.training import train_local
+        from flight_parsl.worker.training import train_local
 
         out, samples, loss, acc, cpu_s = train_local(weights, workload, settings, worker, round_idx)
     if settings.slowdown > 1.0:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from flight_parsl.config import ExperimentConfig
+from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.data import load_dataset, shard_sizes
-from flight_parsl.model_spec import ModelSpec
-from flight_parsl.strategies import FedAsync, LocalSettings, Strategy, make_strategy
-from flight_parsl.tasks import Workload
-from flight_parsl.weights import FlatWeights
+from flight_parsl.core.model_spec import ModelSpec
+from flight_parsl.fl.strategies import FedAsync, LocalSettings, Strategy, make_strategy
+from flight_parsl.worker.tasks import Workload
+from flight_parsl.core.weights import FlatWeights
 
 Evaluator = Callable[[FlatWeights], tuple[float, float]]
 
@@ -80,7 +80,7 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         # Fails here, on the coordinator, before any task, if the split is impossible.
         shard_sizes(cfg.data.dataset, cfg.data.root, partition, cfg.workers, cfg.seed)
         ds = load_dataset(cfg.data.dataset, cfg.data.root)
-        from flight_parsl.training import evaluate as evaluate_on
+        from flight_parsl.worker.training import evaluate as evaluate_on
 
         def evaluate(weights: FlatWeights) -> tuple[float, float]:
             return evaluate_on(weights, spec, ds.x_test, ds.y_test, cfg.train.eval_batch_size)

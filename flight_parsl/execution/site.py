@@ -39,7 +39,7 @@ from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 from parsl.providers.base import ExecutionProvider
 
-from flight_parsl.errors import ConfigError, unknown_name
+from flight_parsl.core.errors import ConfigError, unknown_name
 
 __all__ = [
     "DEFAULT_LOCAL_SITE",
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Repository root (``<repo>/flight_parsl/site.py`` -> ``<repo>``).
-REPO_ROOT: Path = Path(__file__).resolve().parents[1]
+REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 #: Where bare site names such as ``"polaris"`` are looked up.
 SITE_DIR: Path = REPO_ROOT / "configs" / "parsl"
 

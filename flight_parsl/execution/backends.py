@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flight_parsl.errors import ExecutorError
-from flight_parsl.tasks import prime_task
+from flight_parsl.core.errors import ExecutorError
+from flight_parsl.worker.tasks import prime_task
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
     import parsl
     from parsl.concurrent import ParslPoolExecutor
 
-    from flight_parsl.site import build_parsl_config, describe_site, load_site, site_start_timeout
+    from flight_parsl.execution.site import build_parsl_config, describe_site, load_site, site_start_timeout
 
     site = load_site(parsl_config)
     config = build_parsl_config(site, workers, run_dir)

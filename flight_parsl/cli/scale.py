@@ -1,0 +1,188 @@
+"""Command line: ``python -m flight_parsl.scale --workers N [options] [key.sub=value ...]``.
+
+Runs one federated experiment (by default on Parsl HTEX with the local site file)
+and writes its run directory. Flags are shortcuts for config keys; any key can be
+set with ``key.sub=value`` (see ``flight_parsl.config.experiment``). Precedence: defaults <
+``--config`` YAML < flags < ``key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+from flight_parsl.core.errors import ConfigError, FlightParslError
+
+if TYPE_CHECKING:
+    from flight_parsl.config.experiment import ExperimentConfig
+    from flight_parsl.engine.progress import Progress
+
+# flag dest -> config key
+FLAG_KEYS = {
+    "workers": "workers",
+    "rounds": "rounds",
+    "seed": "seed",
+    "backend": "backend",
+    "parsl_config": "parsl_config",
+    "out": "out",
+    "round_timeout": "round_timeout",
+    "model": "model.name",
+    "dataset": "data.dataset",
+    "data_root": "data.root",
+    "partition": "partition.kind",
+    "train": "train.mode",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "strategy": "strategy.name",
+    "transfer": "transfer.kind",
+    "topology": "topology",
+    "mode": "mode",
+    "redis": "transfer.redis",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (flags default to None: unset flags leave the config alone)."""
+    p = argparse.ArgumentParser(
+        prog="python -m flight_parsl.scale",
+        description="Run a federated-learning experiment on Parsl (or a local pool) and write a run directory.",
+    )
+    p.add_argument("--workers", "-n", help="number of FL workers (default 4); a comma list sweeps")
+    p.add_argument("--rounds", "-r", type=int, help="synchronous rounds (default 3)")
+    p.add_argument("--model", help="model name (default mlp), e.g. tiny, smallnet, resnet18; a comma list sweeps")
+    p.add_argument("--dataset", help="digits (offline, default), mnist, fashion_mnist")
+    p.add_argument("--data-root", help="directory that download_data.py filled")
+    p.add_argument("--partition", help="iid (default), dirichlet, labels, power_law")
+    p.add_argument("--train", choices=["local", "none"], help="local training, or none (debug mode: no training)")
+    p.add_argument("--epochs", type=int, help="local epochs per round")
+    p.add_argument("--batch-size", type=int, help="local batch size")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--strategy", help="fedavg (default), fedsgd, fedprox, or fedasync (with --mode async)")
+    p.add_argument("--mode", choices=["sync", "async"], help="synchronous rounds (default) or asynchronous updates")
+    p.add_argument("--topology", help="flat (default), tree:HEIGHT (balanced, --workers leaves) or a topology YAML")
+    p.add_argument("--transfer", help="model channel: parsl (default), redis, file; a comma list sweeps")
+    p.add_argument("--trials", type=int, help="repeat each sweep cell this many times (sweep)")
+    p.add_argument("--results", help="results table to append to (sweep; default <out>/results.csv)")
+    p.add_argument("--redis", metavar="HOST:PORT", help="use this Redis server (default: start one on loopback)")
+    p.add_argument("--seed", type=int, help="seed for model init, partition and shuffling")
+    p.add_argument("--backend", choices=["parsl", "thread", "process"], help="executor (default parsl)")
+    p.add_argument("--parsl-config", help="Parsl site YAML (default configs/parsl/local.yaml)")
+    p.add_argument("--round-timeout", type=float, help="seconds a round may take before the run stops")
+    p.add_argument("--config", help="experiment YAML file")
+    p.add_argument("--out", help="run directory (default runs/<timestamp>-...)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return p
+
+
+SWEEP_FLAGS = ("workers", "model", "transfer")
+
+
+def split_list(flag: str, text: str | None) -> list[str]:
+    """Split a comma list flag value; empty items are an error."""
+    if text is None:
+        return []
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ConfigError(f"--{flag} {text!r} has an empty item")
+    return items
+
+
+def parse_workers(text: str | None) -> list[int]:
+    """``--workers`` as a list of positive integers."""
+    values = []
+    for item in split_list("workers", text):
+        if not item.isdigit() or int(item) < 1:
+            raise ConfigError(f"--workers: {item!r} is not a positive integer")
+        values.append(int(item))
+    return values
+
+
+def is_sweep(args: argparse.Namespace) -> bool:
+    """A sweep: a comma list on a sweep flag, --trials or --results."""
+    listed = any("," in (getattr(args, flag) or "") for flag in SWEEP_FLAGS)
+    return listed or args.trials is not None or args.results is not None
+
+
+def flags_to_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that were given, as a nested config dict (a sweep flag's first item)."""
+    nested: dict[str, Any] = {}
+    for dest, key in FLAG_KEYS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if dest == "workers":
+            value = parse_workers(value)[0]
+        elif dest in SWEEP_FLAGS:
+            value = split_list(dest, value)[0]
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    # Parsl sets its own loggers to DEBUG (its log files); the terminal gets warnings only.
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # Parsl warns for every task argument over 1 MiB; model payloads are that big by design.
+    handler.addFilter(lambda record: not record.getMessage().startswith("Serialized object exceeds buffer threshold"))
+    logging.getLogger().addHandler(handler)
+    from flight_parsl.config.experiment import build_config
+    from flight_parsl.engine.progress import Progress
+    from flight_parsl.engine.runner import run_experiment
+
+    try:
+        cfg = build_config(args.config, [flags_to_values(args)], args.overrides)
+        progress = Progress(cfg.rounds, enabled=not args.quiet)
+        if is_sweep(args):
+            return _sweep(args, cfg, progress)
+        run_experiment(cfg, progress)
+    except FlightParslError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished rows are in the run directory", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progress") -> int:
+    """Run a sweep; exit status 1 if any cell failed."""
+    import time
+    from pathlib import Path
+
+    from flight_parsl.cli.sweep import SweepSpec, cell_config, run_sweep
+
+    spec = SweepSpec(
+        workers=tuple(parse_workers(args.workers) or [cfg.workers]),
+        models=tuple(split_list("model", args.model) or [cfg.model.name]),
+        transfers=tuple(split_list("transfer", args.transfer) or [cfg.transfer.kind]),
+        trials=1 if args.trials is None else args.trials,
+    )
+    if spec.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {spec.trials}")
+    out_root = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    for workers in spec.workers:  # every cell is validated before anything starts
+        for model, transfer, trial in spec.cells(workers):
+            cell_config(cfg, out_root, workers, model, transfer, trial)
+    results = Path(args.results) if args.results else out_root / "results.csv"
+    progress.say(f"sweep: {spec.size} runs -> {results}")
+    rows = run_sweep(cfg, spec, results, out_root, progress)
+    failed = [r for r in rows if r["status"] != "ok"]
+    progress.say(f"sweep done: {len(rows) - len(failed)} ok, {len(failed)} failed, results in {results}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
