@@ -18,7 +18,7 @@ def test_cli_run_writes_the_run_directory_and_prints_progress(tmp_path) -> None:
     out = tmp_path / "run"
     done = scale("--workers", "2", "--rounds", "2", "--backend", "thread", "--model", "logreg", "--out", str(out), "train.epochs=1")
     assert done.returncode == 0, done.stderr
-    assert "round 1/2  workers 2/2" in done.stderr and "round 2/2" in done.stderr
+    assert "round 1/2  clients 2/2" in done.stderr and "round 2/2" in done.stderr
     assert "prime2end" in done.stderr
     assert len(read_csv(out / "tasks.csv")) == 4
     assert "epochs: 1" in (out / "config.yaml").read_text()
@@ -31,7 +31,7 @@ def test_cli_run_writes_the_run_directory_and_prints_progress(tmp_path) -> None:
         (["--dataset", "mnist", "data.root=DATA"], "download_data.py"),
         (["--dataset", "mnist"], "data root"),
         (["train.epochz=2"], "unknown config key 'train.epochz'"),
-        (["--strategy", "fedmagic"], "valid names: fedasync, fedavg, fedprox, fedsgd"),
+        (["--strategy", "fedmagic"], "valid names: fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd"),
         (["--parsl-config", "no/such/site.yaml"], "no/such/site.yaml"),
     ],
 )

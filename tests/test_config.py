@@ -27,9 +27,9 @@ def test_override_values_are_read_as_yaml() -> None:
     assert parse_override("a.b=3") == {"a": {"b": 3}}
     assert parse_override("x=null") == {"x": None}
     assert parse_override("x=fedavg") == {"x": "fedavg"}
-    cfg = build_config(overrides=["train.lr=1e-2", "round_timeout=null", "data.root=/tmp/data"])
+    cfg = build_config(overrides=["train.lr=1e-2", "policy.deadline_s=null", "data.root=/tmp/data"])
     assert cfg.train.lr == pytest.approx(0.01)
-    assert cfg.round_timeout is None and cfg.data.root == "/tmp/data"
+    assert cfg.policy.deadline_s is None and cfg.data.root == "/tmp/data"
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_override_values_are_read_as_yaml() -> None:
         ("train=3", "'train': expected a mapping"),
         ("model.name=resnet19", "unknown model 'resnet19'; valid names:"),
         ("data.dataset=cifar", "unknown dataset 'cifar'; valid names: digits, fashion_mnist, mnist"),
-        ("strategy.name=fedmagic", "unknown strategy 'fedmagic'; valid names: fedasync, fedavg, fedprox, fedsgd"),
+        ("strategy.name=fedmagic", "unknown strategy 'fedmagic'; valid names: fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd"),
         ("partition.kind=random", "unknown partition 'random'"),
         ("backend=slurm", "unknown backend 'slurm'"),
         ("train.mode=fast", "unknown mode 'fast'"),

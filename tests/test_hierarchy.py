@@ -10,7 +10,9 @@ run = run_quietly
 
 
 def test_tree_broadcast_moves_exactly_the_modeled_hierarchical_bytes(make_config) -> None:
-    out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", "broadcast=tree", workers=16, rounds=2)
+    # one client per task, as the cost model assumes (one model per edge)
+    out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", "broadcast=tree",
+              "plan.clients_per_task=1", workers=16, rounds=2)
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
     tree = balanced_tree(16, 2)  # 4 aggregators of 4 workers: 20 edges, 32 leaf hops
     for r in rounds:
@@ -23,8 +25,19 @@ def test_tree_broadcast_moves_exactly_the_modeled_hierarchical_bytes(make_config
     assert "height 2" in read_summary(out)["topology"]
 
 
+def test_packed_tasks_move_fewer_bytes_than_the_cost_model(make_config) -> None:
+    # each aggregator's 4 clients run as one task that reads the model once and returns one partial
+    out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", "broadcast=tree",
+              workers=16, rounds=1)
+    (r,) = read_csv(out / "rounds.csv")
+    size = int(r["modeled_hierarchical_bytes"]) // 40
+    assert r["tasks"] == str(4 + 4 + 4)  # relays, train tasks, aggregates
+    assert int(r["edge_bytes"]) == (4 + 4 + 4 + 4) * size  # relay in, task in, task partial, aggregate in
+
+
 def test_direct_broadcast_skips_the_inner_edges(make_config) -> None:
-    out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", workers=16, rounds=1)
+    out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", "plan.clients_per_task=1",
+              workers=16, rounds=1)
     (r,) = read_csv(out / "rounds.csv")
     size = int(r["modeled_hierarchical_bytes"]) // 40
     assert int(r["edge_bytes"]) == (40 - 4) * size  # the 4 coordinator->aggregator edges carry nothing
@@ -53,12 +66,12 @@ def test_every_strategy_runs_on_a_tree(make_config, strategy) -> None:
 def test_participation_runs_only_the_active_subtree(make_config) -> None:
     out = run(
         make_config, "train.mode=none", "model.name=tiny", "topology=tree:2", "strategy.participation=0.25",
-        "broadcast=tree", workers=16, rounds=3,
+        "broadcast=tree", "plan.clients_per_task=1", workers=16, rounds=3,
     )
     tasks = read_csv(out / "tasks.csv")
     for r in ("0", "1", "2"):
         mine = [t for t in tasks if t["round"] == r]
-        trained = {int(t["worker"]) for t in mine if t["kind"] == "train"}
+        trained = {int(t["client"]) for t in mine if t["kind"] == "train"}
         assert len(trained) == 4
         active_aggs = {balanced_tree(16, 2).parent(f"worker-{w}") for w in trained}
         assert {t["node"] for t in mine if t["kind"] == "aggregate"} == active_aggs

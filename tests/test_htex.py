@@ -50,6 +50,22 @@ def test_proxy_transfers_on_htex_workers(kind, make_config, managed_redis, tmp_p
     assert list(tmp_path.glob("flight_parsl-*")) == []
 
 
+def test_a_sigkilled_worker_process_costs_one_attempt_and_the_round_closes(make_config) -> None:
+    # client 1's slot SIGKILLs itself in round 2: HTEX reports WorkerLost, the policy retries the
+    # client on a live slot, and the round closes with all four clients
+    cfg = make_config("train.mode=none", "model.name=tiny", "faults.kill=1@2", "plan.clients_per_task=1",
+                      "policy.retries=1", workers=4, rounds=3, backend="parsl")
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
+    assert [(r["participants"], r["failed"], r["retries"]) for r in rounds] == [("4", "0", "0"), ("4", "0", "1"), ("4", "0", "0")]
+    lost = [t for t in tasks if t["status"] != "ok"]
+    assert [(t["round"], t["client"], t["attempt"], t["status"]) for t in lost] == [("1", "1", "0", "lost")]
+    assert "WorkerLost" in lost[0]["error"]
+    retried = [t for t in tasks if t["round"] == "1" and t["client"] == "1" and t["status"] == "ok"]
+    assert len(retried) == 1 and retried[0]["attempt"] == "1"
+    assert read_summary(out)["status"] == "completed"
+
+
 def test_local_training_on_htex_workers(make_config) -> None:
     cfg = make_config("model.name=logreg", "train.epochs=3", workers=2, rounds=2, backend="parsl")
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
@@ -95,7 +111,7 @@ def test_sweep_reuses_one_dataflowkernel_per_worker_count(tmp_path) -> None:
 
 def test_hierarchical_round_through_redis_on_htex(make_config, managed_redis) -> None:
     cfg = make_config(
-        "train.mode=none", "model.name=smallnet", "topology=tree:3", "broadcast=tree",
+        "train.mode=none", "model.name=smallnet", "topology=tree:3", "broadcast=tree", "plan.clients_per_task=1",
         "transfer.kind=redis", f"transfer.redis={managed_redis.address}", workers=8, rounds=2, backend="parsl",
     )
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from flight_parsl.core.errors import ConfigError
-from flight_parsl.fl.strategies import LocalSettings, make_strategy, strategy_names
+from flight_parsl.core.types import LocalSettings
+from flight_parsl.fl.strategies import make_strategy, strategy_mode, strategy_names
 from flight_parsl.core.weights import FlatWeights, Layout
 
 LAYOUT = Layout.from_shapes([("w", (2, 2), "float32"), ("b", (1,), "float32")])
@@ -55,20 +56,50 @@ def test_fedsgd_takes_one_full_batch_step() -> None:
     assert make_strategy("fedavg").configure(0, 3, base) == base
 
 
-def test_selection_and_names() -> None:
+def test_sampling_and_names() -> None:
     rng = np.random.default_rng(0)
-    assert make_strategy("fedavg").select(0, [0, 1, 2], rng) == [0, 1, 2]
-    assert strategy_names() == ["fedasync", "fedavg", "fedprox", "fedsgd"]
-    with pytest.raises(ConfigError, match="fedasync, fedavg, fedprox, fedsgd"):
+    assert make_strategy("fedavg").sample(0, 3, rng) == [0, 1, 2]
+    assert strategy_names() == ["fedasync", "fedavg", "fedbuff", "fedmedian", "fedprox", "fedsgd"]
+    assert [strategy_mode(n) for n in ("fedavg", "fedmedian", "fedasync", "fedbuff")] == ["sync", "sync", "async", "async"]
+    with pytest.raises(ConfigError, match="fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd"):
         make_strategy("nope")
 
 
-def test_participation_selects_a_seeded_fraction() -> None:
+def test_participation_samples_a_seeded_fraction() -> None:
     s = make_strategy("fedavg", participation=1 / 32)
-    picked = s.select(0, list(range(256)), np.random.default_rng(3))
+    picked = s.sample(0, 256, np.random.default_rng(3))
     assert len(picked) == 8 and len(set(picked)) == 8 and picked == sorted(picked)
-    assert picked == make_strategy("fedavg", participation=1 / 32).select(0, list(range(256)), np.random.default_rng(3))
-    assert make_strategy("fedavg", participation=0.01).select(0, [5, 6], np.random.default_rng(0)) in ([5], [6])
+    assert picked == make_strategy("fedavg", participation=1 / 32).sample(0, 256, np.random.default_rng(3))
+    assert picked != make_strategy("fedavg", participation=1 / 32).sample(0, 256, np.random.default_rng(4))
+    assert make_strategy("fedavg", participation=0.01).sample(0, 2, np.random.default_rng(0)) in ([0], [1])
+
+
+def test_clients_per_round_samples_k_of_a_large_population() -> None:
+    s = make_strategy("fedavg", clients_per_round=1000)
+    picked = s.sample(0, 100_000, np.random.default_rng(0))
+    assert len(picked) == 1000 == len(set(picked)) and 0 <= min(picked) and max(picked) < 100_000
+    assert make_strategy("fedavg", clients_per_round=10).sample(0, 4, np.random.default_rng(0)) == [0, 1, 2, 3]
+
+
+def test_aggregate_keeps_the_global_model_when_nothing_came_back() -> None:
+    from flight_parsl.core.types import Failure
+
+    s = make_strategy("fedavg")
+    g = _w(1, 2, 3, 4, 5)
+    failures = [Failure(0, (1, 2), "lost", "WorkerLost")]
+    assert s.aggregate(0, g, s.aggregator(g), failures) is g
+    agg = s.aggregator(g)
+    agg.add(_w(3, 3, 3, 3, 3), 2)
+    np.testing.assert_array_equal(s.aggregate(0, g, agg, failures).buffer, 3.0)
+
+
+def test_fedmedian_takes_the_coordinate_median_and_is_not_linear() -> None:
+    s = make_strategy("fedmedian")
+    assert s.linear is False and make_strategy("fedavg").linear is True
+    agg = s.aggregator(_w(0, 0, 0, 0, 0))
+    for w in (_w(1, 5, 0, 0, 9), _w(2, -1, 0, 1, 9), _w(100, 0, 0, 2, 9)):
+        agg.add(w, 10)
+    np.testing.assert_array_equal(agg.result().buffer, [2, 0, 0, 1, 9])
 
 
 def test_fedprox_sets_the_proximal_weight() -> None:
@@ -80,10 +111,26 @@ def test_fedprox_sets_the_proximal_weight() -> None:
 def test_fedasync_mixes_by_alpha_and_staleness() -> None:
     g, u = _w(0, 0, 0, 0, 0), _w(10, 10, 10, 10, 10)
     s = make_strategy("fedasync", alpha=0.25)
-    np.testing.assert_allclose(s.mix(g, u, staleness=5).buffer, 2.5)
+    np.testing.assert_allclose(s.on_update(g, u, 1, staleness=5).buffer, 2.5)
     p = make_strategy("fedasync", alpha=0.5, staleness="polynomial", exponent=1.0)
     assert p.mixing(0) == 0.5 and p.mixing(3) == 0.5 / 4
-    np.testing.assert_allclose(p.mix(g, u, staleness=3).buffer, 10 * 0.125)
+    np.testing.assert_allclose(p.on_update(g, u, 1, staleness=3).buffer, 10 * 0.125)
+
+
+def test_fedbuff_steps_once_per_buffer_like_the_hand_computation() -> None:
+    s = make_strategy("fedbuff", buffer_size=3, server_lr=0.5, staleness="polynomial", exponent=1.0)
+    base = LocalSettings(epochs=1, batch_size=8, lr=0.1)
+    assert s.configure(0, 2, base).return_delta is True
+    g = _w(1, 1, 1, 1, 1)
+    deltas = [(_w(2, 0, 0, 0, 4), 0), (_w(0, 4, 0, 0, 4), 1), (_w(0, 0, 6, 0, 4), 2)]
+    assert s.on_update(g, *deltas[0][:1], 5, staleness=deltas[0][1]) is None
+    assert s.on_update(g, deltas[1][0], 5, staleness=deltas[1][1]) is None and s.buffered == 2
+    new = s.on_update(g, deltas[2][0], 5, staleness=deltas[2][1])
+    # w + 0.5 * (1/3) * (d0 / 1 + d1 / 2 + d2 / 3): staleness s scales a delta by 1 / (1 + s)
+    expected = 1 + 0.5 / 3 * np.array([2, 2, 2, 0, 4 + 2 + 4 / 3])
+    np.testing.assert_allclose(new.buffer, expected, rtol=1e-6)
+    assert s.buffered == 0
+    assert s.on_update(new, _w(3, 3, 3, 3, 3), 1, staleness=0) is None  # the next buffer starts empty
 
 
 def test_proximal_term_matches_the_hand_computation() -> None:
@@ -105,7 +152,7 @@ def test_fedprox_keeps_local_models_closer_to_the_global_one() -> None:
     from flight_parsl.data import PartitionSpec
     from flight_parsl.core.model_spec import ModelSpec
     from flight_parsl.models import build_model
-    from flight_parsl.worker.tasks import Workload
+    from flight_parsl.core.types import Workload
     from flight_parsl.worker.training import train_local
 
     spec = ModelSpec("logreg", 1, 8, 10)
@@ -115,6 +162,6 @@ def test_fedprox_keeps_local_models_closer_to_the_global_one() -> None:
     base = LocalSettings(epochs=5, batch_size=16, lr=0.1)
     drift = {}
     for mu in (0.0, 5.0):
-        out, *_ = train_local(start, wl, replace(base, prox_mu=mu), worker=1, round_idx=0)
+        out, *_ = train_local(start, wl, replace(base, prox_mu=mu), client=1, round_idx=0)
         drift[mu] = float(np.linalg.norm(out.buffer - start.buffer))
     assert drift[5.0] < 0.7 * drift[0.0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import read_csv, read_summary
-from flight_parsl.core.errors import ConfigError, ExecutorError, TaskError, TransferError
+from flight_parsl.core.errors import ConfigError, ExecutorError, RoundError, TransferError
 from flight_parsl.engine.progress import Progress
 from flight_parsl.transfer.redis_server import count_keys
 from flight_parsl.engine.runner import run_experiment
@@ -91,9 +91,9 @@ def test_thread_pool_run_counts_exact_payload_bytes(kind, make_config, tmp_path,
     payload = read_summary(out)["model_bytes"]
     assert len(tasks) == 6
     assert all(payload < int(t["bytes_in"]) == int(t["bytes_out"]) < payload + 4096 for t in tasks)
-    for r in rounds:
-        mine = [t for t in tasks if t["round"] == r["round"]]
-        assert int(r["bytes_moved"]) == sum(int(t["bytes_in"]) + int(t["bytes_out"]) for t in mine)
+    for r in rounds:  # three clients on two slots: two tasks, each reads one model and returns one partial
+        per_task = {t["task"]: int(t["bytes_in"]) + int(t["bytes_out"]) for t in tasks if t["round"] == r["round"]}
+        assert len(per_task) == 2 and int(r["bytes_moved"]) == sum(per_task.values())
     assert count_keys(managed_redis.address) == before
     if kind == "file":
         assert list(Path(tmp_path).glob("flight_parsl-*")) == []
@@ -125,20 +125,21 @@ def test_redis_dying_mid_run_stops_with_a_clear_error_and_keeps_round_one(make_c
 
     real = engine.train_task
 
-    def kill_redis_in_round_two(ref, round_idx, worker, workload, settings):
+    def kill_redis_in_round_two(ref, round_idx, node, clients, *rest):
         if round_idx == 1:
             managed_redis.stop()
-        return real(ref, round_idx, worker, workload, settings)
+        return real(ref, round_idx, node, clients, *rest)
 
     monkeypatch.setattr(engine, "train_task", kill_redis_in_round_two)
     cfg = make_config(
         "transfer.kind=redis", f"transfer.redis={managed_redis.address}", "train.mode=none", "model.name=tiny",
         workers=2, rounds=3,
     )
-    with pytest.raises(TaskError, match=r"failed in round 2: TransferError: cannot resolve proxy key .* of round 2"):
+    with pytest.raises(RoundError, match=r"round 2: 0/2 sampled clients returned a result.*"
+                                         r"TransferError: cannot resolve proxy key .* of round 2"):
         run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     out = Path(cfg.out)
-    assert len(read_csv(out / "rounds.csv")) == 1
+    assert [r["participants"] for r in read_csv(out / "rounds.csv")] == ["2", "0"]  # round 1 kept; round 2 failed
     assert read_summary(out)["status"] == "failed"
 
 

@@ -29,7 +29,7 @@ FLAG_KEYS = {
     "backend": "backend",
     "parsl_config": "parsl_config",
     "out": "out",
-    "round_timeout": "round_timeout",
+    "round_timeout": "policy.deadline_s",
     "model": "model.name",
     "dataset": "data.dataset",
     "data_root": "data.root",
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for model init, partition and shuffling")
     p.add_argument("--backend", choices=["parsl", "thread", "process"], help="executor (default parsl)")
     p.add_argument("--parsl-config", help="Parsl site YAML (default configs/parsl/local.yaml)")
-    p.add_argument("--round-timeout", type=float, help="seconds a round may take before the run stops")
+    p.add_argument("--round-timeout", type=float, help="seconds a round may take (policy.deadline_s); work still out then counts as failed")
     p.add_argument("--config", help="experiment YAML file")
     p.add_argument("--out", help="run directory (default runs/<timestamp>-...)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")

@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig, validate
+from flight_parsl.config.experiment import ExperimentConfig, parse_slots, validate
 from flight_parsl.core.errors import FlightParslError
-from flight_parsl.execution.backends import Backend, open_backend
+from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
 from flight_parsl.results.table import CellKey, append_row, done_cells
 from flight_parsl.engine.runner import run_experiment
@@ -117,7 +117,8 @@ def run_sweep(
                 progress.say(f"[{i}/{spec.size}] {model} n={workers} {transfer} trial {trial}")
                 if backend is None:
                     backend = stack.enter_context(
-                        open_backend(cfg.backend, workers, out_root / f"executor-n{workers}", cfg.parsl_config)
+                        open_backend(cfg.backend, resolve_slots(parse_slots(cfg.slots), workers),
+                                     out_root / f"executor-n{workers}", cfg.parsl_config)
                     )
                 run_dir = Path(cfg.out or "")
                 try:

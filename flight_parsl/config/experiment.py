@@ -60,23 +60,69 @@ class TrainConfig:
     threads: int = 1
     eval_batch_size: int = 1024
     slowdown_max: float = 1.0
+    keep_momentum: bool = False
 
 
 @dataclass
 class StrategyConfig:
     """The federated strategy and its parameters.
 
-    ``participation``: fraction of workers selected per round (sync). ``mu``:
-    FedProx's proximal weight. ``alpha``, ``staleness`` (constant | polynomial),
-    ``staleness_exponent``: FedAsync's mixing.
+    ``participation``: fraction of clients sampled per round, or
+    ``clients_per_round`` of them when > 0. ``mu``: FedProx's proximal weight.
+    ``alpha``, ``staleness`` (constant | polynomial), ``staleness_exponent``:
+    FedAsync's mixing (FedBuff's staleness scaling). ``buffer_size``,
+    ``server_lr``: FedBuff.
     """
 
     name: str = "fedavg"
     participation: float = 1.0
+    clients_per_round: int = 0
     mu: float = 0.3
     alpha: float = 0.5
     staleness: str = "constant"
     staleness_exponent: float = 0.5
+    buffer_size: int = 4
+    server_lr: float = 1.0
+
+
+@dataclass
+class PlanConfig:
+    """How sampled clients are packed into tasks.
+
+    ``clients_per_task``: 0 spreads the round's clients over the slots (one task
+    per slot); K packs K per task. ``preaggregate``: a linear strategy's task folds
+    its clients into one partial in the slot (false: every client's result travels).
+    """
+
+    clients_per_task: int = 0
+    preaggregate: bool = True
+
+
+@dataclass
+class PolicyConfig:
+    """When a synchronous round closes (see flight_parsl.fl.policy).
+
+    ``deadline_s``: seconds per round (null: picked from the work, always finite).
+    ``min_fraction``: share of sampled clients that must return a result.
+    ``retries``: resubmissions of failed client work within a round.
+    """
+
+    deadline_s: float | None = None
+    min_fraction: float = 0.5
+    retries: int = 1
+
+
+@dataclass
+class FaultsConfig:
+    """Injected faults: comma lists of CLIENT@ROUND (rounds from 1), first attempt only.
+
+    ``kill``: the slot running that client SIGKILLs itself (parsl backend only).
+    ``hang``: the slot sleeps ``hang_s`` seconds at that client.
+    """
+
+    kill: str = ""
+    hang: str = ""
+    hang_s: float = 30.0
 
 
 @dataclass
@@ -105,15 +151,18 @@ class ExperimentConfig:
     topology: str = "flat"
     broadcast: str = "direct"
     backend: str = "parsl"
+    slots: str = "auto"
     parsl_config: str | None = None
     out: str | None = None
-    round_timeout: float | None = None
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionSpec = field(default_factory=PartitionSpec)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what config.yaml holds)."""
@@ -252,7 +301,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
     positive("workers", cfg.workers)
     positive("rounds", cfg.rounds)
-    positive("round_timeout", cfg.round_timeout, allow_none=True)
+    positive("policy.deadline_s", cfg.policy.deadline_s, allow_none=True)
     positive("train.epochs", cfg.train.epochs)
     positive("train.batch_size", cfg.train.batch_size)
     positive("train.lr", cfg.train.lr)
@@ -279,6 +328,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.strategy.name not in strategy_names():
         raise unknown_name("strategy", cfg.strategy.name, strategy_names())
     _validate_modes(cfg)
+    _validate_engine(cfg)
     from flight_parsl.models import model_names  # imports torch: the coordinator has it
 
     if cfg.model.name not in model_names():
@@ -290,10 +340,13 @@ def _validate_modes(cfg: ExperimentConfig) -> None:
     s = cfg.strategy
     if cfg.mode not in MODES:
         raise ConfigError(f"config key 'mode': unknown mode {cfg.mode!r}; valid: {', '.join(MODES)}")
-    if cfg.mode == "async" and s.name != "fedasync":
-        raise ConfigError(f"config key 'strategy.name': mode 'async' needs strategy 'fedasync', got {s.name!r}")
-    if cfg.mode == "sync" and s.name == "fedasync":
-        raise ConfigError("config key 'mode': strategy 'fedasync' needs mode 'async' (--mode async)")
+    from flight_parsl.fl.strategies import strategy_mode
+
+    if strategy_mode(s.name) != cfg.mode:
+        raise ConfigError(
+            f"config key 'mode': strategy {s.name!r} runs in mode {strategy_mode(s.name)!r}, got {cfg.mode!r}"
+            f" (--mode {strategy_mode(s.name)})"
+        )
     if cfg.broadcast not in ("direct", "tree"):
         raise ConfigError(f"config key 'broadcast': unknown {cfg.broadcast!r}; valid: direct, tree")
     if cfg.topology != "flat" and not cfg.topology.startswith("tree:"):
@@ -313,6 +366,52 @@ def _validate_modes(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'strategy.staleness': unknown {s.staleness!r}; valid: constant, polynomial")
     if cfg.train.slowdown_max < 1:
         raise ConfigError(f"config key 'train.slowdown_max' must be >= 1, got {cfg.train.slowdown_max!r}")
+    if s.clients_per_round < 0:
+        raise ConfigError(f"config key 'strategy.clients_per_round' must be >= 0, got {s.clients_per_round!r}")
+    if s.buffer_size < 1:
+        raise ConfigError(f"config key 'strategy.buffer_size' must be >= 1, got {s.buffer_size!r}")
+    if not s.server_lr > 0:
+        raise ConfigError(f"config key 'strategy.server_lr' must be > 0, got {s.server_lr!r}")
+
+
+def parse_slots(text: str) -> int | str:
+    """``slots``: ``auto``, ``per_client`` or a positive integer."""
+    if text in ("auto", "per_client"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ConfigError(f"config key 'slots': expected auto, per_client or a positive integer, got {text!r}")
+
+
+def parse_client_rounds(key: str, text: str) -> frozenset[tuple[int, int]]:
+    """``CLIENT@ROUND,...`` (rounds from 1) as 0-based (round, client) pairs."""
+    pairs = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        c, sep, r = item.partition("@")
+        if not sep or not r.isdigit() or not c.isdigit() or int(r) < 1:
+            raise ConfigError(f"config key {key!r}: {item!r} is not CLIENT@ROUND (rounds count from 1)")
+        pairs.add((int(r) - 1, int(c)))
+    return frozenset(pairs)
+
+
+def _validate_engine(cfg: ExperimentConfig) -> None:
+    """Slots, planning, round policy and faults."""
+    parse_slots(cfg.slots)
+    if cfg.plan.clients_per_task < 0:
+        raise ConfigError(f"config key 'plan.clients_per_task' must be >= 0, got {cfg.plan.clients_per_task!r}")
+    p = cfg.policy
+    if not 0 < p.min_fraction <= 1:
+        raise ConfigError(f"config key 'policy.min_fraction' must be in (0, 1], got {p.min_fraction!r}")
+    if p.retries < 0:
+        raise ConfigError(f"config key 'policy.retries' must be >= 0, got {p.retries!r}")
+    kill = parse_client_rounds("faults.kill", cfg.faults.kill)
+    parse_client_rounds("faults.hang", cfg.faults.hang)
+    if kill and cfg.backend == "thread":
+        raise ConfigError("config key 'faults.kill': a slot that kills itself needs its own process (backend parsl)")
+    if cfg.faults.hang_s < 0:
+        raise ConfigError(f"config key 'faults.hang_s' must be >= 0, got {cfg.faults.hang_s!r}")
+    if cfg.train.keep_momentum and cfg.train.momentum == 0:
+        raise ConfigError("config key 'train.keep_momentum' needs train.momentum > 0")
 
 
 def save_yaml(cfg: ExperimentConfig, path: str | Path) -> None:

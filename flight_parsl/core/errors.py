@@ -33,6 +33,10 @@ class TaskError(FlightParslError):
     """A task on a worker failed; the message names the worker and the round."""
 
 
+class RoundError(TaskError):
+    """A round ended below its policy's quorum; the message says how many clients returned."""
+
+
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> ConfigError:
     """Build the error for an unknown registry name, listing the valid names."""
     choices = ", ".join(sorted(valid))

@@ -1,177 +1,246 @@
-"""Asynchronous federated learning (FedAsync) on a flat topology.
+"""Asynchronous federated learning (FedAsync, FedBuff) on a flat topology.
 
-Every worker always has a task: as soon as a worker's update is folded into the
-global model (``w <- (1 - a) w + a w_client``, ``a`` from the strategy and the
-update's staleness), that worker gets its next task with the new model. The
-budget counts updates: ``rounds`` rounds mean ``rounds x workers`` updates in
-all, the number of local trainings a synchronous run of ``rounds`` rounds does,
-so the two compare at equal work. rounds.csv gets one row per ``workers`` updates
-(a "round" of updates), with the model evaluated at that point.
+Every slot always has work: as soon as one client's update is in, the next client
+is dispatched with the newest global model. Clients are dispatched from a queue
+(seeded order, the longest-waiting first), one client per task, and at most one
+task per slot is out at a time. The strategy sees each update with its staleness
+(how many global models were made since the client's copy) and says whether it
+produced a new global model (FedAsync: every update; FedBuff: every K).
 
-Each published model version is released once no running task holds it.
+The budget counts updates: ``rounds`` windows of as many updates as a synchronous
+round samples clients, so the two modes compare at equal local work. rounds.csv
+gets one row per window, with the model evaluated at that point; tasks.csv has the
+window in ``round`` and the global model version the client started from in
+``model_version``. A failed update is recorded and its client goes back to the
+queue; a window in which fewer than ``policy.min_fraction`` of the attempted
+updates succeeded stops the run. Each published model version is released once no
+task holds it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
 
-from flight_parsl.engine.sync import RoundSummary, RunResult, WorkerClock, _mean, task_row
-from flight_parsl.core.errors import TaskError
-from flight_parsl.engine.context import Experiment
-from flight_parsl.engine.progress import Progress
-from flight_parsl.engine.records import RunRecorder
-from flight_parsl.fl.strategies import FedAsync
-from flight_parsl.worker.tasks import TaskResult, train_task
-from flight_parsl.transfer.base import Ref, Transfer
-from flight_parsl.core.weights import FlatWeights
+import numpy as np
+
+from flight_parsl.core.errors import RoundError
+from flight_parsl.core.types import Failure, Slot, TaskResult
+from flight_parsl.engine.context import RunContext
+from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
+from flight_parsl.engine.records import failure_rows, result_rows
+from flight_parsl.engine.sync import RoundSummary, RunResult, classify, describe, mean_finite, release_late
+from flight_parsl.fl.population import sample_size
+from flight_parsl.transfer.base import Ref
+from flight_parsl.worker.tasks import train_task
 
 
+@dataclass
+class _Job:
+    client: int
+    version: int
+    task: int
+
+
+@dataclass
 class _Window:
-    """Measurements of one round's worth of updates."""
+    """Measurements of one window of updates."""
 
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.publish_s = self.aggregate_s = 0.0
-        self.bytes_to = self.bytes_from = 0
-        self.losses: list[float] = []
-        self.accs: list[float] = []
-        self.updates = 0
+    start: float
+    publish_s: float = 0.0
+    aggregate_s: float = 0.0
+    bytes_to: int = 0
+    bytes_from: int = 0
+    updates: int = 0
+    failed: int = 0
+    tasks: int = 0
+    losses: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)
 
 
-def run_async(
-    exp: Experiment,
-    executor: Executor,
-    transfer: Transfer,
-    recorder: RunRecorder,
-    progress: Progress,
-    workers: int,
-    rounds: int,
-    round_timeout: float | None = None,
-) -> RunResult:
-    """Run ``rounds x workers`` asynchronous updates.
+class AsyncLoop:
+    """The coordinator's state for one asynchronous run."""
 
-    ``round_timeout`` bounds the wait for any one update. Raises TaskError when a
-    task fails or no update arrives in time; finished rows stay on disk.
-    """
-    strategy = exp.strategy
-    if not isinstance(strategy, FedAsync):
-        raise TaskError(f"asynchronous mode needs the fedasync strategy, got {getattr(strategy, 'name', strategy)!r}")
-    total = rounds * workers
-    weights = exp.initial
-    version = 0
-    refs: dict[int, Ref] = {}
-    holders: dict[int, int] = {}
-    pending: dict[Future[TaskResult], tuple[int, float, int]] = {}
-    clock = WorkerClock()
-    peaks: dict[tuple[str, int], float] = {}
-    summaries: list[RoundSummary] = []
-    window = _Window(time.time())
-    submitted = 0
+    def __init__(self, ctx: RunContext) -> None:
+        cfg = ctx.cfg
+        self.ctx = ctx
+        self.strategy = ctx.exp.strategy
+        s = cfg.strategy
+        self.window_size = sample_size(cfg.workers, s.participation, s.clients_per_round)
+        self.total = cfg.rounds * self.window_size
+        self.concurrency = max(1, min(ctx.slots, cfg.workers))
+        order = np.random.default_rng(cfg.seed).permutation(cfg.workers)
+        self.waiting_clients: deque[int] = deque(int(c) for c in order)
+        self.weights = ctx.exp.initial
+        self.version = 0
+        self.refs: dict[int, Ref] = {}
+        self.holders: dict[int, int] = {}
+        self.queue: CompletionQueue[_Job] = CompletionQueue(ctx.executor)
+        self.clock = SlotClock()
+        self.peaks: dict[Slot, float] = {}
+        self.folded = 0
+        self.next_task = 0
+        self.window = _Window(time.time())
+        self.summaries: list[RoundSummary] = []
 
-    def publish() -> None:
+    # models ------------------------------------------------------------------------
+
+    def _current_ref(self) -> Ref:
+        if self.version not in self.refs:
+            t0 = time.perf_counter()
+            self.refs[self.version] = self.ctx.transfer.publish(self.weights, self.version)
+            self.holders[self.version] = 0
+            self.window.publish_s += time.perf_counter() - t0
+        return self.refs[self.version]
+
+    def _release(self, version: int) -> None:
+        """Drop a model version no task holds any more (the current one stays)."""
+        if version != self.version and self.holders.get(version) == 0:
+            del self.holders[version], self.refs[version]
+            self.ctx.transfer.end_round(version)
+
+    # dispatch ----------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Dispatch clients while slots are free and updates are still due."""
+        while len(self.queue) < self.concurrency and self.folded + len(self.queue) < self.total and self.waiting_clients:
+            client = self.waiting_clients.popleft()
+            ref = self._current_ref()
+            settings = self.ctx.exp.settings_for(self.folded, client)
+            job = _Job(client, self.version, self.next_task)
+            self.next_task += 1
+            self.holders[self.version] += 1
+            self.queue.submit(
+                job, train_task, ref, self.folded // self.window_size, "coordinator", [(client, settings)],
+                self.ctx.exp.workload, None, self.ctx.state, self.ctx.faults, 0,
+            )
+            self.window.tasks += 1
+
+    def _done_with(self, job: _Job) -> None:
+        self.holders[job.version] -= 1
+        self._release(job.version)
+        self.waiting_clients.append(job.client)
+
+    # outcomes ----------------------------------------------------------------------
+
+    def _on_result(self, item: Pending[_Job], res: TaskResult) -> None:
+        job, ctx = item.tag, self.ctx
+        received = time.time()
+        res.round = self.folded // self.window_size  # the window the update is folded in
+        (ref, weight), = res.outputs
         t0 = time.perf_counter()
-        refs[version] = transfer.publish(weights, version)
-        holders.setdefault(version, 0)
-        window.publish_s += time.perf_counter() - t0
+        update = ctx.transfer.collect(ref)
+        collect_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        new = self.strategy.on_update(self.weights, update, weight, self.version - job.version)
+        del update
+        if new is not None:
+            self.weights = new
+            self.version += 1
+        self.window.aggregate_s += time.perf_counter() - t0
+        self._done_with(job)
+        self._release(self.version - 1)
+        idle = self.clock.record(res.slot, res.started, res.finished)
+        self.peaks[res.slot] = max(self.peaks.get(res.slot, 0.0), res.peak_rss_mb)
+        w = self.window
+        w.bytes_to += res.bytes_in
+        w.bytes_from += res.bytes_out
+        w.losses += [c.train_loss for c in res.clients]
+        w.accs += [c.train_acc for c in res.clients]
+        w.updates += 1
+        self.folded += 1
+        ctx.recorder.task_rows(result_rows(res, job.task, 0, item.submitted, received, collect_s, idle, job.version))
 
-    def submit(worker: int) -> None:
-        nonlocal submitted
-        settings = exp.settings_for(version, worker)
-        future = executor.submit(train_task, refs[version], version, worker, exp.workload, settings)
-        pending[future] = (worker, time.time(), version)
-        holders[version] += 1
-        submitted += 1
+    def _on_failure(self, item: Pending[_Job], kind: str, message: str) -> None:
+        job = item.tag
+        failure = Failure(self.folded // self.window_size, (job.client,), kind, message, 0, "coordinator")
+        self.ctx.recorder.task_rows(failure_rows(failure, "train", job.task, item.submitted, time.time(), job.version))
+        self.window.failed += 1
+        self._done_with(job)
+        attempted = self.window.updates + self.window.failed
+        if self.window.failed > (1.0 - self.ctx.policy.min_fraction) * max(attempted, self.window_size):
+            raise RoundError(
+                f"window {failure.round + 1}: {self.window.failed} of {attempted} updates failed, more than "
+                f"policy.min_fraction={self.ctx.policy.min_fraction} allows (last: {kind}: {message})"
+            )
 
-    def release(old: int) -> None:
-        if old != version and holders.get(old) == 0:
-            del holders[old], refs[old]
-            transfer.end_round(old)
+    def _close_window(self) -> None:
+        """Evaluate the current model and write the window's rounds.csv row."""
+        ctx, w = self.ctx, self.window
+        index = len(self.summaries)
+        end = time.time()
+        if self.folded == self.total:
+            ctx.recorder.mark("end", end)
+        t0 = time.perf_counter()
+        loss, acc = ctx.exp.evaluate(self.weights) if ctx.exp.evaluate else (math.nan, math.nan)
+        eval_s = time.perf_counter() - t0
+        ctx.recorder.round_row(
+            {
+                "round": index,
+                "start": w.start,
+                "end": end,
+                "makespan_s": end - w.start,
+                "publish_s": w.publish_s,
+                "aggregate_s": w.aggregate_s,
+                "eval_s": eval_s,
+                "sampled": w.updates + w.failed,
+                "participants": w.updates,
+                "failed": w.failed,
+                "tasks": w.tasks,
+                "retries": w.failed,
+                "bytes_to_workers": w.bytes_to,
+                "bytes_from_workers": w.bytes_from,
+                "bytes_moved": w.bytes_to + w.bytes_from,
+                "edge_bytes": w.bytes_to + w.bytes_from,
+                "test_loss": loss,
+                "test_acc": acc,
+                "train_loss": mean_finite(w.losses),
+                "train_acc": mean_finite(w.accs),
+            }
+        )
+        ctx.progress.end_round(index, w.updates, self.window_size, end - w.start, loss, acc)
+        self.summaries.append(RoundSummary(index, end - w.start, loss, acc, w.updates, w.failed))
+        self.window = _Window(time.time())
+        if self.folded < self.total:
+            ctx.progress.start_round(index + 1, self.window_size)
 
-    publish()
-    progress.start_round(0, workers)
-    for w in range(min(workers, total)):
-        submit(w)
-    folded = 0
-    while folded < total:
-        done, _ = wait(list(pending), timeout=round_timeout, return_when=FIRST_COMPLETED)
-        if not done:
-            raise TaskError(f"no update arrived within {round_timeout} s after {folded}/{total} updates")
-        for future in done:
-            worker, when, base = pending.pop(future)
-            try:
-                res = future.result()
-            except Exception as exc:
-                raise TaskError(
-                    f"worker {worker} failed on update {folded + 1}: {type(exc).__name__}: {exc}"
-                ) from exc
-            received = time.time()
-            t0 = time.perf_counter()
-            update = transfer.collect(res.payload)
-            collect_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            weights = strategy.mix(weights, update, staleness=version - base)
-            window.aggregate_s += time.perf_counter() - t0
-            del update
-            version += 1
-            folded += 1
-            holders[base] -= 1
-            release(base)
-            idle = clock.record(worker, res.started, res.finished)
-            peaks[(res.host, res.pid)] = max(peaks.get((res.host, res.pid), 0.0), res.peak_rss_mb)
-            window.bytes_to += res.bytes_in
-            window.bytes_from += res.bytes_out
-            window.losses.append(res.train_loss)
-            window.accs.append(res.train_acc)
-            window.updates += 1
-            recorder.task_row(task_row(res, when, received, collect_s, idle))
-            if submitted < total:
-                publish()
-                release(version - 1)
-                submit(worker)
-            round_idx = (folded - 1) // workers
-            progress.task_done(round_idx, window.updates, workers)
-            if folded % workers == 0 or folded == total:
-                if folded == total:
-                    recorder.mark("end")
-                summaries.append(_close_window(exp, recorder, progress, window, round_idx, weights))
-                window = _Window(time.time())
-                if folded < total:
-                    progress.start_round(round_idx + 1, workers)
-    for old in list(holders):
-        holders[old] = 0
-        release(old)
-    return RunResult(weights, summaries, peaks, clock)
+    def run(self) -> RunResult:
+        ctx = self.ctx
+        slowest: float | None = None
+        ctx.progress.start_round(0, self.window_size)
+        self._fill()
+        while self.folded < self.total:
+            deadline_s = ctx.policy.deadline(slowest, self.window_size / self.concurrency)
+            item = self.queue.next(deadline_s)
+            if item is None:
+                for late in self.queue.abandon():
+                    late.future.add_done_callback(partial(release_late, ctx.transfer))
+                    self._on_failure(late, "deadline", f"no update arrived within {deadline_s:.1f} s")
+            else:
+                try:
+                    res = item.future.result()
+                except Exception as exc:
+                    self._on_failure(item, classify(exc), describe(exc))
+                else:
+                    self._on_result(item, res)
+                    ctx.progress.task_done(len(self.summaries), self.window.updates, self.window_size)
+                    if self.window.updates == self.window_size:
+                        slowest = max(slowest or 0.0, time.time() - self.window.start)
+                        self._close_window()
+            self._fill()
+        for version in list(self.holders):
+            self.holders[version] = 0
+            self._release(version)
+        return RunResult(self.weights, self.summaries, self.peaks, self.clock)
 
 
-def _close_window(
-    exp: Experiment, recorder: RunRecorder, progress: Progress, window: _Window, round_idx: int, weights: FlatWeights
-) -> RoundSummary:
-    """Evaluate the current model and write the window's rounds.csv row."""
-    end = time.time()
-    t0 = time.perf_counter()
-    loss, acc = exp.evaluate(weights) if exp.evaluate else (math.nan, math.nan)
-    eval_s = time.perf_counter() - t0
-    recorder.round_row(
-        {
-            "round": round_idx,
-            "start": window.start,
-            "end": end,
-            "makespan_s": end - window.start,
-            "publish_s": window.publish_s,
-            "aggregate_s": window.aggregate_s,
-            "eval_s": eval_s,
-            "participants": window.updates,
-            "bytes_to_workers": window.bytes_to,
-            "bytes_from_workers": window.bytes_from,
-            "bytes_moved": window.bytes_to + window.bytes_from,
-            "edge_bytes": window.bytes_to + window.bytes_from,
-            "test_loss": loss,
-            "test_acc": acc,
-            "train_loss": _mean(window.losses),
-            "train_acc": _mean(window.accs),
-        }
-    )
-    progress.end_round(round_idx, window.updates, window.updates, end - window.start, loss, acc)
-    return RoundSummary(round_idx, end - window.start, loss, acc)
+def run_async(ctx: RunContext) -> RunResult:
+    """Run ``rounds x window`` asynchronous updates (see the module docstring).
+
+    Raises:
+        RoundError: too many updates of a window failed. Finished rows stay on disk.
+    """
+    return AsyncLoop(ctx).run()

@@ -1,21 +1,31 @@
-"""Turn a config into what the engine runs: workload, initial model, evaluator.
+"""Turn a config into what the engine runs, and hold a run's parts in one place.
 
-The model's input shape and classes follow the dataset when training, and the
-model's reference architecture (the published sizes) in no-training mode, where
-no data is touched; ``model.*`` keys override either.
+:func:`prepare` builds the :class:`Experiment`: workload, initial model,
+evaluator, strategy, per-client settings. The model's input shape and classes
+follow the dataset when training, and the model's reference architecture (the
+published sizes) in no-training mode, where no data is touched; ``model.*`` keys
+override either. :class:`RunContext` is everything a loop needs once the
+executor, the transfer and the run directory are open.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig
-from flight_parsl.data import load_dataset, shard_sizes
+from flight_parsl.config.experiment import ExperimentConfig, parse_client_rounds
 from flight_parsl.core.model_spec import ModelSpec
-from flight_parsl.fl.strategies import FedAsync, LocalSettings, Strategy, make_strategy
-from flight_parsl.worker.tasks import Workload
+from flight_parsl.core.types import Faults, LocalSettings, Workload
 from flight_parsl.core.weights import FlatWeights
+from flight_parsl.data import load_dataset, shard_sizes
+from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.records import RunRecorder
+from flight_parsl.fl.policy import RoundPolicy
+from flight_parsl.fl.strategies import make_strategy
+from flight_parsl.transfer.base import Transfer
+from flight_parsl.transfer.state import ClientState
 
 Evaluator = Callable[[FlatWeights], tuple[float, float]]
 
@@ -27,16 +37,38 @@ class Experiment:
     workload: Workload
     initial: FlatWeights
     settings: LocalSettings
-    strategy: Strategy | FedAsync
+    strategy: Any
     evaluate: Evaluator | None
     num_parameters: int
-    slowdowns: list[float]
+    slowdowns: list[float] | None
+    shard_sizes: list[int] | None
 
-    def settings_for(self, round_idx: int, worker: int) -> LocalSettings:
-        """A worker's local settings: the strategy's, with its injected slowdown."""
-        settings = self.strategy.configure(round_idx, worker, self.settings)
-        factor = self.slowdowns[worker]
-        return settings if factor == 1.0 else replace(settings, slowdown=factor)
+    def settings_for(self, round_idx: int, client: int) -> LocalSettings:
+        """A client's local settings: the strategy's, with its injected slowdown."""
+        settings = self.strategy.configure(round_idx, client, self.settings)
+        if self.slowdowns is None or self.slowdowns[client] == 1.0:
+            return settings
+        return replace(settings, slowdown=self.slowdowns[client])
+
+    def expected_work(self, client: int) -> float:
+        """A client's expected work, for balancing tasks: its shard size (1 without data)."""
+        return float(self.shard_sizes[client]) if self.shard_sizes else 1.0
+
+
+@dataclass
+class RunContext:
+    """One run's open parts: what the loops see instead of long argument lists."""
+
+    cfg: ExperimentConfig
+    exp: Experiment
+    executor: Executor
+    transfer: Transfer
+    recorder: RunRecorder
+    progress: Progress
+    slots: int
+    policy: RoundPolicy
+    state: ClientState | None = None
+    faults: Faults | None = None
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -56,14 +88,27 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     return replace(base, **given)
 
 
-def slowdowns(cfg: ExperimentConfig) -> list[float]:
-    """Per-worker slowdown factors, uniform in [1, train.slowdown_max], fixed by the seed."""
+def slowdowns(cfg: ExperimentConfig) -> list[float] | None:
+    """Per-client slowdown factors, uniform in [1, train.slowdown_max], fixed by the seed."""
     if cfg.train.slowdown_max == 1.0:
-        return [1.0] * cfg.workers
+        return None
     import numpy as np
 
     rng = np.random.default_rng([cfg.seed, 7])
     return [float(f) for f in rng.uniform(1.0, cfg.train.slowdown_max, size=cfg.workers)]
+
+
+def policy(cfg: ExperimentConfig) -> RoundPolicy:
+    """The round policy of the config."""
+    p = cfg.policy
+    return RoundPolicy(deadline_s=p.deadline_s, min_fraction=p.min_fraction, retries=p.retries)
+
+
+def faults(cfg: ExperimentConfig) -> Faults | None:
+    """The injected faults of the config, or None."""
+    f = cfg.faults
+    out = Faults(parse_client_rounds("faults.kill", f.kill), parse_client_rounds("faults.hang", f.hang), f.hang_s)
+    return out or None
 
 
 def prepare(cfg: ExperimentConfig) -> Experiment:
@@ -73,12 +118,12 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
     from flight_parsl.models import build_model, check_trainable, count_parameters
 
     spec = model_spec(cfg)
-    partition = cfg.partition
     evaluate: Evaluator | None = None
+    sizes: list[int] | None = None
     if cfg.train.mode == "local":
         check_trainable(spec)
         # Fails here, on the coordinator, before any task, if the split is impossible.
-        shard_sizes(cfg.data.dataset, cfg.data.root, partition, cfg.workers, cfg.seed)
+        sizes = shard_sizes(cfg.data.dataset, cfg.data.root, cfg.partition, cfg.workers, cfg.seed)
         ds = load_dataset(cfg.data.dataset, cfg.data.root)
         from flight_parsl.worker.training import evaluate as evaluate_on
 
@@ -92,26 +137,32 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
         model=spec,
         dataset=cfg.data.dataset,
         data_root=cfg.data.root,
-        partition=partition,
+        partition=cfg.partition,
         num_clients=cfg.workers,
         seed=cfg.seed,
         threads=cfg.train.threads,
     )
-    t = cfg.train
-    settings = LocalSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum)
+    t, s = cfg.train, cfg.strategy
+    settings = LocalSettings(
+        epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, keep_momentum=t.keep_momentum
+    )
     return Experiment(
         workload=workload,
         initial=FlatWeights.from_model(model),
         settings=settings,
         strategy=make_strategy(
-            cfg.strategy.name,
-            participation=cfg.strategy.participation,
-            mu=cfg.strategy.mu,
-            alpha=cfg.strategy.alpha,
-            staleness=cfg.strategy.staleness,
-            exponent=cfg.strategy.staleness_exponent,
+            s.name,
+            participation=s.participation,
+            clients_per_round=s.clients_per_round,
+            mu=s.mu,
+            alpha=s.alpha,
+            staleness=s.staleness,
+            exponent=s.staleness_exponent,
+            buffer_size=s.buffer_size,
+            server_lr=s.server_lr,
         ),
         slowdowns=slowdowns(cfg),
         evaluate=evaluate,
         num_parameters=count_parameters(model),
+        shard_sizes=sizes,
     )

@@ -26,11 +26,28 @@ class Progress:
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._round_start = 0.0
         self._last_draw = 0.0
+        self._slots_said = 0
 
     def say(self, text: str) -> None:
         """Print one line."""
         if self.enabled:
             print(text, file=self.stream, flush=True)
+
+    def slots_ready(self, ready: int, total: int) -> None:
+        """Warm-up progress: ``ready`` of ``total`` slots have started (a bar on a terminal)."""
+        if not self.enabled:
+            return
+        if self.live:
+            width = 30
+            filled = width * ready // max(total, 1)
+            self.stream.write(f"\rslots ready {ready}/{total} [{'#' * filled}{'.' * (width - filled)}]")
+            if ready >= total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif (ready >= total) != (self._slots_said >= total) or time.perf_counter() - self._last_draw >= 5.0:
+            self._last_draw = time.perf_counter()
+            print(f"slots ready {ready}/{total}", file=self.stream, flush=True)
+        self._slots_said = ready
 
     def start_round(self, round_idx: int, participants: int) -> None:
         """A round was submitted."""
@@ -44,7 +61,7 @@ class Progress:
             return
         self._last_draw = now
         elapsed = now - self._round_start
-        self.stream.write(f"\rround {round_idx + 1}/{self.rounds}  workers {done}/{total}  {elapsed:6.1f}s")
+        self.stream.write(f"\rround {round_idx + 1}/{self.rounds}  clients {done}/{total}  {elapsed:6.1f}s")
         self.stream.flush()
 
     def end_round(self, round_idx: int, done: int, total: int, seconds: float, loss: float, acc: float) -> None:
@@ -52,7 +69,7 @@ class Progress:
         if not self.enabled:
             return
         line = (
-            f"round {round_idx + 1}/{self.rounds}  workers {done}/{total}  "
+            f"round {round_idx + 1}/{self.rounds}  clients {done}/{total}  "
             f"test loss {_fmt(loss, '.4f')}  acc {_fmt(acc, '.4f')}  {seconds:6.2f}s"
         )
         prefix = "\r\033[K" if self.live else ""

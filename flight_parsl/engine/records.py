@@ -4,7 +4,7 @@ Layout of a run directory::
 
     config.yaml    the resolved experiment config
     rounds.csv     one row per round
-    tasks.csv      one row per worker per round
+    tasks.csv      one row per client per task attempt (and per aggregate / relay task)
     summary.json   timestamps (start, dfk_start_done, priming_done, end), derived
                    durations, status and totals; rewritten at each milestone
 
@@ -21,16 +21,22 @@ from pathlib import Path
 from typing import IO, Any
 
 from flight_parsl.config.experiment import ExperimentConfig, save_yaml
+from flight_parsl.core.types import Failure, TaskResult
 
 ROUND_COLUMNS = (
     "round",
     "start",
     "end",
     "makespan_s",
+    "deadline_s",
     "publish_s",
     "aggregate_s",
     "eval_s",
+    "sampled",
     "participants",
+    "failed",
+    "tasks",
+    "retries",
     "bytes_to_workers",
     "bytes_from_workers",
     "bytes_moved",
@@ -43,13 +49,21 @@ ROUND_COLUMNS = (
     "train_acc",
 )
 
+# One row per client per task attempt. Task-level columns (submitted .. peak_rss_mb
+# except the client ones) repeat on each row of a task; ``task_clients`` rows share them.
 TASK_COLUMNS = (
     "round",
     "kind",
+    "task",
+    "attempt",
     "node",
-    "worker",
+    "client",
+    "status",
+    "error",
+    "model_version",
     "host",
     "pid",
+    "thread",
     "submitted",
     "started",
     "finished",
@@ -63,7 +77,11 @@ TASK_COLUMNS = (
     "collect_s",
     "bytes_in",
     "bytes_out",
+    "task_clients",
     "samples",
+    "client_started",
+    "client_finished",
+    "client_s",
     "train_loss",
     "train_acc",
     "rss_mb",
@@ -96,9 +114,13 @@ class _Table:
         self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
-        self._writer.writerow({k: _cell(v) for k, v in row.items()})
+        self.write_many([row])
+
+    def write_many(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows and flush once."""
+        self._writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
         self._file.flush()
-        self.rows += 1
+        self.rows += len(rows)
 
     def close(self) -> None:
         self._file.close()
@@ -133,9 +155,9 @@ class RunRecorder:
         self.summary.update(values)
         self.write_summary()
 
-    def task_row(self, row: dict[str, Any]) -> None:
-        """Append one task row."""
-        self.tasks.write(row)
+    def task_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Append the rows of one task (one per client)."""
+        self.tasks.write_many(rows)
 
     def round_row(self, row: dict[str, Any]) -> None:
         """Append one round row."""
@@ -165,3 +187,83 @@ class RunRecorder:
         tmp = self.dir / "summary.json.tmp"
         tmp.write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
         tmp.replace(self.dir / "summary.json")
+
+
+def result_rows(
+    res: TaskResult,
+    task: int,
+    attempt: int,
+    submitted: float,
+    received: float,
+    collect_s: float,
+    idle_s: float,
+    model_version: int | str = "",
+) -> list[dict[str, Any]]:
+    """tasks.csv rows of a finished task: one per client (one row for aggregate / relay)."""
+    base = {
+        "round": res.round,
+        "kind": res.kind,
+        "task": task,
+        "attempt": attempt,
+        "node": res.node,
+        "status": "ok",
+        "error": "",
+        "model_version": model_version,
+        "host": res.host,
+        "pid": res.pid,
+        "thread": res.thread,
+        "submitted": submitted,
+        "started": res.started,
+        "finished": res.finished,
+        "received": received,
+        "idle_s": idle_s,
+        "get_s": res.get_s,
+        "deserialize_s": res.deserialize_s,
+        "compute_s": res.compute_s,
+        "serialize_s": res.serialize_s,
+        "put_s": res.put_s,
+        "collect_s": collect_s,
+        "bytes_in": res.bytes_in,
+        "bytes_out": res.bytes_out,
+        "task_clients": max(1, len(res.clients)),
+        "rss_mb": res.rss_mb,
+        "peak_rss_mb": res.peak_rss_mb,
+    }
+    if not res.clients:
+        weight = res.weight
+        return [{**base, "client": "", "samples": int(weight) if float(weight).is_integer() else weight}]
+    return [
+        {
+            **base,
+            "client": c.client,
+            "samples": c.samples,
+            "client_started": c.started,
+            "client_finished": c.finished,
+            "client_s": c.compute_s,
+            "train_loss": c.train_loss,
+            "train_acc": c.train_acc,
+        }
+        for c in res.clients
+    ]
+
+
+def failure_rows(
+    failure: Failure, kind: str, task: int, submitted: float, received: float, model_version: int | str = ""
+) -> list[dict[str, Any]]:
+    """tasks.csv rows of failed work: one per client, with the failure's kind and message."""
+    base = {
+        "round": failure.round,
+        "kind": kind,
+        "task": task,
+        "attempt": failure.attempt,
+        "node": failure.node,
+        "status": failure.kind,
+        "error": failure.message,
+        "model_version": model_version,
+        "submitted": submitted,
+        "received": received,
+        "task_clients": max(1, len(failure.clients)),
+    }
+    if not failure.clients:
+        return [{**base, "client": ""}]
+    return [{**base, "client": c} for c in failure.clients]

@@ -11,40 +11,25 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from flight_parsl.config.experiment import ExperimentConfig
-from flight_parsl.engine.sync import RunResult, WorkerClock, run_sync
-from flight_parsl.execution.backends import Backend, open_backend, prime
-from flight_parsl.engine.context import Experiment, prepare
+from flight_parsl.config.experiment import ExperimentConfig, parse_slots
+from flight_parsl.core.memory import PeakSampler
+from flight_parsl.engine.asynchronous import run_async
+from flight_parsl.engine.context import RunContext, faults, policy, prepare
+from flight_parsl.engine.events import SlotClock
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
-from flight_parsl.core.memory import PeakSampler
-from flight_parsl.topology.tree import parse_topology
+from flight_parsl.engine.sync import run_sync
+from flight_parsl.execution.backends import Backend, open_backend, prime, resolve_slots
 from flight_parsl.transfer import Transfer, open_transfer
+from flight_parsl.transfer.state import ClientState, open_state
 
 
-def run_engine(
-    cfg: ExperimentConfig, exp: Experiment, backend: Backend, transfer: Transfer, recorder: RunRecorder, progress: Progress
-) -> RunResult:
-    """The engine loop the config asks for: synchronous rounds on a topology, or asynchronous."""
-    if cfg.mode == "async":
-        from flight_parsl.engine.asynchronous import run_async
-
-        return run_async(
-            exp, backend.executor, transfer, recorder, progress, cfg.workers, cfg.rounds, cfg.round_timeout
-        )
-    topology = parse_topology(cfg.topology, cfg.workers)
-    recorder.update(topology=topology.describe())
-    return run_sync(
-        exp, backend.executor, transfer, recorder, progress, topology, cfg.rounds, cfg.seed, cfg.round_timeout,
-        cfg.broadcast,
-    )
-
-
-def idle_summary(clock: WorkerClock) -> dict[str, float]:
-    """Mean and standard deviation over workers of their idle percentage."""
+def idle_summary(clock: SlotClock) -> dict[str, float]:
+    """Mean and standard deviation over slots of their idle percentage."""
     idle = list(clock.idle_percent().values())
     if not idle:
         return {}
@@ -52,15 +37,26 @@ def idle_summary(clock: WorkerClock) -> dict[str, float]:
 
 
 def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """Modules the round's tasks import on a worker, imported during priming."""
+    """Modules the round's tasks import on a slot, imported during priming."""
     modules: list[str] = []
     if cfg.train.mode == "local":
         modules.append("flight_parsl.worker.training")
-        if cfg.data.dataset == "digits":
-            modules.append("sklearn.datasets")  # the offline dataset's loader
     if cfg.transfer.kind != "parsl":
         modules += ["proxystore.proxy", "proxystore.store", f"proxystore.connectors.{cfg.transfer.kind}"]
     return tuple(modules)
+
+
+def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> ClientState | None:
+    """The run's per-client state store, when some client keeps state; None otherwise."""
+    if not cfg.train.keep_momentum:
+        return None
+    where = getattr(transfer, "where", None)
+    if transfer.kind == "redis" and where:
+        from flight_parsl.transfer.redis_server import RedisAddress
+
+        address = RedisAddress.parse(where)
+        return stack.enter_context(open_state(redis=(address.host, address.port)))
+    return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 
 def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, backend: Backend | None = None) -> Path:
@@ -77,8 +73,19 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
     recorder = RunRecorder(out, cfg)
     progress.say(f"run directory: {out}")
     try:
-        with PeakSampler() as memory:
-            exp = prepare(cfg)
+        with PeakSampler() as memory, ExitStack() as stack:
+            # The model and data are prepared (torch imported) while the executor's
+            # workers start: the two overlap instead of adding up.
+            preparing = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="flight-prepare")).submit(
+                prepare, cfg
+            )
+            t = cfg.transfer
+            slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
+            # The channel opens first: an unreachable Redis fails before Parsl starts.
+            transfer = stack.enter_context(open_transfer(t.kind, t.redis, t.file_dir, t.cache_size))
+            state = _state(cfg, transfer, stack)
+            active = stack.enter_context(_backend(cfg, slots, out, recorder, backend))
+            exp = preparing.result()
             recorder.update(
                 model=exp.workload.model.name,
                 num_parameters=exp.num_parameters,
@@ -86,28 +93,31 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
                 workers=cfg.workers,
                 backend=cfg.backend,
                 transfer=cfg.transfer.kind,
+                executor=active.description,
             )
-            t = cfg.transfer
-            # The channel opens first: an unreachable Redis fails before Parsl starts.
-            with open_transfer(t.kind, t.redis, t.file_dir, t.cache_size) as transfer, _backend(
-                cfg, out, recorder, backend
-            ) as active:
-                recorder.update(executor=active.description)
-                progress.say(f"{active.description}; model {exp.workload.model.name} ({exp.num_parameters:,} parameters)")
-                primed = prime(active, cfg.workers, warm_modules(cfg))
-                recorder.mark("priming_done")
-                recorder.update(primed_workers=len(primed))
-                result = run_engine(cfg, exp, active, transfer, recorder, progress)
-                if "end" not in recorder.summary:
-                    recorder.mark("end")
+            progress.say(f"{active.description}; model {exp.workload.model.name} ({exp.num_parameters:,} parameters)")
+            primed = prime(active, slots, warm_modules(cfg), exp.workload, progress.slots_ready)
+            slots = active.slots or len(primed)
+            recorder.mark("priming_done")
+            recorder.update(slots=slots, primed_slots=len(primed))
+            if cfg.backend != "thread" and len(primed) < slots:
+                progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
+            ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
+                             faults(cfg))
+            result = run_async(ctx) if cfg.mode == "async" else run_sync(ctx)
+            if "end" not in recorder.summary:
+                recorder.mark("end")
         last = result.rounds[-1]
+        processes: dict[tuple[str, int], float] = {}  # threads of one process share its memory
+        for (host, pid, _), peak in result.slot_peak_rss_mb.items():
+            processes[host, pid] = max(processes.get((host, pid), 0.0), peak)
         recorder.update(
             final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,
             final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
             round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
             peak_rss_mb_coordinator=memory.peak_mb,
-            peak_rss_mb_worker=max(result.worker_peak_rss_mb.values()),
-            peak_rss_mb_workers_total=sum(result.worker_peak_rss_mb.values()),
+            peak_rss_mb_worker=max(processes.values(), default=0.0),
+            peak_rss_mb_workers_total=sum(processes.values()),
             **idle_summary(result.clock),
         )
         recorder.finish("completed")
@@ -123,7 +133,9 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
 
 
 @contextmanager
-def _backend(cfg: ExperimentConfig, out: Path, recorder: RunRecorder, backend: Backend | None) -> Iterator[Backend]:
+def _backend(
+    cfg: ExperimentConfig, slots: int, out: Path, recorder: RunRecorder, backend: Backend | None
+) -> Iterator[Backend]:
     """The given backend, or a fresh one for this run.
 
     A given backend's first run takes the backend's own start-up times; later runs
@@ -131,7 +143,7 @@ def _backend(cfg: ExperimentConfig, out: Path, recorder: RunRecorder, backend: B
     """
     if backend is None:
         with open_backend(
-            cfg.backend, cfg.workers, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done")
+            cfg.backend, slots, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done")
         ) as fresh:
             yield fresh
         return

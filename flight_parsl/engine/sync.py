@@ -1,36 +1,45 @@
-"""The synchronous round loop, on any tree topology (flat is a tree of height 1).
+"""The synchronous round loop: clients sampled, packed into tasks, folded as they return.
 
-Per round: the strategy picks participants; the global model is published once;
-the tasks of the round's active subtree run as their inputs become ready: relay
-tasks pass the model down (``broadcast="tree"``; with ``"direct"`` every worker
-reads the published model itself), train tasks run on the workers, aggregate
-tasks combine an aggregator's children into one partial (linear aggregation pushed
-down the tree); the coordinator folds its children's results into a streaming
-weighted mean as they complete (O(model) memory). With a proxy transfer the
-coordinator only ever handles small references, so worker and aggregator payloads
-go worker -> aggregator -> coordinator through the store.
+Per round: the strategy samples clients from the population; the planner packs
+each group of sampled clients (the children of one tree node; all of them on a
+flat topology) into tasks, about one per slot; the global model is published once;
+train tasks run their clients on the slots and, for a linear strategy, return one
+folded partial each. On a tree, aggregator tasks fold their children's partials
+with the strategy's aggregator once all of them have an outcome, and relay tasks
+pass the model down (``broadcast="tree"``). The coordinator folds what reaches the
+root as it arrives, from a completion queue (O(1) per event, O(model) memory).
 
-The loop sees only a ``concurrent.futures.Executor`` and a transfer, so it runs
-unchanged on a thread pool and on Parsl HTEX.
+Failures are outcomes: a task that raises, whose worker process dies, or that is
+still out at the round's deadline becomes a :class:`~flight_parsl.core.types.Failure`
+of its clients. Failed work is retried while the policy allows; the round stands
+if enough sampled clients returned results, and the strategy sees the failures
+beside the folded results. Below the quorum the run stops with
+:class:`~flight_parsl.core.errors.RoundError`, every finished row on disk.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import numpy as np
 
-from flight_parsl.core.errors import TaskError
-from flight_parsl.engine.context import Experiment
-from flight_parsl.engine.progress import Progress
-from flight_parsl.engine.records import RunRecorder
-from flight_parsl.worker.tasks import TaskResult, aggregate_task, relay_task, train_task
+from flight_parsl.core.errors import RoundError
+from flight_parsl.core.types import Failure, Slot, TaskResult
+from flight_parsl.core.weights import FlatWeights
+from flight_parsl.engine.context import RunContext
+from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
+from flight_parsl.engine.plan import Planner, TaskSpec
+from flight_parsl.engine.records import failure_rows, result_rows
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref, Transfer
-from flight_parsl.core.weights import FlatWeights
+from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
+
+ROOT = "coordinator"
 
 
 @dataclass
@@ -41,281 +50,415 @@ class RoundSummary:
     makespan_s: float
     test_loss: float
     test_acc: float
-
-
-@dataclass
-class WorkerClock:
-    """Busy and idle time per worker, from task start/finish times on the worker clocks.
-
-    A worker is idle from finishing one task to starting its next one.
-    """
-
-    last_finished: dict[int, float] = field(default_factory=dict)
-    busy_s: dict[int, float] = field(default_factory=dict)
-    idle_s: dict[int, float] = field(default_factory=dict)
-
-    def record(self, worker: int, started: float, finished: float) -> float:
-        """Account one task; returns the idle seconds before it (NaN for a first task)."""
-        idle = started - self.last_finished[worker] if worker in self.last_finished else math.nan
-        if not math.isnan(idle):
-            self.idle_s[worker] = self.idle_s.get(worker, 0.0) + max(idle, 0.0)
-        self.busy_s[worker] = self.busy_s.get(worker, 0.0) + (finished - started)
-        self.last_finished[worker] = finished
-        return idle
-
-    def idle_percent(self) -> dict[int, float]:
-        """Idle share of each worker's time between its first start and last finish, in %."""
-        out = {}
-        for w, busy in self.busy_s.items():
-            idle = self.idle_s.get(w, 0.0)
-            out[w] = 100.0 * idle / (idle + busy) if idle + busy > 0 else 0.0
-        return out
+    participants: int = 0
+    failed: int = 0
 
 
 @dataclass
 class RunResult:
-    """The final model, one summary per round, each worker process's peak RSS, and idle times."""
+    """The final model, one summary per round, each slot's peak RSS, and slot idle times."""
 
     weights: FlatWeights
     rounds: list[RoundSummary]
-    worker_peak_rss_mb: dict[tuple[str, int], float]
-    clock: WorkerClock
+    slot_peak_rss_mb: dict[Slot, float]
+    clock: SlotClock
 
 
-def task_row(res: TaskResult, submitted: float, received: float, collect_s: float, idle_s: float) -> dict[str, object]:
-    """One tasks.csv row."""
-    return {
-        "round": res.round,
-        "kind": res.kind,
-        "node": res.node,
-        "worker": "" if res.worker is None else res.worker,
-        "host": res.host,
-        "pid": res.pid,
-        "submitted": submitted,
-        "started": res.started,
-        "finished": res.finished,
-        "received": received,
-        "idle_s": idle_s,
-        "get_s": res.get_s,
-        "deserialize_s": res.deserialize_s,
-        "compute_s": res.compute_s,
-        "serialize_s": res.serialize_s,
-        "put_s": res.put_s,
-        "collect_s": collect_s,
-        "bytes_in": res.bytes_in,
-        "bytes_out": res.bytes_out,
-        "samples": res.samples,
-        "train_loss": res.train_loss,
-        "train_acc": res.train_acc,
-        "rss_mb": res.rss_mb,
-        "peak_rss_mb": res.peak_rss_mb,
-    }
+def classify(exc: BaseException) -> str:
+    """A failed task's kind: ``lost`` when its worker process died, else ``error``."""
+    lost = ("WorkerLost", "ManagerLost", "BrokenProcessPool")
+    return "lost" if any(c.__name__ in lost for c in type(exc).__mro__) else "error"
 
 
-def _mean(values: list[float]) -> float:
+def describe(exc: BaseException) -> str:
+    """One line for an exception."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
+def release_late(transfer: Transfer, future: Future[TaskResult]) -> None:
+    """A task that returned after its round closed: release what it stored."""
+    try:
+        res = future.result()
+    except BaseException:
+        return
+    for ref, _ in res.outputs:
+        transfer.discard(ref)
+
+
+def mean_finite(values: list[float]) -> float:
+    """Mean of the non-NaN values (NaN if none)."""
     finite = [v for v in values if not math.isnan(v)]
     return float(np.mean(finite)) if finite else math.nan
 
 
 @dataclass
+class _Part:
+    """A result on its way up: a reference, its weight, and the clients folded into it."""
+
+    ref: Ref
+    weight: float
+    clients: tuple[int, ...]
+
+
+@dataclass
 class _Job:
-    node: str
-    submitted: float
+    """What the coordinator remembers about one submitted task."""
+
+    kind: str  # train | aggregate | relay
+    node: str  # train: the node it reports to; aggregate / relay: the aggregator itself
+    attempt: int
+    task: int
+    clients: tuple[int, ...] = ()
+    spec: TaskSpec | None = None  # train
+    ref: Ref | None = None  # train, relay: the model it starts from
+    parts: list[_Part] = field(default_factory=list)  # aggregate: its children's results
 
 
-class _Round:
-    """The tasks of one round on the active subtree, launched as their inputs are ready."""
+@dataclass
+class _Stats:
+    bytes_to: int = 0
+    bytes_from: int = 0
+    edge_bytes: int = 0
+    aggregate_s: float = 0.0
+    retries: int = 0
+    tasks: int = 0
+    losses: list[float] = field(default_factory=list)
+    accs: list[float] = field(default_factory=list)
+
+
+class SyncRound:
+    """The tasks of one round, launched as their inputs are ready, until all have an outcome."""
 
     def __init__(
         self,
-        exp: Experiment,
-        executor: Executor,
-        transfer: Transfer,
-        recorder: RunRecorder,
-        progress: Progress,
-        tree: Topology,
+        ctx: RunContext,
+        planner: Planner,
+        clock: SlotClock,
         round_idx: int,
         weights: FlatWeights,
-        broadcast: str,
-        clock: WorkerClock,
+        clients: list[int],
+        tree: Topology | None,
     ) -> None:
-        self.exp, self.executor, self.transfer = exp, executor, transfer
-        self.recorder, self.progress, self.tree = recorder, progress, tree
-        self.r, self.broadcast, self.clock = round_idx, broadcast, clock
-        self.pending: dict[Future[TaskResult], _Job] = {}
-        self.waiting = {n.name: set(tree.children(n.name)) for n in tree.aggregators}
-        self.child_results: dict[str, list[tuple[Ref, int]]] = {n.name: [] for n in tree.aggregators}
-        self.root_mean = exp.strategy.aggregator(weights)  # type: ignore[union-attr]
-        self.root_children = len(tree.children(tree.root.name))
-        self.trained = 0
-        self.edge_bytes = 0
-        self.bytes_to_workers = self.bytes_from_workers = 0
-        self.losses: list[float] = []
-        self.accs: list[float] = []
-        self.peaks: dict[tuple[str, int], float] = {}
-        self.aggregate_s = 0.0
+        self.ctx, self.planner, self.clock, self.r = ctx, planner, clock, round_idx
+        self.weights, self.sampled, self.tree = weights, clients, tree
+        strategy = ctx.exp.strategy
+        self.fold = strategy if strategy.linear and ctx.cfg.plan.preaggregate else None
+        self.root_agg = strategy.aggregator(weights)
+        self.queue: CompletionQueue[_Job] = CompletionQueue(ctx.executor)
+        self.stats = _Stats()
+        self.groups = self._groups()
+        self.tasks_of: dict[str, list[TaskSpec]] = {}
+        for spec in planner.plan(self.groups):
+            self.tasks_of.setdefault(spec.node, []).append(spec)
+        self.waiting: dict[str, int] = {}  # aggregator -> children without an outcome yet
+        self.parts: dict[str, list[_Part]] = {}  # aggregator -> its children's results
+        self.folded: list[int] = []
+        self.failures: list[Failure] = []
+        self.peaks: dict[Slot, float] = {}
+        self.next_task = 0
+        self.active = {n.name for n in tree.active_subtree(clients).aggregators} if tree is not None else set()
 
-    # launching -----------------------------------------------------------------
+    # planning --------------------------------------------------------------------
 
-    def _submit(self, node: str, fn: object, *args: object) -> None:
-        future = self.executor.submit(fn, *args)  # type: ignore[arg-type]
-        self.pending[future] = _Job(node, time.time())
+    def _groups(self) -> dict[str, list[int]]:
+        """Sampled clients by the node they report to."""
+        if self.tree is None:
+            return {ROOT: list(self.sampled)}
+        groups: dict[str, list[int]] = {}
+        for client in self.sampled:
+            node = self.tree.worker_node(client).name
+            parent = self.tree.parent(node)
+            assert parent is not None
+            groups.setdefault(ROOT if parent == self.tree.root.name else parent, []).append(client)
+        return groups
 
-    def send_down(self, node: str, ref: Ref) -> None:
-        """Start ``node``'s part of the round with the model reference ``ref``."""
-        kind = self.tree.nodes[node].kind
-        if kind == "worker":
-            w = self.tree.nodes[node].worker_index
-            assert w is not None
-            self._submit(node, train_task, ref, self.r, w, self.exp.workload, self.exp.settings_for(self.r, w))
-        elif self.broadcast == "tree":
-            self._submit(node, relay_task, ref, self.r, node)
-        else:
-            for child in self.tree.children(node):
-                self.send_down(child, ref)
+    def _aggregators_below(self, node: str) -> list[str]:
+        """The active aggregator children of ``node`` (none on a flat topology)."""
+        if self.tree is None:
+            return []
+        name = self.tree.root.name if node == ROOT else node
+        return [c for c in self.tree.children(name) if self.tree.nodes[c].kind == "aggregator" and c in self.active]
 
-    def start(self, ref: Ref) -> None:
-        for child in self.tree.children(self.tree.root.name):
-            self.send_down(child, ref)
+    def _clients_below(self, node: str) -> tuple[int, ...]:
+        """Sampled clients in ``node``'s subtree."""
+        out = [c for spec in self.tasks_of.get(node, []) for c in spec.clients]
+        for child in self._aggregators_below(node):
+            out.extend(self._clients_below(child))
+        return tuple(out)
 
-    # results -------------------------------------------------------------------
-
-    def run(self, timeout: float | None) -> FlatWeights:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.root_mean.count < self.root_children:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = wait(list(self.pending), timeout=left, return_when=FIRST_COMPLETED)
-            if not done:
-                raise TaskError(
-                    f"round {self.r + 1} timed out after {timeout} s with "
-                    f"{self.trained}/{len(self.tree.workers)} workers done"
-                )
-            for future in done:
-                self._on_done(future, self.pending.pop(future))
-        t0 = time.perf_counter()
-        result = self.root_mean.result()
-        self.aggregate_s += time.perf_counter() - t0
-        return result
-
-    def _on_done(self, future: Future[TaskResult], job: _Job) -> None:
-        try:
-            res = future.result()
-        except Exception as exc:
-            node = self.tree.nodes[job.node]
-            what = f"worker {node.worker_index}" if node.kind == "worker" else f"aggregator {job.node}"
-            raise TaskError(f"{what} failed in round {self.r + 1}: {type(exc).__name__}: {exc}") from exc
-        received = time.time()
-        self.transfer.adopt(res.payload)
-        process = (res.host, res.pid)
-        self.peaks[process] = max(self.peaks.get(process, 0.0), res.peak_rss_mb)
-        idle = math.nan
-        if res.kind == "train":
-            assert res.worker is not None
-            idle = self.clock.record(res.worker, res.started, res.finished)
-            self.trained += 1
-            self.bytes_to_workers += res.bytes_in
-            self.bytes_from_workers += res.bytes_out
-            self.losses.append(res.train_loss)
-            self.accs.append(res.train_acc)
-        # Edges: a train/relay task read its parent's model; an aggregate task read its children.
-        self.edge_bytes += res.bytes_in
-        collect_s = math.nan
-        if res.kind == "relay":
-            for child in self.tree.children(job.node):
-                self.send_down(child, res.payload)
-        else:
-            collect_s = self._pass_up(job.node, res)
-        self.recorder.task_row(task_row(res, job.submitted, received, collect_s, idle))
-        self.progress.task_done(self.r, self.trained, len(self.tree.workers))
-
-    def _pass_up(self, node: str, res: TaskResult) -> float:
-        """Hand a result to its parent: fold it at the root, or queue it at an aggregator."""
+    def _parent(self, node: str) -> str:
+        assert self.tree is not None
         parent = self.tree.parent(node)
         assert parent is not None
-        if parent == self.tree.root.name:
-            t0 = time.perf_counter()
-            weights = self.transfer.collect(res.payload)
-            collect_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            self.root_mean.add(weights, res.samples)
-            self.aggregate_s += time.perf_counter() - t0
-            self.edge_bytes += res.payload.nbytes
+        return ROOT if parent == self.tree.root.name else parent
+
+    # launching -------------------------------------------------------------------
+
+    def _submit(self, job: _Job) -> None:
+        """Submit ``job``'s task (again, for a retry: arguments are rebuilt each time)."""
+        ctx = self.ctx
+        if job.kind == "train":
+            assert job.spec is not None
+            clients = [(c, ctx.exp.settings_for(self.r, c)) for c in job.clients]
+            args: tuple[Any, ...] = (
+                train_task, job.ref, self.r, job.node, clients, ctx.exp.workload, self.fold, ctx.state, ctx.faults,
+                job.attempt,
+            )
+        elif job.kind == "relay":
+            args = (relay_task, job.ref, self.r, job.node)
+        else:  # a fresh list: the task pops its children to hold one model at a time
+            args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], ctx.exp.strategy, self.r, job.node)
+        self.queue.submit(job, *args)
+        self.stats.tasks += 1
+
+    def _submit_train(self, spec: TaskSpec, ref: Ref) -> None:
+        self._submit(_Job("train", spec.node, spec.attempt, spec.id, spec.clients, spec=spec, ref=ref))
+
+    def _new_task_id(self) -> int:
+        self.next_task -= 1  # aggregate and relay tasks count down from -1
+        return self.next_task
+
+    def _send_down(self, node: str, ref: Ref) -> None:
+        """Start ``node``'s part of the round with the model reference ``ref``."""
+        for spec in self.tasks_of.get(node, []):
+            self._submit_train(spec, ref)
+        for child in self._aggregators_below(node):
+            if self.ctx.cfg.broadcast == "tree":
+                self._submit(_Job("relay", child, 0, self._new_task_id(), self._clients_below(child), ref=ref))
+            else:
+                self._send_down(child, ref)
+
+    def start(self, ref: Ref) -> None:
+        """Submit the round's first tasks."""
+        for agg in self.active:
+            self.waiting[agg] = len(self.tasks_of.get(agg, [])) + len(self._aggregators_below(agg))
+            self.parts[agg] = []
+        self._send_down(ROOT, ref)
+
+    # outcomes --------------------------------------------------------------------
+
+    def run(self, deadline_s: float) -> None:
+        """Handle outcomes until every task has one or ``deadline_s`` passes."""
+        deadline = time.monotonic() + deadline_s
+        while len(self.queue):
+            item = self.queue.next(deadline - time.monotonic())
+            if item is None:
+                self._expire(deadline_s)
+                return
+            self._on_done(item)
+
+    def _on_done(self, item: Pending[_Job]) -> None:
+        job = item.tag
+        try:
+            res: TaskResult = item.future.result()
+        except Exception as exc:
+            self._on_failure(job, item, classify(exc), describe(exc))
+            return
+        received = time.time()
+        self.peaks[res.slot] = max(self.peaks.get(res.slot, 0.0), res.peak_rss_mb)
+        idle = self.clock.record(res.slot, res.started, res.finished)
+        self.stats.edge_bytes += res.bytes_in  # train / relay read their parent's model; aggregate its children
+        collect_s = math.nan
+        if job.kind == "relay":
+            self.ctx.transfer.adopt(res.outputs[0][0])
+            self._send_down(job.node, res.outputs[0][0])
+        else:
+            if job.kind == "train":
+                self.stats.bytes_to += res.bytes_in
+                self.stats.bytes_from += res.bytes_out
+                self.stats.losses += [c.train_loss for c in res.clients]
+                self.stats.accs += [c.train_acc for c in res.clients]
+                parts = self._train_parts(res, job)
+            else:
+                parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
+            collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
+        self.ctx.recorder.task_rows(result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle))
+        self.ctx.progress.task_done(self.r, len(self.folded), len(self.sampled))
+
+    @staticmethod
+    def _train_parts(res: TaskResult, job: _Job) -> list[_Part]:
+        if len(res.outputs) == 1 and len(res.clients) != 1:  # one folded partial
+            return [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
+        return [_Part(ref, w, (c.client,)) for (ref, w), c in zip(res.outputs, res.clients)]
+
+    def _pass_up(self, parent: str, parts: list[_Part]) -> float:
+        """Hand results to ``parent``: fold them at the root, or queue them at an aggregator."""
+        collect_s = 0.0
+        if parent == ROOT:
+            for part in parts:
+                t0 = time.perf_counter()
+                weights = self.ctx.transfer.collect(part.ref)
+                t1 = time.perf_counter()
+                self.root_agg.add(weights, part.weight)
+                del weights
+                collect_s += t1 - t0
+                self.stats.aggregate_s += time.perf_counter() - t1
+                self.stats.edge_bytes += part.ref.nbytes
+                self.folded.extend(part.clients)
             return collect_s
-        self.child_results[parent].append((res.payload, res.samples))
-        self.waiting[parent].discard(node)
-        if not self.waiting[parent]:
-            refs, samples = zip(*self.child_results.pop(parent))
-            self._submit(parent, aggregate_task, list(refs), list(samples), self.r, parent)
+        for part in parts:
+            self.ctx.transfer.adopt(part.ref)
+        self.parts[parent].extend(parts)
+        self._child_settled(parent)
         return math.nan
 
+    def _child_settled(self, node: str) -> None:
+        """One child of aggregator ``node`` has its outcome; aggregate once all have."""
+        self.waiting[node] -= 1
+        if self.waiting[node] > 0:
+            return
+        parts = self.parts.pop(node)
+        if not parts:  # the whole subtree failed: nothing to aggregate
+            if self._parent(node) != ROOT:
+                self._child_settled(self._parent(node))
+            return
+        clients = tuple(c for p in parts for c in p.clients)
+        self._submit(_Job("aggregate", node, 0, self._new_task_id(), clients, parts=parts))
 
-def run_sync(
-    exp: Experiment,
-    executor: Executor,
-    transfer: Transfer,
-    recorder: RunRecorder,
-    progress: Progress,
-    topology: Topology,
-    rounds: int,
-    seed: int,
-    round_timeout: float | None = None,
-    broadcast: str = "direct",
-) -> RunResult:
-    """Run ``rounds`` synchronous rounds over ``topology``.
+    def _on_failure(self, job: _Job, item: Pending[_Job], kind: str, message: str) -> None:
+        failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
+        rows = failure_rows(failure, job.kind, job.task, item.submitted, time.time())
+        self.ctx.recorder.task_rows(rows)
+        if job.attempt < self.ctx.policy.retries:
+            self.stats.retries += 1
+            self._resubmit(job)
+            return
+        self.failures.append(failure)
+        self._settle_failed(job)
+
+    def _resubmit(self, job: _Job) -> None:
+        if job.kind == "train":
+            assert job.spec is not None and job.ref is not None
+            self._submit_train(self.planner.retry(job.spec), job.ref)
+            return
+        self._submit(_Job(job.kind, job.node, job.attempt + 1, self._new_task_id(), job.clients, ref=job.ref,
+                          parts=job.parts))
+
+    def _settle_failed(self, job: _Job) -> None:
+        """Failed work that will not be retried: its subtree contributes nothing."""
+        parent = job.node if job.kind == "train" else self._parent(job.node)
+        if parent != ROOT:
+            self._child_settled(parent)
+
+    def _expire(self, deadline_s: float) -> None:
+        """The deadline passed: everything still out, and every result still waiting at an
+        aggregator, becomes a ``deadline`` failure."""
+        message = f"still out at the round's {deadline_s:.1f} s deadline"
+        now = time.time()
+        for item in self.queue.abandon():
+            job = item.tag
+            item.future.add_done_callback(partial(release_late, self.ctx.transfer))
+            failure = Failure(self.r, job.clients, "deadline", message, job.attempt, job.node)
+            self.failures.append(failure)
+            self.ctx.recorder.task_rows(failure_rows(failure, job.kind, job.task, item.submitted, now))
+        for node, parts in self.parts.items():
+            if parts:
+                clients = tuple(c for p in parts for c in p.clients)
+                failure = Failure(self.r, clients, "deadline", f"waiting at aggregator {node}: {message}", 0, node)
+                self.failures.append(failure)
+                self.ctx.recorder.task_rows(failure_rows(failure, "aggregate", self._new_task_id(), now, now))
+        self.parts.clear()
+
+
+
+def _tree(ctx: RunContext) -> Topology | None:
+    from flight_parsl.topology.tree import parse_topology
+
+    if ctx.cfg.topology == "flat":
+        return None
+    topology = parse_topology(ctx.cfg.topology, ctx.cfg.workers)
+    ctx.recorder.update(topology=topology.describe())
+    return topology
+
+
+def _modeled_bytes(tree: Topology | None, sampled: list[int], size: int) -> tuple[int, int]:
+    """The cost model's two-tier and hierarchical bytes for the round's active tree."""
+    if tree is None:  # a flat tree: one edge and one hop per client, both ways
+        return 2 * len(sampled) * size, 2 * len(sampled) * size
+    active = tree.active_subtree(sampled)
+    return two_tier_bytes(active, size), hierarchical_bytes(active, size)
+
+
+def run_sync(ctx: RunContext) -> RunResult:
+    """Run ``cfg.rounds`` synchronous rounds.
 
     Raises:
-        TaskError: a task failed or a round timed out. Rows of finished tasks and
-            rounds are already on disk.
+        RoundError: a round ended below the policy's quorum. Rows of finished
+            tasks and rounds are already on disk.
     """
-    rng = np.random.default_rng(seed)
+    cfg, exp, recorder, progress = ctx.cfg, ctx.exp, ctx.recorder, ctx.progress
+    rng = np.random.default_rng(cfg.seed)
+    tree = _tree(ctx)
+    planner = Planner(ctx.slots, cfg.plan.clients_per_task, exp.expected_work if exp.shard_sizes else None)
     weights = exp.initial
-    summaries: list[RoundSummary] = []
-    peaks: dict[tuple[str, int], float] = {}
-    clock = WorkerClock()
-    all_workers = list(range(topology.num_workers))
     size = len(weights.to_bytes())  # payload bytes of one model, for the cost model
-    for r in range(rounds):
+    summaries: list[RoundSummary] = []
+    peaks: dict[Slot, float] = {}
+    clock = SlotClock()
+    slowest: float | None = None
+    for r in range(cfg.rounds):
         start = time.time()
-        participants = exp.strategy.select(r, all_workers, rng)  # type: ignore[union-attr]
-        tree = topology.active_subtree(participants)
+        sampled = exp.strategy.sample(r, cfg.workers, rng)
         t0 = time.perf_counter()
-        ref = transfer.publish(weights, r)
+        ref = ctx.transfer.publish(weights, r)
         publish_s = time.perf_counter() - t0
-        progress.start_round(r, len(participants))
-        rnd = _Round(exp, executor, transfer, recorder, progress, tree, r, weights, broadcast, clock)
+        rnd = SyncRound(ctx, planner, clock, r, weights, sampled, tree)
+        deadline_s = ctx.policy.deadline(slowest, len(sampled) / max(1, ctx.slots))
+        progress.start_round(r, len(sampled))
         rnd.start(ref)
-        weights = rnd.run(round_timeout)
-        transfer.end_round(r)
+        rnd.run(deadline_s)
+        ok, quorum = len(rnd.folded), ctx.policy.quorum(len(sampled))
+        if ok >= quorum:
+            t0 = time.perf_counter()
+            weights = exp.strategy.aggregate(r, weights, rnd.root_agg, rnd.failures)
+            rnd.stats.aggregate_s += time.perf_counter() - t0
+            ctx.transfer.end_round(r)  # below the quorum the run stops; closing the transfer evicts it
         end = time.time()
-        if r == rounds - 1:
+        slowest = max(slowest or 0.0, end - start)
+        for slot, peak in rnd.peaks.items():
+            peaks[slot] = max(peaks.get(slot, 0.0), peak)
+        if r == cfg.rounds - 1 or ok < quorum:
             recorder.mark("end", end)  # the last aggregate is ready; evaluation is not timed
-        for process, peak in rnd.peaks.items():
-            peaks[process] = max(peaks.get(process, 0.0), peak)
         t0 = time.perf_counter()
-        loss, acc = exp.evaluate(weights) if exp.evaluate else (math.nan, math.nan)
+        loss, acc = exp.evaluate(weights) if exp.evaluate and ok >= quorum else (math.nan, math.nan)
         eval_s = time.perf_counter() - t0
+        two_tier, hierarchical = _modeled_bytes(tree, sampled, size)
+        s = rnd.stats
         recorder.round_row(
             {
                 "round": r,
                 "start": start,
                 "end": end,
                 "makespan_s": end - start,
+                "deadline_s": deadline_s,
                 "publish_s": publish_s,
-                "aggregate_s": rnd.aggregate_s,
+                "aggregate_s": s.aggregate_s,
                 "eval_s": eval_s,
-                "participants": len(participants),
-                "bytes_to_workers": rnd.bytes_to_workers,
-                "bytes_from_workers": rnd.bytes_from_workers,
-                "bytes_moved": rnd.bytes_to_workers + rnd.bytes_from_workers,
-                "edge_bytes": rnd.edge_bytes,
-                "modeled_two_tier_bytes": two_tier_bytes(tree, size),
-                "modeled_hierarchical_bytes": hierarchical_bytes(tree, size),
+                "sampled": len(sampled),
+                "participants": ok,
+                "failed": len(sampled) - ok,
+                "tasks": s.tasks,
+                "retries": s.retries,
+                "bytes_to_workers": s.bytes_to,
+                "bytes_from_workers": s.bytes_from,
+                "bytes_moved": s.bytes_to + s.bytes_from,
+                "edge_bytes": s.edge_bytes,
+                "modeled_two_tier_bytes": two_tier,
+                "modeled_hierarchical_bytes": hierarchical,
                 "test_loss": loss,
                 "test_acc": acc,
-                "train_loss": _mean(rnd.losses),
-                "train_acc": _mean(rnd.accs),
+                "train_loss": mean_finite(s.losses),
+                "train_acc": mean_finite(s.accs),
             }
         )
-        progress.end_round(r, rnd.trained, len(participants), end - start, loss, acc)
-        summaries.append(RoundSummary(r, end - start, loss, acc))
+        if ok < quorum:
+            kinds = sorted({f.kind for f in rnd.failures})
+            first = rnd.failures[0].message if rnd.failures else ""
+            raise RoundError(
+                f"round {r + 1}: {ok}/{len(sampled)} sampled clients returned a result, below the quorum of "
+                f"{quorum} (policy.min_fraction={ctx.policy.min_fraction}); failures: {', '.join(kinds)}"
+                + (f" (first: {first})" if first else "")
+            )
+        progress.end_round(r, ok, len(sampled), end - start, loss, acc)
+        summaries.append(RoundSummary(r, end - start, loss, acc, ok, len(sampled) - ok))
     return RunResult(weights, summaries, peaks, clock)

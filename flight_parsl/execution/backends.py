@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from flight_parsl.core.errors import ExecutorError
+from flight_parsl.core.types import Workload
 from flight_parsl.worker.tasks import prime_task
 
 log = logging.getLogger(__name__)
@@ -40,37 +44,48 @@ class Backend:
     runs: int = 0
 
 
+def resolve_slots(slots: int | str, clients: int) -> int:
+    """Worker processes for ``clients`` clients: ``auto`` (about the cores), ``per_client``
+    (one each, as Flight's weak-scaling artifact ran) or a number; never more than the clients."""
+    if slots == "per_client":
+        return clients
+    if slots == "auto":
+        return max(1, min(os.cpu_count() or 1, clients))
+    return max(1, min(int(slots), clients))
+
+
 @contextmanager
 def open_backend(
     kind: str,
-    workers: int,
+    slots: int,
     run_dir: str | Path,
     parsl_config: str | None = None,
     on_started: Callable[[], None] | None = None,
 ) -> Iterator[Backend]:
-    """Start a backend, yield it, and always shut it down.
+    """Start a backend with ``slots`` worker processes (threads), yield it, always shut it down.
 
-    ``on_started`` is called once the executor is up (for Parsl: the DataFlowKernel
-    is loaded), before any task runs.
+    A Parsl site that fixes its slots per node (or runs on a batch provider)
+    decides its own slots. ``on_started`` is called once the executor is up (for
+    Parsl: the DataFlowKernel is loaded), before any task runs.
     """
     started_at = time.time()
     if kind == "parsl":
-        with _parsl_backend(workers, run_dir, parsl_config) as backend:
+        with _parsl_backend(slots, run_dir, parsl_config) as backend:
             backend.started_at = started_at
             if on_started:
                 on_started()
             yield backend
         return
     if kind == "thread":
-        pool: Executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flight-worker")
+        pool: Executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="flight-worker")
     elif kind == "process":
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=slots, mp_context=multiprocessing.get_context("spawn"))
     else:
         raise ExecutorError(f"unknown backend {kind!r}; valid: parsl, process, thread")
     try:
         if on_started:
             on_started()
-        yield Backend(pool, kind, f"{kind} pool with {workers} workers", slots=workers, started_at=started_at)
+        yield Backend(pool, kind, f"{kind} pool with {slots} slots", slots=slots, started_at=started_at)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -110,24 +125,56 @@ def _slots(config: object) -> int | None:
         return None
 
 
-def prime(backend: Backend, workers: int = 1, modules: tuple[str, ...] = ()) -> set[tuple[str, int]]:
-    """Warm up: one task per executor slot (at most ``workers``) importing ``modules``.
+def _barrier_dir() -> str:
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix="flight_parsl-prime-", dir=base)
 
-    One-time costs on each worker process (starting, importing torch or ProxyStore)
-    then fall before ``priming_done`` instead of into the first measured round.
-    Returns the (host, pid) seen; fails clearly if no worker answers in time.
+
+def prime(
+    backend: Backend,
+    slots: int,
+    modules: tuple[str, ...] = (),
+    workload: Workload | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> set[tuple[str, int]]:
+    """Warm up every slot: one task per slot imports ``modules`` and loads the data.
+
+    One-time costs on each worker process (starting, importing torch or ProxyStore,
+    loading the dataset and its partition) then fall before ``priming_done``
+    instead of into the first measured round. The warm-up tasks meet at a barrier
+    directory, so ``slots`` of them run at once on ``slots`` distinct processes;
+    ``on_progress(ready, slots)`` is called as slots arrive. Returns the (host, pid)
+    seen; fails clearly if no slot answers in time.
     """
-    count = min(workers, backend.slots) if backend.slots else workers
-    futures = [backend.executor.submit(prime_task, modules, 0.2 if count > 1 else 0.0) for _ in range(count)]
+    count = backend.slots or slots
+    barrier = _barrier_dir()
     try:
-        return {f.result(timeout=backend.start_timeout) for f in futures}
-    except FuturesTimeout as exc:
-        raise ExecutorError(
-            f"no worker started within {backend.start_timeout:.0f} s ({backend.description}); "
-            "check the site file's provider, worker_init and address, and the Parsl logs in the run directory"
-        ) from exc
-    except Exception as exc:
-        detail = " ".join(str(exc).split())
-        raise ExecutorError(
-            f"the warm-up task failed ({type(exc).__name__}: {detail}); backend: {backend.description}"
-        ) from exc
+        futures = [
+            backend.executor.submit(prime_task, modules, barrier, count, backend.start_timeout, workload)
+            for _ in range(count)
+        ]
+        deadline = time.monotonic() + backend.start_timeout
+        ready = -1
+        while not all(f.done() for f in futures) and time.monotonic() < deadline:
+            now_ready = len(os.listdir(barrier))
+            if on_progress and now_ready != ready:
+                on_progress(now_ready, count)
+                ready = now_ready
+            wait(futures, timeout=0.1)
+        try:
+            seen = {f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures}
+        except FuturesTimeout as exc:
+            raise ExecutorError(
+                f"no worker started within {backend.start_timeout:.0f} s ({backend.description}); "
+                "check the site file's provider, worker_init and address, and the Parsl logs in the run directory"
+            ) from exc
+        except Exception as exc:
+            detail = " ".join(str(exc).split())
+            raise ExecutorError(
+                f"the warm-up task failed ({type(exc).__name__}: {detail}); backend: {backend.description}"
+            ) from exc
+        if on_progress:
+            on_progress(len(os.listdir(barrier)), count)
+        return seen
+    finally:
+        shutil.rmtree(barrier, ignore_errors=True)

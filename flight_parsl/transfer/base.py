@@ -45,6 +45,9 @@ class Transfer(Protocol):
     def adopt(self, ref: Ref) -> None:
         """Take charge of a reference a worker created, so its round's end releases it."""
 
+    def discard(self, ref: Ref) -> None:
+        """Release a result that came back after its round closed."""
+
     def end_round(self, round_idx: int) -> None:
         """Release everything the round stored."""
 

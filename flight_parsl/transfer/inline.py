@@ -49,6 +49,9 @@ class InlineTransfer:
     def adopt(self, ref: InlineRef) -> None:
         return None
 
+    def discard(self, ref: InlineRef) -> None:
+        return None
+
     def end_round(self, round_idx: int) -> None:
         return None
 

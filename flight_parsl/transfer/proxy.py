@@ -15,6 +15,7 @@ the identity, so ProxyStore adds no copy and byte counts are exact.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import time
@@ -26,6 +27,8 @@ from proxystore.connectors.file import FileConnector
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.weights import FlatWeights
+
+log = logging.getLogger(__name__)
 
 
 class MappedFileConnector(FileConnector):  # type: ignore[misc]
@@ -65,15 +68,19 @@ class ProxyRef:
         return get_key(self.proxy)
 
     def resolve(self) -> tuple[FlatWeights, float, float]:
-        from proxystore.proxy import extract
+        # Through the process's store (its small cache), not extract(): a resolved
+        # proxy keeps its bytes for as long as the proxy lives.
+        from proxystore.store.utils import get_factory
 
         t0 = time.perf_counter()
         try:
-            data = extract(self.proxy)
+            data = get_factory(self.proxy).get_store().get(self.key)
         except Exception as exc:
             raise TransferError(
                 f"cannot resolve proxy key {self.key} of round {self.round + 1}: {type(exc).__name__}: {exc}"
             ) from exc
+        if data is None:
+            raise TransferError(f"cannot resolve proxy key {self.key} of round {self.round + 1}: the key is missing")
         t1 = time.perf_counter()
         weights = FlatWeights.from_bytes(data)
         return weights, t1 - t0, time.perf_counter() - t1
@@ -151,6 +158,12 @@ class ProxyTransfer:
         if data is None:
             raise TransferError(f"result key {key} of round {ref.round + 1} is missing from the {self.kind} store")
         return FlatWeights.from_bytes(data)
+
+    def discard(self, ref: ProxyRef) -> None:
+        try:
+            self.store.evict(ref.key)
+        except Exception:  # best effort: the store may be closing
+            log.warning("could not evict late result key %s", ref.key)
 
     def end_round(self, round_idx: int) -> None:
         lifetime = self._lifetimes.pop(round_idx, None)

@@ -1,9 +1,16 @@
-"""The functions that run on workers, and what they take and return.
+"""The task bodies that run on slots (worker processes), and the warm-up task.
 
-Parsl pickles these module-level functions by reference, so a worker imports this
-module and what it imports: numpy and the data and weights modules, never torch.
-Training imports torch lazily (:mod:`flight_parsl.worker.training`), so a no-training
-("debug") round runs on workers that never load it.
+Parsl pickles these module-level functions by reference, so a slot imports this
+module and what it imports: numpy, the data, weights, aggregation and transfer
+modules, never torch, the engine, the executors or the config. Training imports
+torch lazily (:mod:`flight_parsl.worker.training`), so a no-training ("debug")
+round runs on slots that never load it.
+
+A train task runs its clients one after the other: the global model is resolved
+once (and cached per process by the store), each client's shard is loaded
+(cached per process), and for a linear strategy the clients are folded into one
+weighted partial in the slot, so the task returns one model whatever its number
+of clients.
 """
 
 from __future__ import annotations
@@ -11,83 +18,63 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
-from flight_parsl.data.partition import PartitionSpec
 from flight_parsl.core.memory import lifetime_peak_rss_mb, rss_mb
-from flight_parsl.core.model_spec import ModelSpec
-from flight_parsl.fl.strategies import LocalSettings, WeightedMean
+from flight_parsl.core.types import ClientOutcome, Faults, LocalSettings, TaskResult, Workload
+from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Ref
+from flight_parsl.transfer.state import ClientState
+from flight_parsl.worker.faults import inject
 
 
-@dataclass(frozen=True)
-class Workload:
-    """What every task of a run needs to rebuild its model and load its own shard."""
+def warm_data(workload: Workload) -> None:
+    """Load the dataset and its partition, and take one training step, in this process."""
+    if workload.mode == "none":
+        return
+    from flight_parsl.worker.training import warm_up
 
-    mode: str
-    model: ModelSpec
-    dataset: str
-    data_root: str | None
-    partition: PartitionSpec
-    num_clients: int
-    seed: int
-    threads: int = 1
+    warm_up(workload)
 
 
-@dataclass
-class TaskResult:
-    """A task's answer: its weights (as a transfer reference) and measurements.
+def prime_task(
+    modules: tuple[str, ...] = (),
+    barrier: str | None = None,
+    expected: int = 1,
+    max_wait: float = 0.0,
+    workload: Workload | None = None,
+) -> tuple[str, int]:
+    """Warm-up: import what the round's tasks import, load the data; return host and pid.
 
-    ``kind`` is ``train`` (a worker's local training; ``worker`` is its index),
-    ``aggregate`` (an aggregator node combining its children) or ``relay`` (an
-    aggregator node passing the global model down the tree). Times are Unix seconds
-    on the worker's clock; durations are seconds; ``compute_s`` is training or
-    aggregating.
-    """
-
-    kind: str
-    node: str
-    worker: int | None
-    round: int
-    host: str
-    pid: int
-    started: float
-    finished: float
-    get_s: float
-    deserialize_s: float
-    compute_s: float
-    serialize_s: float
-    put_s: float
-    bytes_in: int
-    bytes_out: int
-    samples: int
-    train_loss: float
-    train_acc: float
-    rss_mb: float
-    peak_rss_mb: float
-    payload: Ref
-
-
-def prime_task(modules: tuple[str, ...] = (), hold_s: float = 0.0) -> tuple[str, int]:
-    """Warm-up task: imports what the round's tasks will import; returns host and pid.
-
-    ``hold_s`` keeps the worker busy a moment so that concurrent warm-up tasks
-    spread over idle workers instead of queueing on the first one.
+    With ``barrier`` (a directory the slots share) the task marks itself there and
+    waits until ``expected`` tasks have, at most ``max_wait`` seconds: a slot runs one
+    task at a time, so ``expected`` concurrent warm-up tasks occupy ``expected``
+    distinct slots. Without a reachable barrier it holds ``max_wait`` seconds.
     """
     import importlib
 
     for name in modules:
         importlib.import_module(name)
-    time.sleep(hold_s)
-    return socket.gethostname(), os.getpid()
+    if workload is not None:
+        warm_data(workload)
+    host, pid = socket.gethostname(), os.getpid()
+    deadline = time.monotonic() + max_wait
+    if barrier is not None and os.path.isdir(barrier):
+        open(os.path.join(barrier, f"{host}-{pid}-{time.monotonic_ns()}"), "w").close()
+        while len(os.listdir(barrier)) < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:
+        time.sleep(max_wait)
+    return host, pid
 
 
-def _result(kind: str, node: str, worker: int | None, round_idx: int, started: float, **values: object) -> TaskResult:
+def _result(kind: str, node: str, round_idx: int, started: float, **values: Any) -> TaskResult:
     return TaskResult(
         kind=kind,
         node=node,
-        worker=worker,
         round=round_idx,
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -95,75 +82,121 @@ def _result(kind: str, node: str, worker: int | None, round_idx: int, started: f
         finished=time.time(),
         rss_mb=rss_mb(),
         peak_rss_mb=lifetime_peak_rss_mb(),
-        **values,  # type: ignore[arg-type]
+        thread=threading.get_native_id(),
+        **values,
     )
 
 
-def train_task(ref: Ref, round_idx: int, worker: int, workload: Workload, settings: LocalSettings) -> TaskResult:
-    """One worker's part of one round: resolve the global model, train, reply."""
-    started = time.time()
-    weights, get_s, deserialize_s = ref.resolve()
-    t1 = time.perf_counter()
+def _train_one(
+    weights: FlatWeights, workload: Workload, settings: LocalSettings, client: int, round_idx: int,
+    state: ClientState | None,
+) -> tuple[FlatWeights, ClientOutcome]:
+    """One client's local training from ``weights`` (or the weights back, in debug mode)."""
+    started, t0 = time.time(), time.perf_counter()
     if workload.mode == "none":
         out, samples, loss, acc, cpu_s = weights, 1, math.nan, math.nan, 0.0
     else:
         from flight_parsl.worker.training import train_local
 
-        out, samples, loss, acc, cpu_s = train_local(weights, workload, settings, worker, round_idx)
+        out, samples, loss, acc, cpu_s = train_local(weights, workload, settings, client, round_idx, state)
     if settings.slowdown > 1.0:
-        # Injected heterogeneity: this worker's training takes `slowdown` times as long. Based on
-        # the loop's CPU time, so neither first-task setup nor CPU contention is multiplied.
+        # Injected heterogeneity: based on the loop's CPU time, so neither first-use
+        # set-up nor CPU contention is multiplied.
         time.sleep((settings.slowdown - 1.0) * cpu_s)
-    compute_s = time.perf_counter() - t1
-    payload, serialize_s, put_s = ref.reply(out)
+    if settings.return_delta:
+        out = out.like(out.buffer - weights.buffer)
+    return out, ClientOutcome(client, samples, started, time.time(), time.perf_counter() - t0, loss, acc)
+
+
+def train_task(
+    ref: Ref,
+    round_idx: int,
+    node: str,
+    clients: Sequence[tuple[int, LocalSettings]],
+    workload: Workload,
+    fold: Any = None,
+    state: ClientState | None = None,
+    faults: Faults | None = None,
+    attempt: int = 0,
+) -> TaskResult:
+    """Train ``clients`` one after the other from the global model ``ref``.
+
+    Args:
+        fold: a linear strategy (its ``aggregator``) to fold the clients into one
+            partial in the slot; None returns every client's result.
+        state: the run's per-client state, for clients whose settings keep some.
+        faults: injected faults (first attempt only).
+    """
+    started = time.time()
+    weights, get_s, deserialize_s = ref.resolve()
+    t0 = time.perf_counter()
+    partial = fold.aggregator(weights) if fold is not None else None
+    outputs: list[tuple[Ref, float]] = []
+    outcomes: list[ClientOutcome] = []
+    serialize_s = put_s = 0.0
+    for client, settings in clients:
+        inject(faults, round_idx, client, attempt)
+        out, outcome = _train_one(weights, workload, settings, client, round_idx, state)
+        outcomes.append(outcome)
+        if partial is not None:
+            partial.add(out, outcome.samples)
+        else:
+            payload, s, p = ref.reply(out)
+            serialize_s, put_s = serialize_s + s, put_s + p
+            outputs.append((payload, outcome.samples))
+        del out
+    if partial is not None:
+        payload, serialize_s, put_s = ref.reply(partial.result())
+        outputs.append((payload, partial.total))
+    compute_s = time.perf_counter() - t0 - serialize_s - put_s
     return _result(
-        "train", f"worker-{worker}", worker, round_idx, started,
+        "train", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=ref.nbytes, bytes_out=payload.nbytes, samples=samples, train_loss=loss, train_acc=acc, payload=payload,
+        bytes_in=ref.nbytes, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
     )
 
 
-def aggregate_task(refs: list[Ref], samples: list[int], round_idx: int, node: str) -> TaskResult:
-    """An aggregator node: the sample-weighted mean of its children, as one partial result.
+def aggregate_task(children: list[tuple[Ref, float]], strategy: Any, round_idx: int, node: str) -> TaskResult:
+    """An aggregator node: its children's results folded by the strategy's aggregator.
 
-    Children are folded in one at a time (O(model) memory); the partial carries
-    the children's total samples so that its parent weights it exactly.
+    Children are resolved and dropped one at a time (popped from the list, so no
+    reference keeps a resolved model alive): the task holds one child model and
+    the accumulator, whatever its branching. The partial's weight is the children's
+    total, so its parent folds it exactly.
     """
     started = time.time()
-    if not refs:
+    if not children:
         raise ValueError(f"aggregator {node} got no child result in round {round_idx + 1}")
-    get_s = deserialize_s = t_compute = 0.0
-    mean: WeightedMean | None = None
-    for ref, n in zip(refs, samples):
+    get_s = deserialize_s = compute_s = 0.0
+    bytes_in = 0
+    partial = None
+    while children:  # the last child's reference also carries the reply
+        ref, weight = children.pop()
         weights, g, d = ref.resolve()
-        get_s += g
-        deserialize_s += d
+        get_s, deserialize_s, bytes_in = get_s + g, deserialize_s + d, bytes_in + ref.nbytes
         t0 = time.perf_counter()
-        mean = mean or WeightedMean(weights)
-        mean.add(weights, n)
-        t_compute += time.perf_counter() - t0
+        partial = partial or strategy.aggregator(weights)
+        partial.add(weights, weight)
+        compute_s += time.perf_counter() - t0
         del weights
-    assert mean is not None
     t0 = time.perf_counter()
-    result = mean.result()
-    t_compute += time.perf_counter() - t0
-    payload, serialize_s, put_s = refs[0].reply(result)
+    result = partial.result()
+    compute_s += time.perf_counter() - t0
+    payload, serialize_s, put_s = ref.reply(result)
     return _result(
-        "aggregate", node, None, round_idx, started,
-        get_s=get_s, deserialize_s=deserialize_s, compute_s=t_compute, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=sum(r.nbytes for r in refs), bytes_out=payload.nbytes, samples=int(mean.total),
-        train_loss=math.nan, train_acc=math.nan, payload=payload,
+        "aggregate", node, round_idx, started,
+        get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
+        bytes_in=bytes_in, bytes_out=payload.nbytes, outputs=[(payload, partial.total)],
     )
 
 
 def relay_task(ref: Ref, round_idx: int, node: str) -> TaskResult:
-    """An aggregator node passing the global model down: fetch it once, republish it for its children."""
+    """An aggregator node passing the global model down: fetch it once, republish it."""
     started = time.time()
     weights, get_s, deserialize_s = ref.resolve()
     payload, serialize_s, put_s = ref.reply(weights)
     return _result(
-        "relay", node, None, round_idx, started,
+        "relay", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=0.0, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=ref.nbytes, bytes_out=payload.nbytes, samples=0, train_loss=math.nan, train_acc=math.nan,
-        payload=payload,
+        bytes_in=ref.nbytes, bytes_out=payload.nbytes, outputs=[(payload, 0.0)],
     )

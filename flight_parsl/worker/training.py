@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from flight_parsl.data.shards import load_shard
 from flight_parsl.core.model_spec import ModelSpec
 from flight_parsl.models import build_model
-from flight_parsl.fl.strategies import LocalSettings
-from flight_parsl.worker.tasks import Workload
+from flight_parsl.core.types import LocalSettings, Workload
 from flight_parsl.core.weights import FlatWeights
+from flight_parsl.transfer.state import ClientState
 
 _LOCAL = threading.local()
 
@@ -50,10 +50,35 @@ def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float)
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))  # type: ignore[return-value]
 
 
+def load_momentum(opt: torch.optim.SGD, model: torch.nn.Module, data: bytes) -> None:
+    """Set the optimizer's momentum buffers from a client's saved state."""
+    saved = FlatWeights.from_bytes(data)
+    for name, p in model.named_parameters():
+        opt.state[p]["momentum_buffer"] = torch.from_numpy(saved.view(name).copy())
+
+
+def save_momentum(opt: torch.optim.SGD, model: torch.nn.Module) -> bytes:
+    """The optimizer's momentum buffers (zeros where none yet), as a client's state blob."""
+    buffers = {}
+    for name, p in model.named_parameters():
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        buffers[name] = torch.zeros_like(p) if buf is None else buf
+    return FlatWeights.from_state_dict(buffers).to_bytes()
+
+
 def train_local(
-    weights: FlatWeights, workload: Workload, settings: LocalSettings, worker: int, round_idx: int
+    weights: FlatWeights,
+    workload: Workload,
+    settings: LocalSettings,
+    client: int,
+    round_idx: int,
+    state: ClientState | None = None,
 ) -> tuple[FlatWeights, int, float, float, float]:
-    """Train from ``weights`` on ``worker``'s shard.
+    """Train from ``weights`` on ``client``'s shard.
+
+    With ``settings.keep_momentum`` the client's SGD momentum buffer is read from
+    ``state`` before training and written back after it, so it persists across
+    the rounds the client takes part in.
 
     Returns:
         The new weights, the shard size, mean loss and accuracy over the batches of
@@ -62,15 +87,22 @@ def train_local(
     """
     torch.set_num_threads(workload.threads)
     x, y = load_shard(
-        workload.dataset, workload.data_root, workload.partition, workload.num_clients, worker, workload.seed
+        workload.dataset, workload.data_root, workload.partition, workload.num_clients, client, workload.seed
     )
     xt, yt = _tensor(x), _tensor(y)
     model = cached_model(workload.model)
     weights.load_into(model)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    keep = settings.keep_momentum and settings.momentum > 0
+    if keep:
+        if state is None:
+            raise ValueError("keep_momentum needs the run's client state")
+        saved = state.get(client)
+        if saved is not None:
+            load_momentum(opt, model, saved)
     anchor = [p.detach().clone() for p in model.parameters()] if settings.prox_mu > 0 else None
-    rng = np.random.default_rng([workload.seed, round_idx, worker])
+    rng = np.random.default_rng([workload.seed, round_idx, client])
     n = len(yt)
     batch = n if settings.full_batch else settings.batch_size
     steps = 0
@@ -97,9 +129,25 @@ def train_local(
         if settings.max_steps is not None and steps >= settings.max_steps:
             break
     cpu_s = time.thread_time() - cpu0
+    if keep:
+        state.put(client, save_momentum(opt, model))  # type: ignore[union-attr]
     loss_mean = loss_sum / seen if seen else math.nan
     acc = correct / seen if seen else math.nan
     return FlatWeights.from_model(model), n, loss_mean, acc, cpu_s
+
+
+def warm_up(workload: Workload) -> None:
+    """Load the data and build this thread's model, then take one throwaway training step
+    on two samples, so that a client's first round pays none of these one-time costs."""
+    torch.set_num_threads(workload.threads)
+    x, y = load_shard(workload.dataset, workload.data_root, workload.partition, workload.num_clients, 0, workload.seed)
+    model = cached_model(workload.model)
+    weights = FlatWeights.from_model(model)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    F.cross_entropy(model(_tensor(x[:2])), _tensor(y[:2])).backward()
+    opt.step()  # the first step of a process imports more of torch
+    weights.load_into(model)
 
 
 @torch.no_grad()

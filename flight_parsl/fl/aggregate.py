@@ -1,0 +1,108 @@
+"""Streaming aggregation: fold results in one at a time, in O(model) memory.
+
+Linear aggregators (a weighted mean) can be folded anywhere: in the slot over the
+clients of a task, in aggregator tasks over their children, and at the coordinator
+over partials, with the same result as one flat fold: a partial is its mean and its
+total weight. Non-linear ones (a coordinate-wise median) need every client's result.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from flight_parsl.core.weights import FlatWeights
+
+
+class Aggregator(Protocol):
+    """Folds results in one at a time."""
+
+    def add(self, weights: FlatWeights, weight: float) -> None:
+        """Fold in one result (a client's weights, or a partial) with its weight."""
+
+    def result(self) -> FlatWeights:
+        """The aggregate of everything added."""
+
+    @property
+    def count(self) -> int:
+        """How many results were added."""
+
+    @property
+    def total(self) -> float:
+        """Sum of the weights added: the weight of :meth:`result` when folded again."""
+
+
+def _check(template: FlatWeights, weights: FlatWeights, weight: float) -> None:
+    if weights.layout != template.layout:
+        raise ValueError("result weights do not match the global model's layout")
+    if weight <= 0:
+        raise ValueError(f"weight must be > 0, got {weight}")
+
+
+class WeightedMean:
+    """Streaming weighted mean of flat buffers (float64 accumulator)."""
+
+    def __init__(self, template: FlatWeights) -> None:
+        self._template = template
+        self._acc = np.zeros(template.layout.size, dtype=np.float64)
+        self._scratch: np.ndarray | None = None
+        self._total = 0.0
+        self._count = 0
+
+    def add(self, weights: FlatWeights, weight: float) -> None:
+        _check(self._template, weights, weight)
+        if weight == 1:  # cast-and-add in place: no model-sized temporary
+            np.add(self._acc, weights.buffer, out=self._acc)
+        else:
+            if self._scratch is None:
+                self._scratch = np.empty_like(self._acc)
+            np.multiply(weights.buffer, weight, out=self._scratch)
+            self._acc += self._scratch
+        self._total += weight
+        self._count += 1
+
+    @property
+    def total(self) -> float:
+        return self._total
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def result(self) -> FlatWeights:
+        if self._count == 0:
+            raise ValueError("no result to aggregate")
+        out = np.empty(self._acc.shape, dtype=self._template.buffer.dtype)
+        np.divide(self._acc, self._total, out=out, casting="same_kind")  # no float64 temporary
+        return self._template.like(out)
+
+
+class CoordinateMedian:
+    """Coordinate-wise median of the results (weights ignored): robust, not linear.
+
+    Holds every result (O(clients x model)), so tasks must return per-client results.
+    """
+
+    def __init__(self, template: FlatWeights) -> None:
+        self._template = template
+        self._rows: list[np.ndarray] = []
+        self._total = 0.0
+
+    def add(self, weights: FlatWeights, weight: float) -> None:
+        _check(self._template, weights, weight)
+        self._rows.append(np.array(weights.buffer, dtype=np.float32, copy=True))
+        self._total += weight
+
+    @property
+    def total(self) -> float:
+        return self._total
+
+    @property
+    def count(self) -> int:
+        return len(self._rows)
+
+    def result(self) -> FlatWeights:
+        if not self._rows:
+            raise ValueError("no result to aggregate")
+        return self._template.like(np.median(np.stack(self._rows), axis=0))

@@ -1,0 +1,58 @@
+"""What each engine mode asks of a strategy: one hook per step (Flower-style).
+
+Synchronous strategies (:class:`SyncStrategy`) sample the round's clients,
+configure each client's local training, give the aggregator that folds results as
+they arrive, and turn the folded results plus the round's failures into the next
+global model. ``linear`` says the aggregator is a weighted mean: the engine then
+folds a task's clients in the slot and an aggregator's children in the tree, so a
+round moves O(tasks) models instead of O(clients).
+
+Asynchronous strategies (:class:`AsyncStrategy`) see one update at a time and say
+whether it produced a new global model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from flight_parsl.core.types import Failure, LocalSettings
+from flight_parsl.core.weights import FlatWeights
+from flight_parsl.fl.aggregate import Aggregator
+
+
+class SyncStrategy(Protocol):
+    """A synchronous strategy (FedAvg, FedSGD, FedProx, FedMedian)."""
+
+    name: str
+    linear: bool
+
+    def sample(self, round_idx: int, num_clients: int, rng: np.random.Generator) -> list[int]:
+        """The clients of round ``round_idx``, sorted, from a population of ``num_clients``."""
+
+    def configure(self, round_idx: int, client: int, base: LocalSettings) -> LocalSettings:
+        """Local settings of ``client`` in round ``round_idx``."""
+
+    def aggregator(self, global_weights: FlatWeights) -> Aggregator:
+        """A fresh aggregator for one round (or one task's clients, or one tree node)."""
+
+    def aggregate(
+        self, round_idx: int, global_weights: FlatWeights, folded: Aggregator, failures: Sequence[Failure]
+    ) -> FlatWeights:
+        """The next global model from everything folded and the round's failures."""
+
+
+class AsyncStrategy(Protocol):
+    """An asynchronous strategy (FedAsync, FedBuff)."""
+
+    name: str
+
+    def configure(self, update_idx: int, client: int, base: LocalSettings) -> LocalSettings:
+        """Local settings of ``client``'s next task (``update_idx``: updates folded so far)."""
+
+    def on_update(
+        self, global_weights: FlatWeights, update: FlatWeights, weight: float, staleness: int
+    ) -> FlatWeights | None:
+        """Fold one client update; return the new global model, or None while buffering."""
