@@ -1,6 +1,27 @@
 """flight_parsl: federated learning on Parsl, from a laptop to PBS Pro and Slurm clusters.
 
-The package root stays light: it must not import torch, because workers of a
+Four words carry the design. A *client* is a logical FL participant (an id, a
+data shard, optional state that persists across rounds); a run has 1 to 10^5+.
+A *slot* is one worker process (an HTEX worker). A *task* runs one or more
+clients of one round on one slot and, for a linear strategy, folds them into one
+partial before it returns. A *plan* is a round's clients packed into tasks; the
+round policy (deadline, quorum, retries) decides when the round closes, and
+failures are outcomes handed to the strategy.
+
+Subpackages, coordinator side first:
+
+- ``config``: the experiment config; ``cli``: ``python -m flight_parsl.scale``, sweeps.
+- ``engine``: the sync and async loops, the planner, the completion queue, the
+  run context, the run directory, the runner.
+- ``execution``: Parsl / thread / process backends and their slots, site YAML.
+- ``topology``: trees and the communication-cost model.
+- ``fl``: strategies (one hook per step), aggregation, sampling, the round policy.
+- ``transfer``: how weights travel (in the task, or through ProxyStore), client state.
+- ``worker``: the task bodies that run on slots; imports only ``core``, ``fl``,
+  ``transfer``, ``data`` and ``models`` (a test checks it).
+- ``core``: types both sides share; ``data``, ``models``: datasets and models.
+
+The package root stays light: it must not import torch, because slots of a
 no-training ("debug") round import ``flight_parsl.worker.tasks`` and nothing more.
 """
 
