@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", help="fedavg (default), fedsgd, fedprox, or fedasync (with --mode async)")
     p.add_argument("--mode", choices=["sync", "async"], help="synchronous rounds (default) or asynchronous updates")
     p.add_argument("--topology", help="flat (default), tree:HEIGHT (balanced, --workers leaves) or a topology YAML")
-    p.add_argument("--transfer", help="model channel: parsl (default), redis, file; a comma list sweeps")
+    p.add_argument("--transfer", help="model channel: auto (default: file on this host, else parsl), parsl, redis, file; a comma list sweeps")
     p.add_argument("--trials", type=int, help="repeat each sweep cell this many times (sweep)")
     p.add_argument("--results", help="results table to append to (sweep; default <out>/results.csv)")
     p.add_argument("--redis", metavar="HOST:PORT", help="use this Redis server (default: start one on loopback)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig, parse_slots, validate
+from flight_parsl.config.experiment import ExperimentConfig, parse_slots, resolve_transfer, validate
 from flight_parsl.core.errors import FlightParslError
 from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
@@ -59,6 +59,7 @@ def cell_config(base: ExperimentConfig, out_root: Path, workers: int, model: str
         transfer=replace(base.transfer, kind=transfer),
     )
     validate(cfg)
+    cfg.transfer.kind = resolve_transfer(cfg)
     return cfg
 
 

@@ -129,12 +129,14 @@ class FaultsConfig:
 class TransferConfig:
     """How model weights travel (see flight_parsl.transfer).
 
+    ``kind``: ``auto`` (the default) picks ``file`` when every slot runs on this
+    host (a local site, or the thread / process backends), else ``parsl``.
     ``redis``: ``HOST:PORT`` of a running server; unset starts a managed one on
     loopback. ``file_dir``: a directory every worker sees; unset uses /dev/shm
     (or the temp dir). ``cache_size``: objects each worker process keeps resolved.
     """
 
-    kind: str = "parsl"
+    kind: str = "auto"
     redis: str | None = None
     file_dir: str | None = None
     cache_size: int = 1
@@ -284,7 +286,20 @@ def build_config(
     for text in overrides or []:
         _apply(cfg, parse_override(text))
     validate(cfg)
+    cfg.transfer.kind = resolve_transfer(cfg)
     return cfg
+
+
+def resolve_transfer(cfg: ExperimentConfig) -> str:
+    """The transfer ``auto`` stands for: ``file`` (a directory in memory every slot sees)
+    when all slots run on this host, else ``parsl`` (weights inside the tasks)."""
+    if cfg.transfer.kind != "auto":
+        return cfg.transfer.kind
+    if cfg.backend != "parsl":
+        return "file"
+    from flight_parsl.execution.site import load_site
+
+    return "file" if load_site(cfg.parsl_config)["provider"]["kind"] == "local" else "parsl"
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -317,8 +332,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise unknown_name("dataset", cfg.data.dataset, dataset_names())
     from flight_parsl.transfer import TRANSFER_KINDS
 
-    if cfg.transfer.kind not in TRANSFER_KINDS:
-        raise unknown_name("transfer", cfg.transfer.kind, TRANSFER_KINDS)
+    if cfg.transfer.kind not in TRANSFER_KINDS + ("auto",):
+        raise unknown_name("transfer", cfg.transfer.kind, TRANSFER_KINDS + ("auto",))
     if cfg.transfer.cache_size < 0:
         raise ConfigError(f"config key 'transfer.cache_size' must be >= 0, got {cfg.transfer.cache_size!r}")
     if cfg.transfer.redis is not None:

@@ -140,15 +140,14 @@ class SyncRound:
         tree: Topology | None,
     ) -> None:
         self.ctx, self.planner, self.clock, self.r = ctx, planner, clock, round_idx
-        self.weights, self.sampled, self.tree = weights, clients, tree
+        self.sampled, self.tree = clients, tree
         strategy = ctx.exp.strategy
         self.fold = strategy if strategy.linear and ctx.cfg.plan.preaggregate else None
         self.root_agg = strategy.aggregator(weights)
         self.queue: CompletionQueue[_Job] = CompletionQueue(ctx.executor)
         self.stats = _Stats()
-        self.groups = self._groups()
         self.tasks_of: dict[str, list[TaskSpec]] = {}
-        for spec in planner.plan(self.groups):
+        for spec in planner.plan(self._groups()):
             self.tasks_of.setdefault(spec.node, []).append(spec)
         self.waiting: dict[str, int] = {}  # aggregator -> children without an outcome yet
         self.parts: dict[str, list[_Part]] = {}  # aggregator -> its children's results
@@ -268,17 +267,16 @@ class SyncRound:
                 self.stats.bytes_from += res.bytes_out
                 self.stats.losses += [c.train_loss for c in res.clients]
                 self.stats.accs += [c.train_acc for c in res.clients]
-                parts = self._train_parts(res, job)
+                parts = self._train_parts(res, job.clients)
             else:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
             collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
         self.ctx.recorder.task_rows(result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle))
         self.ctx.progress.task_done(self.r, len(self.folded), len(self.sampled))
 
-    @staticmethod
-    def _train_parts(res: TaskResult, job: _Job) -> list[_Part]:
-        if len(res.outputs) == 1 and len(res.clients) != 1:  # one folded partial
-            return [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
+    def _train_parts(self, res: TaskResult, clients: tuple[int, ...]) -> list[_Part]:
+        if self.fold is not None:  # one partial of all the task's clients
+            return [_Part(res.outputs[0][0], res.outputs[0][1], clients)]
         return [_Part(ref, w, (c.client,)) for (ref, w), c in zip(res.outputs, res.clients)]
 
     def _pass_up(self, parent: str, parts: list[_Part]) -> float:
