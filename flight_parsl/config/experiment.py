@@ -344,7 +344,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise unknown_name("strategy", cfg.strategy.name, strategy_names())
     _validate_modes(cfg)
     _validate_engine(cfg)
-    from flight_parsl.models import model_names  # imports torch: the coordinator has it
+    from flight_parsl.core.model_spec import model_names
 
     if cfg.model.name not in model_names():
         raise unknown_name("model", cfg.model.name, model_names())

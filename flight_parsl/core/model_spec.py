@@ -22,3 +22,24 @@ class ModelSpec:
     image_size: int
     num_classes: int
     extra_blocks: int = 0
+
+
+#: Every model of the zoo (flight_parsl.models) at its reference (published) size.
+REFERENCE_SPECS: dict[str, ModelSpec] = {
+    "tiny": ModelSpec("tiny", 1, 1, 1),
+    "smallnet": ModelSpec("smallnet", 3, 32, 10),
+    "fedprox_cnn": ModelSpec("fedprox_cnn", 1, 28, 10),
+    "logreg": ModelSpec("logreg", 1, 28, 10),
+    "mlp": ModelSpec("mlp", 1, 28, 10),
+    "lenet5": ModelSpec("lenet5", 1, 28, 10),
+    "cnn_blocks": ModelSpec("cnn_blocks", 1, 28, 10, extra_blocks=1),
+    "squeezenet1_0": ModelSpec("squeezenet1_0", 3, 224, 1000),
+    "resnet18": ModelSpec("resnet18", 3, 224, 1000),
+    "resnet50": ModelSpec("resnet50", 3, 224, 1000),
+    "resnet152": ModelSpec("resnet152", 3, 224, 1000),
+}
+
+
+def model_names() -> list[str]:
+    """The model names ``--model`` accepts, sorted (checked without importing torch)."""
+    return sorted(REFERENCE_SPECS)

@@ -410,8 +410,9 @@ def run_sync(ctx: RunContext) -> RunResult:
             t0 = time.perf_counter()
             weights = exp.strategy.aggregate(r, weights, rnd.root_agg, rnd.failures)
             rnd.stats.aggregate_s += time.perf_counter() - t0
+        end = time.time()  # the aggregate is ready: before the round's keys are evicted
+        if ok >= quorum:
             ctx.transfer.end_round(r)  # below the quorum the run stops; closing the transfer evicts it
-        end = time.time()
         slowest = max(slowest or 0.0, end - start)
         for slot, peak in rnd.peaks.items():
             peaks[slot] = max(peaks.get(slot, 0.0), peak)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from flight_parsl.core.errors import ConfigError, unknown_name
-from flight_parsl.core.model_spec import ModelSpec  # re-exported: one class, importable without torch
+from flight_parsl.core.model_spec import REFERENCE_SPECS, ModelSpec, model_names  # torch-free; re-exported
 
 __all__ = [
     "ModelSpec",
@@ -545,24 +545,8 @@ _BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "resnet152": _build_resnet152,
 }
 
-_REFERENCE: dict[str, ModelSpec] = {
-    "tiny": ModelSpec("tiny", 1, 1, 1),
-    "smallnet": ModelSpec("smallnet", 3, 32, 10),
-    "fedprox_cnn": ModelSpec("fedprox_cnn", 1, 28, 10),
-    "logreg": ModelSpec("logreg", 1, 28, 10),
-    "mlp": ModelSpec("mlp", 1, 28, 10),
-    "lenet5": ModelSpec("lenet5", 1, 28, 10),
-    "cnn_blocks": ModelSpec("cnn_blocks", 1, 28, 10, extra_blocks=1),
-    "squeezenet1_0": ModelSpec("squeezenet1_0", 3, 224, 1000),
-    "resnet18": ModelSpec("resnet18", 3, 224, 1000),
-    "resnet50": ModelSpec("resnet50", 3, 224, 1000),
-    "resnet152": ModelSpec("resnet152", 3, 224, 1000),
-}
-
-
-def model_names() -> list[str]:
-    """Return the registered model names, sorted."""
-    return sorted(_BUILDERS)
+if set(_BUILDERS) != set(REFERENCE_SPECS):  # one list of names, kept torch-free in core.model_spec
+    raise RuntimeError("model builders and reference specs disagree")
 
 
 def reference_spec(name: str) -> ModelSpec:
@@ -572,7 +556,7 @@ def reference_spec(name: str) -> ModelSpec:
         ConfigError: ``name`` is not a registered model.
     """
     try:
-        return _REFERENCE[name]
+        return REFERENCE_SPECS[name]
     except KeyError:
         raise unknown_name("model", name, model_names()) from None
 
