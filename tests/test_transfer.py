@@ -146,7 +146,7 @@ def test_redis_dying_mid_run_stops_with_a_clear_error_and_keeps_round_one(make_c
 def test_bad_transfer_config_is_named() -> None:
     from flight_parsl.config.experiment import build_config
 
-    with pytest.raises(ConfigError, match="unknown transfer 'ftp'; valid names: file, parsl, redis"):
+    with pytest.raises(ConfigError, match="unknown transfer 'ftp'; valid names: auto, file, parsl, redis"):
         build_config(overrides=["transfer.kind=ftp"])
     with pytest.raises(ConfigError, match="invalid Redis address 'nohost'"):
         build_config(overrides=["transfer.redis=nohost"])
