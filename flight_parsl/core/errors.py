@@ -6,6 +6,7 @@ exits non-zero without a traceback.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
 
 
@@ -31,6 +32,20 @@ class TransferError(FlightParslError):
 
 class TaskError(FlightParslError):
     """A task on a worker failed; the message names the worker and the round."""
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM: walltime, ``scancel``, ``kill``) stopped the run.
+
+    Not a :class:`FlightParslError`: it subclasses KeyboardInterrupt so that a run stops
+    exactly as on Ctrl-C, through every ``finally`` and context manager on the way out
+    (the DataFlowKernel, a managed redis-server, a file channel's directory). The
+    message names the signal.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
 
 
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> ConfigError:

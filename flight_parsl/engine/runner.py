@@ -111,8 +111,8 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             **idle_summary(result.clock),
         )
         recorder.finish("completed")
-    except KeyboardInterrupt:
-        recorder.finish("interrupted", "interrupted by the user")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as core.errors.Terminated (its text names the signal)
+        recorder.finish("interrupted", str(exc) or "interrupted by the user")
         raise
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")
