@@ -86,12 +86,15 @@ class TransferConfig:
     ``redis``: ``HOST:PORT`` of a running server; unset starts a managed one on
     loopback. ``file_dir``: a directory every worker sees; unset uses /dev/shm
     (or the temp dir). ``cache_size``: objects each worker process keeps resolved.
+    ``redis_timeout``: seconds every Redis client waits to connect and for each reply;
+    a server that stops answering fails the run with its address after this long.
     """
 
     kind: str = "parsl"
     redis: str | None = None
     file_dir: str | None = None
     cache_size: int = 1
+    redis_timeout: float = 30.0
 
 
 @dataclass
@@ -270,6 +273,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
     if cfg.transfer.kind not in TRANSFER_KINDS:
         raise unknown_name("transfer", cfg.transfer.kind, TRANSFER_KINDS)
+    positive("transfer.redis_timeout", cfg.transfer.redis_timeout)
     if cfg.transfer.cache_size < 0:
         raise ConfigError(f"config key 'transfer.cache_size' must be >= 0, got {cfg.transfer.cache_size!r}")
     if cfg.transfer.redis is not None:

@@ -89,7 +89,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             )
             t = cfg.transfer
             # The channel opens first: an unreachable Redis fails before Parsl starts.
-            with open_transfer(t.kind, t.redis, t.file_dir, t.cache_size) as transfer, _backend(
+            with open_transfer(t.kind, t.redis, t.file_dir, t.cache_size, t.redis_timeout) as transfer, _backend(
                 cfg, out, recorder, backend
             ) as active:
                 recorder.update(executor=active.description)
