@@ -9,6 +9,8 @@ key, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -317,6 +319,29 @@ def _validate_modes(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'strategy.staleness': unknown {s.staleness!r}; valid: constant, polynomial")
     if cfg.train.slowdown_max < 1:
         raise ConfigError(f"config key 'train.slowdown_max' must be >= 1, got {cfg.train.slowdown_max!r}")
+
+
+#: Keys that say where a run writes or finds things, not what it runs: left out of config_hash,
+#: so a sweep resumed in a new job (another head node's Redis, other scratch paths) finds its cells.
+LOCATION_KEYS = ("out", "data.root", "transfer.redis", "transfer.file_dir")
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """A stable 16-hex-digit hash of the resolved config, without :data:`LOCATION_KEYS`.
+
+    Two configs have the same hash exactly when they run the same experiment (workers,
+    rounds, seed, model, data, training, strategy, topology, transfer kind, site...);
+    the sweep's results table keys its resume on it.
+    """
+    values = cfg.to_dict()
+    for key in LOCATION_KEYS:
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node[part]
+        node.pop(leaf)
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def save_yaml(cfg: ExperimentConfig, path: str | Path) -> None:
