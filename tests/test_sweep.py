@@ -78,6 +78,10 @@ def test_resume_matches_the_whole_cell_config(tmp_path, capsys) -> None:
     rows = read_rows(results)
     assert [r["rounds"] for r in rows] == ["1", "2", "1", "1"]
     assert all(r["status"] == "ok" for r in rows)
+    for r in rows:  # the machine's memory rise during the run sits beside the per-process peaks
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert float(r["peak_machine_mb"]) == summary["peak_machine_mb"] >= 0
+        assert float(r["peak_rss_mb"]) == summary["peak_rss_mb_coordinator"] > 0
     hashes = [r["config_hash"] for r in rows]
     assert len(set(hashes)) == 4 and all(len(h) == 16 for h in hashes)
     # each run kept its own directory: a cell that runs again does not overwrite an earlier one

@@ -102,6 +102,7 @@ def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) ->
         "bytes_moved": bytes_moved,
         "peak_rss_mb": summary.get("peak_rss_mb_coordinator", ""),
         "peak_rss_workers_mb": summary.get("peak_rss_mb_workers_total", ""),
+        "peak_machine_mb": summary.get("peak_machine_mb", ""),
         "status": status,
         "run_dir": str(run_dir),
         "config_hash": config_hash(cfg),

@@ -106,6 +106,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
             round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
             peak_rss_mb_coordinator=memory.peak_mb,
+            peak_machine_mb=memory.peak_machine_mb,
             peak_rss_mb_worker=max(result.worker_peak_rss_mb.values()),
             peak_rss_mb_workers_total=sum(result.worker_peak_rss_mb.values()),
             **idle_summary(result.clock),

@@ -21,6 +21,9 @@ Columns:
     bytes_moved: model payload bytes sent and received, all rounds.
     peak_rss_mb: peak RSS of the coordinator/server process.
     peak_rss_workers_mb: sum over worker/client processes of each one's peak RSS.
+    peak_machine_mb: flight_parsl: rise of the machine's used memory (MemTotal -
+        MemAvailable) during the run, peak minus start; counts pages shared between
+        processes once, which the per-process figures above count in each process.
     status: ``ok`` or ``failed: <reason>``.
     run_dir: where the run's own files are.
     config_hash: flight_parsl: hash of the run's resolved config without where it writes
@@ -52,6 +55,7 @@ COLUMNS = (
     "bytes_moved",
     "peak_rss_mb",
     "peak_rss_workers_mb",
+    "peak_machine_mb",
     "status",
     "run_dir",
     "config_hash",
