@@ -52,7 +52,8 @@ def quiet_window() -> PeakSampler:
 
 def test_machine_used_memory_is_read_from_meminfo() -> None:
     used = machine_used_mb()
-    total_kb = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal:")).split()[1])
+    with open("/proc/meminfo") as f:
+        total_kb = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
     assert used is not None and 0 < used < total_kb / 1024
 
 

@@ -87,7 +87,7 @@ def store_location(proxy: Any) -> str:
 
     try:
         connector = get_factory(proxy).get_store().connector
-    except Exception:  # the message being built is about a failure already
+    except Exception:  # noqa: BLE001 - the message being built is about a failure already
         return "its store"
     if isinstance(connector, RedisConnector):
         from flight_parsl.transfer.redis_server import RedisAddress

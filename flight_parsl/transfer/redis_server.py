@@ -481,9 +481,9 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "ManagedRedis",
     "RedisAddress",
-    "DEFAULT_TIMEOUT",
     "check_reachable",
     "count_keys",
     "redis_available",
