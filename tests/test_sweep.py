@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flight_parsl.results.table import COLUMNS, append_row, done_cells, read_rows
+from flight_parsl.cli.scale import main
+from flight_parsl.config.experiment import build_config, config_hash
+from flight_parsl.results.table import COLUMNS, append_row, done_cells, done_configs, read_rows
 
 
 def sweep(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -44,15 +46,75 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path) -> None:
     assert again.stderr.count("already done") == 16
 
 
-def test_only_missing_cells_run_again(tmp_path) -> None:
+def test_only_missing_cells_run_again(tmp_path, capsys) -> None:
     results = tmp_path / "table.csv"
-    append_row(results, {"framework": "flight_parsl", "model": "tiny", "num_workers": 2, "transfer": "parsl", "trial": 0, "status": "ok"})
-    append_row(results, {"framework": "flight_parsl", "model": "tiny", "num_workers": 2, "transfer": "file", "trial": 0, "status": "failed: x"})
-    done = sweep(tmp_path / "s", "--backend", "thread", "--workers", "2", "--model", "tiny", "--transfer", "parsl,file", "--results", str(results))
-    assert done.returncode == 0, done.stderr
+    args = ["--backend", "thread", "--train", "none", "--rounds", "1", "--workers", "2", "--model", "tiny", "--results", str(results)]
+    assert main([*args, "--transfer", "parsl", "--out", str(tmp_path / "s")]) == 0
+    (done,) = read_rows(results)
+    append_row(results, {**done, "transfer": "file", "status": "failed: x", "config_hash": ""})
+    assert main([*args, "--transfer", "parsl,file", "--out", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().err.count("already done") == 1
     rows = read_rows(results)
     assert [(r["transfer"], r["status"]) for r in rows] == [("parsl", "ok"), ("file", "failed: x"), ("file", "ok")]
     assert done_cells(results) == {("flight_parsl", "tiny", 2, "parsl", 0), ("flight_parsl", "tiny", 2, "file", 0)}
+
+
+def test_resume_matches_the_whole_cell_config(tmp_path, capsys) -> None:
+    results = tmp_path / "results.csv"
+    out = tmp_path / "s"
+    args = ["--backend", "thread", "--train", "none", "--workers", "2", "--model", "tiny", "--out", str(out), "--results", str(results)]
+
+    def run(*extra: str) -> int:
+        """Run the sweep; the number of cells it skipped as already done."""
+        assert main([*args, *extra]) == 0
+        return capsys.readouterr().err.count("already done")
+
+    assert run("--rounds", "1") == 0
+    assert run("--rounds", "1") == 1  # the identical cell is done
+    assert run("--rounds", "2") == 0  # other rounds: another cell
+    assert run("--rounds", "1", "train.epochs=3") == 0  # another training setting: another cell
+    assert run("--rounds", "2") == 1
+    assert run("--rounds", "1", "--seed", "1") == 0
+    rows = read_rows(results)
+    assert [r["rounds"] for r in rows] == ["1", "2", "1", "1"]
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:  # the machine's memory rise during the run sits beside the per-process peaks
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert float(r["peak_machine_mb"]) == summary["peak_machine_mb"] >= 0
+        assert float(r["peak_rss_mb"]) == summary["peak_rss_mb_coordinator"] > 0
+    hashes = [r["config_hash"] for r in rows]
+    assert len(set(hashes)) == 4 and all(len(h) == 16 for h in hashes)
+    # each run kept its own directory: a cell that runs again does not overwrite an earlier one
+    dirs = [Path(r["run_dir"]) for r in rows]
+    assert [d.name for d in dirs] == ["tiny-n2-file-t0", "tiny-n2-file-t0-2", "tiny-n2-file-t0-3", "tiny-n2-file-t0-4"]
+    assert [json.loads((d / "summary.json").read_text())["rounds_completed"] for d in dirs] == [1, 2, 1, 1]
+
+
+def test_a_table_without_config_hash_is_read_and_upgraded(tmp_path, capsys) -> None:
+    results = tmp_path / "old.csv"
+    old_columns = [c for c in COLUMNS if c != "config_hash"]
+    old_row = {c: "" for c in old_columns} | {
+        "framework": "flight_parsl", "model": "tiny", "num_workers": "2", "transfer": "parsl", "trial": "0",
+        "train": "none", "rounds": "1", "status": "ok", "run_dir": "elsewhere",
+    }
+    results.write_text(",".join(old_columns) + "\n" + ",".join(old_row[c] for c in old_columns) + "\n")
+    assert done_cells(results) == {("flight_parsl", "tiny", 2, "parsl", 0)}
+    assert done_configs(results) == set()  # no hash: it never matches a sweep cell
+    args = ["--backend", "thread", "--train", "none", "--rounds", "1", "--workers", "2", "--model", "tiny"]
+    assert main([*args, "--out", str(tmp_path / "s"), "--results", str(results)]) == 0
+    assert "already done" not in capsys.readouterr().err
+    assert results.read_text().splitlines()[0] == ",".join(COLUMNS)
+    old, new = read_rows(results)
+    assert old == old_row | {"config_hash": ""}
+    assert new["status"] == "ok" and len(new["config_hash"]) == 16
+
+
+def test_config_hash_ignores_where_a_run_writes_only() -> None:
+    base = build_config(values=[{"out": "a", "backend": "thread"}])
+    same = build_config(values=[{"out": "b", "backend": "thread"}], overrides=["transfer.file_dir=/x", "transfer.redis=h:1"])
+    assert config_hash(base) == config_hash(same)
+    for override in ("rounds=2", "train.epochs=3", "topology=tree:1", "strategy.name=fedprox", "seed=1", "train.mode=none"):
+        assert config_hash(build_config(values=[{"out": "a", "backend": "thread"}], overrides=[override])) != config_hash(base), override
 
 
 def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path) -> None:

@@ -1,14 +1,19 @@
 """Transfer channels: round trips, exact byte counts, eviction, and clear failures."""
 
+import os
+import signal
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
 from conftest import read_csv, read_summary
 from flight_parsl.core.errors import ConfigError, ExecutorError, RoundError, TransferError
 from flight_parsl.engine.progress import Progress
-from flight_parsl.transfer.redis_server import count_keys
+from flight_parsl.transfer.redis_server import ManagedRedis, check_reachable, count_keys
 from flight_parsl.engine.runner import run_experiment
 from flight_parsl.transfer import open_transfer
 from flight_parsl.core.weights import FlatWeights, Layout
@@ -150,3 +155,92 @@ def test_bad_transfer_config_is_named() -> None:
         build_config(overrides=["transfer.kind=ftp"])
     with pytest.raises(ConfigError, match="invalid Redis address 'nohost'"):
         build_config(overrides=["transfer.redis=nohost"])
+
+
+@contextmanager
+def stopped(server: ManagedRedis):
+    """SIGSTOP the server (it keeps its socket but answers nothing); always SIGCONT it again."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+def _fails_in_time(call, error, timeout: float) -> str:
+    """Run ``call``; it must raise ``error`` after about ``timeout`` s (not much sooner, not hanging)."""
+    started = time.monotonic()
+    with pytest.raises(error) as info:
+        call()
+    elapsed = time.monotonic() - started
+    assert 0.8 * timeout <= elapsed < timeout + 4, elapsed
+    return str(info.value)
+
+
+def test_a_hung_redis_fails_within_the_timeout_naming_its_address(managed_redis) -> None:
+    from flight_parsl.transfer.proxy import TimedRedisConnector
+
+    addr = managed_redis.address
+    with open_transfer("redis", redis=str(addr), redis_timeout=1.0) as t:
+        # the workers rebuild the connector from the store's config: same class, same timeout
+        rebuilt = t.store.config().connector.get_connector()
+        assert type(rebuilt) is TimedRedisConnector and rebuilt.timeout == 1.0
+        rebuilt.close()
+        ref = t.publish(_weights(0), 0)
+        back, _, _ = ref.reply(_weights(1))
+        with stopped(managed_redis):
+            message = _fails_in_time(lambda: check_reachable(addr, timeout=1.0), ExecutorError, 1.0)
+            assert message == f"Redis at {addr} is unreachable: timed out"
+            message = _fails_in_time(lambda: t.publish(_weights(2), 1), TransferError, 1.0)
+            assert message.startswith(f"redis store at {addr} failed in round 2: TimeoutError")
+            message = _fails_in_time(lambda: t.collect(back), TransferError, 1.0)
+            assert message.startswith(f"redis store at {addr} failed reading key ") and "of round 1" in message
+            message = _fails_in_time(ref.resolve, TransferError, 1.0)  # a worker's fetch
+            assert f"of round 1 from Redis at {addr}: TimeoutError" in message
+        assert t.collect(back).buffer.tolist() == _weights(1).buffer.tolist()  # answers again after SIGCONT
+    # The round's keys are evicted on close. (The SET that timed out may still land once the
+    # server resumes, under a key nobody was told about; the run has failed by then.)
+    client = redis.Redis(addr.host, addr.port)
+    assert client.exists(ref.key.redis_key, back.key.redis_key) == 0
+    client.close()
+
+
+def test_a_redis_that_hangs_mid_run_fails_the_run_naming_its_address(make_config, managed_redis, monkeypatch) -> None:
+    import flight_parsl.engine.sync as engine
+
+    real = engine.train_task
+    addr = managed_redis.address
+    assert managed_redis.pid is not None
+
+    def stop_redis_in_round_two(ref, round_idx, node, clients, *rest):
+        if round_idx == 1 and clients[0][0] == 0:
+            os.kill(managed_redis.pid, signal.SIGSTOP)
+        return real(ref, round_idx, node, clients, *rest)
+
+    monkeypatch.setattr(engine, "train_task", stop_redis_in_round_two)
+    cfg = make_config(
+        "transfer.kind=redis", f"transfer.redis={addr}", "transfer.redis_timeout=1", "train.mode=none",
+        "model.name=tiny", workers=2, rounds=3,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(RoundError, match=rf"round 2: 0/2 sampled clients .*TransferError: .*Redis at {addr}: TimeoutError"):
+            run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    finally:
+        os.kill(managed_redis.pid, signal.SIGCONT)
+    assert time.monotonic() - started < 15
+    out = Path(cfg.out)
+    assert [r["participants"] for r in read_csv(out / "rounds.csv")] == ["2", "0"]
+    summary = read_summary(out)
+    assert summary["status"] == "failed" and f"Redis at {addr}" in summary["error"]
+
+
+def test_redis_timeout_must_be_positive() -> None:
+    from flight_parsl.config.experiment import build_config
+
+    assert build_config().transfer.redis_timeout == 30.0
+    assert build_config(overrides=["transfer.redis_timeout=2.5"]).transfer.redis_timeout == 2.5
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match=rf"config key 'transfer.redis_timeout' must be > 0, got {bad}"):
+            build_config(overrides=[f"transfer.redis_timeout={bad}"])

@@ -4,18 +4,26 @@ Runs one federated experiment (by default on Parsl HTEX with the local site file
 and writes its run directory. Flags are shortcuts for config keys; any key can be
 set with ``key.sub=value`` (see ``flight_parsl.config.experiment``). Precedence: defaults <
 ``--config`` YAML < flags < ``key=value`` overrides.
+
+SIGTERM (what Slurm and PBS send at walltime and on ``scancel``) stops a run like
+Ctrl-C: every finished row stays, summary.json says ``interrupted``, the executor,
+a managed Redis and the file channel's directory are cleaned up, and the exit
+status is 143 (Ctrl-C: 130).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from typing import Any
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
-from flight_parsl.core.errors import ConfigError, FlightParslError
+from flight_parsl.core.errors import ConfigError, FlightParslError, Terminated
 
 if TYPE_CHECKING:
     from flight_parsl.config.experiment import ExperimentConfig
@@ -128,8 +136,41 @@ def flags_to_values(args: argparse.Namespace) -> dict[str, Any]:
     return nested
 
 
+@contextmanager
+def sigterm_stops_the_run() -> Iterator[None]:
+    """While open, SIGTERM raises :class:`Terminated` in the main thread; restored on exit.
+
+    Only the first SIGTERM raises: later ones (``scancel`` may repeat it) are ignored
+    so that the cleanup the first one started can finish; SIGKILL stays the hard stop.
+    Outside the main thread (where handlers cannot be installed) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status (143 after SIGTERM, 130 after Ctrl-C)."""
+    with sigterm_stops_the_run():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    """The command line itself, run with SIGTERM turned into :class:`Terminated`."""
     args = build_parser().parse_args(argv)
     # Parsl sets its own loggers to DEBUG (its log files); the terminal gets warnings only.
     handler = logging.StreamHandler()
@@ -151,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlightParslError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"{exc}; stopped the run, finished rows are in the run directory", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted; finished rows are in the run directory", file=sys.stderr)
         return 130

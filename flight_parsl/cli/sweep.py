@@ -6,7 +6,8 @@ start-up cost is paid once per worker count and later runs record ``dfk_reused``
 A run that fails is recorded with its reason and the executor is restarted for the
 next run, since the failure may have left it broken. Each run appends one row to
 the results table (see :mod:`flight_parsl.results.table`); running the same sweep
-again skips the cells already there with status ``ok``.
+again skips the cells already there with status ``ok`` and the same resolved config
+(its ``config_hash``), so a sweep with other rounds, training or seed runs anew.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig, parse_slots, resolve_transfer, validate
+from flight_parsl.config.experiment import ExperimentConfig, config_hash, parse_slots, resolve_transfer, validate
 from flight_parsl.core.errors import FlightParslError
 from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
-from flight_parsl.results.table import CellKey, append_row, done_cells
+from flight_parsl.results.table import CellKey, append_row, done_configs
 from flight_parsl.engine.runner import run_experiment
 
 
@@ -63,6 +64,19 @@ def cell_config(base: ExperimentConfig, out_root: Path, workers: int, model: str
     return cfg
 
 
+def unused_dir(path: Path) -> Path:
+    """``path`` if it is missing or empty, else the first free ``path-2``, ``path-3``, ...
+
+    A cell that runs again (it failed before, or the config changed) must not overwrite
+    the run directory an earlier row of the results table points to.
+    """
+    candidate, i = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        i += 1
+        candidate = path.with_name(f"{path.name}-{i}")
+    return candidate
+
+
 def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) -> dict[str, Any]:
     """One results-table row from a run directory's summary.json."""
     summary: dict[str, Any] = {}
@@ -89,8 +103,10 @@ def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) ->
         "bytes_moved": bytes_moved,
         "peak_rss_mb": summary.get("peak_rss_mb_coordinator", ""),
         "peak_rss_workers_mb": summary.get("peak_rss_mb_workers_total", ""),
+        "peak_machine_mb": summary.get("peak_machine_mb", ""),
         "status": status,
         "run_dir": str(run_dir),
+        "config_hash": config_hash(cfg),
     }
 
 
@@ -98,30 +114,32 @@ def run_sweep(
     base: ExperimentConfig, spec: SweepSpec, results: Path, out_root: Path, progress: Progress
 ) -> list[dict[str, Any]]:
     """Run every cell not yet in ``results``; returns the rows appended."""
-    done: set[CellKey] = done_cells(results)
+    done: set[tuple[CellKey, str]] = done_configs(results)
     rows: list[dict[str, Any]] = []
     index = 0
     for workers in spec.workers:
         todo = []
         for model, transfer, trial in spec.cells(workers):
             index += 1
-            if ("flight_parsl", model, workers, transfer, trial) in done:
+            cfg = cell_config(base, out_root, workers, model, transfer, trial)
+            if (("flight_parsl", model, workers, transfer, trial), config_hash(cfg)) in done:
                 progress.say(f"[{index}/{spec.size}] {model} n={workers} {transfer} trial {trial}: already done")
                 continue
-            todo.append((index, model, transfer, trial))
+            todo.append((index, cfg, trial))
         if not todo:
             continue
         with ExitStack() as stack:
             backend: Backend | None = None
-            for i, model, transfer, trial in todo:
-                cfg = cell_config(base, out_root, workers, model, transfer, trial)
+            for i, cfg, trial in todo:
+                model, transfer = cfg.model.name, cfg.transfer.kind
                 progress.say(f"[{i}/{spec.size}] {model} n={workers} {transfer} trial {trial}")
                 if backend is None:
                     backend = stack.enter_context(
                         open_backend(cfg.backend, resolve_slots(parse_slots(cfg.slots), workers),
                                      out_root / f"executor-n{workers}", cfg.parsl_config)
                     )
-                run_dir = Path(cfg.out or "")
+                run_dir = unused_dir(Path(cfg.out or ""))
+                cfg = replace(cfg, out=str(run_dir))
                 try:
                     run_experiment(cfg, progress, backend)
                     status = "ok"

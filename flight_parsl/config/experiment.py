@@ -9,6 +9,8 @@ key, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,12 +136,15 @@ class TransferConfig:
     ``redis``: ``HOST:PORT`` of a running server; unset starts a managed one on
     loopback. ``file_dir``: a directory every worker sees; unset uses /dev/shm
     (or the temp dir). ``cache_size``: objects each worker process keeps resolved.
+    ``redis_timeout``: seconds every Redis client waits to connect and for each reply;
+    a server that stops answering fails the run with its address after this long.
     """
 
     kind: str = "auto"
     redis: str | None = None
     file_dir: str | None = None
     cache_size: int = 1
+    redis_timeout: float = 30.0
 
 
 @dataclass
@@ -334,6 +339,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
     if cfg.transfer.kind not in TRANSFER_KINDS + ("auto",):
         raise unknown_name("transfer", cfg.transfer.kind, TRANSFER_KINDS + ("auto",))
+    positive("transfer.redis_timeout", cfg.transfer.redis_timeout)
     if cfg.transfer.cache_size < 0:
         raise ConfigError(f"config key 'transfer.cache_size' must be >= 0, got {cfg.transfer.cache_size!r}")
     if cfg.transfer.redis is not None:
@@ -427,6 +433,29 @@ def _validate_engine(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'faults.hang_s' must be >= 0, got {cfg.faults.hang_s!r}")
     if cfg.train.keep_momentum and cfg.train.momentum == 0:
         raise ConfigError("config key 'train.keep_momentum' needs train.momentum > 0")
+
+
+#: Keys that say where a run writes or finds things, not what it runs: left out of config_hash,
+#: so a sweep resumed in a new job (another head node's Redis, other scratch paths) finds its cells.
+LOCATION_KEYS = ("out", "data.root", "transfer.redis", "transfer.file_dir")
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """A stable 16-hex-digit hash of the resolved config, without :data:`LOCATION_KEYS`.
+
+    Two configs have the same hash exactly when they run the same experiment (workers,
+    rounds, seed, model, data, training, strategy, topology, transfer kind, site...);
+    the sweep's results table keys its resume on it.
+    """
+    values = cfg.to_dict()
+    for key in LOCATION_KEYS:
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node[part]
+        node.pop(leaf)
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def save_yaml(cfg: ExperimentConfig, path: str | Path) -> None:

@@ -6,6 +6,7 @@ exits non-zero without a traceback.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable
 
 
@@ -35,6 +36,20 @@ class TaskError(FlightParslError):
 
 class RoundError(TaskError):
     """A round ended below its policy's quorum; the message says how many clients returned."""
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM: walltime, ``scancel``, ``kill``) stopped the run.
+
+    Not a :class:`FlightParslError`: it subclasses KeyboardInterrupt so that a run stops
+    exactly as on Ctrl-C, through every ``finally`` and context manager on the way out
+    (the DataFlowKernel, a managed redis-server, a file channel's directory). The
+    message names the signal.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
 
 
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> ConfigError:

@@ -82,7 +82,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             t = cfg.transfer
             slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
             # The channel opens first: an unreachable Redis fails before Parsl starts.
-            transfer = stack.enter_context(open_transfer(t.kind, t.redis, t.file_dir, t.cache_size))
+            transfer = stack.enter_context(open_transfer(t.kind, t.redis, t.file_dir, t.cache_size, t.redis_timeout))
             state = _state(cfg, transfer, stack)
             active = stack.enter_context(_backend(cfg, slots, out, recorder, backend))
             exp = preparing.result()
@@ -116,13 +116,14 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
             round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
             peak_rss_mb_coordinator=memory.peak_mb,
+            peak_machine_mb=memory.peak_machine_mb,
             peak_rss_mb_worker=max(processes.values(), default=0.0),
             peak_rss_mb_workers_total=sum(processes.values()),
             **idle_summary(result.clock),
         )
         recorder.finish("completed")
-    except KeyboardInterrupt:
-        recorder.finish("interrupted", "interrupted by the user")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as core.errors.Terminated (its text names the signal)
+        recorder.finish("interrupted", str(exc) or "interrupted by the user")
         raise
     except BaseException as exc:
         recorder.finish("failed", f"{type(exc).__name__}: {exc}")

@@ -1,8 +1,8 @@
 """Model transfer channels (see :mod:`flight_parsl.transfer.base`).
 
 ``parsl``: weights ride inside the Parsl tasks. ``redis``: ProxyStore over Redis (an
-existing server given as HOST:PORT, or a managed one on loopback). ``file``:
-ProxyStore over a directory that every worker sees.
+existing server given as HOST:PORT, or a managed one on loopback), every client with
+connect and read timeouts. ``file``: ProxyStore over a directory that every worker sees.
 """
 
 from __future__ import annotations
@@ -28,12 +28,19 @@ def default_file_dir() -> str:
 
 @contextmanager
 def open_transfer(
-    kind: str, redis: str | None = None, file_dir: str | None = None, cache_size: int = 1
+    kind: str,
+    redis: str | None = None,
+    file_dir: str | None = None,
+    cache_size: int = 1,
+    redis_timeout: float | None = None,
 ) -> Iterator[Transfer]:
     """Open a transfer channel and everything behind it; close all of it on exit.
 
     A managed redis-server and a run's own file directory are removed on exit,
-    including after an error or Ctrl-C.
+    including after an error, Ctrl-C or SIGTERM. ``redis_timeout``: seconds every
+    Redis client (the reachability check, the coordinator's and the workers' stores)
+    waits to connect and for each reply (default ``redis_server.DEFAULT_TIMEOUT``);
+    a server that stops answering then fails with a message naming its address.
     """
     if kind not in TRANSFER_KINDS:
         raise unknown_name("transfer", kind, TRANSFER_KINDS)
@@ -44,16 +51,17 @@ def open_transfer(
 
     with ExitStack() as stack:
         if kind == "redis":
-            from proxystore.connectors.redis import RedisConnector
+            from flight_parsl.transfer.proxy import TimedRedisConnector
+            from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, ManagedRedis, RedisAddress, check_reachable
 
-            from flight_parsl.transfer.redis_server import ManagedRedis, RedisAddress, check_reachable
-
+            timeout = DEFAULT_TIMEOUT if redis_timeout is None else redis_timeout
             if redis is None:
                 address = stack.enter_context(ManagedRedis()).address
             else:
                 address = RedisAddress.parse(redis)
-                check_reachable(address)
-            transfer = ProxyTransfer("redis", RedisConnector(address.host, address.port), str(address), cache_size)
+                check_reachable(address, timeout)
+            connector = TimedRedisConnector(address.host, address.port, timeout=timeout)
+            transfer = ProxyTransfer("redis", connector, str(address), cache_size)
         else:
             from flight_parsl.transfer.proxy import MappedFileConnector
 

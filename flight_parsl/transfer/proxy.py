@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxystore.connectors.file import FileConnector
+from proxystore.connectors.redis import RedisConnector
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.weights import FlatWeights
@@ -47,9 +48,55 @@ class MappedFileConnector(FileConnector):  # type: ignore[misc]
             return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
+class TimedRedisConnector(RedisConnector):  # type: ignore[misc]
+    """A ProxyStore RedisConnector whose client gives up after ``timeout`` seconds.
+
+    ProxyStore's own connector builds a client without timeouts, so a Redis that
+    stops answering (a stopped process, a hung node) blocks a put or get forever.
+    This one connects and waits for each reply at most ``timeout`` seconds, without
+    retries; its config carries the timeout to the workers, which rebuild it from there.
+    """
+
+    def __init__(self, hostname: str, port: int, clear: bool = False, timeout: float | None = None) -> None:
+        from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, RedisAddress, redis_client
+
+        super().__init__(hostname, port, clear)
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self._redis_client.close()  # never connected: clients connect on first use
+        self._redis_client = redis_client(RedisAddress(hostname, port), self.timeout)
+
+    def config(self) -> dict[str, Any]:
+        """The connector's configuration, with the timeout."""
+        return {**super().config(), "timeout": self.timeout}
+
+
 def identity(data: bytes) -> bytes:
     """Store (de)serializer: payloads are already bytes."""
     return data
+
+
+def root_cause(exc: BaseException) -> str:
+    """``Type: message`` of the innermost cause (ProxyStore wraps a connector's error in its own)."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return f"{type(exc).__name__}: {exc}"
+
+
+def store_location(proxy: Any) -> str:
+    """Where a proxy's store lives, for error messages: ``host:port`` or a directory."""
+    from proxystore.store.utils import get_factory
+
+    try:
+        connector = get_factory(proxy).get_store().connector
+    except Exception:  # noqa: BLE001 - the message being built is about a failure already
+        return "its store"
+    if isinstance(connector, RedisConnector):
+        from flight_parsl.transfer.redis_server import RedisAddress
+
+        return f"Redis at {RedisAddress(connector.hostname, connector.port)}"
+    return str(getattr(connector, "store_dir", connector))
 
 
 @dataclass(frozen=True)
@@ -77,7 +124,8 @@ class ProxyRef:
             data = get_factory(self.proxy).get_store().get(self.key)
         except Exception as exc:
             raise TransferError(
-                f"cannot resolve proxy key {self.key} of round {self.round + 1}: {type(exc).__name__}: {exc}"
+                f"cannot resolve proxy key {self.key} of round {self.round + 1} from {store_location(self.proxy)}: "
+                f"{root_cause(exc)}"
             ) from exc
         if data is None:
             raise TransferError(f"cannot resolve proxy key {self.key} of round {self.round + 1}: the key is missing")
@@ -95,7 +143,10 @@ class ProxyRef:
         try:
             proxy = store.proxy(data, populate_target=False)
         except Exception as exc:
-            raise TransferError(f"cannot store the result of round {self.round + 1}: {type(exc).__name__}: {exc}") from exc
+            raise TransferError(
+                f"cannot store the result of round {self.round + 1} in {store_location(self.proxy)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         return ProxyRef(proxy, len(data), self.round), t1 - t0, time.perf_counter() - t1
 
 

@@ -3,8 +3,9 @@
 This module owns everything flight_parsl does to find, start, probe and stop a Redis
 server: :class:`RedisAddress` (``HOST:PORT`` parsing), :func:`check_reachable` (one PING
 with a one-line error), :class:`ManagedRedis` (a private, non-persistent server on a
-free loopback port that leaves nothing behind), :func:`redis_available` and
-:func:`count_keys` (SCAN-based key counting to check that a run cleaned up).
+free loopback port that leaves nothing behind), :func:`redis_available`,
+:func:`count_keys` (SCAN-based key counting to check that a run cleaned up) and
+:func:`redis_client`, which builds every client with connect and read timeouts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ POLL_INTERVAL = 0.05
 BIND_ATTEMPTS = 5
 LOG_TAIL_LINES = 15
 STOP_TIMEOUT = 5.0
+#: Seconds a Redis client waits to connect and for each reply (config key transfer.redis_timeout).
+DEFAULT_TIMEOUT = 30.0
 
 _BIND_FAILURE_MARKERS = (
     "Address already in use",
@@ -100,8 +103,17 @@ class RedisAddress:
         return cls(host=host, port=port)
 
 
-def _client(address: RedisAddress, timeout: float) -> redis.Redis:
-    """Build a client that tries once (no retries, no backoff) with the given timeouts."""
+def redis_client(address: RedisAddress, timeout: float) -> redis.Redis:
+    """Build a client that tries once (no retries, no backoff) with the given timeouts.
+
+    Every Redis client flight_parsl creates comes from here: a server that stops
+    answering (a stopped process, a hung node) makes a call fail after ``timeout``
+    seconds instead of blocking forever, and no retry multiplies that time.
+
+    Args:
+        address: The server.
+        timeout: Seconds for connecting and for each reply.
+    """
     return redis.Redis(
         host=address.host,
         port=address.port,
@@ -126,7 +138,7 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def check_reachable(address: RedisAddress, timeout: float = 5.0) -> None:
+def check_reachable(address: RedisAddress, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Connect to Redis and send PING.
 
     Args:
@@ -136,7 +148,7 @@ def check_reachable(address: RedisAddress, timeout: float = 5.0) -> None:
     Raises:
         ExecutorError: One line, ``Redis at HOST:PORT is unreachable: REASON``.
     """
-    client = _client(address, timeout)
+    client = redis_client(address, timeout)
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -150,12 +162,13 @@ def redis_available(binary: str = DEFAULT_BINARY) -> bool:
     return shutil.which(binary) is not None
 
 
-def count_keys(address: RedisAddress, pattern: str = "*") -> int:
+def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0) -> int:
     """Count the keys matching a glob pattern with SCAN (never KEYS).
 
     Args:
         address: The server to query.
         pattern: A Redis glob pattern.
+        timeout: Seconds for connecting and for each reply.
 
     Returns:
         The number of matching keys in database 0.
@@ -163,7 +176,7 @@ def count_keys(address: RedisAddress, pattern: str = "*") -> int:
     Raises:
         ExecutorError: The server cannot be reached.
     """
-    client = _client(address, 5.0)
+    client = redis_client(address, timeout)
     try:
         return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -390,7 +403,7 @@ class ManagedRedis:
     def _answers(self, address: RedisAddress) -> bool:
         """Return whether our process (not another one on the port) answers PING."""
         assert self._process is not None
-        client = _client(address, 1.0)
+        client = redis_client(address, 1.0)
         try:
             if not client.ping():
                 return False
@@ -426,7 +439,7 @@ class ManagedRedis:
             if not graceful or self._address is None:
                 _signal(process.terminate)
             else:
-                client = _client(self._address, 1.0)
+                client = redis_client(self._address, 1.0)
                 try:
                     client.shutdown(nosave=True)
                 except (redis.exceptions.RedisError, OSError) as exc:
@@ -468,9 +481,11 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "ManagedRedis",
     "RedisAddress",
     "check_reachable",
     "count_keys",
     "redis_available",
+    "redis_client",
 ]

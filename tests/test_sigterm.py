@@ -1,0 +1,166 @@
+"""SIGTERM (walltime, scancel) stops a real HTEX run like Ctrl-C and leaves nothing running.
+
+Each test starts ``python -m flight_parsl.scale`` on Parsl HTEX workers, waits for the
+first finished round, sends SIGTERM and checks the exit status, the run directory and
+that every process of the run (HTEX interchange, worker pool, managed redis-server)
+is gone. The run's processes are found by its ``--out`` path (the worker pool's
+``--logdir`` holds it) and by descent from the command, so other runs on the machine
+do not count.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import read_csv, read_summary
+from flight_parsl.cli.scale import sigterm_stops_the_run
+from flight_parsl.core.errors import Terminated
+from redis_fixtures import require_redis_server
+
+pytestmark = pytest.mark.timeout(150)
+
+START_DEADLINE = 90.0  # HTEX start-up and the first round on a busy 2-core machine
+GONE_DEADLINE = 10.0
+
+
+def wait_for_rounds(path: Path, proc: subprocess.Popen, rows: int) -> int:
+    """Poll rounds.csv until it has ``rows`` data rows; fail if the run ends or the deadline passes."""
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the run exited with status {proc.returncode} before its first round")
+        if path.exists():
+            count = len(path.read_text().splitlines()) - 1
+            if count >= rows:
+                return count
+        time.sleep(0.05)
+    pytest.fail(f"no round finished within {START_DEADLINE:g} s")
+
+
+def run_processes(root_pid: int, marker: str) -> dict[int, psutil.Process]:
+    """The command, its descendants, and every process whose command line names ``marker``."""
+    found: dict[int, psutil.Process] = {}
+    roots = [psutil.Process(root_pid)]
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and any(marker in arg for arg in proc.info["cmdline"] or []):
+            roots.append(proc)
+    for root in roots:
+        try:
+            for proc in [root, *root.children(recursive=True)]:
+                found[proc.pid] = proc
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def alive(processes: dict[int, psutil.Process]) -> list[str]:
+    """Descriptions of the processes still running (a zombie has exited; init reaps it)."""
+    left = []
+    for proc in processes.values():
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def describe(processes: dict[int, psutil.Process]) -> str:
+    """All command lines, one string, to look for the kinds of process a run starts."""
+    lines = []
+    for proc in processes.values():
+        try:
+            lines.append(" ".join(proc.cmdline()) or proc.name())
+        except psutil.NoSuchProcess:
+            continue
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("transfer", ["redis", "file"])
+def test_sigterm_stops_the_run_like_ctrl_c_and_leaves_nothing_running(transfer, tmp_path) -> None:
+    if transfer == "redis":
+        require_redis_server()
+    out = tmp_path / "run"
+    file_dir = tmp_path / "shm"
+    file_dir.mkdir()
+    cmd = [
+        sys.executable, "-m", "flight_parsl.scale", "--workers", "2", "--rounds", "100000", "--train", "none",
+        "--model", "tiny", "--transfer", transfer, "--out", str(out), "--quiet", f"transfer.file_dir={file_dir}",
+    ]  # fmt: skip
+    # Output goes to files, not pipes: a leaked grandchild holding a pipe would hang the test.
+    with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=dict(os.environ))
+    try:
+        before = wait_for_rounds(out / "rounds.csv", proc, 1)
+        processes = run_processes(proc.pid, str(out))
+        started = describe(processes)
+        assert "process_worker_pool" in started and "parsl: HTEX interchange" in started, started
+        if transfer == "redis":
+            assert "redis-server" in started, started
+        else:
+            assert len(list(file_dir.glob("flight_parsl-*"))) == 1
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert status == 143
+    err = (tmp_path / "stderr").read_text()
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "terminated by SIGTERM; stopped the run, finished rows are in the run directory"
+    ], err
+    summary = read_summary(out)
+    assert summary["status"] == "interrupted"
+    assert summary["error"] == "terminated by SIGTERM"
+    rounds = read_csv(out / "rounds.csv")
+    assert len(rounds) >= before
+    assert [int(r["round"]) for r in rounds] == list(range(len(rounds)))
+    assert summary["rounds_completed"] == len(rounds)
+    assert summary["end"] >= summary["priming_done"] > summary["start"]
+
+    deadline = time.monotonic() + GONE_DEADLINE
+    while alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(processes) == []
+    assert alive(run_processes_by_marker(str(out))) == []
+    assert list(file_dir.glob("flight_parsl-*")) == []
+
+
+def run_processes_by_marker(marker: str) -> dict[int, psutil.Process]:
+    """Every process (but this one) whose command line names ``marker``."""
+    return {
+        proc.pid: proc
+        for proc in psutil.process_iter(["cmdline"])
+        if proc.pid != os.getpid() and any(marker in arg for arg in proc.info["cmdline"] or [])
+    }
+
+
+def _let_handlers_run() -> None:
+    """Give a pending signal handler the bytecode boundaries it runs at (it runs at the first)."""
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_sigterm_raises_terminated_once_and_the_handler_is_restored() -> None:
+    previous = signal.getsignal(signal.SIGTERM)
+    with sigterm_stops_the_run():
+        assert signal.getsignal(signal.SIGTERM) is not previous
+        with pytest.raises(Terminated) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+            _let_handlers_run()
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeat while cleaning up is ignored
+        _let_handlers_run()
+    assert str(info.value) == "terminated by SIGTERM" and info.value.signum == signal.SIGTERM
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) is previous
