@@ -461,7 +461,7 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
 
     Args:
         site: a site mapping (as from :func:`load_site`; validated again here).
-        workers: FL workers the run needs; used as ``max_workers_per_node`` when the
+        workers: the run's slots (worker processes); used as ``max_workers_per_node`` when the
             site leaves it null and the provider is local.
         run_dir: the run's directory; Parsl writes under ``<run_dir>/parsl``.
 
@@ -526,7 +526,7 @@ def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
 
     Args:
         site: a site mapping.
-        workers: the run's ``--workers``, shown when it sets workers per node.
+        workers: the run's slots, shown when they set workers per node.
 
     Raises:
         ConfigError: the site is invalid.
@@ -537,7 +537,7 @@ def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
     if s["max_workers_per_node"] is not None:
         per_node = str(s["max_workers_per_node"])
     elif prov["kind"] == "local":
-        per_node = f"{workers} (--workers)" if workers is not None else "--workers"
+        per_node = f"{workers} (slots)" if workers is not None else "slots"
     else:
         per_node = "auto"
     where = [f"{k}={prov[k]}" for k in ("account", "queue", "partition", "qos", "constraint")
