@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flight_parsl.scale",
         description="Run a federated-learning experiment on Parsl (or a local pool) and write a run directory.",
     )
-    p.add_argument("--workers", "-n", help="number of FL workers (default 4); a comma list sweeps")
+    p.add_argument("--workers", "--clients", "-n", help="number of FL clients (default 4); a comma list sweeps")
     p.add_argument("--rounds", "-r", type=int, help="synchronous rounds (default 3)")
     p.add_argument("--model", help="model name (default mlp), e.g. tiny, smallnet, resnet18; a comma list sweeps")
     p.add_argument("--dataset", help="digits (offline, default), mnist, fashion_mnist")
