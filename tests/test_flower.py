@@ -89,6 +89,46 @@ def test_simulation(tmp_path: Path, model: str) -> None:
     assert _gone(summary["actor_pids"] + [summary["server_pid"]]) == []
 
 
+def test_simulation_at_flowers_default_resources(tmp_path: Path) -> None:
+    """client_cpus="default" passes no backend config: Flower's 2 CPUs per client on the machine's CPUs."""
+    out, results = tmp_path / "run", tmp_path / "results.csv"
+    row = run_flower(N, "tiny", "simulation", out, timeout=90, results=results, save_params=True,
+                     client_cpus="default")
+    summary = _check_run(row, out, "tiny", results)
+    assert summary["client_cpus"] == "default" and summary["backend_config"] is None
+    assert summary["client_resources"]["num_cpus"] == 2
+    assert summary["num_actors"] == int(summary["ray_cpus"] // 2) >= 1
+    assert len(set(summary["actor_pids"])) == summary["num_actors"]
+    assert _gone(summary["actor_pids"] + [summary["server_pid"]]) == []
+
+
+def test_client_cpus_settings(tmp_path: Path) -> None:
+    from flight_parsl.baselines.flower.app import simulation_backend_config
+    from flight_parsl.baselines.flower.runner import FlowerInputError, parse_client_cpus
+
+    assert simulation_backend_config(5) == simulation_backend_config(5, "matched") == {
+        "init_args": {"num_cpus": 5, "num_gpus": 0},
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+    }
+    assert simulation_backend_config(5, "default") is None
+    assert simulation_backend_config(5, 0.5) == {"client_resources": {"num_cpus": 0.5, "num_gpus": 0.0}}
+    assert parse_client_cpus("default") == "default" and parse_client_cpus("1") == 1.0
+    assert parse_client_cpus(2) == 2.0
+    for bad in ("0", "-1", "nan", "inf", "some", True, None):
+        with pytest.raises(FlowerInputError, match="client_cpus"):
+            parse_client_cpus(bad)
+    with pytest.raises(FlowerInputError, match="simulation mode only"):
+        run_flower(2, "tiny", "grpc", tmp_path / "run", client_cpus=1)
+    assert not (tmp_path / "run").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flight_parsl.baselines.flower", "--workers", "2", "--model", "tiny",
+         "--mode", "simulation", "--client-cpus", "zero", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--client-cpus" in proc.stderr and not (tmp_path / "run").exists()
+
+
 def test_grpc(tmp_path: Path) -> None:
     out, results = tmp_path / "run", tmp_path / "results.csv"
     row = run_flower(N, "smallnet", "grpc", out, timeout=90, results=results, save_params=True, server_threads=N)

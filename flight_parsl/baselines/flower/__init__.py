@@ -8,7 +8,8 @@ parameters they received, Flower's FedAvg over all N clients, 1 round by default
 Two modes:
 
 - ``simulation``: Flower's Simulation Runtime (``flwr.simulation.run_simulation``,
-  Ray backend) with N virtual SuperNodes, one Ray actor each;
+  Ray backend) with N virtual SuperNodes, one Ray actor each (``--client-cpus
+  default``: Flower's own resources, 2 CPUs per client, so cpus // 2 actors);
 - ``grpc``: a Flower server process and N client processes over loopback gRPC
   (``flwr.server.start_server`` / ``flwr.client.start_client``).
 

@@ -54,6 +54,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from flight_parsl.baselines.flower.runner import parse_client_cpus
 from flight_parsl.baselines.flower.workload import describe, model_arrays
 
 RESULT_FILE = "flower_result.json"
@@ -305,6 +306,8 @@ class EngineProbe:
         self.actor_pids: list[int] = []
         self.actor_maxrss_kb: dict[int, int] = {}
         self.probe_error: str | None = None
+        self.ray_cpus: float | None = None  # logical CPUs Ray saw
+        self.client_resources: dict[str, Any] | None = None  # what each client asked of Ray
 
     @contextmanager
     def patched(self) -> Iterator[None]:
@@ -318,6 +321,9 @@ class EngineProbe:
                 original(backend, app_fn)
                 probe.engine_up = time.time()
                 import ray
+
+                probe.ray_cpus = ray.cluster_resources().get("CPU")
+                probe.client_resources = dict(backend.client_resources)
 
                 actors = list(backend.pool.pool)
                 probe.actor_pids = list(
@@ -462,24 +468,38 @@ def client_main(argv: list[str]) -> int:
     return 0
 
 
-def simulation_backend_config(workers: int) -> dict[str, Any]:
-    """Ray settings: N logical CPUs and 1 per client, so exactly N actors start.
+def simulation_backend_config(workers: int, client_cpus: str | float = "matched") -> dict[str, Any] | None:
+    """Ray settings for ``client_cpus``; None means Flower's own defaults.
 
-    Ray rounds fractional resources to 1e-4, so a fraction like 2/N of the two
-    physical cores can leave the last actor without room (2/7 -> 0.2858 never
-    fits 7 times in 2.0); whole logical CPUs are exact. Ray does not pin them
-    to cores: the N actor processes share the machine's cores.
+    ``matched`` (the default): N logical CPUs and 1 per client, so exactly N
+    actors start, one per client. Ray rounds fractional resources to 1e-4, so a
+    fraction like 2/N of the two physical cores can leave the last actor without
+    room (2/7 -> 0.2858 never fits 7 times in 2.0); whole logical CPUs are
+    exact. Ray does not pin them to cores: the N actor processes share the
+    machine's cores.
+
+    ``default``: nothing is passed, so ``run_simulation`` applies Flower's
+    defaults (flwr 1.42: Ray sees the machine's CPUs and each client asks for 2,
+    hence cpus // 2 actors, one on a 2-core machine; the N clients queue on them).
+
+    A number X: Ray sees the machine's CPUs and each client asks for X of them
+    (floor(cpus / X) actors; X = 1 gives one actor per core).
     """
-    return {
-        "init_args": {"num_cpus": workers, "num_gpus": 0},
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-    }
+    if client_cpus == "matched":
+        return {
+            "init_args": {"num_cpus": workers, "num_gpus": 0},
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        }
+    if client_cpus == "default":
+        return None
+    return {"client_resources": {"num_cpus": float(parse_client_cpus(client_cpus)), "num_gpus": 0.0}}
 
 
 def simulate_main(argv: list[str]) -> int:
     """``simulate``: Flower's Simulation Runtime (Ray) with N virtual SuperNodes."""
     parser = argparse.ArgumentParser(prog="flight_parsl.baselines.flower simulate")
     _common_args(parser)
+    parser.add_argument("--client-cpus", type=parse_client_cpus, default="matched")  # runner checked it
     args = parser.parse_args(argv)
     import ray
     from flwr.clientapp import ClientApp
@@ -488,12 +508,14 @@ def simulate_main(argv: list[str]) -> int:
     from flwr.simulation import run_simulation
 
     out = Path(args.out)
-    backend_config = simulation_backend_config(args.workers)
+    backend_config = simulation_backend_config(args.workers, args.client_cpus)
     result: dict[str, Any] = {
         "role": "simulation",
         "pid": os.getpid(),
         "flwr_version": flwr.__version__,
         "ray_version": ray.__version__,
+        "client_cpus": args.client_cpus,
+        # None: run_simulation applies Flower's defaults; client_resources_resolved says what they were.
         "backend_config": backend_config,
     }
     record: RunRecord | None = None
@@ -533,6 +555,9 @@ def simulate_main(argv: list[str]) -> int:
             actor_pids=probe.actor_pids,
             actor_maxrss_kb={str(k): v for k, v in probe.actor_maxrss_kb.items()},
             actor_probe_error=probe.probe_error,
+            num_actors=len(probe.actor_pids),
+            ray_cpus=probe.ray_cpus,
+            client_resources_resolved=probe.client_resources,
         )
         _write_result(out, result, record, args.save_params)
     return rc

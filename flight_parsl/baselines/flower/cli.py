@@ -47,9 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-threads", type=int, default=None,
                         help="server threads sending fit instructions (clients in flight at once); "
                         "default: Flower's own, min(32, cpus + 4)")
+    parser.add_argument("--client-cpus", type=_client_cpus, default=None, metavar="matched|default|X",
+                        help="simulation: Ray resources per client. matched (default): N logical CPUs, "
+                        "1 per client, one actor per client; default: Flower's own settings (2 of the "
+                        "machine's CPUs per client, so cpus // 2 actors); X: X of the machine's CPUs per client")
     parser.add_argument("--save-params", action="store_true",
                         help="write the final aggregated parameters to OUT/final_parameters.npz")
     return parser
+
+
+def _client_cpus(text: str) -> str | float:
+    """``--client-cpus`` as an argparse type."""
+    from flight_parsl.baselines.flower.runner import parse_client_cpus
+
+    try:
+        return parse_client_cpus(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             args.workers, args.model, args.mode, args.out, rounds=args.rounds, trial=args.trial,
             timeout=args.timeout, results=args.results, save_params=args.save_params,
             mem_limit_gb=args.mem_limit_gb or None, server_threads=args.server_threads,
+            client_cpus=args.client_cpus,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,8 +14,10 @@ Modes and their processes:
     client (exact ``ru_maxrss`` of the whole process life).
 ``simulation``
     One driver process running ``flwr.simulation.run_simulation`` (Ray
-    backend, N logical CPUs, one per client: exactly N actor processes). Actor
-    peak RSS: each actor's own ``ru_maxrss``, asked after the last aggregate
+    backend, N logical CPUs, one per client: exactly N actor processes; with
+    ``client_cpus`` "default", Flower's own settings: 2 of the machine's CPUs per
+    client, so cpus // 2 actors serve the N clients; with a number X, X of the
+    machine's CPUs per client). Actor peak RSS: each actor's own ``ru_maxrss``, asked after the last aggregate
     (falling back to what the clients reported in their fit metrics).
 
 Timestamps (Unix seconds; columns of :mod:`flight_parsl.results.table`):
@@ -105,6 +107,30 @@ def check_inputs(workers: Any, model: Any, mode: Any, rounds: Any, timeout: Any)
         raise FlowerInputError(
             f"ray is not installed (Flower's simulation engine needs flwr[simulation]): {INSTALL_HINT}"
         )
+
+
+CLIENT_CPUS_MODES = ("matched", "default")
+
+
+def parse_client_cpus(value: Any) -> str | float:
+    """``client_cpus``: ``"matched"``, ``"default"`` or a positive number (a string of one is parsed).
+
+    Raises:
+        FlowerInputError: anything else.
+    """
+    if value in CLIENT_CPUS_MODES:
+        return str(value)
+    number = float("nan")
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    if not 0 < number < math.inf:
+        raise FlowerInputError(f"client_cpus must be matched, default or a positive number, got {value!r}")
+    return number
 
 
 def default_out(mode: str, model: str, workers: int, trial: int) -> Path:
@@ -463,6 +489,10 @@ def _summarize(
             backend_config=result.get("backend_config"),
             warm_done=result.get("warm_done"),
             engine_exit=result.get("engine_exit"),
+            client_cpus=result.get("client_cpus"),
+            client_resources=result.get("client_resources_resolved"),
+            ray_cpus=result.get("ray_cpus"),
+            num_actors=result.get("num_actors"),
             actor_pids=result.get("actor_pids", []),
             actor_probe_error=result.get("actor_probe_error"),
         )
@@ -497,6 +527,7 @@ def run_flower(
     save_params: bool = False,
     mem_limit_gb: float | None = 18.0,
     server_threads: int | None = None,
+    client_cpus: str | float | None = None,
 ) -> dict[str, Any]:
     """Run one Flower debug run; write ``out/summary.json``; return its results-table row.
 
@@ -507,7 +538,11 @@ def run_flower(
     (``arr_0``, ``arr_1``, ... in state_dict order). ``server_threads`` sets the
     server's fit threads (``Server.set_max_workers``: clients in flight at once);
     None keeps Flower's default, min(32, cpus + 4). ``mem_limit_gb`` stops the run
-    when the machine's memory in use exceeds it (None: no guard).
+    when the machine's memory in use exceeds it (None: no guard). ``client_cpus``
+    (simulation only) sets the Ray resources: ``"matched"`` (None too: N logical
+    CPUs, one actor per client), ``"default"`` (Flower's own settings: 2 CPUs per
+    client on the machine's CPUs) or a number of the machine's CPUs per client
+    (see :func:`flight_parsl.baselines.flower.app.simulation_backend_config`).
 
     Raises:
         FlowerInputError, ConfigError: a bad argument (nothing is started).
@@ -519,6 +554,10 @@ def run_flower(
     extra = ["--save-params"] if save_params else []
     if server_threads is not None:
         extra += ["--server-threads", str(server_threads)]
+    if client_cpus is not None:
+        if mode != "simulation":
+            raise FlowerInputError(f"client_cpus applies to the simulation mode only, not {mode!r}")
+        extra += ["--client-cpus", str(parse_client_cpus(client_cpus))]
     run_dir = Path(out) if out is not None else default_out(mode, model, workers, trial)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
