@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from flight_parsl.config.experiment import ExperimentConfig, parse_client_rounds
-from flight_parsl.core.model_spec import ModelSpec
+from flight_parsl.core.model_spec import REFERENCE_SPECS, ModelSpec
 from flight_parsl.core.types import Faults, LocalSettings, Workload
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.data import load_dataset, shard_sizes
@@ -72,12 +72,10 @@ class RunContext:
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
-    """The model to build, from the dataset (training) or the reference (no training)."""
-    from flight_parsl.models import reference_spec
-
+    """The model to build, from the dataset (training) or the reference (no training); no torch."""
     m = cfg.model
     if cfg.train.mode == "none":
-        base = reference_spec(m.name)
+        base = REFERENCE_SPECS[m.name]
     else:
         ds = load_dataset(cfg.data.dataset, cfg.data.root)
         c, h, _ = ds.input_shape
@@ -86,6 +84,28 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     if m.extra_blocks:
         given["extra_blocks"] = m.extra_blocks
     return replace(base, **given)
+
+
+def workload(cfg: ExperimentConfig) -> tuple[Workload, list[int] | None]:
+    """What every task needs, and each client's shard size; torch-free and quick.
+
+    Fails here, on the coordinator, before any executor starts, when the data is
+    missing or the split impossible.
+    """
+    sizes = None
+    if cfg.train.mode == "local":
+        sizes = shard_sizes(cfg.data.dataset, cfg.data.root, cfg.partition, cfg.workers, cfg.seed)
+    work = Workload(
+        mode=cfg.train.mode,
+        model=model_spec(cfg),
+        dataset=cfg.data.dataset,
+        data_root=cfg.data.root,
+        partition=cfg.partition,
+        num_clients=cfg.workers,
+        seed=cfg.seed,
+        threads=cfg.train.threads,
+    )
+    return work, sizes
 
 
 def slowdowns(cfg: ExperimentConfig) -> list[float] | None:
@@ -111,19 +131,20 @@ def faults(cfg: ExperimentConfig) -> Faults | None:
     return out or None
 
 
-def prepare(cfg: ExperimentConfig) -> Experiment:
-    """Build the initial model (seeded) and check data and partition up front."""
+def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | None = None) -> Experiment:
+    """Build the initial model (seeded, in torch), the evaluator and the strategy.
+
+    ``work`` is :func:`workload`'s answer when the caller already has it.
+    """
     import torch
 
     from flight_parsl.models import build_model, check_trainable, count_parameters
 
-    spec = model_spec(cfg)
+    wl, sizes = work or workload(cfg)
+    spec = wl.model
     evaluate: Evaluator | None = None
-    sizes: list[int] | None = None
     if cfg.train.mode == "local":
         check_trainable(spec)
-        # Fails here, on the coordinator, before any task, if the split is impossible.
-        sizes = shard_sizes(cfg.data.dataset, cfg.data.root, cfg.partition, cfg.workers, cfg.seed)
         ds = load_dataset(cfg.data.dataset, cfg.data.root)
         from flight_parsl.worker.training import evaluate as evaluate_on
 
@@ -132,22 +153,12 @@ def prepare(cfg: ExperimentConfig) -> Experiment:
 
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
-    workload = Workload(
-        mode=cfg.train.mode,
-        model=spec,
-        dataset=cfg.data.dataset,
-        data_root=cfg.data.root,
-        partition=cfg.partition,
-        num_clients=cfg.workers,
-        seed=cfg.seed,
-        threads=cfg.train.threads,
-    )
     t, s = cfg.train, cfg.strategy
     settings = LocalSettings(
         epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, keep_momentum=t.keep_momentum
     )
     return Experiment(
-        workload=workload,
+        workload=wl,
         initial=FlatWeights.from_model(model),
         settings=settings,
         strategy=make_strategy(

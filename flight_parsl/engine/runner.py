@@ -11,19 +11,18 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from flight_parsl.config.experiment import ExperimentConfig, parse_slots
 from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
-from flight_parsl.engine.context import RunContext, faults, policy, prepare
+from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
 from flight_parsl.engine.events import SlotClock
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
-from flight_parsl.execution.backends import Backend, open_backend, prime, resolve_slots
+from flight_parsl.execution.backends import Backend, Warmup, open_backend, resolve_slots
 from flight_parsl.transfer import Transfer, open_transfer
 from flight_parsl.transfer.state import ClientState, open_state
 
@@ -74,18 +73,15 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
     progress.say(f"run directory: {out}")
     try:
         with PeakSampler() as memory, ExitStack() as stack:
-            # The model and data are prepared (torch imported) while the executor's
-            # workers start: the two overlap instead of adding up.
-            preparing = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="flight-prepare")).submit(
-                prepare, cfg
-            )
+            work = workload(cfg)  # torch-free; bad data fails before anything starts
             t = cfg.transfer
             slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
             # The channel opens first: an unreachable Redis fails before Parsl starts.
             transfer = stack.enter_context(open_transfer(t.kind, t.redis, t.file_dir, t.cache_size, t.redis_timeout))
             state = _state(cfg, transfer, stack)
             active = stack.enter_context(_backend(cfg, slots, out, recorder, backend))
-            exp = preparing.result()
+            warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
+            exp = prepare(cfg, work)  # torch and the initial model, while the slots start
             recorder.update(
                 model=exp.workload.model.name,
                 num_parameters=exp.num_parameters,
@@ -96,7 +92,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
                 executor=active.description,
             )
             progress.say(f"{active.description}; model {exp.workload.model.name} ({exp.num_parameters:,} parameters)")
-            primed = prime(active, slots, warm_modules(cfg), exp.workload, progress.slots_ready)
+            primed = warmup.wait()
             slots = active.slots or len(primed)
             recorder.mark("priming_done")
             recorder.update(slots=slots, primed_slots=len(primed))

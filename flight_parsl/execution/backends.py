@@ -125,56 +125,67 @@ def _slots(config: object) -> int | None:
         return None
 
 
-def _barrier_dir() -> str:
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix="flight_parsl-prime-", dir=base)
-
-
-def prime(
-    backend: Backend,
-    slots: int,
-    modules: tuple[str, ...] = (),
-    workload: Workload | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> set[tuple[str, int]]:
+class Warmup:
     """Warm up every slot: one task per slot imports ``modules`` and loads the data.
 
     One-time costs on each worker process (starting, importing torch or ProxyStore,
-    loading the dataset and its partition) then fall before ``priming_done``
-    instead of into the first measured round. The warm-up tasks meet at a barrier
-    directory, so ``slots`` of them run at once on ``slots`` distinct processes;
-    ``on_progress(ready, slots)`` is called as slots arrive. Returns the (host, pid)
-    seen; fails clearly if no slot answers in time.
+    loading the dataset and its partition, a first training step) then fall before
+    ``priming_done`` instead of into the first measured round. The warm-up tasks
+    meet at a barrier directory, so ``slots`` of them run at once on ``slots``
+    distinct processes. Creating a Warmup submits the tasks and returns at once, so
+    the coordinator can do its own start-up meanwhile; :meth:`wait` collects them,
+    calling ``on_progress(ready, slots)`` as slots arrive.
     """
-    count = backend.slots or slots
-    barrier = _barrier_dir()
-    try:
-        futures = [
-            backend.executor.submit(prime_task, modules, barrier, count, backend.start_timeout, workload)
-            for _ in range(count)
-        ]
-        deadline = time.monotonic() + backend.start_timeout
-        ready = -1
-        while not all(f.done() for f in futures) and time.monotonic() < deadline:
-            now_ready = len(os.listdir(barrier))
-            if on_progress and now_ready != ready:
-                on_progress(now_ready, count)
-                ready = now_ready
-            wait(futures, timeout=0.1)
+
+    def __init__(
+        self,
+        backend: Backend,
+        slots: int,
+        modules: tuple[str, ...] = (),
+        workload: Workload | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.backend, self.on_progress = backend, on_progress
+        self.count = backend.slots or slots
+        self.deadline = time.monotonic() + backend.start_timeout
+        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        self.barrier = tempfile.mkdtemp(prefix="flight_parsl-prime-", dir=base)
         try:
-            seen = {f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures}
-        except FuturesTimeout as exc:
-            raise ExecutorError(
-                f"no worker started within {backend.start_timeout:.0f} s ({backend.description}); "
-                "check the site file's provider, worker_init and address, and the Parsl logs in the run directory"
-            ) from exc
-        except Exception as exc:
-            detail = " ".join(str(exc).split())
-            raise ExecutorError(
-                f"the warm-up task failed ({type(exc).__name__}: {detail}); backend: {backend.description}"
-            ) from exc
-        if on_progress:
-            on_progress(len(os.listdir(barrier)), count)
-        return seen
-    finally:
-        shutil.rmtree(barrier, ignore_errors=True)
+            self.futures = [
+                backend.executor.submit(prime_task, modules, self.barrier, self.count, backend.start_timeout, workload)
+                for _ in range(self.count)
+            ]
+        except BaseException:
+            shutil.rmtree(self.barrier, ignore_errors=True)
+            raise
+
+    def _ready(self) -> int:
+        return len(os.listdir(self.barrier))
+
+    def wait(self) -> set[tuple[str, int]]:
+        """The (host, pid) of the slots reached; fails clearly if none answers in time."""
+        backend = self.backend
+        try:
+            ready = -1
+            while not all(f.done() for f in self.futures) and time.monotonic() < self.deadline:
+                if self.on_progress and self._ready() != ready:
+                    ready = self._ready()
+                    self.on_progress(ready, self.count)
+                wait(self.futures, timeout=0.1)
+            try:
+                seen = {f.result(timeout=max(0.0, self.deadline - time.monotonic())) for f in self.futures}
+            except FuturesTimeout as exc:
+                raise ExecutorError(
+                    f"no worker started within {backend.start_timeout:.0f} s ({backend.description}); "
+                    "check the site file's provider, worker_init and address, and the Parsl logs in the run directory"
+                ) from exc
+            except Exception as exc:
+                detail = " ".join(str(exc).split())
+                raise ExecutorError(
+                    f"the warm-up task failed ({type(exc).__name__}: {detail}); backend: {backend.description}"
+                ) from exc
+            if self.on_progress:
+                self.on_progress(self._ready(), self.count)
+            return seen
+        finally:
+            shutil.rmtree(self.barrier, ignore_errors=True)
