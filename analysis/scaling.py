@@ -1,4 +1,4 @@
-"""Scaling figures from the shared results table (flight_parsl/results_table.py).
+"""Scaling figures from the shared results table (flight_parsl/results/table.py).
 
     python -m analysis.scaling results/scaling.csv --out scaling.png
     python -m analysis.scaling results/scaling.csv --out makespan.png --metric round_makespan_s \
@@ -6,6 +6,12 @@
 
 Only rows with status ``ok`` count. Trials of one cell (framework, transfer, model, workers) are
 averaged; error bars are the standard deviation over trials (0 with a single trial).
+
+flight_parsl rows whose clients were packed onto fewer slots than clients (the table's ``slots``
+column below ``num_workers``) are a series of their own: their transfer reads ``<transfer>+packed``
+(``flight_parsl/file+packed``), drawn dotted with the transfer's marker. Rows without ``slots``
+(written before the column existed) ran one worker process per client. The ratio table compares
+Flower with flight_parsl's one-slot-per-client series unless asked to include the packed ones.
 
 Figures are drawn on matplotlib's Agg canvas (``matplotlib.figure.Figure``, never pyplot), so
 nothing needs a display and the global backend is left alone.
@@ -45,6 +51,7 @@ TRANSFER_ORDER = ["parsl", "redis", "file"]
 MARKERS = {"parsl": "o", "redis": "s", "file": "^", "ray": "D", "grpc": "v"}
 OTHER_MARKERS = ["P", "X", "*", "h", "<", ">", "p"]
 PRIMARY = "flight_parsl"
+PACKED = "+packed"  # transfer suffix of flight_parsl rows packed onto fewer slots than clients
 
 
 # --------------------------------------------------------------------------- loading, summary
@@ -67,11 +74,23 @@ def load_results(path: str | Path) -> pd.DataFrame:
     for col in ("framework", "transfer", "model"):
         ok[col] = ok[col].fillna("").astype(str)
     ok["num_workers"] = ok["num_workers"].astype(int)
+    packed = (ok["framework"] == PRIMARY) & ok["slots"].notna() & (ok["slots"] < ok["num_workers"])
+    ok.loc[packed, "transfer"] = ok.loc[packed, "transfer"] + PACKED
     return ok.reset_index(drop=True)
 
 
 def _rank(value: str, order: Sequence[str]) -> tuple[int, str]:
     return (order.index(value), "") if value in order else (len(order), value)
+
+
+def base_transfer(transfer: str) -> str:
+    """The transfer without the packed suffix."""
+    return transfer[: -len(PACKED)] if transfer.endswith(PACKED) else transfer
+
+
+def _transfer_rank(transfer: str) -> tuple[tuple[int, str], bool]:
+    """Transfers in TRANSFER_ORDER, each one's packed series right after it."""
+    return _rank(base_transfer(transfer), TRANSFER_ORDER), transfer.endswith(PACKED)
 
 
 def model_order(models: Iterable[str]) -> list[str]:
@@ -80,7 +99,7 @@ def model_order(models: Iterable[str]) -> list[str]:
 
 
 def _series_order(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    return sorted(set(pairs), key=lambda ft: (_rank(ft[0], FRAMEWORK_ORDER), _rank(ft[1], TRANSFER_ORDER)))
+    return sorted(set(pairs), key=lambda ft: (_rank(ft[0], FRAMEWORK_ORDER), _transfer_rank(ft[1])))
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -104,7 +123,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     order = out.apply(
         lambda r: (
             _rank(r["framework"], FRAMEWORK_ORDER),
-            _rank(r["transfer"], TRANSFER_ORDER),
+            _transfer_rank(r["transfer"]),
             _rank(r["model"], MODEL_ORDER),
             r["num_workers"],
         ),
@@ -241,22 +260,27 @@ def _series_styles(labels: dict[tuple[str, str], str]) -> dict[str, dict[str, An
     for i, ((fw, tr), label) in enumerate(labels.items()):
         styles[label] = {
             "color": colors[i % len(colors)],
-            "marker": MARKERS.get(tr) or next(spare),
-            "linestyle": "-" if fw == PRIMARY else "--",
+            "marker": MARKERS.get(base_transfer(tr)) or next(spare),
+            "linestyle": (":" if tr.endswith(PACKED) else "-") if fw == PRIMARY else "--",
         }
     return styles
 
 
-def ratio_table(frame: pd.DataFrame, baseline: str = "flower-simulation", metric: str = "prime2end") -> pd.DataFrame:
+def ratio_table(
+    frame: pd.DataFrame, baseline: str = "flower-simulation", metric: str = "prime2end", packed: bool = False
+) -> pd.DataFrame:
     """baseline / flight_parsl per (model, workers), flight_parsl taking its best transfer per cell.
 
     Columns: model, num_workers, baseline (its mean; its best transfer if it has several),
-    flight_parsl (best mean), best_transfer, ratio (> 1: flight_parsl is faster).
+    flight_parsl (best mean), best_transfer, ratio (> 1: flight_parsl is faster). flight_parsl's
+    packed series (fewer slots than clients) are candidates only with ``packed=True``.
     """
     _check_metric(metric)
     summary = _as_summary(frame)
     mean = f"{metric}_mean"
     summary = summary[summary[mean].notna() & (summary[mean] > 0)]
+    if not packed:
+        summary = summary[~((summary["framework"] == PRIMARY) & summary["transfer"].str.endswith(PACKED))]
     frameworks = set(summary["framework"])
     for fw in (baseline, PRIMARY):
         if fw not in frameworks:
@@ -297,7 +321,8 @@ def plot_ratio(
         color = f"C{i % 10}"
         ax.plot(s["num_workers"], s["ratio"], color=color, linewidth=1.5)
         for tr, part in s.groupby("best_transfer"):
-            ax.scatter(part["num_workers"], part["ratio"], color=color, marker=MARKERS.get(tr, "P"), s=40, zorder=3)
+            ax.scatter(part["num_workers"], part["ratio"], color=color, marker=MARKERS.get(base_transfer(tr), "P"),
+                       s=40, zorder=3)
         model_handles.append(Line2D([], [], color=color, linewidth=1.5, label=model))
     ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1)
     ax.set_yscale("log")
@@ -309,8 +334,8 @@ def plot_ratio(
     ax.set_ylabel(f"{baseline} / {PRIMARY} ({metric})")
     fig.suptitle(f"{metric}: {baseline} / {PRIMARY}, best transfer per cell{_subtitle(frame)}\nabove 1: {PRIMARY} is faster")
     transfer_handles = [
-        Line2D([], [], color="0.3", marker=MARKERS.get(tr, "P"), linestyle="none", label=f"best: {tr}")
-        for tr in sorted(set(table["best_transfer"]), key=lambda t: _rank(t, TRANSFER_ORDER))
+        Line2D([], [], color="0.3", marker=MARKERS.get(base_transfer(tr), "P"), linestyle="none", label=f"best: {tr}")
+        for tr in sorted(set(table["best_transfer"]), key=_transfer_rank)
     ]
     handles = model_handles + transfer_handles
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)

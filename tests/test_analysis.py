@@ -220,6 +220,35 @@ def test_ratio_table_and_figure(table, tmp_path) -> None:
         scaling.ratio_table(frame, baseline="flower-nope")
 
 
+def test_packed_rows_are_a_series_of_their_own(table, tmp_path) -> None:
+    """flight_parsl rows on fewer slots than clients are 'flight_parsl/<transfer>+packed': their own
+    cells and line (dotted, the transfer's marker); the ratio ignores them unless asked."""
+    for w in WORKERS:
+        for t in (0, 1):
+            packed = row("flight_parsl", "redis", "tiny", w, t, 0.01)  # faster than every other series
+            append_row(table, {**packed, "slots": 2 if w > 2 else w})  # 2 workers on 2 slots: not packed
+    append_row(table, {**row("flight_parsl", "parsl", "tiny", 8, 3, 0.9), "slots": 8})  # one slot per client
+    frame = scaling.load_results(table)
+    assert set(frame["transfer"]) == {"parsl", "redis", "redis+packed", "ray", "grpc"}
+    summary = scaling.summarize(frame).set_index(scaling.GROUP_KEYS)
+    assert summary.loc[("flight_parsl", "redis+packed", "tiny", 8), "trials"] == 2
+    assert summary.loc[("flight_parsl", "parsl", "tiny", 8), "trials"] == 3
+    assert summary.loc[("flight_parsl", "redis", "tiny", 2), "trials"] == 4  # slots == workers: not packed
+    labels = scaling.series_labels(scaling.summarize(frame))
+    assert list(labels.values()) == [
+        "flight_parsl/parsl", "flight_parsl/redis", "flight_parsl/redis+packed", "flower-simulation", "flower-grpc",
+    ]
+    fig = scaling.plot_scaling(frame)
+    line = next(c for c in fig.axes[0].containers if c.get_label() == "flight_parsl/redis+packed").lines[0]
+    assert line.get_linestyle() == ":" and line.get_marker() == scaling.MARKERS["redis"]
+    assert list(line.get_xdata()) == [8, 32]
+    plain = scaling.ratio_table(frame).set_index(["model", "num_workers"])
+    assert set(plain["best_transfer"]) == {"redis"}
+    both = scaling.ratio_table(frame, packed=True).set_index(["model", "num_workers"])
+    assert both.loc[("tiny", 8), "best_transfer"] == "redis+packed"
+    assert both.loc[("tiny", 2), "best_transfer"] == "redis"
+
+
 # --------------------------------------------------------------------------- CLI
 
 

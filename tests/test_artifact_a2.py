@@ -38,11 +38,24 @@ def test_results_table(a2_out: Path) -> None:
     assert {(r["height"], r["branching"], r["strategy"]) for r in table} == {
         (h, b, s) for h, b in (("1", "16"), ("2", "4"), ("4", "2")) for s in ("fedavg", "fedsgd")
     }
+    # one model payload: at height 1 every one of the 4 participants' 2 edges x 2 rounds carries one
+    flat = next(r for r in table if r["height"] == "1")
+    size = int(flat["measured_edge_bytes"]) // (2 * 4 * 2)
+    assert size * 2 * 4 * 2 == int(flat["measured_edge_bytes"])
     for r in table:
         assert r["rounds"] == "2" and float(r["participants"]) == 4
+        assert r["clients_per_task"] == "1"  # one model per tree edge, as the cost model assumes
         # broadcast tree: the measured edge bytes are the modeled hierarchical bytes
         assert float(r["measured_reduction_pct"]) == pytest.approx(float(r["modeled_reduction_pct"]), abs=1.0)
         assert int(r["measured_edge_bytes"]) == int(r["modeled_hierarchical_bytes"])
+        # the coordinator receives one payload per child with a result: each participant at height 1,
+        # at most one partial per root child above
+        root_in = int(r["root_in_bytes"])
+        assert root_in % size == 0
+        if r["height"] == "1":
+            assert root_in == 4 * 2 * size
+        else:
+            assert 2 * size <= root_in <= min(4, int(r["branching"])) * 2 * size
         if r["height"] == "1":
             assert float(r["modeled_reduction_pct"]) == 0.0 and float(r["measured_reduction_pct"]) == 0.0
             assert float(r["reduction_vs_flat_measured_pct"]) == 0.0
@@ -77,3 +90,26 @@ def test_bad_height_fails_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "height 3" in lines[0] and not (tmp_path / "results.csv").exists()
+
+
+def test_packed_clients_send_fewer_bytes_than_the_model(tmp_path: Path) -> None:
+    """--clients-per-task 0 lets the engine pack an aggregator's leaves into one task (one slot here):
+    the task folds them and sends one partial, so fewer bytes cross the edges than the cost model
+    counts, and the model is the same up to float rounding."""
+    out = tmp_path / "packed"
+    cmd = [
+        sys.executable, str(RUN), "--leaves", "16", "--heights", "1,2", "--strategies", "fedavg", "--rounds", "1",
+        "--participation", "0.25", "--backend", "thread", "--clients-per-task", "0", "--out", str(out), "--quiet",
+        "slots=1",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = {r["height"]: r for r in rows(out)}
+    assert {r["clients_per_task"] for r in table.values()} == {"packed"}
+    flat = table["1"]
+    # height 1: the 4 participants report to the root and share one task: one model down, one partial up
+    assert float(flat["tasks"]) == 1
+    assert 4 * int(flat["measured_edge_bytes"]) == int(flat["modeled_hierarchical_bytes"])
+    assert 2 * int(flat["root_in_bytes"]) == int(flat["measured_edge_bytes"])
+    assert int(table["2"]["measured_edge_bytes"]) <= int(table["2"]["modeled_hierarchical_bytes"])
+    assert float(table["2"]["final_test_acc"]) == pytest.approx(float(flat["final_test_acc"]), rel=1e-4)

@@ -37,12 +37,43 @@ def test_a3_sync_vs_async_and_notebook(tmp_path: Path) -> None:
     assert float(shorter["acc_at_equal_wall"]) == float(shorter["final_test_acc"])
     assert all(math.isclose(float(r["equal_wall_s"]), float(shorter["wall_s"])) for r in rows.values())
 
-    with (out / "idle_per_worker.csv").open() as f:
+    for r in rows.values():  # slots=per_client: one slot per client, as the artifact's workers
+        assert int(r["slots"]) == WORKERS
+
+    # idle time is per slot (host, pid, thread): the mean over slots is the summary's
+    with (out / "idle_per_slot.csv").open() as f:
         idle = list(csv.DictReader(f))
-    assert len(idle) == 2 * WORKERS
     for mode in ("sync", "async"):
-        mine = [float(r["idle_pct"]) for r in idle if r["mode"] == mode]
-        assert math.isclose(sum(mine) / len(mine), float(rows[mode]["idle_pct_mean"]), rel_tol=1e-6, abs_tol=1e-9)
+        mine = [r for r in idle if r["mode"] == mode]
+        assert 1 <= len(mine) <= WORKERS
+        pct = [float(r["idle_pct"]) for r in mine]
+        assert math.isclose(sum(pct) / len(pct), float(rows[mode]["idle_pct_mean"]), rel_tol=1e-6, abs_tol=1e-9)
+        # one client per task with a slot per client: the slots' tasks are the mode's updates
+        assert sum(int(r["tasks"]) for r in mine) == int(rows[mode]["updates"])
+        for r in mine:
+            assert int(r["clients"]) >= 1 and float(r["busy_s"]) > 0 and 0 <= float(r["idle_pct"]) < 100
+            # a slot's idle seconds split into the result's way back, the coordinator and the dispatch
+            split = float(r["return_s"]) + float(r["coordinator_s"]) + float(r["dispatch_s"])
+            assert math.isclose(split, float(r["idle_s"]), abs_tol=1e-3)
+    # one shared executor: both modes ran on the same WORKERS slots, numbered once
+    assert len({(r["host"], r["pid"], r["thread"]) for r in idle}) == len({r["slot"] for r in idle}) <= WORKERS
+
+    # per client: the injected slowdown is a client's; sync trains every client once per round,
+    # async folds as many updates in all, more of them from faster clients
+    with (out / "per_client.csv").open() as f:
+        clients = list(csv.DictReader(f))
+    assert len(clients) == 2 * WORKERS
+    by_mode = {m: {int(r["client"]): r for r in clients if r["mode"] == m} for m in ("sync", "async")}
+    assert set(by_mode["sync"]) == set(by_mode["async"]) == set(range(WORKERS))
+    for c in range(WORKERS):
+        assert by_mode["sync"][c]["slowdown"] == by_mode["async"][c]["slowdown"]
+        assert 1.0 <= float(by_mode["sync"][c]["slowdown"]) <= 5.0
+        assert int(by_mode["sync"][c]["updates"]) == ROUNDS
+        assert float(by_mode["sync"][c]["client_s_median"]) > 0
+    assert sum(int(r["updates"]) for r in by_mode["async"].values()) == WORKERS * ROUNDS
+    fastest = min(by_mode["async"].values(), key=lambda r: float(r["slowdown"]))
+    slowest = max(by_mode["async"].values(), key=lambda r: float(r["slowdown"]))
+    assert int(fastest["updates"]) >= int(slowest["updates"])
 
     png = tmp_path / "fig" / "a3.png"
     nb = subprocess.run(

@@ -1,5 +1,6 @@
 """Sweeps: every combination, one executor per worker count, resumable results table."""
 
+import csv
 import json
 import socket
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from flight_parsl.cli.scale import main
 from flight_parsl.config.experiment import build_config, config_hash
+from flight_parsl.execution.backends import resolve_slots
 from flight_parsl.results.table import COLUMNS, append_row, done_cells, done_configs, read_rows
 
 
@@ -29,8 +31,13 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path) -> None:
     for r in rows:
         assert r["framework"] == "flight_parsl" and r["train"] == "none"
         assert float(r["prime2end"]) > 0 and float(r["start2end"]) >= float(r["prime2end"])
-        factor = int(r["num_workers"]) * 2  # each worker receives and returns the model once
-        assert int(r["bytes_moved"]) % factor == 0
+        # slots=auto (the default): about the cores, never more than the clients; the summary's slots
+        assert int(r["slots"]) == resolve_slots("auto", int(r["num_workers"]))
+        assert int(r["slots"]) == json.loads((Path(r["run_dir"]) / "summary.json").read_text())["slots"]
+        # each task receives the model once and returns one (folded) result
+        with (Path(r["run_dir"]) / "rounds.csv").open() as f:
+            tasks = sum(int(x["tasks"]) for x in csv.DictReader(f))
+        assert int(r["bytes_moved"]) % (2 * tasks) == 0
     # one executor per worker count: only its first run paid for starting it
     reused = {}
     for r in rows:
@@ -56,7 +63,7 @@ def test_only_missing_cells_run_again(tmp_path, capsys) -> None:
     assert capsys.readouterr().err.count("already done") == 1
     rows = read_rows(results)
     assert [(r["transfer"], r["status"]) for r in rows] == [("parsl", "ok"), ("file", "failed: x"), ("file", "ok")]
-    assert done_cells(results) == {("flight_parsl", "tiny", 2, "parsl", 0), ("flight_parsl", "tiny", 2, "file", 0)}
+    assert done_cells(results) == {("flight_parsl", "tiny", 2, "parsl", 0, False), ("flight_parsl", "tiny", 2, "file", 0, False)}
 
 
 def test_resume_matches_the_whole_cell_config(tmp_path, capsys) -> None:
@@ -98,7 +105,7 @@ def test_a_table_without_config_hash_is_read_and_upgraded(tmp_path, capsys) -> N
         "train": "none", "rounds": "1", "status": "ok", "run_dir": "elsewhere",
     }
     results.write_text(",".join(old_columns) + "\n" + ",".join(old_row[c] for c in old_columns) + "\n")
-    assert done_cells(results) == {("flight_parsl", "tiny", 2, "parsl", 0)}
+    assert done_cells(results) == {("flight_parsl", "tiny", 2, "parsl", 0, False)}
     assert done_configs(results) == set()  # no hash: it never matches a sweep cell
     args = ["--backend", "thread", "--train", "none", "--rounds", "1", "--workers", "2", "--model", "tiny"]
     assert main([*args, "--out", str(tmp_path / "s"), "--results", str(results)]) == 0
@@ -141,3 +148,20 @@ def test_bad_sweep_lists_fail_before_anything_runs(tmp_path) -> None:
         assert done.returncode == 2, (args, done.stderr)
         assert needle in done.stderr, (args, done.stderr)
         assert not (tmp_path / "s" / "results.csv").exists()
+
+
+def test_packed_and_per_client_are_different_cells(tmp_path) -> None:
+    """The same cell on fewer slots than clients (packed) and on one slot per client are two rows
+    of one table; each resumes on its own."""
+    results = tmp_path / "table.csv"
+    cell = ["--backend", "thread", "--workers", "3", "--model", "tiny", "--transfer", "parsl", "--results", str(results)]
+    packed = sweep(tmp_path / "packed", *cell, "slots=1")
+    assert packed.returncode == 0, packed.stderr
+    per_client = sweep(tmp_path / "per_client", *cell, "slots=per_client")
+    assert per_client.returncode == 0, per_client.stderr
+    rows = read_rows(results)
+    assert [(r["num_workers"], r["slots"]) for r in rows] == [("3", "1"), ("3", "3")]
+    assert done_cells(results) == {("flight_parsl", "tiny", 3, "parsl", 0, True), ("flight_parsl", "tiny", 3, "parsl", 0, False)}
+    again = sweep(tmp_path / "packed", *cell, "slots=1")
+    assert again.returncode == 0 and "already done" in again.stderr
+    assert len(read_rows(results)) == 2

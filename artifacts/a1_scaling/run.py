@@ -4,12 +4,19 @@ Runs, for every worker count and model, a no-training round on flight_parsl with
 transfer (one sweep; one DataFlowKernel per worker count, whose start-up the comparison
 adds to the whole run of every cell of that count), then the same workload on
 Flower's simulation engine and on one Flower server with N gRPC client processes.
-Every run appends one row to the results table; cells already there with status ok are
-skipped, so an interrupted run resumes. Finally it prints the comparison table
-(round makespan, whole run, peak memory, Flower / flight_parsl ratios) and draws the
-figure with analysis/.
+flight_parsl runs with ``slots=per_client``: one worker process per client, as Flight's
+weak-scaling artifact ran (``--workers`` counts clients). With ``--packed`` a second
+flight_parsl sweep runs the engine's default packing (``slots=auto``: about one slot per
+core, each task training several clients), shown as ``flight_parsl/<transfer>+packed``.
+Every run appends one row to the results table, with the slots it ran on; cells already
+there with status ok are skipped, so an interrupted run resumes. Finally it prints the
+comparison table (round makespan, whole run, peak memory, Flower / flight_parsl ratios
+against flight_parsl's one-slot-per-client rows) and draws the figure with analysis/.
 
     python artifacts/a1_scaling/run.py --workers 2,8,32,64 --models tiny,smallnet,resnet18 --out runs/a1
+
+Trailing ``key.sub=value`` arguments go to every flight_parsl run (e.g. ``backend=thread``
+for a quick check without Parsl).
 """
 
 from __future__ import annotations
@@ -25,14 +32,17 @@ sys.path.insert(0, str(REPO))
 from flight_parsl.results.table import done_cells, read_rows, rows_to_frame  # noqa: E402
 
 FLOWER_MODES = {"simulation": ("flower-simulation", "ray"), "grpc": ("flower-grpc", "grpc")}
+PACKED = "+packed"  # system suffix of flight_parsl rows packed onto fewer slots than clients
 
 
-def run_flight_parsl(args: argparse.Namespace, results: Path) -> None:
-    """The flight_parsl sweep (it skips its own finished cells)."""
+def run_flight_parsl(args: argparse.Namespace, results: Path, packed: bool = False) -> None:
+    """The flight_parsl sweep (it skips its own finished cells): one slot per client, or the
+    engine's default packing (``slots=auto``) with ``packed``."""
     cmd = [
         sys.executable, "-m", "flight_parsl.scale", "--train", "none", "--rounds", str(args.rounds),
         "--workers", args.workers, "--model", args.models, "--transfer", args.transfers,
-        "--trials", str(args.trials), "--out", str(Path(args.out) / "flight_parsl"), "--results", str(results),
+        "--trials", str(args.trials), "--out", str(Path(args.out) / ("flight_parsl-packed" if packed else "flight_parsl")),
+        "--results", str(results), f"slots={'auto' if packed else 'per_client'}", *args.overrides,
     ]
     subprocess.run(cmd, check=False)
 
@@ -45,7 +55,7 @@ def run_flower(args: argparse.Namespace, results: Path) -> None:
         for workers in (int(w) for w in args.workers.split(",")):
             for model in args.models.split(","):
                 for trial in range(args.trials):
-                    if (framework, model, workers, transfer, trial) in done:
+                    if (framework, model, workers, transfer, trial, False) in done:
                         continue
                     out = Path(args.out) / framework / f"{model}-n{workers}-t{trial}"
                     print(f"{framework} {model} n={workers} trial {trial}", flush=True)
@@ -58,28 +68,38 @@ def run_flower(args: argparse.Namespace, results: Path) -> None:
 
 
 def comparison(results: Path) -> str:
-    """Markdown table: one row per model x workers with each system's makespan, whole run, memory, ratios."""
+    """Markdown table: one row per model x workers with each system's makespan, whole run, memory, ratios.
+
+    flight_parsl rows on fewer slots than clients are the system ``flight_parsl/<transfer>+packed``;
+    rows without ``slots`` (written before the column existed) ran one process per client. The
+    Flower ratios are against the fastest one-slot-per-client flight_parsl system of the cell.
+    """
     frame = rows_to_frame(read_rows(results))
-    frame = frame[frame["status"] == "ok"]
-    frame["system"] = frame["framework"].where(frame["framework"] != "flight_parsl", "flight_parsl/" + frame["transfer"])
+    frame = frame[frame["status"] == "ok"].copy()
+    ours = frame["framework"] == "flight_parsl"
+    packed = ours & frame["slots"].notna() & (frame["slots"] < frame["num_workers"])
+    frame["system"] = frame["framework"].where(~ours, "flight_parsl/" + frame["transfer"])
+    frame.loc[packed, "system"] += PACKED
     frame["memory_mb"] = frame["peak_rss_mb"].fillna(0) + frame["peak_rss_workers_mb"].fillna(0)
     # A sweep reuses one executor per worker count: only its first run paid for starting it. The
     # whole run of every flight_parsl cell includes that start-up, as Flower's whole run includes its own.
     # Start-up = start to priming done (Parsl loads, workers spawn and warm up); the first run of a
-    # worker count paid it, later runs only re-primed.
-    ours = frame["framework"] == "flight_parsl"
+    # worker count paid it, later runs only re-primed. The packed sweep has executors of its own.
     paid = frame["priming_done"] - frame["start"]
-    startup = paid[ours].groupby(frame.loc[ours, "num_workers"]).max()
-    frame.loc[ours, "start2end"] += frame.loc[ours, "num_workers"].map(startup) - paid[ours]
-    cells = frame.groupby(["model", "num_workers", "system"])[["round_makespan_s", "start2end", "memory_mb"]].mean()
+    group = [frame.loc[ours, "num_workers"], packed[ours]]
+    startup = paid[ours].groupby(group).transform("max")
+    frame.loc[ours, "start2end"] += startup - paid[ours]
+    cells = frame.groupby(["model", "num_workers", "system"])[
+        ["slots", "round_makespan_s", "start2end", "memory_mb"]
+    ].mean()
     lines = [
-        "| model | N | system | round makespan s | whole run s | peak memory MB (server + workers) "
+        "| model | N | system | slots | round makespan s | whole run s | peak memory MB (server + workers) "
         "| simulation / best flight_parsl (makespan, whole) | gRPC / best flight_parsl (makespan, whole) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, workers), cell in cells.groupby(level=[0, 1]):
         cell = cell.droplevel([0, 1])
-        ours = cell[cell.index.str.startswith("flight_parsl/")]
+        ours = cell[cell.index.str.startswith("flight_parsl/") & ~cell.index.str.endswith(PACKED)]
         best = ours.loc[ours["round_makespan_s"].idxmin()] if len(ours) else None
         for system, row in cell.iterrows():
             ratio = {}
@@ -89,8 +109,9 @@ def comparison(results: Path) -> str:
                         f"{row['round_makespan_s'] / best['round_makespan_s']:.2f}x, "
                         f"{row['start2end'] / best['start2end']:.2f}x"
                     )
+            slots = "" if row["slots"] != row["slots"] else f"{row['slots']:.0f}"  # NaN: not recorded
             lines.append(
-                f"| {model} | {int(workers)} | {system} | {row['round_makespan_s']:.3f} | {row['start2end']:.2f} "
+                f"| {model} | {int(workers)} | {system} | {slots} | {row['round_makespan_s']:.3f} | {row['start2end']:.2f} "
                 f"| {row['memory_mb']:.0f} | {ratio.get('flower-simulation', '')} | {ratio.get('flower-grpc', '')} |"
             )
     return "\n".join(lines)
@@ -107,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flower-timeout", type=int, default=900)
     p.add_argument("--out", default="runs/a1")
     p.add_argument("--figure", default=None, help="PNG to write (default <out>/scaling.png)")
+    p.add_argument("--packed", action="store_true", help="also run flight_parsl with the engine's default packing "
+                   "(slots=auto), as the systems flight_parsl/<transfer>+packed")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides for every flight_parsl run")
     args = p.parse_args(argv)
     results = Path(args.out) / "results.csv"
     run_flight_parsl(args, results)
+    if args.packed:
+        run_flight_parsl(args, results, packed=True)
     if args.flower:
         run_flower(args, results)
     if not results.exists():

@@ -14,8 +14,13 @@ goes to ``<out>/results.csv`` and the table is printed as markdown.
 Defaults (reduced, for a laptop): 256 leaves, heights 1,2,4,8, all three strategies, 10 rounds,
 participation 1/32, the offline ``digits`` dataset (about 5-6 training samples per leaf), model
 ``logreg``, 5 local epochs, lr 0.05 (FedSGD: 0.5, since it takes a single step per round), Parsl
-HTEX with ``artifacts/a2_hierarchy/site.yaml`` (8 worker processes serve the 256 leaves),
-``broadcast=tree``.
+HTEX with ``artifacts/a2_hierarchy/site.yaml`` (8 worker processes, the slots, serve the 256 leaf
+clients), ``broadcast=tree``, one client per task (``--clients-per-task 1``).
+
+One client per task (``plan.clients_per_task=1``) is what the cost model assumes: every leaf sends
+its own model up its edge. With ``--clients-per-task 0`` the engine packs the sampled children of
+an aggregator into about one task per slot and folds them in the slot (linear strategies), so a
+task sends one partial for several leaves and the measured edge bytes fall below the model.
 
 ``--published`` sets the published sizes: ``fashion_mnist`` (needs ``--data-root``, fill it with
 ``python download_data.py --root data --dataset fashion_mnist``), 100 rounds, model
@@ -50,7 +55,8 @@ PROG = "artifacts/a2_hierarchy/run.py"
 SITE = HERE / "site.yaml"
 
 COLUMNS = (
-    "height", "branching", "strategy", "rounds", "participants", "final_test_acc", "mean_test_acc_last3",
+    "height", "branching", "strategy", "rounds", "participants", "clients_per_task", "tasks", "final_test_acc",
+    "mean_test_acc_last3",
     "modeled_two_tier_bytes", "modeled_hierarchical_bytes", "measured_edge_bytes", "root_in_bytes",
     "modeled_reduction_pct", "measured_reduction_pct", "reduction_vs_flat_measured_pct",
     "full_tree_reduction_pct", "wall_s", "run",
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--backend", default="parsl", help="parsl, thread or process (default parsl)")
     a("--parsl-config", help=f"Parsl site YAML (default {SITE.relative_to(ROOT)} with the parsl backend)")
     a("--broadcast", default="tree", help="tree (aggregators relay the model down) or direct (default tree)")
+    a("--clients-per-task", type=int, default=1, help="leaf clients per train task (default 1: one model per tree "
+      "edge, as the cost model assumes; 0: the engine packs an aggregator's sampled leaves onto the slots)")
     a("--out", default="runs/a2", help="output directory (default runs/a2)")
     a("--published", action="store_true", help="published sizes: fashion_mnist, 100 rounds, fedprox_cnn")
     a("--quiet", action="store_true", help="no per-round lines")
@@ -128,6 +136,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     for s in args.strategy_list:
         if s not in ("fedavg", "fedprox", "fedsgd"):
             raise Failure(f"unknown strategy {s!r} in --strategies; valid: fedavg, fedprox, fedsgd", 2)
+    if args.clients_per_task < 0:
+        raise Failure(f"--clients-per-task must be >= 0, got {args.clients_per_task}", 2)
     if args.parsl_config is None and args.backend == "parsl":
         args.parsl_config = str(SITE)
     return args
@@ -150,6 +160,7 @@ def cell_config(args: argparse.Namespace, height: int, strategy: str, out: Path)
         "model": {"name": args.model},
         "train": {"epochs": args.epochs, "lr": args.fedsgd_lr if strategy == "fedsgd" else args.lr},
         "strategy": {"name": strategy, "participation": args.participation},
+        "plan": {"clients_per_task": args.clients_per_task},
     }
     return build_config(values=[values], overrides=list(args.overrides))
 
@@ -164,17 +175,32 @@ def read_rounds(run_dir: Path) -> list[dict[str, str]]:
 
 
 def root_in_bytes(run_dir: Path, tree: Any) -> int:
-    """Payload bytes the coordinator received over all rounds: results of its children (tasks.csv)."""
+    """Payload bytes the coordinator received over all rounds: results of its children (tasks.csv).
+
+    Those are the train tasks that report to the root (their ``node`` is the root) and the
+    aggregate tasks of the root's children (their ``node`` is the aggregator). tasks.csv has one
+    row per client per task, the task's ``bytes_out`` on each, so each task counts once.
+    """
     root = tree.root.name
     total = 0
+    seen: set[tuple[str, str, str]] = set()
     with (run_dir / "tasks.csv").open() as f:
         for t in csv.DictReader(f):
-            if t["kind"] in ("train", "aggregate") and tree.parent(t["node"]) == root:
+            key = (t["round"], t["task"], t["attempt"])
+            if t["status"] != "ok" or key in seen:
+                continue
+            to_root = t["node"] == root if t["kind"] == "train" else (
+                t["kind"] == "aggregate" and tree.parent(t["node"]) == root
+            )
+            if to_root:
+                seen.add(key)
                 total += int(t["bytes_out"])
     return total
 
 
-def cell_row(height: int, tree: Any, strategy: str, run_dir: Path, wall_s: float) -> dict[str, Any]:
+def cell_row(
+    height: int, tree: Any, strategy: str, run_dir: Path, wall_s: float, clients_per_task: int = 1
+) -> dict[str, Any]:
     """One results.csv row from a finished run directory (flat-relative column filled later)."""
     from flight_parsl.topology.tree import reduction
 
@@ -189,6 +215,8 @@ def cell_row(height: int, tree: Any, strategy: str, run_dir: Path, wall_s: float
         "strategy": strategy,
         "rounds": len(rounds),
         "participants": statistics.fmean(int(r["participants"]) for r in rounds),
+        "clients_per_task": clients_per_task if clients_per_task > 0 else "packed",
+        "tasks": statistics.fmean(int(r["tasks"]) for r in rounds),
         "final_test_acc": accs[-1],
         "mean_test_acc_last3": statistics.fmean(accs[-3:]),
         "modeled_two_tier_bytes": two_tier,
@@ -250,9 +278,10 @@ def quiet_logging() -> None:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Validate every cell, open one executor, run the cells, return the results rows."""
-    from flight_parsl.execution.backends import open_backend
+    from flight_parsl.config.experiment import parse_slots
     from flight_parsl.engine.progress import Progress
     from flight_parsl.engine.runner import run_experiment
+    from flight_parsl.execution.backends import open_backend, resolve_slots
     from flight_parsl.topology.tree import balanced_tree
 
     out = Path(args.out)
@@ -272,10 +301,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     say(
         f"A2: {args.leaves} leaves, heights {args.heights}, strategies {args.strategies}, {args.rounds} rounds, "
         f"participation {args.participation:g}, {args.dataset}/{args.model}, backend {args.backend}, "
-        f"broadcast {args.broadcast}, seed {args.seed} -> {out}"
+        f"broadcast {args.broadcast}, clients per task {args.clients_per_task or 'packed'}, seed {args.seed} -> {out}"
     )
     rows: list[dict[str, Any]] = []
-    with open_backend(args.backend, args.leaves, out, args.parsl_config) as backend:
+    first = cells[0][2]
+    slots = resolve_slots(parse_slots(first.slots), first.workers)  # a site that fixes its workers decides
+    with open_backend(args.backend, slots, out, args.parsl_config) as backend:
         say(backend.description)
         for i, (h, strategy, cfg) in enumerate(cells, 1):
             tree = trees[h]
@@ -290,7 +321,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 detail = " ".join(str(exc).split())
                 raise Failure(f"cell h{h}-{strategy} failed: {type(exc).__name__}: {detail} (run directory {cfg.out})") from exc
             wall = time.perf_counter() - t0
-            rows.append(cell_row(h, tree, strategy, run_dir, wall))
+            rows.append(cell_row(h, tree, strategy, run_dir, wall, args.clients_per_task))
     add_flat_reduction(rows)
     return rows
 

@@ -1,31 +1,41 @@
 """Flight Artifact 3: asynchronous FedAsync vs synchronous FedAvg, worker idle time.
 
 Runs synchronous FedAvg, then asynchronous FedAsync, on the same Dirichlet split
-(labels alpha 1, samples alpha 10), the same seed and the same injected per-worker
-slowdowns, sharing one executor (one DataFlowKernel with one HTEX worker process
-per FL worker on the parsl backend). Both modes do ``rounds x workers`` local
-trainings. Before them, an untimed warm-up run (``--warmup-rounds``, sync, no
-slowdown) makes every worker process load the dataset once, so that one-time
-loading does not land in the first measured round (where the injected slowdown,
-a sleep proportional to the task's elapsed time, would multiply it). Then it writes
+(labels alpha 1, samples alpha 10), the same seed and the same injected per-client
+slowdowns, sharing one executor. Both modes run with ``slots=per_client``: one
+slot (worker process; a thread on the thread backend) per client, as the
+published artifact's 12 workers, so a synchronous round gives every slot one
+client and an asynchronous run keeps one update out per slot. Slots are not
+pinned to clients: HTEX hands a task to any free slot, so a client may run on a
+different slot each time. Both modes do ``rounds x workers`` local trainings.
+Before them, an untimed warm-up run (``--warmup-rounds``, sync, no slowdown)
+trains once on the slots, so first-use costs of the training path fall outside the
+measured runs (the engine's priming already loads the data on every slot). Then
+it writes
 
     <out>/warmup/                 the warm-up run directory
     <out>/sync/, <out>/async/     the two run directories (rounds.csv, tasks.csv, summary.json, ...)
     <out>/results.csv             one row per mode (columns: RESULT_COLUMNS)
-    <out>/idle_per_worker.csv     one row per mode and worker (columns: IDLE_COLUMNS)
+    <out>/idle_per_slot.csv       one row per mode and slot (columns: IDLE_COLUMNS)
+    <out>/per_client.csv          one row per mode and client (columns: CLIENT_COLUMNS)
 
-and prints a markdown table. Defaults finish in a few minutes on a 2-core machine
-with the offline ``digits`` dataset::
+and prints a markdown table. Idle time is per slot, as flight_parsl's summary
+measures it (``SlotClock``): a slot is identified by (host, pid, thread) in
+tasks.csv. A slot's slowdown is not defined (its clients change); the injected
+slowdown is a client's, and per_client.csv shows what it does to each client
+(its updates, its training time). Defaults finish in a few minutes on a 2-core
+machine with the offline ``digits`` dataset::
 
     python artifacts/a3_async/run.py --out runs/a3
     python artifacts/a3_async/run.py --published --data-root data --out runs/a3-published
 
-Defaults: 12 workers, 20 rounds, alpha 1/12, slowdown_max 4, digits, mlp, 40 local
-epochs (see DIGITS_EPOCHS), parsl backend, seed 0. ``--published`` sets the
-published study: FashionMNIST (needs --data-root, see download_data.py), the
-fedprox_cnn model, 1 local epoch, 12 workers, 20 rounds, alpha 1/12, slowdown_max 4;
-flags given explicitly still win. ``key.sub=value`` arguments after the flags
-override config keys of both modes (e.g. ``train.batch_size=32``).
+Defaults: 12 workers (clients, on 12 slots), 20 rounds, alpha 1/12, slowdown_max 4,
+digits, mlp, 40 local epochs (see DIGITS_EPOCHS), parsl backend, seed 0.
+``--published`` sets the published study: FashionMNIST (needs --data-root, see
+download_data.py), the fedprox_cnn model, 1 local epoch, 12 workers, 20 rounds,
+alpha 1/12, slowdown_max 4; flags given explicitly still win. ``key.sub=value``
+arguments after the flags override config keys of both modes (e.g.
+``train.batch_size=32``, or ``slots=auto`` to pack the clients onto fewer slots).
 
 Exit status: 0 on success; 1 when a run fails; 2 for bad arguments, config values
 or missing data (all checked before the executor starts). Errors are one line on
@@ -52,13 +62,16 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import the check
 PROG = "a3"
 MODES = ("sync", "async")
 RESULT_COLUMNS = (
-    "mode", "strategy", "workers", "rounds", "updates", "idle_pct_mean", "idle_pct_std", "final_test_acc",
+    "mode", "strategy", "workers", "slots", "rounds", "updates", "idle_pct_mean", "idle_pct_std", "final_test_acc",
     "wall_s", "acc_at_equal_wall", "equal_wall_s", "task_s_median", "gap_s_median", "alpha", "slowdown_max",
     "dataset", "model", "epochs", "backend", "seed", "run_dir",
 )
 IDLE_COLUMNS = (
-    "mode", "worker", "slowdown", "tasks", "busy_s", "idle_s", "idle_pct", "task_s_median", "return_s",
-    "coordinator_s", "dispatch_s",
+    "mode", "slot", "host", "pid", "thread", "tasks", "clients", "busy_s", "idle_s", "idle_pct", "task_s_median",
+    "return_s", "coordinator_s", "dispatch_s",
+)
+CLIENT_COLUMNS = (
+    "mode", "client", "slowdown", "samples", "updates", "slots", "client_s_median", "client_s_total",
 )
 DEFAULTS: dict[str, Any] = {
     "workers": 12, "rounds": 20, "alpha": 1 / 12, "slowdown_max": 4.0, "dataset": "digits", "model": "mlp",
@@ -93,10 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             self.exit(2, f"{PROG}: error: {message}\n")
 
     p = Parser(prog="run.py", description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, help=f"FL workers (default {DEFAULTS['workers']})")
+    p.add_argument("--workers", type=int, help=f"FL workers: clients, one slot each (default {DEFAULTS['workers']})")
     p.add_argument("--rounds", type=int, help=f"rounds; async: rounds x workers updates (default {DEFAULTS['rounds']})")
     p.add_argument("--alpha", type=fraction, help="FedAsync mixing weight, float or fraction (default 1/12)")
-    p.add_argument("--slowdown-max", type=float, help="per-worker slowdown factor uniform in [1, K] (default 4)")
+    p.add_argument("--slowdown-max", type=float, help="per-client slowdown factor uniform in [1, K] (default 4)")
     p.add_argument("--dataset", help=f"digits, mnist, fashion_mnist (default {DEFAULTS['dataset']})")
     p.add_argument("--data-root", help="directory filled by download_data.py (mnist, fashion_mnist)")
     p.add_argument("--model", help=f"model name (default {DEFAULTS['model']})")
@@ -108,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{k}={v if k != 'alpha' else '1/12'}" for k, v in PUBLISHED.items()) + " (needs --data-root)")
     p.add_argument("--seed", type=int, help="seed of the model, split, shuffling and slowdowns (default 0)")
     p.add_argument("--warmup-rounds", type=int, default=1, help="untimed sync rounds (no slowdown) before the "
-                   "measured runs, so every worker process has loaded the data once (default 1; 0: none)")
+                   "measured runs, so every slot has loaded the data once (default 1; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides for both modes")
     args = p.parse_args(argv)
@@ -143,6 +156,7 @@ def mode_config(args: argparse.Namespace, mode: str, out: Path, warmup: bool = F
 
     values: dict[str, Any] = {
         "workers": args.workers,
+        "slots": "per_client",  # one slot per client, as the published artifact's workers
         "rounds": args.warmup_rounds if warmup else args.rounds,
         "seed": args.seed,
         "mode": mode,
@@ -174,23 +188,45 @@ def _float(text: str | None) -> float:
         return math.nan
 
 
-def idle_per_worker(run_dir: Path, slowdowns: list[float]) -> list[dict[str, Any]]:
-    """Per-worker busy/idle seconds and idle %, from tasks.csv (counted as flight_parsl's WorkerClock does).
+TASK_KEYS = ("submitted", "started", "finished", "received", "idle_s")
 
-    Each gap between a worker's consecutive tasks is split by the coordinator's timestamps into
-    ``return_s`` (task finished on the worker -> result received by the coordinator),
-    ``coordinator_s`` (received -> the worker's next task submitted: in sync mode the wait for the
-    round's stragglers and the evaluation) and ``dispatch_s`` (submitted -> started on a worker).
+
+def train_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The ok train rows of tasks.csv: one per client per task attempt."""
+    return [r for r in read_csv(run_dir / "tasks.csv") if r["kind"] == "train" and r["status"] == "ok"]
+
+
+def train_tasks(run_dir: Path) -> list[dict[str, Any]]:
+    """One entry per ok train task (its task-level columns once), with its slot and its clients."""
+    tasks: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in train_rows(run_dir):
+        key = (row["round"], row["task"], row["attempt"])
+        if key not in tasks:
+            tasks[key] = {
+                "slot": (row["host"], int(row["pid"]), int(row["thread"])),
+                "clients": [],
+                **{k: _float(row[k]) for k in TASK_KEYS},
+            }
+        tasks[key]["clients"].append(int(row["client"]))
+    return list(tasks.values())
+
+
+def idle_per_slot(run_dir: Path) -> list[dict[str, Any]]:
+    """Per-slot busy/idle seconds and idle %, from tasks.csv (counted as flight_parsl's SlotClock does).
+
+    A slot is (host, pid, thread); its tasks are counted once however many clients they ran. Each
+    gap between a slot's consecutive tasks is split by the coordinator's timestamps into ``return_s``
+    (task finished on the slot -> result received by the coordinator), ``coordinator_s`` (received
+    -> the slot's next task submitted: in sync mode the wait for the round's stragglers and the
+    evaluation) and ``dispatch_s`` (submitted -> started on the slot). Rows come in (host, pid,
+    thread) order; :func:`summarize` numbers the slots.
     """
-    by_worker: dict[int, list[dict[str, float]]] = {}
-    for row in read_csv(run_dir / "tasks.csv"):
-        if row["kind"] != "train" or row["worker"] == "":
-            continue
-        keys = ("submitted", "started", "finished", "received", "idle_s")
-        by_worker.setdefault(int(row["worker"]), []).append({k: _float(row[k]) for k in keys})
+    by_slot: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for task in train_tasks(run_dir):
+        by_slot.setdefault(task["slot"], []).append(task)
     out = []
-    for w in sorted(by_worker):
-        tasks = sorted(by_worker[w], key=lambda t: t["started"])
+    for slot in sorted(by_slot):
+        tasks = sorted(by_slot[slot], key=lambda t: t["started"])
         busy = sum(t["finished"] - t["started"] for t in tasks)
         idle = sum(max(t["idle_s"], 0.0) for t in tasks if not math.isnan(t["idle_s"]))
         ret = sum(a["received"] - a["finished"] for a in tasks[:-1])
@@ -198,9 +234,11 @@ def idle_per_worker(run_dir: Path, slowdowns: list[float]) -> list[dict[str, Any
         disp = sum(b["started"] - b["submitted"] for b in tasks[1:])
         total = busy + idle
         out.append({
-            "worker": w,
-            "slowdown": slowdowns[w] if w < len(slowdowns) else math.nan,
+            "host": slot[0],
+            "pid": slot[1],
+            "thread": slot[2],
             "tasks": len(tasks),
+            "clients": len({c for t in tasks for c in t["clients"]}),
             "busy_s": busy,
             "idle_s": idle,
             "idle_pct": 100.0 * idle / total if total > 0 else 0.0,
@@ -212,9 +250,31 @@ def idle_per_worker(run_dir: Path, slowdowns: list[float]) -> list[dict[str, Any
     return out
 
 
-def median_of(run_dir: Path, value: Any) -> float:
-    """Median over the train rows of tasks.csv of ``value(row)``, NaNs left out."""
-    values = [value(r) for r in read_csv(run_dir / "tasks.csv") if r["kind"] == "train"]
+def per_client(run_dir: Path, slowdowns: list[float] | None, workers: int) -> list[dict[str, Any]]:
+    """Per-client updates, slots used and training seconds (``client_s``: the client's own part of
+    its task, slowdown included), next to the client's injected slowdown factor."""
+    by_client: dict[int, list[dict[str, str]]] = {c: [] for c in range(workers)}
+    for row in train_rows(run_dir):
+        by_client.setdefault(int(row["client"]), []).append(row)
+    out = []
+    for client in sorted(by_client):
+        rows = by_client[client]
+        seconds = [_float(r["client_s"]) for r in rows]
+        seconds = [v for v in seconds if not math.isnan(v)]
+        out.append({
+            "client": client,
+            "slowdown": slowdowns[client] if slowdowns and client < len(slowdowns) else 1.0,
+            "samples": rows[0]["samples"] if rows else "",
+            "updates": len(rows),
+            "slots": len({(r["host"], r["pid"], r["thread"]) for r in rows}),
+            "client_s_median": statistics.median(seconds) if seconds else math.nan,
+            "client_s_total": sum(seconds),
+        })
+    return out
+
+
+def median_of(values: Any) -> float:
+    """Median of ``values``, NaNs left out (NaN if none)."""
     values = [v for v in values if not math.isnan(v)]
     return statistics.median(values) if values else math.nan
 
@@ -234,34 +294,44 @@ def acc_at(rounds: list[dict[str, str]], summary: dict[str, Any], horizon: float
 
 
 def summarize(
-    args: argparse.Namespace, dirs: dict[str, Path], slowdowns: list[float]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """results.csv and idle_per_worker.csv rows from the two run directories."""
+    args: argparse.Namespace, dirs: dict[str, Path], slowdowns: list[float] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """results.csv, idle_per_slot.csv and per_client.csv rows from the two run directories.
+
+    Slots are numbered 0.. in (host, pid, thread) order over both modes: on a shared executor the
+    same slot has the same number in both.
+    """
     info = {}
     for mode, run_dir in dirs.items():
         summary = json.loads((run_dir / "summary.json").read_text())
-        info[mode] = (summary, read_csv(run_dir / "rounds.csv"))
-    horizon = min(s["prime2end"] for s, _ in info.values())
-    results, idle_rows = [], []
+        info[mode] = (summary, read_csv(run_dir / "rounds.csv"), idle_per_slot(run_dir), train_tasks(run_dir))
+    horizon = min(s["prime2end"] for s, *_ in info.values())
+    numbers = {
+        slot: i for i, slot in enumerate(sorted({(r["host"], r["pid"], r["thread"]) for *_, per, _ in info.values()
+                                                 for r in per}))
+    }
+    results, idle_rows, client_rows = [], [], []
     for mode, run_dir in dirs.items():
-        summary, rounds = info[mode]
-        per_worker = idle_per_worker(run_dir, slowdowns)
-        for row in per_worker:
-            idle_rows.append({"mode": mode, **row})
+        summary, rounds, per_slot, tasks = info[mode]
+        for row in per_slot:
+            idle_rows.append({"mode": mode, "slot": numbers[row["host"], row["pid"], row["thread"]], **row})
+        clients = per_client(run_dir, slowdowns, args.workers)
+        client_rows += [{"mode": mode, **row} for row in clients]
         results.append({
             "mode": mode,
             "strategy": "fedasync" if mode == "async" else "fedavg",
             "workers": args.workers,
+            "slots": summary.get("slots", len(per_slot)),
             "rounds": args.rounds,
-            "updates": sum(r["tasks"] for r in per_worker),
+            "updates": sum(r["updates"] for r in clients),
             "idle_pct_mean": summary.get("idle_pct_mean", math.nan),
             "idle_pct_std": summary.get("idle_pct_std", math.nan),
             "final_test_acc": summary.get("final_test_acc", math.nan),
             "wall_s": summary["prime2end"],
             "acc_at_equal_wall": acc_at(rounds, summary, horizon),
             "equal_wall_s": horizon,
-            "task_s_median": median_of(run_dir, lambda r: _float(r["finished"]) - _float(r["started"])),
-            "gap_s_median": median_of(run_dir, lambda r: _float(r["idle_s"])),
+            "task_s_median": median_of(t["finished"] - t["started"] for t in tasks),
+            "gap_s_median": median_of(t["idle_s"] for t in tasks),
             "alpha": args.alpha if mode == "async" else "",
             "slowdown_max": args.slowdown_max,
             "dataset": args.dataset,
@@ -271,7 +341,7 @@ def summarize(
             "seed": args.seed,
             "run_dir": str(run_dir),
         })
-    return results, idle_rows
+    return results, idle_rows, client_rows
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
@@ -289,13 +359,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     header = (
-        "mode", "strategy", "workers", "rounds", "updates", "idle % mean", "idle % std", "final test acc",
+        "mode", "strategy", "workers", "slots", "rounds", "updates", "idle % mean", "idle % std", "final test acc",
         "wall s (prime2end)", "acc at equal wall",
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = (
-            r["mode"], r["strategy"], r["workers"], r["rounds"], r["updates"], _fmt(r["idle_pct_mean"], ".3f"),
+            r["mode"], r["strategy"], r["workers"], r["slots"], r["rounds"], r["updates"], _fmt(r["idle_pct_mean"], ".3f"),
             _fmt(r["idle_pct_std"], ".3f"), _fmt(r["final_test_acc"], ".4f"), _fmt(r["wall_s"], ".1f"),
             _fmt(r["acc_at_equal_wall"], ".4f"),
         )
@@ -307,10 +377,11 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from flight_parsl.execution.backends import open_backend
+    from flight_parsl.config.experiment import parse_slots
     from flight_parsl.engine.context import prepare, slowdowns
     from flight_parsl.engine.progress import Progress
     from flight_parsl.engine.runner import run_experiment
+    from flight_parsl.execution.backends import open_backend, resolve_slots
 
     out = Path(args.out)
     configs = {mode: mode_config(args, mode, out) for mode in MODES}  # both validated before anything starts
@@ -318,25 +389,27 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     factors = slowdowns(configs["sync"])
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    say(f"slowdowns: {', '.join(f'{f:.2f}' for f in factors)}")
+    say(f"slowdowns: {', '.join(f'{f:.2f}' for f in factors or [])}")
     dirs: dict[str, Path] = {}
     first = configs["sync"]
-    with open_backend(first.backend, first.workers, out, first.parsl_config) as backend:
+    slots = resolve_slots(parse_slots(first.slots), first.workers)
+    with open_backend(first.backend, slots, out, first.parsl_config) as backend:
         if args.warmup_rounds > 0:
             warm = mode_config(args, "sync", out, warmup=True)
             say(f"== warm-up: {warm.rounds} sync round(s) without slowdown -> {warm.out}")
             warm_dir = run_experiment(warm, Progress(warm.rounds, enabled=not args.quiet), backend)
-            pids = {(r["host"], r["pid"]) for r in read_csv(warm_dir / "tasks.csv")}
-            say(f"== warm-up reached {len(pids)} worker process(es)")
+            seen = {(r["host"], r["pid"], r["thread"]) for r in train_rows(warm_dir)}
+            say(f"== warm-up ran on {len(seen)} of {slots} slot(s)")
         for mode in MODES:
             cfg = configs[mode]
             say(f"== {mode}: {cfg.strategy.name}" + (f" alpha={cfg.strategy.alpha:.4g}" if mode == "async" else ""))
             t0 = time.perf_counter()
             dirs[mode] = run_experiment(cfg, Progress(cfg.rounds, enabled=not args.quiet), backend)
             say(f"== {mode} took {time.perf_counter() - t0:.1f} s")
-    results, idle_rows = summarize(args, dirs, factors)
+    results, idle_rows, client_rows = summarize(args, dirs, factors)
     write_csv(out / "results.csv", RESULT_COLUMNS, results)
-    write_csv(out / "idle_per_worker.csv", IDLE_COLUMNS, idle_rows)
+    write_csv(out / "idle_per_slot.csv", IDLE_COLUMNS, idle_rows)
+    write_csv(out / "per_client.csv", CLIENT_COLUMNS, client_rows)
     return results
 
 
@@ -361,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: failed: {type(exc).__name__}: {detail}", file=sys.stderr)
         return 1
     print(markdown_table(results))
-    print(f"\nwrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'idle_per_worker.csv'}")
+    out = Path(args.out)
+    print(f"\nwrote {out / 'results.csv'}, {out / 'idle_per_slot.csv'} and {out / 'per_client.csv'}")
     return 0
 
 

@@ -4,6 +4,13 @@ Each cell is one fresh ``python -m flight_parsl.scale --train none`` run (its ow
 DataFlowKernel and workers), so cells do not share warm state. Ratios compare
 transfers measured in this one invocation; absolute seconds depend on the machine.
 
+``--workers`` counts clients. By default every cell runs with ``slots=per_client``
+(one worker process per client, each task carrying one client's model both ways, as
+Flight's weak-scaling artifact ran); ``--slots auto`` (or a number) packs the clients
+onto fewer slots, each task folding its clients into one partial: fewer tasks, and
+one model in and one out per task instead of per client. The ``slots`` column
+records the slots each cell used.
+
     python artifacts/transfer_bench/run.py --workers 8,32 --models smallnet,resnet18 \
         --transfers parsl,redis,file --rounds 2 --out runs/transfer_bench
 """
@@ -19,16 +26,19 @@ import time
 from pathlib import Path
 
 COLUMNS = (
-    "model", "workers", "transfer", "rounds", "prime2end_s", "start2end_s", "round_s",
+    "model", "workers", "slots", "transfer", "rounds", "prime2end_s", "start2end_s", "round_s",
     "bytes_moved", "peak_rss_coordinator_mb", "peak_rss_worker_mb", "ratio_to_parsl", "status",
 )
 
 
-def run_cell(model: str, workers: int, transfer: str, rounds: int, out: Path, extra: list[str]) -> dict[str, object]:
+def run_cell(
+    model: str, workers: int, transfer: str, rounds: int, out: Path, extra: list[str], slots: str = "per_client"
+) -> dict[str, object]:
     """Run one cell and read its summary.json and rounds.csv."""
     cmd = [
         sys.executable, "-m", "flight_parsl.scale", "--quiet", "--train", "none", "--model", model,
-        "--workers", str(workers), "--rounds", str(rounds), "--transfer", transfer, "--out", str(out), *extra,
+        "--workers", str(workers), "--rounds", str(rounds), "--transfer", transfer, "--out", str(out),
+        f"slots={slots}", *extra,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     row: dict[str, object] = {"model": model, "workers": workers, "transfer": transfer, "rounds": rounds}
@@ -39,6 +49,7 @@ def run_cell(model: str, workers: int, transfer: str, rounds: int, out: Path, ex
     with (out / "rounds.csv").open() as f:
         rows = list(csv.DictReader(f))
     row.update(
+        slots=summary.get("slots", ""),
         prime2end_s=summary["prime2end"],
         start2end_s=summary["start2end"],
         round_s=sum(float(r["makespan_s"]) for r in rows) / len(rows),
@@ -56,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="smallnet,resnet18", help="comma-separated model names")
     p.add_argument("--transfers", default="parsl,redis,file", help="comma-separated transfer kinds")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--slots", default="per_client",
+                   help="worker processes per cell: per_client (default, one per client), auto or a number")
     p.add_argument("--out", default=f"runs/transfer_bench-{time.strftime('%Y%m%d-%H%M%S')}")
     p.add_argument("extra", nargs="*", help="extra arguments for flight_parsl.scale (key=value overrides)")
     args = p.parse_args(argv)
@@ -67,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             base = None
             for transfer in args.transfers.split(","):
                 cell = out / f"{model}-n{workers}-{transfer}"
-                row = run_cell(model, workers, transfer, args.rounds, cell, args.extra)
+                row = run_cell(model, workers, transfer, args.rounds, cell, args.extra, args.slots)
                 if transfer == "parsl" and row["status"] == "ok":
                     base = float(row["prime2end_s"])  # type: ignore[arg-type]
                 if base and row["status"] == "ok":
@@ -93,7 +106,7 @@ def _fmt(value: object) -> str:
 
 
 def _markdown(rows: list[dict[str, object]]) -> str:
-    cols = ("model", "workers", "transfer", "prime2end_s", "round_s", "start2end_s", "bytes_moved",
+    cols = ("model", "workers", "slots", "transfer", "prime2end_s", "round_s", "start2end_s", "bytes_moved",
             "peak_rss_coordinator_mb", "peak_rss_worker_mb", "ratio_to_parsl", "status")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]

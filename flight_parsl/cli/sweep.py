@@ -5,9 +5,10 @@ backend are the same; only the model and the channel change between runs), so th
 start-up cost is paid once per worker count and later runs record ``dfk_reused``.
 A run that fails is recorded with its reason and the executor is restarted for the
 next run, since the failure may have left it broken. Each run appends one row to
-the results table (see :mod:`flight_parsl.results.table`); running the same sweep
-again skips the cells already there with status ``ok`` and the same resolved config
-(its ``config_hash``), so a sweep with other rounds, training or seed runs anew.
+the results table (see :mod:`flight_parsl.results.table`), with the slots it ran
+on; running the same sweep again skips the cells already there with status ``ok``
+and the same resolved config (its ``config_hash``), so a sweep with other rounds,
+training, seed or slots runs anew.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) ->
         "framework": "flight_parsl",
         "model": cfg.model.name,
         "num_workers": cfg.workers,
+        "slots": summary.get("slots", ""),
         "transfer": cfg.transfer.kind,
         "trial": trial,
         "train": cfg.train.mode,
@@ -119,10 +121,11 @@ def run_sweep(
     index = 0
     for workers in spec.workers:
         todo = []
+        slots = resolve_slots(parse_slots(base.slots), workers)  # a site that fixes its workers may differ
         for model, transfer, trial in spec.cells(workers):
             index += 1
             cfg = cell_config(base, out_root, workers, model, transfer, trial)
-            if (("flight_parsl", model, workers, transfer, trial), config_hash(cfg)) in done:
+            if (("flight_parsl", model, workers, transfer, trial, slots < workers), config_hash(cfg)) in done:
                 progress.say(f"[{index}/{spec.size}] {model} n={workers} {transfer} trial {trial}: already done")
                 continue
             todo.append((index, cfg, trial))
@@ -135,8 +138,7 @@ def run_sweep(
                 progress.say(f"[{i}/{spec.size}] {model} n={workers} {transfer} trial {trial}")
                 if backend is None:
                     backend = stack.enter_context(
-                        open_backend(cfg.backend, resolve_slots(parse_slots(cfg.slots), workers),
-                                     out_root / f"executor-n{workers}", cfg.parsl_config)
+                        open_backend(cfg.backend, slots, out_root / f"executor-n{workers}", cfg.parsl_config)
                     )
                 run_dir = unused_dir(Path(cfg.out or ""))
                 cfg = replace(cfg, out=str(run_dir))

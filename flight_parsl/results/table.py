@@ -4,15 +4,19 @@ Every framework (flight_parsl with each transfer, Flower simulation, Flower gRPC
 appends rows with the same columns, so one table holds a whole comparison and
 analysis/ plots it directly. Rows are appended and flushed one at a time; a sweep
 that is run again skips a cell only when a row with status ``ok`` has the same
-(framework, model, num_workers, transfer, trial) and the same ``config_hash``: a run
+(framework, model, num_workers, transfer, trial, packed) and the same ``config_hash``: a run
 with other rounds, training, topology, strategy or seed is a different cell. Rows of
 tables written before that column existed never match (their cells run again), and
 appending to such a table first rewrites it under today's header.
 
 Columns:
     framework: ``flight_parsl``, ``flower-simulation`` or ``flower-grpc``.
-    model, num_workers, transfer (``parsl``/``redis``/``file``; Flower: ``ray``/``grpc``),
-    trial, train (``none``/``local``), rounds.
+    model, num_workers (clients), transfer (``parsl``/``redis``/``file``; Flower:
+    ``ray``/``grpc``), trial, train (``none``/``local``), rounds.
+    slots: flight_parsl's worker processes (summary.json's ``slots``); fewer than
+        num_workers means the clients were packed onto the slots. Empty for Flower
+        and for rows written before the column existed (those flight_parsl runs had
+        one worker process per client).
     start, dfk_start_done, priming_done, end: Unix seconds (for Flower: start = first
         client launch or engine start, dfk_start_done = server/engine up,
         priming_done = first round starts).
@@ -41,6 +45,7 @@ COLUMNS = (
     "framework",
     "model",
     "num_workers",
+    "slots",
     "transfer",
     "trial",
     "train",
@@ -64,12 +69,24 @@ COLUMNS = (
 #: Columns that hold text; rows_to_frame makes every other column numeric.
 TEXT_COLUMNS = ("framework", "model", "transfer", "train", "status", "run_dir", "config_hash")
 
-CellKey = tuple[str, str, int, str, int]
+CellKey = tuple[str, str, int, str, int, bool]
+
+
+def is_packed(row: dict[str, Any]) -> bool:
+    """Whether a row's clients were packed onto fewer slots than clients (unknown slots: no)."""
+    slots = str(row.get("slots") or "").strip()
+    try:
+        return bool(slots) and int(float(slots)) < int(row["num_workers"])
+    except (TypeError, ValueError):
+        return False
 
 
 def cell_key(row: dict[str, Any]) -> CellKey:
-    """The identity of a sweep cell: framework, model, workers, transfer, trial."""
-    return (str(row["framework"]), str(row["model"]), int(row["num_workers"]), str(row["transfer"]), int(row["trial"]))
+    """The identity of a sweep cell: framework, model, workers, transfer, trial, packed."""
+    return (
+        str(row["framework"]), str(row["model"]), int(row["num_workers"]), str(row["transfer"]), int(row["trial"]),
+        is_packed(row),
+    )
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
@@ -120,7 +137,7 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
 
 def done_cells(path: str | Path) -> set[CellKey]:
-    """Cells already finished with status ``ok``, by the five key columns (the baselines' resume)."""
+    """Cells already finished with status ``ok``, by their key columns (the baselines' resume)."""
     return {cell_key(r) for r in read_rows(path) if r.get("status") == "ok"}
 
 
