@@ -81,6 +81,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             state = _state(cfg, transfer, stack)
             active = stack.enter_context(_backend(cfg, slots, out, recorder, backend))
             warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
+            stack.callback(warmup.close)
             exp = prepare(cfg, work)  # torch and the initial model, while the slots start
             recorder.update(
                 model=exp.workload.model.name,

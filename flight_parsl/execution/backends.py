@@ -87,7 +87,9 @@ def open_backend(
             on_started()
         yield Backend(pool, kind, f"{kind} pool with {slots} slots", slots=slots, started_at=started_at)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Threads cannot be stopped: wait for a late task, so that nothing writes into a
+        # transfer or state directory after the run removed it. Processes end with the pool.
+        pool.shutdown(wait=kind == "thread", cancel_futures=True)
 
 
 @contextmanager
@@ -156,11 +158,15 @@ class Warmup:
                 for _ in range(self.count)
             ]
         except BaseException:
-            shutil.rmtree(self.barrier, ignore_errors=True)
+            self.close()
             raise
 
     def _ready(self) -> int:
         return len(os.listdir(self.barrier))
+
+    def close(self) -> None:
+        """Remove the barrier directory (also when the run stops before :meth:`wait`)."""
+        shutil.rmtree(self.barrier, ignore_errors=True)
 
     def wait(self) -> set[tuple[str, int]]:
         """The (host, pid) of the slots reached; fails clearly if none answers in time."""
@@ -188,4 +194,4 @@ class Warmup:
                 self.on_progress(self._ready(), self.count)
             return seen
         finally:
-            shutil.rmtree(self.barrier, ignore_errors=True)
+            self.close()
