@@ -11,6 +11,7 @@ from conftest import read_csv, read_summary
 from flight_parsl.core.errors import RoundError
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.runner import run_experiment
+from redis_fixtures import managed_redis  # noqa: F401 (fixture)
 
 
 def test_local_training_on_digits_learns_and_writes_the_run_directory(make_config) -> None:
@@ -180,3 +181,30 @@ def test_work_still_out_at_the_deadline_fails_and_the_round_closes(make_config) 
     late = [(t["round"], t["client"], t["status"]) for t in tasks if t["status"] != "ok"]
     assert late == [("0", "1", "deadline")]
     assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("path", ["error", "deadline", "quorum"])
+def test_failed_and_late_work_leave_no_key_and_no_directory(path, make_config, monkeypatch, managed_redis, tmp_path) -> None:
+    import redis as redis_py
+
+    from flight_parsl.transfer.redis_server import count_keys
+
+    redis_py.Redis(managed_redis.address.host, managed_redis.address.port).set("sentinel", b"kept")
+    common = ["train.mode=none", "model.name=smallnet", "plan.clients_per_task=1", "policy.retries=0",
+              f"transfer.redis={managed_redis.address}"]
+    if path == "deadline":
+        common += ["policy.deadline_s=1", "faults.hang=1@1", "faults.hang_s=2"]
+    else:
+        _crash(monkeypatch, (lambda r, c: c == 1) if path == "error" else (lambda r, c: r == 1))
+    for kind in ("redis", "file"):
+        cfg = make_config(*common, f"transfer.kind={kind}", f"transfer.file_dir={tmp_path}", workers=3, rounds=2,
+                          out=str(tmp_path / f"run-{kind}"))
+        if path == "quorum":
+            with pytest.raises(RoundError):
+                run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+        else:
+            run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+        statuses = {t["status"] for t in read_csv(Path(cfg.out) / "tasks.csv")}
+        assert statuses == {"ok", "error" if path == "quorum" else path}
+        assert count_keys(managed_redis.address) == 1  # only the sentinel
+        assert list(tmp_path.glob("flight_parsl-*")) == []

@@ -27,6 +27,7 @@ def test_debug_round_on_htex_workers(make_config) -> None:
     pids = {int(t["pid"]) for t in tasks}
     assert os.getpid() not in pids  # tasks ran in HTEX worker processes
     assert summary["status"] == "completed"
+    assert summary["primed_slots"] == summary["slots"] == 2  # the warm-up reached every slot
     assert summary["start"] < summary["dfk_start_done"] < summary["priming_done"] < summary["end"]
     assert (out / "parsl").is_dir()
     assert all(int(t["bytes_out"]) == int(t["bytes_in"]) > 62006 * 4 for t in tasks)
@@ -50,11 +51,12 @@ def test_proxy_transfers_on_htex_workers(kind, make_config, managed_redis, tmp_p
     assert list(tmp_path.glob("flight_parsl-*")) == []
 
 
-def test_a_sigkilled_worker_process_costs_one_attempt_and_the_round_closes(make_config) -> None:
+def test_a_sigkilled_worker_process_costs_one_attempt_and_the_round_closes(make_config, tmp_path) -> None:
     # client 1's slot SIGKILLs itself in round 2: HTEX reports WorkerLost, the policy retries the
     # client on a live slot, and the round closes with all four clients
     cfg = make_config("train.mode=none", "model.name=tiny", "faults.kill=1@2", "plan.clients_per_task=1",
-                      "policy.retries=1", workers=4, rounds=3, backend="parsl")
+                      "policy.retries=1", "transfer.kind=file", f"transfer.file_dir={tmp_path}",
+                      workers=4, rounds=3, backend="parsl")
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
     assert [(r["participants"], r["failed"], r["retries"]) for r in rounds] == [("4", "0", "0"), ("4", "0", "1"), ("4", "0", "0")]
@@ -64,6 +66,7 @@ def test_a_sigkilled_worker_process_costs_one_attempt_and_the_round_closes(make_
     retried = [t for t in tasks if t["round"] == "1" and t["client"] == "1" and t["status"] == "ok"]
     assert len(retried) == 1 and retried[0]["attempt"] == "1"
     assert read_summary(out)["status"] == "completed"
+    assert list(tmp_path.glob("flight_parsl-*")) == []
 
 
 def test_local_training_on_htex_workers(make_config) -> None:
