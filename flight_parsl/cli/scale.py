@@ -178,6 +178,8 @@ def _main(argv: list[str] | None) -> int:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     # Parsl warns for every task argument over 1 MiB; model payloads are that big by design.
     handler.addFilter(lambda record: not record.getMessage().startswith("Serialized object exceeds buffer threshold"))
+    # A failed task is an outcome the engine records (tasks.csv, the round line): no traceback here.
+    handler.addFilter(lambda record: not (record.name == "parsl.dataflow.dflow" and "failed after" in record.getMessage()))
     logging.getLogger().addHandler(handler)
     from flight_parsl.config.experiment import build_config
     from flight_parsl.engine.progress import Progress

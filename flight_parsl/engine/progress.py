@@ -64,13 +64,16 @@ class Progress:
         self.stream.write(f"\rround {round_idx + 1}/{self.rounds}  clients {done}/{total}  {elapsed:6.1f}s")
         self.stream.flush()
 
-    def end_round(self, round_idx: int, done: int, total: int, seconds: float, loss: float, acc: float) -> None:
-        """A round finished."""
+    def end_round(
+        self, round_idx: int, done: int, total: int, seconds: float, loss: float, acc: float, retries: int = 0
+    ) -> None:
+        """A round finished (``done`` of ``total`` clients returned; ``retries`` resubmissions)."""
         if not self.enabled:
             return
         line = (
             f"round {round_idx + 1}/{self.rounds}  clients {done}/{total}  "
             f"test loss {_fmt(loss, '.4f')}  acc {_fmt(acc, '.4f')}  {seconds:6.2f}s"
+            + (f"  ({retries} retried)" if retries else "")
         )
         prefix = "\r\033[K" if self.live else ""
         print(prefix + line, file=self.stream, flush=True)

@@ -458,6 +458,6 @@ def run_sync(ctx: RunContext) -> RunResult:
                 f"{quorum} (policy.min_fraction={ctx.policy.min_fraction}); failures: {', '.join(kinds)}"
                 + (f" (first: {first})" if first else "")
             )
-        progress.end_round(r, ok, len(sampled), end - start, loss, acc)
+        progress.end_round(r, ok, len(sampled), end - start, loss, acc, rnd.stats.retries)
         summaries.append(RoundSummary(r, end - start, loss, acc, ok, len(sampled) - ok))
     return RunResult(weights, summaries, peaks, clock)
