@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,8 +29,11 @@ from proxystore.connectors.redis import RedisConnector
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.weights import FlatWeights
+from flight_parsl.transfer.base import Resolved
 
 log = logging.getLogger(__name__)
+
+_FETCH_LOCK = threading.Lock()  # one resolve at a time per process, as the store's own lock does
 
 
 class MappedFileConnector(FileConnector):  # type: ignore[misc]
@@ -114,14 +118,22 @@ class ProxyRef:
 
         return get_key(self.proxy)
 
-    def resolve(self) -> tuple[FlatWeights, float, float]:
-        # Through the process's store (its small cache), not extract(): a resolved
-        # proxy keeps its bytes for as long as the proxy lives.
+    def resolve(self, cache: bool = True) -> Resolved:
+        # Through the process's store and its small cache, not extract(): a resolved
+        # proxy keeps its bytes for as long as the proxy lives. A cache hit fetches
+        # nothing; the lock makes "was it cached" and the read one step per process.
         from proxystore.store.utils import get_factory
 
         t0 = time.perf_counter()
         try:
-            data = get_factory(self.proxy).get_store().get(self.key)
+            store = get_factory(self.proxy).get_store()
+            key = self.key
+            with _FETCH_LOCK:
+                if store.is_cached(key):
+                    data, fetched = store.get(key), 0
+                else:
+                    data = store.get(key) if cache else store.connector.get(key)
+                    fetched = self.nbytes
         except Exception as exc:
             raise TransferError(
                 f"cannot resolve proxy key {self.key} of round {self.round + 1} from {store_location(self.proxy)}: "
@@ -131,7 +143,7 @@ class ProxyRef:
             raise TransferError(f"cannot resolve proxy key {self.key} of round {self.round + 1}: the key is missing")
         t1 = time.perf_counter()
         weights = FlatWeights.from_bytes(data)
-        return weights, t1 - t0, time.perf_counter() - t1
+        return Resolved(weights, t1 - t0, time.perf_counter() - t1, fetched)
 
     def reply(self, weights: FlatWeights) -> tuple[ProxyRef, float, float]:
         from proxystore.store.utils import get_factory

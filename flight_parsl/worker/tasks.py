@@ -128,7 +128,7 @@ def train_task(
         faults: injected faults (first attempt only).
     """
     started = time.time()
-    weights, get_s, deserialize_s = ref.resolve()
+    weights, get_s, deserialize_s, fetched = ref.resolve()
     t0 = time.perf_counter()
     partial = fold.aggregator(weights) if fold is not None else None
     outputs: list[tuple[Ref, float]] = []
@@ -152,7 +152,7 @@ def train_task(
     return _result(
         "train", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=ref.nbytes, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
+        bytes_in=fetched, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
     )
 
 
@@ -172,8 +172,8 @@ def aggregate_task(children: list[tuple[Ref, float]], strategy: Any, round_idx: 
     partial = None
     while children:  # the last child's reference also carries the reply
         ref, weight = children.pop()
-        weights, g, d = ref.resolve()
-        get_s, deserialize_s, bytes_in = get_s + g, deserialize_s + d, bytes_in + ref.nbytes
+        weights, g, d, fetched = ref.resolve()
+        get_s, deserialize_s, bytes_in = get_s + g, deserialize_s + d, bytes_in + fetched
         t0 = time.perf_counter()
         partial = partial or strategy.aggregator(weights)
         partial.add(weights, weight)
@@ -193,10 +193,10 @@ def aggregate_task(children: list[tuple[Ref, float]], strategy: Any, round_idx: 
 def relay_task(ref: Ref, round_idx: int, node: str) -> TaskResult:
     """An aggregator node passing the global model down: fetch it once, republish it."""
     started = time.time()
-    weights, get_s, deserialize_s = ref.resolve()
+    weights, get_s, deserialize_s, fetched = ref.resolve()
     payload, serialize_s, put_s = ref.reply(weights)
     return _result(
         "relay", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=0.0, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=ref.nbytes, bytes_out=payload.nbytes, outputs=[(payload, 0.0)],
+        bytes_in=fetched, bytes_out=payload.nbytes, outputs=[(payload, 0.0)],
     )
