@@ -59,15 +59,28 @@ class TimedRedisConnector(RedisConnector):  # type: ignore[misc]
     stops answering (a stopped process, a hung node) blocks a put or get forever.
     This one connects and waits for each reply at most ``timeout`` seconds, without
     retries; its config carries the timeout to the workers, which rebuild it from there.
+    A get reads the value straight into one buffer (:class:`~flight_parsl.transfer.bulk.BulkReader`)
+    instead of through redis-py's parser.
     """
 
     def __init__(self, hostname: str, port: int, clear: bool = False, timeout: float | None = None) -> None:
+        from flight_parsl.transfer.bulk import BulkReader
         from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, RedisAddress, redis_client
 
         super().__init__(hostname, port, clear)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self._redis_client.close()  # never connected: clients connect on first use
         self._redis_client = redis_client(RedisAddress(hostname, port), self.timeout)
+        self._reader = BulkReader(hostname, port, self.timeout)
+
+    def get(self, key: Any) -> memoryview | None:
+        """The value of ``key`` (a view of one buffer), or None when it is missing."""
+        return self._reader.get(key.redis_key)
+
+    def close(self, clear: bool | None = None) -> None:
+        """Close the sockets (``clear``: as ProxyStore's, flush the whole database first)."""
+        self._reader.close()
+        super().close(clear)
 
     def config(self) -> dict[str, Any]:
         """The connector's configuration, with the timeout."""
