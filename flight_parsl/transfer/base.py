@@ -52,6 +52,11 @@ class Transfer(Protocol):
 
     kind: str
 
+    @property
+    def store_name(self) -> str | None:
+        """The name under which slots keep this channel's store (None: they keep nothing);
+        :mod:`flight_parsl.worker.release` lets go of it when a run ends."""
+
     def publish(self, weights: FlatWeights, round_idx: int) -> Ref:
         """Make the round's global model available to every task of the round."""
 

@@ -41,6 +41,7 @@ class InlineTransfer:
     """Pass-through transfer ("parsl"): nothing is stored outside the tasks."""
 
     kind = "parsl"
+    store_name = None  # slots keep nothing
 
     def publish(self, weights: FlatWeights, round_idx: int) -> InlineRef:
         return InlineRef(weights.to_bytes())

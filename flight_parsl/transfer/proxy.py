@@ -201,6 +201,11 @@ class ProxyTransfer:
         )
         self._lifetimes: dict[int, Any] = {}
 
+    @property
+    def store_name(self) -> str:
+        """The store's name: each process that resolves a proxy registers its own store under it."""
+        return str(self.store.name)
+
     def _lifetime(self, round_idx: int) -> Any:
         from proxystore.store.lifetimes import ContextLifetime
 
