@@ -8,8 +8,9 @@ server copy the whole value into a reply buffer of its own before writing it.
 :class:`BulkReader` asks for the value's length (``STRLEN``), allocates one buffer
 of that size, and fetches the value as ``GETRANGE`` slices of :data:`CHUNK` bytes,
 :data:`WINDOW` of them in flight, each received with ``recv_into`` in place: one
-copy on this side (the kernel's) and only a chunk-sized reply buffer on the
-server's, whose single thread every slot shares.
+copy on this side (the kernel's, into huge pages where the kernel gives them) and
+only a chunk-sized reply buffer on the server's, whose single thread every slot
+shares.
 
 It speaks the few lines of RESP these commands need and nothing else; every other
 command stays with redis-py. Sockets are kept per reader (one per concurrent
@@ -21,6 +22,8 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+
+import numpy as np
 
 #: Bytes per ``GETRANGE`` request.
 CHUNK = 4 << 20
@@ -95,6 +98,13 @@ def _bulk_into(sock: socket.socket, view: memoryview) -> bool:
     return size == len(view)
 
 
+def receive_buffer(size: int) -> np.ndarray:
+    """An uninitialized byte buffer; numpy asks for transparent huge pages on large ones, so
+    filling it faults a few 2 MiB pages instead of thousands of 4 KiB ones (a third of the
+    read's CPU time for a model-sized value)."""
+    return np.empty(size, dtype=np.uint8)
+
+
 def _slices(size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, size, CHUNK):
         yield start, min(size, start + CHUNK)
@@ -107,8 +117,7 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     if size == 0:  # a missing key, or an empty value
         sock.sendall(encode("EXISTS", key))
         return memoryview(b"") if _integer(sock) else None
-    value = bytearray(size)
-    view = memoryview(value)
+    view = memoryview(receive_buffer(size))
     slices = list(_slices(size))
     whole = True
     for i, (start, stop) in enumerate(slices):
