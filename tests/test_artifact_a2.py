@@ -20,6 +20,7 @@ def a2_out(tmp_path_factory) -> Path:
     cmd = [
         sys.executable, str(RUN), "--leaves", "16", "--heights", "1,2,4", "--strategies", "fedavg,fedsgd",
         "--rounds", "2", "--participation", "0.25", "--backend", "thread", "--out", str(out), "--quiet",
+        "transfer.cache_size=0",  # every task reads its model over its edge (the thread pool is one process)
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,12 +7,15 @@ from flight_parsl.topology.tree import balanced_tree
 
 
 run = run_quietly
+#: Every task reads its model over its edge: no process keeps one (see the tests of measured bytes).
+NO_CACHE = ("transfer.kind=file", "transfer.cache_size=0")
 
 
 def test_tree_broadcast_moves_exactly_the_modeled_hierarchical_bytes(make_config) -> None:
-    # one client per task, as the cost model assumes (one model per edge)
+    # one client per task and no slot keeping a model (cache_size=0): one model per edge, as the cost
+    # model assumes (the thread pool is one process: with a cache, its tasks would share what they read)
     out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", "broadcast=tree",
-              "plan.clients_per_task=1", workers=16, rounds=2)
+              "plan.clients_per_task=1", *NO_CACHE, workers=16, rounds=2)
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
     tree = balanced_tree(16, 2)  # 4 aggregators of 4 workers: 20 edges, 32 leaf hops
     for r in rounds:
@@ -28,7 +31,7 @@ def test_tree_broadcast_moves_exactly_the_modeled_hierarchical_bytes(make_config
 def test_packed_tasks_move_fewer_bytes_than_the_cost_model(make_config) -> None:
     # each aggregator's 4 clients run as one task that reads the model once and returns one partial
     out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", "broadcast=tree",
-              workers=16, rounds=1)
+              *NO_CACHE, workers=16, rounds=1)
     (r,) = read_csv(out / "rounds.csv")
     size = int(r["modeled_hierarchical_bytes"]) // 40
     assert r["tasks"] == str(4 + 4 + 4)  # relays, train tasks, aggregates
@@ -37,7 +40,7 @@ def test_packed_tasks_move_fewer_bytes_than_the_cost_model(make_config) -> None:
 
 def test_direct_broadcast_skips_the_inner_edges(make_config) -> None:
     out = run(make_config, "train.mode=none", "model.name=smallnet", "topology=tree:2", "plan.clients_per_task=1",
-              workers=16, rounds=1)
+              *NO_CACHE, workers=16, rounds=1)
     (r,) = read_csv(out / "rounds.csv")
     size = int(r["modeled_hierarchical_bytes"]) // 40
     assert int(r["edge_bytes"]) == (40 - 4) * size  # the 4 coordinator->aggregator edges carry nothing
@@ -66,7 +69,7 @@ def test_every_strategy_runs_on_a_tree(make_config, strategy) -> None:
 def test_participation_runs_only_the_active_subtree(make_config) -> None:
     out = run(
         make_config, "train.mode=none", "model.name=tiny", "topology=tree:2", "strategy.participation=0.25",
-        "broadcast=tree", "plan.clients_per_task=1", workers=16, rounds=3,
+        "broadcast=tree", "plan.clients_per_task=1", *NO_CACHE, workers=16, rounds=3,
     )
     tasks = read_csv(out / "tasks.csv")
     for r in ("0", "1", "2"):

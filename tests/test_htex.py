@@ -18,6 +18,16 @@ from redis_fixtures import managed_redis  # noqa: F401 (fixture)
 pytestmark = pytest.mark.timeout(240)
 
 
+def assert_each_process_reads_the_model_once(tasks: list[dict[str, str]]) -> None:
+    """Every task returns one smallnet payload; per round, each worker process fetched the model
+    once (a second task of the round on the same process finds it in its store's cache)."""
+    size = int(tasks[0]["bytes_out"])
+    assert size > 62006 * 4 and all(int(t["bytes_out"]) == size for t in tasks)
+    for r in {t["round"] for t in tasks}:
+        mine = {t["task"]: t for t in tasks if t["round"] == r}.values()  # one row per client: once per task
+        assert sum(int(t["bytes_in"]) for t in mine) == size * len({t["pid"] for t in mine})
+
+
 def test_debug_round_on_htex_workers(make_config) -> None:
     cfg = make_config("train.mode=none", "model.name=smallnet", workers=4, rounds=2, backend="parsl")
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
@@ -30,7 +40,7 @@ def test_debug_round_on_htex_workers(make_config) -> None:
     assert summary["primed_slots"] == summary["slots"] == 2  # the warm-up reached every slot
     assert summary["start"] < summary["dfk_start_done"] < summary["priming_done"] < summary["end"]
     assert (out / "parsl").is_dir()
-    assert all(int(t["bytes_out"]) == int(t["bytes_in"]) > 62006 * 4 for t in tasks)
+    assert_each_process_reads_the_model_once(tasks)
 
 
 @pytest.mark.parametrize("kind", ["redis", "file"])
@@ -46,7 +56,7 @@ def test_proxy_transfers_on_htex_workers(kind, make_config, managed_redis, tmp_p
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     tasks = read_csv(out / "tasks.csv")
     assert len(tasks) == 8 and os.getpid() not in {int(t["pid"]) for t in tasks}
-    assert all(int(t["bytes_in"]) == int(t["bytes_out"]) > 62006 * 4 for t in tasks)
+    assert_each_process_reads_the_model_once(tasks)
     assert count_keys(managed_redis.address) == 1  # only the sentinel
     assert list(tmp_path.glob("flight_parsl-*")) == []
 
@@ -115,7 +125,8 @@ def test_sweep_reuses_one_dataflowkernel_per_worker_count(tmp_path) -> None:
 def test_hierarchical_round_through_redis_on_htex(make_config, managed_redis) -> None:
     cfg = make_config(
         "train.mode=none", "model.name=smallnet", "topology=tree:3", "broadcast=tree", "plan.clients_per_task=1",
-        "transfer.kind=redis", f"transfer.redis={managed_redis.address}", workers=8, rounds=2, backend="parsl",
+        "transfer.kind=redis", f"transfer.redis={managed_redis.address}", "transfer.cache_size=0",
+        workers=8, rounds=2, backend="parsl",
     )
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")

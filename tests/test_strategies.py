@@ -1,4 +1,4 @@
-"""Strategies: FedAvg against a hand computation, FedSGD settings, errors."""
+"""Strategies: FedAvg, FedSGD and FedProx against hand computations, settings, errors."""
 
 from dataclasses import replace
 
@@ -146,22 +146,108 @@ def test_proximal_term_matches_the_hand_computation() -> None:
     assert proximal_term(model, anchor, mu=0.5).item() == 0.25 * (1 + 4 + 9)
 
 
-def test_fedprox_keeps_local_models_closer_to_the_global_one() -> None:
-    import torch
+# Logistic regression on one client's digits shard (180 samples), by hand in float64 ----------
 
+LOGREG = ("logreg", 1, 8, 10)
+CLIENTS, CLIENT = 8, 3
+
+
+def _logreg_start(seed: int = 0) -> FlatWeights:
+    """Known weights: W ~ N(0, 0.1) of shape (10, 64), b ~ N(0, 0.1)."""
+    rng = np.random.default_rng(seed)
+    layout = Layout.from_shapes([("fc.weight", (10, 64), "float32"), ("fc.bias", (10,), "float32")])
+    return FlatWeights(rng.normal(0, 0.1, layout.size).astype(np.float32), layout)
+
+
+def _shard() -> tuple[np.ndarray, np.ndarray]:
     from flight_parsl.data import PartitionSpec
+    from flight_parsl.data.shards import load_shard
+
+    x, y = load_shard("digits", None, PartitionSpec(kind="iid"), CLIENTS, CLIENT, 0)
+    return x.reshape(len(y), -1).astype(np.float64), y
+
+
+def _loss_and_gradient(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy of flat logreg weights ``w`` (W then b) and its gradient."""
+    weight, bias = w[:640].reshape(10, 64), w[640:]
+    z = x @ weight.T + bias
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    rows = np.arange(len(y))
+    loss = float(-np.log(p[rows, y]).mean())
+    p[rows, y] -= 1.0
+    p /= len(y)
+    return loss, np.concatenate([(p.T @ x).ravel(), p.sum(axis=0)])
+
+
+def _train(settings: LocalSettings) -> tuple[FlatWeights, int, float]:
     from flight_parsl.core.model_spec import ModelSpec
-    from flight_parsl.models import build_model
     from flight_parsl.core.types import Workload
+    from flight_parsl.data import PartitionSpec
     from flight_parsl.worker.training import train_local
 
-    spec = ModelSpec("logreg", 1, 8, 10)
-    torch.manual_seed(0)
-    start = FlatWeights.from_model(build_model(spec))
-    wl = Workload("local", spec, "digits", None, PartitionSpec(kind="labels", labels_per_client=2), 4, 0)
-    base = LocalSettings(epochs=5, batch_size=16, lr=0.1)
-    drift = {}
-    for mu in (0.0, 5.0):
-        out, *_ = train_local(start, wl, replace(base, prox_mu=mu), client=1, round_idx=0)
-        drift[mu] = float(np.linalg.norm(out.buffer - start.buffer))
-    assert drift[5.0] < 0.7 * drift[0.0]
+    wl = Workload("local", ModelSpec(*LOGREG), "digits", None, PartitionSpec(kind="iid"), CLIENTS, 0)
+    out, samples, loss, _, _ = train_local(_logreg_start(), wl, settings, client=CLIENT, round_idx=0)
+    return out, samples, loss
+
+
+def _assert_step(got: np.ndarray, expected: np.ndarray, start: np.ndarray) -> None:
+    """``got`` equals ``expected`` to 1e-5 of the step it took from ``start``."""
+    step = np.linalg.norm(expected - start)
+    assert step > 0.1  # a real step, not a no-op
+    assert np.linalg.norm(got - expected) <= 1e-5 * step, np.linalg.norm(got - expected) / step
+
+
+def test_fedsgd_is_one_full_batch_gradient_step_by_hand_and_by_autograd() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    base = LocalSettings(epochs=5, batch_size=16, lr=0.5, momentum=0.9)
+    out, samples, loss = _train(make_strategy("fedsgd").configure(0, CLIENT, base))
+    x, y = _shard()
+    w0 = _logreg_start().buffer.astype(np.float64)
+    hand_loss, grad = _loss_and_gradient(w0, x, y)
+    assert samples == len(y) == 180
+    assert loss == pytest.approx(hand_loss, rel=1e-5)  # measured before the step, over the whole shard
+    _assert_step(out.buffer, w0 - 0.5 * grad, w0)
+    # torch autograd on the same batch from the same weights
+    layer = torch.nn.Linear(64, 10)
+    with torch.no_grad():
+        layer.weight[:] = torch.from_numpy(w0[:640].reshape(10, 64))
+        layer.bias[:] = torch.from_numpy(w0[640:])
+    F.cross_entropy(layer(torch.from_numpy(x.astype(np.float32))), torch.from_numpy(y)).backward()
+    autograd = np.concatenate([layer.weight.grad.numpy().ravel(), layer.bias.grad.numpy()]).astype(np.float64)
+    _assert_step(out.buffer, w0 - 0.5 * autograd, w0)
+
+
+def test_fedprox_steps_along_the_gradient_of_its_proximal_objective() -> None:
+    # two full-batch steps: the second one's gradient has mu * (w1 - w_global) added
+    mu, lr = 4.0, 0.2
+    base = LocalSettings(epochs=2, batch_size=16, lr=lr, max_steps=2, full_batch=True)
+    out, _, _ = _train(make_strategy("fedprox", mu=mu).configure(0, CLIENT, base))
+    x, y = _shard()
+    w0 = _logreg_start().buffer.astype(np.float64)
+    w1 = w0 - lr * _loss_and_gradient(w0, x, y)[1]
+    w2 = w1 - lr * (_loss_and_gradient(w1, x, y)[1] + mu * (w1 - w0))
+    _assert_step(out.buffer, w2, w0)
+    plain, _, _ = _train(replace(base, prox_mu=0.0))  # without the term the second step differs by lr*mu*(w1-w0)
+    assert np.linalg.norm(plain.buffer - w2) == pytest.approx(lr * mu * np.linalg.norm(w1 - w0), rel=1e-3)
+
+
+def test_fedprox_with_a_large_mu_keeps_the_local_model_within_its_bound() -> None:
+    # f + (mu/2)||w - w_g||^2 is mu-strongly convex (f, the logreg loss, is convex), so its minimizer w*
+    # lies within ||grad f(w_g)|| / mu of w_g, and full-batch gradient descent with lr <= 1 / (L + mu)
+    # never moves away from w*: every iterate stays within 2 ||grad f(w_g)|| / mu of w_g
+    # (L <= lambda_max(X'X / n) + 1 bounds the logreg loss's smoothness on this shard).
+    x, y = _shard()
+    w0 = _logreg_start().buffer.astype(np.float64)
+    smooth = float(np.linalg.eigvalsh(x.T @ x / len(y)).max()) + 1.0
+    mu = 20.0
+    lr = 1.0 / (smooth + mu)
+    base = LocalSettings(epochs=30, batch_size=16, lr=lr, full_batch=True)
+    bound = 2 * np.linalg.norm(_loss_and_gradient(w0, x, y)[1]) / mu
+    out, _, _ = _train(make_strategy("fedprox", mu=mu).configure(0, CLIENT, base))
+    free, _, _ = _train(base)
+    assert np.linalg.norm(out.buffer - w0) <= bound
+    assert np.linalg.norm(free.buffer - w0) > 2 * bound  # without the term it goes well past it

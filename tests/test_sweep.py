@@ -1,16 +1,26 @@
 """Sweeps: every combination, one executor per worker count, resumable results table."""
 
-import csv
 import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import read_csv
 from flight_parsl.cli.scale import main
-from flight_parsl.config.experiment import build_config, config_hash
 from flight_parsl.execution.backends import resolve_slots
+from flight_parsl.config.experiment import build_config, config_hash
 from flight_parsl.results.table import COLUMNS, append_row, done_cells, done_configs, read_rows
+
+
+def payload_bytes(model: str) -> int:
+    """Bytes of one payload of ``model``'s weights: what a task reads or returns."""
+    from flight_parsl.core.weights import FlatWeights
+    from flight_parsl.engine.context import model_spec
+    from flight_parsl.models import build_model
+
+    cfg = build_config(values=[{"backend": "thread"}], overrides=[f"model.name={model}", "train.mode=none"])
+    return len(FlatWeights.from_model(build_model(model_spec(cfg))).to_bytes())
 
 
 def sweep(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -34,10 +44,13 @@ def test_sweep_runs_every_cell_once_and_resumes(tmp_path) -> None:
         # slots=auto (the default): about the cores, never more than the clients; the summary's slots
         assert int(r["slots"]) == resolve_slots("auto", int(r["num_workers"]))
         assert int(r["slots"]) == json.loads((Path(r["run_dir"]) / "summary.json").read_text())["slots"]
-        # each task receives the model once and returns one (folded) result
-        with (Path(r["run_dir"]) / "rounds.csv").open() as f:
-            tasks = sum(int(x["tasks"]) for x in csv.DictReader(f))
-        assert int(r["bytes_moved"]) % (2 * tasks) == 0
+        # one round: about one task per slot, each returning one partial; parsl tasks each carry the
+        # model, through file the thread pool's one process reads it once
+        tasks = resolve_slots("auto", int(r["num_workers"]))
+        (round_row,) = read_csv(Path(r["run_dir"]) / "rounds.csv")
+        assert int(round_row["tasks"]) == tasks
+        reads = tasks if r["transfer"] == "parsl" else 1
+        assert int(r["bytes_moved"]) == (reads + tasks) * payload_bytes(r["model"])
     # one executor per worker count: only its first run paid for starting it
     reused = {}
     for r in rows:

@@ -29,10 +29,16 @@ def _round_trip(transfer) -> int:
     """Publish, resolve as a worker would, reply, collect; returns the payload size."""
     w = _weights(0)
     ref = transfer.publish(w, 0)
-    got, get_s, de_s = ref.resolve()
+    got, get_s, de_s, fetched = ref.resolve()
     assert np.array_equal(got.buffer, w.buffer) and got.layout == w.layout
     assert get_s >= 0 and de_s >= 0
+    assert fetched == ref.nbytes  # the first read crosses
+    # again in the same process: a store's cache already holds it; the task's bytes came with it
+    assert ref.resolve().fetched == (ref.nbytes if transfer.kind == "parsl" else 0)
     back, ser_s, put_s = ref.reply(_weights(1))
+    for _ in range(2):  # a read past the cache (an aggregator's child) crosses every time
+        once = back.resolve(cache=False)
+        assert once.fetched == back.nbytes and np.array_equal(once.weights.buffer, _weights(1).buffer)
     assert np.array_equal(transfer.collect(back).buffer, _weights(1).buffer)
     assert ref.nbytes == back.nbytes == len(w.to_bytes())
     return ref.nbytes
@@ -95,10 +101,16 @@ def test_thread_pool_run_counts_exact_payload_bytes(kind, make_config, tmp_path,
     tasks, rounds = read_csv(out / "tasks.csv"), read_csv(out / "rounds.csv")
     payload = read_summary(out)["model_bytes"]
     assert len(tasks) == 6
-    assert all(payload < int(t["bytes_in"]) == int(t["bytes_out"]) < payload + 4096 for t in tasks)
-    for r in rounds:  # three clients on two slots: two tasks, each reads one model and returns one partial
-        per_task = {t["task"]: int(t["bytes_in"]) + int(t["bytes_out"]) for t in tasks if t["round"] == r["round"]}
-        assert len(per_task) == 2 and int(r["bytes_moved"]) == sum(per_task.values())
+    size = int(tasks[0]["bytes_out"])
+    assert payload < size < payload + 4096 and all(int(t["bytes_out"]) == size for t in tasks)
+    for r in rounds:  # three clients on two slots: two tasks, each returns one partial
+        per_task = {t["task"]: (int(t["bytes_in"]), int(t["bytes_out"])) for t in tasks if t["round"] == r["round"]}
+        assert len(per_task) == 2
+        # parsl: each task carries the model; a store: the pool's one process fetches it once, then hits its cache
+        bytes_in = sorted(b for b, _ in per_task.values())
+        assert bytes_in == ([size, size] if kind == "parsl" else [0, size])
+        assert int(r["bytes_to_workers"]) == sum(bytes_in) and int(r["bytes_from_workers"]) == 2 * size
+        assert int(r["bytes_moved"]) == sum(b + o for b, o in per_task.values())
     assert count_keys(managed_redis.address) == before
     if kind == "file":
         assert list(Path(tmp_path).glob("flight_parsl-*")) == []
@@ -244,3 +256,24 @@ def test_redis_timeout_must_be_positive() -> None:
     for bad in ("0", "-1"):
         with pytest.raises(ConfigError, match=rf"config key 'transfer.redis_timeout' must be > 0, got {bad}"):
             build_config(overrides=[f"transfer.redis_timeout={bad}"])
+
+
+@pytest.mark.parametrize("kind", ["file", "parsl"])
+def test_a_slot_that_holds_the_model_does_not_count_it_again(kind, make_config, tmp_path) -> None:
+    # four one-client tasks a round on one slot: through a store the slot fetches the round's model
+    # once and its cache serves the other three; inline, every task carries the model
+    cfg = make_config("train.mode=none", "model.name=smallnet", f"transfer.kind={kind}", f"transfer.file_dir={tmp_path}",
+                      "transfer.cache_size=1", "plan.clients_per_task=1", "slots=1", workers=4, rounds=3)
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    tasks, rounds = read_csv(out / "tasks.csv"), read_csv(out / "rounds.csv")
+    size, model_bytes = int(tasks[0]["bytes_out"]), read_summary(out)["model_bytes"]
+    assert model_bytes < size < model_bytes + 4096  # the payload: the buffer and a small header
+    reads = 1 if kind == "file" else 4
+    for r in rounds:
+        mine = sorted((t for t in tasks if t["round"] == r["round"]), key=lambda t: float(t["started"]))
+        assert len(mine) == 4 and r["tasks"] == "4"
+        assert [int(t["bytes_in"]) for t in mine] == [size] * reads + [0] * (4 - reads)
+        assert int(r["bytes_to_workers"]) == reads * size and int(r["bytes_from_workers"]) == 4 * size
+        assert int(r["bytes_moved"]) == (reads + 4) * size
+        assert int(r["edge_bytes"]) == (reads + 4) * size  # flat: the reads and the four results
+        assert int(r["modeled_two_tier_bytes"]) == 2 * 4 * size  # the model assumes a read per client

@@ -36,6 +36,36 @@ def lifetime_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reset_peak_rss() -> bool:
+    """Restart this process's peak RSS (``VmHWM``) from its current RSS.
+
+    Linux only (``/proc/self/clear_refs``); False where it cannot, and
+    :func:`peak_rss_mb` then keeps counting from the process's start.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process in MiB since it started or since :func:`reset_peak_rss`.
+
+    ``VmHWM`` of this process's own memory map; unlike ``ru_maxrss`` it does not inherit
+    the parent's peak across fork and exec. The lifetime peak where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return lifetime_peak_rss_mb()
+
+
 def machine_used_mb() -> float | None:
     """Memory in use on this machine in MiB: ``MemTotal - MemAvailable`` from /proc/meminfo.
 

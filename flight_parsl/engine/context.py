@@ -136,9 +136,7 @@ def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | Non
 
     ``work`` is :func:`workload`'s answer when the caller already has it.
     """
-    import torch
-
-    from flight_parsl.models import build_model, check_trainable, count_parameters
+    from flight_parsl.models import check_trainable, count_parameters, seeded_model
 
     wl, sizes = work or workload(cfg)
     spec = wl.model
@@ -151,8 +149,7 @@ def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | Non
         def evaluate(weights: FlatWeights) -> tuple[float, float]:
             return evaluate_on(weights, spec, ds.x_test, ds.y_test, cfg.train.eval_batch_size)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(spec)
+    model = seeded_model(spec, cfg.seed)
     t, s = cfg.train, cfg.strategy
     settings = LocalSettings(
         epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, keep_momentum=t.keep_momentum

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import TracebackType
 
 from flight_parsl.config.experiment import ExperimentConfig, parse_slots
 from flight_parsl.core.memory import PeakSampler
@@ -22,7 +23,7 @@ from flight_parsl.engine.events import SlotClock
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
-from flight_parsl.execution.backends import Backend, Warmup, open_backend, resolve_slots
+from flight_parsl.execution.backends import Backend, Warmup, open_backend, release, resolve_slots
 from flight_parsl.transfer import Transfer, open_transfer
 from flight_parsl.transfer.state import ClientState, open_state
 
@@ -76,6 +77,8 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             work = workload(cfg)  # torch-free; bad data fails before anything starts
             t = cfg.transfer
             slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
+            # Unwound after the channel closes: the slots of a reused executor let go of the run's store.
+            ending = stack.enter_context(ExitStack())
             # The channel opens first: an unreachable Redis fails before Parsl starts.
             transfer = stack.enter_context(open_transfer(t.kind, t.redis, t.file_dir, t.cache_size, t.redis_timeout))
             state = _state(cfg, transfer, stack)
@@ -97,6 +100,8 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             slots = active.slots or len(primed)
             recorder.mark("priming_done")
             recorder.update(slots=slots, primed_slots=len(primed))
+            if backend is not None and (transfer.store_name is not None or state is not None):
+                ending.push(_release_slots(active, slots, transfer.store_name, state, recorder))
             if cfg.backend != "thread" and len(primed) < slots:
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
@@ -128,6 +133,28 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
     s = recorder.summary
     progress.say(f"done: start2end {s['start2end']:.2f}s  prime2end {s['prime2end']:.2f}s  -> {out}")
     return out
+
+
+ExitCallback = Callable[[type[BaseException] | None, BaseException | None, TracebackType | None], bool]
+
+
+def _release_slots(
+    backend: Backend, slots: int, store: str | None, state: ClientState | None, recorder: RunRecorder
+) -> ExitCallback:
+    """An exit callback: after a completed run, the slots of an executor that outlives it let go of
+    its store and client state (see :func:`~flight_parsl.execution.backends.release`). After a
+    failure a sweep restarts the executor, which may be broken, so nothing is sent to it.
+    summary.json records ``released_slots`` and each slot's RSS after (``released_rss_mb``)."""
+
+    def on_exit(exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if exc_type is None:
+            done = release(backend, slots, store, state)
+            recorder.update(
+                released_slots=len(done), released_rss_mb={f"{r.host}:{r.pid}": round(r.rss_mb, 1) for r in done}
+            )
+        return False
+
+    return on_exit
 
 
 @contextmanager

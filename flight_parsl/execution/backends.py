@@ -23,11 +23,15 @@ from pathlib import Path
 
 from flight_parsl.core.errors import ExecutorError
 from flight_parsl.core.types import Workload
+from flight_parsl.transfer.state import ClientState
+from flight_parsl.worker.release import Released, release_task
 from flight_parsl.worker.tasks import prime_task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_START_TIMEOUT = 300.0
+#: Seconds the end of a run waits for every slot to let go of the run's store.
+RELEASE_TIMEOUT = 60.0
 
 
 @dataclass
@@ -127,6 +131,12 @@ def _slots(config: object) -> int | None:
         return None
 
 
+def _barrier_dir() -> str:
+    """A fresh directory in memory (or the temp dir) where one task per slot meets the others."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix="flight_parsl-prime-", dir=base)
+
+
 class Warmup:
     """Warm up every slot: one task per slot imports ``modules`` and loads the data.
 
@@ -150,8 +160,7 @@ class Warmup:
         self.backend, self.on_progress = backend, on_progress
         self.count = backend.slots or slots
         self.deadline = time.monotonic() + backend.start_timeout
-        base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-        self.barrier = tempfile.mkdtemp(prefix="flight_parsl-prime-", dir=base)
+        self.barrier = _barrier_dir()
         try:
             self.futures = [
                 backend.executor.submit(prime_task, modules, self.barrier, self.count, backend.start_timeout, workload)
@@ -195,3 +204,31 @@ class Warmup:
             return seen
         finally:
             self.close()
+
+
+def release(
+    backend: Backend, slots: int, store: str | None, state: ClientState | None = None, timeout: float = RELEASE_TIMEOUT
+) -> list[Released]:
+    """At the end of a run on an executor that outlives it: every slot lets go of the run's
+    store (its cached models) and client-state connection (see :mod:`flight_parsl.worker.release`).
+
+    One task per slot, meeting at a barrier as the warm-up does. Best effort: a slot
+    that does not answer within ``timeout`` seconds is left out and a failure is
+    logged, never raised (the run's results stand). Returns the slots that answered.
+    """
+    count = backend.slots or slots
+    barrier = _barrier_dir()
+    try:
+        futures = [
+            backend.executor.submit(release_task, store, state, barrier, count, timeout) for _ in range(count)
+        ]
+        done, _ = wait(futures, timeout=timeout + 5.0)
+        answered = [f.result() for f in done if f.exception() is None]
+        if len(answered) < count:
+            log.warning("%d of %d slots let go of the run's store (%s)", len(answered), count, backend.description)
+        return answered
+    except Exception:  # noqa: BLE001 - releasing must not turn a finished run into a failed one
+        log.exception("could not release the run's store on the slots (%s)", backend.description)
+        return []
+    finally:
+        shutil.rmtree(barrier, ignore_errors=True)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from flight_parsl.core.weights import FlatWeights
+from flight_parsl.core.weights import FlatWeights, Layout
 
 
 class Aggregator(Protocol):
@@ -33,32 +33,44 @@ class Aggregator(Protocol):
         """Sum of the weights added: the weight of :meth:`result` when folded again."""
 
 
-def _check(template: FlatWeights, weights: FlatWeights, weight: float) -> None:
-    if weights.layout != template.layout:
+#: Elements per step of a scaled add: the float64 scratch is 8 MiB, not a model.
+CHUNK = 1 << 20
+
+
+def _check(layout: Layout, weights: FlatWeights, weight: float) -> None:
+    if weights.layout != layout:
         raise ValueError("result weights do not match the global model's layout")
     if weight <= 0:
         raise ValueError(f"weight must be > 0, got {weight}")
 
 
 class WeightedMean:
-    """Streaming weighted mean of flat buffers (float64 accumulator)."""
+    """Streaming weighted mean of flat buffers (float64 accumulator).
+
+    It holds the accumulator (two float32 models) and nothing else model-sized: the
+    template's layout, not its buffer, and a scaled add goes through a small scratch.
+    """
 
     def __init__(self, template: FlatWeights) -> None:
-        self._template = template
+        self._layout = template.layout
         self._acc = np.zeros(template.layout.size, dtype=np.float64)
         self._scratch: np.ndarray | None = None
         self._total = 0.0
         self._count = 0
 
     def add(self, weights: FlatWeights, weight: float) -> None:
-        _check(self._template, weights, weight)
+        _check(self._layout, weights, weight)
+        acc, src = self._acc, weights.buffer
         if weight == 1:  # cast-and-add in place: no model-sized temporary
-            np.add(self._acc, weights.buffer, out=self._acc)
+            np.add(acc, src, out=acc)
         else:
             if self._scratch is None:
-                self._scratch = np.empty_like(self._acc)
-            np.multiply(weights.buffer, weight, out=self._scratch)
-            self._acc += self._scratch
+                self._scratch = np.empty(min(CHUNK, acc.size), dtype=np.float64)
+            for start in range(0, acc.size, CHUNK):
+                stop = min(start + CHUNK, acc.size)
+                scratch = self._scratch[: stop - start]
+                np.multiply(src[start:stop], weight, out=scratch)
+                np.add(acc[start:stop], scratch, out=acc[start:stop])
         self._total += weight
         self._count += 1
 
@@ -73,9 +85,9 @@ class WeightedMean:
     def result(self) -> FlatWeights:
         if self._count == 0:
             raise ValueError("no result to aggregate")
-        out = np.empty(self._acc.shape, dtype=self._template.buffer.dtype)
+        out = np.empty(self._acc.shape, dtype=np.float32)
         np.divide(self._acc, self._total, out=out, casting="same_kind")  # no float64 temporary
-        return self._template.like(out)
+        return FlatWeights(out, self._layout)
 
 
 class CoordinateMedian:
@@ -85,12 +97,12 @@ class CoordinateMedian:
     """
 
     def __init__(self, template: FlatWeights) -> None:
-        self._template = template
+        self._layout = template.layout
         self._rows: list[np.ndarray] = []
         self._total = 0.0
 
     def add(self, weights: FlatWeights, weight: float) -> None:
-        _check(self._template, weights, weight)
+        _check(self._layout, weights, weight)
         self._rows.append(np.array(weights.buffer, dtype=np.float32, copy=True))
         self._total += weight
 
@@ -105,4 +117,5 @@ class CoordinateMedian:
     def result(self) -> FlatWeights:
         if not self._rows:
             raise ValueError("no result to aggregate")
-        return self._template.like(np.median(np.stack(self._rows), axis=0))
+        median = np.median(np.stack(self._rows), axis=0).astype(np.float32, copy=False)
+        return FlatWeights(np.ascontiguousarray(median), self._layout)

@@ -17,6 +17,7 @@ Inputs are ``(B, C, H, W)`` float tensors; outputs are logits
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "count_parameters",
     "model_names",
     "reference_spec",
+    "seeded_model",
 ]
 
 
@@ -561,6 +563,11 @@ def reference_spec(name: str) -> ModelSpec:
         raise unknown_name("model", name, model_names()) from None
 
 
+# Building draws from torch's global generator: one build at a time per process, so that a
+# seeded build is not interleaved with another thread's (thread-backend slots build theirs).
+_BUILD_LOCK = threading.RLock()
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build a freshly initialised model; deterministic under ``torch.manual_seed``.
 
@@ -569,7 +576,15 @@ def build_model(spec: ModelSpec) -> nn.Module:
             the architecture's minimum size.
     """
     _check_spec(spec)
-    return _BUILDERS[spec.name](spec)
+    with _BUILD_LOCK:
+        return _BUILDERS[spec.name](spec)
+
+
+def seeded_model(spec: ModelSpec, seed: int) -> nn.Module:
+    """Build ``spec`` from ``seed``, the same weights whatever other threads build meanwhile."""
+    with _BUILD_LOCK:
+        torch.manual_seed(seed)
+        return build_model(spec)
 
 
 def count_parameters(model: nn.Module) -> int:

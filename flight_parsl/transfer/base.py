@@ -9,9 +9,23 @@ the round no longer needs its references.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from flight_parsl.core.weights import FlatWeights
+
+
+class Resolved(NamedTuple):
+    """What :meth:`Ref.resolve` returns: the weights, its timings, and the bytes that crossed.
+
+    ``fetched`` counts the payload bytes that reached this process for this call:
+    the reference's ``nbytes`` when they came through the channel (or with the task
+    itself), 0 when the process's store cache already held them.
+    """
+
+    weights: FlatWeights
+    get_s: float
+    deserialize_s: float
+    fetched: int
 
 
 class Ref(Protocol):
@@ -21,8 +35,10 @@ class Ref(Protocol):
     def nbytes(self) -> int:
         """Payload bytes this reference moves through its channel."""
 
-    def resolve(self) -> tuple[FlatWeights, float, float]:
-        """Return the weights and the seconds spent getting and deserializing them."""
+    def resolve(self, cache: bool = True) -> Resolved:
+        """Return the weights, the seconds spent getting and deserializing them, and the
+        bytes fetched. ``cache=False``: a one-time read the process's store does not keep
+        (an aggregator's children), so it holds no model after the caller drops it."""
 
     def reply(self, weights: FlatWeights) -> tuple[Ref, float, float]:
         """Package ``weights`` for the trip back, through the same channel.
@@ -35,6 +51,11 @@ class Transfer(Protocol):
     """The coordinator's side of a channel."""
 
     kind: str
+
+    @property
+    def store_name(self) -> str | None:
+        """The name under which slots keep this channel's store (None: they keep nothing);
+        :mod:`flight_parsl.worker.release` lets go of it when a run ends."""
 
     def publish(self, weights: FlatWeights, round_idx: int) -> Ref:
         """Make the round's global model available to every task of the round."""

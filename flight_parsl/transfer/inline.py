@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from flight_parsl.core.weights import FlatWeights
+from flight_parsl.transfer.base import Resolved
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,12 @@ class InlineRef:
     def nbytes(self) -> int:
         return len(self.data)
 
-    def resolve(self) -> tuple[FlatWeights, float, float]:
-        # The bytes arrived with the task: getting them costs nothing here.
+    def resolve(self, cache: bool = True) -> Resolved:
+        # The bytes arrived with the task: getting them costs nothing here, but they
+        # did cross, once per task that carries them.
         t0 = time.perf_counter()
         weights = FlatWeights.from_bytes(self.data)
-        return weights, 0.0, time.perf_counter() - t0
+        return Resolved(weights, 0.0, time.perf_counter() - t0, len(self.data))
 
     def reply(self, weights: FlatWeights) -> tuple[InlineRef, float, float]:
         t0 = time.perf_counter()
@@ -39,6 +41,7 @@ class InlineTransfer:
     """Pass-through transfer ("parsl"): nothing is stored outside the tasks."""
 
     kind = "parsl"
+    store_name = None  # slots keep nothing
 
     def publish(self, weights: FlatWeights, round_idx: int) -> InlineRef:
         return InlineRef(weights.to_bytes())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,8 +29,11 @@ from proxystore.connectors.redis import RedisConnector
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.weights import FlatWeights
+from flight_parsl.transfer.base import Resolved
 
 log = logging.getLogger(__name__)
+
+_FETCH_LOCK = threading.Lock()  # one resolve at a time per process, as the store's own lock does
 
 
 class MappedFileConnector(FileConnector):  # type: ignore[misc]
@@ -55,15 +59,28 @@ class TimedRedisConnector(RedisConnector):  # type: ignore[misc]
     stops answering (a stopped process, a hung node) blocks a put or get forever.
     This one connects and waits for each reply at most ``timeout`` seconds, without
     retries; its config carries the timeout to the workers, which rebuild it from there.
+    A get reads the value straight into one buffer (:class:`~flight_parsl.transfer.bulk.BulkReader`)
+    instead of through redis-py's parser.
     """
 
     def __init__(self, hostname: str, port: int, clear: bool = False, timeout: float | None = None) -> None:
+        from flight_parsl.transfer.bulk import BulkReader
         from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, RedisAddress, redis_client
 
         super().__init__(hostname, port, clear)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self._redis_client.close()  # never connected: clients connect on first use
         self._redis_client = redis_client(RedisAddress(hostname, port), self.timeout)
+        self._reader = BulkReader(hostname, port, self.timeout)
+
+    def get(self, key: Any) -> memoryview | None:
+        """The value of ``key`` (a view of one buffer), or None when it is missing."""
+        return self._reader.get(key.redis_key)
+
+    def close(self, clear: bool | None = None) -> None:
+        """Close the sockets (``clear``: as ProxyStore's, flush the whole database first)."""
+        self._reader.close()
+        super().close(clear)
 
     def config(self) -> dict[str, Any]:
         """The connector's configuration, with the timeout."""
@@ -114,14 +131,22 @@ class ProxyRef:
 
         return get_key(self.proxy)
 
-    def resolve(self) -> tuple[FlatWeights, float, float]:
-        # Through the process's store (its small cache), not extract(): a resolved
-        # proxy keeps its bytes for as long as the proxy lives.
+    def resolve(self, cache: bool = True) -> Resolved:
+        # Through the process's store and its small cache, not extract(): a resolved
+        # proxy keeps its bytes for as long as the proxy lives. A cache hit fetches
+        # nothing; the lock makes "was it cached" and the read one step per process.
         from proxystore.store.utils import get_factory
 
         t0 = time.perf_counter()
         try:
-            data = get_factory(self.proxy).get_store().get(self.key)
+            store = get_factory(self.proxy).get_store()
+            key = self.key
+            with _FETCH_LOCK:
+                if store.is_cached(key):
+                    data, fetched = store.get(key), 0
+                else:
+                    data = store.get(key) if cache else store.connector.get(key)
+                    fetched = self.nbytes
         except Exception as exc:
             raise TransferError(
                 f"cannot resolve proxy key {self.key} of round {self.round + 1} from {store_location(self.proxy)}: "
@@ -131,7 +156,7 @@ class ProxyRef:
             raise TransferError(f"cannot resolve proxy key {self.key} of round {self.round + 1}: the key is missing")
         t1 = time.perf_counter()
         weights = FlatWeights.from_bytes(data)
-        return weights, t1 - t0, time.perf_counter() - t1
+        return Resolved(weights, t1 - t0, time.perf_counter() - t1, fetched)
 
     def reply(self, weights: FlatWeights) -> tuple[ProxyRef, float, float]:
         from proxystore.store.utils import get_factory
@@ -175,6 +200,11 @@ class ProxyTransfer:
             register=True,
         )
         self._lifetimes: dict[int, Any] = {}
+
+    @property
+    def store_name(self) -> str:
+        """The store's name: each process that resolves a proxy registers its own store under it."""
+        return str(self.store.name)
 
     def _lifetime(self, round_idx: int) -> Any:
         from proxystore.store.lifetimes import ContextLifetime

@@ -37,6 +37,9 @@ class ClientState(Protocol):
     def put(self, client: int, data: bytes) -> None:
         """Replace the client's blob."""
 
+    def release(self) -> None:
+        """Close what this process opened for the handle (the run is over; the blobs stay)."""
+
 
 @dataclass(frozen=True)
 class DirState:
@@ -63,6 +66,9 @@ class DirState:
             os.replace(tmp, path)
         except OSError as exc:
             raise TransferError(f"cannot write the state of client {client} under {self.root}: {exc}") from exc
+
+    def release(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,11 @@ class RedisState:
         for i in range(0, len(keys), 1000):
             conn.delete(*keys[i : i + 1000])
         _CONNECTIONS.pop(self, None)
+
+    def release(self) -> None:
+        conn = _CONNECTIONS.pop(self, None)
+        if conn is not None:
+            conn.close()
 
 
 _CONNECTIONS: dict[RedisState, Any] = {}

@@ -128,7 +128,7 @@ def train_task(
         faults: injected faults (first attempt only).
     """
     started = time.time()
-    weights, get_s, deserialize_s = ref.resolve()
+    weights, get_s, deserialize_s, fetched = ref.resolve()
     t0 = time.perf_counter()
     partial = fold.aggregator(weights) if fold is not None else None
     outputs: list[tuple[Ref, float]] = []
@@ -152,17 +152,18 @@ def train_task(
     return _result(
         "train", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=ref.nbytes, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
+        bytes_in=fetched, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
     )
 
 
 def aggregate_task(children: list[tuple[Ref, float]], strategy: Any, round_idx: int, node: str) -> TaskResult:
     """An aggregator node: its children's results folded by the strategy's aggregator.
 
-    Children are resolved and dropped one at a time (popped from the list, so no
-    reference keeps a resolved model alive): the task holds one child model and
-    the accumulator, whatever its branching. The partial's weight is the children's
-    total, so its parent folds it exactly.
+    Children are resolved and dropped one at a time (popped from the list, read
+    past the process's store cache, so no reference keeps a resolved model alive):
+    the task holds one child model and the accumulator, whatever its branching, and
+    the accumulator is dropped before the result is serialized. The partial's weight
+    is the children's total, so its parent folds it exactly.
     """
     started = time.time()
     if not children:
@@ -172,31 +173,32 @@ def aggregate_task(children: list[tuple[Ref, float]], strategy: Any, round_idx: 
     partial = None
     while children:  # the last child's reference also carries the reply
         ref, weight = children.pop()
-        weights, g, d = ref.resolve()
-        get_s, deserialize_s, bytes_in = get_s + g, deserialize_s + d, bytes_in + ref.nbytes
+        weights, g, d, fetched = ref.resolve(cache=False)
+        get_s, deserialize_s, bytes_in = get_s + g, deserialize_s + d, bytes_in + fetched
         t0 = time.perf_counter()
         partial = partial or strategy.aggregator(weights)
         partial.add(weights, weight)
         compute_s += time.perf_counter() - t0
         del weights
     t0 = time.perf_counter()
-    result = partial.result()
+    result, total = partial.result(), partial.total
+    partial = None  # the float64 accumulator goes before the result is serialized
     compute_s += time.perf_counter() - t0
     payload, serialize_s, put_s = ref.reply(result)
     return _result(
         "aggregate", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=bytes_in, bytes_out=payload.nbytes, outputs=[(payload, partial.total)],
+        bytes_in=bytes_in, bytes_out=payload.nbytes, outputs=[(payload, total)],
     )
 
 
 def relay_task(ref: Ref, round_idx: int, node: str) -> TaskResult:
     """An aggregator node passing the global model down: fetch it once, republish it."""
     started = time.time()
-    weights, get_s, deserialize_s = ref.resolve()
+    weights, get_s, deserialize_s, fetched = ref.resolve()
     payload, serialize_s, put_s = ref.reply(weights)
     return _result(
         "relay", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=0.0, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=ref.nbytes, bytes_out=payload.nbytes, outputs=[(payload, 0.0)],
+        bytes_in=fetched, bytes_out=payload.nbytes, outputs=[(payload, 0.0)],
     )

@@ -1,0 +1,77 @@
+"""Redis reads straight into one buffer: exact values, missing keys, errors, one payload of memory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+
+from flight_parsl.core.memory import peak_rss_mb, reset_peak_rss, rss_mb
+from flight_parsl.transfer import bulk
+from flight_parsl.transfer.bulk import BulkReader, ReplyError
+from redis_fixtures import managed_redis  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def server(managed_redis):
+    client = redis.Redis(managed_redis.address.host, managed_redis.address.port)
+    reader = BulkReader(managed_redis.address.host, managed_redis.address.port, timeout=5.0)
+    yield client, reader
+    reader.close()
+    client.close()
+
+
+def test_values_of_every_size_come_back_exactly(server) -> None:
+    client, reader = server
+    for size in (1, 1000, bulk.CHUNK - 1, bulk.CHUNK, bulk.CHUNK + 1, 3 * bulk.CHUNK + 12345):
+        value = os.urandom(size)
+        client.set("k", value)
+        got = reader.get("k")
+        assert got is not None and len(got) == size and got == value, size
+    client.set("empty", b"")
+    assert reader.get("empty") == b""
+    assert reader.get("missing") is None
+    assert len(reader._idle) == 1  # one caller at a time: one socket, reused
+
+
+def test_a_key_of_another_type_is_an_error_and_its_socket_is_dropped(server) -> None:
+    client, reader = server
+    client.rpush("list", b"x")
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        reader.get("list")
+    assert reader._idle == []
+    client.set("k", b"v")
+    assert reader.get("k") == b"v"  # a fresh socket
+
+
+def test_a_key_evicted_in_the_middle_of_a_read_reads_as_missing(server, monkeypatch) -> None:
+    client, reader = server
+    monkeypatch.setattr(bulk, "CHUNK", 1000)
+    monkeypatch.setattr(bulk, "WINDOW", 1)
+    client.set("k", os.urandom(10_000))
+    real = bulk._bulk_into
+    calls = []
+
+    def evict_after_the_first_slice(sock, view):
+        calls.append(len(view))
+        if len(calls) == 2:
+            client.delete("k")
+        return real(sock, view)
+
+    monkeypatch.setattr(bulk, "_bulk_into", evict_after_the_first_slice)
+    assert reader.get("k") is None
+    client.set("k2", b"after")
+    assert reader.get("k2") == b"after"  # the socket read every reply: it stays usable
+
+
+def test_a_model_sized_read_costs_one_payload_of_memory(server) -> None:
+    client, reader = server
+    size = 100 * 2**20
+    client.set("big", os.urandom(size))
+    assert reset_peak_rss()
+    before = rss_mb()
+    value = reader.get("big")
+    growth = peak_rss_mb() - before
+    assert value is not None and len(value) == size
+    assert growth < 1.1 * size / 2**20, growth  # redis-py's parser: about three payloads
