@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass
 
 from flight_parsl.core.memory import release_garbage, rss_mb
 from flight_parsl.transfer.state import ClientState
+from flight_parsl.worker.barrier import meet
 
 
 @dataclass(frozen=True)
@@ -27,19 +27,6 @@ class Released:
     pid: int
     store: bool
     rss_mb: float
-
-
-def meet(barrier: str | None, expected: int, max_wait: float) -> None:
-    """Mark this task in the ``barrier`` directory and wait until ``expected`` tasks have
-    (at most ``max_wait`` s): a slot runs one task at a time, so ``expected`` tasks that
-    meet occupy ``expected`` distinct slots. Without a reachable barrier: hold ``max_wait`` s."""
-    deadline = time.monotonic() + max_wait
-    if barrier is not None and os.path.isdir(barrier):
-        open(os.path.join(barrier, f"{socket.gethostname()}-{os.getpid()}-{time.monotonic_ns()}"), "w").close()
-        while len(os.listdir(barrier)) < expected and time.monotonic() < deadline:
-            time.sleep(0.01)
-    else:
-        time.sleep(max_wait)
 
 
 def release_store(name: str) -> bool:

@@ -28,6 +28,7 @@ from flight_parsl.core.types import ClientOutcome, Faults, LocalSettings, TaskRe
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Ref
 from flight_parsl.transfer.state import ClientState
+from flight_parsl.worker.barrier import meet
 from flight_parsl.worker.faults import inject
 
 
@@ -52,7 +53,7 @@ def prime_task(
     With ``barrier`` (a directory the slots share) the task marks itself there and
     waits until ``expected`` tasks have, at most ``max_wait`` seconds: a slot runs one
     task at a time, so ``expected`` concurrent warm-up tasks occupy ``expected``
-    distinct slots. Without a reachable barrier it holds ``max_wait`` seconds.
+    distinct slots (see :func:`~flight_parsl.worker.barrier.meet`).
     """
     import importlib
 
@@ -60,15 +61,8 @@ def prime_task(
         importlib.import_module(name)
     if workload is not None:
         warm_data(workload)
-    host, pid = socket.gethostname(), os.getpid()
-    deadline = time.monotonic() + max_wait
-    if barrier is not None and os.path.isdir(barrier):
-        open(os.path.join(barrier, f"{host}-{pid}-{time.monotonic_ns()}"), "w").close()
-        while len(os.listdir(barrier)) < expected and time.monotonic() < deadline:
-            time.sleep(0.01)
-    else:
-        time.sleep(max_wait)
-    return host, pid
+    meet(barrier, expected, max_wait)
+    return socket.gethostname(), os.getpid()
 
 
 def _result(kind: str, node: str, round_idx: int, started: float, **values: Any) -> TaskResult:
