@@ -161,6 +161,8 @@ def cell_config(args: argparse.Namespace, height: int, strategy: str, out: Path)
         "train": {"epochs": args.epochs, "lr": args.fedsgd_lr if strategy == "fedsgd" else args.lr},
         "strategy": {"name": strategy, "participation": args.participation},
         "plan": {"clients_per_task": args.clients_per_task},
+        # every task fetches its model: a slot's cache would skip edges the cost model counts
+        "transfer": {"cache_size": 0},
     }
     return build_config(values=[values], overrides=list(args.overrides))
 
