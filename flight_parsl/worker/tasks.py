@@ -124,7 +124,8 @@ def train_task(
     started = time.time()
     weights, get_s, deserialize_s, fetched = ref.resolve()
     t0 = time.perf_counter()
-    partial = fold.aggregator(weights) if fold is not None else None
+    # A lone client's result is its own partial: no accumulator (two models of float64) to fill.
+    partial = fold.aggregator(weights) if fold is not None and len(clients) > 1 else None
     outputs: list[tuple[Ref, float]] = []
     outcomes: list[ClientOutcome] = []
     serialize_s = put_s = 0.0
