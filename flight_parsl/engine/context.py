@@ -131,6 +131,16 @@ def faults(cfg: ExperimentConfig) -> Faults | None:
     return out or None
 
 
+def evaluator(cfg: ExperimentConfig, spec: ModelSpec) -> Evaluator | None:
+    """Test loss and accuracy of a global model on the dataset's test split (None without training)."""
+    if cfg.train.mode != "local":
+        return None
+    ds = load_dataset(cfg.data.dataset, cfg.data.root)
+    from flight_parsl.worker.training import evaluate
+
+    return lambda weights: evaluate(weights, spec, ds.x_test, ds.y_test, cfg.train.eval_batch_size)
+
+
 def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | None = None) -> Experiment:
     """Build the initial model (seeded, in torch), the evaluator and the strategy.
 
@@ -140,15 +150,8 @@ def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | Non
 
     wl, sizes = work or workload(cfg)
     spec = wl.model
-    evaluate: Evaluator | None = None
     if cfg.train.mode == "local":
         check_trainable(spec)
-        ds = load_dataset(cfg.data.dataset, cfg.data.root)
-        from flight_parsl.worker.training import evaluate as evaluate_on
-
-        def evaluate(weights: FlatWeights) -> tuple[float, float]:
-            return evaluate_on(weights, spec, ds.x_test, ds.y_test, cfg.train.eval_batch_size)
-
     model = seeded_model(spec, cfg.seed)
     t, s = cfg.train, cfg.strategy
     settings = LocalSettings(
@@ -170,7 +173,7 @@ def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | Non
             server_lr=s.server_lr,
         ),
         slowdowns=slowdowns(cfg),
-        evaluate=evaluate,
+        evaluate=evaluator(cfg, spec),
         num_parameters=count_parameters(model),
         shard_sizes=sizes,
     )
