@@ -52,7 +52,7 @@ __all__ = [
     "site_start_timeout",
 ]
 
-#: Repository root (``<repo>/flight_parsl/site.py`` -> ``<repo>``).
+#: Repository root (``<repo>/flight_parsl/execution/site.py`` -> ``<repo>``).
 REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 #: Where bare site names such as ``"polaris"`` are looked up.
 SITE_DIR: Path = REPO_ROOT / "configs" / "parsl"
