@@ -167,6 +167,7 @@ class RunRecorder:
     def finish(self, status: str, error: str | None = None) -> None:
         """Mark the end, record the status, close the tables."""
         self.summary["status"] = status
+        self.summary["rounds_completed"] = self.rounds.rows  # a signal may land between a row and its count
         if error is not None:
             self.summary["error"] = error
         if "end" not in self.summary:
