@@ -32,7 +32,15 @@ from flight_parsl.core.types import Failure, Slot, TaskResult
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.records import failure_rows, result_rows
-from flight_parsl.engine.sync import RoundSummary, RunResult, classify, describe, mean_finite, release_late
+from flight_parsl.engine.sync import (
+    RoundStats,
+    RoundSummary,
+    RunResult,
+    classify,
+    describe,
+    mean_finite,
+    release_late,
+)
 from flight_parsl.fl.population import sample_size
 from flight_parsl.transfer.base import Ref
 from flight_parsl.worker.tasks import train_task
@@ -46,19 +54,13 @@ class _Job:
 
 
 @dataclass
-class _Window:
+class _Window(RoundStats):
     """Measurements of one window of updates."""
 
-    start: float
+    start: float = field(default_factory=time.time)
     publish_s: float = 0.0
-    aggregate_s: float = 0.0
-    bytes_to: int = 0
-    bytes_from: int = 0
     updates: int = 0
     failed: int = 0
-    tasks: int = 0
-    losses: list[float] = field(default_factory=list)
-    accs: list[float] = field(default_factory=list)
 
 
 class AsyncLoop:
@@ -83,7 +85,7 @@ class AsyncLoop:
         self.peaks: dict[Slot, float] = {}
         self.folded = 0
         self.next_task = 0
-        self.window = _Window(time.time())
+        self.window = _Window()
         self.summaries: list[RoundSummary] = []
 
     # models ------------------------------------------------------------------------
@@ -146,10 +148,7 @@ class AsyncLoop:
         idle = self.clock.record(res.slot, res.started, res.finished)
         self.peaks[res.slot] = max(self.peaks.get(res.slot, 0.0), res.peak_rss_mb)
         w = self.window
-        w.bytes_to += res.bytes_in
-        w.bytes_from += res.bytes_out
-        w.losses += [c.train_loss for c in res.clients]
-        w.accs += [c.train_acc for c in res.clients]
+        w.count_train(res)
         w.updates += 1
         self.folded += 1
         ctx.recorder.task_rows(result_rows(res, job.task, 0, item.submitted, received, collect_s, idle, job.version))
@@ -203,7 +202,7 @@ class AsyncLoop:
         )
         ctx.progress.end_round(index, w.updates, self.window_size, end - w.start, loss, acc)
         self.summaries.append(RoundSummary(index, end - w.start, loss, acc, w.updates, w.failed))
-        self.window = _Window(time.time())
+        self.window = _Window()
         if self.folded < self.total:
             ctx.progress.start_round(index + 1, self.window_size)
 

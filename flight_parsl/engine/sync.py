@@ -115,7 +115,9 @@ class _Job:
 
 
 @dataclass
-class _Stats:
+class RoundStats:
+    """What a round (or an async window) moved and measured; both loops count train results alike."""
+
     bytes_to: int = 0
     bytes_from: int = 0
     edge_bytes: int = 0
@@ -124,6 +126,13 @@ class _Stats:
     tasks: int = 0
     losses: list[float] = field(default_factory=list)
     accs: list[float] = field(default_factory=list)
+
+    def count_train(self, res: TaskResult) -> None:
+        """Count a train task's bytes each way and its clients' training loss and accuracy."""
+        self.bytes_to += res.bytes_in
+        self.bytes_from += res.bytes_out
+        self.losses += [c.train_loss for c in res.clients]
+        self.accs += [c.train_acc for c in res.clients]
 
 
 class SyncRound:
@@ -145,7 +154,7 @@ class SyncRound:
         self.fold = strategy if strategy.linear and ctx.cfg.plan.preaggregate else None
         self.root_agg = strategy.aggregator(weights)
         self.queue: CompletionQueue[_Job] = CompletionQueue(ctx.executor)
-        self.stats = _Stats()
+        self.stats = RoundStats()
         self.tasks_of: dict[str, list[TaskSpec]] = {}
         for spec in planner.plan(self._groups()):
             self.tasks_of.setdefault(spec.node, []).append(spec)
@@ -263,10 +272,7 @@ class SyncRound:
             self._send_down(job.node, res.outputs[0][0])
         else:
             if job.kind == "train":
-                self.stats.bytes_to += res.bytes_in
-                self.stats.bytes_from += res.bytes_out
-                self.stats.losses += [c.train_loss for c in res.clients]
-                self.stats.accs += [c.train_acc for c in res.clients]
+                self.stats.count_train(res)
                 parts = self._train_parts(res, job.clients)
             else:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
