@@ -148,6 +148,20 @@ class TransferConfig:
 
 
 @dataclass
+class SitesConfig:
+    """Several sites in one run (see flight_parsl.execution.sites).
+
+    ``files``: comma list of site YAMLs, one executor each (the first is the default
+    site, for nodes without ``site:``); unset: the one site of ``parsl_config``.
+    ``aggregate_at``: ``node`` runs an aggregator at its own site (its ``site:``, else
+    its parent's); ``children`` at the site of its children.
+    """
+
+    files: str | None = None
+    aggregate_at: str = "node"
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: the engine's whole input."""
 
@@ -170,6 +184,7 @@ class ExperimentConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    sites: SitesConfig = field(default_factory=SitesConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what config.yaml holds)."""
@@ -302,6 +317,11 @@ def resolve_transfer(cfg: ExperimentConfig) -> str:
         return cfg.transfer.kind
     if cfg.backend != "parsl":
         return "file"
+    if cfg.sites.files:  # virtual hosts count as other hosts
+        from flight_parsl.execution.sites import load_sites
+
+        local = all(s["provider"]["kind"] == "local" and not s["virtual_host"] for s in load_sites(cfg.sites.files))
+        return "file" if local else "parsl"
     from flight_parsl.execution.site import load_site
 
     return "file" if load_site(cfg.parsl_config)["provider"]["kind"] == "local" else "parsl"
@@ -368,6 +388,12 @@ def _validate_modes(cfg: ExperimentConfig) -> None:
             f"config key 'mode': strategy {s.name!r} runs in mode {strategy_mode(s.name)!r}, got {cfg.mode!r}"
             f" (--mode {strategy_mode(s.name)})"
         )
+    if cfg.sites.aggregate_at not in ("node", "children"):
+        raise ConfigError(
+            f"config key 'sites.aggregate_at': unknown {cfg.sites.aggregate_at!r}; valid: node, children"
+        )
+    if cfg.sites.files and cfg.backend != "parsl":
+        raise ConfigError(f"config key 'sites.files': several sites need backend parsl, got {cfg.backend!r}")
     if cfg.broadcast not in ("direct", "tree"):
         raise ConfigError(f"config key 'broadcast': unknown {cfg.broadcast!r}; valid: direct, tree")
     if cfg.topology != "flat" and not cfg.topology.startswith("tree:"):

@@ -20,6 +20,7 @@ from flight_parsl.core.model_spec import REFERENCE_SPECS, ModelSpec
 from flight_parsl.core.types import Faults, LocalSettings, Workload
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.data import load_dataset, shard_sizes
+from flight_parsl.engine.placement import Placement
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder
 from flight_parsl.fl.policy import RoundPolicy
@@ -69,6 +70,7 @@ class RunContext:
     policy: RoundPolicy
     state: ClientState | None = None
     faults: Faults | None = None
+    placement: Placement | None = None  # several sites: where each task runs
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:

@@ -38,10 +38,16 @@ class CompletionQueue(Generic[T]):
         self._done: queue.SimpleQueue[Pending[T]] = queue.SimpleQueue()
         self.outstanding: dict[int, Pending[T]] = {}
 
-    def submit(self, tag: T, fn: Any, *args: Any) -> Pending[T]:
-        """Submit ``fn(*args)``; the returned record comes back from :meth:`next` when done."""
+    def submit(self, tag: T, fn: Any, *args: Any, site: str | None = None) -> Pending[T]:
+        """Submit ``fn(*args)``; the returned record comes back from :meth:`next` when done.
+
+        ``site``: run it at that site (the executor is then a multi-site ``SiteRouter``).
+        """
         submitted = time.time()  # taken before submit: submission itself is part of the task's time
-        future = self.executor.submit(fn, *args)
+        if site is None:
+            future = self.executor.submit(fn, *args)
+        else:
+            future = self.executor.submit_to(site, fn, *args)  # type: ignore[attr-defined]
         item = Pending(future, tag, submitted)
         self.outstanding[id(item)] = item
         future.add_done_callback(lambda _f, item=item: self._done.put(item))

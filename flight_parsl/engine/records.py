@@ -64,6 +64,7 @@ TASK_COLUMNS = (
     "host",
     "pid",
     "thread",
+    "site",
     "submitted",
     "started",
     "finished",

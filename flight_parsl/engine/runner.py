@@ -20,6 +20,7 @@ from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
 from flight_parsl.engine.events import SlotClock
+from flight_parsl.engine.multisite import RunSites, open_run_sites
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
@@ -79,10 +80,13 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
             # Unwound after the channel closes: the slots of a reused executor let go of the run's store.
             ending = stack.enter_context(ExitStack())
-            # The channel opens first: an unreachable Redis fails before Parsl starts.
-            transfer = stack.enter_context(open_transfer(t.kind, t.redis, t.file_dir, t.cache_size, t.redis_timeout))
+            # Sites, their virtual network and a Redis on it (several sites) open first.
+            sites = stack.enter_context(open_run_sites(cfg))
+            redis = sites.redis if sites is not None and sites.redis else t.redis
+            # The channel opens next: an unreachable Redis fails before Parsl starts.
+            transfer = stack.enter_context(open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout))
             state = _state(cfg, transfer, stack)
-            active = stack.enter_context(_backend(cfg, slots, out, recorder, backend))
+            active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
             warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
             stack.callback(warmup.close)
             exp = prepare(cfg, work)  # torch and the initial model, while the slots start
@@ -105,7 +109,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             if cfg.backend != "thread" and len(primed) < slots:
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
-                             faults(cfg))
+                             faults(cfg), placement=sites.placement if sites is not None else None)
             result = run_async(ctx) if cfg.mode == "async" else run_sync(ctx)
             if "end" not in recorder.summary:
                 recorder.mark("end")
@@ -159,13 +163,27 @@ def _release_slots(
 
 @contextmanager
 def _backend(
-    cfg: ExperimentConfig, slots: int, out: Path, recorder: RunRecorder, backend: Backend | None
+    cfg: ExperimentConfig,
+    slots: int,
+    out: Path,
+    recorder: RunRecorder,
+    backend: Backend | None,
+    sites: RunSites | None = None,
 ) -> Iterator[Backend]:
     """The given backend, or a fresh one for this run.
 
     A given backend's first run takes the backend's own start-up times; later runs
     record ``dfk_start_done`` = now and ``dfk_reused``.
     """
+    if sites is not None:  # several sites: always a DataFlowKernel of this run's own
+        from flight_parsl.execution.sites import open_sites_backend
+
+        recorder.update(sites=sites.summary())
+        with open_sites_backend(
+            sites.sites, sites.slots, out, sites.network, on_started=lambda: recorder.mark("dfk_start_done")
+        ) as fresh:
+            yield fresh
+        return
     if backend is None:
         with open_backend(
             cfg.backend, slots, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done")

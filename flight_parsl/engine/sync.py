@@ -112,6 +112,7 @@ class _Job:
     spec: TaskSpec | None = None  # train
     ref: Ref | None = None  # train, relay: the model it starts from
     parts: list[_Part] = field(default_factory=list)  # aggregate: its children's results
+    site: str | None = None  # where it was sent (several sites)
 
 
 @dataclass
@@ -216,8 +217,16 @@ class SyncRound:
             args = (relay_task, job.ref, self.r, job.node)
         else:  # a fresh list: the task pops its children to hold one model at a time
             args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], ctx.exp.strategy, self.r, job.node)
-        self.queue.submit(job, *args)
+        job.site = self._site(job)
+        self.queue.submit(job, *args, site=job.site)
         self.stats.tasks += 1
+
+    def _site(self, job: _Job) -> str | None:
+        """The site a job runs at (None with one site)."""
+        placement = self.ctx.placement
+        if placement is None:
+            return None
+        return placement.train(job.clients) if job.kind == "train" else placement.node(job.node)
 
     def _submit_train(self, spec: TaskSpec, ref: Ref) -> None:
         self._submit(_Job("train", spec.node, spec.attempt, spec.id, spec.clients, spec=spec, ref=ref))
@@ -277,7 +286,8 @@ class SyncRound:
             else:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
             collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
-        self.ctx.recorder.task_rows(result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle))
+        rows = result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle)
+        self.ctx.recorder.task_rows(_at(job.site, rows))
         self.ctx.progress.task_done(self.r, len(self.folded), len(self.sampled))
 
     def _train_parts(self, res: TaskResult, clients: tuple[int, ...]) -> list[_Part]:
@@ -322,7 +332,7 @@ class SyncRound:
     def _on_failure(self, job: _Job, item: Pending[_Job], kind: str, message: str) -> None:
         failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
         rows = failure_rows(failure, job.kind, job.task, item.submitted, time.time())
-        self.ctx.recorder.task_rows(rows)
+        self.ctx.recorder.task_rows(_at(job.site, rows))
         if job.attempt < self.ctx.policy.retries:
             self.stats.retries += 1
             self._resubmit(job)
@@ -354,7 +364,7 @@ class SyncRound:
             item.future.add_done_callback(partial(release_late, self.ctx.transfer))
             failure = Failure(self.r, job.clients, "deadline", message, job.attempt, job.node)
             self.failures.append(failure)
-            self.ctx.recorder.task_rows(failure_rows(failure, job.kind, job.task, item.submitted, now))
+            self.ctx.recorder.task_rows(_at(job.site, failure_rows(failure, job.kind, job.task, item.submitted, now)))
         for node, parts in self.parts.items():
             if parts:
                 clients = tuple(c for p in parts for c in p.clients)
@@ -363,6 +373,14 @@ class SyncRound:
                 self.ctx.recorder.task_rows(failure_rows(failure, "aggregate", self._new_task_id(), now, now))
         self.parts.clear()
 
+
+
+def _at(site: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """tasks.csv rows with the site their task ran at."""
+    if site is not None:
+        for row in rows:
+            row["site"] = site
+    return rows
 
 
 def _tree(ctx: RunContext) -> Topology | None:

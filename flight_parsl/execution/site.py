@@ -159,6 +159,9 @@ _TOP_KEYS: dict[str, _Key] = {
     "max_idletime": _Key(*_FLOAT, nullable=True, check=_at_least(0)),
     "start_timeout": _Key(*_FLOAT, default=300.0, check=_positive),
     "provider": _Key((dict,), "mapping", nullable=True),
+    # Run this site's worker pools on a virtual host (a network namespace of this name that a
+    # multi-site run creates; see flight_parsl.execution.sites). Null: on the provider's hosts.
+    "virtual_host": _Key(*_STR, nullable=True),
 }
 
 _WALLTIME_HINT = 'str (quote it in YAML, e.g. "00:30:00")'

@@ -225,6 +225,7 @@ class ManagedRedis:
         host: str = "127.0.0.1",
         start_timeout: float = 10.0,
         maxmemory: str | None = None,
+        protected_mode: bool = True,
     ) -> None:
         """Configure the server; nothing starts until :meth:`start` or ``with``.
 
@@ -233,11 +234,15 @@ class ManagedRedis:
             host: The address to bind and to connect to.
             start_timeout: Seconds to wait for the first PING answer.
             maxmemory: Passed as ``--maxmemory`` (e.g. ``"256mb"``) if set.
+            protected_mode: Redis's protected mode (without a password it answers only
+                loopback clients); off only for a server bound to a private network
+                that nothing else reaches, such as a run's virtual network.
         """
         self.binary = binary
         self.host = host
         self.start_timeout = start_timeout
         self.maxmemory = maxmemory
+        self.protected_mode = protected_mode
         self._address: RedisAddress | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
@@ -341,7 +346,7 @@ class ManagedRedis:
             "--port", str(port),
             "--save", "",
             "--appendonly", "no",
-            "--protected-mode", "yes",
+            "--protected-mode", "yes" if self.protected_mode else "no",
             "--daemonize", "no",
             "--dir", str(directory),
             "--logfile", str(directory / "redis.log"),

@@ -1,0 +1,91 @@
+"""A run's sites: loaded, placed, and their virtual network opened and closed.
+
+:func:`open_run_sites` turns ``sites.files`` into what the runner needs before
+anything starts: the normalised sites, the placement of clients and aggregators
+(:mod:`flight_parsl.engine.placement`), each site's slots (the ``slots`` setting
+applied to the clients it runs), the virtual network when a site names a
+``virtual_host``, and, for ``--transfer redis`` without ``--redis``, a managed
+redis-server bound to the network's bridge address so that workers on the
+virtual hosts reach it over TCP. Everything it opened is closed when it exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from flight_parsl.config.experiment import ExperimentConfig, parse_slots
+from flight_parsl.engine.placement import Placement, place
+from flight_parsl.execution.backends import resolve_slots
+from flight_parsl.execution.netns import VirtualNetwork
+
+
+@dataclass
+class RunSites:
+    """What a multi-site run opened before its executor."""
+
+    sites: list[dict[str, Any]]
+    placement: Placement
+    slots: dict[str, int]
+    network: VirtualNetwork | None = None
+    redis: str | None = None  # HOST:PORT of a managed redis-server on the bridge
+    hosts: dict[str, str] = field(default_factory=dict)  # site label -> virtual host name
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
+        clients = self.placement.clients_per_site()
+        out: dict[str, Any] = {}
+        for s in self.sites:
+            label = s["label"]
+            host = self.network.host(s["virtual_host"]) if self.network and s.get("virtual_host") else None
+            out[label] = {
+                "provider": s["provider"]["kind"],
+                "virtual_host": host.name if host else None,
+                "host_address": host.address if host else None,
+                "interchange_address": self.network.address if host and self.network else s.get("address"),
+                "encrypted": s.get("encrypted"),
+                "slots": self.slots.get(label),
+                "clients": clients.get(label, 0),
+            }
+        return out
+
+
+@contextmanager
+def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
+    """The run's sites when ``sites.files`` is set (else None); closes what it opened.
+
+    Raises:
+        ConfigError: a bad site file, or a topology that does not fit the sites.
+        ExecutorError: a site needs virtual hosts and namespaces cannot be made here.
+    """
+    if not cfg.sites.files:
+        yield None
+        return
+    from flight_parsl.execution.sites import load_sites, virtual_hosts
+    from flight_parsl.topology.tree import parse_topology
+
+    sites = load_sites(cfg.sites.files)
+    tree = None if cfg.topology == "flat" else parse_topology(cfg.topology, cfg.workers)
+    placement = place(tree, cfg.workers, [s["label"] for s in sites], cfg.sites.aggregate_at)
+    setting = parse_slots(cfg.slots)
+    slots = {label: resolve_slots(setting, max(1, n)) for label, n in placement.clients_per_site().items()}
+    hosts = virtual_hosts(sites)
+    with ExitStack() as stack:
+        network = None
+        if hosts:
+            from flight_parsl.execution.netns import virtual_network
+
+            network = stack.enter_context(virtual_network(hosts))
+        redis = None
+        if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
+            from flight_parsl.transfer.redis_server import ManagedRedis
+
+            # Bound to the run's private bridge, which only its own namespaces reach.
+            server = ManagedRedis(host=network.address, protected_mode=False)
+            redis = str(stack.enter_context(server).address)
+        yield RunSites(
+            sites, placement, slots, network, redis,
+            {s["label"]: s["virtual_host"] for s in sites if s.get("virtual_host")},
+        )

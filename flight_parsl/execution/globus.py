@@ -1,0 +1,117 @@
+"""Globus Compute sites: a site YAML with ``provider: {kind: globus_compute}``.
+
+This module owns that site kind's schema and turns it into Parsl's
+``GlobusComputeExecutor`` (tasks go to a Globus Compute endpoint that someone
+runs elsewhere, identified by its endpoint id). The executor needs the optional
+``globus-compute-sdk`` package (``pip install "flight_parsl[globus]"``); without
+it, or without a valid endpoint id, building the site fails with one ConfigError.
+
+    label: remote
+    slots: 8                    # tasks the run keeps in flight there (warm-up, planning)
+    provider:
+      kind: globus_compute
+      endpoint_id: 2e2f1a8c-...  # the endpoint's UUID
+      user_endpoint_config: {}   # optional: values for a multi-user endpoint's template
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flight_parsl.core.errors import ConfigError
+
+KIND = "globus_compute"
+_TOP = ("label", "slots", "start_timeout", "provider")
+_PROVIDER = ("kind", "endpoint_id", "user_endpoint_config")
+
+
+def is_globus(data: Any) -> bool:
+    """True when a raw site mapping asks for a Globus Compute endpoint."""
+    return isinstance(data, Mapping) and isinstance(data.get("provider"), Mapping) and (
+        data["provider"].get("kind") == KIND
+    )
+
+
+def normalize(data: Mapping[str, Any], source: str = "site") -> dict[str, Any]:
+    """Validate a Globus Compute site and return it with defaults filled.
+
+    Raises:
+        ConfigError: an unknown key, a missing or malformed endpoint id, a bad value.
+    """
+    for key in data:
+        if key not in _TOP:
+            raise ConfigError(
+                f"{source}: unknown key {key!r} for provider {KIND!r}; allowed keys: {', '.join(_TOP)}"
+            )
+    provider = dict(data["provider"])
+    for key in provider:
+        if key not in _PROVIDER:
+            raise ConfigError(
+                f"{source}: unknown key 'provider.{key}' for provider {KIND!r}; allowed keys: {', '.join(_PROVIDER)}"
+            )
+    label = data.get("label", KIND)
+    if not isinstance(label, str) or not label:
+        raise ConfigError(f"{source}: key 'label' = {label!r}; expected a non-empty str")
+    endpoint = provider.get("endpoint_id")
+    if endpoint in (None, ""):
+        raise ConfigError(
+            f"{source}: key 'provider.endpoint_id' is missing; provider {KIND!r} needs the UUID of a "
+            "Globus Compute endpoint (globus-compute-endpoint list)"
+        )
+    try:
+        uuid.UUID(str(endpoint))
+    except ValueError:
+        raise ConfigError(
+            f"{source}: key 'provider.endpoint_id' = {endpoint!r} is not a UUID (a Globus Compute endpoint id)"
+        ) from None
+    slots = data.get("slots", 1)
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ConfigError(f"{source}: key 'slots' = {slots!r}; expected an int >= 1")
+    timeout = data.get("start_timeout", 600.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{source}: key 'start_timeout' = {timeout!r}; expected a number > 0")
+    user_config = provider.get("user_endpoint_config")
+    if user_config is not None and not isinstance(user_config, Mapping):
+        raise ConfigError(f"{source}: key 'provider.user_endpoint_config' = {user_config!r}; expected a mapping")
+    return {
+        "label": label,
+        "slots": slots,
+        "start_timeout": float(timeout),
+        "virtual_host": None,
+        "provider": {"kind": KIND, "endpoint_id": str(endpoint), "user_endpoint_config": user_config},
+    }
+
+
+def build_executor(site: Mapping[str, Any]) -> Any:
+    """A ``parsl.executors.GlobusComputeExecutor`` for a normalised Globus Compute site.
+
+    Raises:
+        ConfigError: the globus-compute-sdk package is not installed, or this Parsl has
+            no GlobusComputeExecutor.
+    """
+    label = site["label"]
+    try:
+        from globus_compute_sdk import Executor as ComputeExecutor
+    except ImportError:
+        raise ConfigError(
+            f"site {label!r}: provider {KIND!r} needs the optional globus-compute-sdk package; "
+            'install it with pip install "flight_parsl[globus]" (or pip install globus-compute-sdk)'
+        ) from None
+    try:
+        from parsl.executors import GlobusComputeExecutor
+    except ImportError:
+        raise ConfigError(
+            f"site {label!r}: provider {KIND!r} needs a Parsl with parsl.executors.GlobusComputeExecutor"
+        ) from None
+    prov = site["provider"]
+    kwargs: dict[str, Any] = {"endpoint_id": prov["endpoint_id"]}
+    if prov["user_endpoint_config"] is not None:
+        kwargs["user_endpoint_config"] = dict(prov["user_endpoint_config"])
+    return GlobusComputeExecutor(executor=ComputeExecutor(**kwargs), label=label)
+
+
+def describe(site: Mapping[str, Any]) -> str:
+    """One log line for a Globus Compute site."""
+    return f"site {site['label']!r}: provider={KIND} endpoint={site['provider']['endpoint_id']} slots={site['slots']}"
