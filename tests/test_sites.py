@@ -215,6 +215,9 @@ def test_two_sites_across_namespaces_run_every_task_at_its_site(make_config) -> 
         "site-b": ("host-b", True, 4),
     }
     assert sites["site-a"]["interchange_address"] == sites["site-b"]["interchange_address"] != "127.0.0.1"
+    links = summary["site_links"]  # kernel counters of each host's veth: real traffic both ways
+    assert sorted(links) == ["host-a", "host-b"]
+    assert all(v["to_host"] > 0 and v["from_host"] > 0 for v in links.values())
     rows = read_csv(run / "tasks.csv")
     expected = {"agg-a": "site-a", "agg-b": "site-b"}
     host_of = {"site-a": "host-a", "site-b": "host-b"}

@@ -32,6 +32,7 @@ class RunSites:
     network: VirtualNetwork | None = None
     redis: str | None = None  # HOST:PORT of a managed redis-server on the bridge
     hosts: dict[str, str] = field(default_factory=dict)  # site label -> virtual host name
+    link_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes, read at the end
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
@@ -85,7 +86,12 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             # Bound to the run's private bridge, which only its own namespaces reach.
             server = ManagedRedis(host=network.address, protected_mode=False)
             redis = str(stack.enter_context(server).address)
-        yield RunSites(
+        run_sites = RunSites(
             sites, placement, slots, network, redis,
             {s["label"]: s["virtual_host"] for s in sites if s.get("virtual_host")},
         )
+        try:
+            yield run_sites
+        finally:  # before the network goes: what each site's link carried during the run
+            if network is not None:
+                run_sites.link_bytes = network.link_bytes()

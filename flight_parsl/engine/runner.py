@@ -127,6 +127,8 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             peak_rss_mb_workers_total=sum(processes.values()),
             **idle_summary(result.clock),
         )
+        if sites is not None and sites.link_bytes:
+            recorder.update(site_links=sites.link_bytes)
         recorder.finish("completed")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as core.errors.Terminated (its text names the signal)
         recorder.finish("interrupted", str(exc) or "interrupted by the user")

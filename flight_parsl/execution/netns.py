@@ -44,6 +44,7 @@ class VirtualHost:
     name: str
     netns: str
     address: str
+    link: str = ""  # the root side of its veth pair, on the bridge
 
     def command_prefix(self) -> str:
         """Shell words that run a command inside this host: its network namespace and
@@ -64,6 +65,20 @@ class VirtualNetwork:
     address: str  # the bridge's address: the coordinator's side
     subnet: str
     hosts: dict[str, VirtualHost] = field(default_factory=dict)
+
+    def link_bytes(self) -> dict[str, dict[str, int]]:
+        """Bytes each host's link carried so far, read from the kernel's counters of the
+        bridge side of its veth pair: ``to_host`` (sent into the namespace) and
+        ``from_host`` (received from it); every protocol counts (HTEX, Redis, TCP/IP)."""
+        out = {}
+        for host in self.hosts.values():
+            stats = f"/sys/class/net/{host.link}/statistics"
+            try:
+                with open(f"{stats}/tx_bytes") as tx, open(f"{stats}/rx_bytes") as rx:
+                    out[host.name] = {"to_host": int(tx.read()), "from_host": int(rx.read())}
+            except OSError:
+                continue
+        return out
 
     def host(self, name: str) -> VirtualHost:
         """The virtual host ``name``.
@@ -221,7 +236,7 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
             _ip("netns", "exec", netns, "ip", "link", "set", inner, "name", "eth0")
             _ip("netns", "exec", netns, "ip", "addr", "add", f"{address}/{subnet.prefixlen}", "dev", "eth0")
             _ip("netns", "exec", netns, "ip", "link", "set", "eth0", "up")
-            net.hosts[name] = VirtualHost(name, netns, address)
+            net.hosts[name] = VirtualHost(name, netns, address, outer)
         log.info("virtual network %s on %s: %s", net.bridge, subnet, ", ".join(f"{h.name}={h.address}" for h in net.hosts.values()))
         yield net
     finally:
