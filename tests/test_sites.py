@@ -13,6 +13,7 @@ import yaml
 
 from flight_parsl.core.errors import ConfigError, ExecutorError
 from flight_parsl.engine.placement import place
+from flight_parsl.engine.plan import Planner
 from flight_parsl.execution import globus
 from flight_parsl.execution.netns import VirtualHost, VirtualNetwork, netns_available, virtual_network
 from flight_parsl.execution.sites import SiteRouter, build_sites_config, load_sites
@@ -69,18 +70,22 @@ def test_aggregators_can_run_at_their_childrens_site(tmp_path) -> None:
     assert place(tree, 2, ["home", "edge"], aggregate_at="children").node("agg") == "edge"
 
 
-def test_placement_errors_name_the_node_and_the_sites(tmp_path) -> None:
+def test_unknown_sites_are_named_and_tasks_never_mix_sites(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"site 'site-b' is not one of the run's sites \(site-a\)"):
         place(load_topology(TWO_SITES), 8, ["site-a"])
     topo = {
         "nodes": [
-            {"name": "coordinator", "kind": "coordinator", "children": ["w0", "w1"]},
+            {"name": "coordinator", "kind": "coordinator", "children": ["w0", "w1", "w2", "w3"]},
             {"name": "w0", "kind": "worker", "site": "a"},
             {"name": "w1", "kind": "worker", "site": "b"},
+            {"name": "w2", "kind": "worker", "site": "a"},
+            {"name": "w3", "kind": "worker", "site": "b"},
         ]
     }
-    with pytest.raises(ConfigError, match=r"node 'coordinator': its workers are on sites a, b"):
-        place(load_topology(_write(tmp_path / "t.yaml", topo)), 2, ["a", "b"])
+    p = place(load_topology(_write(tmp_path / "t.yaml", topo)), 4, ["a", "b"])
+    assert p.client_site == ("a", "b", "a", "b")
+    tasks = Planner(1, site=p.client_site.__getitem__).plan({"coordinator": [0, 1, 2, 3]})
+    assert sorted(t.clients for t in tasks) == [(0, 2), (1, 3)]  # one slot, yet one task per site
 
 
 # the multi-site Config and the router -------------------------------------------------

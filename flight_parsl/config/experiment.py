@@ -394,6 +394,8 @@ def _validate_modes(cfg: ExperimentConfig) -> None:
         )
     if cfg.sites.files and cfg.backend != "parsl":
         raise ConfigError(f"config key 'sites.files': several sites need backend parsl, got {cfg.backend!r}")
+    if cfg.sites.files and cfg.mode != "sync":
+        raise ConfigError(f"config key 'sites.files': several sites run in mode sync, got {cfg.mode!r}")
     if cfg.broadcast not in ("direct", "tree"):
         raise ConfigError(f"config key 'broadcast': unknown {cfg.broadcast!r}; valid: direct, tree")
     if cfg.topology != "flat" and not cfg.topology.startswith("tree:"):

@@ -42,6 +42,8 @@ class PartitionSpec:
         power_law_exponent: ``power_law``: the rank-r client's share is proportional to
             ``r ** -exponent``; 0 gives equal sizes.
         min_samples: The fewest samples any client gets (at least 1).
+        max_samples: When > 0, each client keeps a seeded random subset of at most this
+            many samples of its shard (0: the whole shard).
     """
 
     kind: str = "iid"
@@ -50,6 +52,7 @@ class PartitionSpec:
     labels_per_client: int = 2
     power_law_exponent: float = 1.5
     min_samples: int = 1
+    max_samples: int = 0
 
     def __post_init__(self) -> None:
         """Check the values that do not depend on the data."""
@@ -66,6 +69,8 @@ class PartitionSpec:
             value = getattr(self, field)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"partition {field} must be an integer >= 1, got {value!r}")
+        if not _is_int(self.max_samples) or self.max_samples < 0:
+            raise ConfigError(f"partition max_samples must be an integer >= 0, got {self.max_samples!r}")
 
 
 def partition_kinds() -> list[str]:
@@ -104,6 +109,8 @@ def partition(labels: np.ndarray, num_clients: int, spec: PartitionSpec, seed: i
         )
     rng = np.random.default_rng(seed)
     shards = _PARTITIONERS[spec.kind](labels.astype(np.int64), int(num_clients), spec, rng)
+    if spec.max_samples > 0:
+        shards = [rng.choice(s, spec.max_samples, replace=False) if len(s) > spec.max_samples else s for s in shards]
     return [np.sort(shard).astype(np.int64) for shard in shards]
 
 

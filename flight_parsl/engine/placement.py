@@ -2,12 +2,11 @@
 
 A node's site is its own ``site:``, else its nearest ancestor's, else the run's
 default site (the first site file). A train task runs at the site of its
-clients' worker nodes; an aggregator (and the relay that passes the model down to
-it) at its own site, or with ``sites.aggregate_at=children`` at the site most of
-its children are placed at. Clients packed into one task must share a site, so
-the worker children of one node must share one: a topology that splits them is
-refused with one message. The placement also tells how many clients each site
-runs, which sizes each site's slots.
+clients' worker nodes (the planner packs only clients of one site into a task); an
+aggregator (and the relay that passes the model down to it) at its own site, or
+with ``sites.aggregate_at=children`` at the site most of its children are placed
+at. The placement also tells how many clients each site runs, which sizes each
+site's slots.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ class Placement:
         return self.labels[0]
 
     def train(self, clients: Sequence[int]) -> str:
-        """The site of a train task of ``clients`` (they share one)."""
+        """The site of a train task of ``clients`` (the planner packs one site's clients per task)."""
         return self.client_site[clients[0]] if clients else self.default
 
     def node(self, name: str) -> str:
@@ -53,8 +52,7 @@ def place(tree: Topology | None, workers: int, labels: Sequence[str], aggregate_
     """The placement of a run's clients and aggregators on sites ``labels``.
 
     Raises:
-        ConfigError: the topology names a site that is not loaded, or puts the
-            worker children of one node on different sites.
+        ConfigError: the topology names a site that is not loaded.
     """
     labels = tuple(labels)
     if not labels:
@@ -77,14 +75,6 @@ def place(tree: Topology | None, workers: int, labels: Sequence[str], aggregate_
     clients = [default] * workers
     for node in tree.workers:
         clients[int(node.worker_index or 0)] = site(node.name)
-    for parent in [tree.root, *tree.aggregators]:
-        kids = [tree.nodes[c] for c in tree.children(parent.name)]
-        sites = sorted({clients[int(k.worker_index or 0)] for k in kids if k.kind == "worker"})
-        if len(sites) > 1:
-            raise ConfigError(
-                f"topology node {parent.name!r}: its workers are on sites {', '.join(sites)}; the workers of one "
-                "node must share a site (put them under one aggregator per site)"
-            )
     aggregators: dict[str, str] = {}
     for node in tree.aggregators:
         if aggregate_at == "children":

@@ -54,10 +54,17 @@ def pack(clients: Sequence[int], bins: int, cost: Callable[[int], float] | None 
 class Planner:
     """Turns each round's groups of sampled clients into tasks with run-unique ids."""
 
-    def __init__(self, slots: int, fixed_clients_per_task: int = 0, cost: Callable[[int], float] | None = None) -> None:
+    def __init__(
+        self,
+        slots: int,
+        fixed_clients_per_task: int = 0,
+        cost: Callable[[int], float] | None = None,
+        site: Callable[[int], str] | None = None,
+    ) -> None:
         self.slots = max(1, slots)
         self.fixed = fixed_clients_per_task
         self.cost = cost
+        self.site = site  # several sites: a task packs clients of one site only
         self._next_id = 0
 
     def _spec(self, node: str, clients: Sequence[int], attempt: int) -> TaskSpec:
@@ -71,10 +78,21 @@ class Planner:
         per_task = clients_per_task(total, self.slots, self.fixed)
         tasks = []
         for node, clients in groups.items():
-            if clients:
-                for part in pack(clients, math.ceil(len(clients) / per_task), self.cost):
+            for same_site in self._by_site(clients):
+                for part in pack(same_site, math.ceil(len(same_site) / per_task), self.cost):
                     tasks.append(self._spec(node, part, 0))
         return tasks
+
+    def _by_site(self, clients: Sequence[int]) -> list[list[int]]:
+        """``clients`` split by site, in order of first appearance (one list without sites)."""
+        if not clients:
+            return []
+        if self.site is None:
+            return [list(clients)]
+        out: dict[str, list[int]] = {}
+        for c in clients:
+            out.setdefault(self.site(c), []).append(c)
+        return list(out.values())
 
     def retry(self, task: TaskSpec) -> TaskSpec:
         """The same clients again, as a new task with the next attempt number."""

@@ -60,14 +60,21 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 
-def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, backend: Backend | None = None) -> Path:
+def run_experiment(
+    cfg: ExperimentConfig,
+    progress: Progress | None = None,
+    backend: Backend | None = None,
+    sites: RunSites | None = None,
+) -> Path:
     """Run ``cfg``; return its run directory.
 
     With ``backend`` the run reuses an executor that is already up (a sweep reusing
     one DataFlowKernel per worker count): ``dfk_start_done`` then equals ``start``
     and summary.json says ``dfk_reused``. On any error the run directory keeps
     every finished row, summary.json says ``failed`` (or ``interrupted``) with the
-    error, and the error is re-raised.
+    error, and the error is re-raised. ``sites`` (several sites, opened by the caller
+    with :func:`~flight_parsl.engine.multisite.open_run_sites`) and a ``backend`` opened on
+    them let many runs share one virtual network and one DataFlowKernel.
     """
     progress = progress or Progress(cfg.rounds)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
@@ -81,7 +88,8 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
             # Unwound after the channel closes: the slots of a reused executor let go of the run's store.
             ending = stack.enter_context(ExitStack())
             # Sites, their virtual network and a Redis on it (several sites) open first.
-            sites = stack.enter_context(open_run_sites(cfg))
+            if sites is None:
+                sites = stack.enter_context(open_run_sites(cfg))
             redis = sites.redis if sites is not None and sites.redis else t.redis
             # The channel opens next: an unreachable Redis fails before Parsl starts.
             transfer = stack.enter_context(open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout))
@@ -177,10 +185,12 @@ def _backend(
     A given backend's first run takes the backend's own start-up times; later runs
     record ``dfk_start_done`` = now and ``dfk_reused``.
     """
-    if sites is not None:  # several sites: always a DataFlowKernel of this run's own
+    if sites is not None:
+        recorder.update(sites=sites.summary())
+    if sites is not None and (backend is None or not hasattr(backend.executor, "submit_to")):
+        # several sites, and no executor over them given: a DataFlowKernel of this run's own
         from flight_parsl.execution.sites import open_sites_backend
 
-        recorder.update(sites=sites.summary())
         with open_sites_backend(
             sites.sites, sites.slots, out, sites.network, on_started=lambda: recorder.mark("dfk_start_done")
         ) as fresh:

@@ -411,7 +411,8 @@ def run_sync(ctx: RunContext) -> RunResult:
     cfg, exp, recorder, progress = ctx.cfg, ctx.exp, ctx.recorder, ctx.progress
     rng = np.random.default_rng(cfg.seed)
     tree = _tree(ctx)
-    planner = Planner(ctx.slots, cfg.plan.clients_per_task, exp.expected_work if exp.shard_sizes else None)
+    site = ctx.placement.client_site.__getitem__ if ctx.placement is not None else None
+    planner = Planner(ctx.slots, cfg.plan.clients_per_task, exp.expected_work if exp.shard_sizes else None, site)
     weights = exp.initial
     size = len(weights.to_bytes())  # payload bytes of one model, for the cost model
     summaries: list[RoundSummary] = []
