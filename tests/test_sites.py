@@ -167,10 +167,16 @@ def test_globus_compute_without_the_sdk_is_one_clear_error(tmp_path) -> None:
 def test_globus_compute_config_builds_with_the_sdk(tmp_path) -> None:
     pytest.importorskip("globus_compute_sdk", reason="the optional globus-compute-sdk is not installed")
     sites = load_sites(f"{SITE_A.parent.parent / 'local.yaml'},{_globus_site(tmp_path, endpoint_id=ENDPOINT)}")
-    config = build_sites_config(sites, {"htex": 1}, tmp_path)
+
+    class Client:  # stands in for the SDK's web-service client: nothing here may log in or connect
+        pass
+
+    config = build_sites_config(sites, {"htex": 1}, tmp_path, globus_client=Client())
     from parsl.executors import GlobusComputeExecutor
 
-    assert isinstance(config.executors[1], GlobusComputeExecutor) and config.executors[1].label == "gc"
+    gce = config.executors[1]
+    assert isinstance(gce, GlobusComputeExecutor) and gce.label == "gc"
+    assert str(gce.executor.endpoint_id) == ENDPOINT
     assert globus.describe(sites[1]).endswith(f"endpoint={ENDPOINT} slots=4")
 
 

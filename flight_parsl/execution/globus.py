@@ -84,12 +84,17 @@ def normalize(data: Mapping[str, Any], source: str = "site") -> dict[str, Any]:
     }
 
 
-def build_executor(site: Mapping[str, Any]) -> Any:
+def build_executor(site: Mapping[str, Any], client: Any = None) -> Any:
     """A ``parsl.executors.GlobusComputeExecutor`` for a normalised Globus Compute site.
 
+    Args:
+        site: the site.
+        client: a ``globus_compute_sdk.Client`` to use; None makes one, which needs a
+            Globus login (stored tokens, or GLOBUS_COMPUTE_CLIENT_ID / _SECRET).
+
     Raises:
-        ConfigError: the globus-compute-sdk package is not installed, or this Parsl has
-            no GlobusComputeExecutor.
+        ConfigError: the globus-compute-sdk package is not installed, this Parsl has
+            no GlobusComputeExecutor, or the SDK could not make its client (no login).
     """
     label = site["label"]
     try:
@@ -106,10 +111,18 @@ def build_executor(site: Mapping[str, Any]) -> Any:
             f"site {label!r}: provider {KIND!r} needs a Parsl with parsl.executors.GlobusComputeExecutor"
         ) from None
     prov = site["provider"]
-    kwargs: dict[str, Any] = {"endpoint_id": prov["endpoint_id"]}
+    kwargs: dict[str, Any] = {"endpoint_id": prov["endpoint_id"], "client": client}
     if prov["user_endpoint_config"] is not None:
         kwargs["user_endpoint_config"] = dict(prov["user_endpoint_config"])
-    return GlobusComputeExecutor(executor=ComputeExecutor(**kwargs), label=label)
+    try:
+        compute = ComputeExecutor(**kwargs)
+    except (Exception, EOFError) as exc:  # the SDK's login and client errors vary by version
+        raise ConfigError(
+            f"site {label!r}: could not open Globus Compute for endpoint {prov['endpoint_id']} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); log in once with "
+            "'globus-compute-endpoint login', or set GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET"
+        ) from exc
+    return GlobusComputeExecutor(executor=compute, label=label)
 
 
 def describe(site: Mapping[str, Any]) -> str:

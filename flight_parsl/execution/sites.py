@@ -117,6 +117,7 @@ def build_sites_config(
     slots: Mapping[str, int],
     run_dir: str | Path,
     network: VirtualNetwork | None = None,
+    globus_client: Any = None,
 ) -> Config:
     """A fresh Parsl Config with one executor per site.
 
@@ -127,6 +128,8 @@ def build_sites_config(
             ``max_workers_per_node`` null).
         run_dir: the run's directory; Parsl writes under ``<run_dir>/parsl``.
         network: the run's virtual network, needed when a site names a virtual host.
+        globus_client: the ``globus_compute_sdk.Client`` of Globus Compute sites (None: the
+            SDK makes one from the stored login).
 
     Raises:
         ConfigError: a site is invalid, or needs what is missing (the Globus Compute
@@ -136,7 +139,7 @@ def build_sites_config(
     first: Mapping[str, Any] | None = None
     for site in sites:
         if is_globus_site(site):
-            executors.append(globus.build_executor(site))
+            executors.append(globus.build_executor(site, globus_client))
             continue
         first = first or site
         executors.append(_htex(site, max(1, slots.get(site["label"], 1)), run_dir, network))
