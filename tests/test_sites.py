@@ -226,6 +226,8 @@ def test_two_sites_across_namespaces_run_every_task_at_its_site(make_config) -> 
         "site-b": ("host-b", True, 4),
     }
     assert sites["site-a"]["interchange_address"] == sites["site-b"]["interchange_address"] != "127.0.0.1"
+    for label in ("site-a", "site-b"):  # CurveZMQ keys were made: the executors ran encrypted
+        assert list(run.glob(f"parsl/*/{label}/certificates/*.key_secret")), label
     links = summary["site_links"]  # kernel counters of each host's veth: real traffic both ways
     assert sorted(links) == ["host-a", "host-b"]
     assert all(v["to_host"] > 0 and v["from_host"] > 0 for v in links.values())
