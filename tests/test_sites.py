@@ -10,16 +10,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import read_csv, read_summary, run_quietly
 
 from flight_parsl.core.errors import ConfigError, ExecutorError
 from flight_parsl.engine.placement import place
 from flight_parsl.engine.plan import Planner
 from flight_parsl.execution import globus
-from flight_parsl.execution.netns import VirtualHost, VirtualNetwork, netns_available, virtual_network
+from flight_parsl.execution.netns import (
+    VirtualHost,
+    VirtualNetwork,
+    netns_available,
+    virtual_network,
+)
 from flight_parsl.execution.sites import SiteRouter, build_sites_config, load_sites
 from flight_parsl.topology.tree import load_topology
-
-from conftest import read_csv, read_summary, run_quietly
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_SITES = REPO / "configs" / "topologies" / "example_two_sites.yaml"
@@ -39,7 +43,7 @@ def _ours() -> list[str]:
     """Namespaces of this process still present."""
     import os
 
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(f"fpns-{os.getpid()}-")]
 
 
@@ -191,13 +195,13 @@ def test_virtual_network_is_removed_also_after_an_error() -> None:
             h1 = net.host("h1")
             out = subprocess.run(
                 f"{h1.command_prefix()} sh -c 'hostname; ip -4 -o addr show eth0; ip route'",
-                shell=True, capture_output=True, text=True, timeout=30,
+                shell=True, check=False, capture_output=True, text=True, timeout=30,
             ).stdout
             assert out.splitlines()[0] == "h1" and f"inet {h1.address}/24" in out
             assert "default" not in out  # nothing routes outside the run's /24
             raise RuntimeError("boom")
     assert _ours() == []
-    bridges = subprocess.run(["ip", "-o", "link", "show", net.bridge], capture_output=True, text=True)
+    bridges = subprocess.run(["ip", "-o", "link", "show", net.bridge], check=False, capture_output=True, text=True)
     assert bridges.returncode != 0  # the bridge is gone
 
 
@@ -242,3 +246,24 @@ def test_two_sites_across_namespaces_run_every_task_at_its_site(make_config) -> 
         assert r["host"] == host_of[r["site"]], r  # the slot's host name is its namespace's
     assert _ours() == []
     assert time.monotonic() - t0 < 120
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces here: {NO_NETNS}")
+def test_a_failed_multi_site_run_leaves_no_namespace_or_redis(make_config, tmp_path) -> None:
+    import psutil
+
+    broken = []
+    for path in (SITE_A, SITE_B):
+        site = yaml.safe_load(path.read_text())
+        site.update(start_timeout=5)
+        site["provider"]["worker_init"] = "exit 3"  # no worker pool ever starts
+        broken.append(_write(tmp_path / path.name, site))
+    before = {p.pid for p in psutil.process_iter() if p.name() == "redis-server"}
+    with pytest.raises(ExecutorError):
+        run_quietly(
+            make_config, f"sites.files={broken[0]},{broken[1]}", backend="parsl", workers=8, rounds=1,
+            topology=str(TWO_SITES), model={"name": "tiny"}, train={"mode": "none"}, transfer={"kind": "redis"},
+        )
+    assert read_summary(tmp_path / "run")["status"] == "failed"
+    assert _ours() == []
+    assert {p.pid for p in psutil.process_iter() if p.name() == "redis-server"} <= before

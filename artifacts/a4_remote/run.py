@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| site | host | tasks (train/aggregate) | payload to / from site (MB) | link to / from host (MB) |")
     print("|---|---|---|---|---|")
     for r in link_rows:
-        mb = lambda v: f"{v / 1e6:.2f}" if v != "" else "-"  # noqa: E731
+        mb = lambda v: f"{v / 1e6:.2f}" if v != "" else "-"
         print(
             f"| {r['site']} | {r['host']} ({r['host_address']}) | {r['tasks']} ({r['train_tasks']}/{r['aggregate_tasks']}) "
             f"| {mb(r['payload_to_site'])} / {mb(r['payload_from_site'])} | {mb(r['link_to_host'])} / {mb(r['link_from_host'])} |"

@@ -47,7 +47,7 @@ class CompletionQueue(Generic[T]):
         if site is None:
             future = self.executor.submit(fn, *args)
         else:
-            future = getattr(self.executor, "submit_to")(site, fn, *args)  # a SiteRouter
+            future = getattr(self.executor, "submit_to")(site, fn, *args)  # noqa: B009 - a SiteRouter
         item = Pending(future, tag, submitted)
         self.outstanding[id(item)] = item
         future.add_done_callback(lambda _f, item=item: self._done.put(item))

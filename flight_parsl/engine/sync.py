@@ -370,7 +370,8 @@ class SyncRound:
                 clients = tuple(c for p in parts for c in p.clients)
                 failure = Failure(self.r, clients, "deadline", f"waiting at aggregator {node}: {message}", 0, node)
                 self.failures.append(failure)
-                self.ctx.recorder.task_rows(failure_rows(failure, "aggregate", self._new_task_id(), now, now))
+                site = self.ctx.placement.node(node) if self.ctx.placement is not None else None
+                self.ctx.recorder.task_rows(_at(site, failure_rows(failure, "aggregate", self._new_task_id(), now, now)))
         self.parts.clear()
 
 

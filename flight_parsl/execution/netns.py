@@ -99,14 +99,14 @@ def netns_available() -> str | None:
         return "the 'ip' command (iproute2) is not installed"
     if shutil.which("unshare") is None:
         return "the 'unshare' command (util-linux) is not installed"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    probe = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True)
     if probe.returncode != 0:
         return f"'ip netns list' failed: {probe.stderr.strip()}"
     return None
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(["ip", *args], check=False, capture_output=True, text=True, timeout=30)
     if check and proc.returncode != 0:
         raise ExecutorError(f"'ip {' '.join(args)}' failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
