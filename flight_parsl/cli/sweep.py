@@ -24,6 +24,7 @@ from flight_parsl.config.experiment import ExperimentConfig, config_hash, parse_
 from flight_parsl.core.errors import FlightParslError
 from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.batch_job import JOB_FIELDS
 from flight_parsl.results.table import CellKey, append_row, done_configs
 from flight_parsl.engine.runner import run_experiment
 
@@ -109,6 +110,7 @@ def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) ->
         "status": status,
         "run_dir": str(run_dir),
         "config_hash": config_hash(cfg),
+        **{k: summary.get(k, "") for k in JOB_FIELDS},
     }
 
 
