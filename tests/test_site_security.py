@@ -77,3 +77,23 @@ def test_monitoring_true_adds_hub_writing_run_dir(tmp_path: Path) -> None:
     assert "monitoring=on" in describe_site(_local(monitoring=True))
     with pytest.raises(ConfigError, match="'monitoring' = 'yes'"):
         build_parsl_config(_local(monitoring="yes"), 2, tmp_path)
+
+
+def test_config_hash_keys_a_site_file_by_content_not_path(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from flight_parsl.config.experiment import ExperimentConfig, config_hash
+
+    text = (SITE_DIR / "slurm-local.yaml").read_text()
+    first, second, other = tmp_path / "a.yaml", tmp_path / "b.yaml", tmp_path / "c.yaml"
+    first.write_text(text)
+    second.write_text("# a job's copy\n" + text)
+    other.write_text(text.replace("cores_per_node: 1", "cores_per_node: 2"))
+    base = ExperimentConfig()
+
+    def hashed(path: Path) -> str:
+        cfg = replace(base, parsl_config=str(path))
+        return config_hash(cfg)
+
+    assert hashed(first) == hashed(second)  # a resubmitted job's site copy: same experiment
+    assert hashed(first) != hashed(other)
