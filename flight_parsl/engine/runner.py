@@ -55,7 +55,8 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
         from flight_parsl.transfer.redis_server import RedisAddress
 
         address = RedisAddress.parse(where)
-        return stack.enter_context(open_state(redis=(address.host, address.port)))
+        password = getattr(getattr(getattr(transfer, "store", None), "connector", None), "password", None)
+        return stack.enter_context(open_state(redis=(address.host, address.port), password=password))
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 

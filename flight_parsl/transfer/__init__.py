@@ -52,15 +52,18 @@ def open_transfer(
     with ExitStack() as stack:
         if kind == "redis":
             from flight_parsl.transfer.proxy import TimedRedisConnector
+            from flight_parsl.transfer.redis_auth import new_password, redis_password
             from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, ManagedRedis, RedisAddress, check_reachable
 
             timeout = DEFAULT_TIMEOUT if redis_timeout is None else redis_timeout
-            if redis is None:
-                address = stack.enter_context(ManagedRedis()).address
-            else:
+            if redis is None:  # a server of its own, with a fresh password only this run knows
+                password: str | None = new_password()
+                address = stack.enter_context(ManagedRedis(password=password)).address
+            else:  # a password from the environment (redis_auth), if the server has one
+                password = redis_password()
                 address = RedisAddress.parse(redis)
-                check_reachable(address, timeout)
-            connector = TimedRedisConnector(address.host, address.port, timeout=timeout)
+                check_reachable(address, timeout, password)
+            connector = TimedRedisConnector(address.host, address.port, timeout=timeout, password=password)
             transfer = ProxyTransfer("redis", connector, str(address), cache_size)
         else:
             from flight_parsl.transfer.proxy import MappedFileConnector
