@@ -122,6 +122,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.timeout(400)
 def test_slurm_provider_runs_blocks_as_jobs_with_monitoring(tmp_path: Path) -> None:
     site = yaml.safe_load((ROOT / "configs" / "parsl" / "slurm-local.yaml").read_text())
     site["monitoring"] = True
@@ -155,6 +156,7 @@ def test_slurm_provider_runs_blocks_as_jobs_with_monitoring(tmp_path: Path) -> N
     assert {"pending", "launched", "exec_done"} <= states  # "running" needs resource monitoring
 
 
+@pytest.mark.timeout(600)
 def test_job_cancelled_mid_run_loses_nothing_and_resubmission_resumes(tmp_path: Path) -> None:
     spec = yaml.safe_load((ROOT / "jobs" / "specs" / "local_slurm.yaml").read_text())
     results = tmp_path / "results.csv"
