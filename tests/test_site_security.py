@@ -97,3 +97,20 @@ def test_config_hash_keys_a_site_file_by_content_not_path(tmp_path: Path) -> Non
 
     assert hashed(first) == hashed(second)  # a resubmitted job's site copy: same experiment
     assert hashed(first) != hashed(other)
+
+
+def test_sweep_keys_cells_by_the_slots_a_fixed_site_starts() -> None:
+    from dataclasses import replace
+
+    from flight_parsl.cli.sweep import _fixed_slots
+    from flight_parsl.config.experiment import ExperimentConfig
+    from flight_parsl.execution.site import site_fixed_slots
+
+    job_site = SITE_DIR.parents[1] / "jobs" / "sites" / "slurm-local.yaml"
+    assert site_fixed_slots(load_site(job_site)) == 8  # 8 per node x 1 node x 1 block
+    assert site_fixed_slots(load_site("perlmutter")) == 256  # 128 x 2 nodes
+    assert site_fixed_slots(load_site(None)) is None  # local: the run's slots
+    base = ExperimentConfig()
+    assert _fixed_slots(replace(base, parsl_config=str(job_site))) == 8
+    assert _fixed_slots(replace(base, parsl_config=str(job_site), backend="thread")) is None
+    assert _fixed_slots(base) is None

@@ -114,6 +114,15 @@ def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) ->
     }
 
 
+def _fixed_slots(base: ExperimentConfig) -> int | None:
+    """The slots of a Parsl site that fixes its workers (the run's ``slots`` then do not count)."""
+    if base.backend != "parsl":
+        return None
+    from flight_parsl.execution.site import load_site, site_fixed_slots
+
+    return site_fixed_slots(load_site(base.parsl_config))
+
+
 def run_sweep(
     base: ExperimentConfig, spec: SweepSpec, results: Path, out_root: Path, progress: Progress
 ) -> list[dict[str, Any]]:
@@ -123,7 +132,7 @@ def run_sweep(
     index = 0
     for workers in spec.workers:
         todo = []
-        slots = resolve_slots(parse_slots(base.slots), workers)  # a site that fixes its workers may differ
+        slots = _fixed_slots(base) or resolve_slots(parse_slots(base.slots), workers)
         for model, transfer, trial in spec.cells(workers):
             index += 1
             cfg = cell_config(base, out_root, workers, model, transfer, trial)

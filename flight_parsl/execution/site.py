@@ -53,6 +53,7 @@ __all__ = [
     "SITE_DIR",
     "build_parsl_config",
     "monitoring_db_path",
+    "site_fixed_slots",
     "describe_site",
     "load_site",
     "site_start_timeout",
@@ -554,6 +555,22 @@ def _monitoring_hub(run_dir: str | Path) -> Any:
 
 
 # ------------------------------------------------------------------------- metadata
+
+
+def site_fixed_slots(site: Mapping[str, Any]) -> int | None:
+    """Worker processes a site starts whatever the run asks, or None when the run decides.
+
+    A site that sets ``max_workers_per_node`` starts that many per node, on
+    ``nodes_per_block`` nodes, in ``init_blocks`` blocks (at least one).
+
+    Raises:
+        ConfigError: the site is invalid.
+    """
+    s = _normalize(site)
+    if s["max_workers_per_node"] is None:
+        return None
+    prov = s["provider"]
+    return int(s["max_workers_per_node"]) * int(prov["nodes_per_block"]) * max(int(prov["init_blocks"]), 1)
 
 
 def site_start_timeout(site: Mapping[str, Any]) -> float:
