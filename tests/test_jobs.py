@@ -81,7 +81,8 @@ def render(data: dict[str, Any], tmp_path: Path, check_models: bool = False):
 
 
 def harness_lines(script: str) -> list[str]:
-    return [line for line in script.splitlines() if line.startswith(HARNESS)]
+    """The harness command lines (each runs in the background: the script waits for it)."""
+    return [line.removesuffix(" &") for line in script.splitlines() if line.startswith(HARNESS)]
 
 
 def write_spec(tmp_path: Path, data: dict[str, Any], name: str = "spec.yaml") -> Path:
@@ -225,9 +226,11 @@ def test_redis_block_only_when_redis_is_a_transfer(tmp_path: Path) -> None:
         assert "--redis $REDIS_HOST:$REDIS_PORT" in line
         assert "ip -4 addr show ib0 | awk '/inet /{print $2}' | cut -d/ -f1" in s
         assert "REDIS_PORT=6379\n" in s
-        start = s.index("redis-server --bind")
+        start = s.index('redis-server "$REDIS_CONF" --bind')
         assert '--bind "$REDIS_HOST" --port "$REDIS_PORT"' in s
-        for flag in ("--save ''", "--appendonly no", "--protected-mode no", "--daemonize yes",
+        assert 'redis-server "$REDIS_CONF" --bind' in s  # requirepass from a private file
+        assert "--protected-mode no" not in s and "requirepass" in s
+        for flag in ("--save ''", "--appendonly no", "--protected-mode yes", "--daemonize yes",
                      "--logfile"):
             assert flag in s[start:start + 300]
         trap = s.index("trap '")
@@ -239,7 +242,7 @@ def test_redis_block_only_when_redis_is_a_transfer(tmp_path: Path) -> None:
         s = job.script
         assert "--transfer parsl " in harness_lines(s)[0]
         assert "--redis" not in s
-        assert "redis-server" not in s and "trap " not in s
+        assert "redis-server" not in s and "' EXIT" not in s
 
 
 def test_redis_host_without_interface_and_custom_port(tmp_path: Path) -> None:
@@ -277,7 +280,8 @@ def _bash_n(path: Path) -> None:
 def test_shipped_specs_render_and_pass_bash_n(spec_path: Path, tmp_path: Path) -> None:
     spec = load_spec(spec_path)  # also checks the model names against the harness
     jobs = render_jobs(spec, tmp_path / "out", cwd=ROOT)
-    assert [j.nodes for j in jobs] == [2, 3, 5, 9, 17]
+    study = [1] if spec.head_node_workers else [2, 3, 5, 9, 17]  # local_slurm: one node
+    assert [j.nodes for j in jobs] == study
     write_jobs(jobs)
     for job in jobs:
         assert job.script_path.read_text() == job.script
@@ -387,6 +391,8 @@ prev=""
 for a in "$@"; do
     if [ "$prev" = "--redis" ]; then
         echo "PING $(redis-cli -h "${{a%:*}}" -p "${{a##*:}}" ping)" >> "{record}"
+        echo "ANON $(env -u REDISCLI_AUTH redis-cli -h "${{a%:*}}" -p "${{a##*:}}" ping 2>&1)" >> "{record}"
+        echo "AUTH $REDISCLI_AUTH" >> "{record}"
     fi
     prev="$a"
 done
@@ -422,6 +428,12 @@ def test_slurm_script_runs_redis_and_stops_it(tmp_path: Path, harness_rc: int) -
         assert lines[0].startswith("ARGS -m flight_parsl.scale --workers 2,8 ")
         assert lines[0].endswith(f"--redis 127.0.0.1:{port}")
         assert "PING PONG" in lines  # the server answered while the harness ran
+        assert "ANON NOAUTH Authentication required." in lines  # not without the job's password
+        (password,) = [line.split(" ", 1)[1] for line in lines if line.startswith("AUTH ")]
+        assert len(password) == 64  # 32 random bytes, hex
+        assert password not in lines[0] and password not in proc.stdout + proc.stderr
+        assert password not in job.script_path.read_text()
+        assert not (job.dir / "redis-42.conf").exists()  # the EXIT trap removed it
         assert (job.dir / "redis-42.log").is_file()
         deadline = time.time() + 10
         while _ping(port) == "PONG" and time.time() < deadline:

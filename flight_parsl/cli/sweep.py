@@ -24,6 +24,7 @@ from flight_parsl.config.experiment import ExperimentConfig, config_hash, parse_
 from flight_parsl.core.errors import FlightParslError
 from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.batch_job import JOB_FIELDS
 from flight_parsl.results.table import CellKey, append_row, done_configs
 from flight_parsl.engine.runner import run_experiment
 
@@ -109,7 +110,17 @@ def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) ->
         "status": status,
         "run_dir": str(run_dir),
         "config_hash": config_hash(cfg),
+        **{k: summary.get(k, "") for k in JOB_FIELDS},
     }
+
+
+def _fixed_slots(base: ExperimentConfig) -> int | None:
+    """The slots of a Parsl site that fixes its workers (the run's ``slots`` then do not count)."""
+    if base.backend != "parsl":
+        return None
+    from flight_parsl.execution.site import load_site, site_fixed_slots
+
+    return site_fixed_slots(load_site(base.parsl_config))
 
 
 def run_sweep(
@@ -121,7 +132,7 @@ def run_sweep(
     index = 0
     for workers in spec.workers:
         todo = []
-        slots = resolve_slots(parse_slots(base.slots), workers)  # a site that fixes its workers may differ
+        slots = _fixed_slots(base) or resolve_slots(parse_slots(base.slots), workers)
         for model, transfer, trial in spec.cells(workers):
             index += 1
             cfg = cell_config(base, out_root, workers, model, transfer, trial)

@@ -482,8 +482,24 @@ def config_hash(cfg: ExperimentConfig) -> str:
         for part in parents:
             node = node[part]
         node.pop(leaf)
+    values["parsl_config"] = _site_identity(values.get("parsl_config"))
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _site_identity(parsl_config: Any) -> Any:
+    """What a site file contributes to :func:`config_hash`: its parsed content, not its path.
+
+    A batch job runs from a per-job copy of its site file, so the same experiment resubmitted
+    names another path; a bare site name or an unreadable path stays as it is.
+    """
+    if not isinstance(parsl_config, str):
+        return parsl_config
+    path = Path(parsl_config).expanduser()
+    try:
+        return {"site": yaml.safe_load(path.read_text(encoding="utf-8"))} if path.is_file() else parsl_config
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return parsl_config
 
 
 def save_yaml(cfg: ExperimentConfig, path: str | Path) -> None:

@@ -31,6 +31,7 @@ class RunSites:
     slots: dict[str, int]
     network: VirtualNetwork | None = None
     redis: str | None = None  # HOST:PORT of a managed redis-server on the bridge
+    redis_password: str | None = None  # that server's fresh password
     hosts: dict[str, str] = field(default_factory=dict)  # site label -> virtual host name
     link_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes, read at the end
 
@@ -79,15 +80,17 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             from flight_parsl.execution.netns import virtual_network
 
             network = stack.enter_context(virtual_network(hosts))
-        redis = None
+        redis = password = None
         if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
+            from flight_parsl.transfer.redis_auth import new_password
             from flight_parsl.transfer.redis_server import ManagedRedis
 
-            # Bound to the run's private bridge, which only its own namespaces reach.
-            server = ManagedRedis(host=network.address, protected_mode=False)
+            # Bound to the run's private bridge, with a fresh password only this run knows.
+            password = new_password()
+            server = ManagedRedis(host=network.address, password=password)
             redis = str(stack.enter_context(server).address)
         run_sites = RunSites(
-            sites, placement, slots, network, redis,
+            sites, placement, slots, network, redis, password,
             {s["label"]: s["virtual_host"] for s in sites if s.get("virtual_host")},
         )
         try:

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from flight_parsl.config.experiment import ExperimentConfig, save_yaml
 from flight_parsl.core.types import Failure, TaskResult
+from flight_parsl.engine.batch_job import batch_job_info
 
 ROUND_COLUMNS = (
     "round",
@@ -142,7 +143,7 @@ class RunRecorder:
         save_yaml(cfg, self.dir / "config.yaml")
         self.rounds = _Table(self.dir / "rounds.csv", ROUND_COLUMNS)
         self.tasks = _Table(self.dir / "tasks.csv", TASK_COLUMNS)
-        self.summary: dict[str, Any] = {"status": "running"}
+        self.summary: dict[str, Any] = {"status": "running", **batch_job_info()}
         self.mark("start")
 
     def mark(self, event: str, when: float | None = None) -> None:

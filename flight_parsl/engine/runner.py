@@ -56,7 +56,8 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
         from flight_parsl.transfer.redis_server import RedisAddress
 
         address = RedisAddress.parse(where)
-        return stack.enter_context(open_state(redis=(address.host, address.port)))
+        password = getattr(getattr(getattr(transfer, "store", None), "connector", None), "password", None)
+        return stack.enter_context(open_state(redis=(address.host, address.port), password=password))
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 
@@ -90,9 +91,13 @@ def run_experiment(
             # Sites, their virtual network and a Redis on it (several sites) open first.
             if sites is None:
                 sites = stack.enter_context(open_run_sites(cfg))
-            redis = sites.redis if sites is not None and sites.redis else t.redis
+            bridge = sites is not None and sites.redis is not None
+            redis = sites.redis if bridge else t.redis
+            password = sites.redis_password if bridge else None
             # The channel opens next: an unreachable Redis fails before Parsl starts.
-            transfer = stack.enter_context(open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout))
+            transfer = stack.enter_context(
+                open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password)
+            )
             state = _state(cfg, transfer, stack)
             active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
             warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)

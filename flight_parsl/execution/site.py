@@ -9,6 +9,11 @@ A site is normalised on load: every top-level key is present (defaults filled),
 and the ``provider`` and ``provider.launcher`` sections hold exactly the keys
 their ``kind`` uses. A key that belongs to another provider or launcher is an
 error when set (not null and not ``""``) and is dropped when unset.
+
+``encrypted: null`` (the default) turns HTEX's CurveZMQ encryption on for every site that
+reaches beyond this host (any provider but ``local``, a launcher other than ``single_node`` /
+``simple``, or more than one node per block) and off for a local site. ``monitoring: true``
+adds Parsl's MonitoringHub, which writes ``<run_dir>/monitoring.db`` (SQLite).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ __all__ = [
     "PROVIDERS",
     "SITE_DIR",
     "build_parsl_config",
+    "monitoring_db_path",
+    "site_fixed_slots",
     "describe_site",
     "load_site",
     "site_start_timeout",
@@ -146,7 +153,8 @@ _TOP_KEYS: dict[str, _Key] = {
     "mem_per_worker": _Key(*_FLOAT, nullable=True, check=_positive),
     "address": _Key(*_STR, nullable=True),
     "interface": _Key(*_STR, nullable=True),
-    "encrypted": _Key(*_BOOL, default=False),
+    "encrypted": _Key(*_BOOL, nullable=True),
+    "monitoring": _Key(*_BOOL, default=False),
     "heartbeat_threshold": _Key(*_INT, default=120, check=_at_least(1)),
     "heartbeat_period": _Key(*_INT, default=30, check=_at_least(1)),
     "prefetch_capacity": _Key(*_INT, default=0, check=_at_least(0)),
@@ -183,6 +191,8 @@ _PROVIDER_KEYS: dict[str, _Key] = {
     "scheduler_options": _Key(*_STR, default=""),
     "select_options": _Key(*_STR, default=""),
     "cpus_per_node": _Key(*_INT, nullable=True, check=_at_least(1)),
+    "cores_per_node": _Key(*_INT, nullable=True, check=_at_least(1)),
+    "mem_per_node": _Key(*_INT, nullable=True, check=_at_least(1)),
     "launcher": _Key((dict,), "mapping", nullable=True),
 }
 
@@ -202,7 +212,7 @@ PROVIDERS: dict[str, tuple[type[ExecutionProvider], tuple[str, ...]]] = {
         "walltime", "account", "queue", "scheduler_options", "select_options", "cpus_per_node")),
     "slurm": (SlurmProvider, _COMMON_PROVIDER + (
         "walltime", "account", "partition", "qos", "constraint", "exclusive",
-        "scheduler_options")),
+        "scheduler_options", "cores_per_node", "mem_per_node")),
 }
 
 #: launcher kind -> (Parsl class, keys of the launcher section it uses).
@@ -352,7 +362,19 @@ def _normalize(site: Any, source: str = "site") -> dict[str, Any]:
     prov["launcher"] = _normalize_section("provider.launcher", launcher, _LAUNCHER_KEYS, lused,
                                           f"launcher {lkind!r} ({lcls.__name__})", source)
     out["provider"] = prov
+    if out["encrypted"] is None:
+        out["encrypted"] = not _stays_on_host(prov)
     return out
+
+
+#: Launchers that start the worker pool on the host that runs the provider's block.
+_HOST_LAUNCHERS = ("single_node", "simple")
+
+
+def _stays_on_host(provider: Mapping[str, Any]) -> bool:
+    """True when a normalised provider starts every worker pool on this host."""
+    return (provider["kind"] == "local" and provider["nodes_per_block"] == 1
+            and provider["launcher"]["kind"] in _HOST_LAUNCHERS)
 
 
 # -------------------------------------------------------------------------- loading
@@ -465,7 +487,7 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
     Args:
         site: a site mapping (as from :func:`load_site`; validated again here).
         workers: the run's slots (worker processes); used as ``max_workers_per_node`` when the
-            site leaves it null and the provider is local.
+            site leaves it null and a block is one node.
         run_dir: the run's directory; Parsl writes under ``<run_dir>/parsl``.
 
     Returns:
@@ -479,8 +501,8 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
     s = _normalize(site)
     provider = s["provider"]
     max_workers = s["max_workers_per_node"]
-    if max_workers is None and provider["kind"] == "local":
-        max_workers = workers
+    if max_workers is None and (provider["kind"] == "local" or provider["nodes_per_block"] == 1):
+        max_workers = workers  # one node per block: the run's slots, whichever provider
     accelerators = s["available_accelerators"]
     htex_kwargs: dict[str, Any] = {
         "label": s["label"],
@@ -509,10 +531,49 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
     }
     if s["max_idletime"] is not None:
         config_kwargs["max_idletime"] = s["max_idletime"]
+    if s["monitoring"]:
+        config_kwargs["monitoring"] = _monitoring_hub(run_dir)
     return Config(**config_kwargs)
 
 
+def monitoring_db_path(run_dir: str | Path) -> Path:
+    """Where a site with ``monitoring: true`` has Parsl write its SQLite database."""
+    return Path(run_dir).absolute() / "monitoring.db"
+
+
+def _monitoring_hub(run_dir: str | Path) -> Any:
+    """Parsl's MonitoringHub logging task states to ``<run_dir>/monitoring.db``.
+
+    Raises:
+        ConfigError: Parsl's monitoring extra (SQLAlchemy) is not installed.
+    """
+    try:
+        from parsl.monitoring import MonitoringHub
+
+        return MonitoringHub(logging_endpoint=f"sqlite:///{monitoring_db_path(run_dir)}",
+                             resource_monitoring_enabled=False)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise ConfigError(f"site key 'monitoring' = True needs Parsl's monitoring extra "
+                          f"(pip install 'parsl[monitoring]'): {exc}") from exc
+
+
 # ------------------------------------------------------------------------- metadata
+
+
+def site_fixed_slots(site: Mapping[str, Any]) -> int | None:
+    """Worker processes a site starts whatever the run asks, or None when the run decides.
+
+    A site that sets ``max_workers_per_node`` starts that many per node, on
+    ``nodes_per_block`` nodes, in ``init_blocks`` blocks (at least one).
+
+    Raises:
+        ConfigError: the site is invalid.
+    """
+    s = _normalize(site)
+    if s["max_workers_per_node"] is None:
+        return None
+    prov = s["provider"]
+    return int(s["max_workers_per_node"]) * int(prov["nodes_per_block"]) * max(int(prov["init_blocks"]), 1)
 
 
 def site_start_timeout(site: Mapping[str, Any]) -> float:
@@ -539,7 +600,7 @@ def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
     per_node: str
     if s["max_workers_per_node"] is not None:
         per_node = str(s["max_workers_per_node"])
-    elif prov["kind"] == "local":
+    elif prov["kind"] == "local" or prov["nodes_per_block"] == 1:
         per_node = f"{workers} (slots)" if workers is not None else "slots"
     else:
         per_node = "auto"
@@ -553,4 +614,5 @@ def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
         f" launcher={prov['launcher']['kind']} workers_per_node={per_node}"
         f" accelerators={s['available_accelerators']} address={address}"
         f" encrypted={s['encrypted']} strategy={s['strategy']}"
+        + (" monitoring=on" if s["monitoring"] else "")
     )

@@ -32,6 +32,8 @@ Columns:
     run_dir: where the run's own files are.
     config_hash: flight_parsl: hash of the run's resolved config without where it writes
         (:func:`flight_parsl.config.experiment.config_hash`); empty for baselines.
+    job_id, job_nodes: the Slurm / PBS job the run executed in ($SLURM_JOB_ID / $PBS_JOBID)
+        and its nodes; empty outside a batch job.
 """
 
 from __future__ import annotations
@@ -64,10 +66,13 @@ COLUMNS = (
     "status",
     "run_dir",
     "config_hash",
+    "job_id",
+    "job_nodes",
 )
 
 #: Columns that hold text; rows_to_frame makes every other column numeric.
-TEXT_COLUMNS = ("framework", "model", "transfer", "train", "status", "run_dir", "config_hash")
+TEXT_COLUMNS = ("framework", "model", "transfer", "train", "status", "run_dir", "config_hash", "job_id",
+                "job_nodes")
 
 CellKey = tuple[str, str, int, str, int, bool]
 

@@ -33,6 +33,7 @@ def open_transfer(
     file_dir: str | None = None,
     cache_size: int = 1,
     redis_timeout: float | None = None,
+    redis_password: str | None = None,
 ) -> Iterator[Transfer]:
     """Open a transfer channel and everything behind it; close all of it on exit.
 
@@ -41,6 +42,8 @@ def open_transfer(
     Redis client (the reachability check, the coordinator's and the workers' stores)
     waits to connect and for each reply (default ``redis_server.DEFAULT_TIMEOUT``);
     a server that stops answering then fails with a message naming its address.
+    ``redis_password``: the password of the server at ``redis`` (else the environment's,
+    see :mod:`~flight_parsl.transfer.redis_auth`).
     """
     if kind not in TRANSFER_KINDS:
         raise unknown_name("transfer", kind, TRANSFER_KINDS)
@@ -52,15 +55,19 @@ def open_transfer(
     with ExitStack() as stack:
         if kind == "redis":
             from flight_parsl.transfer.proxy import TimedRedisConnector
+            from flight_parsl.transfer.redis_auth import new_password
+            from flight_parsl.transfer.redis_auth import redis_password as env_password
             from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, ManagedRedis, RedisAddress, check_reachable
 
             timeout = DEFAULT_TIMEOUT if redis_timeout is None else redis_timeout
-            if redis is None:
-                address = stack.enter_context(ManagedRedis()).address
-            else:
+            if redis is None:  # a server of its own, with a fresh password only this run knows
+                password: str | None = new_password()
+                address = stack.enter_context(ManagedRedis(password=password)).address
+            else:  # a password from the environment (redis_auth), if the server has one
+                password = redis_password if redis_password is not None else env_password()
                 address = RedisAddress.parse(redis)
-                check_reachable(address, timeout)
-            connector = TimedRedisConnector(address.host, address.port, timeout=timeout)
+                check_reachable(address, timeout, password)
+            connector = TimedRedisConnector(address.host, address.port, timeout=timeout, password=password)
             transfer = ProxyTransfer("redis", connector, str(address), cache_size)
         else:
             from flight_parsl.transfer.proxy import MappedFileConnector

@@ -139,10 +139,12 @@ class BulkReader:
         port: its port.
         timeout: seconds to connect and for each read (``socket.timeout`` is a
             ``TimeoutError``, as with the other Redis clients).
+        password: sent with ``AUTH`` on every new socket when set.
     """
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
+    def __init__(self, host: str, port: int, timeout: float, password: str | None = None) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        self._password = password
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -150,6 +152,15 @@ class BulkReader:
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._password is not None:
+            try:
+                sock.sendall(encode("AUTH", self._password))
+                reply = _line(sock)
+                if reply != b"+OK":
+                    raise ProtocolError(f"expected +OK to AUTH, got {reply[:40]!r}")
+            except BaseException:
+                sock.close()
+                raise
         return sock
 
     def get(self, key: str) -> memoryview | None:

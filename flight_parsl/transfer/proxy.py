@@ -58,20 +58,24 @@ class TimedRedisConnector(RedisConnector):  # type: ignore[misc]
     ProxyStore's own connector builds a client without timeouts, so a Redis that
     stops answering (a stopped process, a hung node) blocks a put or get forever.
     This one connects and waits for each reply at most ``timeout`` seconds, without
-    retries; its config carries the timeout to the workers, which rebuild it from there.
+    retries; its config carries the timeout (and the server's password, if any) to the
+    workers, which rebuild it from there.
     A get reads the value straight into one buffer (:class:`~flight_parsl.transfer.bulk.BulkReader`)
     instead of through redis-py's parser.
     """
 
-    def __init__(self, hostname: str, port: int, clear: bool = False, timeout: float | None = None) -> None:
+    def __init__(
+        self, hostname: str, port: int, clear: bool = False, timeout: float | None = None, password: str | None = None
+    ) -> None:
         from flight_parsl.transfer.bulk import BulkReader
         from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, RedisAddress, redis_client
 
         super().__init__(hostname, port, clear)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self.password = password
         self._redis_client.close()  # never connected: clients connect on first use
-        self._redis_client = redis_client(RedisAddress(hostname, port), self.timeout)
-        self._reader = BulkReader(hostname, port, self.timeout)
+        self._redis_client = redis_client(RedisAddress(hostname, port), self.timeout, password)
+        self._reader = BulkReader(hostname, port, self.timeout, password)
 
     def get(self, key: Any) -> memoryview | None:
         """The value of ``key`` (a view of one buffer), or None when it is missing."""
@@ -83,8 +87,12 @@ class TimedRedisConnector(RedisConnector):  # type: ignore[misc]
         super().close(clear)
 
     def config(self) -> dict[str, Any]:
-        """The connector's configuration, with the timeout."""
-        return {**super().config(), "timeout": self.timeout}
+        """The connector's configuration, with the timeout and the password."""
+        return {**super().config(), "timeout": self.timeout, "password": self.password}
+
+    def __repr__(self) -> str:
+        """Name the server, never the password."""
+        return f"{type(self).__name__}(hostname={self.hostname!r}, port={self.port}, timeout={self.timeout})"
 
 
 def identity(data: bytes) -> bytes:

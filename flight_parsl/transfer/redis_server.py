@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flight_parsl.core.errors import ConfigError, ExecutorError
+from flight_parsl.transfer.redis_auth import PASSWORD_ENV, PASSWORD_FILE_ENV, write_private
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class RedisAddress:
         return cls(host=host, port=port)
 
 
-def redis_client(address: RedisAddress, timeout: float) -> redis.Redis:
+def redis_client(address: RedisAddress, timeout: float, password: str | None = None) -> redis.Redis:
     """Build a client that tries once (no retries, no backoff) with the given timeouts.
 
     Every Redis client flight_parsl creates comes from here: a server that stops
@@ -113,10 +114,12 @@ def redis_client(address: RedisAddress, timeout: float) -> redis.Redis:
     Args:
         address: The server.
         timeout: Seconds for connecting and for each reply.
+        password: The server's password (``requirepass``), or None.
     """
     return redis.Redis(
         host=address.host,
         port=address.port,
+        password=password,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
@@ -133,22 +136,26 @@ def _reason(exc: BaseException) -> str:
             return "connection refused"
         if isinstance(current, (TimeoutError, socket.timeout, redis.exceptions.TimeoutError)):
             return "timed out"
+        if isinstance(current, redis.exceptions.AuthenticationError) or "NOAUTH" in str(current):
+            return (f"authentication failed ({' '.join(str(current).split())}); give its password "
+                    f"in {PASSWORD_FILE_ENV} (a file, mode 600) or {PASSWORD_ENV}")
         current = current.__cause__ or current.__context__
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 
 
-def check_reachable(address: RedisAddress, timeout: float = DEFAULT_TIMEOUT) -> None:
+def check_reachable(address: RedisAddress, timeout: float = DEFAULT_TIMEOUT, password: str | None = None) -> None:
     """Connect to Redis and send PING.
 
     Args:
         address: The server to probe.
         timeout: Seconds for connecting and for the reply.
+        password: The server's password, or None.
 
     Raises:
         ExecutorError: One line, ``Redis at HOST:PORT is unreachable: REASON``.
     """
-    client = redis_client(address, timeout)
+    client = redis_client(address, timeout, password)
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -162,13 +169,14 @@ def redis_available(binary: str = DEFAULT_BINARY) -> bool:
     return shutil.which(binary) is not None
 
 
-def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0) -> int:
+def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0, password: str | None = None) -> int:
     """Count the keys matching a glob pattern with SCAN (never KEYS).
 
     Args:
         address: The server to query.
         pattern: A Redis glob pattern.
         timeout: Seconds for connecting and for each reply.
+        password: The server's password, or None.
 
     Returns:
         The number of matching keys in database 0.
@@ -176,7 +184,7 @@ def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0) 
     Raises:
         ExecutorError: The server cannot be reached.
     """
-    client = redis_client(address, timeout)
+    client = redis_client(address, timeout, password)
     try:
         return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -212,7 +220,8 @@ class ManagedRedis:
     The server keeps no data on disk (``--save "" --appendonly no``), writes only inside
     its own temporary directory (removed on stop), runs in its own session so Ctrl-C in
     the terminal does not kill it before it is shut down cleanly, and is also stopped by
-    ``atexit``.
+    ``atexit``. With a ``password`` it reads ``requirepass`` from a config file that only its
+    owner may read (never from its command line), so no other user of the host can use it.
 
     Example:
         with ManagedRedis() as server:
@@ -225,7 +234,7 @@ class ManagedRedis:
         host: str = "127.0.0.1",
         start_timeout: float = 10.0,
         maxmemory: str | None = None,
-        protected_mode: bool = True,
+        password: str | None = None,
     ) -> None:
         """Configure the server; nothing starts until :meth:`start` or ``with``.
 
@@ -234,15 +243,13 @@ class ManagedRedis:
             host: The address to bind and to connect to.
             start_timeout: Seconds to wait for the first PING answer.
             maxmemory: Passed as ``--maxmemory`` (e.g. ``"256mb"``) if set.
-            protected_mode: Redis's protected mode (without a password it answers only
-                loopback clients); off only for a server bound to a private network
-                that nothing else reaches, such as a run's virtual network.
+            password: Clients must AUTH with it (``requirepass``); None leaves the server open.
         """
+        self.password = password
         self.binary = binary
         self.host = host
         self.start_timeout = start_timeout
         self.maxmemory = maxmemory
-        self.protected_mode = protected_mode
         self._address: RedisAddress | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
@@ -339,14 +346,17 @@ class ManagedRedis:
     # -- internals -------------------------------------------------------------------
 
     def _command(self, binary: str, port: int, directory: Path) -> list[str]:
-        """Build the redis-server command line."""
-        args = [
-            binary,
+        """Build the redis-server command line (a password goes into a private config file)."""
+        args = [binary]
+        if self.password is not None:
+            conf = write_private(directory / "redis.conf", f"requirepass {self.password}\n")
+            args.append(str(conf))
+        args += [
             "--bind", self.host,
             "--port", str(port),
             "--save", "",
             "--appendonly", "no",
-            "--protected-mode", "yes" if self.protected_mode else "no",
+            "--protected-mode", "yes",
             "--daemonize", "no",
             "--dir", str(directory),
             "--logfile", str(directory / "redis.log"),
@@ -408,7 +418,7 @@ class ManagedRedis:
     def _answers(self, address: RedisAddress) -> bool:
         """Return whether our process (not another one on the port) answers PING."""
         assert self._process is not None
-        client = redis_client(address, 1.0)
+        client = redis_client(address, 1.0, self.password)
         try:
             if not client.ping():
                 return False
@@ -444,7 +454,7 @@ class ManagedRedis:
             if not graceful or self._address is None:
                 _signal(process.terminate)
             else:
-                client = redis_client(self._address, 1.0)
+                client = redis_client(self._address, 1.0, self.password)
                 try:
                     client.shutdown(nosave=True)
                 except (redis.exceptions.RedisError, OSError) as exc:

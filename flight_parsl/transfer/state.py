@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,6 +79,7 @@ class RedisState:
     port: int
     prefix: str
     timeout: float = 30.0
+    password: str | None = field(default=None, repr=False)
 
     def connection(self) -> Any:
         """This process's Redis client for the handle (slots reuse it across tasks)."""
@@ -87,7 +88,8 @@ class RedisState:
             import redis
 
             conn = _CONNECTIONS[self] = redis.Redis(
-                self.host, self.port, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+                self.host, self.port, password=self.password, socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
             )
         return conn
 
@@ -127,16 +129,18 @@ _CONNECTIONS: dict[RedisState, Any] = {}
 
 
 @contextmanager
-def open_state(redis: tuple[str, int] | None = None, directory: str | None = None, timeout: float = 30.0) -> Iterator[ClientState]:
+def open_state(
+    redis: tuple[str, int] | None = None, directory: str | None = None, timeout: float = 30.0, password: str | None = None
+) -> Iterator[ClientState]:
     """A run-scoped client state: Redis keys under a fresh prefix, or a fresh directory.
 
-    With ``redis`` (host, port) the keys live there; otherwise in a new directory
+    With ``redis`` (host, port) the keys live there (``password``: the server's); otherwise in a new directory
     under ``directory`` (default /dev/shm or the temp dir). Everything is removed on
     exit, including after an error or Ctrl-C.
     """
     run = uuid.uuid4().hex[:12]
     if redis is not None:
-        state = RedisState(redis[0], redis[1], f"flight_parsl:{run}:client:", timeout)
+        state = RedisState(redis[0], redis[1], f"flight_parsl:{run}:client:", timeout, password)
         try:
             yield state
         finally:
