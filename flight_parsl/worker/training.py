@@ -93,7 +93,9 @@ def train_local(
     model = cached_model(workload.model)
     weights.load_into(model)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
     keep = settings.keep_momentum and settings.momentum > 0
     if keep:
         if state is None:
