@@ -32,6 +32,8 @@ Columns:
     run_dir: where the run's own files are.
     config_hash: flight_parsl: hash of the run's resolved config without where it writes
         (:func:`flight_parsl.config.experiment.config_hash`); empty for baselines.
+    cell: flight_parsl: the run's values of a sweep's grid keys, ``key=value key=value``
+        (``strategy.mu=2 seed=3``); empty without a grid and for baselines.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ COLUMNS = (
     "status",
     "run_dir",
     "config_hash",
+    "cell",
 )
 
 #: Columns that hold text; rows_to_frame makes every other column numeric.
-TEXT_COLUMNS = ("framework", "model", "transfer", "train", "status", "run_dir", "config_hash")
+TEXT_COLUMNS = ("framework", "model", "transfer", "train", "status", "run_dir", "config_hash", "cell")
 
 CellKey = tuple[str, str, int, str, int, bool]
 
