@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,45 @@ def test_presets_hold_the_papers_values_and_can_be_overridden() -> None:
         preset_values("nope")
     with pytest.raises(ConfigError, match=r"'strategy.stragglers' must be in \[0, 1\], got 1.5"):
         build_config(values=[{"backend": "thread"}], overrides=["strategy.stragglers=1.5"])
+
+
+def test_htex_grid_sweep_of_synthetic_stragglers_records_and_resumes(tmp_path, capsys) -> None:
+    """One HTEX executor runs both cells of a grid; tasks.csv has the straggler columns; a rerun skips."""
+    import json
+
+    from conftest import read_csv
+    from flight_parsl.cli.scale import main
+    from flight_parsl.results.curves import collect_rounds
+    from flight_parsl.results.table import read_rows
+
+    results = tmp_path / "results.csv"
+    args = [
+        "--preset", "fedprox-synthetic", "--workers", "12", "--rounds", "2", "--out", str(tmp_path / "sweep"),
+        "--results", str(results), "slots=2", "train.epochs=3", "strategy.clients_per_round=4",
+        "strategy.stragglers=0.5", "strategy.drop_stragglers=true,false",
+    ]
+    assert main(args) == 0
+    rows = read_rows(results)
+    assert [r["cell"] for r in rows] == ["strategy.drop_stragglers=true", "strategy.drop_stragglers=false"]
+    assert all(r["status"] == "ok" and r["num_workers"] == "12" and r["slots"] == "2" for r in rows)
+    dropped, kept = (read_csv(Path(r["run_dir"]) / "tasks.csv") for r in rows)
+    for r in range(2):
+        mine = [t for t in dropped if t["round"] == str(r)]
+        assert sorted(t["status"] for t in mine) == ["dropped", "dropped", "ok", "ok"]
+        assert all(t["straggler"] == "1" and t["epochs"] == "0" for t in mine if t["status"] == "dropped")
+        assert all(t["straggler"] == "0" and t["epochs"] == "3" for t in mine if t["status"] == "ok")
+        mine = [t for t in kept if t["round"] == str(r)]
+        assert len(mine) == 4 and all(t["status"] == "ok" for t in mine)
+        slow = [int(t["epochs"]) for t in mine if t["straggler"] == "1"]
+        assert len(slow) == 2 and all(1 <= e <= 3 for e in slow)
+        assert all(t["epochs"] == "3" for t in mine if t["straggler"] == "0")
+        assert len({t["pid"] for t in mine}) <= 2  # packed onto the two slots
+    second = json.loads((Path(rows[1]["run_dir"]) / "summary.json").read_text())
+    assert second["dfk_reused"] is True  # one executor for the whole grid
+    curves = collect_rounds(results, keys=["strategy.drop_stragglers"])
+    assert len(curves) == 4 and curves["global_train_loss"].notna().all()
+    assert sorted(curves["strategy.drop_stragglers"].unique()) == [False, True]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("already done") == 2
+    assert len(read_rows(results)) == 2
