@@ -119,3 +119,12 @@ def test_label_pairs_gives_two_consecutive_digits_and_power_law_sizes() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(shards, again))
     with pytest.raises(DataError, match="need min_samples=9 each"):
         partition(labels, 100, PartitionSpec(kind="label_pairs", min_samples=9), seed=0)
+
+
+def test_label_pairs_splits_an_mnist_sized_set_over_1000_devices() -> None:
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 6000))  # MNIST's 60,000 labels
+    shards = partition(labels, 1000, PartitionSpec(kind="label_pairs", min_samples=5), seed=0)
+    sizes = np.array([len(s) for s in shards])
+    assert len(shards) == 1000 and sizes.sum() == 60000 and sizes.min() >= 10
+    assert all(len(np.unique(labels[s])) == 2 for s in shards[:50])
+    assert sizes.std() > sizes.mean()  # heavy-tailed, as the paper's (mean 69, std 106)

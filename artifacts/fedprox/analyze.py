@@ -59,6 +59,8 @@ def per_run(frame: pd.DataFrame) -> pd.DataFrame:
                 "loss_std_2nd_half": float(np.std(half)),
                 "loss_mean_abs_step": float(np.mean(np.abs(np.diff(loss)))) if len(loss) > 1 else np.nan,
                 "rounds": len(run),
+                "tasks_per_round": float(run["tasks"].mean()),
+                "clients_per_round": float(run["participants"].mean()),
             }
         )
 
@@ -141,6 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     curve.to_csv(out / "curves.csv", index=False)
     runs.to_csv(out / "runs.csv", index=False)
     text = table(runs)
+    results = pd.read_csv(args.results)
+    ok = results[results["status"] == "ok"]
+    text += (
+        f"\n\n{len(ok)} runs ok of {len(results)}; run time (start2end) {ok['start2end'].sum():.0f} s in all, "
+        f"{ok['start2end'].median():.1f} s median per run; {int(ok['slots'].max())} slots; "
+        f"{runs['tasks_per_round'].mean():.2f} tasks per round for {runs['clients_per_round'].mean():.2f} clients per round"
+    )
     (out / "table.md").write_text(text + "\n")
     figure(curve, out / "fedprox.png")
     print(text)
