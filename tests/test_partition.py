@@ -9,7 +9,7 @@ from flight_parsl.data.partition import PartitionSpec, partition, partition_kind
 from flight_parsl.core.errors import ConfigError, DataError
 
 LABELS = np.random.default_rng(11).integers(0, 10, size=1000)
-KINDS = ["dirichlet", "iid", "labels", "power_law"]
+KINDS = ["dirichlet", "iid", "label_pairs", "labels", "power_law"]
 
 
 def mean_max_class_fraction(labels: np.ndarray, shards: list[np.ndarray]) -> float:
@@ -34,7 +34,7 @@ def test_disjoint_sorted_int64_and_min_samples(kind):
     assert min(len(s) for s in shards) >= 5
 
 
-@pytest.mark.parametrize("kind", ["dirichlet", "iid", "labels", "power_law"])
+@pytest.mark.parametrize("kind", ["dirichlet", "iid", "label_pairs", "labels", "power_law"])
 def test_full_coverage(kind):
     # with 10 clients x 2 labels every class is held, so every kind uses every sample
     shards = partition(LABELS, 10, PartitionSpec(kind=kind), seed=2)
@@ -126,7 +126,7 @@ def test_single_client_gets_everything():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"kind": "shards"}, "unknown partition 'shards'; valid names: dirichlet, iid, labels, power_law"),
+        ({"kind": "shards"}, "unknown partition 'shards'; valid names: dirichlet, iid, label_pairs, labels, power_law"),
         ({"labels_alpha": 0.0}, "labels_alpha must be a finite number > 0, got 0.0"),
         ({"samples_alpha": -1.0}, "samples_alpha must be a finite number > 0"),
         ({"labels_per_client": 0}, "labels_per_client must be an integer >= 1, got 0"),

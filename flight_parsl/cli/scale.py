@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parsl-config", help="Parsl site YAML (default configs/parsl/local.yaml)")
     p.add_argument("--round-timeout", type=float, help="seconds a round may take (policy.deadline_s); work still out then counts as failed")
     p.add_argument("--config", help="experiment YAML file")
+    p.add_argument("--preset", help="a named experiment from configs/experiments/ (e.g. fedprox-mnist); flags and key=value override it")
     p.add_argument("--out", help="run directory (default runs/<timestamp>-...)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -111,10 +112,10 @@ def parse_workers(text: str | None) -> list[int]:
     return values
 
 
-def is_sweep(args: argparse.Namespace) -> bool:
-    """A sweep: a comma list on a sweep flag, --trials or --results."""
+def is_sweep(args: argparse.Namespace, grid: tuple = ()) -> bool:
+    """A sweep: a comma list on a sweep flag, a grid override, --trials or --results."""
     listed = any("," in (getattr(args, flag) or "") for flag in SWEEP_FLAGS)
-    return listed or args.trials is not None or args.results is not None
+    return listed or bool(grid) or args.trials is not None or args.results is not None
 
 
 def flags_to_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,11 +186,21 @@ def _main(argv: list[str] | None) -> int:
     from flight_parsl.engine.progress import Progress
     from flight_parsl.engine.runner import run_experiment
 
+    from flight_parsl.cli.grid import split_overrides
+    from flight_parsl.cli.presets import preset_values
+
     try:
-        cfg = build_config(args.config, [flags_to_values(args)], args.overrides)
+        plain, grid = split_overrides(args.overrides)
+        if args.preset:  # below --config: defaults < preset < --config < flags < key=value
+            from flight_parsl.config.experiment import load_yaml
+
+            files = [preset_values(args.preset)] + ([load_yaml(args.config)] if args.config else [])
+            cfg = build_config(None, [*files, flags_to_values(args)], plain)
+        else:
+            cfg = build_config(args.config, [flags_to_values(args)], plain)
         progress = Progress(cfg.rounds, enabled=not args.quiet)
-        if is_sweep(args):
-            return _sweep(args, cfg, progress)
+        if is_sweep(args, grid):
+            return _sweep(args, cfg, progress, grid)
         run_experiment(cfg, progress)
     except FlightParslError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -203,25 +214,31 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progress") -> int:
+def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progress", grid: tuple = ()) -> int:
     """Run a sweep; exit status 1 if any cell failed."""
     import time
     from pathlib import Path
 
     from flight_parsl.cli.sweep import SweepSpec, cell_config, run_sweep
 
+    axes = dict(grid)  # the keys the flags sweep are taken from the grid too
+    for flag, key in (("workers", "workers"), ("model", "model.name"), ("transfer", "transfer.kind")):
+        if key in axes and getattr(args, flag) is not None and "," in getattr(args, flag):
+            raise ConfigError(f"{key} is swept twice: by --{flag} and by {key}=...")
+    workers = parse_workers(",".join(axes.pop("workers"))) if "workers" in axes else parse_workers(args.workers)
     spec = SweepSpec(
-        workers=tuple(parse_workers(args.workers) or [cfg.workers]),
-        models=tuple(split_list("model", args.model) or [cfg.model.name]),
-        transfers=tuple(split_list("transfer", args.transfer) or [cfg.transfer.kind]),
+        workers=tuple(workers or [cfg.workers]),
+        models=tuple(axes.pop("model.name", None) or split_list("model", args.model) or [cfg.model.name]),
+        transfers=tuple(axes.pop("transfer.kind", None) or split_list("transfer", args.transfer) or [cfg.transfer.kind]),
         trials=1 if args.trials is None else args.trials,
+        grid=tuple(axes.items()),
     )
     if spec.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {spec.trials}")
     out_root = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     for workers in spec.workers:  # every cell is validated before anything starts
-        for model, transfer, trial in spec.cells(workers):
-            cell_config(cfg, out_root, workers, model, transfer, trial)
+        for model, transfer, trial, assignment in spec.cells(workers):
+            cell_config(cfg, out_root, workers, model, transfer, trial, assignment)
     results = Path(args.results) if args.results else out_root / "results.csv"
     progress.say(f"sweep: {spec.size} runs -> {results}")
     rows = run_sweep(cfg, spec, results, out_root, progress)

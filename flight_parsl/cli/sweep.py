@@ -1,7 +1,11 @@
-"""Sweeps: every combination of worker counts x models x transfers x trials.
+"""Sweeps: every combination of worker counts x models x transfers x trials x a grid.
 
-One DataFlowKernel serves all the runs of a worker count (its workers, site and
-backend are the same; only the model and the channel change between runs), so the
+The grid is any number of config keys with several values each (``strategy.mu=0,2
+seed=0..4``, see :mod:`flight_parsl.cli.grid`); each cell's row in the results
+table names its grid values in the ``cell`` column. One DataFlowKernel serves all
+the runs of a worker count (its workers, site and backend are the same; only the
+model, the channel or the grid's values change between runs; a grid over
+``backend``, ``slots`` or ``parsl_config`` starts one executor per value), so the
 start-up cost is paid once per worker count and later runs record ``dfk_reused``.
 A run that fails is recorded with its reason and the executor is restarted for the
 next run, since the failure may have left it broken. Each run appends one row to
@@ -13,14 +17,19 @@ training, seed or slots runs anew.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig, config_hash, parse_slots, resolve_transfer, validate
+from flight_parsl.cli.grid import Grid, assignments, describe
+from flight_parsl.config.experiment import (
+    ExperimentConfig, _apply, config_hash, parse_override, parse_slots, resolve_transfer, validate,
+)
 from flight_parsl.core.errors import FlightParslError
 from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
@@ -37,30 +46,50 @@ class SweepSpec:
     models: tuple[str, ...]
     transfers: tuple[str, ...]
     trials: int = 1
+    grid: Grid = ()
 
-    def cells(self, workers: int) -> Iterator[tuple[str, str, int]]:
-        """(model, transfer, trial) for one worker count, in sweep order."""
+    def cells(self, workers: int) -> Iterator[tuple[str, str, int, tuple[tuple[str, str], ...]]]:
+        """(model, transfer, trial, grid values) for one worker count, in sweep order."""
         for model in self.models:
             for transfer in self.transfers:
-                for trial in range(self.trials):
-                    yield model, transfer, trial
+                for assignment in assignments(self.grid):
+                    for trial in range(self.trials):
+                        yield model, transfer, trial, assignment
 
     @property
     def size(self) -> int:
         """Number of runs in the whole sweep."""
-        return len(self.workers) * len(self.models) * len(self.transfers) * self.trials
+        return len(self.workers) * len(self.models) * len(self.transfers) * self.trials * len(assignments(self.grid))
 
 
-def cell_config(base: ExperimentConfig, out_root: Path, workers: int, model: str, transfer: str, trial: int) -> ExperimentConfig:
-    """The config of one sweep cell; each trial gets its own seed."""
+def cell_dir(model: str, workers: int, transfer: str, trial: int, assignment: tuple[tuple[str, str], ...] = ()) -> str:
+    """A cell's run directory name: ``<model>-n<workers>-<transfer>-t<trial>[-key=value...]``."""
+    name = f"{model}-n{workers}-{transfer}-t{trial}" + "".join(f"-{k}={v}" for k, v in assignment)
+    return re.sub(r"[^A-Za-z0-9_.=@+-]", "_", name)
+
+
+def cell_config(
+    base: ExperimentConfig,
+    out_root: Path,
+    workers: int,
+    model: str,
+    transfer: str,
+    trial: int,
+    assignment: tuple[tuple[str, str], ...] = (),
+) -> ExperimentConfig:
+    """The config of one sweep cell: its grid values applied; each trial gets its own seed."""
     cfg = replace(
-        base,
+        copy.deepcopy(base),
         workers=workers,
         seed=base.seed + trial,
-        out=str(out_root / f"{model}-n{workers}-{transfer}-t{trial}"),
+        out=str(out_root / cell_dir(model, workers, transfer, trial, assignment)),
         model=replace(base.model, name=model),
         transfer=replace(base.transfer, kind=transfer),
     )
+    for key, value in assignment:
+        cfg = _apply(cfg, parse_override(f"{key}={value}"))
+    if any(key == "seed" for key, _ in assignment):
+        cfg.seed += trial
     validate(cfg)
     cfg.transfer.kind = resolve_transfer(cfg)
     return cfg
@@ -79,7 +108,9 @@ def unused_dir(path: Path) -> Path:
     return candidate
 
 
-def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) -> dict[str, Any]:
+def result_row(
+    cfg: ExperimentConfig, trial: int, run_dir: Path, status: str, assignment: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any]:
     """One results-table row from a run directory's summary.json."""
     summary: dict[str, Any] = {}
     path = run_dir / "summary.json"
@@ -111,6 +142,7 @@ def result_row(cfg: ExperimentConfig, trial: int, run_dir: Path, status: str) ->
         "run_dir": str(run_dir),
         "config_hash": config_hash(cfg),
         **{k: summary.get(k, "") for k in JOB_FIELDS},
+        "cell": describe(assignment),
     }
 
 
@@ -132,25 +164,31 @@ def run_sweep(
     index = 0
     for workers in spec.workers:
         todo = []
-        slots = _fixed_slots(base) or resolve_slots(parse_slots(base.slots), workers)
-        for model, transfer, trial in spec.cells(workers):
+        for model, transfer, trial, assignment in spec.cells(workers):
             index += 1
-            cfg = cell_config(base, out_root, workers, model, transfer, trial)
-            if (("flight_parsl", model, workers, transfer, trial, slots < workers), config_hash(cfg)) in done:
-                progress.say(f"[{index}/{spec.size}] {model} n={workers} {transfer} trial {trial}: already done")
+            cfg = cell_config(base, out_root, workers, model, transfer, trial, assignment)
+            # a site that fixes its workers decides for itself
+            slots = _fixed_slots(cfg) or resolve_slots(parse_slots(cfg.slots), workers)
+            label = f"{model} n={workers} {transfer} trial {trial}" + (f" {describe(assignment)}" if assignment else "")
+            if (("flight_parsl", model, workers, cfg.transfer.kind, trial, slots < workers), config_hash(cfg)) in done:
+                progress.say(f"[{index}/{spec.size}] {label}: already done")
                 continue
-            todo.append((index, cfg, trial))
-        if not todo:
-            continue
+            todo.append((index, cfg, trial, assignment, slots, label))
+        # one executor per (backend, slots, site): the cells that share one run one after the other
+        todo.sort(key=lambda item: (item[1].backend, item[4], str(item[1].parsl_config)))
         with ExitStack() as stack:
             backend: Backend | None = None
-            for i, cfg, trial in todo:
-                model, transfer = cfg.model.name, cfg.transfer.kind
-                progress.say(f"[{i}/{spec.size}] {model} n={workers} {transfer} trial {trial}")
+            opened: tuple[str, int, str] | None = None
+            for i, cfg, trial, assignment, slots, label in todo:
+                key = (cfg.backend, slots, str(cfg.parsl_config))
+                if backend is not None and key != opened:
+                    stack.close()
+                    backend = None
+                progress.say(f"[{i}/{spec.size}] {label}")
                 if backend is None:
-                    backend = stack.enter_context(
-                        open_backend(cfg.backend, slots, out_root / f"executor-n{workers}", cfg.parsl_config)
-                    )
+                    executor_dir = out_root / (f"executor-n{workers}" if opened is None else f"executor-n{workers}-{i}")
+                    backend = stack.enter_context(open_backend(cfg.backend, slots, executor_dir, cfg.parsl_config))
+                    opened = key
                 run_dir = unused_dir(Path(cfg.out or ""))
                 cfg = replace(cfg, out=str(run_dir))
                 try:
@@ -161,7 +199,7 @@ def run_sweep(
                     progress.say(f"  {status}")
                     stack.close()  # the executor may be broken: start a fresh one for the next cell
                     backend = None
-                row = result_row(cfg, trial, run_dir, status)
+                row = result_row(cfg, trial, run_dir, status, assignment)
                 append_row(results, row)
                 rows.append(row)
     return rows

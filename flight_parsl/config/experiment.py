@@ -29,10 +29,17 @@ TRAIN_MODES = ("local", "none")
 
 @dataclass
 class DataConfig:
-    """Where the data comes from."""
+    """Where the data comes from.
+
+    ``alpha``, ``beta``, ``iid``: the ``synthetic`` dataset's parameters (FedProx's
+    Synthetic(alpha, beta); one generated device per client, seeded by ``seed``).
+    """
 
     dataset: str = "digits"
     root: str | None = None
+    alpha: float = 1.0
+    beta: float = 1.0
+    iid: bool = False
 
 
 @dataclass
@@ -63,6 +70,8 @@ class TrainConfig:
     eval_batch_size: int = 1024
     slowdown_max: float = 1.0
     keep_momentum: bool = False
+    weight_decay: float = 0.0
+    eval_train: bool = False
 
 
 @dataclass
@@ -73,7 +82,9 @@ class StrategyConfig:
     ``clients_per_round`` of them when > 0. ``mu``: FedProx's proximal weight.
     ``alpha``, ``staleness`` (constant | polynomial), ``staleness_exponent``:
     FedAsync's mixing (FedBuff's staleness scaling). ``buffer_size``,
-    ``server_lr``: FedBuff.
+    ``server_lr``: FedBuff. ``stragglers``: fraction of each round's sampled
+    clients that do only x ~ Uniform{1..E} local epochs; ``drop_stragglers``: leave
+    them out of the round instead (FedProx's FedAvg baseline).
     """
 
     name: str = "fedavg"
@@ -85,6 +96,8 @@ class StrategyConfig:
     staleness_exponent: float = 0.5
     buffer_size: int = 4
     server_lr: float = 1.0
+    stragglers: float = 0.0
+    drop_stragglers: bool = False
 
 
 @dataclass
@@ -351,6 +364,14 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'backend': unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
     if cfg.train.mode not in TRAIN_MODES:
         raise ConfigError(f"config key 'train.mode': unknown mode {cfg.train.mode!r}; valid: {', '.join(TRAIN_MODES)}")
+    if cfg.train.weight_decay < 0:
+        raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {cfg.train.weight_decay!r}")
+    if not 0 <= cfg.strategy.stragglers <= 1:
+        raise ConfigError(f"config key 'strategy.stragglers' must be in [0, 1], got {cfg.strategy.stragglers!r}")
+    if cfg.data.dataset == "synthetic":
+        from flight_parsl.data.synthetic import SyntheticSpec
+
+        SyntheticSpec(cfg.data.alpha, cfg.data.beta, cfg.data.iid, cfg.workers, cfg.seed)
     if not 0 <= cfg.train.momentum < 1:
         raise ConfigError(f"config key 'train.momentum' must be in [0, 1), got {cfg.train.momentum!r}")
     if cfg.data.dataset not in dataset_names():
@@ -374,6 +395,16 @@ def validate(cfg: ExperimentConfig) -> None:
 
     if cfg.model.name not in model_names():
         raise unknown_name("model", cfg.model.name, model_names())
+
+
+def dataset_key(cfg: ExperimentConfig) -> str:
+    """The dataset name the workload carries: ``data.dataset``, or for ``synthetic`` the
+    name of its whole spec (alpha, beta, iid, one device per client, the run's seed)."""
+    if cfg.data.dataset != "synthetic":
+        return cfg.data.dataset
+    from flight_parsl.data.synthetic import SyntheticSpec
+
+    return SyntheticSpec(cfg.data.alpha, cfg.data.beta, cfg.data.iid, cfg.workers, cfg.seed).name()
 
 
 def _validate_modes(cfg: ExperimentConfig) -> None:

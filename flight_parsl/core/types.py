@@ -31,7 +31,9 @@ class LocalSettings:
     term (mu/2) * ||w - w_global||^2; ``slowdown`` >= 1 stretches the client's
     training time by that factor (injected heterogeneity); ``return_delta`` sends
     ``w_local - w_global`` instead of ``w_local``; ``keep_momentum`` keeps the
-    client's SGD momentum buffer across rounds in its persistent state.
+    client's SGD momentum buffer across rounds in its persistent state;
+    ``weight_decay`` is SGD's L2 penalty; ``straggler`` marks a client that does
+    fewer epochs this round (systems heterogeneity).
     """
 
     epochs: int
@@ -44,6 +46,8 @@ class LocalSettings:
     slowdown: float = 1.0
     return_delta: bool = False
     keep_momentum: bool = False
+    weight_decay: float = 0.0
+    straggler: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class ClientOutcome:
     compute_s: float
     train_loss: float = math.nan
     train_acc: float = math.nan
+    epochs: int = 0
+    straggler: bool = False
 
 
 @dataclass

@@ -6,6 +6,9 @@ times. The cached arrays are read-only: they are shared by every caller.
 
 * ``digits``: scikit-learn's bundled 8x8 digits (no download), split 80/20 per
   class with the fixed seed 0, standardized with the train mean and std.
+* ``synthetic``: FedProx's Synthetic(alpha, beta), generated from the spec its name
+  carries (:mod:`flight_parsl.data.synthetic`); no files, and its partition is the
+  generator's (one device per client).
 * ``mnist`` and ``fashion_mnist``: the four standard IDX files under
   ``root/<name>/`` (or torchvision's ``root/MNIST/raw/``, ``root/FashionMNIST/raw/``),
   raw or ``.gz``; pixels / 255, then normalized with the usual mean and std.
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from flight_parsl.data.idx import read_idx
+from flight_parsl.data import synthetic
 from flight_parsl.core.errors import DataError, unknown_name
 
 #: The split of ``digits`` is fixed, independent of any experiment seed.
@@ -81,6 +85,9 @@ def resolve_root(name: str, root: str | Path | None) -> str | None:
     Raises:
         ConfigError: The dataset name is unknown.
     """
+    if synthetic.is_synthetic(name):
+        synthetic.SyntheticSpec.parse(name)
+        return None
     if name not in _LOADERS:
         raise unknown_name("dataset", name, dataset_names())
     if name == "digits" or root is None:
@@ -106,6 +113,8 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
 @lru_cache(maxsize=8)
 def _load_cached(name: str, root: str | None) -> Dataset:
     """Load a dataset once per (name, resolved root)."""
+    if synthetic.is_synthetic(name):
+        return _load_synthetic(name, root)
     return _LOADERS[name](name, root)
 
 
@@ -142,6 +151,12 @@ def _load_digits(name: str, root: str | None) -> Dataset:
         labels[test],
         num_classes=int(labels.max()) + 1,
     )
+
+
+def _load_synthetic(name: str, root: str | None) -> Dataset:
+    """FedProx's Synthetic(alpha, beta) of the spec in ``name``; root is ignored."""
+    x_train, y_train, x_test, y_test = synthetic.concatenated(synthetic.SyntheticSpec.parse(name))
+    return _make_dataset(name, x_train, y_train, x_test, y_test, num_classes=synthetic.NUM_CLASSES)
 
 
 def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -225,4 +240,5 @@ _LOADERS: dict[str, Callable[[str, str | None], Dataset]] = {
     "digits": _load_digits,
     "fashion_mnist": _load_idx_dataset,
     "mnist": _load_idx_dataset,
+    synthetic.BASE_NAME: _load_synthetic,
 }

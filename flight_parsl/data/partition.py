@@ -14,9 +14,14 @@ Each kind is deterministic for a seed (``np.random.default_rng(seed)``), returns
 * ``power_law``: the client at size rank ``r`` (1-based) gets a share
   proportional to ``r ** -power_law_exponent``; ranks are shuffled over clients
   and the labels are IID.
+* ``label_pairs``: FedProx's MNIST split. Client ``i`` holds the classes
+  ``(i + j) mod C`` for ``j < labels_per_client`` (2: "two digits per device");
+  it first gets ``min_samples`` samples of each of its classes, then the rest of
+  each class is shared among its holders in proportions drawn from
+  ``lognormal(0, size_sigma)``, so sizes follow a heavy (power-law-like) tail.
 
-All kinds but ``labels`` use every sample; ``labels`` leaves out classes no
-client holds (when ``num_clients * labels_per_client < C``).
+All kinds but ``labels`` and ``label_pairs`` use every sample; those leave out
+classes no client holds (when ``num_clients * labels_per_client < C``).
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ class PartitionSpec:
         labels_per_client: ``labels``: the number of distinct classes each client holds.
         power_law_exponent: ``power_law``: the rank-r client's share is proportional to
             ``r ** -exponent``; 0 gives equal sizes.
-        min_samples: The fewest samples any client gets (at least 1).
+        min_samples: The fewest samples any client gets (at least 1); ``label_pairs``:
+            of each of its classes.
         max_samples: When > 0, each client keeps a seeded random subset of at most this
             many samples of its shard (0: the whole shard).
+        size_sigma: ``label_pairs``: sigma of the lognormal size proportions.
     """
 
     kind: str = "iid"
@@ -53,6 +60,7 @@ class PartitionSpec:
     power_law_exponent: float = 1.5
     min_samples: int = 1
     max_samples: int = 0
+    size_sigma: float = 2.0
 
     def __post_init__(self) -> None:
         """Check the values that do not depend on the data."""
@@ -62,6 +70,8 @@ class PartitionSpec:
             value = getattr(self, field)
             if not _is_real(value) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"partition {field} must be a finite number > 0, got {value!r}")
+        if not _is_real(self.size_sigma) or not math.isfinite(self.size_sigma) or self.size_sigma < 0:
+            raise ConfigError(f"partition size_sigma must be a finite number >= 0, got {self.size_sigma!r}")
         exponent = self.power_law_exponent
         if not _is_real(exponent) or not math.isfinite(exponent) or exponent < 0:
             raise ConfigError(f"partition power_law_exponent must be a finite number >= 0, got {exponent!r}")
@@ -201,6 +211,38 @@ def _labels(labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.r
     return shards
 
 
+def _label_pairs(
+    labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Client i holds classes (i + j) mod C, j < k: min_samples of each, the rest by lognormal shares."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    num_classes, per_client = len(classes), spec.labels_per_client
+    if per_client > num_classes:
+        raise ConfigError(
+            f"labels_per_client={per_client} exceeds the number of classes in the data ({num_classes})"
+        )
+    holders: list[list[int]] = [[] for _ in range(num_classes)]
+    for client in range(num_clients):
+        for j in range(per_client):
+            holders[(client + j) % num_classes].append(client)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c, clients in enumerate(holders):
+        if not clients:
+            continue
+        pool = rng.permutation(np.flatnonzero(inverse == c))
+        floor = spec.min_samples * len(clients)
+        if len(pool) < floor:
+            raise DataError(
+                f"label_pairs partition: class {classes[c]} has {len(pool)} samples but its {len(clients)} "
+                f"clients need min_samples={spec.min_samples} each"
+            )
+        shares = rng.lognormal(0.0, spec.size_sigma, len(clients))
+        counts = spec.min_samples + _largest_remainder(len(pool) - floor, shares)
+        for client, chunk in zip(clients, np.split(pool, np.cumsum(counts)[:-1])):
+            parts[client].append(chunk)
+    return [np.concatenate(chunks) for chunks in parts]
+
+
 def _power_law(
     labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator
 ) -> list[np.ndarray]:
@@ -251,6 +293,7 @@ def _is_real(value: object) -> bool:
 _PARTITIONERS: dict[str, Callable[[np.ndarray, int, PartitionSpec, np.random.Generator], list[np.ndarray]]] = {
     "dirichlet": _dirichlet,
     "iid": _iid,
+    "label_pairs": _label_pairs,
     "labels": _labels,
     "power_law": _power_law,
 }

@@ -13,6 +13,7 @@ import numpy as np
 
 from flight_parsl.data.datasets import load_dataset, resolve_root
 from flight_parsl.data.partition import PartitionSpec, partition
+from flight_parsl.data import synthetic
 from flight_parsl.core.errors import ConfigError
 
 
@@ -64,7 +65,14 @@ def _check_client(client_id: int, num_clients: int) -> None:
 def _partition_cached(
     dataset: str, root: str | None, spec: PartitionSpec, num_clients: int, seed: int
 ) -> tuple[np.ndarray, ...]:
-    """Partition a dataset's training labels once per process."""
+    """Partition a dataset's training labels once per process (a synthetic dataset: its devices)."""
+    if synthetic.is_synthetic(dataset):
+        spec_ = synthetic.SyntheticSpec.parse(dataset)
+        if spec_.devices != num_clients:
+            raise ConfigError(
+                f"synthetic dataset {dataset!r} has {spec_.devices} devices but the run has {num_clients} clients"
+            )
+        return synthetic.device_ranges(spec_)
     shards = tuple(partition(load_dataset(dataset, root).y_train, num_clients, spec, seed))
     for shard in shards:
         shard.setflags(write=False)

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig, parse_client_rounds
+from flight_parsl.config.experiment import ExperimentConfig, dataset_key, parse_client_rounds
 from flight_parsl.core.model_spec import REFERENCE_SPECS, ModelSpec
 from flight_parsl.core.types import Faults, LocalSettings, Workload
 from flight_parsl.core.weights import FlatWeights
@@ -25,6 +25,7 @@ from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder
 from flight_parsl.fl.policy import RoundPolicy
 from flight_parsl.fl.strategies import make_strategy
+from flight_parsl.fl.stragglers import Stragglers
 from flight_parsl.transfer.base import Transfer
 from flight_parsl.transfer.state import ClientState
 
@@ -43,6 +44,7 @@ class Experiment:
     num_parameters: int
     slowdowns: list[float] | None
     shard_sizes: list[int] | None
+    evaluate_train: Evaluator | None = None
 
     def settings_for(self, round_idx: int, client: int) -> LocalSettings:
         """A client's local settings: the strategy's, with its injected slowdown."""
@@ -79,7 +81,7 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     if cfg.train.mode == "none":
         base = REFERENCE_SPECS[m.name]
     else:
-        ds = load_dataset(cfg.data.dataset, cfg.data.root)
+        ds = load_dataset(dataset_key(cfg), cfg.data.root)
         c, h, _ = ds.input_shape
         base = ModelSpec(m.name, in_channels=c, image_size=h, num_classes=ds.num_classes)
     given = {k: getattr(m, k) for k in ("in_channels", "image_size", "num_classes") if getattr(m, k) is not None}
@@ -96,11 +98,11 @@ def workload(cfg: ExperimentConfig) -> tuple[Workload, list[int] | None]:
     """
     sizes = None
     if cfg.train.mode == "local":
-        sizes = shard_sizes(cfg.data.dataset, cfg.data.root, cfg.partition, cfg.workers, cfg.seed)
+        sizes = shard_sizes(dataset_key(cfg), cfg.data.root, cfg.partition, cfg.workers, cfg.seed)
     work = Workload(
         mode=cfg.train.mode,
         model=model_spec(cfg),
-        dataset=cfg.data.dataset,
+        dataset=dataset_key(cfg),
         data_root=cfg.data.root,
         partition=cfg.partition,
         num_clients=cfg.workers,
@@ -137,10 +139,21 @@ def evaluator(cfg: ExperimentConfig, spec: ModelSpec) -> Evaluator | None:
     """Test loss and accuracy of a global model on the dataset's test split (None without training)."""
     if cfg.train.mode != "local":
         return None
-    ds = load_dataset(cfg.data.dataset, cfg.data.root)
+    ds = load_dataset(dataset_key(cfg), cfg.data.root)
     from flight_parsl.worker.training import evaluate
 
     return lambda weights: evaluate(weights, spec, ds.x_test, ds.y_test, cfg.train.eval_batch_size)
+
+
+def train_evaluator(cfg: ExperimentConfig, spec: ModelSpec) -> Evaluator | None:
+    """Loss and accuracy of a global model on the whole training split (``train.eval_train``):
+    the global objective FedProx plots as its training loss."""
+    if cfg.train.mode != "local" or not cfg.train.eval_train:
+        return None
+    ds = load_dataset(dataset_key(cfg), cfg.data.root)
+    from flight_parsl.worker.training import evaluate
+
+    return lambda weights: evaluate(weights, spec, ds.x_train, ds.y_train, cfg.train.eval_batch_size)
 
 
 def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | None = None) -> Experiment:
@@ -157,7 +170,8 @@ def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | Non
     model = seeded_model(spec, cfg.seed)
     t, s = cfg.train, cfg.strategy
     settings = LocalSettings(
-        epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, keep_momentum=t.keep_momentum
+        epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, keep_momentum=t.keep_momentum,
+        weight_decay=t.weight_decay,
     )
     return Experiment(
         workload=wl,
@@ -173,9 +187,11 @@ def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | Non
             exponent=s.staleness_exponent,
             buffer_size=s.buffer_size,
             server_lr=s.server_lr,
+            stragglers=Stragglers(s.stragglers, s.drop_stragglers, cfg.seed),
         ),
         slowdowns=slowdowns(cfg),
         evaluate=evaluator(cfg, spec),
         num_parameters=count_parameters(model),
         shard_sizes=sizes,
+        evaluate_train=train_evaluator(cfg, spec),
     )

@@ -48,6 +48,8 @@ ROUND_COLUMNS = (
     "test_acc",
     "train_loss",
     "train_acc",
+    "global_train_loss",
+    "global_train_acc",
 )
 
 # One row per client per task attempt. Task-level columns (submitted .. peak_rss_mb
@@ -88,6 +90,8 @@ TASK_COLUMNS = (
     "train_acc",
     "rss_mb",
     "peak_rss_mb",
+    "straggler",
+    "epochs",
 )
 
 TIMESTAMPS = ("start", "dfk_start_done", "priming_done", "end")
@@ -245,6 +249,8 @@ def result_rows(
             "client_s": c.compute_s,
             "train_loss": c.train_loss,
             "train_acc": c.train_acc,
+            "straggler": int(c.straggler),
+            "epochs": c.epochs,
         }
         for c in res.clients
     ]
@@ -270,3 +276,12 @@ def failure_rows(
     if not failure.clients:
         return [{**base, "client": ""}]
     return [{**base, "client": c} for c in failure.clients]
+
+
+def dropped_rows(round_idx: int, clients: list[int], when: float) -> list[dict[str, Any]]:
+    """tasks.csv rows of stragglers the strategy dropped from a round: they trained nothing."""
+    return [
+        {"round": round_idx, "kind": "train", "client": c, "status": "dropped", "submitted": when, "received": when,
+         "straggler": 1, "epochs": 0}
+        for c in clients
+    ]

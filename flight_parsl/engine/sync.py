@@ -34,7 +34,7 @@ from flight_parsl.core.weights import FlatWeights
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.plan import Planner, TaskSpec
-from flight_parsl.engine.records import failure_rows, result_rows
+from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref, Transfer
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
@@ -423,6 +423,9 @@ def run_sync(ctx: RunContext) -> RunResult:
     for r in range(cfg.rounds):
         start = time.time()
         sampled = exp.strategy.sample(r, cfg.workers, rng)
+        dropped = exp.strategy.dropped(r) if hasattr(exp.strategy, "dropped") else []
+        if dropped:  # stragglers the strategy leaves out (FedProx's FedAvg baseline)
+            recorder.task_rows(dropped_rows(r, dropped, start))
         t0 = time.perf_counter()
         ref = ctx.transfer.publish(weights, r)
         publish_s = time.perf_counter() - t0
@@ -447,6 +450,7 @@ def run_sync(ctx: RunContext) -> RunResult:
         t0 = time.perf_counter()
         loss, acc = exp.evaluate(weights) if exp.evaluate and ok >= quorum else (math.nan, math.nan)
         eval_s = time.perf_counter() - t0
+        global_train = exp.evaluate_train(weights) if exp.evaluate_train and ok >= quorum else (math.nan, math.nan)
         two_tier, hierarchical = _modeled_bytes(tree, sampled, size)
         s = rnd.stats
         recorder.round_row(
@@ -474,6 +478,8 @@ def run_sync(ctx: RunContext) -> RunResult:
                 "test_acc": acc,
                 "train_loss": mean_finite(s.losses),
                 "train_acc": mean_finite(s.accs),
+                "global_train_loss": global_train[0],
+                "global_train_acc": global_train[1],
             }
         )
         if ok < quorum:

@@ -34,6 +34,8 @@ Columns:
         (:func:`flight_parsl.config.experiment.config_hash`); empty for baselines.
     job_id, job_nodes: the Slurm / PBS job the run executed in ($SLURM_JOB_ID / $PBS_JOBID)
         and its nodes; empty outside a batch job.
+    cell: flight_parsl: the run's values of a sweep's grid keys, ``key=value key=value``
+        (``strategy.mu=2 seed=3``); empty without a grid and for baselines.
 """
 
 from __future__ import annotations
@@ -68,11 +70,12 @@ COLUMNS = (
     "config_hash",
     "job_id",
     "job_nodes",
+    "cell",
 )
 
 #: Columns that hold text; rows_to_frame makes every other column numeric.
 TEXT_COLUMNS = ("framework", "model", "transfer", "train", "status", "run_dir", "config_hash", "job_id",
-                "job_nodes")
+                "job_nodes", "cell")
 
 CellKey = tuple[str, str, int, str, int, bool]
 

@@ -99,7 +99,10 @@ def _train_one(
         time.sleep((settings.slowdown - 1.0) * cpu_s)
     if settings.return_delta:
         out = out.like(out.buffer - weights.buffer)
-    return out, ClientOutcome(client, samples, started, time.time(), time.perf_counter() - t0, loss, acc)
+    epochs = 0 if workload.mode == "none" else settings.epochs
+    return out, ClientOutcome(
+        client, samples, started, time.time(), time.perf_counter() - t0, loss, acc, epochs, settings.straggler
+    )
 
 
 def train_task(

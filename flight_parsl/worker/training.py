@@ -50,6 +50,17 @@ def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float)
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))  # type: ignore[return-value]
 
 
+@torch.no_grad()
+def add_proximal_gradient(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float) -> None:
+    """Add the gradient of :func:`proximal_term`, ``mu * (w - w_global)``, to each parameter's
+    gradient: the same step as back-propagating the term, without building its graph."""
+    for p, a in zip(model.parameters(), anchor):
+        if p.grad is None:
+            p.grad = mu * (p - a)
+        else:
+            p.grad.add_(p - a, alpha=mu)
+
+
 def load_momentum(opt: torch.optim.SGD, model: torch.nn.Module, data: bytes) -> None:
     """Set the optimizer's momentum buffers from a client's saved state."""
     saved = FlatWeights.from_bytes(data)
@@ -93,7 +104,9 @@ def train_local(
     model = cached_model(workload.model)
     weights.load_into(model)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
     keep = settings.keep_momentum and settings.momentum > 0
     if keep:
         if state is None:
@@ -117,8 +130,9 @@ def train_local(
             opt.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
-            objective = loss if anchor is None else loss + proximal_term(model, anchor, settings.prox_mu)
-            objective.backward()
+            loss.backward()
+            if anchor is not None:
+                add_proximal_gradient(model, anchor, settings.prox_mu)
             opt.step()
             loss_sum += loss.item() * len(yb)
             correct += int((logits.argmax(1) == yb).sum())

@@ -5,6 +5,11 @@ replacement from the run's seeded generator), configures their local training, a
 folds results into a sample-weighted mean. Failures cost only the failed clients'
 contributions: the mean is over the clients that returned; with none, the global
 model stays as it was.
+
+With :class:`~flight_parsl.fl.stragglers.Stragglers`, a share of each round's
+sampled clients do only a random part of the local epochs (FedProx's systems
+heterogeneity); with ``drop`` they are left out of the round (``dropped``), as
+FedProx's FedAvg baseline does.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from flight_parsl.core.types import Failure, LocalSettings
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.fl.aggregate import Aggregator, CoordinateMedian, WeightedMean
 from flight_parsl.fl.population import sample_clients, sample_size
+from flight_parsl.fl.stragglers import Stragglers
 
 
 class FedAvg:
@@ -27,25 +33,46 @@ class FedAvg:
         participation: fraction of the clients sampled each round (at least one).
         clients_per_round: a fixed number of clients per round instead (0: use
             ``participation``).
+        stragglers: which sampled clients straggle each round (None: none).
     """
 
     name = "fedavg"
     linear = True
 
-    def __init__(self, participation: float = 1.0, clients_per_round: int = 0) -> None:
+    def __init__(
+        self, participation: float = 1.0, clients_per_round: int = 0, stragglers: Stragglers | None = None
+    ) -> None:
         if not 0 < participation <= 1:
             raise ValueError(f"participation must be in (0, 1], got {participation}")
         if clients_per_round < 0:
             raise ValueError(f"clients_per_round must be >= 0, got {clients_per_round}")
         self.participation = participation
         self.clients_per_round = clients_per_round
+        self.stragglers = stragglers if stragglers is not None and stragglers.fraction > 0 else None
+        self._slow: tuple[int, frozenset[int]] = (-1, frozenset())  # (round, its stragglers)
 
     def sample(self, round_idx: int, num_clients: int, rng: np.random.Generator) -> list[int]:
+        """The round's clients; with dropped stragglers, only those that are not."""
         k = sample_size(num_clients, self.participation, self.clients_per_round)
-        return sample_clients(num_clients, k, rng)
+        sampled = sample_clients(num_clients, k, rng)
+        if self.stragglers is None:
+            return sampled
+        self._slow = (round_idx, frozenset(self.stragglers.pick(round_idx, sampled)))
+        if self.stragglers.drop:
+            return [c for c in sampled if c not in self._slow[1]]
+        return sampled
+
+    def dropped(self, round_idx: int) -> list[int]:
+        """The stragglers left out of round ``round_idx`` (the round last sampled)."""
+        if self.stragglers is None or not self.stragglers.drop or self._slow[0] != round_idx:
+            return []
+        return sorted(self._slow[1])
 
     def configure(self, round_idx: int, client: int, base: LocalSettings) -> LocalSettings:
-        return base
+        """A straggler's settings: a seeded 1 .. E of the local epochs."""
+        if self.stragglers is None or self._slow[0] != round_idx or client not in self._slow[1]:
+            return base
+        return replace(base, epochs=self.stragglers.epochs(round_idx, client, base.epochs), straggler=True)
 
     def aggregator(self, global_weights: FlatWeights) -> Aggregator:
         return WeightedMean(global_weights)
@@ -71,14 +98,20 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def __init__(self, participation: float = 1.0, clients_per_round: int = 0, mu: float = 0.3) -> None:
-        super().__init__(participation, clients_per_round)
+    def __init__(
+        self,
+        participation: float = 1.0,
+        clients_per_round: int = 0,
+        mu: float = 0.3,
+        stragglers: Stragglers | None = None,
+    ) -> None:
+        super().__init__(participation, clients_per_round, stragglers)
         if mu < 0:
             raise ValueError(f"mu must be >= 0, got {mu}")
         self.mu = mu
 
     def configure(self, round_idx: int, client: int, base: LocalSettings) -> LocalSettings:
-        return replace(base, prox_mu=self.mu)
+        return replace(super().configure(round_idx, client, base), prox_mu=self.mu)
 
 
 class FedMedian(FedAvg):

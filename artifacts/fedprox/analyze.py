@@ -1,0 +1,159 @@
+"""Table and figure of the FedProx artifact, from its results table (or its saved curves).
+
+    python artifacts/fedprox/analyze.py runs/fedprox/results.csv --out artifacts/fedprox
+
+Writes ``curves.csv`` (mean and std over seeds of each arm x straggler level x round),
+``table.md`` (final test accuracy and training-loss stability, mean +- std over seeds)
+and ``fedprox.png`` (training loss and test accuracy against rounds, as the paper
+plots them: one column per straggler level, one row per dataset and metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["data.dataset", "strategy.name", "strategy.mu", "strategy.drop_stragglers", "strategy.stragglers", "seed"]
+ARM_ORDER = ["FedAvg (drop)", "FedProx mu=0", "FedProx mu>0"]
+COLORS = {"FedAvg (drop)": "tab:red", "FedProx mu=0": "tab:blue", "FedProx mu>0": "tab:green"}
+
+
+def arm(row: Any) -> str:
+    """The arm of a run: FedAvg dropping stragglers, FedProx with mu = 0 or mu > 0."""
+    if row["strategy.name"] == "fedavg":
+        return "FedAvg (drop)"
+    return "FedProx mu=0" if float(row["strategy.mu"]) == 0 else "FedProx mu>0"
+
+
+def load_runs(results: str | Path) -> pd.DataFrame:
+    """One row per (run, round) with its dataset, arm, straggler level and seed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from flight_parsl.results.curves import collect_rounds
+
+    frame = collect_rounds(results, keys=KEYS)
+    frame = frame.loc[:, ~frame.columns.duplicated(keep="last")]
+    frame["arm"] = frame.apply(arm, axis=1)
+    frame["stragglers"] = frame["strategy.stragglers"].astype(float)
+    frame["dataset"] = frame["data.dataset"]
+    frame["seed"] = frame["seed"].astype(int)
+    return frame
+
+
+def per_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run: final test accuracy, and how much its training loss moves from round to round."""
+
+    def one(run: pd.DataFrame) -> pd.Series:
+        run = run.sort_values("round")
+        loss = run["global_train_loss"].to_numpy(dtype=float)
+        half = loss[len(loss) // 2 :]
+        return pd.Series(
+            {
+                "final_acc": float(run["test_acc"].iloc[-1]),
+                "last5_acc": float(run["test_acc"].iloc[-5:].mean()),
+                "final_loss": float(loss[-1]),
+                "loss_std_2nd_half": float(np.std(half)),
+                "loss_mean_abs_step": float(np.mean(np.abs(np.diff(loss)))) if len(loss) > 1 else np.nan,
+                "rounds": len(run),
+                "tasks_per_round": float(run["tasks"].mean()),
+                "clients_per_round": float(run["participants"].mean()),
+            }
+        )
+
+    return frame.groupby(["dataset", "arm", "stragglers", "seed"]).apply(one).reset_index()
+
+
+def curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of the training loss and test accuracy per round."""
+    grouped = frame.groupby(["dataset", "arm", "stragglers", "round"])
+    out = grouped.agg(
+        train_loss_mean=("global_train_loss", "mean"),
+        train_loss_std=("global_train_loss", "std"),
+        test_acc_mean=("test_acc", "mean"),
+        test_acc_std=("test_acc", "std"),
+        seeds=("seed", "nunique"),
+    )
+    return out.reset_index()
+
+
+def table(runs: pd.DataFrame) -> str:
+    """A markdown table: per dataset, arm and straggler level, mean +- std over seeds."""
+    lines = [
+        "| dataset | stragglers | arm | final test acc | test acc, last 5 rounds | final train loss | train-loss std (2nd half) | mean abs round-to-round loss change | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = runs.assign(_a=runs["arm"].map(ARM_ORDER.index)).sort_values(["dataset", "stragglers", "_a"])
+    for (dataset, level, name), g in order.groupby(["dataset", "stragglers", "arm"], sort=False):
+        def ms(col: str, digits: int = 3) -> str:
+            return f"{g[col].mean():.{digits}f} +- {g[col].std(ddof=1) if len(g) > 1 else 0:.{digits}f}"
+
+        lines.append(
+            f"| {dataset} | {level:.0%} | {name} | {ms('final_acc')} | {ms('last5_acc')} | {ms('final_loss')} | "
+            f"{ms('loss_std_2nd_half')} | {ms('loss_mean_abs_step')} | {len(g)} |"
+        )
+    return "\n".join(lines)
+
+
+def figure(curve: pd.DataFrame, path: str | Path) -> None:
+    """Training loss and test accuracy against rounds, mean and +-1 std band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(curve["dataset"].unique())
+    levels = sorted(curve["stragglers"].unique())
+    rows = [(d, m) for d in datasets for m in ("train_loss", "test_acc")]
+    fig, axes = plt.subplots(len(rows), len(levels), figsize=(4 * len(levels), 2.8 * len(rows)), squeeze=False)
+    for i, (dataset, metric) in enumerate(rows):
+        for j, level in enumerate(levels):
+            ax = axes[i][j]
+            for name in ARM_ORDER:
+                c = curve[(curve["dataset"] == dataset) & (curve["stragglers"] == level) & (curve["arm"] == name)]
+                if c.empty:
+                    continue
+                x = c["round"] + 1
+                mean, std = c[f"{metric}_mean"], c[f"{metric}_std"].fillna(0)
+                ax.plot(x, mean, color=COLORS[name], label=name)
+                ax.fill_between(x, mean - std, mean + std, color=COLORS[name], alpha=0.15)
+            ax.set_title(f"{dataset}, {level:.0%} stragglers", fontsize=9)
+            ax.set_xlabel("round")
+            ax.set_ylabel("training loss" if metric == "train_loss" else "test accuracy")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write curves.csv, runs.csv, table.md and fedprox.png under --out; print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", help="the sweeps' results table (runs/fedprox/results.csv)")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    frame = load_runs(args.results)
+    runs = per_run(frame)
+    curve = curves(frame)
+    curve.to_csv(out / "curves.csv", index=False)
+    runs.to_csv(out / "runs.csv", index=False)
+    text = table(runs)
+    results = pd.read_csv(args.results)
+    ok = results[results["status"] == "ok"]
+    text += (
+        f"\n\n{len(ok)} runs ok of {len(results)}; run time (start2end) {ok['start2end'].sum():.0f} s in all, "
+        f"{ok['start2end'].median():.1f} s median per run; {int(ok['slots'].max())} slots; "
+        f"{runs['tasks_per_round'].mean():.2f} tasks per round for {runs['clients_per_round'].mean():.2f} clients per round"
+    )
+    (out / "table.md").write_text(text + "\n")
+    figure(curve, out / "fedprox.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
