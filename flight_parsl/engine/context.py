@@ -69,6 +69,8 @@ class RunContext:
     policy: RoundPolicy
     state: ClientState | None = None
     faults: Faults | None = None
+    injector: Any = None  # engine.injector.FaultInjector: coordinator-side faults and the slot census
+    resume: Any = None  # engine.checkpoint.Checkpoint to continue from
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -120,8 +122,12 @@ def slowdowns(cfg: ExperimentConfig) -> list[float] | None:
 
 def policy(cfg: ExperimentConfig) -> RoundPolicy:
     """The round policy of the config."""
-    p = cfg.policy
-    return RoundPolicy(deadline_s=p.deadline_s, min_fraction=p.min_fraction, retries=p.retries)
+    p = cfg.round
+    return RoundPolicy(
+        deadline_s=p.deadline_s, min_fraction=p.min_fraction, retries=p.retries, close_fraction=p.quorum,
+        late=p.late, stale_weight=p.stale_weight, backoff_s=p.backoff_s, max_missed=p.max_missed,
+        readmit_after=p.readmit_after,
+    )
 
 
 def faults(cfg: ExperimentConfig) -> Faults | None:

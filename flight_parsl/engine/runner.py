@@ -19,7 +19,9 @@ from flight_parsl.config.experiment import ExperimentConfig, parse_slots
 from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
+from flight_parsl.engine import leftovers
 from flight_parsl.engine.events import SlotClock
+from flight_parsl.engine.injector import FaultInjector, SlotCensus
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
@@ -59,8 +61,13 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 
-def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, backend: Backend | None = None) -> Path:
+def run_experiment(
+    cfg: ExperimentConfig, progress: Progress | None = None, backend: Backend | None = None, resume: bool = False
+) -> Path:
     """Run ``cfg``; return its run directory.
+
+    With ``resume`` the run continues the run directory ``cfg.out`` from its
+    checkpoint (the start, when no round finished), appending to its tables.
 
     With ``backend`` the run reuses an executor that is already up (a sweep reusing
     one DataFlowKernel per worker count): ``dfk_start_done`` then equals ``start``
@@ -70,10 +77,20 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
     """
     progress = progress or Progress(cfg.rounds)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    recorder = RunRecorder(out, cfg)
+    point = None
+    if resume:
+        from flight_parsl.engine.checkpoint import load
+        from flight_parsl.engine.sync import resume_hash
+
+        point = load(out, resume_hash(cfg))
+        cleaned = leftovers.clean(out)
+        if cleaned:
+            progress.say(f"removed what the stopped run left: {', '.join(cleaned)}")
+    recorder = RunRecorder(out, cfg, resume_round=(point.next_round if point else 0) if resume else None)
     progress.say(f"run directory: {out}")
     try:
         with PeakSampler() as memory, ExitStack() as stack:
+            stack.callback(leftovers.forget, out)  # unwound last: an orderly stop leaves nothing behind
             work = workload(cfg)  # torch-free; bad data fails before anything starts
             t = cfg.transfer
             slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
@@ -104,19 +121,26 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None, back
                 ending.push(_release_slots(active, slots, transfer.store_name, state, recorder))
             if cfg.backend != "thread" and len(primed) < slots:
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
+            census = SlotCensus(slots, primed if cfg.backend == "parsl" else set())
+            injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
+            leftovers.note(out, transfer, active, set(census.parent.values()))
+            stack.callback(injector.close)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
-                             faults(cfg))
+                             faults(cfg), injector, point)
             result = run_async(ctx) if cfg.mode == "async" else run_sync(ctx)
             if "end" not in recorder.summary:
                 recorder.mark("end")
-        last = result.rounds[-1]
+        last = result.rounds[-1] if result.rounds else None
         processes: dict[tuple[str, int], float] = {}  # threads of one process share its memory
         for (host, pid, _), peak in result.slot_peak_rss_mb.items():
             processes[host, pid] = max(processes.get((host, pid), 0.0), peak)
+        if last is not None:  # a resumed run that had nothing left to do keeps the earlier figures
+            recorder.update(
+                final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,
+                final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
+                round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
+            )
         recorder.update(
-            final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,
-            final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
-            round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
             peak_rss_mb_coordinator=memory.peak_mb,
             peak_machine_mb=memory.peak_machine_mb,
             peak_rss_mb_worker=max(processes.values(), default=0.0),

@@ -55,13 +55,16 @@ def open_transfer(
             from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, ManagedRedis, RedisAddress, check_reachable
 
             timeout = DEFAULT_TIMEOUT if redis_timeout is None else redis_timeout
+            server = None
             if redis is None:
-                address = stack.enter_context(ManagedRedis()).address
+                server = stack.enter_context(ManagedRedis())
+                address = server.address
             else:
                 address = RedisAddress.parse(redis)
                 check_reachable(address, timeout)
             connector = TimedRedisConnector(address.host, address.port, timeout=timeout)
             transfer = ProxyTransfer("redis", connector, str(address), cache_size)
+            transfer.server = server  # the run's own server, which fault injection may stop
         else:
             from flight_parsl.transfer.proxy import MappedFileConnector
 
