@@ -203,6 +203,7 @@ def _main(argv: list[str] | None) -> int:
         run_experiment(cfg, progress)
     except FlightParslError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _resume_hint(locals().get("cfg"))
         return 2
     except Terminated as exc:
         print(f"{exc}; stopped the run, finished rows are in the run directory", file=sys.stderr)
@@ -211,6 +212,15 @@ def _main(argv: list[str] | None) -> int:
         print("interrupted; finished rows are in the run directory", file=sys.stderr)
         return 130
     return 0
+
+
+def _resume_hint(cfg: "ExperimentConfig | None") -> None:
+    """After a failed synchronous run with a checkpoint: the one command that continues it."""
+    from pathlib import Path
+
+    if cfg is None or not cfg.out or cfg.mode != "sync" or not (Path(cfg.out) / "checkpoint.pkl").is_file():
+        return
+    print(f"continue it with: python -m flight_parsl.scale --resume {cfg.out}", file=sys.stderr)
 
 
 def resume_config(args: argparse.Namespace, overrides: list[str]) -> "ExperimentConfig":

@@ -77,6 +77,7 @@ def run_experiment(
     """
     progress = progress or Progress(cfg.rounds)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    cfg.out = str(out)  # config.yaml names its own directory: what --resume continues
     point = None
     if resume:
         from flight_parsl.engine.checkpoint import load

@@ -50,7 +50,7 @@ class Membership:
 
     def readmit(self, round_idx: int, slots_alive: Callable[[], bool]) -> list[int]:
         """Before round ``round_idx``: re-admit clients out long enough, if every slot is alive."""
-        due = [c for c, r in self.removed.items() if round_idx - r >= self.readmit_after]
+        due = [c for c, r in self.removed.items() if round_idx - r > self.readmit_after]
         if not due or not slots_alive():
             return []
         for c in due:
