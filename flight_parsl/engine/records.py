@@ -60,6 +60,7 @@ ROUND_COLUMNS = (
     "removed",
     "readmitted",
     "killed_slots",
+    "live_slots",
 )
 
 # One row per client per task attempt. Task-level columns (submitted .. peak_rss_mb

@@ -117,7 +117,7 @@ def run_experiment(
             primed = warmup.wait()
             slots = active.slots or len(primed)
             recorder.mark("priming_done")
-            recorder.update(slots=slots, primed_slots=len(primed))
+            recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed))
             if backend is not None and (transfer.store_name is not None or state is not None):
                 ending.push(_release_slots(active, slots, transfer.store_name, state, recorder))
             if cfg.backend != "thread" and len(primed) < slots:

@@ -628,6 +628,7 @@ def run_sync(ctx: RunContext) -> RunResult:
                 "removed": " ".join(map(str, removed)),
                 "readmitted": " ".join(map(str, readmitted)),
                 "killed_slots": injector.killed_in(r) if injector is not None else 0,
+                "live_slots": injector.census.live_slots() if injector and injector.kills else "",
             }
         )
         if ok < quorum:
