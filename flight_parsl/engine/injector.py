@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ class SlotCensus:
         seen: (host, pid) of the slots the warm-up reached.
     """
 
-    def __init__(self, slots: int, seen: set[tuple[str, int]] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(self, slots: int, seen: AbstractSet[tuple[str, int]] = frozenset()) -> None:
         self.host = socket.gethostname()
         self.slots = slots
         self.parent: dict[int, int] = {}  # worker pid -> its manager

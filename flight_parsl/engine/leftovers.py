@@ -17,6 +17,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 FILENAME = "leftovers.json"
@@ -29,7 +30,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def note(run_dir: str | Path, transfer: Any, backend: Any, managers: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+def note(run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet[int] = frozenset()) -> None:
     """Write the list of what ``transfer`` and ``backend`` run outside the coordinator."""
     processes: list[dict[str, Any]] = []
     directories: list[str] = []
