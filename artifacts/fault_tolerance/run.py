@@ -10,13 +10,15 @@ Three studies, each a set of flight_parsl runs under one output directory:
 ``kills``     44 clients; in round 2, ``kills`` of them lose their worker process to a real
               SIGKILL from the coordinator mid-round (``faults.kill_slots``), without retries,
               as the seed system's killed workers never answered. The clients are packed
-              ``--per-slot`` per slot (44 / per-slot HTEX worker processes; 2 by default, so
-              22 processes fit this 2-core machine), and killing one slot kills its clients'
-              task: 0, 4, 8, 12 and 14 clients killed are 0, 2, 4, 6 and 7 slots. Rounds close
-              at quorum 0.75 and stand at ``round.min_fraction=0.7`` (31 of 44): 12 killed
-              leaves 32 (the round stands but cannot close early), 14 leaves 30 (the run stops
-              with one message). Published round times with 0 / 4 / 8 / 12 of 44 killed:
-              133.8 / 136.8 / 124.9 / 183.6 s, no quorum at 14. Writes ``kills.csv``.
+              ``--per-slot`` per slot (44 / per-slot HTEX worker processes that train an MLP;
+              4 by default: 11 processes importing torch is what this shared 2-core machine
+              starts in time), and killing one slot kills its clients' task: 0, 4, 8, 12 and 16
+              clients killed are 0, 1, 2, 3 and 4 slots (14 is no multiple of 4; 16 is the first
+              count past 13 that loses the quorum). Rounds close at quorum 0.75 and stand at
+              ``round.min_fraction=0.7`` (31 of 44): 12 killed leaves 32 (the round stands but
+              cannot close early), 16 leaves 28 (the run stops with one message). Published
+              round times with 0 / 4 / 8 / 12 of 44 killed: 133.8 / 136.8 / 124.9 / 183.6 s, no
+              quorum at 14. Writes ``kills.csv``.
 ``overhead``  no fault: the same run with ``round.quorum=1.0`` (every client, as before
               quorum existed) and ``round.quorum=0.75``, interleaved ``--trials`` times on one
               executor. Writes ``overhead.csv``.
@@ -103,7 +105,8 @@ def kills_config(args: argparse.Namespace, out: Path, killed: int) -> Experiment
     ]
     if killed:
         overrides.append(f"faults.kill_slots={killed // args.per_slot}@2")
-    return build_config(values=[{**base_values(args), "backend": "parsl"}, {"workers": args.clients, "rounds": 3,
+    return build_config(values=[{**base_values(args), "backend": "parsl", "parsl_config": args.site},
+                                {"workers": args.clients, "rounds": 3,
                                                     "out": str(out / f"kills-{killed:02d}")}], overrides=overrides)
 
 
@@ -176,8 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=20, help="accuracy / overhead: rounds per run")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--clients", type=int, default=44, help="kills: clients")
-    p.add_argument("--per-slot", type=int, default=2, help="kills: clients per slot (one task per slot)")
-    p.add_argument("--kills", default="0,4,8,12,14", help="kills: clients whose worker process is killed")
+    p.add_argument("--per-slot", type=int, default=4, help="kills: clients per slot (one task per slot)")
+    p.add_argument("--kills", default="0,4,8,12,16", help="kills: clients whose worker process is killed")
+    p.add_argument("--site", default=str(Path(__file__).with_name("site.yaml")), help="kills: Parsl site YAML")
     p.add_argument("--kill-epochs", type=int, default=60, help="kills: local epochs (keeps the slots busy mid-round)")
     p.add_argument("--kill-after-s", type=float, default=0.5, help="kills: seconds into round 2 of the SIGKILLs")
     p.add_argument("--trials", type=int, default=3, help="overhead: interleaved pairs")

@@ -118,7 +118,8 @@ class RoundConfig:
     ``retries``: resubmissions of failed client work within a round, after
     ``backoff_s`` x 2^attempt seconds. ``max_missed``: a client that misses more
     rounds in a row than this leaves the sample (null: never); it is re-admitted
-    ``readmit_after`` rounds later, once every slot is alive again.
+    ``readmit_after`` rounds later, once every slot is alive again. ``checkpoint``:
+    write the run directory's checkpoint after every round (what ``--resume`` reads).
     """
 
     deadline_s: float | None = None
@@ -130,6 +131,7 @@ class RoundConfig:
     backoff_s: float = 0.2
     max_missed: int | None = 2
     readmit_after: int = 1
+    checkpoint: bool = True
 
 
 #: The section's earlier name.

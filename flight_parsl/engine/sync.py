@@ -643,8 +643,9 @@ def run_sync(ctx: RunContext) -> RunResult:
                 + (f" (first: {first_msg})" if first_msg else "")
                 + f"; finished rounds are in {recorder.dir}"
             )
-        checkpoint.save(recorder.dir, checkpoint.Checkpoint(r + 1, weights, rng.bit_generator.state, slowest, tied_to,
-                                                            book.state()))
+        if cfg.round.checkpoint:
+            point = checkpoint.Checkpoint(r + 1, weights, rng.bit_generator.state, slowest, tied_to, book.state())
+            checkpoint.save(recorder.dir, point)
         progress.end_round(r, ok, len(sampled), end - start, loss, acc, rnd.stats.retries)
         summaries.append(RoundSummary(r, end - start, loss, acc, ok, len(sampled) - ok))
     for item in carried:  # late results of the last round: nothing to fold them into
