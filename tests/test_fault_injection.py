@@ -7,8 +7,8 @@ import os
 import time
 
 import pytest
-
 from conftest import read_csv, read_summary
+
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.runner import run_experiment
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import read_csv, read_summary
+
 from flight_parsl.config.experiment import build_config
 from flight_parsl.core.errors import ConfigError, RoundError
 from flight_parsl.engine.checkpoint import load

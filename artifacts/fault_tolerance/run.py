@@ -39,7 +39,6 @@ import argparse
 import csv
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,11 +47,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the checkout's flight_parsl
     sys.path.insert(0, str(ROOT))
 
-from flight_parsl.config.experiment import ExperimentConfig, build_config  # noqa: E402
-from flight_parsl.core.errors import FlightParslError, RoundError  # noqa: E402
-from flight_parsl.engine.progress import Progress  # noqa: E402
-from flight_parsl.engine.runner import run_experiment  # noqa: E402
-from flight_parsl.execution.backends import open_backend, resolve_slots  # noqa: E402
+from flight_parsl.config.experiment import ExperimentConfig, build_config
+from flight_parsl.core.errors import FlightParslError, RoundError
+from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.runner import run_experiment
+from flight_parsl.execution.backends import open_backend, resolve_slots
 
 SEED_RULES = ["round.quorum=0.75", "round.min_fraction=0.75", "round.max_missed=2", "strategy.aimd=true",
               "strategy.aimd_start=4"]

@@ -65,7 +65,7 @@ def load(run_dir: str | Path, config_hash: str | None = None) -> Checkpoint | No
     try:
         with path.open("rb") as f:
             checkpoint = pickle.load(f)
-    except Exception as exc:  # noqa: BLE001 - one message whatever broke it
+    except Exception as exc:
         raise ConfigError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
     if not isinstance(checkpoint, Checkpoint) or checkpoint.version != VERSION:
         raise ConfigError(f"checkpoint {path} is not a version-{VERSION} flight_parsl checkpoint")

@@ -24,13 +24,17 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from flight_parsl.config.experiment import ExperimentConfig, parse_kill_slots, parse_rounds
+from flight_parsl.config.experiment import (
+    ExperimentConfig,
+    parse_kill_slots,
+    parse_rounds,
+)
 
 log = logging.getLogger(__name__)
 

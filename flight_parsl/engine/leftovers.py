@@ -16,8 +16,8 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 from typing import Any
 
 FILENAME = "leftovers.json"
