@@ -67,6 +67,16 @@ def test_bad_fault_tolerance_keys_name_the_key_and_what_is_allowed(overrides, me
         build_config(overrides=overrides)
 
 
+def test_kill_slots_take_counts_fractions_rounds_and_times() -> None:
+    from flight_parsl.config.experiment import parse_kill_slots
+
+    assert parse_kill_slots("0.25@2, 3@1,2@30s") == [(0.25, "round", 1.0), (3.0, "round", 0.0), (2.0, "time", 30.0)]
+    from flight_parsl.cli.scale import build_parser
+
+    args = build_parser().parse_args(["--inject", "kill_slots=0.25@2", "--inject", "faults.redis_stop=3"])
+    assert args.inject == ["kill_slots=0.25@2", "faults.redis_stop=3"]
+
+
 # parts ----------------------------------------------------------------------------------
 
 
