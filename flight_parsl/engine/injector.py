@@ -50,7 +50,7 @@ def _ppid(pid: int) -> int | None:
     return int(text[text.rindex(")") + 2 :].split()[1])
 
 
-def _children(parents: set[int]) -> dict[int, int]:
+def children(parents: set[int]) -> dict[int, int]:
     """Live processes whose parent is in ``parents``: pid -> parent."""
     out = {}
     for entry in os.listdir("/proc"):
@@ -78,7 +78,7 @@ class SlotCensus:
             self.record(host, pid)
         managers = set(self.parent.values())
         # the manager's other children (its multiprocessing server): counted at the start, left out later
-        self._others = len(_children(managers)) - len(self.parent) if managers else 0
+        self._others = len(children(managers)) - len(self.parent) if managers else 0
 
     def record(self, host: str, pid: int) -> None:
         """Remember a worker process that ran a task (a restarted one has a new pid)."""
@@ -100,7 +100,7 @@ class SlotCensus:
         managers = set(self.parent.values())
         if not managers:
             return None
-        return len(_children(managers)) - self._others
+        return len(children(managers)) - self._others
 
     def full(self) -> bool:
         """Whether every slot is alive (always, where the run recorded no local worker)."""

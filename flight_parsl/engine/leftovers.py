@@ -2,11 +2,11 @@
 
 While a run is open, ``leftovers.json`` in its run directory lists what the run
 started outside itself: the managed redis-server (pid and directory), the file
-channel's directory, the HTEX interchange and worker-manager pids. A run that
+channel's directory, the HTEX interchange, worker-manager and worker pids. A run that
 stops in any orderly way (completed, failed, Ctrl-C, SIGTERM) removes all of them
 and then the list. A resumed run (``--resume``) finds the list of a run that did
-not, stops the processes that are still the ones listed (same pid, same command
-line), removes the directories and forgets the list.
+not, stops the processes that are still the ones listed (same pid, start time and
+command line), removes the directories and forgets the list.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
+from flight_parsl.engine.injector import children
+
 FILENAME = "leftovers.json"
 
 
@@ -28,6 +30,15 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _started(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot): with the pid, names one process for good."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[19])
 
 
 def note(run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet[int] = frozenset()) -> None:
@@ -47,6 +58,10 @@ def note(run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet
         if proc is not None:
             processes.append({"pid": proc.pid, "match": "interchange"})
     processes += [{"pid": pid, "match": "process_worker_pool"} for pid in sorted(managers)]
+    # the managers' children (workers, their multiprocessing server) outlive a SIGKILLed manager
+    processes += [{"pid": pid, "match": "spawn_main"} for pid in sorted(children(set(managers)))]
+    for proc in processes:
+        proc["started"] = _started(proc["pid"])
     path = Path(run_dir) / FILENAME
     tmp = path.with_name(FILENAME + ".tmp")
     tmp.write_text(json.dumps({"processes": processes, "directories": directories}, indent=2) + "\n")
@@ -67,7 +82,7 @@ def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
     done = []
     for proc in listed.get("processes", []):
         pid = int(proc["pid"])
-        if proc["match"] in _cmdline(pid):
+        if proc["match"] in _cmdline(pid) and _started(pid) == proc.get("started"):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
