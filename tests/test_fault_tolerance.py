@@ -158,6 +158,23 @@ def test_a_retry_waits_out_its_backoff(make_config, monkeypatch) -> None:
     assert read_csv(out / "rounds.csv")[0]["retries"] == "1"
 
 
+def test_slow_clients_train_with_the_slowdown_every_round(make_config, monkeypatch) -> None:
+    import flight_parsl.engine.sync as engine
+
+    real, seen = engine.train_task, []
+
+    def capture(ref, round_idx, node, clients, *rest):
+        seen.extend((round_idx, c, s.slowdown) for c, s in clients)
+        return real(ref, round_idx, node, clients, *rest)
+
+    monkeypatch.setattr(engine, "train_task", capture)
+    out = run(make_config("model.name=logreg", "train.epochs=1", "faults.slow=1", "faults.slow_factor=3",
+                          workers=3, rounds=2))
+    assert sorted(seen) == [(r, c, 3.0 if c == 1 else 1.0) for r in range(2) for c in range(3)]
+    rows = {(t["round"], t["client"]): float(t["client_s"]) for t in read_csv(out / "tasks.csv")}
+    assert all(rows[r, "1"] > 0 for r in ("0", "1"))
+
+
 def test_a_client_that_keeps_missing_leaves_the_sample_and_comes_back(make_config) -> None:
     cfg = make_config(*QUICK, "round.quorum=0.75", "round.max_missed=2", "faults.hang=3@1,3@2,3@3",
                       "faults.hang_s=0.6", workers=4, rounds=6)
