@@ -71,6 +71,7 @@ class RunContext:
     faults: Faults | None = None
     injector: Any = None  # engine.injector.FaultInjector: coordinator-side faults and the slot census
     resume: Any = None  # engine.checkpoint.Checkpoint to continue from
+    late: list[Any] | None = None  # futures of work still out when its round closed (the runner may wait)
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:

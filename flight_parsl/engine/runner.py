@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +26,7 @@ from flight_parsl.engine.injector import FaultInjector, SlotCensus
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
-from flight_parsl.execution.backends import Backend, Warmup, open_backend, release, resolve_slots
+from flight_parsl.execution.backends import RELEASE_TIMEOUT, Backend, Warmup, open_backend, release, resolve_slots
 from flight_parsl.transfer import Transfer, open_transfer
 from flight_parsl.transfer.state import ClientState, open_state
 
@@ -118,8 +119,9 @@ def run_experiment(
             slots = active.slots or len(primed)
             recorder.mark("priming_done")
             recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed))
+            late: list[Future[object]] = []  # work still out when its round closed
             if backend is not None and (transfer.store_name is not None or state is not None):
-                ending.push(_release_slots(active, slots, transfer.store_name, state, recorder))
+                ending.push(_release_slots(active, slots, transfer.store_name, state, recorder, late))
             if cfg.backend != "thread" and len(primed) < slots:
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
             census = SlotCensus(slots, primed if cfg.backend == "parsl" else set())
@@ -127,7 +129,7 @@ def run_experiment(
             leftovers.note(out, transfer, active, set(census.parent.values()))
             stack.callback(injector.close)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
-                             faults(cfg), injector, point)
+                             faults(cfg), injector, point, late)
             result = run_async(ctx) if cfg.mode == "async" else run_sync(ctx)
             if "end" not in recorder.summary:
                 recorder.mark("end")
@@ -164,7 +166,8 @@ ExitCallback = Callable[[type[BaseException] | None, BaseException | None, Trace
 
 
 def _release_slots(
-    backend: Backend, slots: int, store: str | None, state: ClientState | None, recorder: RunRecorder
+    backend: Backend, slots: int, store: str | None, state: ClientState | None, recorder: RunRecorder,
+    late: list[Future[object]] | None = None,
 ) -> ExitCallback:
     """An exit callback: after a completed run, the slots of an executor that outlives it let go of
     its store and client state (see :func:`~flight_parsl.execution.backends.release`). After a
@@ -173,6 +176,9 @@ def _release_slots(
 
     def on_exit(exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc_type is None:
+            # late work still running would resolve the run's model after the store is gone (and a
+            # file channel's connector would recreate its directory): let it end first
+            wait(late or [], timeout=RELEASE_TIMEOUT)
             done = release(backend, slots, store, state)
             recorder.update(
                 released_slots=len(done), released_rss_mb={f"{r.host}:{r.pid}": round(r.rss_mb, 1) for r in done}

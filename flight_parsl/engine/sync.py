@@ -421,6 +421,8 @@ class SyncRound:
                 self.late_items.append(item)  # folded (or released) at the next round's close
             else:
                 item.future.add_done_callback(partial(release_late, self.ctx.transfer))
+            if self.ctx.late is not None:
+                self.ctx.late.append(item.future)
             failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
             self.failures.append(failure)
             self.late.update(job.clients)
