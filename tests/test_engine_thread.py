@@ -120,8 +120,8 @@ def test_a_round_below_the_quorum_stops_the_run_with_one_message(make_config, mo
     _crash(monkeypatch, lambda r, c: r == 1 and c != 0)
     cfg = make_config("train.mode=none", "model.name=tiny", "policy.retries=0", "policy.min_fraction=0.75",
                       "plan.clients_per_task=1", workers=4, rounds=3)
-    with pytest.raises(RoundError, match=r"round 2: 1/4 sampled clients returned a result, below the quorum of 3 "
-                                          r"\(policy.min_fraction=0.75\); failures: error"):
+    with pytest.raises(RoundError, match=r"round 2: 1/4 sampled clients reported \(0 late, 3 failed\), below the quorum of 3 "
+                                          r"\(round.min_fraction=0.75\); failures: error"):
         run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     out = Path(cfg.out)
     assert [r["participants"] for r in read_csv(out / "rounds.csv")] == ["4", "1"]

@@ -37,7 +37,7 @@ FLAG_KEYS = {
     "backend": "backend",
     "parsl_config": "parsl_config",
     "out": "out",
-    "round_timeout": "policy.deadline_s",
+    "round_timeout": "round.deadline_s",
     "model": "model.name",
     "dataset": "data.dataset",
     "data_root": "data.root",
@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for model init, partition and shuffling")
     p.add_argument("--backend", choices=["parsl", "thread", "process"], help="executor (default parsl)")
     p.add_argument("--parsl-config", help="Parsl site YAML (default configs/parsl/local.yaml)")
-    p.add_argument("--round-timeout", type=float, help="seconds a round may take (policy.deadline_s); work still out then counts as failed")
+    p.add_argument("--round-timeout", type=float, help="seconds a round may take (round.deadline_s); work still out then counts as failed")
+    p.add_argument("--inject", action="append", metavar="KEY=VALUE",
+                   help="inject a real fault: faults.KEY=VALUE, e.g. kill_slots=0.25@2, redis_stop=2, slow=1,3 (repeatable)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped run from its checkpoint, with its config.yaml (overrides may follow)")
     p.add_argument("--config", help="experiment YAML file")
     p.add_argument("--preset", help="a named experiment from configs/experiments/ (e.g. fedprox-mnist); flags and key=value override it")
     p.add_argument("--out", help="run directory (default runs/<timestamp>-...)")
@@ -190,7 +194,13 @@ def _main(argv: list[str] | None) -> int:
     from flight_parsl.cli.presets import preset_values
 
     try:
-        plain, grid = split_overrides(args.overrides)
+        overrides = [f"faults.{spec.removeprefix('faults.')}" for spec in args.inject or []] + args.overrides
+        plain, grid = split_overrides(overrides)
+        if args.resume:
+            cfg = resume_config(args, plain)
+            progress = Progress(cfg.rounds, enabled=not args.quiet)
+            run_experiment(cfg, progress, resume=True)
+            return 0
         if args.preset:  # below --config: defaults < preset < --config < flags < key=value
             from flight_parsl.config.experiment import load_yaml
 
@@ -204,6 +214,7 @@ def _main(argv: list[str] | None) -> int:
         run_experiment(cfg, progress)
     except FlightParslError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _resume_hint(locals().get("cfg"))
         return 2
     except Terminated as exc:
         print(f"{exc}; stopped the run, finished rows are in the run directory", file=sys.stderr)
@@ -212,6 +223,38 @@ def _main(argv: list[str] | None) -> int:
         print("interrupted; finished rows are in the run directory", file=sys.stderr)
         return 130
     return 0
+
+
+def _resume_hint(cfg: "ExperimentConfig | None") -> None:
+    """After a failed synchronous run with a checkpoint: the one command that continues it."""
+    from pathlib import Path
+
+    if cfg is None or not cfg.out or cfg.mode != "sync" or not (Path(cfg.out) / "checkpoint.pkl").is_file():
+        return
+    print(f"continue it with: python -m flight_parsl.scale --resume {cfg.out}", file=sys.stderr)
+
+
+def resume_config(args: argparse.Namespace, overrides: list[str]) -> "ExperimentConfig":
+    """The config of the run directory ``args.resume``, its injected faults dropped (they happened),
+    then ``overrides``; other flags are refused (the experiment is the directory's)."""
+    from pathlib import Path
+
+    from flight_parsl.config.experiment import build_config, load_yaml
+
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the directory of a run")
+    given = [f"--{dest.replace('_', '-')}" for dest in FLAG_KEYS if getattr(args, dest) is not None]
+    if given or args.config:
+        raise ConfigError(f"--resume takes the run's own config; drop {', '.join(given or ['--config'])} "
+                          "(key=value overrides are allowed)")
+    values = load_yaml(run_dir / "config.yaml")
+    values.pop("faults", None)
+    values["out"] = str(run_dir)
+    cfg = build_config(values=[values], overrides=overrides)
+    if cfg.mode != "sync":
+        raise ConfigError(f"--resume continues synchronous runs; {run_dir} ran mode {cfg.mode!r}")
+    return cfg
 
 
 def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progress", grid: tuple = ()) -> int:

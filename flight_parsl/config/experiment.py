@@ -84,7 +84,10 @@ class StrategyConfig:
     FedAsync's mixing (FedBuff's staleness scaling). ``buffer_size``,
     ``server_lr``: FedBuff. ``stragglers``: fraction of each round's sampled
     clients that do only x ~ Uniform{1..E} local epochs; ``drop_stragglers``: leave
-    them out of the round instead (FedProx's FedAvg baseline).
+    them out of the round instead (FedProx's FedAvg baseline). ``aimd``: per-client
+    local epochs by AIMD (synchronous mode): each client starts at ``aimd_start``,
+    gains one per on-time report, halves (at least 1) when late; ``aimd_max`` caps it
+    (0: no cap).
     """
 
     name: str = "fedavg"
@@ -98,6 +101,9 @@ class StrategyConfig:
     server_lr: float = 1.0
     stragglers: float = 0.0
     drop_stragglers: bool = False
+    aimd: bool = False
+    aimd_start: int = 4
+    aimd_max: int = 0
 
 
 @dataclass
@@ -114,30 +120,65 @@ class PlanConfig:
 
 
 @dataclass
-class PolicyConfig:
-    """When a synchronous round closes (see flight_parsl.fl.policy).
+class RoundConfig:
+    """When a synchronous round closes and what it does with late and failing clients
+    (see flight_parsl.fl.policy). ``policy.X`` is accepted as an alias of ``round.X``.
 
     ``deadline_s``: seconds per round (null: picked from the work, always finite).
-    ``min_fraction``: share of sampled clients that must return a result.
-    ``retries``: resubmissions of failed client work within a round.
+    ``quorum``: share of sampled clients whose reports close the round early (1.0: all).
+    ``min_fraction``: share of sampled clients that must have reported for the round to stand.
+    ``late``: what happens to work still out when the round closes: ``discard`` or
+    ``stale`` (folded into the next aggregation with weight x ``stale_weight``).
+    ``retries``: resubmissions of failed client work within a round, after
+    ``backoff_s`` x 2^attempt seconds. ``max_missed``: a client that misses more
+    rounds in a row than this leaves the sample (null: never); it is re-admitted
+    ``readmit_after`` rounds later, once every slot is alive again. ``checkpoint``:
+    write the run directory's checkpoint after every round (what ``--resume`` reads).
     """
 
     deadline_s: float | None = None
+    quorum: float = 1.0
     min_fraction: float = 0.5
+    late: str = "discard"
+    stale_weight: float = 0.5
     retries: int = 1
+    backoff_s: float = 0.2
+    max_missed: int | None = 2
+    readmit_after: int = 1
+    checkpoint: bool = True
+
+
+#: The section's earlier name.
+PolicyConfig = RoundConfig
 
 
 @dataclass
 class FaultsConfig:
-    """Injected faults: comma lists of CLIENT@ROUND (rounds from 1), first attempt only.
+    """Injected faults, all real (see flight_parsl.engine.injector and flight_parsl.worker.faults).
 
+    In the slot, comma lists of CLIENT@ROUND (rounds from 1), first attempt only:
     ``kill``: the slot running that client SIGKILLs itself (parsl backend only).
     ``hang``: the slot sleeps ``hang_s`` seconds at that client.
+
+    From the coordinator: ``kill_slots``: comma list of K@ROUND (K worker processes,
+    or a fraction of the slots when K < 1, SIGKILLed ``kill_after_s`` seconds into
+    that round) or K@Ts (T seconds after the first round started); the pids are the
+    ones the run recorded (parsl backend, local site). ``redis_stop``: comma list of
+    rounds in which the run's managed redis-server is SIGKILLed ``kill_after_s`` into
+    the round, and started again on its port ``redis_down_s`` seconds later (< 0:
+    never). ``slow``: comma list of clients whose training is stretched ``slow_factor``
+    times, every round.
     """
 
     kill: str = ""
     hang: str = ""
     hang_s: float = 30.0
+    kill_slots: str = ""
+    kill_after_s: float = 0.5
+    redis_stop: str = ""
+    redis_down_s: float = 1.0
+    slow: str = ""
+    slow_factor: float = 4.0
 
 
 @dataclass
@@ -195,9 +236,14 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    round: RoundConfig = field(default_factory=RoundConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     sites: SitesConfig = field(default_factory=SitesConfig)
+
+    @property
+    def policy(self) -> RoundConfig:
+        """The ``round`` section under its earlier name."""
+        return self.round
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what config.yaml holds)."""
@@ -250,6 +296,8 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {values!r}")
     hints = _section_types(type(obj))
+    if not prefix and "policy" in values and isinstance(obj, ExperimentConfig):
+        values = _round_alias(values)
     changes: dict[str, Any] = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
@@ -268,6 +316,21 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
     for key, value in changes.items():
         setattr(obj, key, value)
     return obj
+
+
+def _round_alias(values: dict[str, Any]) -> dict[str, Any]:
+    """Accept the ``policy`` section as the ``round`` section (its earlier name)."""
+    values = dict(values)
+    alias = values.pop("policy")
+    if not isinstance(alias, dict):
+        raise ConfigError(f"config key 'policy': expected a mapping, got {alias!r}")
+    merged = dict(values.get("round") or {})
+    for key, value in alias.items():
+        if key in merged:
+            raise ConfigError(f"config keys 'policy.{key}' and 'round.{key}' are the same key; give one")
+        merged[key] = value
+    values["round"] = merged
+    return values
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -354,7 +417,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
     positive("workers", cfg.workers)
     positive("rounds", cfg.rounds)
-    positive("policy.deadline_s", cfg.policy.deadline_s, allow_none=True)
+    positive("round.deadline_s", cfg.round.deadline_s, allow_none=True)
     positive("train.epochs", cfg.train.epochs)
     positive("train.batch_size", cfg.train.batch_size)
     positive("train.lr", cfg.train.lr)
@@ -479,19 +542,116 @@ def _validate_engine(cfg: ExperimentConfig) -> None:
     parse_slots(cfg.slots)
     if cfg.plan.clients_per_task < 0:
         raise ConfigError(f"config key 'plan.clients_per_task' must be >= 0, got {cfg.plan.clients_per_task!r}")
-    p = cfg.policy
-    if not 0 < p.min_fraction <= 1:
-        raise ConfigError(f"config key 'policy.min_fraction' must be in (0, 1], got {p.min_fraction!r}")
-    if p.retries < 0:
-        raise ConfigError(f"config key 'policy.retries' must be >= 0, got {p.retries!r}")
+    _validate_round(cfg.round)
     kill = parse_client_rounds("faults.kill", cfg.faults.kill)
     parse_client_rounds("faults.hang", cfg.faults.hang)
     if kill and cfg.backend == "thread":
         raise ConfigError("config key 'faults.kill': a slot that kills itself needs its own process (backend parsl)")
     if cfg.faults.hang_s < 0:
         raise ConfigError(f"config key 'faults.hang_s' must be >= 0, got {cfg.faults.hang_s!r}")
+    _validate_injection(cfg)
+    s = cfg.strategy
+    if s.aimd and cfg.mode != "sync":
+        raise ConfigError("config key 'strategy.aimd': AIMD epochs need synchronous rounds (mode sync)")
+    if s.aimd_start < 1 or s.aimd_max < 0 or (s.aimd_max and s.aimd_max < s.aimd_start):
+        raise ConfigError(
+            f"config keys 'strategy.aimd_start' / 'strategy.aimd_max': need aimd_start >= 1 and aimd_max 0 (no cap) "
+            f"or >= aimd_start, got {s.aimd_start!r} / {s.aimd_max!r}"
+        )
     if cfg.train.keep_momentum and cfg.train.momentum == 0:
         raise ConfigError("config key 'train.keep_momentum' needs train.momentum > 0")
+
+
+LATE_MODES = ("discard", "stale")
+
+
+def _validate_round(p: RoundConfig) -> None:
+    """The round section's ranges; quorum below min_fraction could close a round that cannot stand."""
+    if not 0 < p.min_fraction <= 1:
+        raise ConfigError(f"config key 'round.min_fraction' must be in (0, 1], got {p.min_fraction!r}")
+    if not 0 < p.quorum <= 1:
+        raise ConfigError(f"config key 'round.quorum' must be in (0, 1], got {p.quorum!r}")
+    if p.quorum < p.min_fraction:
+        raise ConfigError(
+            f"config key 'round.quorum': {p.quorum!r} is below round.min_fraction={p.min_fraction!r}; a round closed "
+            "at its quorum could not stand (use quorum >= min_fraction)"
+        )
+    if p.late not in LATE_MODES:
+        raise ConfigError(f"config key 'round.late': unknown {p.late!r}; valid: {', '.join(LATE_MODES)}")
+    if not 0 < p.stale_weight <= 1:
+        raise ConfigError(f"config key 'round.stale_weight' must be in (0, 1], got {p.stale_weight!r}")
+    if p.retries < 0:
+        raise ConfigError(f"config key 'round.retries' must be >= 0, got {p.retries!r}")
+    if p.backoff_s < 0:
+        raise ConfigError(f"config key 'round.backoff_s' must be >= 0, got {p.backoff_s!r}")
+    if p.max_missed is not None and p.max_missed < 0:
+        raise ConfigError(f"config key 'round.max_missed' must be >= 0 or null (never remove), got {p.max_missed!r}")
+    if p.readmit_after < 1:
+        raise ConfigError(f"config key 'round.readmit_after' must be >= 1, got {p.readmit_after!r}")
+
+
+def parse_kill_slots(text: str) -> list[tuple[float, str, float]]:
+    """``faults.kill_slots``: ``K@ROUND`` or ``K@Ts`` items as (count or fraction, "round" | "time", when).
+
+    K >= 1 is a number of worker processes, 0 < K < 1 a fraction of the slots; rounds
+    count from 1 (returned 0-based), times are seconds after the first round started.
+    """
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        k, sep, when = item.partition("@")
+        try:
+            count = float(k)
+            at_time = when.endswith("s")
+            moment = float(when[:-1]) if at_time else int(when)
+        except ValueError:
+            count, moment, at_time = -1.0, -1, False
+        valid_count = 0 < count < 1 or (count >= 1 and count.is_integer())
+        if not sep or not valid_count or moment < (0 if at_time else 1):
+            raise ConfigError(
+                f"config key 'faults.kill_slots': {item!r} is not K@ROUND or K@Ts (K a count >= 1 or a fraction "
+                "in (0, 1), rounds from 1, T seconds >= 0)"
+            )
+        out.append((count, "time" if at_time else "round", float(moment) if at_time else float(moment - 1)))
+    return out
+
+
+def parse_rounds(key: str, text: str) -> frozenset[int]:
+    """A comma list of rounds (from 1) as 0-based round indices."""
+    out = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if not item.isdigit() or int(item) < 1:
+            raise ConfigError(f"config key {key!r}: {item!r} is not a round number (rounds count from 1)")
+        out.add(int(item) - 1)
+    return frozenset(out)
+
+
+def parse_clients(key: str, text: str, workers: int) -> frozenset[int]:
+    """A comma list of client ids below ``workers``."""
+    out = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if not item.isdigit() or int(item) >= workers:
+            raise ConfigError(f"config key {key!r}: {item!r} is not a client id in 0..{workers - 1}")
+        out.add(int(item))
+    return frozenset(out)
+
+
+def _validate_injection(cfg: ExperimentConfig) -> None:
+    """Faults the coordinator injects: real kills need processes, a Redis restart a managed server."""
+    f = cfg.faults
+    kills = parse_kill_slots(f.kill_slots)
+    if kills and cfg.backend != "parsl":
+        raise ConfigError("config key 'faults.kill_slots': killing worker processes needs backend parsl")
+    if f.kill_after_s < 0:
+        raise ConfigError(f"config key 'faults.kill_after_s' must be >= 0, got {f.kill_after_s!r}")
+    if parse_rounds("faults.redis_stop", f.redis_stop) and (cfg.transfer.kind != "redis" or cfg.transfer.redis):
+        raise ConfigError(
+            "config key 'faults.redis_stop': stopping Redis needs transfer.kind=redis with the run's own managed "
+            f"server (transfer.redis unset), got transfer.kind={cfg.transfer.kind!r}, transfer.redis={cfg.transfer.redis!r}"
+        )
+    if parse_clients("faults.slow", f.slow, cfg.workers) and cfg.train.mode == "none":
+        raise ConfigError("config key 'faults.slow': slowing clients stretches their training; needs train.mode=local")
+    if f.slow_factor < 1:
+        raise ConfigError(f"config key 'faults.slow_factor' must be >= 1, got {f.slow_factor!r}")
 
 
 #: Keys that say where a run writes or finds things, not what it runs: left out of config_hash,

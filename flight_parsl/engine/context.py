@@ -73,6 +73,9 @@ class RunContext:
     state: ClientState | None = None
     faults: Faults | None = None
     placement: Placement | None = None  # several sites: where each task runs
+    injector: Any = None  # engine.injector.FaultInjector: coordinator-side faults and the slot census
+    resume: Any = None  # engine.checkpoint.Checkpoint to continue from
+    late: list[Any] | None = None  # futures of work still out when its round closed (the runner may wait)
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -124,8 +127,12 @@ def slowdowns(cfg: ExperimentConfig) -> list[float] | None:
 
 def policy(cfg: ExperimentConfig) -> RoundPolicy:
     """The round policy of the config."""
-    p = cfg.policy
-    return RoundPolicy(deadline_s=p.deadline_s, min_fraction=p.min_fraction, retries=p.retries)
+    p = cfg.round
+    return RoundPolicy(
+        deadline_s=p.deadline_s, min_fraction=p.min_fraction, retries=p.retries, close_fraction=p.quorum,
+        late=p.late, stale_weight=p.stale_weight, backoff_s=p.backoff_s, max_missed=p.max_missed,
+        readmit_after=p.readmit_after,
+    )
 
 
 def faults(cfg: ExperimentConfig) -> Faults | None:

@@ -7,8 +7,13 @@ Layout of a run directory::
     tasks.csv      one row per client per task attempt (and per aggregate / relay task)
     summary.json   timestamps (start, dfk_start_done, priming_done, end), derived
                    durations, status and totals; rewritten at each milestone
+    checkpoint.pkl the state after the last finished round (flight_parsl.engine.checkpoint)
+    faults.csv     injected faults, when a run injects some (flight_parsl.engine.injector)
 
 Rows are written and flushed as they happen, so a crash loses nothing finished.
+A resumed run appends to the same tables: rows of rounds past the checkpoint are
+dropped from rounds.csv (those rounds run again), tasks.csv keeps every attempt
+and numbers each stretch of the run in ``segment`` (0 before the first resume).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import math
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Any
 
 from flight_parsl.config.experiment import ExperimentConfig, save_yaml
@@ -50,6 +56,14 @@ ROUND_COLUMNS = (
     "train_acc",
     "global_train_loss",
     "global_train_acc",
+    "members",
+    "reported",
+    "late",
+    "stale_folded",
+    "removed",
+    "readmitted",
+    "killed_slots",
+    "live_slots",
 )
 
 # One row per client per task attempt. Task-level columns (submitted .. peak_rss_mb
@@ -92,6 +106,8 @@ TASK_COLUMNS = (
     "peak_rss_mb",
     "straggler",
     "epochs",
+    "rtt_s",
+    "segment",
 )
 
 TIMESTAMPS = ("start", "dfk_start_done", "priming_done", "end")
@@ -109,15 +125,34 @@ def default_run_dir(cfg: ExperimentConfig, root: str | Path = "runs") -> Path:
 
 
 class _Table:
-    """A CSV file that is appended to and flushed row by row."""
+    """A CSV file that is appended to and flushed row by row.
 
-    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+    ``keep``: continue an existing file (a resumed run), keeping its rows for which
+    ``keep(row)`` holds; the header stays the file's own.
+    """
+
+    def __init__(self, path: Path, columns: tuple[str, ...], keep: Callable[[dict[str, str]], bool] | None = None) -> None:
         self.path = path
-        self._file: IO[str] = path.open("w", newline="")
+        self.rows = 0
+        if keep is not None and path.is_file():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                columns = tuple(reader.fieldnames or columns)
+                kept = [row for row in reader if keep(row)]
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(kept)
+            tmp.replace(path)
+            self._file: IO[str] = path.open("a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
+            self.rows = len(kept)
+            return
+        self._file = path.open("w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="raise")
         self._writer.writeheader()
         self._file.flush()
-        self.rows = 0
 
     def write(self, row: dict[str, Any]) -> None:
         self.write_many([row])
@@ -141,14 +176,30 @@ def _cell(value: Any) -> Any:
 class RunRecorder:
     """Writes one run directory."""
 
-    def __init__(self, out: str | Path, cfg: ExperimentConfig) -> None:
+    def __init__(self, out: str | Path, cfg: ExperimentConfig, resume_round: int | None = None) -> None:
+        """Open a new run directory, or with ``resume_round`` continue one from that round."""
         self.dir = Path(out)
         self.dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, self.dir / "config.yaml")
-        self.rounds = _Table(self.dir / "rounds.csv", ROUND_COLUMNS)
-        self.tasks = _Table(self.dir / "tasks.csv", TASK_COLUMNS)
-        self.summary: dict[str, Any] = {"status": "running", **batch_job_info()}
-        self.mark("start")
+        self.segment = 0
+        if resume_round is None:
+            save_yaml(cfg, self.dir / "config.yaml")
+            self.rounds = _Table(self.dir / "rounds.csv", ROUND_COLUMNS)
+            self.tasks = _Table(self.dir / "tasks.csv", TASK_COLUMNS)
+            self.summary: dict[str, Any] = {"status": "running", **batch_job_info()}
+            self.mark("start")
+            return
+        old = self.dir / "summary.json"
+        self.summary = json.loads(old.read_text()) if old.is_file() else {}
+        self.segment = int(self.summary.get("resumes", 0)) + 1
+        self.rounds = _Table(self.dir / "rounds.csv", ROUND_COLUMNS, lambda row: int(row["round"]) < resume_round)
+        self.tasks = _Table(self.dir / "tasks.csv", TASK_COLUMNS, lambda row: True)
+        for key in ("end", "start2end", "prime2end", "error"):
+            self.summary.pop(key, None)
+        self.summary.update(status="running", resumes=self.segment, resumed_from_round=resume_round,
+                            **batch_job_info())
+        self.summary.setdefault("resumed_at", []).append(time.time())
+        self.summary.setdefault("start", time.time())
+        self.write_summary()
 
     def mark(self, event: str, when: float | None = None) -> None:
         """Record a timestamp (one of TIMESTAMPS) and rewrite summary.json."""
@@ -163,7 +214,7 @@ class RunRecorder:
 
     def task_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append the rows of one task (one per client)."""
-        self.tasks.write_many(rows)
+        self.tasks.write_many([{**row, "segment": self.segment} for row in rows])
 
     def round_row(self, row: dict[str, Any]) -> None:
         """Append one round row."""

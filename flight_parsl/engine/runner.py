@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -19,12 +20,14 @@ from flight_parsl.config.experiment import ExperimentConfig, parse_slots
 from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
+from flight_parsl.engine import leftovers
 from flight_parsl.engine.events import SlotClock
 from flight_parsl.engine.multisite import RunSites, open_run_sites
+from flight_parsl.engine.injector import FaultInjector, SlotCensus
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
-from flight_parsl.execution.backends import Backend, Warmup, open_backend, release, resolve_slots
+from flight_parsl.execution.backends import RELEASE_TIMEOUT, Backend, Warmup, open_backend, release, resolve_slots
 from flight_parsl.transfer import Transfer, open_transfer
 from flight_parsl.transfer.state import ClientState, open_state
 
@@ -66,8 +69,12 @@ def run_experiment(
     progress: Progress | None = None,
     backend: Backend | None = None,
     sites: RunSites | None = None,
+    resume: bool = False,
 ) -> Path:
     """Run ``cfg``; return its run directory.
+
+    With ``resume`` the run continues the run directory ``cfg.out`` from its
+    checkpoint (the start, when no round finished), appending to its tables.
 
     With ``backend`` the run reuses an executor that is already up (a sweep reusing
     one DataFlowKernel per worker count): ``dfk_start_done`` then equals ``start``
@@ -79,10 +86,21 @@ def run_experiment(
     """
     progress = progress or Progress(cfg.rounds)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-    recorder = RunRecorder(out, cfg)
+    cfg.out = str(out)  # config.yaml names its own directory: what --resume continues
+    point = None
+    if resume:
+        from flight_parsl.engine.checkpoint import load
+        from flight_parsl.engine.sync import resume_hash
+
+        point = load(out, resume_hash(cfg))
+        cleaned = leftovers.clean(out)
+        if cleaned:
+            progress.say(f"removed what the stopped run left: {', '.join(cleaned)}")
+    recorder = RunRecorder(out, cfg, resume_round=(point.next_round if point else 0) if resume else None)
     progress.say(f"run directory: {out}")
     try:
         with PeakSampler() as memory, ExitStack() as stack:
+            stack.callback(leftovers.forget, out)  # unwound last: an orderly stop leaves nothing behind
             work = workload(cfg)  # torch-free; bad data fails before anything starts
             t = cfg.transfer
             slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
@@ -116,24 +134,33 @@ def run_experiment(
             primed = warmup.wait()
             slots = active.slots or len(primed)
             recorder.mark("priming_done")
-            recorder.update(slots=slots, primed_slots=len(primed))
+            recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed))
+            late: list[Future[object]] = []  # work still out when its round closed
             if backend is not None and (transfer.store_name is not None or state is not None):
-                ending.push(_release_slots(active, slots, transfer.store_name, state, recorder))
+                ending.push(_release_slots(active, slots, transfer.store_name, state, recorder, late))
             if cfg.backend != "thread" and len(primed) < slots:
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
+            census = SlotCensus(slots, primed if cfg.backend == "parsl" else set())
+            injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
+            leftovers.note(out, transfer, active, set(census.parent.values()))
+            stack.callback(injector.close)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
-                             faults(cfg), placement=sites.placement if sites is not None else None)
+                             faults(cfg), injector, point, late,
+                             placement=sites.placement if sites is not None else None)
             result = run_async(ctx) if cfg.mode == "async" else run_sync(ctx)
             if "end" not in recorder.summary:
                 recorder.mark("end")
-        last = result.rounds[-1]
+        last = result.rounds[-1] if result.rounds else None
         processes: dict[tuple[str, int], float] = {}  # threads of one process share its memory
         for (host, pid, _), peak in result.slot_peak_rss_mb.items():
             processes[host, pid] = max(processes.get((host, pid), 0.0), peak)
+        if last is not None:  # a resumed run that had nothing left to do keeps the earlier figures
+            recorder.update(
+                final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,
+                final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
+                round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
+            )
         recorder.update(
-            final_test_loss=None if math.isnan(last.test_loss) else last.test_loss,
-            final_test_acc=None if math.isnan(last.test_acc) else last.test_acc,
-            round_makespan_s=sum(r.makespan_s for r in result.rounds) / len(result.rounds),
             peak_rss_mb_coordinator=memory.peak_mb,
             peak_machine_mb=memory.peak_machine_mb,
             peak_rss_mb_worker=max(processes.values(), default=0.0),
@@ -158,7 +185,8 @@ ExitCallback = Callable[[type[BaseException] | None, BaseException | None, Trace
 
 
 def _release_slots(
-    backend: Backend, slots: int, store: str | None, state: ClientState | None, recorder: RunRecorder
+    backend: Backend, slots: int, store: str | None, state: ClientState | None, recorder: RunRecorder,
+    late: list[Future[object]] | None = None,
 ) -> ExitCallback:
     """An exit callback: after a completed run, the slots of an executor that outlives it let go of
     its store and client state (see :func:`~flight_parsl.execution.backends.release`). After a
@@ -167,6 +195,9 @@ def _release_slots(
 
     def on_exit(exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc_type is None:
+            # late work still running would resolve the run's model after the store is gone (and a
+            # file channel's connector would recreate its directory): let it end first
+            wait(late or [], timeout=RELEASE_TIMEOUT)
             done = release(backend, slots, store, state)
             recorder.update(
                 released_slots=len(done), released_rss_mb={f"{r.host}:{r.pid}": round(r.rss_mb, 1) for r in done}

@@ -10,31 +10,40 @@ pass the model down (``broadcast="tree"``). The coordinator folds what reaches t
 root as it arrives, from a completion queue (O(1) per event, O(model) memory).
 
 Failures are outcomes: a task that raises, whose worker process dies, or that is
-still out at the round's deadline becomes a :class:`~flight_parsl.core.types.Failure`
-of its clients. Failed work is retried while the policy allows; the round stands
-if enough sampled clients returned results, and the strategy sees the failures
-beside the folded results. Below the quorum the run stops with
-:class:`~flight_parsl.core.errors.RoundError`, every finished row on disk.
+still out when the round closes becomes a :class:`~flight_parsl.core.types.Failure`
+of its clients. Failed work is retried, after a backoff, while the policy allows;
+the round closes early once ``round.quorum`` of its clients reported (work still
+out is ``late``: released, or folded stale into the next round), and stands if
+``round.min_fraction`` reported; the strategy sees the failures beside the folded
+results. Below that the run stops with :class:`~flight_parsl.core.errors.RoundError`,
+every finished row on disk. Clients that keep missing rounds leave the sample
+(:mod:`flight_parsl.fl.membership`); with ``strategy.aimd`` each client's local
+epochs follow AIMD (:mod:`flight_parsl.fl.aimd`). After every round the loop writes
+a checkpoint (:mod:`flight_parsl.engine.checkpoint`) it can resume from.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from flight_parsl.core.errors import RoundError
-from flight_parsl.core.types import Failure, Slot, TaskResult
+from flight_parsl.core.types import Failure, LocalSettings, Slot, TaskResult
 from flight_parsl.core.weights import FlatWeights
+from flight_parsl.engine import checkpoint
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows
+from flight_parsl.fl.aimd import AIMDEpochs
+from flight_parsl.fl.membership import Membership
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref, Transfer
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
@@ -166,6 +175,14 @@ class SyncRound:
         self.peaks: dict[Slot, float] = {}
         self.next_task = 0
         self.active = {n.name for n in tree.active_subtree(clients).aggregators} if tree is not None else set()
+        self.close_at = ctx.policy.closes_at(len(clients))
+        self.delayed: list[tuple[float, int, _Job, str]] = []  # retries waiting out their backoff
+        self.late: set[int] = set()  # clients whose work was still out when the round closed
+        self.late_items: list[Pending[_Job]] = []  # their tasks, kept for a stale fold (round.late=stale)
+        self.epochs: dict[int, int] = {}  # AIMD budgets of this round (empty without AIMD)
+        self.slow: frozenset[int] = frozenset()
+        self.slow_factor = 1.0
+        self.watch = None if ctx.injector is None else ctx.injector.census.record
 
     # planning --------------------------------------------------------------------
 
@@ -208,7 +225,7 @@ class SyncRound:
         ctx = self.ctx
         if job.kind == "train":
             assert job.spec is not None
-            clients = [(c, ctx.exp.settings_for(self.r, c)) for c in job.clients]
+            clients = [(c, self._settings(c)) for c in job.clients]
             args: tuple[Any, ...] = (
                 train_task, job.ref, self.r, job.node, clients, ctx.exp.workload, self.fold, ctx.state, ctx.faults,
                 job.attempt,
@@ -227,6 +244,24 @@ class SyncRound:
         if placement is None:
             return None
         return placement.train(job.clients) if job.kind == "train" else placement.node(job.node)
+
+    def _settings(self, client: int) -> LocalSettings:
+        """A client's settings this round: the strategy's, its AIMD epochs, an injected slowdown."""
+        settings = self.ctx.exp.settings_for(self.r, client)
+        if client in self.epochs:
+            settings = replace(settings, epochs=self.epochs[client])
+        if client in self.slow:
+            settings = replace(settings, slowdown=max(settings.slowdown, self.slow_factor))
+        return settings
+
+    def _rows(self, rows: list[dict[str, Any]], submitted: float, received: float) -> list[dict[str, Any]]:
+        """Add each client's epochs and the task's round-trip time to its tasks.csv rows."""
+        for row in rows:
+            client = row.get("client")
+            if isinstance(client, int) and client in self.epochs:
+                row["epochs"] = self.epochs[client]
+            row["rtt_s"] = received - submitted
+        return rows
 
     def _submit_train(self, spec: TaskSpec, ref: Ref) -> None:
         self._submit(_Job("train", spec.node, spec.attempt, spec.id, spec.clients, spec=spec, ref=ref))
@@ -255,14 +290,36 @@ class SyncRound:
     # outcomes --------------------------------------------------------------------
 
     def run(self, deadline_s: float) -> None:
-        """Handle outcomes until every task has one or ``deadline_s`` passes."""
+        """Handle outcomes until every task has one, the quorum reported, or ``deadline_s`` passes."""
         deadline = time.monotonic() + deadline_s
-        while len(self.queue):
-            item = self.queue.next(deadline - time.monotonic())
-            if item is None:
-                self._expire(deadline_s)
+        while len(self.queue) or self.delayed:
+            if len(self.folded) >= self.close_at:
+                q = self.ctx.policy.close_fraction
+                self._close("late", f"still out when {len(self.folded)}/{len(self.sampled)} clients had reported "
+                                    f"(round.quorum={q:g})")
                 return
-            self._on_done(item)
+            now = time.monotonic()
+            wait = deadline - now
+            if self.delayed:
+                wait = min(wait, self.delayed[0][0] - now)
+            if len(self.queue):
+                item = self.queue.next(wait)
+            else:
+                time.sleep(max(0.0, wait))
+                item = None
+            if item is not None:
+                self._on_done(item)
+            self._submit_due()
+            if item is None and time.monotonic() >= deadline:
+                self._close("deadline", f"still out at the round's {deadline_s:.1f} s deadline")
+                return
+
+    def _submit_due(self) -> None:
+        """Resubmit the retries whose backoff has passed."""
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, job, _ = heapq.heappop(self.delayed)
+            self._resubmit(job)
 
     def _on_done(self, item: Pending[_Job]) -> None:
         job = item.tag
@@ -287,7 +344,9 @@ class SyncRound:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
             collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
         rows = result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle)
-        self.ctx.recorder.task_rows(_at(job.site, rows))
+        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, received)))
+        if self.watch is not None:
+            self.watch(res.host, res.pid)
         self.ctx.progress.task_done(self.r, len(self.folded), len(self.sampled))
 
     def _train_parts(self, res: TaskResult, clients: tuple[int, ...]) -> list[_Part]:
@@ -331,11 +390,16 @@ class SyncRound:
 
     def _on_failure(self, job: _Job, item: Pending[_Job], kind: str, message: str) -> None:
         failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
-        rows = failure_rows(failure, job.kind, job.task, item.submitted, time.time())
-        self.ctx.recorder.task_rows(_at(job.site, rows))
+        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, received)))
+        if self.watch is not None:
+            self.watch(res.host, res.pid)
         if job.attempt < self.ctx.policy.retries:
             self.stats.retries += 1
-            self._resubmit(job)
+            delay = self.ctx.policy.backoff(job.attempt)
+            if delay <= 0:
+                self._resubmit(job)
+            else:
+                heapq.heappush(self.delayed, (time.monotonic() + delay, self._new_task_id(), job, kind))
             return
         self.failures.append(failure)
         self._settle_failed(job)
@@ -354,26 +418,65 @@ class SyncRound:
         if parent != ROOT:
             self._child_settled(parent)
 
-    def _expire(self, deadline_s: float) -> None:
-        """The deadline passed: everything still out, and every result still waiting at an
-        aggregator, becomes a ``deadline`` failure."""
-        message = f"still out at the round's {deadline_s:.1f} s deadline"
+    def _close(self, kind: str, message: str) -> None:
+        """The round closes with work still out (``kind``: ``late`` at the quorum, ``deadline``):
+        that work, and every result still waiting at an aggregator, becomes a failure of
+        that kind and its clients are late; retries still waiting out their backoff fail."""
         now = time.time()
+        stale = self.ctx.policy.late == "stale"
         for item in self.queue.abandon():
             job = item.tag
-            item.future.add_done_callback(partial(release_late, self.ctx.transfer))
-            failure = Failure(self.r, job.clients, "deadline", message, job.attempt, job.node)
+            if stale and job.kind != "relay":
+                self.late_items.append(item)  # folded (or released) at the next round's close
+            else:
+                item.future.add_done_callback(partial(release_late, self.ctx.transfer))
+            if self.ctx.late is not None:
+                self.ctx.late.append(item.future)
+            failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
             self.failures.append(failure)
-            self.ctx.recorder.task_rows(_at(job.site, failure_rows(failure, job.kind, job.task, item.submitted, now)))
+            self.late.update(job.clients)
+            rows = failure_rows(failure, job.kind, job.task, item.submitted, now)
+            self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, now)))
+        for _, _, job, failed_kind in self.delayed:
+            self.failures.append(Failure(self.r, job.clients, failed_kind, f"retry not sent before the round closed: "
+                                         f"{message}", job.attempt, job.node))
+        self.delayed.clear()
         for node, parts in self.parts.items():
             if parts:
                 clients = tuple(c for p in parts for c in p.clients)
-                failure = Failure(self.r, clients, "deadline", f"waiting at aggregator {node}: {message}", 0, node)
+                failure = Failure(self.r, clients, kind, f"waiting at aggregator {node}: {message}", 0, node)
                 self.failures.append(failure)
+                self.late.update(clients)
                 site = self.ctx.placement.node(node) if self.ctx.placement is not None else None
                 self.ctx.recorder.task_rows(_at(site, failure_rows(failure, "aggregate", self._new_task_id(), now, now)))
         self.parts.clear()
 
+
+def fold_stale(ctx: RunContext, items: list[Pending[_Job]], into: Any) -> list[int]:
+    """Fold late results of the previous round that have arrived into ``into`` with weight x
+    ``round.stale_weight``; release the others when they arrive. Returns the folded clients."""
+    folded: list[int] = []
+    rounds = set()
+    for item in items:
+        future = item.future
+        if not future.done():
+            future.add_done_callback(partial(release_late, ctx.transfer))
+            continue
+        try:
+            res: TaskResult = future.result()
+        except Exception:  # failed late: nothing to fold
+            continue
+        for ref, weight in res.outputs:
+            weights = ctx.transfer.collect(ref)
+            into.add(weights, weight * ctx.policy.stale_weight)
+            if getattr(ref, "round", None) is not None:
+                rounds.add(ref.round)
+        folded.extend(c.client for c in res.clients or [])
+        if not res.clients:  # an aggregator's partial
+            folded.extend(item.tag.clients)
+    for r in rounds:
+        ctx.transfer.end_round(r)  # evict the stale results collected into the old round's scope
+    return sorted(set(folded))
 
 
 def _at(site: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -402,14 +505,41 @@ def _modeled_bytes(tree: Topology | None, sampled: list[int], size: int) -> tupl
     return two_tier_bytes(active, size), hierarchical_bytes(active, size)
 
 
+def resume_hash(cfg: Any) -> str:
+    """The config hash a checkpoint is tied to: the experiment without its injected faults
+    (a resumed run does not inject again what already happened)."""
+    from flight_parsl.config.experiment import FaultsConfig, config_hash
+
+    return config_hash(replace(cfg, faults=FaultsConfig()))
+
+
+@dataclass
+class _ClientBook:
+    """Per-client state across rounds: membership and AIMD epochs (both in the checkpoint)."""
+
+    membership: Membership
+    aimd: AIMDEpochs | None
+
+    def state(self) -> dict[str, Any]:
+        out = {"membership": self.membership.state()}
+        if self.aimd is not None:
+            out["aimd"] = self.aimd.state()
+        return out
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.membership.load(state["membership"])
+        if self.aimd is not None and "aimd" in state:
+            self.aimd.load(state["aimd"])
+
+
 def run_sync(ctx: RunContext) -> RunResult:
-    """Run ``cfg.rounds`` synchronous rounds.
+    """Run ``cfg.rounds`` synchronous rounds (from the checkpoint in ``ctx.resume``, if any).
 
     Raises:
-        RoundError: a round ended below the policy's quorum. Rows of finished
-            tasks and rounds are already on disk.
+        RoundError: a round ended below the policy's ``min_fraction``. Rows of finished
+            tasks and rounds, and the checkpoint of the last finished round, are on disk.
     """
-    cfg, exp, recorder, progress = ctx.cfg, ctx.exp, ctx.recorder, ctx.progress
+    cfg, exp, recorder, progress, policy = ctx.cfg, ctx.exp, ctx.recorder, ctx.progress, ctx.policy
     rng = np.random.default_rng(cfg.seed)
     tree = _tree(ctx)
     site = ctx.placement.client_site.__getitem__ if ctx.placement is not None else None
@@ -420,9 +550,35 @@ def run_sync(ctx: RunContext) -> RunResult:
     peaks: dict[Slot, float] = {}
     clock = SlotClock()
     slowest: float | None = None
-    for r in range(cfg.rounds):
+    s_cfg = cfg.strategy
+    book = _ClientBook(
+        Membership(cfg.workers, policy.max_missed, policy.readmit_after),
+        AIMDEpochs(s_cfg.aimd_start, s_cfg.aimd_max) if s_cfg.aimd else None,
+    )
+    from flight_parsl.config.experiment import parse_clients
+
+    slow = parse_clients("faults.slow", cfg.faults.slow, cfg.workers)
+    injector = ctx.injector
+    census = injector.census.full if injector is not None else (lambda: True)
+    first = 0
+    tied_to = resume_hash(cfg)
+    if ctx.resume is not None:
+        point = ctx.resume
+        first, weights, slowest = point.next_round, point.weights, point.slowest_s
+        rng.bit_generator.state = point.rng_state
+        book.load(point.clients)
+        progress.say(f"resuming at round {first + 1} of {cfg.rounds}")
+    carried: list[Pending[_Job]] = []  # late results of the previous round (round.late=stale)
+    if injector is not None:
+        injector.start_run()
+    for r in range(first, cfg.rounds):
         start = time.time()
-        sampled = exp.strategy.sample(r, cfg.workers, rng)
+        readmitted = book.membership.readmit(r, census)
+        members = book.membership.members()
+        if not members:
+            raise RoundError(f"round {r + 1}: no client left to sample (all missed more than round.max_missed="
+                             f"{policy.max_missed} rounds and none could be re-admitted)")
+        sampled = exp.strategy.sample(r, len(members), rng, members)
         dropped = exp.strategy.dropped(r) if hasattr(exp.strategy, "dropped") else []
         if dropped:  # stragglers the strategy leaves out (FedProx's FedAvg baseline)
             recorder.task_rows(dropped_rows(r, dropped, start))
@@ -430,11 +586,18 @@ def run_sync(ctx: RunContext) -> RunResult:
         ref = ctx.transfer.publish(weights, r)
         publish_s = time.perf_counter() - t0
         rnd = SyncRound(ctx, planner, clock, r, weights, sampled, tree)
-        deadline_s = ctx.policy.deadline(slowest, len(sampled) / max(1, ctx.slots))
+        if book.aimd is not None:
+            rnd.epochs = {c: book.aimd.epochs(c) for c in sampled}
+        rnd.slow, rnd.slow_factor = slow, cfg.faults.slow_factor
+        deadline_s = policy.deadline(slowest, len(sampled) / max(1, ctx.slots))
         progress.start_round(r, len(sampled))
         rnd.start(ref)
+        if injector is not None:
+            injector.start_round(r)
         rnd.run(deadline_s)
-        ok, quorum = len(rnd.folded), ctx.policy.quorum(len(sampled))
+        stale = fold_stale(ctx, carried, rnd.root_agg) if carried else []
+        carried = rnd.late_items
+        ok, quorum = len(rnd.folded), policy.quorum(len(sampled))
         if ok >= quorum:
             t0 = time.perf_counter()
             weights = exp.strategy.aggregate(r, weights, rnd.root_agg, rnd.failures)
@@ -452,6 +615,11 @@ def run_sync(ctx: RunContext) -> RunResult:
         eval_s = time.perf_counter() - t0
         global_train = exp.evaluate_train(weights) if exp.evaluate_train and ok >= quorum else (math.nan, math.nan)
         two_tier, hierarchical = _modeled_bytes(tree, sampled, size)
+        reported = set(rnd.folded)
+        late = sorted(rnd.late - reported)
+        removed = book.membership.update(r, reported, [c for c in sampled if c not in reported])
+        if book.aimd is not None:
+            book.aimd.update(sorted(reported), late)
         s = rnd.stats
         recorder.round_row(
             {
@@ -480,16 +648,33 @@ def run_sync(ctx: RunContext) -> RunResult:
                 "train_acc": mean_finite(s.accs),
                 "global_train_loss": global_train[0],
                 "global_train_acc": global_train[1],
+                "members": len(members),
+                "reported": ok,
+                "late": len(late),
+                "stale_folded": len(stale),
+                "removed": " ".join(map(str, removed)),
+                "readmitted": " ".join(map(str, readmitted)),
+                "killed_slots": injector.killed_in(r) if injector is not None else 0,
+                "live_slots": injector.census.live_slots() if injector and injector.kills else "",
             }
         )
         if ok < quorum:
+            for item in carried:
+                item.future.add_done_callback(partial(release_late, ctx.transfer))
             kinds = sorted({f.kind for f in rnd.failures})
-            first = rnd.failures[0].message if rnd.failures else ""
+            first_msg = rnd.failures[0].message if rnd.failures else ""
             raise RoundError(
-                f"round {r + 1}: {ok}/{len(sampled)} sampled clients returned a result, below the quorum of "
-                f"{quorum} (policy.min_fraction={ctx.policy.min_fraction}); failures: {', '.join(kinds)}"
-                + (f" (first: {first})" if first else "")
+                f"round {r + 1}: {ok}/{len(sampled)} sampled clients reported ({len(late)} late, "
+                f"{len(sampled) - ok - len(late)} failed), below the quorum of {quorum} "
+                f"(round.min_fraction={policy.min_fraction}); failures: {', '.join(kinds)}"
+                + (f" (first: {first_msg})" if first_msg else "")
+                + f"; finished rounds are in {recorder.dir}"
             )
+        if cfg.round.checkpoint:
+            point = checkpoint.Checkpoint(r + 1, weights, rng.bit_generator.state, slowest, tied_to, book.state())
+            checkpoint.save(recorder.dir, point)
         progress.end_round(r, ok, len(sampled), end - start, loss, acc, rnd.stats.retries)
         summaries.append(RoundSummary(r, end - start, loss, acc, ok, len(sampled) - ok))
+    for item in carried:  # late results of the last round: nothing to fold them into
+        item.future.add_done_callback(partial(release_late, ctx.transfer))
     return RunResult(weights, summaries, peaks, clock)

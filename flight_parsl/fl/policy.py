@@ -1,10 +1,14 @@
 """The round policy: when a round closes, what failures it tolerates, what it retries.
 
-A synchronous round closes when every task has an outcome or its deadline passes;
-work still out then counts as failed (``deadline``). Failed client work is
-resubmitted up to ``retries`` times while the deadline allows. The round stands if
-at least ``min_fraction`` of its sampled clients returned a result; below that the
-run stops with :class:`~flight_parsl.core.errors.RoundError`.
+A synchronous round closes as soon as ``quorum`` of its sampled clients have
+reported (1.0: all of them), when every task has an outcome, or when its deadline
+passes; work still out then is *late* (``late``: discarded, or ``stale``: folded into
+the next aggregation with weight x ``stale_weight``). Failed client work is
+resubmitted up to ``retries`` times while the deadline allows, after
+``backoff_s`` x 2^attempt seconds. The round stands if at least ``min_fraction`` of
+its sampled clients reported; below that the run stops with
+:class:`~flight_parsl.core.errors.RoundError`. ``quorum=0.75, min_fraction=0.75``
+is the coordinator/worker system's rule.
 
 The default deadline is finite and scales with the work: the first round gets
 ``first_deadline_s`` plus ``per_client_s`` for every client a slot runs, later
@@ -27,11 +31,24 @@ class RoundPolicy:
             work (see the module docstring).
         min_fraction: the share of sampled clients that must return a result.
         retries: how many times failed client work is resubmitted within a round.
+        close_fraction: the quorum: the share of sampled clients after whose reports
+            the round closes early (config key ``round.quorum``).
+        late: ``discard`` or ``stale`` (see the module docstring).
+        stale_weight: the factor on a stale result's weight.
+        backoff_s: a retry waits ``backoff_s * 2**attempt`` seconds.
+        max_missed: rounds in a row a client may miss before it leaves the sample (None: never).
+        readmit_after: rounds a removed client stays out before it may be re-admitted.
     """
 
     deadline_s: float | None = None
     min_fraction: float = 0.5
     retries: int = 1
+    close_fraction: float = 1.0
+    late: str = "discard"
+    stale_weight: float = 0.5
+    backoff_s: float = 0.0
+    max_missed: int | None = None
+    readmit_after: int = 1
     first_deadline_s: float = 300.0
     per_client_s: float = 5.0
     min_deadline_s: float = 60.0
@@ -44,6 +61,8 @@ class RoundPolicy:
             raise ValueError(f"min_fraction must be in (0, 1], got {self.min_fraction}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
+        if not self.min_fraction <= self.close_fraction <= 1:
+            raise ValueError(f"close_fraction must be in [min_fraction, 1], got {self.close_fraction}")
 
     def deadline(self, slowest_round_s: float | None, clients_per_slot: float) -> float:
         """Seconds the next round may take, given the slowest finished round (None: first)."""
@@ -56,3 +75,11 @@ class RoundPolicy:
     def quorum(self, sampled: int) -> int:
         """How many of ``sampled`` clients must return a result for the round to stand."""
         return max(1, math.ceil(self.min_fraction * sampled - 1e-9))
+
+    def closes_at(self, sampled: int) -> int:
+        """How many of ``sampled`` clients' reports close the round early."""
+        return max(1, math.ceil(self.close_fraction * sampled - 1e-9))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt + 1`` of failed work is submitted."""
+        return self.backoff_s * 2.0**attempt

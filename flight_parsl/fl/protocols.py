@@ -29,8 +29,11 @@ class SyncStrategy(Protocol):
     name: str
     linear: bool
 
-    def sample(self, round_idx: int, num_clients: int, rng: np.random.Generator) -> list[int]:
-        """The clients of round ``round_idx``, sorted, from a population of ``num_clients``."""
+    def sample(
+        self, round_idx: int, num_clients: int, rng: np.random.Generator, population: Sequence[int] | None = None
+    ) -> list[int]:
+        """The clients of round ``round_idx``, sorted, from a population of ``num_clients``
+        (their ids are ``population``'s, when given: the clients still members)."""
 
     def configure(self, round_idx: int, client: int, base: LocalSettings) -> LocalSettings:
         """Local settings of ``client`` in round ``round_idx``."""

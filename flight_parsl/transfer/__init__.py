@@ -60,15 +60,18 @@ def open_transfer(
             from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, ManagedRedis, RedisAddress, check_reachable
 
             timeout = DEFAULT_TIMEOUT if redis_timeout is None else redis_timeout
+            server = None
             if redis is None:  # a server of its own, with a fresh password only this run knows
                 password: str | None = new_password()
-                address = stack.enter_context(ManagedRedis(password=password)).address
+                server = stack.enter_context(ManagedRedis(password=password))
+                address = server.address
             else:  # a password from the environment (redis_auth), if the server has one
                 password = redis_password if redis_password is not None else env_password()
                 address = RedisAddress.parse(redis)
                 check_reachable(address, timeout, password)
             connector = TimedRedisConnector(address.host, address.port, timeout=timeout, password=password)
             transfer = ProxyTransfer("redis", connector, str(address), cache_size)
+            transfer.server = server  # the run's own server, which fault injection may stop
         else:
             from flight_parsl.transfer.proxy import MappedFileConnector
 

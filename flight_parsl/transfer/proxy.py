@@ -199,6 +199,7 @@ class ProxyTransfer:
 
         self.kind = kind
         self.where = where
+        self.server: Any = None  # a managed redis-server behind the connector, if the run started one
         self.store = Store(
             f"flight-parsl-{uuid.uuid4().hex[:12]}",
             connector,

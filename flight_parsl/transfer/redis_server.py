@@ -324,6 +324,33 @@ class ManagedRedis:
             self._shutdown()
             atexit.unregister(self.stop)
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (fault injection); :meth:`restart` brings it back."""
+        with self._lock:
+            process = self._process
+            if process is not None and process.poll() is None:
+                _signal(process.kill)
+                _reap(process)
+
+    def restart(self) -> RedisAddress:
+        """Start a fresh, empty server on the same port (after :meth:`kill` or a crash).
+
+        Raises:
+            ExecutorError: it was never started, or cannot listen on its port again.
+        """
+        with self._lock:
+            address = self.address
+            resolved = shutil.which(self.binary)
+            if resolved is None:
+                raise ExecutorError(f"{self.binary} not found on PATH")
+            self._shutdown(graceful=False)
+            try:
+                self._start_once(resolved, address.port)
+            except _BindFailed as exc:
+                self._address = address
+                raise ExecutorError(f"redis-server cannot listen on {address} again: {exc}") from None
+            return self.address
+
     def __enter__(self) -> ManagedRedis:
         """Start the server."""
         self.start()

@@ -51,10 +51,15 @@ class FedAvg:
         self.stragglers = stragglers if stragglers is not None and stragglers.fraction > 0 else None
         self._slow: tuple[int, frozenset[int]] = (-1, frozenset())  # (round, its stragglers)
 
-    def sample(self, round_idx: int, num_clients: int, rng: np.random.Generator) -> list[int]:
-        """The round's clients; with dropped stragglers, only those that are not."""
+    def sample(
+        self, round_idx: int, num_clients: int, rng: np.random.Generator, population: Sequence[int] | None = None
+    ) -> list[int]:
+        """The round's clients (ids from ``population``, else 0 .. n - 1); with dropped
+        stragglers, only those that are not."""
         k = sample_size(num_clients, self.participation, self.clients_per_round)
         sampled = sample_clients(num_clients, k, rng)
+        if population is not None:
+            sampled = [int(population[i]) for i in sampled]
         if self.stragglers is None:
             return sampled
         self._slow = (round_idx, frozenset(self.stragglers.pick(round_idx, sampled)))
