@@ -390,9 +390,9 @@ class SyncRound:
 
     def _on_failure(self, job: _Job, item: Pending[_Job], kind: str, message: str) -> None:
         failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
-        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, received)))
-        if self.watch is not None:
-            self.watch(res.host, res.pid)
+        now = time.time()
+        rows = failure_rows(failure, job.kind, job.task, item.submitted, now)
+        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, now)))
         if job.attempt < self.ctx.policy.retries:
             self.stats.retries += 1
             delay = self.ctx.policy.backoff(job.attempt)
