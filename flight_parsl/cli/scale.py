@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="local batch size")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--strategy", help="fedavg (default), fedsgd, fedprox, or fedasync (with --mode async)")
-    p.add_argument("--mode", choices=["sync", "async"], help="synchronous rounds (default) or asynchronous updates")
+    p.add_argument(
+        "--mode", choices=["sync", "async", "decentralized"],
+        help="synchronous rounds (default), asynchronous updates, or decentralized (proxyfl and its baselines)",
+    )
     p.add_argument("--topology", help="flat (default), tree:HEIGHT (balanced, --workers leaves) or a topology YAML")
     p.add_argument("--transfer", help="model channel: auto (default: file on this host, else parsl), parsl, redis, file; a comma list sweeps")
     p.add_argument("--trials", type=int, help="repeat each sweep cell this many times (sweep)")

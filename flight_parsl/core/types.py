@@ -88,6 +88,7 @@ class ClientOutcome:
     compute_s: float
     train_loss: float = math.nan
     train_acc: float = math.nan
+    metrics: dict[str, float] = field(default_factory=dict)  # decentralized mode: accuracies, epsilon, bytes
 
 
 @dataclass

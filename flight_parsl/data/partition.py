@@ -1,4 +1,4 @@
-"""Partitioners: split a label array into disjoint per-client index arrays.
+"""Partitioners: split a label array into per-client index arrays (disjoint but for ``majority``).
 
 Each kind is deterministic for a seed (``np.random.default_rng(seed)``), returns
 ``num_clients`` sorted int64 index arrays, and gives every client at least
@@ -15,8 +15,14 @@ Each kind is deterministic for a seed (``np.random.default_rng(seed)``), returns
   proportional to ``r ** -power_law_exponent``; ranks are shuffled over clients
   and the labels are IID.
 
-All kinds but ``labels`` use every sample; ``labels`` leaves out classes no
-client holds (when ``num_clients * labels_per_client < C``).
+* ``majority``: client ``i``'s majority class is the ``i mod C``-th class and makes
+  ``majority_fraction`` of its ``samples_per_client`` samples (0: N // K); the rest
+  are drawn uniformly from the samples of the other classes (ProxyFL's non-IID
+  split). Draws are without replacement within a client while a pool is large
+  enough, with replacement beyond it, and clients may share samples.
+
+All kinds but ``labels`` and ``majority`` use every sample, disjointly; ``labels``
+leaves out classes no client holds (when ``num_clients * labels_per_client < C``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class PartitionSpec:
         power_law_exponent: ``power_law``: the rank-r client's share is proportional to
             ``r ** -exponent``; 0 gives equal sizes.
         min_samples: The fewest samples any client gets (at least 1).
+        majority_fraction: ``majority``: the share of a client's samples from its majority class.
+        samples_per_client: ``majority``: samples per client (0: the training set size // clients).
     """
 
     kind: str = "iid"
@@ -50,6 +58,8 @@ class PartitionSpec:
     labels_per_client: int = 2
     power_law_exponent: float = 1.5
     min_samples: int = 1
+    majority_fraction: float = 0.8
+    samples_per_client: int = 0
 
     def __post_init__(self) -> None:
         """Check the values that do not depend on the data."""
@@ -66,6 +76,11 @@ class PartitionSpec:
             value = getattr(self, field)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"partition {field} must be an integer >= 1, got {value!r}")
+        frac = self.majority_fraction
+        if not _is_real(frac) or not 0 <= frac <= 1:
+            raise ConfigError(f"partition majority_fraction must be in [0, 1], got {frac!r}")
+        if not _is_int(self.samples_per_client) or self.samples_per_client < 0:
+            raise ConfigError(f"partition samples_per_client must be an integer >= 0, got {self.samples_per_client!r}")
 
 
 def partition_kinds() -> list[str]:
@@ -83,7 +98,7 @@ def partition(labels: np.ndarray, num_clients: int, spec: PartitionSpec, seed: i
         seed: The seed of ``np.random.default_rng``.
 
     Returns:
-        ``num_clients`` disjoint, sorted int64 arrays of indices into ``labels``.
+        ``num_clients`` sorted (disjoint but for ``majority``) int64 arrays of indices into ``labels``.
 
     Raises:
         ConfigError: ``num_clients`` or a spec value is invalid.
@@ -205,6 +220,30 @@ def _power_law(
     return list(np.split(rng.permutation(len(labels)), np.cumsum(sizes)[:-1]))
 
 
+def _majority(labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    """Client i: ``majority_fraction`` of its samples from class ``i mod C``, the rest from the others."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"majority partition needs at least 2 classes, the data has {len(classes)}")
+    size = spec.samples_per_client or len(labels) // num_clients
+    if size < spec.min_samples:
+        raise DataError(f"majority partition: {size} samples per client is fewer than min_samples={spec.min_samples}")
+    major = int(round(spec.majority_fraction * size))
+    shards = []
+    for client in range(num_clients):
+        c = client % len(classes)
+        own, rest = np.flatnonzero(inverse == c), np.flatnonzero(inverse != c)
+        shards.append(np.concatenate([_draw(rng, own, major), _draw(rng, rest, size - major)]))
+    return shards
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
+    """``count`` indices from ``pool``: without replacement while it lasts, then with."""
+    if count <= len(pool):
+        return rng.choice(pool, size=count, replace=False)
+    return np.concatenate([rng.permutation(pool), rng.choice(pool, size=count - len(pool), replace=True)])
+
+
 def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     """Round ``total * weights / sum(weights)`` to integers that sum to ``total``."""
     weights = np.asarray(weights, dtype=np.float64)
@@ -245,5 +284,6 @@ _PARTITIONERS: dict[str, Callable[[np.ndarray, int, PartitionSpec, np.random.Gen
     "dirichlet": _dirichlet,
     "iid": _iid,
     "labels": _labels,
+    "majority": _majority,
     "power_law": _power_law,
 }

@@ -47,6 +47,8 @@ ROUND_COLUMNS = (
     "test_acc",
     "train_loss",
     "train_acc",
+    "proxy_test_acc",  # decentralized mode: the mean over clients of the shared model's accuracy
+    "epsilon",  # decentralized mode with DP: the largest client epsilon so far
 )
 
 # One row per client per task attempt. Task-level columns (submitted .. peak_rss_mb
@@ -86,6 +88,14 @@ TASK_COLUMNS = (
     "train_acc",
     "rss_mb",
     "peak_rss_mb",
+    # decentralized mode: the client's private (or only) model and its shared model on the client's
+    # test set, its DP epsilon so far, and the bytes it read and wrote (received model + state blob in,
+    # sent model + state blob out)
+    "private_test_acc",
+    "proxy_test_acc",
+    "epsilon",
+    "client_bytes_in",
+    "client_bytes_out",
 )
 
 TIMESTAMPS = ("start", "dfk_start_done", "priming_done", "end")
