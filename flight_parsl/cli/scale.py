@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name (default mlp), e.g. tiny, smallnet, resnet18; a comma list sweeps")
     p.add_argument("--dataset", help="digits (offline, default), mnist, fashion_mnist")
     p.add_argument("--data-root", help="directory that download_data.py filled")
-    p.add_argument("--partition", help="iid (default), dirichlet, labels, power_law")
+    p.add_argument("--partition", help="iid (default), dirichlet, labels, power_law, majority")
     p.add_argument("--train", choices=["local", "none"], help="local training, or none (debug mode: no training)")
     p.add_argument("--epochs", type=int, help="local epochs per round")
     p.add_argument("--batch-size", type=int, help="local batch size")
