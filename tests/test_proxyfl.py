@@ -131,6 +131,7 @@ def test_proxyfl_bytes_per_client_per_round_are_constant_in_k(make_config, tmp_p
     model_bytes = read_summary(run)["model_bytes"]
     assert ins.pop() - model_bytes == outs.pop() - model_bytes > 0
     rounds = read_csv(run / "rounds.csv")
+    assert all(float(r["aggregate_s"]) == 0.0 for r in rounds)  # the coordinator averaged nothing
     to_workers = {int(r["bytes_to_workers"]) for r in rounds[1:]}  # the K proxies read in round 2
     assert len(to_workers) == 1 and to_workers.pop() % k == 0
     assert model_bytes < int(rounds[1]["bytes_to_workers"]) // k < model_bytes + 1024  # a proxy and its header
@@ -152,9 +153,11 @@ def test_bytes_equal_across_k() -> None:
 
 @pytest.mark.parametrize("method", ["regular", "joint", "fedavg", "avgpush", "fml"])
 def test_baselines_run_in_the_same_harness(make_config, tmp_path, method: str) -> None:
+    shm = tmp_path / "shm"
+    shm.mkdir()
     run = run_quietly(
-        make_config, *SMALL, mode="decentralized", workers=4, rounds=2, strategy={"name": method},
-        out=str(tmp_path / method),
+        make_config, *SMALL, f"transfer.file_dir={shm}", mode="decentralized", workers=4, rounds=2,
+        strategy={"name": method}, out=str(tmp_path / method),
     )
     rows = _rows(run)
     summary = read_summary(run)
@@ -169,7 +172,8 @@ def test_baselines_run_in_the_same_harness(make_config, tmp_path, method: str) -
     # model of the size the client sent (the mean, or its peer's model)
     assert all(int(r["client_bytes_in"]) == 0 for r in rows if r["round"] == "0")
     assert all(int(r["client_bytes_in"]) == int(r["client_bytes_out"]) > 0 for r in rows if r["round"] == "1")
-    assert not list(Path("/dev/shm").glob(f"flight_parsl-state-*{tmp_path.name}"))
+    assert all((float(r["aggregate_s"]) > 0) == (method in ("fedavg", "fml")) for r in read_csv(run / "rounds.csv"))
+    assert list(shm.iterdir()) == []  # the models' store and the client state are gone
 
 
 def test_decentralized_config_errors(make_config) -> None:

@@ -89,12 +89,15 @@ def collect(out: Path) -> None:
         k = int(run.name.removeprefix("bytes-k"))
         with (run / "tasks.csv").open() as f:
             tasks = list(csv.DictReader(f))
+        with (run / "rounds.csv").open() as f:
+            proxies_read = {int(r["round"]): int(r["bytes_to_workers"]) for r in csv.DictReader(f)}
         for rnd in sorted({int(t["round"]) for t in tasks}):
             ins = [int(t["client_bytes_in"]) for t in tasks if int(t["round"]) == rnd]
             outs = [int(t["client_bytes_out"]) for t in tasks if int(t["round"]) == rnd]
             brows.append({"K": k, "round": rnd + 1, "clients": len(ins), "bytes_in_mean": statistics.fmean(ins),
                           "bytes_in_min": min(ins), "bytes_in_max": max(ins), "bytes_out_mean": statistics.fmean(outs),
-                          "bytes_out_min": min(outs), "bytes_out_max": max(outs)})
+                          "bytes_out_min": min(outs), "bytes_out_max": max(outs),
+                          "proxy_bytes_in_mean": proxies_read[rnd] / len(ins)})
     if brows:
         with (out / "bytes.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(brows[0]))
