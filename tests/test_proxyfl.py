@@ -72,10 +72,12 @@ def test_rdp_matches_values_published_with_tf_privacy() -> None:
     assert dp.builtin_epsilon(0.25, 1.0, 0, 1e-3) == 0.0
 
 
-@pytest.mark.parametrize("q,sigma,steps,delta", [(0.25, 1.0, 40, 1e-3), (0.004, 1.1, 15000, 1e-5), (0.01, 0.7, 300, 1e-4)])
+@pytest.mark.parametrize("q,sigma,steps,delta", [(0.25, 1.0, 40, 1e-3), (0.004, 1.1, 15000, 1e-5)])
 def test_builtin_accountant_agrees_with_opacus(q: float, sigma: float, steps: int, delta: float) -> None:
     pytest.importorskip("opacus")
-    assert dp.builtin_epsilon(q, sigma, steps, delta) == pytest.approx(dp.opacus_epsilon(q, sigma, steps, delta), rel=1e-6)
+    want = dp.opacus_epsilon(q, sigma, steps, delta)
+    assert dp.builtin_epsilon(q, sigma, steps, delta) == pytest.approx(want, rel=1e-6)
+    assert dp.epsilon(q, sigma, steps, delta) == pytest.approx(want, rel=1e-6)  # per-step RDP times steps
 
 
 # --- DP-SGD ---------------------------------------------------------------------------------
