@@ -212,3 +212,16 @@ def test_proxyfl_on_htex_slots_with_clients_packed_through_redis(make_config, ma
     assert len({r["pid"] for r in rows}) <= 2  # packed onto the two slots, not a process per client
     assert len({int(r["client_bytes_in"]) for r in rows if r["round"] == "1"}) == 1
     assert count_keys(managed_redis.address) == 0  # proxies and client state are gone
+
+
+def test_proxies_ride_inside_the_tasks_with_the_parsl_transfer(make_config, tmp_path) -> None:
+    runs = {
+        kind: run_quietly(make_config, *SMALL, f"transfer.kind={kind}", mode="decentralized", workers=4, rounds=2,
+                          strategy={"name": "proxyfl"}, out=str(tmp_path / kind))
+        for kind in ("parsl", "file")
+    }
+    got = {
+        kind: sorted((r["round"], r["client"], r["client_bytes_in"], r["private_test_acc"]) for r in _rows(run))
+        for kind, run in runs.items()
+    }
+    assert got["parsl"] == got["file"]  # the same proxies reach the same clients, whichever way they travel
