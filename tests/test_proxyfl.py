@@ -216,8 +216,9 @@ def test_proxyfl_on_htex_slots_with_clients_packed_through_redis(make_config, ma
 
 def test_proxies_ride_inside_the_tasks_with_the_parsl_transfer(make_config, tmp_path) -> None:
     runs = {
-        kind: run_quietly(make_config, *SMALL, f"transfer.kind={kind}", mode="decentralized", workers=4, rounds=2,
-                          strategy={"name": "proxyfl"}, out=str(tmp_path / kind))
+        kind: run_quietly(make_config, *SMALL, f"transfer.kind={kind}", "peer.private_models=mlp,logreg",
+                          mode="decentralized", workers=4, rounds=2, strategy={"name": "proxyfl"},
+                          out=str(tmp_path / kind))
         for kind in ("parsl", "file")
     }
     got = {
@@ -225,3 +226,5 @@ def test_proxies_ride_inside_the_tasks_with_the_parsl_transfer(make_config, tmp_
         for kind, run in runs.items()
     }
     assert got["parsl"] == got["file"]  # the same proxies reach the same clients, whichever way they travel
+    written = {int(r["client"]): int(r["client_bytes_out"]) for r in _rows(runs["file"])}
+    assert written[0] == written[2] > written[1] == written[3]  # private mlp (clients 0, 2) vs logreg (1, 3)
