@@ -11,10 +11,10 @@ failures are outcomes handed to the strategy.
 Subpackages, coordinator side first:
 
 - ``config``: the experiment config; ``cli``: ``python -m flight_parsl.scale``, sweeps.
-- ``engine``: the sync and async loops, the planner, the completion queue, the
+- ``engine``: the sync, async and decentralized loops, the planner, the completion queue, the
   run context, the run directory, the runner.
 - ``execution``: Parsl / thread / process backends and their slots, site YAML.
-- ``topology``: trees and the communication-cost model.
+- ``topology``: trees, the communication-cost model and peer graphs.
 - ``fl``: strategies (one hook per step), aggregation, sampling, the round policy.
 - ``transfer``: how weights travel (in the task, or through ProxyStore), client state.
 - ``worker``: the task bodies that run on slots; imports only ``core``, ``fl``,

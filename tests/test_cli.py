@@ -31,7 +31,7 @@ def test_cli_run_writes_the_run_directory_and_prints_progress(tmp_path) -> None:
         (["--dataset", "mnist", "data.root=DATA"], "download_data.py"),
         (["--dataset", "mnist"], "data root"),
         (["train.epochz=2"], "unknown config key 'train.epochz'"),
-        (["--strategy", "fedmagic"], "valid names: fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd"),
+        (["--strategy", "fedmagic"], "valid names: avgpush, fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd, fml, joint, proxyfl, regular"),
         (["--parsl-config", "no/such/site.yaml"], "no/such/site.yaml"),
     ],
 )

@@ -42,7 +42,7 @@ def test_override_values_are_read_as_yaml() -> None:
         ("train=3", "'train': expected a mapping"),
         ("model.name=resnet19", "unknown model 'resnet19'; valid names:"),
         ("data.dataset=cifar", "unknown dataset 'cifar'; valid names: digits, fashion_mnist, mnist"),
-        ("strategy.name=fedmagic", "unknown strategy 'fedmagic'; valid names: fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd"),
+        ("strategy.name=fedmagic", "unknown strategy 'fedmagic'; valid names: avgpush, fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd, fml, joint, proxyfl, regular"),
         ("partition.kind=random", "unknown partition 'random'"),
         ("backend=slurm", "unknown backend 'slurm'"),
         ("train.mode=fast", "unknown mode 'fast'"),

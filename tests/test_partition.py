@@ -18,7 +18,7 @@ def mean_max_class_fraction(labels: np.ndarray, shards: list[np.ndarray]) -> flo
 
 
 def test_kinds():
-    assert partition_kinds() == KINDS
+    assert partition_kinds() == sorted(KINDS + ["majority"])  # majority draws with replacement: tested apart
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -126,7 +126,7 @@ def test_single_client_gets_everything():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"kind": "shards"}, "unknown partition 'shards'; valid names: dirichlet, iid, label_pairs, labels, power_law"),
+        ({"kind": "shards"}, "unknown partition 'shards'; valid names: dirichlet, iid, label_pairs, labels, majority, power_law"),
         ({"labels_alpha": 0.0}, "labels_alpha must be a finite number > 0, got 0.0"),
         ({"samples_alpha": -1.0}, "samples_alpha must be a finite number > 0"),
         ({"labels_per_client": 0}, "labels_per_client must be an integer >= 1, got 0"),

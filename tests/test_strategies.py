@@ -59,9 +59,11 @@ def test_fedsgd_takes_one_full_batch_step() -> None:
 def test_sampling_and_names() -> None:
     rng = np.random.default_rng(0)
     assert make_strategy("fedavg").sample(0, 3, rng) == [0, 1, 2]
-    assert strategy_names() == ["fedasync", "fedavg", "fedbuff", "fedmedian", "fedprox", "fedsgd"]
+    assert strategy_names() == [
+        "avgpush", "fedasync", "fedavg", "fedbuff", "fedmedian", "fedprox", "fedsgd", "fml", "joint", "proxyfl", "regular"
+    ]
     assert [strategy_mode(n) for n in ("fedavg", "fedmedian", "fedasync", "fedbuff")] == ["sync", "sync", "async", "async"]
-    with pytest.raises(ConfigError, match="fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd"):
+    with pytest.raises(ConfigError, match="fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd, fml"):
         make_strategy("nope")
 
 

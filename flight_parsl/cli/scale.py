@@ -65,13 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model name (default mlp), e.g. tiny, smallnet, resnet18; a comma list sweeps")
     p.add_argument("--dataset", help="digits (offline, default), mnist, fashion_mnist")
     p.add_argument("--data-root", help="directory that download_data.py filled")
-    p.add_argument("--partition", help="iid (default), dirichlet, labels, power_law")
+    p.add_argument("--partition", help="iid (default), dirichlet, labels, power_law, majority")
     p.add_argument("--train", choices=["local", "none"], help="local training, or none (debug mode: no training)")
     p.add_argument("--epochs", type=int, help="local epochs per round")
     p.add_argument("--batch-size", type=int, help="local batch size")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--strategy", help="fedavg (default), fedsgd, fedprox, or fedasync (with --mode async)")
-    p.add_argument("--mode", choices=["sync", "async"], help="synchronous rounds (default) or asynchronous updates")
+    p.add_argument(
+        "--mode", choices=["sync", "async", "decentralized"],
+        help="synchronous rounds (default), asynchronous updates, or decentralized (proxyfl and its baselines)",
+    )
     p.add_argument("--topology", help="flat (default), tree:HEIGHT (balanced, --workers leaves) or a topology YAML")
     p.add_argument("--transfer", help="model channel: auto (default: file on this host, else parsl), parsl, redis, file; a comma list sweeps")
     p.add_argument("--trials", type=int, help="repeat each sweep cell this many times (sweep)")

@@ -19,11 +19,12 @@ from typing import Any, Union
 
 import yaml
 
+from flight_parsl.config.peer import PeerConfig, validate_peer
 from flight_parsl.data.partition import PartitionSpec
 from flight_parsl.core.errors import ConfigError
 
 BACKENDS = ("parsl", "thread", "process")
-MODES = ("sync", "async")
+MODES = ("sync", "async", "decentralized")
 TRAIN_MODES = ("local", "none")
 
 
@@ -239,6 +240,7 @@ class ExperimentConfig:
     round: RoundConfig = field(default_factory=RoundConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     sites: SitesConfig = field(default_factory=SitesConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
 
     @property
     def policy(self) -> RoundConfig:
@@ -454,6 +456,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise unknown_name("strategy", cfg.strategy.name, strategy_names())
     _validate_modes(cfg)
     _validate_engine(cfg)
+    validate_peer(cfg)
     from flight_parsl.core.model_spec import model_names
 
     if cfg.model.name not in model_names():
@@ -475,9 +478,9 @@ def _validate_modes(cfg: ExperimentConfig) -> None:
     s = cfg.strategy
     if cfg.mode not in MODES:
         raise ConfigError(f"config key 'mode': unknown mode {cfg.mode!r}; valid: {', '.join(MODES)}")
-    from flight_parsl.fl.strategies import strategy_mode
+    from flight_parsl.fl.strategies import strategy_mode, strategy_modes
 
-    if strategy_mode(s.name) != cfg.mode:
+    if cfg.mode not in strategy_modes(s.name):
         raise ConfigError(
             f"config key 'mode': strategy {s.name!r} runs in mode {strategy_mode(s.name)!r}, got {cfg.mode!r}"
             f" (--mode {strategy_mode(s.name)})"

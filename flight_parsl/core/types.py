@@ -94,6 +94,7 @@ class ClientOutcome:
     train_acc: float = math.nan
     epochs: int = 0
     straggler: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)  # decentralized mode: accuracies, epsilon, bytes
 
 
 @dataclass

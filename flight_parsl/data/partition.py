@@ -1,4 +1,4 @@
-"""Partitioners: split a label array into disjoint per-client index arrays.
+"""Partitioners: split a label array into per-client index arrays (disjoint but for ``majority``).
 
 Each kind is deterministic for a seed (``np.random.default_rng(seed)``), returns
 ``num_clients`` sorted int64 index arrays, and gives every client at least
@@ -19,9 +19,15 @@ Each kind is deterministic for a seed (``np.random.default_rng(seed)``), returns
   it first gets ``min_samples`` samples of each of its classes, then the rest of
   each class is shared among its holders in proportions drawn from
   ``lognormal(0, size_sigma)``, so sizes follow a heavy (power-law-like) tail.
+* ``majority``: client ``i``'s majority class is the ``i mod C``-th class and makes
+  ``majority_fraction`` of its ``samples_per_client`` samples (0: N // K); the rest
+  are drawn uniformly from the samples of the other classes (ProxyFL's non-IID
+  split). Draws are without replacement within a client while a pool is large
+  enough, with replacement beyond it, and clients may share samples.
 
-All kinds but ``labels`` and ``label_pairs`` use every sample; those leave out
-classes no client holds (when ``num_clients * labels_per_client < C``).
+All kinds but ``labels``, ``label_pairs`` and ``majority`` use every sample, disjointly;
+``labels`` and ``label_pairs`` leave out classes no client holds (when
+``num_clients * labels_per_client < C``).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class PartitionSpec:
         max_samples: When > 0, each client keeps a seeded random subset of at most this
             many samples of its shard (0: the whole shard).
         size_sigma: ``label_pairs``: sigma of the lognormal size proportions.
+        majority_fraction: ``majority``: the share of a client's samples from its majority class.
+        samples_per_client: ``majority``: samples per client (0: the training set size // clients).
     """
 
     kind: str = "iid"
@@ -61,6 +69,8 @@ class PartitionSpec:
     min_samples: int = 1
     max_samples: int = 0
     size_sigma: float = 2.0
+    majority_fraction: float = 0.8
+    samples_per_client: int = 0
 
     def __post_init__(self) -> None:
         """Check the values that do not depend on the data."""
@@ -81,6 +91,11 @@ class PartitionSpec:
                 raise ConfigError(f"partition {field} must be an integer >= 1, got {value!r}")
         if not _is_int(self.max_samples) or self.max_samples < 0:
             raise ConfigError(f"partition max_samples must be an integer >= 0, got {self.max_samples!r}")
+        frac = self.majority_fraction
+        if not _is_real(frac) or not 0 <= frac <= 1:
+            raise ConfigError(f"partition majority_fraction must be in [0, 1], got {frac!r}")
+        if not _is_int(self.samples_per_client) or self.samples_per_client < 0:
+            raise ConfigError(f"partition samples_per_client must be an integer >= 0, got {self.samples_per_client!r}")
 
 
 def partition_kinds() -> list[str]:
@@ -98,7 +113,7 @@ def partition(labels: np.ndarray, num_clients: int, spec: PartitionSpec, seed: i
         seed: The seed of ``np.random.default_rng``.
 
     Returns:
-        ``num_clients`` disjoint, sorted int64 arrays of indices into ``labels``.
+        ``num_clients`` sorted (disjoint but for ``majority``) int64 arrays of indices into ``labels``.
 
     Raises:
         ConfigError: ``num_clients`` or a spec value is invalid.
@@ -254,6 +269,30 @@ def _power_law(
     return list(np.split(rng.permutation(len(labels)), np.cumsum(sizes)[:-1]))
 
 
+def _majority(labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    """Client i: ``majority_fraction`` of its samples from class ``i mod C``, the rest from the others."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"majority partition needs at least 2 classes, the data has {len(classes)}")
+    size = spec.samples_per_client or len(labels) // num_clients
+    if size < spec.min_samples:
+        raise DataError(f"majority partition: {size} samples per client is fewer than min_samples={spec.min_samples}")
+    major = int(round(spec.majority_fraction * size))
+    shards = []
+    for client in range(num_clients):
+        c = client % len(classes)
+        own, rest = np.flatnonzero(inverse == c), np.flatnonzero(inverse != c)
+        shards.append(np.concatenate([_draw(rng, own, major), _draw(rng, rest, size - major)]))
+    return shards
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
+    """``count`` indices from ``pool``: without replacement while it lasts, then with."""
+    if count <= len(pool):
+        return rng.choice(pool, size=count, replace=False)
+    return np.concatenate([rng.permutation(pool), rng.choice(pool, size=count - len(pool), replace=True)])
+
+
 def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
     """Round ``total * weights / sum(weights)`` to integers that sum to ``total``."""
     weights = np.asarray(weights, dtype=np.float64)
@@ -295,5 +334,6 @@ _PARTITIONERS: dict[str, Callable[[np.ndarray, int, PartitionSpec, np.random.Gen
     "iid": _iid,
     "label_pairs": _label_pairs,
     "labels": _labels,
+    "majority": _majority,
     "power_law": _power_law,
 }

@@ -186,6 +186,7 @@ def prepare(cfg: ExperimentConfig, work: tuple[Workload, list[int] | None] | Non
         settings=settings,
         strategy=make_strategy(
             s.name,
+            mode=cfg.mode,
             participation=s.participation,
             clients_per_round=s.clients_per_round,
             mu=s.mu,

@@ -64,6 +64,8 @@ ROUND_COLUMNS = (
     "readmitted",
     "killed_slots",
     "live_slots",
+    "proxy_test_acc",  # decentralized mode: the mean over clients of the shared model's accuracy
+    "epsilon",  # decentralized mode with DP: the largest client epsilon so far
 )
 
 # One row per client per task attempt. Task-level columns (submitted .. peak_rss_mb
@@ -108,6 +110,14 @@ TASK_COLUMNS = (
     "epochs",
     "rtt_s",
     "segment",
+    # decentralized mode: the client's private (or only) model and its shared model on the client's
+    # test set, its DP epsilon so far, and the bytes it read and wrote (received model + state blob in,
+    # sent model + state blob out)
+    "private_test_acc",
+    "proxy_test_acc",
+    "epsilon",
+    "client_bytes_in",
+    "client_bytes_out",
 )
 
 TIMESTAMPS = ("start", "dfk_start_done", "priming_done", "end")

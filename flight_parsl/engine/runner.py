@@ -21,6 +21,7 @@ from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
 from flight_parsl.engine import leftovers
+from flight_parsl.engine.decentralized import run_decentralized
 from flight_parsl.engine.events import SlotClock
 from flight_parsl.engine.multisite import RunSites, open_run_sites
 from flight_parsl.engine.injector import FaultInjector, SlotCensus
@@ -45,6 +46,8 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
     modules: list[str] = []
     if cfg.train.mode == "local":
         modules.append("flight_parsl.worker.training")
+    if cfg.mode == "decentralized":
+        modules.append("flight_parsl.worker.peer_training")
     if cfg.transfer.kind != "parsl":
         modules += ["proxystore.proxy", "proxystore.store", f"proxystore.connectors.{cfg.transfer.kind}"]
     return tuple(modules)
@@ -52,7 +55,7 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
 
 def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> ClientState | None:
     """The run's per-client state store, when some client keeps state; None otherwise."""
-    if not cfg.train.keep_momentum:
+    if not cfg.train.keep_momentum and cfg.mode != "decentralized":
         return None
     where = getattr(transfer, "where", None)
     if transfer.kind == "redis" and where:
@@ -147,7 +150,8 @@ def run_experiment(
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
                              faults(cfg), injector, point, late,
                              placement=sites.placement if sites is not None else None)
-            result = run_async(ctx) if cfg.mode == "async" else run_sync(ctx)
+            loops = {"async": run_async, "decentralized": run_decentralized}
+            result = loops.get(cfg.mode, run_sync)(ctx)
             if "end" not in recorder.summary:
                 recorder.mark("end")
         last = result.rounds[-1] if result.rounds else None

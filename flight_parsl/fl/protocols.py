@@ -9,6 +9,9 @@ round moves O(tasks) models instead of O(clients).
 
 Asynchronous strategies (:class:`AsyncStrategy`) see one update at a time and say
 whether it produced a new global model.
+
+Decentralized strategies (:class:`PeerStrategy`) name the clients that train, the
+models each holds and where each client's shared model goes after a round.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from flight_parsl.core.peer import PeerSettings
 from flight_parsl.core.types import Failure, LocalSettings
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.fl.aggregate import Aggregator
@@ -59,3 +63,23 @@ class AsyncStrategy(Protocol):
         self, global_weights: FlatWeights, update: FlatWeights, weight: float, staleness: int
     ) -> FlatWeights | None:
         """Fold one client update; return the new global model, or None while buffering."""
+
+
+class PeerStrategy(Protocol):
+    """A decentralized-mode method (ProxyFL and its baselines)."""
+
+    name: str
+    exchange: str  # none | replace | push | average
+
+    @property
+    def central(self) -> bool:
+        """Whether the coordinator averages the shared models (FedAvg, FML); False for ProxyFL."""
+
+    def participants(self, num_clients: int) -> list[int]:
+        """The clients that train each round."""
+
+    def routes(self, round_idx: int, num_clients: int) -> dict[int, int]:
+        """Sender -> receiver of round ``round_idx``; empty when nothing goes peer to peer."""
+
+    def configure(self, client: int, base: PeerSettings) -> PeerSettings:
+        """``client``'s local step settings."""
