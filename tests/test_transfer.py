@@ -152,7 +152,7 @@ def test_redis_dying_mid_run_stops_with_a_clear_error_and_keeps_round_one(make_c
         "transfer.kind=redis", f"transfer.redis={managed_redis.address}", "train.mode=none", "model.name=tiny",
         workers=2, rounds=3,
     )
-    with pytest.raises(RoundError, match=r"round 2: 0/2 sampled clients returned a result.*"
+    with pytest.raises(RoundError, match=r"round 2: 0/2 sampled clients reported.*"
                                          r"TransferError: cannot resolve proxy key .* of round 2"):
         run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     out = Path(cfg.out)

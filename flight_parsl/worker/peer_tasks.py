@@ -71,7 +71,7 @@ def peer_task(
         outcomes.append(
             ClientOutcome(
                 client, step.samples, c_started, time.time(), time.perf_counter() - t0,
-                step.train_loss, step.train_acc, m,
+                step.train_loss, step.train_acc, metrics=m,
             )
         )
     compute_s = time.perf_counter() - t_task - get_s - deserialize_s - serialize_s - put_s
