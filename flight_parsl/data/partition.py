@@ -194,10 +194,13 @@ def _fill_counts(size: int, mix: np.ndarray, free: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _labels(labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator) -> list[np.ndarray]:
-    """Give client i the classes (i * k + j) mod C, j < k; split each class evenly among its holders."""
+def _holders(
+    labels: np.ndarray, num_clients: int, per_client: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """Classes, each sample's class index, and per class the clients holding it: client i
+    holds the classes (i * stride + j) mod C, j < per_client."""
     classes, inverse = np.unique(labels, return_inverse=True)
-    num_classes, per_client = len(classes), spec.labels_per_client
+    num_classes = len(classes)
     if per_client > num_classes:
         raise ConfigError(
             f"labels_per_client={per_client} exceeds the number of classes in the data ({num_classes})"
@@ -205,7 +208,13 @@ def _labels(labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.r
     holders: list[list[int]] = [[] for _ in range(num_classes)]
     for client in range(num_clients):
         for j in range(per_client):
-            holders[(client * per_client + j) % num_classes].append(client)
+            holders[(client * stride + j) % num_classes].append(client)
+    return classes, inverse, holders
+
+
+def _labels(labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    """Give client i the classes (i * k + j) mod C, j < k; split each class evenly among its holders."""
+    classes, inverse, holders = _holders(labels, num_clients, spec.labels_per_client, spec.labels_per_client)
     parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for c, clients in enumerate(holders):
         if not clients:
@@ -230,16 +239,7 @@ def _label_pairs(
     labels: np.ndarray, num_clients: int, spec: PartitionSpec, rng: np.random.Generator
 ) -> list[np.ndarray]:
     """Client i holds classes (i + j) mod C, j < k: min_samples of each, the rest by lognormal shares."""
-    classes, inverse = np.unique(labels, return_inverse=True)
-    num_classes, per_client = len(classes), spec.labels_per_client
-    if per_client > num_classes:
-        raise ConfigError(
-            f"labels_per_client={per_client} exceeds the number of classes in the data ({num_classes})"
-        )
-    holders: list[list[int]] = [[] for _ in range(num_classes)]
-    for client in range(num_clients):
-        for j in range(per_client):
-            holders[(client + j) % num_classes].append(client)
+    classes, inverse, holders = _holders(labels, num_clients, spec.labels_per_client, 1)
     parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for c, clients in enumerate(holders):
         if not clients:

@@ -41,13 +41,19 @@ log = logging.getLogger(__name__)
 FAULT_COLUMNS = ("time", "round", "action", "target", "detail")
 
 
-def _ppid(pid: int) -> int | None:
-    """The parent pid of a live process on this host, or None."""
+def stat_field(pid: int, index: int) -> int | None:
+    """Field ``index`` of /proc/PID/stat counted from the one after the command name
+    (1: ppid, 19: start time) for a live process on this host, or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(text[text.rindex(")") + 2 :].split()[1])
+    return int(text[text.rindex(")") + 2 :].split()[index])
+
+
+def _ppid(pid: int) -> int | None:
+    """The parent pid of a live process on this host, or None."""
+    return stat_field(pid, 1)
 
 
 def children(parents: set[int]) -> dict[int, int]:

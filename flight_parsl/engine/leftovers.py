@@ -20,7 +20,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.engine.injector import children
+from flight_parsl.engine.injector import children, stat_field
 
 FILENAME = "leftovers.json"
 
@@ -34,11 +34,7 @@ def _cmdline(pid: int) -> str:
 
 def _started(pid: int) -> int | None:
     """A process's start time (clock ticks since boot): with the pid, names one process for good."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(text[text.rindex(")") + 2 :].split()[19])
+    return stat_field(pid, 19)
 
 
 def note(run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet[int] = frozenset()) -> None:
