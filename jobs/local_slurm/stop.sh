@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop the one-node Slurm cluster that start.sh started: cancel its jobs, stop slurmd,
-# slurmctld and munged (each by its pid file), remove the /etc/slurm/slurm.conf symlink.
+# slurmctld and munged (each by its pid file), remove the semaphores of worker pools Slurm
+# killed and the /etc/slurm/slurm.conf symlink.
 # Idempotent. Keeps $FP_SLURM_DIR (logs, jobcomp.log); `rm -rf` it to forget the history.
 set -uo pipefail
 DIR="${FP_SLURM_DIR:-/tmp/flight_parsl_slurm}"
@@ -28,6 +29,8 @@ stop_pid slurmd "$DIR/slurmd.pid"
 stop_pid slurmctld "$DIR/slurmctld.pid"
 stop_pid munged "$DIR/munge/munged.pid"
 rm -f "$DIR/munge/munged.pid"
+# Worker pools killed with their blocks leave multiprocessing semaphores in /dev/shm.
+python -m flight_parsl.execution.semaphores 2>/dev/null || true
 if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$DIR/slurm.conf" ]; then
     rm -f /etc/slurm/slurm.conf
 fi
