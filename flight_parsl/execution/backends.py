@@ -20,6 +20,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flight_parsl.core.errors import ExecutorError
 from flight_parsl.core.types import Workload
@@ -114,11 +115,19 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
             ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config)
         )
     finally:
-        try:
-            dfk.cleanup()
-        except Exception:  # cleanup must not hide the error that got us here
-            log.exception("Parsl cleanup failed")
-        parsl.clear()
+        close_dfk(dfk)
+
+
+def close_dfk(dfk: Any) -> None:
+    """Clean a DataFlowKernel up and forget it; a failing cleanup is logged, never raised
+    (it must not hide the error that ended the run)."""
+    import parsl
+
+    try:
+        dfk.cleanup()
+    except Exception:
+        log.exception("Parsl cleanup failed")
+    parsl.clear()
 
 
 def _slots(config: object) -> int | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
@@ -40,7 +39,6 @@ from flight_parsl.execution.site import (
     site_start_timeout,
 )
 
-log = logging.getLogger(__name__)
 
 
 def split_paths(paths: str | Sequence[str]) -> list[str]:
@@ -247,7 +245,7 @@ def open_sites_backend(
     import parsl
     from parsl.concurrent import ParslPoolExecutor
 
-    from flight_parsl.execution.backends import Backend
+    from flight_parsl.execution.backends import Backend, close_dfk
 
     started_at = time.time()
     config = build_sites_config(sites, slots, run_dir, network)
@@ -273,8 +271,4 @@ def open_sites_backend(
             started_at=started_at,
         )
     finally:
-        try:
-            dfk.cleanup()
-        except Exception:  # cleanup must not hide the error that got us here
-            log.exception("Parsl cleanup failed")
-        parsl.clear()
+        close_dfk(dfk)
