@@ -40,7 +40,6 @@ from flight_parsl.execution.site import (
 )
 
 
-
 def split_paths(paths: str | Sequence[str]) -> list[str]:
     """``a.yaml,b.yaml`` (or a list) as a list of paths, empty items dropped."""
     items = paths.split(",") if isinstance(paths, str) else list(paths)
