@@ -27,10 +27,10 @@ def test_cli_run_writes_the_run_directory_and_prints_progress(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--model", "resnet19"], "unknown model 'resnet19'; valid names:"),
+        (["--model", "resnet19"], "config: key 'model.name' = 'resnet19': unknown model; valid names:"),
         (["--dataset", "mnist", "data.root=DATA"], "download_data.py"),
         (["--dataset", "mnist"], "data root"),
-        (["train.epochz=2"], "unknown config key 'train.epochz'"),
+        (["train.epochz=2"], "config: unknown key 'train.epochz'; allowed keys in train:"),
         (["--strategy", "fedmagic"], "valid names: avgpush, fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd, fml, joint, proxyfl, regular"),
         (["--parsl-config", "no/such/site.yaml"], "no/such/site.yaml"),
     ],

@@ -29,23 +29,23 @@ def test_override_values_are_read_as_yaml() -> None:
     assert parse_override("x=fedavg") == {"x": "fedavg"}
     cfg = build_config(overrides=["train.lr=1e-2", "policy.deadline_s=null", "data.root=/tmp/data"])
     assert cfg.train.lr == pytest.approx(0.01)
-    assert cfg.policy.deadline_s is None and cfg.data.root == "/tmp/data"
+    assert cfg.round.deadline_s is None and cfg.data.root == "/tmp/data"
 
 
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("train.lrr=0.1", "unknown config key 'train.lrr'"),
-        ("wrkers=3", "unknown config key 'wrkers'"),
-        ("workers=three", "'workers': expected int"),
-        ("train.lr=-1", "'train.lr' must be > 0"),
-        ("train=3", "'train': expected a mapping"),
-        ("model.name=resnet19", "unknown model 'resnet19'; valid names:"),
-        ("data.dataset=cifar", "unknown dataset 'cifar'; valid names: digits, fashion_mnist, mnist"),
-        ("strategy.name=fedmagic", "unknown strategy 'fedmagic'; valid names: avgpush, fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd, fml, joint, proxyfl, regular"),
+        ("train.lrr=0.1", "config: unknown key 'train.lrr'; allowed keys in train: mode, epochs"),
+        ("wrkers=3", "config: unknown key 'wrkers'; allowed keys: workers, rounds"),
+        ("workers=three", "config: key 'workers' = 'three': must be an integer"),
+        ("train.lr=-1", "config: key 'train.lr' = -1: must be > 0"),
+        ("train=3", "config: key 'train' = 3: must be a mapping"),
+        ("model.name=resnet19", "config: key 'model.name' = 'resnet19': unknown model; valid names:"),
+        ("data.dataset=cifar", "config: key 'data.dataset' = 'cifar': unknown dataset; valid names: digits, fashion_mnist, mnist"),
+        ("strategy.name=fedmagic", "config: key 'strategy.name' = 'fedmagic': unknown strategy; valid names: avgpush, fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd, fml, joint, proxyfl, regular"),
         ("partition.kind=random", "unknown partition 'random'"),
-        ("backend=slurm", "unknown backend 'slurm'"),
-        ("train.mode=fast", "unknown mode 'fast'"),
+        ("backend=slurm", "config: key 'backend' = 'slurm': must be one of 'parsl', 'thread' or 'process'"),
+        ("train.mode=fast", "config: key 'train.mode' = 'fast': must be one of 'local' or 'none'"),
         ("nokey", "key.sub=value"),
     ],
 )

@@ -1,16 +1,15 @@
-"""Multirun grids from ``key=value`` overrides: comma lists and ranges of any config key.
+"""Multirun grids from ``key=value`` overrides: the key's type decides the grammar.
 
 An override whose value lists several values makes the command a sweep over every
-combination (a grid). The rule, for a key of the experiment config:
+combination (a grid). For a key of the experiment config:
 
-* ``key=a..b`` (an int key, a <= b): every integer from a to b, both included
-  (``seed=0..4`` is 0, 1, 2, 3, 4).
-* ``key=[a,b,...]`` (any key): the YAML list's items, one cell each. This is the way
-  to sweep a key whose own value is a comma list: ``faults.kill=[1@2,3@4]`` is two
-  cells, ``faults.kill=[1@2;3@4]`` is not a list.
-* ``key=a,b,...`` (a key whose value is one scalar: int, float, bool or str): one
-  cell per item. Keys whose value is itself a comma list (:data:`LIST_VALUED_KEYS`,
-  ``faults.kill=1@2,3@4``) keep their commas: that is one value.
+* a scalar key (int, float, bool, str):
+  ``key=a,b,...`` and ``key=[a,b,...]`` give one cell per item; ``key=a..b`` (an int key,
+  a <= b) every integer from a to b, both included (``seed=0..4`` is 0, 1, 2, 3, 4).
+* a list key (``sites.files``, ``peer.private_models``, ``faults.kill``, ``faults.hang``,
+  ``faults.kill_slots``, ``faults.redis_stop``, ``faults.slow``): ``key=a,b`` and
+  ``key=[a,b]`` are ONE value, a two-item list; it is never split into a sweep. Sweeping
+  it needs a list of lists: ``key=[[a,b],[c]]`` is two cells.
 
 Anything else is a plain override. Grid overrides are applied to each cell after the
 plain ones, in the order given.
@@ -18,44 +17,55 @@ plain ones, in the order given.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
 from flight_parsl.config.experiment import ExperimentConfig
+from flight_parsl.config.schema import fields_of
 from flight_parsl.core.errors import ConfigError
-
-#: Keys whose single value is a comma list: never split on commas (use ``key=[...]`` to sweep them).
-LIST_VALUED_KEYS = frozenset({"faults.kill", "faults.hang"})
 
 Grid = tuple[tuple[str, tuple[str, ...]], ...]
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
 _SCALARS = (int, float, bool, str)
 
 
-def key_type(key: str) -> Any:
-    """The type hint of a dotted config key (None if the key is unknown)."""
-    cls: Any = ExperimentConfig
-    hint: Any = None
-    for part in key.split("."):
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            return None
-        hints = typing.get_type_hints(cls)
-        if part not in hints:
-            return None
-        hint = cls = hints[part]
+def _strip(hint: Any) -> Any:
+    """A hint without ``Annotated[...]`` and without ``None`` in a union of one other type."""
+    while typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is not list and len(args) == 1:
+        return _strip(args[0])
     return hint
 
 
+def key_type(key: str) -> Any:
+    """The type hint of a dotted config key, ``Annotated`` and ``| None`` stripped (None if unknown)."""
+    hint: Any = ExperimentConfig
+    for part in key.split("."):
+        fields = fields_of(hint)
+        if fields is None or part not in fields:
+            return None
+        hint = _strip(fields[part])
+    return hint
+
+
+def is_list_key(key: str) -> bool:
+    """Whether a config key's value is a list (its ``a,b`` is one value, not a sweep)."""
+    return typing.get_origin(key_type(key)) is list
+
+
 def _scalar(hint: Any) -> type | None:
-    """The scalar type of a hint (``X | None`` gives X), or None for a section or anything else."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args and len(args) == 1:
-        hint = args[0]
-    return hint if hint in _SCALARS else None
+    """The scalar type of a hint: a scalar, a ``Literal`` of scalars (str), or a union with one."""
+    if hint in _SCALARS:
+        return hint
+    if typing.get_origin(hint) is typing.Literal:
+        return str
+    members = [_scalar(_strip(a)) for a in typing.get_args(hint)]
+    return next((m for m in members if m is not None), None) if members else None
 
 
 def expand(text: str) -> tuple[str, tuple[str, ...]] | None:
@@ -67,6 +77,8 @@ def expand(text: str) -> tuple[str, tuple[str, ...]] | None:
     if "=" not in text:
         return None
     key, raw = (part.strip() for part in text.split("=", 1))
+    if is_list_key(key):
+        return _list_axis(text, key, raw)
     hint = _scalar(key_type(key))
     match = _RANGE.match(raw)
     if match:
@@ -77,19 +89,34 @@ def expand(text: str) -> tuple[str, tuple[str, ...]] | None:
             raise ConfigError(f"override {text!r}: range {low}..{high} is empty (a..b needs a <= b)")
         return key, tuple(str(v) for v in range(low, high + 1))
     if raw.startswith("[") and raw.endswith("]"):
-        try:
-            items = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {text!r}: value is not a valid YAML list ({exc})") from exc
-        if not isinstance(items, list) or not items:
-            raise ConfigError(f"override {text!r}: a [a,b,...] list needs at least one item")
-        return key, tuple(_text(item) for item in items)
-    if "," in raw and hint is not None and key not in LIST_VALUED_KEYS:
+        return key, tuple(_text(item) for item in _yaml_list(text, raw))
+    if "," in raw and hint is not None:
         items = [item.strip() for item in raw.split(",")]
         if not all(items):
             raise ConfigError(f"override {text!r} has an empty item")
         return key, tuple(items)
     return None
+
+
+def _yaml_list(text: str, raw: str) -> list[Any]:
+    try:
+        items = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not a valid YAML list ({exc})") from exc
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"override {text!r}: a [a,b,...] list needs at least one item")
+    return items
+
+
+def _list_axis(text: str, key: str, raw: str) -> tuple[str, tuple[str, ...]] | None:
+    """A list key sweeps only over a list of lists: ``key=[[a,b],[c]]``."""
+    if not (raw.startswith("[[") and raw.endswith("]")):
+        return None
+    items = _yaml_list(text, raw)
+    if not all(isinstance(item, list) for item in items):
+        raise ConfigError(f"override {text!r}: {key!r} is a list key; sweep it with a list of lists, "
+                          f"e.g. {key}=[[a,b],[c]]")
+    return key, tuple(_text(item) for item in items)
 
 
 def _text(item: Any) -> str:
@@ -98,6 +125,8 @@ def _text(item: Any) -> str:
         return "true" if item else "false"
     if item is None:
         return "null"
+    if isinstance(item, list):
+        return "[" + ", ".join(_text(i) for i in item) + "]"
     return str(item)
 
 

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 from flight_parsl.core.errors import ConfigError, FlightParslError, Terminated
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from flight_parsl.cli.sweep import SweepSpec
     from flight_parsl.config.experiment import ExperimentConfig
     from flight_parsl.engine.progress import Progress
 
@@ -92,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="a named experiment from configs/experiments/ (e.g. fedprox-mnist); flags and key=value override it")
     p.add_argument("--out", help="run directory (default runs/<timestamp>-...)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config (a sweep: every cell) and the plan; start nothing")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides, anywhere on the command line")
     return p
 
 
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     """The command line itself, run with SIGTERM turned into :class:`Terminated`."""
-    args = build_parser().parse_args(argv)
+    # key=value overrides may stand anywhere, between flags too (as Hydra takes them)
+    args = build_parser().parse_intermixed_args(argv)
     # Parsl sets its own loggers to DEBUG (its log files); the terminal gets warnings only.
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)
@@ -201,6 +208,8 @@ def _main(argv: list[str] | None) -> int:
         plain, grid = split_overrides(overrides)
         if args.resume:
             cfg = resume_config(args, plain)
+            if args.dry_run:
+                return dry_run(args, cfg, grid, resume=True)
             progress = Progress(cfg.rounds, enabled=not args.quiet)
             run_experiment(cfg, progress, resume=True)
             return 0
@@ -211,6 +220,8 @@ def _main(argv: list[str] | None) -> int:
             cfg = build_config(None, [*files, flags_to_values(args)], plain)
         else:
             cfg = build_config(args.config, [flags_to_values(args)], plain)
+        if args.dry_run:
+            return dry_run(args, cfg, grid)
         progress = Progress(cfg.rounds, enabled=not args.quiet)
         if is_sweep(args, grid):
             return _sweep(args, cfg, progress, grid)
@@ -260,12 +271,13 @@ def resume_config(args: argparse.Namespace, overrides: list[str]) -> "Experiment
     return cfg
 
 
-def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progress", grid: tuple = ()) -> int:
-    """Run a sweep; exit status 1 if any cell failed."""
+def sweep_plan(args: argparse.Namespace, cfg: "ExperimentConfig", grid: tuple = ()) -> tuple["SweepSpec", "Path", "Path"]:
+    """The sweep a command asks for: its axes, its output root and its results table; every
+    cell is validated before anything starts."""
     import time
     from pathlib import Path
 
-    from flight_parsl.cli.sweep import SweepSpec, cell_config, run_sweep
+    from flight_parsl.cli.sweep import SweepSpec, cell_config
 
     axes = dict(grid)  # the keys the flags sweep are taken from the grid too
     for flag, key in (("workers", "workers"), ("model", "model.name"), ("transfer", "transfer.kind")):
@@ -282,10 +294,37 @@ def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progres
     if spec.trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {spec.trials}")
     out_root = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    for workers in spec.workers:  # every cell is validated before anything starts
-        for model, transfer, trial, assignment in spec.cells(workers):
-            cell_config(cfg, out_root, workers, model, transfer, trial, assignment)
-    results = Path(args.results) if args.results else out_root / "results.csv"
+    for n in spec.workers:
+        for model, transfer, trial, assignment in spec.cells(n):
+            cell_config(cfg, out_root, n, model, transfer, trial, assignment)
+    return spec, out_root, Path(args.results) if args.results else out_root / "results.csv"
+
+
+def dry_run(args: argparse.Namespace, cfg: "ExperimentConfig", grid: tuple = (), resume: bool = False) -> int:
+    """``--dry-run``: print the resolved config and plan (a sweep: every cell); start nothing."""
+    from flight_parsl.cli.dry_run import print_run, print_sweep
+
+    if resume or not is_sweep(args, grid):
+        print_run(cfg, resume=resume)
+        return 0
+    from flight_parsl.cli.grid import describe
+    from flight_parsl.cli.sweep import cell_config
+
+    spec, out_root, results = sweep_plan(args, cfg, grid)
+    cells = (
+        (f"workers={n} model={m} transfer={t} trial={trial} {describe(a)}".rstrip(),
+         cell_config(cfg, out_root, n, m, t, trial, a))
+        for n in spec.workers for m, t, trial, a in spec.cells(n)
+    )
+    print_sweep(cells, str(results))
+    return 0
+
+
+def _sweep(args: argparse.Namespace, cfg: "ExperimentConfig", progress: "Progress", grid: tuple = ()) -> int:
+    """Run a sweep; exit status 1 if any cell failed."""
+    from flight_parsl.cli.sweep import run_sweep
+
+    spec, out_root, results = sweep_plan(args, cfg, grid)
     progress.say(f"sweep: {spec.size} runs -> {results}")
     rows = run_sweep(cfg, spec, results, out_root, progress)
     failed = [r for r in rows if r["status"] != "ok"]

@@ -17,7 +17,6 @@ training, seed or slots runs anew.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterator
@@ -27,9 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from flight_parsl.cli.grid import Grid, assignments, describe
-from flight_parsl.config.experiment import (
-    ExperimentConfig, _apply, config_hash, parse_override, parse_slots, resolve_transfer, validate,
-)
+from flight_parsl.config.experiment import ExperimentConfig, config_hash, with_overrides
 from flight_parsl.core.errors import FlightParslError
 from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
@@ -78,21 +75,13 @@ def cell_config(
     assignment: tuple[tuple[str, str], ...] = (),
 ) -> ExperimentConfig:
     """The config of one sweep cell: its grid values applied; each trial gets its own seed."""
-    cfg = replace(
-        copy.deepcopy(base),
-        workers=workers,
-        seed=base.seed + trial,
-        out=str(out_root / cell_dir(model, workers, transfer, trial, assignment)),
-        model=replace(base.model, name=model),
-        transfer=replace(base.transfer, kind=transfer),
-    )
-    for key, value in assignment:
-        cfg = _apply(cfg, parse_override(f"{key}={value}"))
+    seed = base.seed + trial
+    cell = [f"workers={workers}", f"model.name={model}", f"transfer.kind={transfer}",
+            f"out={out_root / cell_dir(model, workers, transfer, trial, assignment)}"]
+    grid = [f"{key}={value}" for key, value in assignment]
     if any(key == "seed" for key, _ in assignment):
-        cfg.seed += trial
-    validate(cfg)
-    cfg.transfer.kind = resolve_transfer(cfg)
-    return cfg
+        grid.append(f"seed={int(dict(assignment)['seed']) + trial}")
+    return with_overrides(base, [f"seed={seed}", *cell, *grid])
 
 
 def unused_dir(path: Path) -> Path:
@@ -168,7 +157,7 @@ def run_sweep(
             index += 1
             cfg = cell_config(base, out_root, workers, model, transfer, trial, assignment)
             # a site that fixes its workers decides for itself
-            slots = _fixed_slots(cfg) or resolve_slots(parse_slots(cfg.slots), workers)
+            slots = _fixed_slots(cfg) or resolve_slots(cfg.slots, workers)
             label = f"{model} n={workers} {transfer} trial {trial}" + (f" {describe(assignment)}" if assignment else "")
             if (("flight_parsl", model, workers, cfg.transfer.kind, trial, slots < workers), config_hash(cfg)) in done:
                 progress.say(f"[{index}/{spec.size}] {label}: already done")

@@ -1,9 +1,21 @@
-"""Experiment configuration: dataclasses, YAML loading and ``key.sub=value`` overrides.
+"""The experiment config: one typed schema, built once, validated once.
 
-A whole experiment is one :class:`ExperimentConfig`. It is built from defaults,
-then an optional experiment YAML file, then command-line flags, then
-``key.sub=value`` overrides, and validated once. Every validation error names the
-key, the bad value and what is allowed.
+A whole experiment is one :class:`ExperimentConfig`: standard dataclasses whose
+type hints carry their constraints (``Annotated[int, Field(gt=0)]``, ``Literal``)
+and are checked by pydantic through :func:`flight_parsl.config.schema.check`, the
+one idiom every user-written file goes through. It is built from the defaults,
+then an optional experiment YAML (or a preset), then command-line flags, then
+``key.sub=value`` overrides: the layers are merged as plain data and validated
+once, so the loops receive typed values (lists of client ids, ``CLIENT@ROUND``
+pairs, slot kills) and never parse text mid-run.
+
+Types decide the override grammar (see :mod:`flight_parsl.cli.grid`): a key whose
+type is a list (``sites.files``, ``peer.private_models``, ``faults.kill``,
+``faults.hang``, ``faults.kill_slots``, ``faults.redis_stop``, ``faults.slow``)
+takes ``key=a,b`` as one two-item list; scalar keys sweep.
+
+Every error names the key, the value and what is allowed, in the format of
+:mod:`flight_parsl.config.schema`.
 """
 
 from __future__ import annotations
@@ -11,21 +23,91 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BeforeValidator, Field, PlainSerializer
 
-from flight_parsl.config.peer import PeerConfig, validate_peer
+from flight_parsl.config.schema import STRICT, CommaList, check, dump, key_error
+from flight_parsl.core.errors import ConfigError, unknown_name
+from flight_parsl.core.peer import PeerParams
 from flight_parsl.data.partition import PartitionSpec
-from flight_parsl.core.errors import ConfigError
+from flight_parsl.fl.policy import RoundPolicy
 
-BACKENDS = ("parsl", "thread", "process")
-MODES = ("sync", "async", "decentralized")
-TRAIN_MODES = ("local", "none")
+#: Where the experiment's errors say they come from.
+SOURCE = "config"
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+# --- typed values of the faults section -----------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class ClientAt:
+    """``CLIENT@ROUND``: a client in one round (rounds count from 1)."""
+
+    client: int
+    round: int
+
+    def __str__(self) -> str:
+        return f"{self.client}@{self.round}"
+
+
+def _client_at(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    c, sep, r = value.strip().partition("@")
+    if not sep or not c.isdigit() or not r.isdigit() or int(r) < 1:
+        raise ValueError(f"{value!r} is not CLIENT@ROUND (rounds count from 1)")
+    return ClientAt(int(c), int(r))
+
+
+@dataclass(frozen=True)
+class SlotKill:
+    """``K@ROUND`` or ``K@Ts``: SIGKILL K worker processes (a fraction of the slots when
+    K < 1) in round ROUND (from 1), or T seconds after the first round started."""
+
+    count: float
+    at: Literal["round", "time"]
+    when: float
+
+    def __str__(self) -> str:
+        count = int(self.count) if self.count >= 1 else self.count
+        return f"{count}@{self.when:g}s" if self.at == "time" else f"{count}@{int(self.when)}"
+
+
+def _slot_kill(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    k, sep, when = value.strip().partition("@")
+    try:
+        count = float(k)
+        at_time = when.endswith("s")
+        moment = float(when[:-1]) if at_time else int(when)
+    except ValueError:
+        count, moment, at_time = -1.0, -1, False
+    if not sep or not (0 < count < 1 or (count >= 1 and count.is_integer())) or moment < (0 if at_time else 1):
+        raise ValueError(
+            f"{value!r} is not K@ROUND or K@Ts (K a count >= 1 or a fraction in (0, 1), rounds from 1, T seconds >= 0)"
+        )
+    return SlotKill(count, "time" if at_time else "round", float(moment))
+
+
+ClientRound = Annotated[ClientAt, BeforeValidator(_client_at), PlainSerializer(str)]
+Kill = Annotated[SlotKill, BeforeValidator(_slot_kill), PlainSerializer(str)]
+Slots = Annotated[int, Field(gt=0)] | Literal["auto", "per_client"]
+
+
+# --- sections -------------------------------------------------------------------
 
 
 @dataclass
@@ -36,10 +118,12 @@ class DataConfig:
     Synthetic(alpha, beta); one generated device per client, seeded by ``seed``).
     """
 
+    __pydantic_config__ = STRICT
+
     dataset: str = "digits"
     root: str | None = None
-    alpha: float = 1.0
-    beta: float = 1.0
+    alpha: NonNegativeFloat = 1.0
+    beta: NonNegativeFloat = 1.0
     iid: bool = False
 
 
@@ -51,27 +135,34 @@ class ModelConfig:
     architecture (the published sizes) when ``train.mode`` is ``none``.
     """
 
+    __pydantic_config__ = STRICT
+
     name: str = "mlp"
-    in_channels: int | None = None
-    image_size: int | None = None
-    num_classes: int | None = None
-    extra_blocks: int = 0
+    in_channels: Positive | None = None
+    image_size: Positive | None = None
+    num_classes: Positive | None = None
+    extra_blocks: NonNegative = 0
 
 
 @dataclass
 class TrainConfig:
-    """Local training on each worker."""
+    """Local training on each worker (SGD; ``keep_momentum`` keeps each client's momentum
+    buffer across the rounds it takes part in; ``slowdown_max`` stretches each client's
+    training by a fixed factor in [1, K]; ``eval_train`` adds the global model's loss on the
+    whole training split to rounds.csv)."""
 
-    mode: str = "local"
-    epochs: int = 2
-    batch_size: int = 16
-    lr: float = 0.05
-    momentum: float = 0.9
-    threads: int = 1
-    eval_batch_size: int = 1024
-    slowdown_max: float = 1.0
+    __pydantic_config__ = STRICT
+
+    mode: Literal["local", "none"] = "local"
+    epochs: Positive = 2
+    batch_size: Positive = 16
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    threads: Positive = 1
+    eval_batch_size: Positive = 1024
+    slowdown_max: Annotated[float, Field(ge=1)] = 1.0
     keep_momentum: bool = False
-    weight_decay: float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
     eval_train: bool = False
 
 
@@ -91,20 +182,22 @@ class StrategyConfig:
     (0: no cap).
     """
 
+    __pydantic_config__ = STRICT
+
     name: str = "fedavg"
-    participation: float = 1.0
-    clients_per_round: int = 0
-    mu: float = 0.3
-    alpha: float = 0.5
-    staleness: str = "constant"
+    participation: Annotated[float, Field(gt=0, le=1)] = 1.0
+    clients_per_round: NonNegative = 0
+    mu: NonNegativeFloat = 0.3
+    alpha: Annotated[float, Field(gt=0, le=1)] = 0.5
+    staleness: Literal["constant", "polynomial"] = "constant"
     staleness_exponent: float = 0.5
-    buffer_size: int = 4
-    server_lr: float = 1.0
-    stragglers: float = 0.0
+    buffer_size: Positive = 4
+    server_lr: PositiveFloat = 1.0
+    stragglers: Fraction = 0.0
     drop_stragglers: bool = False
     aimd: bool = False
-    aimd_start: int = 4
-    aimd_max: int = 0
+    aimd_start: Positive = 4
+    aimd_max: NonNegative = 0
 
 
 @dataclass
@@ -116,70 +209,40 @@ class PlanConfig:
     its clients into one partial in the slot (false: every client's result travels).
     """
 
-    clients_per_task: int = 0
+    __pydantic_config__ = STRICT
+
+    clients_per_task: NonNegative = 0
     preaggregate: bool = True
-
-
-@dataclass
-class RoundConfig:
-    """When a synchronous round closes and what it does with late and failing clients
-    (see flight_parsl.fl.policy). ``policy.X`` is accepted as an alias of ``round.X``.
-
-    ``deadline_s``: seconds per round (null: picked from the work, always finite).
-    ``quorum``: share of sampled clients whose reports close the round early (1.0: all).
-    ``min_fraction``: share of sampled clients that must have reported for the round to stand.
-    ``late``: what happens to work still out when the round closes: ``discard`` or
-    ``stale`` (folded into the next aggregation with weight x ``stale_weight``).
-    ``retries``: resubmissions of failed client work within a round, after
-    ``backoff_s`` x 2^attempt seconds. ``max_missed``: a client that misses more
-    rounds in a row than this leaves the sample (null: never); it is re-admitted
-    ``readmit_after`` rounds later, once every slot is alive again. ``checkpoint``:
-    write the run directory's checkpoint after every round (what ``--resume`` reads).
-    """
-
-    deadline_s: float | None = None
-    quorum: float = 1.0
-    min_fraction: float = 0.5
-    late: str = "discard"
-    stale_weight: float = 0.5
-    retries: int = 1
-    backoff_s: float = 0.2
-    max_missed: int | None = 2
-    readmit_after: int = 1
-    checkpoint: bool = True
-
-
-#: The section's earlier name.
-PolicyConfig = RoundConfig
 
 
 @dataclass
 class FaultsConfig:
     """Injected faults, all real (see flight_parsl.engine.injector and flight_parsl.worker.faults).
 
-    In the slot, comma lists of CLIENT@ROUND (rounds from 1), first attempt only:
+    In the slot, lists of CLIENT@ROUND (rounds from 1), first attempt only:
     ``kill``: the slot running that client SIGKILLs itself (parsl backend only).
     ``hang``: the slot sleeps ``hang_s`` seconds at that client.
 
-    From the coordinator: ``kill_slots``: comma list of K@ROUND (K worker processes,
-    or a fraction of the slots when K < 1, SIGKILLed ``kill_after_s`` seconds into
-    that round) or K@Ts (T seconds after the first round started); the pids are the
-    ones the run recorded (parsl backend, local site). ``redis_stop``: comma list of
-    rounds in which the run's managed redis-server is SIGKILLed ``kill_after_s`` into
-    the round, and started again on its port ``redis_down_s`` seconds later (< 0:
-    never). ``slow``: comma list of clients whose training is stretched ``slow_factor``
-    times, every round.
+    From the coordinator: ``kill_slots``: a list of K@ROUND (K worker processes, or a
+    fraction of the slots when K < 1, SIGKILLed ``kill_after_s`` seconds into that
+    round) or K@Ts (T seconds after the first round started); the pids are the ones
+    the run recorded (parsl backend, local site). ``redis_stop``: rounds in which the
+    run's managed redis-server is SIGKILLed ``kill_after_s`` into the round, and
+    started again on its port ``redis_down_s`` seconds later (< 0: never). ``slow``:
+    clients whose training is stretched ``slow_factor`` times, every round.
     """
 
-    kill: str = ""
-    hang: str = ""
-    hang_s: float = 30.0
-    kill_slots: str = ""
-    kill_after_s: float = 0.5
-    redis_stop: str = ""
+    __pydantic_config__ = STRICT
+
+    kill: CommaList[ClientRound] = field(default_factory=list)
+    hang: CommaList[ClientRound] = field(default_factory=list)
+    hang_s: NonNegativeFloat = 30.0
+    kill_slots: CommaList[Kill] = field(default_factory=list)
+    kill_after_s: NonNegativeFloat = 0.5
+    redis_stop: CommaList[Annotated[int, Field(ge=1)]] = field(default_factory=list)
     redis_down_s: float = 1.0
-    slow: str = ""
-    slow_factor: float = 4.0
+    slow: CommaList[NonNegative] = field(default_factory=list)
+    slow_factor: Annotated[float, Field(ge=1)] = 4.0
 
 
 @dataclass
@@ -195,39 +258,71 @@ class TransferConfig:
     a server that stops answering fails the run with its address after this long.
     """
 
+    __pydantic_config__ = STRICT
+
     kind: str = "auto"
     redis: str | None = None
     file_dir: str | None = None
-    cache_size: int = 1
-    redis_timeout: float = 30.0
+    cache_size: NonNegative = 1
+    redis_timeout: PositiveFloat = 30.0
 
 
 @dataclass
 class SitesConfig:
     """Several sites in one run (see flight_parsl.execution.sites).
 
-    ``files``: comma list of site YAMLs, one executor each (the first is the default
-    site, for nodes without ``site:``); unset: the one site of ``parsl_config``.
-    ``aggregate_at``: ``node`` runs an aggregator at its own site (its ``site:``, else
-    its parent's); ``children`` at the site of its children.
+    ``files``: site YAMLs, one executor each (the first is the default site, for nodes
+    without ``site:``); empty: the one site of ``parsl_config``. ``aggregate_at``:
+    ``node`` runs an aggregator at its own site (its ``site:``, else its parent's);
+    ``children`` at the site of its children.
     """
 
-    files: str | None = None
-    aggregate_at: str = "node"
+    __pydantic_config__ = STRICT
+
+    files: CommaList[str] = field(default_factory=list)
+    aggregate_at: Literal["node", "children"] = "node"
+
+
+@dataclass(frozen=True)
+class PeerConfig(PeerParams):
+    """Decentralized mode (``--mode decentralized``): the method's hyperparameters (defaults are
+    ProxyFL's: Adam with lr 0.001, expected batch 250, one local epoch per round, DML weights 0.5,
+    DP-SGD on the shared model with clipping norm 1.0, noise multiplier 1.0 and delta 1 / n) and
+    ``private_models``, the private models cycled over the clients (empty: ``--model``).
+    ``train.*`` keys (SGD) do not apply in this mode."""
+
+    __pydantic_config__ = STRICT
+
+    alpha: Fraction = 0.5
+    beta: Fraction = 0.5
+    lr: PositiveFloat = 0.001
+    batch_size: Positive = 250
+    epochs: Positive = 1
+    clip: PositiveFloat = 1.0
+    noise: NonNegativeFloat = 1.0
+    delta: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    test_samples: Positive = 200
+    private_models: CommaList[str] = field(default_factory=list)
+
+    def private_model_names(self, default: str) -> list[str]:
+        """The private models' names, in client order (cycled)."""
+        return list(self.private_models) or [default]
 
 
 @dataclass
 class ExperimentConfig:
     """One experiment: the engine's whole input."""
 
-    workers: int = 4
-    rounds: int = 3
+    __pydantic_config__ = STRICT
+
+    workers: Positive = 4
+    rounds: Positive = 3
     seed: int = 0
-    mode: str = "sync"
+    mode: Literal["sync", "async", "decentralized"] = "sync"
     topology: str = "flat"
-    broadcast: str = "direct"
-    backend: str = "parsl"
-    slots: str = "auto"
+    broadcast: Literal["direct", "tree"] = "direct"
+    backend: Literal["parsl", "thread", "process"] = "parsl"
+    slots: Slots = "auto"
     parsl_config: str | None = None
     out: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -237,102 +332,21 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
-    round: RoundConfig = field(default_factory=RoundConfig)
+    round: RoundPolicy = field(default_factory=RoundPolicy)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     sites: SitesConfig = field(default_factory=SitesConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
 
-    @property
-    def policy(self) -> RoundConfig:
-        """The ``round`` section under its earlier name."""
-        return self.round
-
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (what config.yaml holds)."""
-        return dataclasses.asdict(self)
+        """Plain nested data (what config.yaml holds; lists of ``CLIENT@ROUND`` as text)."""
+        return dump(ExperimentConfig, self)
+
+
+#: Section name -> its type, for messages and the override grammar.
+SECTIONS = {f.name: f.type for f in dataclasses.fields(ExperimentConfig)}
 
 
 # --- building -----------------------------------------------------------------
-
-
-def _section_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _allowed(cls: type) -> str:
-    return ", ".join(f.name for f in dataclasses.fields(cls))
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the type hint of ``key``; ints widen to floats."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-2" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    if hint is bool and isinstance(value, bool):
-        return value
-    name = getattr(hint, "__name__", str(hint))
-    raise ConfigError(f"config key {key!r}: expected {name}, got {value!r}")
-
-
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> Any:
-    """Set fields of dataclass ``obj`` from a nested dict, checking keys and types.
-
-    Returns ``obj`` itself, or a replaced copy when it is a frozen dataclass (such
-    sections, like the partition spec, validate themselves on construction).
-    """
-    if not isinstance(values, dict):
-        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {values!r}")
-    hints = _section_types(type(obj))
-    if not prefix and "policy" in values and isinstance(obj, ExperimentConfig):
-        values = _round_alias(values)
-    changes: dict[str, Any] = {}
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in hints:
-            raise ConfigError(
-                f"unknown config key {full!r}; allowed keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
-                f"{_allowed(type(obj))}"
-            )
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            changes[key] = _apply(current, value, f"{full}.")
-        else:
-            changes[key] = _coerce(full, value, hints[key])
-    if type(obj).__dataclass_params__.frozen:  # type: ignore[attr-defined]
-        return dataclasses.replace(obj, **changes)
-    for key, value in changes.items():
-        setattr(obj, key, value)
-    return obj
-
-
-def _round_alias(values: dict[str, Any]) -> dict[str, Any]:
-    """Accept the ``policy`` section as the ``round`` section (its earlier name)."""
-    values = dict(values)
-    alias = values.pop("policy")
-    if not isinstance(alias, dict):
-        raise ConfigError(f"config key 'policy': expected a mapping, got {alias!r}")
-    merged = dict(values.get("round") or {})
-    for key, value in alias.items():
-        if key in merged:
-            raise ConfigError(f"config keys 'policy.{key}' and 'round.{key}' are the same key; give one")
-        merged[key] = value
-    values["round"] = merged
-    return values
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -370,22 +384,72 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merge(into: dict[str, Any], values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Deep-merge ``values`` into ``into`` (a later layer wins key by key); ``policy`` is ``round``.
+
+    Raises:
+        ConfigError: a section given a value that is not a mapping.
+    """
+    if not isinstance(values, dict):
+        raise key_error(SOURCE, prefix.rstrip(".") or "<root>", values, "must be a mapping")
+    if not prefix and "policy" in values:
+        values = _round_alias(values)
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value, f"{prefix}{key}.")
+        else:
+            into[key] = value
+    return into
+
+
+def _round_alias(values: dict[str, Any]) -> dict[str, Any]:
+    """Accept the ``policy`` section as the ``round`` section (its earlier name), with a warning."""
+    values = dict(values)
+    alias = values.pop("policy")
+    warnings.warn("config section 'policy' is deprecated: write 'round' (policy.X= -> round.X=)",
+                  FutureWarning, stacklevel=4)
+    if not isinstance(alias, dict):
+        raise key_error(SOURCE, "policy", alias, "must be a mapping")
+    merged = dict(values.get("round") or {})
+    for key, value in alias.items():
+        if key in merged:
+            raise ConfigError(f"config keys 'policy.{key}' and 'round.{key}' are the same key; give one")
+        merged[key] = value
+    values["round"] = merged
+    return values
+
+
 def build_config(
     file: str | Path | None = None,
     values: list[dict[str, Any]] | None = None,
     overrides: list[str] | None = None,
 ) -> ExperimentConfig:
-    """Defaults, then ``file``, then nested ``values`` dicts, then ``key=value`` overrides."""
-    cfg = ExperimentConfig()
+    """Defaults, then ``file``, then nested ``values`` dicts, then ``key=value`` overrides,
+    merged as data and validated once."""
+    data: dict[str, Any] = {}
     if file is not None:
-        _apply(cfg, load_yaml(file))
+        merge(data, load_yaml(file))
     for nested in values or []:
-        _apply(cfg, nested)
+        merge(data, nested)
     for text in overrides or []:
-        _apply(cfg, parse_override(text))
+        merge(data, parse_override(text))
+    return from_data(data)
+
+
+def from_data(data: dict[str, Any]) -> ExperimentConfig:
+    """The validated config of plain nested data (unset keys take their defaults)."""
+    cfg = check(ExperimentConfig, data, SOURCE)
     validate(cfg)
     cfg.transfer.kind = resolve_transfer(cfg)
     return cfg
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """A new validated config: ``cfg`` with ``key=value`` overrides applied."""
+    data = cfg.to_dict()
+    for text in overrides:
+        merge(data, parse_override(text))
+    return from_data(data)
 
 
 def resolve_transfer(cfg: ExperimentConfig) -> str:
@@ -405,62 +469,95 @@ def resolve_transfer(cfg: ExperimentConfig) -> str:
     return "file" if load_site(cfg.parsl_config)["provider"]["kind"] == "local" else "parsl"
 
 
+def parse_slots(value: int | str) -> int | str:
+    """``slots`` as the config holds it: ``auto``, ``per_client`` or a positive integer."""
+    return check(Slots, value, SOURCE)  # type: ignore[arg-type]  # a type alias, not a class
+
+
+# --- checks across keys -------------------------------------------------------------
+
+
+def _fail(key: str, value: Any, problem: str) -> ConfigError:
+    return key_error(SOURCE, key, value, problem)
+
+
+def _known(key: str, kind: str, value: str, names: Any) -> None:
+    if value not in names:
+        raise _fail(key, value, f"unknown {kind}; valid names: {', '.join(sorted(names))}")
+
+
 def validate(cfg: ExperimentConfig) -> None:
-    """Check values that types alone do not catch; names come from the registries."""
+    """Check what single types do not: registry names, and keys that must fit together."""
+    from flight_parsl.core.model_spec import model_names
     from flight_parsl.data import dataset_names
-    from flight_parsl.core.errors import unknown_name
-    from flight_parsl.fl.strategies import strategy_names
-
-    def positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
-        if value is None and allow_none:
-            return
-        if value is None or value <= 0:
-            raise ConfigError(f"config key {key!r} must be > 0, got {value!r}")
-
-    positive("workers", cfg.workers)
-    positive("rounds", cfg.rounds)
-    positive("round.deadline_s", cfg.round.deadline_s, allow_none=True)
-    positive("train.epochs", cfg.train.epochs)
-    positive("train.batch_size", cfg.train.batch_size)
-    positive("train.lr", cfg.train.lr)
-    positive("train.threads", cfg.train.threads)
-    positive("train.eval_batch_size", cfg.train.eval_batch_size)
-    if cfg.backend not in BACKENDS:
-        raise ConfigError(f"config key 'backend': unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
-    if cfg.train.mode not in TRAIN_MODES:
-        raise ConfigError(f"config key 'train.mode': unknown mode {cfg.train.mode!r}; valid: {', '.join(TRAIN_MODES)}")
-    if cfg.train.weight_decay < 0:
-        raise ConfigError(f"config key 'train.weight_decay' must be >= 0, got {cfg.train.weight_decay!r}")
-    if not 0 <= cfg.strategy.stragglers <= 1:
-        raise ConfigError(f"config key 'strategy.stragglers' must be in [0, 1], got {cfg.strategy.stragglers!r}")
-    if cfg.data.dataset == "synthetic":
-        from flight_parsl.data.synthetic import SyntheticSpec
-
-        SyntheticSpec(cfg.data.alpha, cfg.data.beta, cfg.data.iid, cfg.workers, cfg.seed)
-    if not 0 <= cfg.train.momentum < 1:
-        raise ConfigError(f"config key 'train.momentum' must be in [0, 1), got {cfg.train.momentum!r}")
-    if cfg.data.dataset not in dataset_names():
-        raise unknown_name("dataset", cfg.data.dataset, dataset_names())
+    from flight_parsl.fl.strategies import strategy_mode, strategy_modes, strategy_names
     from flight_parsl.transfer import TRANSFER_KINDS
 
-    if cfg.transfer.kind not in TRANSFER_KINDS + ("auto",):
-        raise unknown_name("transfer", cfg.transfer.kind, TRANSFER_KINDS + ("auto",))
-    positive("transfer.redis_timeout", cfg.transfer.redis_timeout)
-    if cfg.transfer.cache_size < 0:
-        raise ConfigError(f"config key 'transfer.cache_size' must be >= 0, got {cfg.transfer.cache_size!r}")
+    _known("data.dataset", "dataset", cfg.data.dataset, dataset_names())
+    _known("model.name", "model", cfg.model.name, model_names())
+    for name in cfg.peer.private_models:
+        _known("peer.private_models", "model", name, model_names())
+    _known("strategy.name", "strategy", cfg.strategy.name, strategy_names())
+    _known("transfer.kind", "transfer", cfg.transfer.kind, (*TRANSFER_KINDS, "auto"))
     if cfg.transfer.redis is not None:
         from flight_parsl.transfer.redis_server import RedisAddress
 
         RedisAddress.parse(cfg.transfer.redis)
-    if cfg.strategy.name not in strategy_names():
-        raise unknown_name("strategy", cfg.strategy.name, strategy_names())
-    _validate_modes(cfg)
-    _validate_engine(cfg)
-    validate_peer(cfg)
-    from flight_parsl.core.model_spec import model_names
+    if cfg.data.dataset == "synthetic":
+        from flight_parsl.data.synthetic import SyntheticSpec
 
-    if cfg.model.name not in model_names():
-        raise unknown_name("model", cfg.model.name, model_names())
+        SyntheticSpec(cfg.data.alpha, cfg.data.beta, cfg.data.iid, cfg.workers, cfg.seed)
+    s = cfg.strategy
+    if cfg.mode not in strategy_modes(s.name):
+        raise _fail("mode", cfg.mode, f"strategy {s.name!r} runs in mode {strategy_mode(s.name)!r} "
+                    f"(--mode {strategy_mode(s.name)})")
+    _validate_layout(cfg)
+    _validate_faults(cfg)
+    if s.aimd and cfg.mode != "sync":
+        raise _fail("strategy.aimd", s.aimd, "AIMD epochs need synchronous rounds (mode sync)")
+    if s.aimd_max and s.aimd_max < s.aimd_start:
+        raise _fail("strategy.aimd_max", s.aimd_max, f"must be 0 (no cap) or >= strategy.aimd_start ({s.aimd_start})")
+    if cfg.train.keep_momentum and cfg.train.momentum == 0:
+        raise _fail("train.keep_momentum", True, "needs train.momentum > 0")
+    if cfg.mode == "decentralized":
+        if cfg.train.mode != "local":
+            raise _fail("train.mode", cfg.train.mode, "mode 'decentralized' trains (train.mode=local)")
+        if cfg.workers < 2:
+            raise _fail("workers", cfg.workers, "mode 'decentralized' needs at least 2 clients")
+
+
+def _validate_layout(cfg: ExperimentConfig) -> None:
+    """Topology, sites and mode must fit together."""
+    if cfg.sites.files and cfg.backend != "parsl":
+        raise _fail("sites.files", cfg.sites.files, f"several sites need backend parsl, got {cfg.backend!r}")
+    if cfg.sites.files and cfg.mode != "sync":
+        raise _fail("sites.files", cfg.sites.files, f"several sites run in mode sync, got {cfg.mode!r}")
+    if cfg.topology != "flat" and not re.fullmatch(r"tree:\d+", cfg.topology) and not Path(cfg.topology).is_file():
+        raise _fail("topology", cfg.topology, "is not flat, tree:HEIGHT or an existing YAML file")
+    if cfg.mode == "async" and cfg.topology != "flat":
+        raise _fail("topology", cfg.topology, "mode 'async' runs on a flat topology")
+    if cfg.mode == "decentralized" and cfg.topology != "flat":
+        raise _fail("topology", cfg.topology, "mode 'decentralized' uses its own peer graph")
+
+
+def _validate_faults(cfg: ExperimentConfig) -> None:
+    """Faults need what they act on: processes to kill, a managed Redis to stop, training to slow."""
+    f = cfg.faults
+    if f.kill and cfg.backend == "thread":
+        raise _fail("faults.kill", [str(k) for k in f.kill], "a slot that kills itself needs its own process (backend parsl)")
+    if f.kill_slots and cfg.backend != "parsl":
+        raise _fail("faults.kill_slots", [str(k) for k in f.kill_slots], "killing worker processes needs backend parsl")
+    if f.redis_stop and (cfg.transfer.kind != "redis" or cfg.transfer.redis):
+        raise _fail(
+            "faults.redis_stop", f.redis_stop,
+            "stopping Redis needs transfer.kind=redis with the run's own managed server (transfer.redis unset), "
+            f"got transfer.kind={cfg.transfer.kind!r}, transfer.redis={cfg.transfer.redis!r}",
+        )
+    for client in f.slow:
+        if client >= cfg.workers:
+            raise _fail("faults.slow", f.slow, f"client {client} is not a client id in 0..{cfg.workers - 1}")
+    if f.slow and cfg.train.mode == "none":
+        raise _fail("faults.slow", f.slow, "slowing clients stretches their training; needs train.mode=local")
 
 
 def dataset_key(cfg: ExperimentConfig) -> str:
@@ -471,190 +568,6 @@ def dataset_key(cfg: ExperimentConfig) -> str:
     from flight_parsl.data.synthetic import SyntheticSpec
 
     return SyntheticSpec(cfg.data.alpha, cfg.data.beta, cfg.data.iid, cfg.workers, cfg.seed).name()
-
-
-def _validate_modes(cfg: ExperimentConfig) -> None:
-    """Mode, strategy and topology must fit together; strategy parameters in range."""
-    s = cfg.strategy
-    if cfg.mode not in MODES:
-        raise ConfigError(f"config key 'mode': unknown mode {cfg.mode!r}; valid: {', '.join(MODES)}")
-    from flight_parsl.fl.strategies import strategy_mode, strategy_modes
-
-    if cfg.mode not in strategy_modes(s.name):
-        raise ConfigError(
-            f"config key 'mode': strategy {s.name!r} runs in mode {strategy_mode(s.name)!r}, got {cfg.mode!r}"
-            f" (--mode {strategy_mode(s.name)})"
-        )
-    if cfg.sites.aggregate_at not in ("node", "children"):
-        raise ConfigError(
-            f"config key 'sites.aggregate_at': unknown {cfg.sites.aggregate_at!r}; valid: node, children"
-        )
-    if cfg.sites.files and cfg.backend != "parsl":
-        raise ConfigError(f"config key 'sites.files': several sites need backend parsl, got {cfg.backend!r}")
-    if cfg.sites.files and cfg.mode != "sync":
-        raise ConfigError(f"config key 'sites.files': several sites run in mode sync, got {cfg.mode!r}")
-    if cfg.broadcast not in ("direct", "tree"):
-        raise ConfigError(f"config key 'broadcast': unknown {cfg.broadcast!r}; valid: direct, tree")
-    if cfg.topology != "flat" and not cfg.topology.startswith("tree:"):
-        from pathlib import Path
-
-        if not Path(cfg.topology).is_file():
-            raise ConfigError(f"config key 'topology': {cfg.topology!r} is not flat, tree:HEIGHT or an existing YAML file")
-    if cfg.mode == "async" and cfg.topology != "flat":
-        raise ConfigError(f"config key 'topology': mode 'async' runs on a flat topology, got {cfg.topology!r}")
-    if not 0 < s.participation <= 1:
-        raise ConfigError(f"config key 'strategy.participation' must be in (0, 1], got {s.participation!r}")
-    if s.mu < 0:
-        raise ConfigError(f"config key 'strategy.mu' must be >= 0, got {s.mu!r}")
-    if not 0 < s.alpha <= 1:
-        raise ConfigError(f"config key 'strategy.alpha' must be in (0, 1], got {s.alpha!r}")
-    if s.staleness not in ("constant", "polynomial"):
-        raise ConfigError(f"config key 'strategy.staleness': unknown {s.staleness!r}; valid: constant, polynomial")
-    if cfg.train.slowdown_max < 1:
-        raise ConfigError(f"config key 'train.slowdown_max' must be >= 1, got {cfg.train.slowdown_max!r}")
-    if s.clients_per_round < 0:
-        raise ConfigError(f"config key 'strategy.clients_per_round' must be >= 0, got {s.clients_per_round!r}")
-    if s.buffer_size < 1:
-        raise ConfigError(f"config key 'strategy.buffer_size' must be >= 1, got {s.buffer_size!r}")
-    if not s.server_lr > 0:
-        raise ConfigError(f"config key 'strategy.server_lr' must be > 0, got {s.server_lr!r}")
-
-
-def parse_slots(text: str) -> int | str:
-    """``slots``: ``auto``, ``per_client`` or a positive integer."""
-    if text in ("auto", "per_client"):
-        return text
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    raise ConfigError(f"config key 'slots': expected auto, per_client or a positive integer, got {text!r}")
-
-
-def parse_client_rounds(key: str, text: str) -> frozenset[tuple[int, int]]:
-    """``CLIENT@ROUND,...`` (rounds from 1) as 0-based (round, client) pairs."""
-    pairs = set()
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        c, sep, r = item.partition("@")
-        if not sep or not r.isdigit() or not c.isdigit() or int(r) < 1:
-            raise ConfigError(f"config key {key!r}: {item!r} is not CLIENT@ROUND (rounds count from 1)")
-        pairs.add((int(r) - 1, int(c)))
-    return frozenset(pairs)
-
-
-def _validate_engine(cfg: ExperimentConfig) -> None:
-    """Slots, planning, round policy and faults."""
-    parse_slots(cfg.slots)
-    if cfg.plan.clients_per_task < 0:
-        raise ConfigError(f"config key 'plan.clients_per_task' must be >= 0, got {cfg.plan.clients_per_task!r}")
-    _validate_round(cfg.round)
-    kill = parse_client_rounds("faults.kill", cfg.faults.kill)
-    parse_client_rounds("faults.hang", cfg.faults.hang)
-    if kill and cfg.backend == "thread":
-        raise ConfigError("config key 'faults.kill': a slot that kills itself needs its own process (backend parsl)")
-    if cfg.faults.hang_s < 0:
-        raise ConfigError(f"config key 'faults.hang_s' must be >= 0, got {cfg.faults.hang_s!r}")
-    _validate_injection(cfg)
-    s = cfg.strategy
-    if s.aimd and cfg.mode != "sync":
-        raise ConfigError("config key 'strategy.aimd': AIMD epochs need synchronous rounds (mode sync)")
-    if s.aimd_start < 1 or s.aimd_max < 0 or (s.aimd_max and s.aimd_max < s.aimd_start):
-        raise ConfigError(
-            f"config keys 'strategy.aimd_start' / 'strategy.aimd_max': need aimd_start >= 1 and aimd_max 0 (no cap) "
-            f"or >= aimd_start, got {s.aimd_start!r} / {s.aimd_max!r}"
-        )
-    if cfg.train.keep_momentum and cfg.train.momentum == 0:
-        raise ConfigError("config key 'train.keep_momentum' needs train.momentum > 0")
-
-
-LATE_MODES = ("discard", "stale")
-
-
-def _validate_round(p: RoundConfig) -> None:
-    """The round section's ranges; quorum below min_fraction could close a round that cannot stand."""
-    if not 0 < p.min_fraction <= 1:
-        raise ConfigError(f"config key 'round.min_fraction' must be in (0, 1], got {p.min_fraction!r}")
-    if not 0 < p.quorum <= 1:
-        raise ConfigError(f"config key 'round.quorum' must be in (0, 1], got {p.quorum!r}")
-    if p.quorum < p.min_fraction:
-        raise ConfigError(
-            f"config key 'round.quorum': {p.quorum!r} is below round.min_fraction={p.min_fraction!r}; a round closed "
-            "at its quorum could not stand (use quorum >= min_fraction)"
-        )
-    if p.late not in LATE_MODES:
-        raise ConfigError(f"config key 'round.late': unknown {p.late!r}; valid: {', '.join(LATE_MODES)}")
-    if not 0 < p.stale_weight <= 1:
-        raise ConfigError(f"config key 'round.stale_weight' must be in (0, 1], got {p.stale_weight!r}")
-    if p.retries < 0:
-        raise ConfigError(f"config key 'round.retries' must be >= 0, got {p.retries!r}")
-    if p.backoff_s < 0:
-        raise ConfigError(f"config key 'round.backoff_s' must be >= 0, got {p.backoff_s!r}")
-    if p.max_missed is not None and p.max_missed < 0:
-        raise ConfigError(f"config key 'round.max_missed' must be >= 0 or null (never remove), got {p.max_missed!r}")
-    if p.readmit_after < 1:
-        raise ConfigError(f"config key 'round.readmit_after' must be >= 1, got {p.readmit_after!r}")
-
-
-def parse_kill_slots(text: str) -> list[tuple[float, str, float]]:
-    """``faults.kill_slots``: ``K@ROUND`` or ``K@Ts`` items as (count or fraction, "round" | "time", when).
-
-    K >= 1 is a number of worker processes, 0 < K < 1 a fraction of the slots; rounds
-    count from 1 (returned 0-based), times are seconds after the first round started.
-    """
-    out = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        k, sep, when = item.partition("@")
-        try:
-            count = float(k)
-            at_time = when.endswith("s")
-            moment = float(when[:-1]) if at_time else int(when)
-        except ValueError:
-            count, moment, at_time = -1.0, -1, False
-        valid_count = 0 < count < 1 or (count >= 1 and count.is_integer())
-        if not sep or not valid_count or moment < (0 if at_time else 1):
-            raise ConfigError(
-                f"config key 'faults.kill_slots': {item!r} is not K@ROUND or K@Ts (K a count >= 1 or a fraction "
-                "in (0, 1), rounds from 1, T seconds >= 0)"
-            )
-        out.append((count, "time" if at_time else "round", float(moment) if at_time else float(moment - 1)))
-    return out
-
-
-def parse_rounds(key: str, text: str) -> frozenset[int]:
-    """A comma list of rounds (from 1) as 0-based round indices."""
-    out = set()
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if not item.isdigit() or int(item) < 1:
-            raise ConfigError(f"config key {key!r}: {item!r} is not a round number (rounds count from 1)")
-        out.add(int(item) - 1)
-    return frozenset(out)
-
-
-def parse_clients(key: str, text: str, workers: int) -> frozenset[int]:
-    """A comma list of client ids below ``workers``."""
-    out = set()
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        if not item.isdigit() or int(item) >= workers:
-            raise ConfigError(f"config key {key!r}: {item!r} is not a client id in 0..{workers - 1}")
-        out.add(int(item))
-    return frozenset(out)
-
-
-def _validate_injection(cfg: ExperimentConfig) -> None:
-    """Faults the coordinator injects: real kills need processes, a Redis restart a managed server."""
-    f = cfg.faults
-    kills = parse_kill_slots(f.kill_slots)
-    if kills and cfg.backend != "parsl":
-        raise ConfigError("config key 'faults.kill_slots': killing worker processes needs backend parsl")
-    if f.kill_after_s < 0:
-        raise ConfigError(f"config key 'faults.kill_after_s' must be >= 0, got {f.kill_after_s!r}")
-    if parse_rounds("faults.redis_stop", f.redis_stop) and (cfg.transfer.kind != "redis" or cfg.transfer.redis):
-        raise ConfigError(
-            "config key 'faults.redis_stop': stopping Redis needs transfer.kind=redis with the run's own managed "
-            f"server (transfer.redis unset), got transfer.kind={cfg.transfer.kind!r}, transfer.redis={cfg.transfer.redis!r}"
-        )
-    if parse_clients("faults.slow", f.slow, cfg.workers) and cfg.train.mode == "none":
-        raise ConfigError("config key 'faults.slow': slowing clients stretches their training; needs train.mode=local")
-    if f.slow_factor < 1:
-        raise ConfigError(f"config key 'faults.slow_factor' must be >= 1, got {f.slow_factor!r}")
 
 
 #: Keys that say where a run writes or finds things, not what it runs: left out of config_hash,
@@ -669,7 +582,7 @@ def config_hash(cfg: ExperimentConfig) -> str:
     rounds, seed, model, data, training, strategy, topology, transfer kind, site...);
     the sweep's results table keys its resume on it.
     """
-    values = cfg.to_dict()
+    values = _hash_compatible(cfg.to_dict())
     for key in LOCATION_KEYS:
         *parents, leaf = key.split(".")
         node = values
@@ -679,6 +592,29 @@ def config_hash(cfg: ExperimentConfig) -> str:
     values["parsl_config"] = _site_identity(values.get("parsl_config"))
     text = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: List keys, as the config held them before they were typed lists: a comma string (empty: its
+#: default). Hashes keep that text, so results tables written before resume their cells.
+_TEXT_LISTS = {"sites.files": None, "peer.private_models": "", "faults.kill": "", "faults.hang": "",
+               "faults.kill_slots": "", "faults.redis_stop": "", "faults.slow": ""}
+#: Keys added since hashes were first written, left out of the hash while at these defaults.
+_ADDED_KEYS = {"round.first_deadline_s": 300.0, "round.per_client_s": 5.0, "round.min_deadline_s": 60.0,
+               "round.slack": 5.0}
+
+
+def _hash_compatible(values: dict[str, Any]) -> dict[str, Any]:
+    """The config's data as :func:`config_hash` has always seen it (see :data:`_TEXT_LISTS`)."""
+    for key, empty in _TEXT_LISTS.items():
+        section, leaf = key.split(".")
+        items = values[section][leaf]
+        values[section][leaf] = ",".join(str(i) for i in items) if items else empty
+    for key, default in _ADDED_KEYS.items():
+        section, leaf = key.split(".")
+        if values[section][leaf] == default:
+            values[section].pop(leaf)
+    values["slots"] = str(values["slots"])
+    return values
 
 
 def _site_identity(parsl_config: Any) -> Any:

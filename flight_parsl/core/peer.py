@@ -21,16 +21,11 @@ EXCHANGES = ("none", "replace", "push", "average")
 
 
 @dataclass(frozen=True)
-class PeerSettings:
-    """One client's local step in one round of a decentralized-mode method.
+class PeerParams:
+    """A decentralized-mode method's hyperparameters (the config's ``peer`` section adds
+    ``private_models``; :class:`PeerSettings` adds what one client holds). Defaults are ProxyFL's.
 
     Attributes:
-        method: the strategy's name (for messages and records).
-        private_model: the client's private model, or None when it has none.
-        shared_model: the shared model (one architecture for all), or None.
-        mutual: deep mutual learning between the private and the shared model.
-        exchange: one of :data:`EXCHANGES`.
-        pooled: train on every client's data at once (Joint, an upper bound).
         alpha: the private model's distillation weight: (1 - alpha) CE + alpha KL.
         beta: the shared model's distillation weight.
         epochs, batch_size, lr: local epochs, expected batch size and Adam's learning rate.
@@ -39,22 +34,39 @@ class PeerSettings:
         test_samples: samples of the client's own test set (drawn like its training data).
     """
 
+    alpha: float = 0.5
+    beta: float = 0.5
+    lr: float = 0.001
+    batch_size: int = 250
+    epochs: int = 1
+    dp: bool = True
+    clip: float = 1.0
+    noise: float = 1.0
+    delta: float = 0.0
+    test_samples: int = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerSettings(PeerParams):
+    """One client's local step in one round of a decentralized-mode method: the method's
+    :class:`PeerParams` and what the client holds.
+
+    Attributes:
+        method: the strategy's name (for messages and records).
+        private_model: the client's private model, or None when it has none.
+        shared_model: the shared model (one architecture for all), or None.
+        mutual: deep mutual learning between the private and the shared model.
+        exchange: one of :data:`EXCHANGES`.
+        pooled: train on every client's data at once (Joint, an upper bound).
+    """
+
     method: str
     private_model: ModelSpec | None
     shared_model: ModelSpec | None
     mutual: bool = False
     exchange: str = "none"
     pooled: bool = False
-    alpha: float = 0.5
-    beta: float = 0.5
-    epochs: int = 1
-    batch_size: int = 250
-    lr: float = 0.001
     dp: bool = False
-    clip: float = 1.0
-    noise: float = 1.0
-    delta: float = 0.0
-    test_samples: int = 200
 
     @property
     def evaluated(self) -> str:

@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig, dataset_key, parse_client_rounds
+from flight_parsl.config.experiment import ClientAt, ExperimentConfig, dataset_key
 from flight_parsl.core.model_spec import REFERENCE_SPECS, ModelSpec
 from flight_parsl.core.types import Faults, LocalSettings, Workload
 from flight_parsl.core.weights import FlatWeights
@@ -127,18 +127,16 @@ def slowdowns(cfg: ExperimentConfig) -> list[float] | None:
 
 def policy(cfg: ExperimentConfig) -> RoundPolicy:
     """The round policy of the config."""
-    p = cfg.round
-    return RoundPolicy(
-        deadline_s=p.deadline_s, min_fraction=p.min_fraction, retries=p.retries, close_fraction=p.quorum,
-        late=p.late, stale_weight=p.stale_weight, backoff_s=p.backoff_s, max_missed=p.max_missed,
-        readmit_after=p.readmit_after,
-    )
+    return cfg.round
 
 
 def faults(cfg: ExperimentConfig) -> Faults | None:
     """The injected faults of the config, or None."""
     f = cfg.faults
-    out = Faults(parse_client_rounds("faults.kill", f.kill), parse_client_rounds("faults.hang", f.hang), f.hang_s)
+    def pairs(items: list[ClientAt]) -> frozenset[tuple[int, int]]:  # 0-based (round, client)
+        return frozenset((c.round - 1, c.client) for c in items)
+
+    out = Faults(pairs(f.kill), pairs(f.hang), f.hang_s)
     return out or None
 
 

@@ -25,15 +25,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from flight_parsl.config.peer import private_model_names
 from flight_parsl.core.errors import ConfigError, RoundError
-from flight_parsl.core.peer import PeerSettings
+from flight_parsl.core.peer import PeerParams, PeerSettings
 from flight_parsl.core.types import Failure, Slot, TaskResult
 from flight_parsl.core.weights import FlatWeights, Layout
 from flight_parsl.engine.context import RunContext
@@ -60,7 +59,7 @@ def client_settings(ctx: RunContext) -> dict[int, PeerSettings]:
 
     cfg, shared = ctx.cfg, ctx.exp.workload.model
     p = cfg.peer
-    names = private_model_names(p, cfg.model.name)
+    names = p.private_model_names(cfg.model.name)
     specs = [replace(shared, name=n) for n in names]
     for spec in {*specs, shared}:
         check_trainable(spec)
@@ -70,11 +69,8 @@ def client_settings(ctx: RunContext) -> dict[int, PeerSettings]:
                 f"config key 'model.name': DP-SGD on the shared model needs per-example gradients, and "
                 f"{spec.name!r} has BatchNorm; pick one without (mlp, logreg, lenet5, smallnet) or set peer.dp=false"
             )
-    base = PeerSettings(
-        method=cfg.strategy.name, private_model=None, shared_model=shared, alpha=p.alpha, beta=p.beta,
-        epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, dp=p.dp, clip=p.clip, noise=p.noise, delta=p.delta,
-        test_samples=p.test_samples,
-    )
+    params = {f.name: getattr(p, f.name) for f in fields(PeerParams)}
+    base = PeerSettings(method=cfg.strategy.name, private_model=None, shared_model=shared, **params)
     strategy = ctx.exp.strategy
     return {
         c: strategy.configure(c, replace(base, private_model=specs[c % len(specs)])) for c in range(cfg.workers)

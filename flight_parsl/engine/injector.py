@@ -30,11 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from flight_parsl.config.experiment import (
-    ExperimentConfig,
-    parse_kill_slots,
-    parse_rounds,
-)
+from flight_parsl.config.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +123,9 @@ class FaultInjector:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, census: SlotCensus, server: Any = None) -> None:
         f = cfg.faults
         self.census, self.server = census, server
-        self.kills = parse_kill_slots(f.kill_slots)
-        self.redis_rounds = parse_rounds("faults.redis_stop", f.redis_stop)
+        # (count or fraction, "round" | "time", 0-based round or seconds), as the config typed them
+        self.kills = [(k.count, k.at, k.when - 1 if k.at == "round" else k.when) for k in f.kill_slots]
+        self.redis_rounds = frozenset(r - 1 for r in f.redis_stop)
         self.after_s, self.down_s = f.kill_after_s, f.redis_down_s
         self.seed = cfg.seed
         self.round = -1

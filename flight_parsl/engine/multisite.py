@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from flight_parsl.config.experiment import ExperimentConfig, parse_slots
+from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.engine.placement import Placement, place
 from flight_parsl.execution.backends import resolve_slots
 from flight_parsl.execution.netns import VirtualNetwork
@@ -71,8 +71,7 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
     sites = load_sites(cfg.sites.files)
     tree = None if cfg.topology == "flat" else parse_topology(cfg.topology, cfg.workers)
     placement = place(tree, cfg.workers, [s["label"] for s in sites], cfg.sites.aggregate_at)
-    setting = parse_slots(cfg.slots)
-    slots = {label: resolve_slots(setting, max(1, n)) for label, n in placement.clients_per_site().items()}
+    slots = {label: resolve_slots(cfg.slots, max(1, n)) for label, n in placement.clients_per_site().items()}
     hosts = virtual_hosts(sites)
     with ExitStack() as stack:
         network = None

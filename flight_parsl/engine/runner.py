@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 
-from flight_parsl.config.experiment import ExperimentConfig, parse_slots
+from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
@@ -106,7 +106,7 @@ def run_experiment(
             stack.callback(leftovers.forget, out)  # unwound last: an orderly stop leaves nothing behind
             work = workload(cfg)  # torch-free; bad data fails before anything starts
             t = cfg.transfer
-            slots = resolve_slots(parse_slots(cfg.slots), cfg.workers)
+            slots = resolve_slots(cfg.slots, cfg.workers)
             # Unwound after the channel closes: the slots of a reused executor let go of the run's store.
             ending = stack.enter_context(ExitStack())
             # Sites, their virtual network and a Redis on it (several sites) open first.

@@ -294,7 +294,7 @@ class SyncRound:
         deadline = time.monotonic() + deadline_s
         while len(self.queue) or self.delayed:
             if len(self.folded) >= self.close_at:
-                q = self.ctx.policy.close_fraction
+                q = self.ctx.policy.quorum
                 self._close("late", f"still out when {len(self.folded)}/{len(self.sampled)} clients had reported "
                                     f"(round.quorum={q:g})")
                 return
@@ -555,9 +555,7 @@ def run_sync(ctx: RunContext) -> RunResult:
         Membership(cfg.workers, policy.max_missed, policy.readmit_after),
         AIMDEpochs(s_cfg.aimd_start, s_cfg.aimd_max) if s_cfg.aimd else None,
     )
-    from flight_parsl.config.experiment import parse_clients
-
-    slow = parse_clients("faults.slow", cfg.faults.slow, cfg.workers)
+    slow = frozenset(cfg.faults.slow)
     injector = ctx.injector
     census = injector.census.full if injector is not None else (lambda: True)
     first = 0
@@ -597,7 +595,7 @@ def run_sync(ctx: RunContext) -> RunResult:
         rnd.run(deadline_s)
         stale = fold_stale(ctx, carried, rnd.root_agg) if carried else []
         carried = rnd.late_items
-        ok, quorum = len(rnd.folded), policy.quorum(len(sampled))
+        ok, quorum = len(rnd.folded), policy.must_report(len(sampled))
         if ok >= quorum:
             t0 = time.perf_counter()
             weights = exp.strategy.aggregate(r, weights, rnd.root_agg, rnd.failures)
