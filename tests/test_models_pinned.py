@@ -1,4 +1,4 @@
-"""Pins of the model zoo: what a seeded build produces must never change by accident.
+"""Pins of the model zoo: its public names, its import cost, and what a seeded build produces.
 
 For every zoo model at a small size, the values below were computed with the
 single-module ``flight_parsl/models/__init__.py`` (before it became a package)
@@ -11,11 +11,22 @@ renames a key or draws from the generator in another order changes them.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import flight_parsl.models
 from flight_parsl.models import ModelSpec, count_parameters, model_names, seeded_model
+
+# Every public name of the single-module flight_parsl.models, importable from the package.
+PUBLIC_NAMES = [
+    "BasicBlock", "Bottleneck", "CNNBlocks", "ConvBlock", "FedProxCNN", "Fire", "LeNet5",
+    "LogReg", "MLP", "ModelSpec", "REFERENCE_SPECS", "ResNet", "SmallNet", "SqueezeNet",
+    "TinyNet", "build_model", "check_trainable", "conv1x1", "conv3x3", "count_parameters",
+    "model_names", "reference_spec", "seeded_model",
+]  # fmt: skip
 
 SEED = 7
 
@@ -86,3 +97,31 @@ def test_seeded_build_matches_the_pin(name: str) -> None:
     assert fingerprint == pytest.approx(pinned_fingerprint, rel=1e-9, abs=1e-9)
     if torch.__version__.startswith(PINNED_TORCH):
         assert digest == sha
+
+
+def test_public_names_stay_importable_from_the_package() -> None:
+    assert sorted(flight_parsl.models.__all__) == sorted(PUBLIC_NAMES)
+    namespace: dict[str, object] = {}
+    exec("from flight_parsl.models import *", namespace)
+    assert set(PUBLIC_NAMES) <= set(namespace)
+    assert namespace["SmallNet"].__module__ == "flight_parsl.models.cnn"
+    assert set(PUBLIC_NAMES) <= set(dir(flight_parsl.models))
+    with pytest.raises(AttributeError, match="no_such_model"):
+        flight_parsl.models.no_such_model  # noqa: B018
+
+
+def test_the_package_and_its_torch_free_names_do_not_import_torch() -> None:
+    code = """
+import sys
+import flight_parsl.models
+from flight_parsl.models import ModelSpec, REFERENCE_SPECS, check_trainable, model_names, reference_spec
+from flight_parsl.models.validation import check_spec, min_image_size
+check_trainable(reference_spec("mlp"))
+check_spec(ModelSpec("smallnet", 1, 16, 10))
+print("torch" in sys.modules, min_image_size("smallnet"), len(model_names()))
+from flight_parsl.models import build_model
+print("torch" in sys.modules, type(build_model(reference_spec("lenet5"))).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "16", "11", "True", "LeNet5"]
