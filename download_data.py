@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-torchvision", action="store_true", help="download with plain urllib even if torchvision imports"
     )
+    parser.add_argument("--dry-run", action="store_true", help="print what would be fetched, fetch nothing")
     return parser
 
 
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     names = downloadable_names() if args.dataset == "all" else [args.dataset]
+    if args.dry_run:
+        for name in names:
+            print(f"{name}: would be fetched into {args.root} from {args.base_url or 'the default mirrors'}")
+        return 0
     try:
         checksums = read_checksums(args.md5_file) if args.md5_file else None
         for name in names:

@@ -62,7 +62,7 @@ def test_policy_deadline_is_finite_and_scales_with_the_work() -> None:
     assert p.deadline(None, 10) > p.deadline(None, 1) and p.deadline(None, 10) < float("inf")
     assert p.deadline(100.0, 1) == 500.0 and p.deadline(1.0, 1) == p.min_deadline_s
     assert RoundPolicy(deadline_s=7).deadline(100.0, 50) == 7
-    assert RoundPolicy(min_fraction=0.75).quorum(44) == 33 and RoundPolicy(min_fraction=0.01).quorum(3) == 1
+    assert RoundPolicy(min_fraction=0.75).must_report(44) == 33 and RoundPolicy(min_fraction=0.01).must_report(3) == 1
 
 
 # folding in the slot ----------------------------------------------------------------

@@ -35,10 +35,11 @@ def run(cfg, resume: bool = False) -> Path:
 # config ---------------------------------------------------------------------------------
 
 
-def test_policy_is_an_alias_of_the_round_section(tmp_path) -> None:
-    cfg = build_config(overrides=["policy.retries=3", "round.quorum=0.75", "policy.min_fraction=0.75"])
+def test_policy_is_a_deprecated_alias_of_the_round_section(tmp_path) -> None:
+    with pytest.warns(FutureWarning, match="'policy' is deprecated: write 'round'"):
+        cfg = build_config(overrides=["policy.retries=3", "round.quorum=0.75", "policy.min_fraction=0.75"])
     assert (cfg.round.retries, cfg.round.quorum, cfg.round.min_fraction) == (3, 0.75, 0.75)
-    assert cfg.policy is cfg.round and "policy" not in cfg.to_dict()
+    assert isinstance(cfg.round, RoundPolicy) and "policy" not in cfg.to_dict()
     old = tmp_path / "old.yaml"
     old.write_text("policy:\n  retries: 5\n  deadline_s: 9\n")
     assert (build_config(old).round.retries, build_config(old).round.deadline_s) == (5, 9.0)
@@ -51,15 +52,15 @@ def test_policy_is_an_alias_of_the_round_section(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["round.quorum=0.5", "round.min_fraction=0.75"], r"'round.quorum': 0.5 is below round.min_fraction=0.75"),
-        (["round.quorum=1.5"], r"'round.quorum' must be in \(0, 1\]"),
-        (["round.late=keep"], r"'round.late': unknown 'keep'; valid: discard, stale"),
-        (["faults.kill_slots=2@0"], r"'faults.kill_slots': '2@0' is not K@ROUND or K@Ts"),
-        (["faults.kill_slots=1.5@2"], r"'faults.kill_slots': '1.5@2'"),
+        (["round.quorum=0.5", "round.min_fraction=0.75"], r"key 'round.quorum' = 0.5: must be >= round.min_fraction \(0.75\)"),
+        (["round.quorum=1.5"], r"key 'round.quorum' = 1.5: must be <= 1"),
+        (["round.late=keep"], r"key 'round.late' = 'keep': must be one of 'discard' or 'stale'"),
+        (["faults.kill_slots=2@0"], r"key 'faults.kill_slots\[0\]' = '2@0': '2@0' is not K@ROUND or K@Ts"),
+        (["faults.kill_slots=1.5@2"], r"key 'faults.kill_slots\[0\]' = '1.5@2'"),
         (["faults.kill_slots=0.25@2", "backend=thread"], "killing worker processes needs backend parsl"),
-        (["faults.redis_stop=2", "transfer.kind=file"], "'faults.redis_stop': stopping Redis needs transfer.kind=redis"),
-        (["faults.slow=9", "workers=4"], r"'faults.slow': '9' is not a client id in 0..3"),
-        (["strategy.aimd=true", "strategy.aimd_start=0"], "aimd_start >= 1"),
+        (["faults.redis_stop=2", "transfer.kind=file"], "key 'faults.redis_stop' = \\[2\\]: stopping Redis needs transfer.kind=redis"),
+        (["faults.slow=9", "workers=4"], r"key 'faults.slow' = \[9\]: client 9 is not a client id in 0..3"),
+        (["strategy.aimd=true", "strategy.aimd_start=0"], r"key 'strategy.aimd_start' = 0: must be > 0"),
     ],
 )
 def test_bad_fault_tolerance_keys_name_the_key_and_what_is_allowed(overrides, message) -> None:
@@ -68,9 +69,11 @@ def test_bad_fault_tolerance_keys_name_the_key_and_what_is_allowed(overrides, me
 
 
 def test_kill_slots_take_counts_fractions_rounds_and_times() -> None:
-    from flight_parsl.config.experiment import parse_kill_slots
+    from flight_parsl.config.experiment import SlotKill
 
-    assert parse_kill_slots("0.25@2, 3@1,2@30s") == [(0.25, "round", 1.0), (3.0, "round", 0.0), (2.0, "time", 30.0)]
+    cfg = build_config(overrides=["faults.kill_slots=0.25@2, 3@1,2@30s"])
+    assert cfg.faults.kill_slots == [SlotKill(0.25, "round", 2.0), SlotKill(3.0, "round", 1.0), SlotKill(2.0, "time", 30.0)]
+    assert cfg.to_dict()["faults"]["kill_slots"] == ["0.25@2", "3@1", "2@30s"]  # config.yaml: the text given
     from flight_parsl.cli.scale import build_parser
 
     args = build_parser().parse_args(["--inject", "kill_slots=0.25@2", "--inject", "faults.redis_stop=3"])
@@ -81,8 +84,8 @@ def test_kill_slots_take_counts_fractions_rounds_and_times() -> None:
 
 
 def test_policy_quorum_and_backoff() -> None:
-    p = RoundPolicy(min_fraction=0.75, close_fraction=0.75, backoff_s=0.5)
-    assert [p.closes_at(n) for n in (1, 4, 44)] == [1, 3, 33] and p.quorum(44) == 33
+    p = RoundPolicy(min_fraction=0.75, quorum=0.75, backoff_s=0.5)
+    assert [p.closes_at(n) for n in (1, 4, 44)] == [1, 3, 33] and p.must_report(44) == 33
     assert [p.backoff(a) for a in (0, 1, 2)] == [0.5, 1.0, 2.0]
     assert RoundPolicy().closes_at(44) == 44
 

@@ -153,8 +153,8 @@ def test_bad_sweep_lists_fail_before_anything_runs(tmp_path) -> None:
     for args, needle in [
         (["--workers", "2,x"], "--workers: 'x' is not a positive integer"),
         (["--workers", "2,,4"], "has an empty item"),
-        (["--model", "tiny,resnet19"], "unknown model 'resnet19'"),
-        (["--transfer", "parsl,ftp"], "unknown transfer 'ftp'"),
+        (["--model", "tiny,resnet19"], "key 'model.name' = 'resnet19': unknown model"),
+        (["--transfer", "parsl,ftp"], "key 'transfer.kind' = 'ftp': unknown transfer"),
         (["--trials", "0"], "--trials must be >= 1"),
     ]:
         done = sweep(tmp_path / "s", "--backend", "thread", *args)

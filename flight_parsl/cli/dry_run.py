@@ -65,10 +65,11 @@ def plan_lines(cfg: ExperimentConfig) -> list[str]:
 
 def print_run(cfg: ExperimentConfig, *, resume: bool = False) -> None:
     """The resolved config and the plan of one run."""
+    plan = plan_lines(cfg)  # a plan that cannot be made fails before anything is printed
     print("config:" if not resume else f"config (resuming {cfg.out}):")
     print("  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip().replace("\n", "\n  "))
     print("plan:")
-    for line in plan_lines(cfg):
+    for line in plan:
         print(f"  {line}")
     print("dry run: 1 run")
 

@@ -28,6 +28,7 @@ from flight_parsl.core.errors import ConfigError, FlightParslError, Terminated
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from flight_parsl.cli.grid import Grid
     from flight_parsl.cli.sweep import SweepSpec
     from flight_parsl.config.experiment import ExperimentConfig
     from flight_parsl.engine.progress import Progress
@@ -196,36 +197,20 @@ def _main(argv: list[str] | None) -> int:
     # A failed task is an outcome the engine records (tasks.csv, the round line): no traceback here.
     handler.addFilter(lambda record: not (record.name == "parsl.dataflow.dflow" and "failed after" in record.getMessage()))
     logging.getLogger().addHandler(handler)
-    from flight_parsl.config.experiment import build_config
-    from flight_parsl.engine.progress import Progress
-    from flight_parsl.engine.runner import run_experiment
-
-    from flight_parsl.cli.grid import split_overrides
-    from flight_parsl.cli.presets import preset_values
-
     try:
-        overrides = [f"faults.{spec.removeprefix('faults.')}" for spec in args.inject or []] + args.overrides
-        plain, grid = split_overrides(overrides)
-        if args.resume:
-            cfg = resume_config(args, plain)
-            if args.dry_run:
-                return dry_run(args, cfg, grid, resume=True)
-            progress = Progress(cfg.rounds, enabled=not args.quiet)
-            run_experiment(cfg, progress, resume=True)
-            return 0
-        if args.preset:  # below --config: defaults < preset < --config < flags < key=value
-            from flight_parsl.config.experiment import load_yaml
-
-            files = [preset_values(args.preset)] + ([load_yaml(args.config)] if args.config else [])
-            cfg = build_config(None, [*files, flags_to_values(args)], plain)
-        else:
-            cfg = build_config(args.config, [flags_to_values(args)], plain)
+        cfg, grid = configure(args)
         if args.dry_run:
-            return dry_run(args, cfg, grid)
+            return dry_run(args, cfg, grid, resume=bool(args.resume))
+        from flight_parsl.engine.progress import Progress
+        from flight_parsl.engine.runner import run_experiment
+
         progress = Progress(cfg.rounds, enabled=not args.quiet)
-        if is_sweep(args, grid):
+        if args.resume:
+            run_experiment(cfg, progress, resume=True)
+        elif is_sweep(args, grid):
             return _sweep(args, cfg, progress, grid)
-        run_experiment(cfg, progress)
+        else:
+            run_experiment(cfg, progress)
     except FlightParslError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _resume_hint(locals().get("cfg"))
@@ -237,6 +222,25 @@ def _main(argv: list[str] | None) -> int:
         print("interrupted; finished rows are in the run directory", file=sys.stderr)
         return 130
     return 0
+
+
+def configure(args: argparse.Namespace) -> "tuple[ExperimentConfig, Grid]":
+    """The command's validated config (a sweep's base config) and its grid; starts nothing.
+
+    Precedence: defaults < ``--preset`` < ``--config`` < flags < ``key=value`` (and ``--inject``).
+    """
+    from flight_parsl.cli.grid import split_overrides
+    from flight_parsl.cli.presets import preset_values
+    from flight_parsl.config.experiment import build_config, load_yaml
+
+    overrides = [f"faults.{spec.removeprefix('faults.')}" for spec in args.inject or []] + args.overrides
+    plain, grid = split_overrides(overrides)
+    if args.resume:
+        return resume_config(args, plain), grid
+    files = [preset_values(args.preset)] if args.preset else []
+    if args.config:
+        files.append(load_yaml(args.config))
+    return build_config(None, [*files, flags_to_values(args)], plain), grid
 
 
 def _resume_hint(cfg: "ExperimentConfig | None") -> None:

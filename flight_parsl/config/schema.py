@@ -52,11 +52,14 @@ def unknown_key_error(source: str, key: str, allowed: list[str], section: str = 
 
 
 def _comma_split(value: Any) -> Any:
-    """A comma-separated string as a list of its stripped, non-empty items; anything else as is."""
+    """A comma-separated string as a list of its stripped, non-empty items, null as the empty
+    list, one scalar as a one-item list (``faults.redis_stop=2``); a list as it is."""
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     if value is None:
         return []
+    if isinstance(value, (int, float)):
+        return [value]
     return value
 
 
@@ -128,10 +131,10 @@ def _walk(schema: Any, loc: tuple[Any, ...]) -> tuple[str, Any]:
 
 
 _PROBLEMS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "greater_than": lambda c: f"must be > {c['gt']}",
-    "greater_than_equal": lambda c: f"must be >= {c['ge']}",
-    "less_than": lambda c: f"must be < {c['lt']}",
-    "less_than_equal": lambda c: f"must be <= {c['le']}",
+    "greater_than": lambda c: f"must be > {c['gt']:g}",
+    "greater_than_equal": lambda c: f"must be >= {c['ge']:g}",
+    "less_than": lambda c: f"must be < {c['lt']:g}",
+    "less_than_equal": lambda c: f"must be <= {c['le']:g}",
     "literal_error": lambda c: f"must be one of {c['expected']}",
     "int_parsing": lambda c: "must be an integer",
     "int_type": lambda c: "must be an integer",

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="simulation: Ray resources per client. matched (default): N logical CPUs, "
                         "1 per client, one actor per client; default: Flower's own settings (2 of the "
                         "machine's CPUs per client, so cpus // 2 actors); X: X of the machine's CPUs per client")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments, print the run, start nothing")
     parser.add_argument("--save-params", action="store_true",
                         help="write the final aggregated parameters to OUT/final_parameters.npz")
     return parser
@@ -83,6 +84,27 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    """Check what a run needs without starting it: the model name, the counts, Flower's extra."""
+    import importlib.util
+
+    from flight_parsl.core.model_spec import model_names
+
+    try:
+        if args.model not in model_names():
+            raise ConfigError(f"--model {args.model!r}: unknown model; valid names: {', '.join(sorted(model_names()))}")
+        if args.workers < 1 or args.rounds < 1:
+            raise ConfigError(f"--workers {args.workers} / --rounds {args.rounds}: both must be >= 1")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    flwr = "installed" if importlib.util.find_spec("flwr") else "not installed (pip install -e \".[flower]\")"
+    print(f"flower {args.mode}: {args.workers} clients, model {args.model}, {args.rounds} round(s), "
+          f"results {args.results or '-'}; flwr {flwr}")
+    print("dry run: 1 run")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ROLES:
@@ -94,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     from flight_parsl.baselines.flower.runner import run_flower
 
     args = build_parser().parse_args(argv)
+    if args.dry_run:
+        return _dry_run(args)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         row = run_flower(
