@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flight_parsl.config.experiment import ExperimentConfig, build_config
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI time limit, ``kill``) stops the session like Ctrl-C: every fixture and every
+    run on the way out is unwound, so no managed redis-server, executor or namespace is left."""
+    from flight_parsl.core.errors import Terminated
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
