@@ -159,11 +159,10 @@ def translate(exc: ValidationError, schema: Any, source: str) -> ConfigError:
     # a union reports one error per member: prefer the member that got furthest
     err = max(errors, key=lambda e: (e["type"] != "missing", len(e["loc"])), default=errors[0])
     err = errors[0] if err["type"] == "missing" else err
-    key, where = _walk(schema, tuple(err["loc"]))
-    if err["type"] == "extra_forbidden":
-        fields = fields_of(where) or {}
-        section = key.rsplit(".", 1)[0] if "." in key else ""
-        return unknown_key_error(source, key, list(fields), section)
+    key, _ = _walk(schema, tuple(err["loc"]))
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        section, parent = _walk(schema, tuple(err["loc"])[:-1])
+        return unknown_key_error(source, key, list(fields_of(parent) or {}), section)
     if err["type"] in ("value_error", "assertion_error") and isinstance(err.get("ctx", {}).get("error"), ConfigError):
         return ConfigError(str(err["ctx"]["error"]))
     make = _PROBLEMS.get(err["type"])
