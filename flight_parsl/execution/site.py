@@ -64,6 +64,8 @@ __all__ = [
     "site_fixed_slots",
     "describe_site",
     "load_site",
+    "normalize_site",
+    "read_site",
     "site_start_timeout",
 ]
 
@@ -281,7 +283,7 @@ def _used_keys_only(
     return out
 
 
-def _normalize(site: Any, source: str = "site") -> dict[str, Any]:
+def normalize_site(site: Any, source: str = "site") -> dict[str, Any]:
     """Validate a site mapping against :class:`SiteSchema` and return a full, normalised copy.
 
     Every top-level key is present (defaults filled); the provider and launcher sections
@@ -323,6 +325,9 @@ def _normalize(site: Any, source: str = "site") -> dict[str, Any]:
     return out
 
 
+_normalize = normalize_site
+
+
 #: Launchers that start the worker pool on the host that runs the provider's block.
 _HOST_LAUNCHERS = ("single_node", "simple")
 
@@ -349,26 +354,25 @@ def _resolve_path(path: str | Path) -> Path | None:
     return None
 
 
-def load_site(path: str | Path | None) -> dict[str, Any]:
-    """Read, validate and normalise a site file.
+def read_site(path: str | Path | None) -> tuple[Any, str]:
+    """The raw contents of a site file, and how error messages name it.
 
     Args:
-        path: a YAML file, a bare site name (``"local"``, ``"polaris"``, ...) found in
-            ``configs/parsl/``, or None for the built-in local site.
+        path: as for :func:`load_site`.
 
     Returns:
-        The normalised site (all top-level keys present; provider and launcher
-        sections hold exactly the keys their kind uses).
+        ``(data, source)``: the parsed YAML (not yet validated) and ``site file 'PATH'``
+        (or ``built-in local site``).
 
     Raises:
-        ConfigError: the file is missing or unreadable, or the site breaks the schema.
+        ConfigError: the file is missing, unreadable, not YAML, or empty.
     """
     if path is None:
-        return _normalize(DEFAULT_LOCAL_SITE, "built-in local site")
+        return DEFAULT_LOCAL_SITE, "built-in local site"
     found = _resolve_path(path)
     if found is None:
         if str(path) == "local":
-            return _normalize(DEFAULT_LOCAL_SITE, "built-in local site")
+            return DEFAULT_LOCAL_SITE, "built-in local site"
         names = sorted(p.stem for p in SITE_DIR.glob("*.yaml")) if SITE_DIR.is_dir() else []
         raise ConfigError(
             f"site file not found: {str(path)!r}"
@@ -382,7 +386,26 @@ def load_site(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"site file {str(found)!r} is not valid YAML: {exc}") from exc
     if data is None:
         raise ConfigError(f"site file {str(found)!r} is empty")
-    return _normalize(data, f"site file {str(found)!r}")
+    return data, f"site file {str(found)!r}"
+
+
+def load_site(path: str | Path | None) -> dict[str, Any]:
+    """Read, validate and normalise a site file.
+
+    Args:
+        path: a YAML file, a bare site name (``"local"``, ``"polaris"``, ...) found in
+            ``configs/parsl/``, or None for the built-in local site.
+
+    Returns:
+        The normalised site (all top-level keys present; provider and launcher
+        sections hold exactly the keys their kind uses).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or the site breaks the schema
+            (``site file 'PATH': key 'KEY' = VALUE: PROBLEM``).
+    """
+    data, source = read_site(path)
+    return normalize_site(data, source)
 
 
 # ------------------------------------------------------------------------- building
@@ -454,7 +477,7 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers = {workers!r}; expected an int >= 1")
-    s = _normalize(site)
+    s = normalize_site(site)
     provider = s["provider"]
     max_workers = s["max_workers_per_node"]
     if max_workers is None and (provider["kind"] == "local" or provider["nodes_per_block"] == 1):
@@ -525,7 +548,7 @@ def site_fixed_slots(site: Mapping[str, Any]) -> int | None:
     Raises:
         ConfigError: the site is invalid.
     """
-    s = _normalize(site)
+    s = normalize_site(site)
     if s["max_workers_per_node"] is None:
         return None
     prov = s["provider"]
@@ -538,7 +561,7 @@ def site_start_timeout(site: Mapping[str, Any]) -> float:
     Raises:
         ConfigError: the site is invalid.
     """
-    return float(_normalize(site)["start_timeout"])
+    return float(normalize_site(site)["start_timeout"])
 
 
 def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
@@ -551,7 +574,7 @@ def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
     Raises:
         ConfigError: the site is invalid.
     """
-    s = _normalize(site)
+    s = normalize_site(site)
     prov = s["provider"]
     per_node: str
     if s["max_workers_per_node"] is not None:
