@@ -27,14 +27,17 @@ import shlex
 import shutil
 import string
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
+
+from flight_parsl.config.schema import Schema, check, key_error
+from flight_parsl.core.errors import ConfigError
 
 __all__ = [
     "JOBS_DIR",
@@ -44,6 +47,7 @@ __all__ = [
     "Job",
     "Spec",
     "SpecError",
+    "SpecSchema",
     "SubmitError",
     "default_out_dir",
     "group_workers",
@@ -74,8 +78,10 @@ REDIS_WAIT_S = 60
 PLACEHOLDER_ACCOUNT = "YOUR_ACCOUNT"
 
 
-class SpecError(ValueError):
-    """A sweep spec is wrong; the message names the key."""
+class SpecError(ConfigError):
+    """A sweep spec is wrong; the message names the spec, the key, the value and what is allowed
+    (``job spec 'PATH': key 'KEY' = VALUE: PROBLEM``, the one format of flight_parsl's config
+    errors: this is a :class:`~flight_parsl.core.errors.ConfigError`)."""
 
 
 class SubmitError(RuntimeError):
@@ -84,80 +90,103 @@ class SubmitError(RuntimeError):
 
 # --------------------------------------------------------------------------- schema
 
-_REQUIRED = object()
+
+def _name(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", v):
+        raise ValueError("must start with a letter and hold only letters, digits, '_', '.', '-'")
+    return v
 
 
-@dataclass(frozen=True)
-class _Key:
-    """One spec key: accepted types, default, nullability, owning scheduler, extra check."""
-
-    types: tuple[type, ...]
-    type_name: str
-    default: Any = _REQUIRED
-    nullable: bool = False
-    scheduler: str | None = None  # only meaningful for this scheduler
-    check: Callable[[Any], str | None] | None = None
-
-
-def _at_least(low: int) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be >= {low}"
-
-
-def _port(v: int) -> str | None:
-    return None if 1 <= v <= 65535 else "must be a TCP port, 1..65535"
-
-
-def _name(v: str) -> str | None:
-    ok = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", v)
-    return None if ok else "must start with a letter and hold only letters, digits, '_', '.', '-'"
-
-
-def _token(v: str) -> str | None:
+def _token(v: str) -> str:
     if not v:
-        return "must not be empty"
-    return None if re.fullmatch(r"[A-Za-z0-9_.:,@+=/-]+", v) else "must be one word (no spaces or quotes)"
+        raise ValueError("must not be empty")
+    if not re.fullmatch(r"[A-Za-z0-9_.:,@+=/-]+", v):
+        raise ValueError("must be one word (no spaces or quotes)")
+    return v
 
 
-def _walltime(v: str) -> str | None:
-    return None if re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", v) else 'must look like "HH:MM:SS"'
+def _walltime_text(v: Any) -> Any:
+    if isinstance(v, str):
+        return v
+    hint = " (YAML reads an unquoted 01:00:00 as a number of seconds)" if isinstance(v, int) else ""
+    raise ValueError(f'must be a string; quote it in YAML: "01:00:00"{hint}')
 
 
-def _nonempty(v: str) -> str | None:
-    return None if v.strip() else "must not be empty"
+def _walltime(v: str) -> str:
+    if not re.fullmatch(r"(\d+-)?\d{1,3}:\d{2}:\d{2}", v):
+        raise ValueError('must look like "HH:MM:SS"')
+    return v
 
 
-_INT = ((int,), "int")
-_STR = ((str,), "str")
-_LIST = ((list,), "list")
-_BOOL = ((bool,), "bool")
+def _nonempty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
 
-#: The spec schema: key -> rules. Keys not listed here are an error.
-SPEC_KEYS: dict[str, _Key] = {
-    "scheduler": _Key(*_STR, check=lambda v: None if v in SCHEDULERS else
-                      f"must be one of: {', '.join(SCHEDULERS)}"),
-    "job_name": _Key(*_STR, default="fp-scaling", check=_name),
-    "account": _Key(*_STR, check=_token),
-    "queue": _Key(*_STR, default=None, nullable=True, scheduler="pbs", check=_token),
-    "filesystems": _Key(*_STR, default=None, nullable=True, scheduler="pbs", check=_token),
-    "partition": _Key(*_STR, default=None, nullable=True, scheduler="slurm", check=_token),
-    "qos": _Key(*_STR, default=None, nullable=True, scheduler="slurm", check=_token),
-    "constraint": _Key(*_STR, default=None, nullable=True, scheduler="slurm", check=_token),
-    "walltime": _Key((str,), 'str (quote it in YAML: "01:00:00")', check=_walltime),
-    "worker_init": _Key(*_STR, default="", nullable=True),
-    "parsl_config": _Key(*_STR, check=_nonempty),
-    "workers_per_node": _Key(*_INT, default=128, check=_at_least(1)),
-    "head_node_workers": _Key(*_BOOL, default=None, nullable=True, scheduler="slurm"),
-    "workers": _Key((list,), "list of int"),
-    "models": _Key((list,), "list of str"),
-    "transfers": _Key((list,), "list of str"),
-    "trials": _Key(*_INT, default=1, check=_at_least(1)),
-    "rounds": _Key(*_INT, default=1, check=_at_least(1)),
-    "results": _Key(*_STR, default="results/scaling.csv", check=_nonempty),
-    "redis_interface": _Key(*_STR, default=None, nullable=True, check=_token),
-    "redis_port": _Key(*_INT, default=6379, check=_port),
-    "extra_args": _Key((list,), "list of str", default=[]),
-    "directives": _Key((list,), "list of str", default=[]),
-}
+
+def _model_name(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+        raise ValueError("is not a model name")
+    return v
+
+
+def _unique(items: list[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"lists {item!r} twice")
+        seen.add(item)
+    return items
+
+
+_Token = Annotated[str, AfterValidator(_token)]
+_Text = Annotated[str, AfterValidator(_nonempty)]
+_AtLeast1 = Annotated[int, Field(ge=1)]
+
+
+class SpecSchema(Schema):
+    """A sweep spec (``jobs/specs/*.yaml``; jobs/README.md says what each key means).
+
+    Keys that only one scheduler uses (``queue``, ``filesystems``: pbs; ``partition``,
+    ``qos``, ``constraint``, ``head_node_workers``: slurm) must be null or absent under the
+    other one; :func:`validate_spec` checks that and the other rules across keys.
+    """
+
+    model_config = ConfigDict(strict=True)
+
+    scheduler: Literal["slurm", "pbs"]
+    job_name: Annotated[str, AfterValidator(_name)] = "fp-scaling"
+    account: _Token
+    queue: _Token | None = None
+    filesystems: _Token | None = None
+    partition: _Token | None = None
+    qos: _Token | None = None
+    constraint: _Token | None = None
+    walltime: Annotated[str, BeforeValidator(_walltime_text), AfterValidator(_walltime)]
+    worker_init: str | None = ""
+    parsl_config: _Text
+    workers_per_node: _AtLeast1 = 128
+    head_node_workers: bool | None = None
+    workers: Annotated[list[_AtLeast1], Field(min_length=1), AfterValidator(_unique)]
+    models: Annotated[list[Annotated[str, AfterValidator(_model_name)]], Field(min_length=1),
+                      AfterValidator(_unique)]
+    transfers: Annotated[list[Literal["parsl", "redis", "file"]], Field(min_length=1),
+                         AfterValidator(_unique)]
+    trials: _AtLeast1 = 1
+    rounds: _AtLeast1 = 1
+    results: _Text = "results/scaling.csv"
+    redis_interface: _Token | None = None
+    redis_port: Annotated[int, Field(ge=1, le=65535)] = 6379
+    extra_args: list[_Text] = []
+    directives: list[_Text] = []
+
+
+#: The spec's keys (the schema is :class:`SpecSchema`).
+SPEC_KEYS: tuple[str, ...] = tuple(SpecSchema.model_fields)
+
+#: Keys only one scheduler uses.
+_SCHEDULER_KEYS = {"queue": "pbs", "filesystems": "pbs", "partition": "slurm", "qos": "slurm",
+                   "constraint": "slurm", "head_node_workers": "slurm"}
 
 #: Defaults that depend on the scheduler (applied when the key is null or absent).
 _SCHEDULER_DEFAULTS = {"pbs": {"filesystems": "home:eagle"}}
@@ -165,7 +194,7 @@ _SCHEDULER_DEFAULTS = {"pbs": {"filesystems": "home:eagle"}}
 
 @dataclass(frozen=True)
 class Spec:
-    """A validated sweep spec (see ``SPEC_KEYS`` and jobs/README.md)."""
+    """A validated sweep spec (see :class:`SpecSchema` and jobs/README.md)."""
 
     scheduler: str
     job_name: str
@@ -196,73 +225,24 @@ class Spec:
     def uses_redis(self) -> bool:
         return "redis" in self.transfers
 
+    @property
+    def where(self) -> str:
+        """How error messages name this spec: ``job spec 'PATH'``."""
+        return spec_source(self.source)
 
-def _err(source: str, key: str, message: str) -> SpecError:
-    return SpecError(f"{source}: key {key!r} {message}")
+
+def spec_source(path: str) -> str:
+    """How error messages name the spec at ``path``: ``job spec 'PATH'``."""
+    return f"job spec {path!r}"
+
+
+def _err(source: str, key: str, value: Any, problem: str) -> SpecError:
+    """The one error format, as a SpecError: ``SOURCE: key 'KEY' = VALUE: PROBLEM``."""
+    return SpecError(str(key_error(source, key, value, problem)))
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_scalar(source: str, key: str, value: Any, rule: _Key) -> Any:
-    if value is None:
-        if rule.nullable:
-            return None
-        raise _err(source, key, f"= null; expected {rule.type_name}")
-    ok = isinstance(value, rule.types) and not (isinstance(value, bool) and bool not in rule.types)
-    if not ok:
-        hint = ""
-        if key == "walltime" and _is_int(value):
-            hint = " (YAML reads an unquoted 01:00:00 as a number of seconds)"
-        raise _err(source, key, f"= {value!r} ({type(value).__name__}); expected {rule.type_name}"
-                   f"{' or null' if rule.nullable else ''}{hint}")
-    if rule.check is not None:
-        problem = rule.check(value)
-        if problem:
-            raise _err(source, key, f"= {value!r} {problem}")
-    return value
-
-
-def _check_list(source: str, key: str, value: list[Any], item_ok: Callable[[Any], str | None],
-                *, allow_empty: bool = False, unique: bool = True) -> list[Any]:
-    if not value and not allow_empty:
-        raise _err(source, key, "is an empty list; give at least one item")
-    for item in value:
-        problem = item_ok(item)
-        if problem:
-            raise _err(source, key, f"item {item!r} {problem}")
-    if unique:
-        seen: set[Any] = set()
-        for item in value:
-            if item in seen:
-                raise _err(source, key, f"lists {item!r} twice")
-            seen.add(item)
-    return list(value)
-
-
-def _positive_int_item(v: Any) -> str | None:
-    if not _is_int(v):
-        return f"({type(v).__name__}) is not an int"
-    return None if v >= 1 else "must be >= 1"
-
-
-def _model_item(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return f"({type(v).__name__}) is not a str"
-    return None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else "is not a model name"
-
-
-def _transfer_item(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return f"({type(v).__name__}) is not a str"
-    return None if v in TRANSFERS else f"is not a transfer; choose from {', '.join(TRANSFERS)}"
-
-
-def _str_item(v: Any) -> str | None:
-    if not isinstance(v, str):
-        return f"({type(v).__name__}) is not a str"
-    return None if v.strip() else "is empty"
 
 
 def _known_models() -> list[str] | None:
@@ -275,78 +255,63 @@ def _known_models() -> list[str] | None:
 
 
 def validate_spec(data: Any, source: str = "spec", *, check_models: bool = True) -> Spec:
-    """Validate a spec mapping strictly and return a :class:`Spec`.
+    """Validate a spec mapping against :class:`SpecSchema` and return a :class:`Spec`.
 
     Args:
         data: the parsed YAML.
-        source: names the spec in error messages (usually its path).
+        source: the spec's path (or a name); errors say ``job spec 'SOURCE'``.
         check_models: also check the model names against ``flight_parsl.models`` (skipped
             when that cannot be imported, e.g. without torch).
 
     Raises:
         SpecError: an unknown or missing key, a wrong type or value; the message names the key.
     """
+    where = spec_source(source)
     if not isinstance(data, Mapping):
-        raise SpecError(f"{source}: a spec must be a mapping of keys, got {type(data).__name__}")
-    for key in data:
-        if key not in SPEC_KEYS:
-            raise SpecError(f"{source}: unknown key {key!r}; allowed keys: {', '.join(SPEC_KEYS)}")
-    for key, rule in SPEC_KEYS.items():
-        if rule.default is _REQUIRED and key not in data:
-            raise SpecError(f"{source}: key {key!r} is missing (required)")
-
-    values: dict[str, Any] = {}
-    for key, rule in SPEC_KEYS.items():
-        raw = data.get(key, rule.default)
-        if isinstance(raw, list):
-            raw = list(raw)
-        values[key] = _check_scalar(source, key, raw, rule)
+        raise SpecError(f"{where}: a spec must be a mapping of keys, got {type(data).__name__}")
+    try:
+        model = check(SpecSchema, data, where)
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    values = model.model_dump()
     scheduler = values["scheduler"]
 
-    for key, rule in SPEC_KEYS.items():
-        if rule.scheduler is not None and rule.scheduler != scheduler and values[key] is not None:
-            raise _err(source, key, f"= {values[key]!r} is a {rule.scheduler} key, but scheduler is "
-                       f"{scheduler!r}; remove it or set it to null")
+    for key, owner in _SCHEDULER_KEYS.items():
+        if owner != scheduler and values[key] is not None:
+            raise _err(where, key, values[key], f"is a {owner} key, but scheduler is {scheduler!r}; "
+                       "remove it or set it to null")
     for key, default in _SCHEDULER_DEFAULTS.get(scheduler, {}).items():
         if values[key] is None:
             values[key] = default
     values["head_node_workers"] = bool(values["head_node_workers"])
     if scheduler == "pbs" and values["queue"] is None:
-        raise _err(source, "queue", "is required when scheduler is 'pbs' (e.g. prod, debug-scaling)")
-
-    values["workers"] = _check_list(source, "workers", values["workers"], _positive_int_item)
-    values["models"] = _check_list(source, "models", values["models"], _model_item)
-    values["transfers"] = _check_list(source, "transfers", values["transfers"], _transfer_item)
-    values["extra_args"] = _check_list(source, "extra_args", values["extra_args"], _str_item,
-                                       allow_empty=True, unique=False)
-    values["directives"] = _check_list(source, "directives", values["directives"], _str_item,
-                                       allow_empty=True, unique=False)
+        raise _err(where, "queue", None, "is required when scheduler is 'pbs' (e.g. prod, debug-scaling)")
     values["worker_init"] = values["worker_init"] or ""
 
     prefix = SCHEDULERS[scheduler][2]
-    for line in values["directives"]:
+    for i, line in enumerate(values["directives"]):
         if not line.startswith(prefix) or "\n" in line:
-            raise _err(source, "directives", f"item {line!r} must be one line starting with "
+            raise _err(where, f"directives[{i}]", line, f"must be one line starting with "
                        f"{prefix.strip()!r} (scheduler is {scheduler!r})")
-    for arg in values["extra_args"]:
+    for i, arg in enumerate(values["extra_args"]):
         flag = arg.split("=", 1)[0]
         if flag in RENDERED_FLAGS:
-            raise _err(source, "extra_args", f"item {arg!r} sets {flag}, which the spec key "
+            raise _err(where, f"extra_args[{i}]", arg, f"sets {flag}, which the spec key "
                        "for it sets already (workers, models, transfers, trials, rounds, "
                        "parsl_config, results; --redis comes from the job's Redis)")
     if "file" in values["transfers"] and not any(
         a.startswith("transfer.file_dir=") for a in values["extra_args"]
     ):
-        raise _err(source, "transfers", "includes 'file', but workers run on other nodes than the "
-                   "coordinator: add 'transfer.file_dir=/a/shared/directory' to extra_args "
-                   "(the default /dev/shm is not shared between nodes)")
+        raise _err(where, "transfers", values["transfers"], "includes 'file', but workers run on "
+                   "other nodes than the coordinator: add 'transfer.file_dir=/a/shared/directory' "
+                   "to extra_args (the default /dev/shm is not shared between nodes)")
     if check_models:
         known = _known_models()
         if known is not None:
-            for model in values["models"]:
-                if model not in known:
-                    raise _err(source, "models", f"item {model!r} is not a model of the harness; "
-                               f"valid names: {', '.join(known)}")
+            for model_name in values["models"]:
+                if model_name not in known:
+                    raise _err(where, "models", values["models"], f"{model_name!r} is not a model "
+                               f"of the harness; valid names: {', '.join(known)}")
 
     for key in ("workers", "models", "transfers", "extra_args", "directives"):
         values[key] = tuple(values[key])
@@ -436,7 +401,7 @@ def _fill(template_name: str, values: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- site copy
 
 
-def _resolve_site(name: str, cwd: Path) -> Path:
+def _resolve_site(name: str, cwd: Path, spec_where: str) -> Path:
     """The site file for ``parsl_config``: a path (cwd, then repo root) or a bare name."""
     candidate = Path(name).expanduser()
     tries = [candidate] if candidate.is_absolute() else [cwd / candidate, REPO_ROOT / candidate]
@@ -445,36 +410,42 @@ def _resolve_site(name: str, cwd: Path) -> Path:
     for path in tries:
         if path.is_file():
             return path.resolve()
-    raise SpecError(f"key 'parsl_config' = {name!r}: site file not found "
-                    f"(looked at {', '.join(str(p) for p in tries)})")
+    raise _err(spec_where, "parsl_config", name,
+               f"site file not found (looked at {', '.join(str(p) for p in tries)})")
 
 
 def _load_site_source(path: Path, spec: Spec) -> dict[str, Any]:
-    """Read the spec's site file and check it can run inside the job's allocation."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"key 'parsl_config': cannot read site file {str(path)!r}: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("provider", {}), dict):
-        raise SpecError(f"key 'parsl_config': site file {str(path)!r} is not a site mapping "
-                        "with a 'provider' section")
-    provider = data.setdefault("provider", {}) or {}
-    data["provider"] = provider
-    kind = provider.get("kind", "local")
+    """The spec's site file as written, once the harness's site schema accepts it
+    (:func:`flight_parsl.execution.site.normalize_site`) and it can run inside the job's
+    allocation.
+
+    Raises:
+        ConfigError: the site file is unreadable or breaks the site schema
+            (``site file 'PATH': key 'KEY' = VALUE: PROBLEM``).
+        SpecError: the site cannot run inside the job.
+    """
+    from flight_parsl.execution.site import normalize_site, read_site
+
+    data, source = read_site(path)
+    site = normalize_site(data, source)
+    kind = site["provider"]["kind"]
     if kind != "local":
-        raise SpecError(
-            f"key 'parsl_config' = {spec.parsl_config!r}: its provider.kind is {kind!r}, so Parsl "
-            "would submit a second batch job from inside this one. The jobs run the harness in "
-            "their own allocation: use a site with provider.kind local and an srun (Slurm) or "
-            "mpiexec (PBS) launcher, e.g. configs/parsl/expanse.yaml, jobs/sites/polaris.yaml "
-            "or jobs/sites/perlmutter.yaml")
-    acc = data.get("available_accelerators")
+        raise _err(
+            spec.where, "parsl_config", spec.parsl_config,
+            f"its provider.kind is {kind!r}, so Parsl would submit a second batch job from inside "
+            "this one. The jobs run the harness in their own allocation: use a site with "
+            "provider.kind local and an srun (Slurm) or mpiexec (PBS) launcher, e.g. "
+            "configs/parsl/expanse.yaml, jobs/sites/polaris.yaml or jobs/sites/perlmutter.yaml")
+    acc = site["available_accelerators"]
     slots = acc if _is_int(acc) else (len(acc) if isinstance(acc, list) else None)
     if slots is not None and slots < spec.workers_per_node:
-        raise SpecError(
-            f"key 'workers_per_node' = {spec.workers_per_node}: the site {str(path)!r} pins one "
-            f"worker per accelerator (available_accelerators = {acc!r}), so a node holds only "
-            f"{slots}; set workers_per_node to {slots} or available_accelerators to null")
+        raise _err(
+            spec.where, "workers_per_node", spec.workers_per_node,
+            f"the site {str(path)!r} pins one worker per accelerator (available_accelerators = "
+            f"{acc!r}), so a node holds only {slots}; set workers_per_node to {slots} or "
+            "available_accelerators to null")
+    data = copy.deepcopy(dict(data))
+    data["provider"] = data.get("provider") or {}
     return data
 
 
@@ -510,20 +481,17 @@ def _site_copy_text(data: Mapping[str, Any], source: Path, job_name: str, nodes:
 
 
 def _check_site_text(text: str, spec: Spec) -> None:
-    """Validate a site copy with flight_parsl.execution.site when it can be imported here."""
+    """Validate a job's site copy with the harness's site schema.
+
+    Raises:
+        SpecError: the copy breaks the site schema.
+    """
+    from flight_parsl.execution.site import normalize_site
+
     try:
-        from flight_parsl.core.errors import ConfigError
-        from flight_parsl.execution.site import load_site
-    except Exception:  # noqa: BLE001 - no parsl on this machine: the harness checks later
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "site.yaml"
-        path.write_text(text, encoding="utf-8")
-        try:
-            load_site(path)
-        except ConfigError as exc:
-            raise SpecError(f"key 'parsl_config' = {spec.parsl_config!r}: the site does not "
-                            f"validate: {exc}") from exc
+        normalize_site(yaml.safe_load(text), "the job's copy of the site")
+    except ConfigError as exc:
+        raise _err(spec.where, "parsl_config", spec.parsl_config, f"the site does not validate: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- render
@@ -623,11 +591,12 @@ def render_jobs(spec: Spec, out_dir: str | Path, *, cwd: str | Path | None = Non
 
     Raises:
         SpecError: the site file is missing or cannot run inside the job.
+        ConfigError: the site file breaks the site schema (the message names the site file).
         SubmitError: a template or path problem.
     """
     base = Path(cwd) if cwd is not None else Path.cwd()
     out = _safe_path(Path(out_dir).expanduser().absolute(), "output directory")
-    site_source = _resolve_site(spec.parsl_config, base)
+    site_source = _resolve_site(spec.parsl_config, base, spec.where)
     site_data = _load_site_source(site_source, spec)
     results = Path(spec.results).expanduser()
     results = _safe_path(results if results.is_absolute() else (base / results).absolute(),
@@ -760,5 +729,5 @@ def check_account(spec: Spec) -> None:
         SpecError: account is still ``YOUR_ACCOUNT``.
     """
     if spec.account == PLACEHOLDER_ACCOUNT:
-        raise _err(spec.source, "account", f"= {PLACEHOLDER_ACCOUNT!r}: edit the spec and set your "
-                   "allocation's project before submitting (--dry-run works without it)")
+        raise _err(spec.where, "account", spec.account, "edit the spec and set your allocation's "
+                   "project before submitting (--dry-run works without it)")

@@ -8,8 +8,8 @@ Usage (from the repository root):
 One job per node count (1 coordinator node + ceil(workers / workers_per_node) worker
 nodes); each runs one harness sweep over its worker counts. See jobs/README.md.
 
-Exit status: 0 done, 1 writing or submitting failed (e.g. no sbatch/qsub here), 2 the spec
-or the command line is wrong.
+Exit status: 0 done, 1 writing or submitting failed (e.g. no sbatch/qsub here), 2 the spec,
+its site file or the command line is wrong (one line ``error: job spec 'PATH': key ...``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `jobs` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flight_parsl.core.errors import ConfigError  # noqa: E402
 from jobs.render import (  # noqa: E402
-    SpecError,
     SubmitError,
     check_account,
     check_submit_command,
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(f"{job.name}\t{job.nodes}\t{job_id}\t{job.script_path}\n")
 
         submit_jobs(jobs, spec.scheduler, on_submit=report)
-    except SpecError as exc:
+    except ConfigError as exc:  # a bad spec (SpecError) or a bad site file it names
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SubmitError as exc:

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repo root off sys.path
     sys.path.insert(0, str(ROOT))
 
+from flight_parsl.core.errors import ConfigError  # noqa: E402
 from jobs.render import (  # noqa: E402
     SpecError,
     SubmitError,
@@ -600,20 +601,20 @@ def _without(key: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("data", "key", "detail"), [
     (slurm_spec(trails=3), "trails", "unknown key"),
-    (slurm_spec(scheduler="lsf"), "scheduler", "slurm, pbs"),
+    (slurm_spec(scheduler="lsf"), "scheduler", "must be one of 'slurm' or 'pbs'"),
     (slurm_spec(trials=0), "trials", ">= 1"),
-    (slurm_spec(trials="3"), "trials", "expected int"),
+    (slurm_spec(trials="3"), "trials", "must be an integer"),
     (slurm_spec(rounds=-1), "rounds", ">= 1"),
     (slurm_spec(workers_per_node=0), "workers_per_node", ">= 1"),
-    (slurm_spec(workers_per_node=True), "workers_per_node", "expected int"),
-    (slurm_spec(workers=[]), "workers", "empty list"),
-    (slurm_spec(workers=[2, 0]), "workers", ">= 1"),
-    (slurm_spec(workers=[2, 2.5]), "workers", "not an int"),
+    (slurm_spec(workers_per_node=True), "workers_per_node", "must be an integer"),
+    (slurm_spec(workers=[]), "workers", "needs at least 1 item"),
+    (slurm_spec(workers=[2, 0]), "workers[1]", ">= 1"),
+    (slurm_spec(workers=[2, 2.5]), "workers[1]", "must be an integer"),
     (slurm_spec(workers=[8, 8]), "workers", "twice"),
-    (slurm_spec(workers=128), "workers", "expected list"),
-    (slurm_spec(models=[]), "models", "empty list"),
-    (slurm_spec(transfers=["grpc"]), "transfers", "parsl, redis, file"),
-    (slurm_spec(transfers=[]), "transfers", "empty list"),
+    (slurm_spec(workers=128), "workers", "must be a list"),
+    (slurm_spec(models=[]), "models", "needs at least 1 item"),
+    (slurm_spec(transfers=["grpc"]), "transfers[0]", "must be one of 'parsl', 'redis' or 'file'"),
+    (slurm_spec(transfers=[]), "transfers", "needs at least 1 item"),
     (slurm_spec(transfers=["file"]), "transfers", "transfer.file_dir"),
     (slurm_spec(walltime=3600), "walltime", "quote"),
     (slurm_spec(walltime="1 hour"), "walltime", "HH:MM:SS"),
@@ -623,14 +624,14 @@ def _without(key: str) -> dict[str, Any]:
     (slurm_spec(queue="prod"), "queue", "pbs key"),
     (pbs_spec(partition="compute"), "partition", "slurm key"),
     (pbs_spec(queue=None), "queue", "required"),
-    (slurm_spec(redis_port=70000), "redis_port", "1..65535"),
+    (slurm_spec(redis_port=70000), "redis_port", "must be <= 65535"),
     (slurm_spec(redis_interface="ib0; rm"), "redis_interface", "one word"),
     (slurm_spec(job_name="my job"), "job_name", "letters"),
-    (slurm_spec(extra_args=["--workers=4"]), "extra_args", "--workers"),
-    (slurm_spec(extra_args=["--redis", "h:1"]), "extra_args", "--redis"),
-    (slurm_spec(extra_args="x=1"), "extra_args", "expected list"),
-    (slurm_spec(directives=["--exclusive"]), "directives", "#SBATCH"),
-    (pbs_spec(directives=["#SBATCH --exclusive"]), "directives", "#PBS"),
+    (slurm_spec(extra_args=["--workers=4"]), "extra_args[0]", "--workers"),
+    (slurm_spec(extra_args=["--redis", "h:1"]), "extra_args[0]", "--redis"),
+    (slurm_spec(extra_args="x=1"), "extra_args", "must be a list"),
+    (slurm_spec(directives=["--exclusive"]), "directives[0]", "#SBATCH"),
+    (pbs_spec(directives=["#SBATCH --exclusive"]), "directives[0]", "#PBS"),
 ])
 def test_spec_errors_name_the_key(data: dict[str, Any], key: str, detail: str) -> None:
     with pytest.raises(SpecError) as info:
@@ -638,7 +639,8 @@ def test_spec_errors_name_the_key(data: dict[str, Any], key: str, detail: str) -
     message = str(info.value)
     assert f"'{key}'" in message
     assert detail in message
-    assert message.startswith("test-spec: ")
+    assert message.startswith("job spec 'test-spec': ")
+    assert isinstance(info.value, ConfigError)  # one error family: FlightParslError
 
 
 def test_unknown_model_names_the_key() -> None:

@@ -147,7 +147,7 @@ def _globus_site(tmp_path: Path, **provider) -> str:
 def test_globus_compute_site_needs_a_valid_endpoint_id(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"'provider.endpoint_id' is missing"):
         load_sites(_globus_site(tmp_path))
-    with pytest.raises(ConfigError, match=r"'provider.endpoint_id' = 'nope' is not a UUID"):
+    with pytest.raises(ConfigError, match=r"'provider.endpoint_id' = 'nope': is not a UUID"):
         load_sites(_globus_site(tmp_path, endpoint_id="nope"))
     with pytest.raises(ConfigError, match=r"unknown key 'provider.queue'"):
         load_sites(_globus_site(tmp_path, endpoint_id=ENDPOINT, queue="x"))

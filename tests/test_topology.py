@@ -195,7 +195,7 @@ W = "  - {name: w0, kind: worker}\n  - {name: w1, kind: worker}\n"
         ),
         pytest.param(
             "  - {name: c, kind: coordinator, children: [x]}\n  - {name: x, kind: relay, children: [w0, w1]}\n" + W,
-            ["node 'x'", "unknown kind 'relay'", "coordinator, aggregator, worker"],
+            ["key 'nodes[1].kind' = 'relay': must be one of 'coordinator', 'aggregator' or 'worker'"],
             id="unknown-kind",
         ),
         pytest.param(
@@ -251,7 +251,7 @@ W = "  - {name: w0, kind: worker}\n  - {name: w1, kind: worker}\n"
         ),
         pytest.param(
             "  - {name: c, kind: coordinator, children: [w0, w1], weight: 3}\n" + W,
-            ["node 'c'", "unknown keys ['weight']", "name, kind, children, site, worker_index"],
+            ["unknown key 'nodes[0].weight'", "allowed keys in nodes[0]: name, kind, children, site, worker_index"],
             id="unknown-key",
         ),
     ],
@@ -261,7 +261,7 @@ def test_validation_errors_name_node_and_file(tmp_path: Path, body: str, needles
     with pytest.raises(ConfigError) as err:
         load_topology(path)
     msg = str(err.value)
-    assert str(path) in msg
+    assert msg.startswith(f"topology file {str(path)!r}: ")
     for needle in needles:
         assert needle in msg
 

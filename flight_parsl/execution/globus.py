@@ -1,6 +1,7 @@
 """Globus Compute sites: a site YAML with ``provider: {kind: globus_compute}``.
 
-This module owns that site kind's schema and turns it into Parsl's
+This module owns that site kind's schema (:class:`GlobusSiteSchema`, checked by
+:func:`flight_parsl.config.schema.check`, errors in the one format) and turns it into Parsl's
 ``GlobusComputeExecutor`` (tasks go to a Globus Compute endpoint that someone
 runs elsewhere, identified by its endpoint id). The executor needs the optional
 ``globus-compute-sdk`` package (``pip install "flight_parsl[globus]"``); without
@@ -18,13 +19,46 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, ConfigDict, Field
+
+from flight_parsl.config.schema import Schema, check
 from flight_parsl.core.errors import ConfigError
 
 KIND = "globus_compute"
-_TOP = ("label", "slots", "start_timeout", "provider")
-_PROVIDER = ("kind", "endpoint_id", "user_endpoint_config")
+
+
+def _endpoint_uuid(v: str) -> str:
+    """A Globus Compute endpoint id: a UUID."""
+    if not v:
+        raise ValueError("must be the UUID of a Globus Compute endpoint (globus-compute-endpoint list)")
+    try:
+        uuid.UUID(v)
+    except ValueError:
+        raise ValueError("is not a UUID (a Globus Compute endpoint id)") from None
+    return v
+
+
+class GlobusProviderSchema(Schema):
+    """``provider`` of a Globus Compute site."""
+
+    model_config = ConfigDict(strict=True)
+
+    kind: Literal["globus_compute"]
+    endpoint_id: Annotated[str, AfterValidator(_endpoint_uuid)]
+    user_endpoint_config: dict[Any, Any] | None = None
+
+
+class GlobusSiteSchema(Schema):
+    """A Globus Compute site file."""
+
+    model_config = ConfigDict(strict=True)
+
+    label: Annotated[str, Field(min_length=1)] = KIND
+    slots: Annotated[int, Field(ge=1)] = 1
+    start_timeout: Annotated[float, Field(gt=0)] = 600.0
+    provider: GlobusProviderSchema
 
 
 def is_globus(data: Any) -> bool:
@@ -35,52 +69,19 @@ def is_globus(data: Any) -> bool:
 
 
 def normalize(data: Mapping[str, Any], source: str = "site") -> dict[str, Any]:
-    """Validate a Globus Compute site and return it with defaults filled.
+    """Validate a Globus Compute site against :class:`GlobusSiteSchema`; return it with defaults filled.
 
     Raises:
         ConfigError: an unknown key, a missing or malformed endpoint id, a bad value.
     """
-    for key in data:
-        if key not in _TOP:
-            raise ConfigError(
-                f"{source}: unknown key {key!r} for provider {KIND!r}; allowed keys: {', '.join(_TOP)}"
-            )
-    provider = dict(data["provider"])
-    for key in provider:
-        if key not in _PROVIDER:
-            raise ConfigError(
-                f"{source}: unknown key 'provider.{key}' for provider {KIND!r}; allowed keys: {', '.join(_PROVIDER)}"
-            )
-    label = data.get("label", KIND)
-    if not isinstance(label, str) or not label:
-        raise ConfigError(f"{source}: key 'label' = {label!r}; expected a non-empty str")
-    endpoint = provider.get("endpoint_id")
-    if endpoint in (None, ""):
-        raise ConfigError(
-            f"{source}: key 'provider.endpoint_id' is missing; provider {KIND!r} needs the UUID of a "
-            "Globus Compute endpoint (globus-compute-endpoint list)"
-        )
-    try:
-        uuid.UUID(str(endpoint))
-    except ValueError:
-        raise ConfigError(
-            f"{source}: key 'provider.endpoint_id' = {endpoint!r} is not a UUID (a Globus Compute endpoint id)"
-        ) from None
-    slots = data.get("slots", 1)
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ConfigError(f"{source}: key 'slots' = {slots!r}; expected an int >= 1")
-    timeout = data.get("start_timeout", 600.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"{source}: key 'start_timeout' = {timeout!r}; expected a number > 0")
-    user_config = provider.get("user_endpoint_config")
-    if user_config is not None and not isinstance(user_config, Mapping):
-        raise ConfigError(f"{source}: key 'provider.user_endpoint_config' = {user_config!r}; expected a mapping")
+    site = check(GlobusSiteSchema, data, source)
     return {
-        "label": label,
-        "slots": slots,
-        "start_timeout": float(timeout),
+        "label": site.label,
+        "slots": site.slots,
+        "start_timeout": site.start_timeout,
         "virtual_host": None,
-        "provider": {"kind": KIND, "endpoint_id": str(endpoint), "user_endpoint_config": user_config},
+        "provider": {"kind": KIND, "endpoint_id": site.provider.endpoint_id,
+                     "user_endpoint_config": site.provider.user_endpoint_config},
     }
 
 

@@ -1,7 +1,10 @@
 """Parsl site files: load, validate, and turn into a fresh ``parsl.config.Config``.
 
-This module owns the site YAML schema (``configs/parsl/*.yaml``), its strict
-validation, the built-in local site, and the translation of a site into a Parsl
+This module owns the site YAML schema (``configs/parsl/*.yaml``): :class:`SiteSchema`,
+:class:`ProviderSchema` and :class:`LauncherSchema`, pydantic models checked by
+:func:`flight_parsl.config.schema.check`, so a bad site file fails with the one error
+format of every config (``site file 'PATH': key 'provider.walltime' = 3600: ...``). It
+also owns the built-in local site and the translation of a site into a Parsl
 ``Config`` holding exactly one ``HighThroughputExecutor``. A loaded Parsl Config
 cannot be reused, so :func:`build_parsl_config` builds new objects on every call.
 
@@ -22,10 +25,9 @@ import copy
 import inspect
 import math
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from parsl.addresses import address_by_interface
@@ -44,18 +46,26 @@ from parsl.launchers.base import Launcher
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 from parsl.providers.base import ExecutionProvider
 
-from flight_parsl.core.errors import ConfigError, unknown_name
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
+
+from flight_parsl.config.schema import Schema, check, key_error
+from flight_parsl.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LOCAL_SITE",
     "LAUNCHERS",
     "PROVIDERS",
     "SITE_DIR",
+    "LauncherSchema",
+    "ProviderSchema",
+    "SiteSchema",
     "build_parsl_config",
     "monitoring_db_path",
     "site_fixed_slots",
     "describe_site",
     "load_site",
+    "normalize_site",
+    "read_site",
     "site_start_timeout",
 ]
 
@@ -97,110 +107,113 @@ DEFAULT_LOCAL_SITE: dict[str, Any] = {
 # --------------------------------------------------------------------------- schema
 
 
-@dataclass(frozen=True)
-class _Key:
-    """One schema key: accepted types, nullability, default and an extra check."""
-
-    types: tuple[type, ...]
-    type_name: str
-    default: Any = None
-    nullable: bool = False
-    check: Callable[[Any], str | None] | None = None
+def _finite(v: float) -> float:
+    """Reject ``.inf`` / ``.nan`` (YAML reads them as numbers)."""
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
 
 
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    """Return a check that a number is >= ``low``."""
-    return lambda v: None if v >= low else f"must be >= {low:g}"
-
-
-def _positive(v: Any) -> str | None:
-    """Check that a number is > 0 (and finite)."""
-    return None if v > 0 and math.isfinite(v) else "must be > 0"
-
-
-def _check_affinity(v: str) -> str | None:
-    """Check an HTEX ``cpu_affinity`` value."""
+def _check_affinity(v: str) -> str:
+    """An HTEX ``cpu_affinity`` value."""
     if v in ("none", "block", "block-reverse", "alternating") or v.startswith("list:"):
-        return None
-    return "must be none, block, block-reverse, alternating or list:<ranks>"
+        return v
+    raise ValueError("must be none, block, block-reverse, alternating or list:<ranks>")
 
 
-def _check_strategy(v: str | None) -> str | None:
-    """Check a Parsl scaling strategy name."""
-    return None if v in (None, "none", "simple", "htex_auto_scale") else (
-        "must be none, simple or htex_auto_scale"
-    )
+def _check_accelerators(v: Any) -> Any:
+    """``available_accelerators``: null, a count, or a list of device ids."""
+    if v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        raise ValueError("must be >= 0")
+    if isinstance(v, list):
+        if all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            return v
+        raise ValueError("list items must be device ids (str or int)")
+    raise ValueError("must be a count (int), a list of device ids, or null")
 
 
-def _check_accelerators(v: Any) -> str | None:
-    """Check ``available_accelerators``: a count or a list of device ids."""
-    if isinstance(v, int):
-        return None if v >= 0 else "must be >= 0"
-    if all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
-        return None
-    return "list items must be device ids (str or int)"
+def _walltime_text(v: Any) -> Any:
+    """A walltime must be text: YAML reads an unquoted ``1:00:00`` as 3600 (seconds)."""
+    if isinstance(v, str):
+        return v
+    raise ValueError('must be a string; quote it in YAML, e.g. "00:30:00" '
+                     "(YAML reads an unquoted 1:00:00 as a number of seconds)")
 
 
-_INT = ((int,), "int")
-_FLOAT = ((int, float), "float")
-_STR = ((str,), "str")
-_BOOL = ((bool,), "bool")
+_Positive = Annotated[float, Field(gt=0), AfterValidator(_finite)]
+_AtLeast0 = Annotated[int, Field(ge=0)]
+_AtLeast1 = Annotated[int, Field(ge=1)]
+_Walltime = Annotated[str, BeforeValidator(_walltime_text)]
+_Accelerators = Annotated[int | list[int | str] | None, BeforeValidator(_check_accelerators)]
 
-_TOP_KEYS: dict[str, _Key] = {
-    "label": _Key(*_STR, default="htex", check=lambda v: None if v else "must not be empty"),
-    "max_workers_per_node": _Key(*_INT, nullable=True, check=_at_least(1)),
-    "cores_per_worker": _Key(*_FLOAT, default=0.0001, check=_positive),
-    "mem_per_worker": _Key(*_FLOAT, nullable=True, check=_positive),
-    "address": _Key(*_STR, nullable=True),
-    "interface": _Key(*_STR, nullable=True),
-    "encrypted": _Key(*_BOOL, nullable=True),
-    "monitoring": _Key(*_BOOL, default=False),
-    "heartbeat_threshold": _Key(*_INT, default=120, check=_at_least(1)),
-    "heartbeat_period": _Key(*_INT, default=30, check=_at_least(1)),
-    "prefetch_capacity": _Key(*_INT, default=0, check=_at_least(0)),
-    "cpu_affinity": _Key(*_STR, default="none", check=_check_affinity),
-    "available_accelerators": _Key(
-        (int, list), "int or list", nullable=True, check=_check_accelerators
-    ),
-    "worker_logdir_root": _Key(*_STR, nullable=True),
-    "strategy": _Key(*_STR, default="none", nullable=True, check=_check_strategy),
-    "max_idletime": _Key(*_FLOAT, nullable=True, check=_at_least(0)),
-    "start_timeout": _Key(*_FLOAT, default=300.0, check=_positive),
-    "provider": _Key((dict,), "mapping", nullable=True),
+
+class _SiteSection(Schema):
+    """Site sections: unknown keys are errors, and no value changes type (``label: 7`` is
+    not the text ``"7"``, ``heartbeat_period: 1.0`` is not an int); ints widen to float."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class LauncherSchema(_SiteSection):
+    """``provider.launcher``: how a block starts its worker pools on its nodes."""
+
+    kind: Literal["single_node", "simple", "srun", "mpiexec", "mpirun", "aprun", "gnu_parallel"] = (
+        "single_node")
+    overrides: str = ""
+    bind_cmd: str = "--bind-to"
+
+
+class ProviderSchema(_SiteSection):
+    """``provider``: where blocks of worker pools come from (this host, Slurm, PBS Pro)."""
+
+    kind: Literal["local", "pbspro", "slurm"] = "local"
+    init_blocks: _AtLeast0 = 1
+    min_blocks: _AtLeast0 = 0
+    max_blocks: _AtLeast1 = 1
+    nodes_per_block: _AtLeast1 = 1
+    worker_init: str = ""
+    walltime: _Walltime = "00:30:00"
+    account: str | None = None
+    queue: str | None = None
+    partition: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclusive: bool = True
+    scheduler_options: str = ""
+    select_options: str = ""
+    cpus_per_node: _AtLeast1 | None = None
+    cores_per_node: _AtLeast1 | None = None
+    mem_per_node: _AtLeast1 | None = None
+    launcher: LauncherSchema | None = None
+
+
+class SiteSchema(_SiteSection):
+    """A Parsl site file (``configs/parsl/*.yaml``): one HighThroughputExecutor."""
+
+    label: Annotated[str, Field(min_length=1)] = "htex"
+    max_workers_per_node: _AtLeast1 | None = None
+    cores_per_worker: _Positive = 0.0001
+    mem_per_worker: _Positive | None = None
+    address: str | None = None
+    interface: str | None = None
+    encrypted: bool | None = None
+    monitoring: bool = False
+    heartbeat_threshold: _AtLeast1 = 120
+    heartbeat_period: _AtLeast1 = 30
+    prefetch_capacity: _AtLeast0 = 0
+    cpu_affinity: Annotated[str, AfterValidator(_check_affinity)] = "none"
+    available_accelerators: _Accelerators = None
+    worker_logdir_root: str | None = None
+    strategy: Literal["none", "simple", "htex_auto_scale"] | None = "none"
+    max_idletime: Annotated[float, Field(ge=0)] | None = None
+    start_timeout: _Positive = 300.0
+    provider: ProviderSchema | None = None
     # Run this site's worker pools on a virtual host (a network namespace of this name that a
     # multi-site run creates; see flight_parsl.execution.sites). Null: on the provider's hosts.
-    "virtual_host": _Key(*_STR, nullable=True),
-}
+    virtual_host: str | None = None
 
-_WALLTIME_HINT = 'str (quote it in YAML, e.g. "00:30:00")'
-
-_PROVIDER_KEYS: dict[str, _Key] = {
-    "kind": _Key(*_STR, default="local"),
-    "init_blocks": _Key(*_INT, default=1, check=_at_least(0)),
-    "min_blocks": _Key(*_INT, default=0, check=_at_least(0)),
-    "max_blocks": _Key(*_INT, default=1, check=_at_least(1)),
-    "nodes_per_block": _Key(*_INT, default=1, check=_at_least(1)),
-    "worker_init": _Key(*_STR, default=""),
-    "walltime": _Key((str,), _WALLTIME_HINT, default="00:30:00"),
-    "account": _Key(*_STR, nullable=True),
-    "queue": _Key(*_STR, nullable=True),
-    "partition": _Key(*_STR, nullable=True),
-    "qos": _Key(*_STR, nullable=True),
-    "constraint": _Key(*_STR, nullable=True),
-    "exclusive": _Key(*_BOOL, default=True),
-    "scheduler_options": _Key(*_STR, default=""),
-    "select_options": _Key(*_STR, default=""),
-    "cpus_per_node": _Key(*_INT, nullable=True, check=_at_least(1)),
-    "cores_per_node": _Key(*_INT, nullable=True, check=_at_least(1)),
-    "mem_per_node": _Key(*_INT, nullable=True, check=_at_least(1)),
-    "launcher": _Key((dict,), "mapping", nullable=True),
-}
-
-_LAUNCHER_KEYS: dict[str, _Key] = {
-    "kind": _Key(*_STR, default="single_node"),
-    "overrides": _Key(*_STR, default=""),
-    "bind_cmd": _Key(*_STR, default="--bind-to"),
-}
 
 _COMMON_PROVIDER = ("kind", "init_blocks", "min_blocks", "max_blocks", "nodes_per_block",
                     "worker_init", "launcher")
@@ -230,141 +243,89 @@ LAUNCHERS: dict[str, tuple[type[Launcher], tuple[str, ...]]] = {
 # ----------------------------------------------------------------------- validation
 
 
-def _check_value(section: str, key: str, value: Any, spec: _Key, source: str) -> Any:
-    """Type-check one value and return it normalised (ints widened to float).
-
-    Raises:
-        ConfigError: the value has the wrong type or fails the key's check.
-    """
-    where = f"{section}.{key}" if section != "site" else key
-    if value is None:
-        if spec.nullable:
-            return None
-        raise ConfigError(
-            f"{source}: key {where!r} = null; expected {spec.type_name}"
-        )
-    ok = isinstance(value, spec.types) and not (
-        isinstance(value, bool) and bool not in spec.types
-    )
-    if not ok:
-        raise ConfigError(
-            f"{source}: key {where!r} = {value!r} ({type(value).__name__}); "
-            f"expected {spec.type_name}{' or null' if spec.nullable else ''}"
-        )
-    if spec.types == _FLOAT[0]:
-        value = float(value)
-    if spec.check is not None:
-        problem = spec.check(value)
-        if problem:
-            raise ConfigError(f"{source}: key {where!r} = {value!r} {problem}")
-    return copy.deepcopy(value)
-
-
-def _unknown_keys(
-    section: str, data: Mapping[str, Any], allowed: Mapping[str, Any], source: str
-) -> None:
-    """Raise on keys outside ``allowed``, listing the allowed keys.
-
-    Raises:
-        ConfigError: a key is not part of the section's schema.
-    """
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(
-                f"{source}: unknown key {key!r} in section {section!r}; "
-                f"allowed keys: {', '.join(sorted(allowed))}"
-            )
-
-
 def _is_set(value: Any) -> bool:
     """True when a value counts as set (not null and not the empty string)."""
     return value is not None and value != ""
 
 
-def _normalize_section(
+def _used_keys_only(
+    data: Any,
     section: str,
-    data: Mapping[str, Any],
-    schema: Mapping[str, _Key],
-    used: tuple[str, ...],
-    owner: str,
+    table: Mapping[str, tuple[type, tuple[str, ...]]],
+    schema: type[_SiteSection],
     source: str,
-) -> dict[str, Any]:
-    """Validate a provider/launcher section and keep only the keys ``owner`` uses.
+) -> Any:
+    """A provider/launcher section without the unset keys its ``kind`` does not use.
+
+    Keys the section's schema does not know at all are left for the schema to refuse.
 
     Raises:
-        ConfigError: unknown key, wrong type, or a key set that ``owner`` does not use.
+        ConfigError: an unknown kind, or a key set (not null, not ``""``) that the kind does
+            not use.
     """
-    _unknown_keys(section, data, schema, source)
+    if not isinstance(data, Mapping):
+        return data  # null (the defaults) or a wrong type, which the schema reports
+    default = schema.model_fields["kind"].default
+    kind = data.get("kind", default)
+    if not isinstance(kind, str) or kind not in table:
+        raise key_error(source, f"{section}.kind", kind, f"must be one of: {', '.join(table)}")
+    cls, used = table[kind]
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in used:
+        if key in schema.model_fields and key not in used:
             if _is_set(value):
-                raise ConfigError(
-                    f"{source}: key {section}.{key!r} = {value!r} is not used by {owner}; "
-                    f"remove it or set it to null (keys {owner} uses: {', '.join(used)})"
-                )
+                raise key_error(
+                    source, f"{section}.{key}", value,
+                    f"is not used by {section.rsplit('.', 1)[-1]} {kind!r} ({cls.__name__}); remove it "
+                    f"or set it to null (keys it uses: {', '.join(used)})")
             continue
         out[key] = value
-    for key in used:
-        if key in ("launcher",):
-            continue
-        out[key] = _check_value(section, key, out.get(key, schema[key].default), schema[key],
-                                source)
     return out
 
 
-def _normalize(site: Any, source: str = "site") -> dict[str, Any]:
-    """Validate a site mapping and return a full, normalised deep copy.
+def normalize_site(site: Any, source: str = "site") -> dict[str, Any]:
+    """Validate a site mapping against :class:`SiteSchema` and return a full, normalised copy.
+
+    Every top-level key is present (defaults filled); the provider and launcher sections
+    hold exactly the keys their ``kind`` uses; ``strategy: null`` is ``"none"``; and
+    ``encrypted: null`` is decided from where the workers run.
 
     Raises:
-        ConfigError: the site breaks the schema.
+        ConfigError: the site breaks the schema (one message in the format of
+            :mod:`flight_parsl.config.schema`).
     """
     if not isinstance(site, Mapping):
-        raise ConfigError(
-            f"{source}: a site must be a mapping of keys, got {type(site).__name__}"
-        )
-    _unknown_keys("site", site, _TOP_KEYS, source)
-    out: dict[str, Any] = {}
-    for key, spec in _TOP_KEYS.items():
-        if key != "provider":
-            out[key] = _check_value("site", key, site.get(key, spec.default), spec, source)
+        raise ConfigError(f"{source}: a site must be a mapping of keys, got {type(site).__name__}")
+    data = dict(site)
+    provider = _used_keys_only(data.get("provider"), "provider", PROVIDERS, ProviderSchema, source)
+    if isinstance(provider, dict) and "launcher" in provider:
+        provider["launcher"] = _used_keys_only(provider["launcher"], "provider.launcher", LAUNCHERS,
+                                               LauncherSchema, source)
+    data["provider"] = provider
+    model = check(SiteSchema, data, source)
+
+    out = {key: copy.deepcopy(getattr(model, key)) for key in SiteSchema.model_fields if key != "provider"}
     if out["strategy"] is None:
         out["strategy"] = "none"
     if out["address"] is not None and out["interface"] is not None:
-        raise ConfigError(
-            f"{source}: set either 'address' ({out['address']!r}) or 'interface' "
-            f"({out['interface']!r}), not both"
-        )
-
-    provider = _check_value("site", "provider", site.get("provider"), _TOP_KEYS["provider"],
-                            source) or {}
-    kind = _check_value("provider", "kind", provider.get("kind", "local"),
-                        _PROVIDER_KEYS["kind"], source)
-    if kind not in PROVIDERS:
-        raise unknown_name("provider", kind, PROVIDERS)
-    cls, used = PROVIDERS[kind]
-    prov = _normalize_section("provider", provider, _PROVIDER_KEYS, used,
-                              f"provider {kind!r} ({cls.__name__})", source)
+        raise key_error(source, "interface", out["interface"],
+                        f"set either 'address' ({out['address']!r}) or 'interface', not both")
+    prov_model = model.provider or ProviderSchema()
+    launcher_model = prov_model.launcher or LauncherSchema()
+    prov = {key: getattr(prov_model, key) for key in PROVIDERS[prov_model.kind][1] if key != "launcher"}
     if prov["min_blocks"] > prov["max_blocks"] or prov["init_blocks"] > prov["max_blocks"]:
-        raise ConfigError(
-            f"{source}: provider blocks need min_blocks <= max_blocks and "
-            f"init_blocks <= max_blocks; got init={prov['init_blocks']}, "
-            f"min={prov['min_blocks']}, max={prov['max_blocks']}"
-        )
-
-    launcher = _check_value("provider", "launcher", provider.get("launcher"),
-                            _PROVIDER_KEYS["launcher"], source) or {}
-    lkind = _check_value("provider.launcher", "kind", launcher.get("kind", "single_node"),
-                         _LAUNCHER_KEYS["kind"], source)
-    if lkind not in LAUNCHERS:
-        raise unknown_name("launcher", lkind, LAUNCHERS)
-    lcls, lused = LAUNCHERS[lkind]
-    prov["launcher"] = _normalize_section("provider.launcher", launcher, _LAUNCHER_KEYS, lused,
-                                          f"launcher {lkind!r} ({lcls.__name__})", source)
+        raise key_error(
+            source, "provider.max_blocks", prov["max_blocks"],
+            f"must be >= min_blocks and init_blocks (init_blocks={prov['init_blocks']}, "
+            f"min_blocks={prov['min_blocks']})")
+    prov["launcher"] = {key: getattr(launcher_model, key) for key in LAUNCHERS[launcher_model.kind][1]}
     out["provider"] = prov
     if out["encrypted"] is None:
         out["encrypted"] = not _stays_on_host(prov)
     return out
+
+
+_normalize = normalize_site
 
 
 #: Launchers that start the worker pool on the host that runs the provider's block.
@@ -393,26 +354,25 @@ def _resolve_path(path: str | Path) -> Path | None:
     return None
 
 
-def load_site(path: str | Path | None) -> dict[str, Any]:
-    """Read, validate and normalise a site file.
+def read_site(path: str | Path | None) -> tuple[Any, str]:
+    """The raw contents of a site file, and how error messages name it.
 
     Args:
-        path: a YAML file, a bare site name (``"local"``, ``"polaris"``, ...) found in
-            ``configs/parsl/``, or None for the built-in local site.
+        path: as for :func:`load_site`.
 
     Returns:
-        The normalised site (all top-level keys present; provider and launcher
-        sections hold exactly the keys their kind uses).
+        ``(data, source)``: the parsed YAML (not yet validated) and ``site file 'PATH'``
+        (or ``built-in local site``).
 
     Raises:
-        ConfigError: the file is missing or unreadable, or the site breaks the schema.
+        ConfigError: the file is missing, unreadable, not YAML, or empty.
     """
     if path is None:
-        return _normalize(DEFAULT_LOCAL_SITE, "built-in local site")
+        return DEFAULT_LOCAL_SITE, "built-in local site"
     found = _resolve_path(path)
     if found is None:
         if str(path) == "local":
-            return _normalize(DEFAULT_LOCAL_SITE, "built-in local site")
+            return DEFAULT_LOCAL_SITE, "built-in local site"
         names = sorted(p.stem for p in SITE_DIR.glob("*.yaml")) if SITE_DIR.is_dir() else []
         raise ConfigError(
             f"site file not found: {str(path)!r}"
@@ -426,7 +386,26 @@ def load_site(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"site file {str(found)!r} is not valid YAML: {exc}") from exc
     if data is None:
         raise ConfigError(f"site file {str(found)!r} is empty")
-    return _normalize(data, f"site file {str(found)!r}")
+    return data, f"site file {str(found)!r}"
+
+
+def load_site(path: str | Path | None) -> dict[str, Any]:
+    """Read, validate and normalise a site file.
+
+    Args:
+        path: a YAML file, a bare site name (``"local"``, ``"polaris"``, ...) found in
+            ``configs/parsl/``, or None for the built-in local site.
+
+    Returns:
+        The normalised site (all top-level keys present; provider and launcher
+        sections hold exactly the keys their kind uses).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or the site breaks the schema
+            (``site file 'PATH': key 'KEY' = VALUE: PROBLEM``).
+    """
+    data, source = read_site(path)
+    return normalize_site(data, source)
 
 
 # ------------------------------------------------------------------------- building
@@ -498,7 +477,7 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers = {workers!r}; expected an int >= 1")
-    s = _normalize(site)
+    s = normalize_site(site)
     provider = s["provider"]
     max_workers = s["max_workers_per_node"]
     if max_workers is None and (provider["kind"] == "local" or provider["nodes_per_block"] == 1):
@@ -569,7 +548,7 @@ def site_fixed_slots(site: Mapping[str, Any]) -> int | None:
     Raises:
         ConfigError: the site is invalid.
     """
-    s = _normalize(site)
+    s = normalize_site(site)
     if s["max_workers_per_node"] is None:
         return None
     prov = s["provider"]
@@ -582,7 +561,7 @@ def site_start_timeout(site: Mapping[str, Any]) -> float:
     Raises:
         ConfigError: the site is invalid.
     """
-    return float(_normalize(site)["start_timeout"])
+    return float(normalize_site(site)["start_timeout"])
 
 
 def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
@@ -595,7 +574,7 @@ def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
     Raises:
         ConfigError: the site is invalid.
     """
-    s = _normalize(site)
+    s = normalize_site(site)
     prov = s["provider"]
     per_node: str
     if s["max_workers_per_node"] is not None:

@@ -24,62 +24,63 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 from parsl.config import Config
 
+from flight_parsl.config.schema import key_error
 from flight_parsl.core.errors import ConfigError, ExecutorError
 from flight_parsl.execution import globus
 from flight_parsl.execution.netns import VirtualNetwork
 from flight_parsl.execution.site import (
     _no_memoizer_kwargs,
-    _resolve_path,
     build_parsl_config,
     describe_site,
-    load_site,
+    normalize_site,
+    read_site,
     site_start_timeout,
 )
 
 
 def split_paths(paths: str | Sequence[str]) -> list[str]:
-    """``a.yaml,b.yaml`` (or a list) as a list of paths, empty items dropped."""
+    """The site files of ``sites.files``: a list of paths, or (older callers) ``a.yaml,b.yaml``;
+    empty items dropped."""
     items = paths.split(",") if isinstance(paths, str) else list(paths)
-    return [p.strip() for p in items if p and p.strip()]
+    return [str(p).strip() for p in items if p and str(p).strip()]
 
 
-def load_any_site(path: str) -> dict[str, Any]:
+def load_any_site(path: str | Path) -> dict[str, Any]:
     """One site file, HTEX or Globus Compute, validated and normalised.
 
     Raises:
-        ConfigError: the file is missing, unreadable or breaks its schema.
+        ConfigError: the file is missing, unreadable or breaks its schema
+            (``site file 'PATH': key 'KEY' = VALUE: PROBLEM``).
     """
-    found = _resolve_path(path)
-    if found is not None:
-        try:
-            data = yaml.safe_load(found.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            data = None  # load_site gives the message
-        if globus.is_globus(data):
-            return globus.normalize(data, f"site file {str(found)!r}")
-    return load_site(path)
+    data, source = read_site(path)
+    if globus.is_globus(data):
+        return globus.normalize(data, source)
+    return normalize_site(data, source)
 
 
 def load_sites(paths: str | Sequence[str]) -> list[dict[str, Any]]:
     """Every site of a run, in order (the first is the default site).
+
+    Args:
+        paths: the site files (``sites.files``: a list of paths; a comma-separated string
+            is still accepted).
 
     Raises:
         ConfigError: no site, a bad site, or two sites with one label.
     """
     names = split_paths(paths)
     if not names:
-        raise ConfigError("config key 'sites.files': no site file given; expected A.yaml,B.yaml,...")
+        raise key_error("config", "sites.files", paths, "no site file given; expected [A.yaml, B.yaml, ...]")
     sites = [load_any_site(p) for p in names]
     seen: dict[str, str] = {}
     for path, site in zip(names, sites):
         if site["label"] in seen:
-            raise ConfigError(
-                f"config key 'sites.files': sites {seen[site['label']]!r} and {path!r} share the label "
-                f"{site['label']!r}; every site needs its own label"
-            )
+            raise key_error(
+                "config", "sites.files", names,
+                f"sites {seen[site['label']]!r} and {path!r} share the label {site['label']!r}; "
+                "every site needs its own label")
         seen[site["label"]] = path
     return sites
 

@@ -22,18 +22,41 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import ConfigDict, Field
 
+from flight_parsl.config.schema import Schema, check
 from flight_parsl.core.errors import ConfigError
 
 COORDINATOR = "coordinator"
 AGGREGATOR = "aggregator"
 WORKER = "worker"
 KINDS = (COORDINATOR, AGGREGATOR, WORKER)
-NODE_KEYS = ("name", "kind", "children", "site", "worker_index")
-FILE_KEYS = ("nodes", "description")
+
+
+class NodeSchema(Schema):
+    """One node of a topology file."""
+
+    model_config = ConfigDict(strict=True)
+
+    name: Annotated[str, Field(min_length=1)]
+    kind: Literal["coordinator", "aggregator", "worker"]
+    children: list[str] | None = None
+    site: str | None = None
+    worker_index: Annotated[int, Field(ge=0)] | None = None
+
+
+class TopologySchema(Schema):
+    """A topology file: ``nodes`` (see :meth:`Topology.from_dict` for the tree rules)."""
+
+    description: str | None = None
+    nodes: Annotated[list[NodeSchema], Field(min_length=1)]
+
+
+NODE_KEYS = tuple(NodeSchema.model_fields)
+FILE_KEYS = tuple(TopologySchema.model_fields)
 
 
 @dataclass(frozen=True)
@@ -60,7 +83,7 @@ class Node:
 
 
 def _where(source: str | None) -> str:
-    return f"topology file {source}" if source else "topology"
+    return f"topology file {source!r}" if source else "topology"
 
 
 class Topology:
@@ -296,19 +319,24 @@ class Topology:
         children; aggregators and the coordinator have children; the coordinator
         is nobody's child; no unknown keys.
 
+        The keys and their types are :class:`TopologySchema` (checked by
+        :func:`flight_parsl.config.schema.check`: ``topology file 'PATH': key 'nodes[2].kind'
+        = 'relay': must be one of ...``); the tree rules name the node.
+
         Raises:
-            ConfigError: Any rule broken; names the offending node and ``source``.
+            ConfigError: Any rule broken; names the offending key or node and ``source``.
         """
         where = _where(source)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping with a 'nodes' list, got {type(data).__name__}")
-        extra = sorted(str(k) for k in data if k not in FILE_KEYS)
-        if extra:
-            raise ConfigError(f"{where}: unknown top-level keys {extra}; allowed keys: {', '.join(FILE_KEYS)}")
-        entries = data.get("nodes")
-        if not isinstance(entries, list) or not entries:
-            raise ConfigError(f"{where}: 'nodes' must be a non-empty list of nodes")
-        return cls([_node_from_entry(entry, i, where) for i, entry in enumerate(entries)], source=source)
+        spec = check(TopologySchema, data, where)
+        return cls(
+            [
+                Node(name=n.name, kind=n.kind, children=tuple(n.children or ()), site=n.site, worker_index=n.worker_index)
+                for n in spec.nodes
+            ],
+            source=source,
+        )
 
     # --- presentation --------------------------------------------------------
 
@@ -333,30 +361,6 @@ class Topology:
 
 
 # --- validation ----------------------------------------------------------------
-
-
-def _node_from_entry(entry: Any, position: int, where: str) -> Node:
-    """One YAML/dict node entry to a :class:`Node`, checking keys and types."""
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: node #{position + 1} must be a mapping with 'name' and 'kind', got {entry!r}")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: node #{position + 1} needs a non-empty string 'name', got {name!r}")
-    extra = sorted(str(k) for k in entry if k not in NODE_KEYS)
-    if extra:
-        raise ConfigError(
-            f"{where}: node {name!r}: unknown keys {extra}; allowed keys: {', '.join(NODE_KEYS)}"
-        )
-    kind = entry.get("kind")
-    if not isinstance(kind, str):
-        raise ConfigError(f"{where}: node {name!r} needs a 'kind' ({', '.join(KINDS)}), got {kind!r}")
-    children = entry.get("children") or []
-    if not isinstance(children, list) or not all(isinstance(c, str) for c in children):
-        raise ConfigError(f"{where}: node {name!r}: 'children' must be a list of node names, got {children!r}")
-    site = entry.get("site")
-    if site is not None and not isinstance(site, str):
-        raise ConfigError(f"{where}: node {name!r}: 'site' must be a string, got {site!r}")
-    return Node(name=name, kind=kind, children=tuple(children), site=site, worker_index=entry.get("worker_index"))
 
 
 def _validate(nodes: list[Node], where: str) -> tuple[str, dict[str, str]]:
