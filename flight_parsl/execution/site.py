@@ -533,7 +533,7 @@ def _monitoring_hub(run_dir: str | Path) -> Any:
                              resource_monitoring_enabled=False)
     except (ImportError, ModuleNotFoundError) as exc:
         raise ConfigError(f"site key 'monitoring' = True needs Parsl's monitoring extra "
-                          f"(pip install -e ".[monitoring]"): {exc}") from exc
+                          f"(pip install -e '.[monitoring]'): {exc}") from exc
 
 
 # ------------------------------------------------------------------------- metadata
