@@ -105,7 +105,7 @@ class FlatWeights:
         head = len(_MAGIC) + 8 + len(layout)
         pad = -head % 64
         header = _MAGIC + (head + pad).to_bytes(8, "little") + layout + b"\0" * pad
-        return b"".join((header, memoryview(self.buffer).cast("B")))
+        return b"".join((header, self.buffer.data.cast("B")))
 
     @staticmethod
     def from_bytes(data: bytes | bytearray | memoryview) -> FlatWeights:

@@ -42,6 +42,7 @@ from flight_parsl.engine.sync import (
     release_late,
 )
 from flight_parsl.fl.population import sample_size
+from flight_parsl.fl.protocols import as_async
 from flight_parsl.transfer.base import Ref
 from flight_parsl.worker.tasks import train_task
 
@@ -69,7 +70,7 @@ class AsyncLoop:
     def __init__(self, ctx: RunContext) -> None:
         cfg = ctx.cfg
         self.ctx = ctx
-        self.strategy = ctx.exp.strategy
+        self.strategy = as_async(ctx.exp.strategy)
         s = cfg.strategy
         self.window_size = sample_size(cfg.workers, s.participation, s.clients_per_round)
         self.total = cfg.rounds * self.window_size

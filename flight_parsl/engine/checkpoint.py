@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ class Checkpoint:
 
     next_round: int
     weights: FlatWeights
-    rng_state: dict[str, Any]
+    rng_state: Mapping[str, Any]  # numpy's bit_generator.state (a dict)
     slowest_s: float | None
     config_hash: str
     clients: dict[str, Any] = field(default_factory=dict)  # membership, aimd

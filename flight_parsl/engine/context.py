@@ -24,6 +24,7 @@ from flight_parsl.engine.placement import Placement
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder
 from flight_parsl.fl.policy import RoundPolicy
+from flight_parsl.fl.protocols import Strategy
 from flight_parsl.fl.strategies import make_strategy
 from flight_parsl.fl.stragglers import Stragglers
 from flight_parsl.transfer.base import Transfer
@@ -39,7 +40,7 @@ class Experiment:
     workload: Workload
     initial: FlatWeights
     settings: LocalSettings
-    strategy: Any
+    strategy: Strategy  # the loop of its mode narrows it (fl.protocols.as_sync, as_async, as_peer)
     evaluate: Evaluator | None
     num_parameters: int
     slowdowns: list[float] | None
@@ -47,8 +48,11 @@ class Experiment:
     evaluate_train: Evaluator | None = None
 
     def settings_for(self, round_idx: int, client: int) -> LocalSettings:
-        """A client's local settings: the strategy's, with its injected slowdown."""
-        settings = self.strategy.configure(round_idx, client, self.settings)
+        """A client's local settings (sync and async modes): the strategy's, with its injected slowdown."""
+        strategy = self.strategy
+        if strategy.mode == "decentralized":  # a peer method configures PeerSettings (engine.decentralized)
+            raise TypeError(f"strategy {strategy.name!r} runs in decentralized mode: no local settings")
+        settings = strategy.configure(round_idx, client, self.settings)
         if self.slowdowns is None or self.slowdowns[client] == 1.0:
             return settings
         return replace(settings, slowdown=self.slowdowns[client])

@@ -41,6 +41,7 @@ from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import failure_rows, result_rows
 from flight_parsl.engine.sync import RoundStats, RoundSummary, RunResult, classify, describe, mean_finite, release_late
 from flight_parsl.fl.aggregate import WeightedMean
+from flight_parsl.fl.protocols import as_peer
 from flight_parsl.transfer.base import Ref
 from flight_parsl.worker.peer_tasks import client_metric, peer_task
 
@@ -71,7 +72,7 @@ def client_settings(ctx: RunContext) -> dict[int, PeerSettings]:
             )
     params = {f.name: getattr(p, f.name) for f in fields(PeerParams)}
     base = PeerSettings(method=cfg.strategy.name, private_model=None, shared_model=shared, **params)
-    strategy = ctx.exp.strategy
+    strategy = as_peer(ctx.exp.strategy)
     return {
         c: strategy.configure(c, replace(base, private_model=specs[c % len(specs)])) for c in range(cfg.workers)
     }
@@ -90,7 +91,7 @@ class PeerLoop:
         if ctx.state is None:
             raise ValueError("decentralized mode needs the run's per-client state store")
         self.ctx = ctx
-        self.strategy: Any = ctx.exp.strategy
+        self.strategy = as_peer(ctx.exp.strategy)
         self.k = ctx.cfg.workers
         self.settings = client_settings(ctx)
         self.planner = Planner(ctx.slots, ctx.cfg.plan.clients_per_task, ctx.exp.expected_work)

@@ -50,7 +50,7 @@ class CompletionQueue(Generic[T]):
             future = getattr(self.executor, "submit_to")(site, fn, *args)  # noqa: B009 - a SiteRouter
         item = Pending(future, tag, submitted)
         self.outstanding[id(item)] = item
-        future.add_done_callback(lambda _f, item=item: self._done.put(item))
+        future.add_done_callback(lambda _f: self._done.put(item))
         return item
 
     def next(self, timeout: float | None) -> Pending[T] | None:

@@ -113,8 +113,8 @@ def run_experiment(
             if sites is None:
                 sites = stack.enter_context(open_run_sites(cfg))
             bridge = sites is not None and sites.redis is not None
-            redis = sites.redis if bridge else t.redis
-            password = sites.redis_password if bridge else None
+            redis = sites.redis if sites is not None and bridge else t.redis
+            password = sites.redis_password if sites is not None and bridge else None
             # The channel opens next: an unreachable Redis fails before Parsl starts.
             transfer = stack.enter_context(
                 open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password)

@@ -44,6 +44,7 @@ from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows
 from flight_parsl.fl.aimd import AIMDEpochs
 from flight_parsl.fl.membership import Membership
+from flight_parsl.fl.protocols import as_sync
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref, Transfer
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
@@ -160,7 +161,7 @@ class SyncRound:
     ) -> None:
         self.ctx, self.planner, self.clock, self.r = ctx, planner, clock, round_idx
         self.sampled, self.tree = clients, tree
-        strategy = ctx.exp.strategy
+        self.strategy = strategy = as_sync(ctx.exp.strategy)
         self.fold = strategy if strategy.linear and ctx.cfg.plan.preaggregate else None
         self.root_agg = strategy.aggregator(weights)
         self.queue: CompletionQueue[_Job] = CompletionQueue(ctx.executor)
@@ -233,7 +234,7 @@ class SyncRound:
         elif job.kind == "relay":
             args = (relay_task, job.ref, self.r, job.node)
         else:  # a fresh list: the task pops its children to hold one model at a time
-            args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], ctx.exp.strategy, self.r, job.node)
+            args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], self.strategy, self.r, job.node)
         job.site = self._site(job)
         self.queue.submit(job, *args, site=job.site)
         self.stats.tasks += 1
@@ -469,8 +470,9 @@ def fold_stale(ctx: RunContext, items: list[Pending[_Job]], into: Any) -> list[i
         for ref, weight in res.outputs:
             weights = ctx.transfer.collect(ref)
             into.add(weights, weight * ctx.policy.stale_weight)
-            if getattr(ref, "round", None) is not None:
-                rounds.add(ref.round)
+            ref_round = getattr(ref, "round", None)  # a ProxyRef's; an InlineRef has none
+            if ref_round is not None:
+                rounds.add(ref_round)
         folded.extend(c.client for c in res.clients or [])
         if not res.clients:  # an aggregator's partial
             folded.extend(item.tag.clients)
@@ -540,6 +542,7 @@ def run_sync(ctx: RunContext) -> RunResult:
             tasks and rounds, and the checkpoint of the last finished round, are on disk.
     """
     cfg, exp, recorder, progress, policy = ctx.cfg, ctx.exp, ctx.recorder, ctx.progress, ctx.policy
+    strategy = as_sync(exp.strategy)
     rng = np.random.default_rng(cfg.seed)
     tree = _tree(ctx)
     site = ctx.placement.client_site.__getitem__ if ctx.placement is not None else None
@@ -576,8 +579,8 @@ def run_sync(ctx: RunContext) -> RunResult:
         if not members:
             raise RoundError(f"round {r + 1}: no client left to sample (all missed more than round.max_missed="
                              f"{policy.max_missed} rounds and none could be re-admitted)")
-        sampled = exp.strategy.sample(r, len(members), rng, members)
-        dropped = exp.strategy.dropped(r) if hasattr(exp.strategy, "dropped") else []
+        sampled = strategy.sample(r, len(members), rng, members)
+        dropped = strategy.dropped(r)
         if dropped:  # stragglers the strategy leaves out (FedProx's FedAvg baseline)
             recorder.task_rows(dropped_rows(r, dropped, start))
         t0 = time.perf_counter()
@@ -598,7 +601,7 @@ def run_sync(ctx: RunContext) -> RunResult:
         ok, quorum = len(rnd.folded), policy.must_report(len(sampled))
         if ok >= quorum:
             t0 = time.perf_counter()
-            weights = exp.strategy.aggregate(r, weights, rnd.root_agg, rnd.failures)
+            weights = strategy.aggregate(r, weights, rnd.root_agg, rnd.failures)
             rnd.stats.aggregate_s += time.perf_counter() - t0
         end = time.time()  # the aggregate is ready: before the round's keys are evicted
         if ok >= quorum:

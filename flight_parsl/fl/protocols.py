@@ -12,12 +12,19 @@ whether it produced a new global model.
 
 Decentralized strategies (:class:`PeerStrategy`) name the clients that train, the
 models each holds and where each client's shared model goes after a round.
+
+Every strategy declares its protocol (it subclasses it, so a type checker checks
+it against the protocol) and says which engine mode runs it (``mode``, a literal
+that tells the three apart without an ``isinstance``). The engine holds a
+:data:`Strategy` and narrows it once with :func:`as_sync`, :func:`as_async` or
+:func:`as_peer`. The protocols are ``runtime_checkable``: ``isinstance(s, SyncStrategy)``
+checks that ``s`` has every member.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
@@ -27,10 +34,12 @@ from flight_parsl.core.weights import FlatWeights
 from flight_parsl.fl.aggregate import Aggregator
 
 
+@runtime_checkable
 class SyncStrategy(Protocol):
     """A synchronous strategy (FedAvg, FedSGD, FedProx, FedMedian)."""
 
     name: str
+    mode: Literal["sync"]
     linear: bool
 
     def sample(
@@ -38,6 +47,12 @@ class SyncStrategy(Protocol):
     ) -> list[int]:
         """The clients of round ``round_idx``, sorted, from a population of ``num_clients``
         (their ids are ``population``'s, when given: the clients still members)."""
+
+    def dropped(self, round_idx: int) -> list[int]:
+        """Sampled clients that :meth:`sample` left out of round ``round_idx`` (the round
+        last sampled), for the records: FedProx's FedAvg baseline drops its stragglers.
+        By default none."""
+        return []
 
     def configure(self, round_idx: int, client: int, base: LocalSettings) -> LocalSettings:
         """Local settings of ``client`` in round ``round_idx``."""
@@ -51,10 +66,12 @@ class SyncStrategy(Protocol):
         """The next global model from everything folded and the round's failures."""
 
 
+@runtime_checkable
 class AsyncStrategy(Protocol):
     """An asynchronous strategy (FedAsync, FedBuff)."""
 
     name: str
+    mode: Literal["async"]
 
     def configure(self, update_idx: int, client: int, base: LocalSettings) -> LocalSettings:
         """Local settings of ``client``'s next task (``update_idx``: updates folded so far)."""
@@ -65,10 +82,12 @@ class AsyncStrategy(Protocol):
         """Fold one client update; return the new global model, or None while buffering."""
 
 
+@runtime_checkable
 class PeerStrategy(Protocol):
     """A decentralized-mode method (ProxyFL and its baselines)."""
 
     name: str
+    mode: Literal["decentralized"]
     exchange: str  # none | replace | push | average
 
     @property
@@ -83,3 +102,39 @@ class PeerStrategy(Protocol):
 
     def configure(self, client: int, base: PeerSettings) -> PeerSettings:
         """``client``'s local step settings."""
+
+
+#: What :func:`~flight_parsl.fl.strategies.make_strategy` builds: one of the three.
+Strategy: TypeAlias = SyncStrategy | AsyncStrategy | PeerStrategy
+
+
+def _wrong(strategy: object, protocol: type) -> TypeError:
+    mode = getattr(strategy, "mode", None)
+    return TypeError(
+        f"strategy {getattr(strategy, 'name', strategy)!r} ({type(strategy).__name__}, mode {mode!r}) "
+        f"is not a {protocol.__name__}"
+    )
+
+
+def as_sync(strategy: Strategy) -> SyncStrategy:
+    """``strategy`` as a synchronous strategy; TypeError when it is another kind or lacks a member."""
+    if isinstance(strategy, SyncStrategy) and strategy.mode == "sync":
+        return strategy
+    raise _wrong(strategy, SyncStrategy)
+
+
+def as_async(strategy: Strategy) -> AsyncStrategy:
+    """``strategy`` as an asynchronous strategy; TypeError when it is another kind or lacks a member."""
+    if isinstance(strategy, AsyncStrategy) and strategy.mode == "async":
+        return strategy
+    raise _wrong(strategy, AsyncStrategy)
+
+
+def as_peer(strategy: Strategy) -> PeerStrategy:
+    """``strategy`` as a decentralized-mode method; TypeError when it is another kind or lacks a member."""
+    if isinstance(strategy, PeerStrategy) and strategy.mode == "decentralized":
+        return strategy
+    raise _wrong(strategy, PeerStrategy)
+
+
+__all__ = ["AsyncStrategy", "PeerStrategy", "Strategy", "SyncStrategy", "as_async", "as_peer", "as_sync"]

@@ -9,7 +9,7 @@ the round no longer needs its references.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from flight_parsl.core.weights import FlatWeights
 
@@ -47,8 +47,13 @@ class Ref(Protocol):
         """
 
 
-class Transfer(Protocol):
-    """The coordinator's side of a channel."""
+#: The reference type of one channel: a transfer takes back only the references it made.
+RefT = TypeVar("RefT", bound=Ref)
+
+
+class Transfer(Protocol[RefT]):
+    """The coordinator's side of a channel (``Transfer[InlineRef]``, ``Transfer[ProxyRef]``;
+    a bare ``Transfer`` is any channel)."""
 
     kind: str
 
@@ -57,16 +62,16 @@ class Transfer(Protocol):
         """The name under which slots keep this channel's store (None: they keep nothing);
         :mod:`flight_parsl.worker.release` lets go of it when a run ends."""
 
-    def publish(self, weights: FlatWeights, round_idx: int) -> Ref:
+    def publish(self, weights: FlatWeights, round_idx: int) -> RefT:
         """Make the round's global model available to every task of the round."""
 
-    def collect(self, ref: Ref) -> FlatWeights:
+    def collect(self, ref: RefT) -> FlatWeights:
         """Fetch one worker's result (and :meth:`adopt` it)."""
 
-    def adopt(self, ref: Ref) -> None:
+    def adopt(self, ref: RefT) -> None:
         """Take charge of a reference a worker created, so its round's end releases it."""
 
-    def discard(self, ref: Ref) -> None:
+    def discard(self, ref: RefT) -> None:
         """Release a result that came back after its round closed."""
 
     def end_round(self, round_idx: int) -> None:

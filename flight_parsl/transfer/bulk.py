@@ -117,7 +117,7 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     if size == 0:  # a missing key, or an empty value
         sock.sendall(encode("EXISTS", key))
         return memoryview(b"") if _integer(sock) else None
-    view = memoryview(receive_buffer(size))
+    view = receive_buffer(size).data  # a memoryview of the buffer
     slices = list(_slices(size))
     whole = True
     for i, (start, stop) in enumerate(slices):

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from proxystore.connectors.file import FileConnector
 from proxystore.connectors.redis import RedisConnector
@@ -31,12 +31,17 @@ from flight_parsl.core.errors import TransferError
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Resolved
 
+if TYPE_CHECKING:
+    from proxystore.serialize import BytesLike
+    from proxystore.store import Store
+    from proxystore.store.factory import StoreFactory
+
 log = logging.getLogger(__name__)
 
 _FETCH_LOCK = threading.Lock()  # one resolve at a time per process, as the store's own lock does
 
 
-class MappedFileConnector(FileConnector):  # type: ignore[misc]
+class MappedFileConnector(FileConnector):
     """A ProxyStore FileConnector whose reads map the file instead of copying it.
 
     A worker (or the coordinator) then reads a model straight from the page cache:
@@ -52,7 +57,7 @@ class MappedFileConnector(FileConnector):  # type: ignore[misc]
             return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
-class TimedRedisConnector(RedisConnector):  # type: ignore[misc]
+class TimedRedisConnector(RedisConnector):
     """A ProxyStore RedisConnector whose client gives up after ``timeout`` seconds.
 
     ProxyStore's own connector builds a client without timeouts, so a Redis that
@@ -95,9 +100,17 @@ class TimedRedisConnector(RedisConnector):  # type: ignore[misc]
         return f"{type(self).__name__}(hostname={self.hostname!r}, port={self.port}, timeout={self.timeout})"
 
 
-def identity(data: bytes) -> bytes:
+def identity(data: BytesLike) -> BytesLike:
     """Store (de)serializer: payloads are already bytes."""
     return data
+
+
+def store_of(proxy: Any) -> Store[Any]:
+    """The store a proxy resolves from (each process keeps its own, registered by name)."""
+    from proxystore.store.utils import get_factory
+
+    # A proxy made by a Store carries a StoreFactory; get_factory is typed as any factory.
+    return cast("StoreFactory[Any, Any]", get_factory(proxy)).get_store()
 
 
 def root_cause(exc: BaseException) -> str:
@@ -111,10 +124,8 @@ def root_cause(exc: BaseException) -> str:
 
 def store_location(proxy: Any) -> str:
     """Where a proxy's store lives, for error messages: ``host:port`` or a directory."""
-    from proxystore.store.utils import get_factory
-
     try:
-        connector = get_factory(proxy).get_store().connector
+        connector = store_of(proxy).connector
     except Exception:  # noqa: BLE001 - the message being built is about a failure already
         return "its store"
     if isinstance(connector, RedisConnector):
@@ -143,11 +154,9 @@ class ProxyRef:
         # Through the process's store and its small cache, not extract(): a resolved
         # proxy keeps its bytes for as long as the proxy lives. A cache hit fetches
         # nothing; the lock makes "was it cached" and the read one step per process.
-        from proxystore.store.utils import get_factory
-
         t0 = time.perf_counter()
         try:
-            store = get_factory(self.proxy).get_store()
+            store = store_of(self.proxy)
             key = self.key
             with _FETCH_LOCK:
                 if store.is_cached(key):
@@ -167,12 +176,10 @@ class ProxyRef:
         return Resolved(weights, t1 - t0, time.perf_counter() - t1, fetched)
 
     def reply(self, weights: FlatWeights) -> tuple[ProxyRef, float, float]:
-        from proxystore.store.utils import get_factory
-
         t0 = time.perf_counter()
         data = weights.to_bytes()
         t1 = time.perf_counter()
-        store = get_factory(self.proxy).get_store()
+        store = store_of(self.proxy)
         try:
             proxy = store.proxy(data, populate_target=False)
         except Exception as exc:

@@ -20,8 +20,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch loads where training runs, never on import
+    import torch
 
 #: Opacus's default RDP orders.
 DEFAULT_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
@@ -223,7 +227,7 @@ def private_gradients(
     if batch:
         in_dims = (None,) + (0,) * len(inputs)
         per = vmap(grad(one), in_dims=in_dims, randomness="different")(params, *inputs)
-        norms = torch.sqrt(sum(per[n].reshape(batch, -1).pow(2).sum(1) for n in names))  # type: ignore[arg-type]
+        norms = torch.sqrt(sum(per[n].reshape(batch, -1).pow(2).sum(1) for n in names))
         factor = (clip / (norms + 1e-6)).clamp(max=1.0)
         clipped = float((norms > clip).float().mean())
     else:

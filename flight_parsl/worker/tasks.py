@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flight_parsl.core.memory import lifetime_peak_rss_mb, rss_mb
 from flight_parsl.core.types import ClientOutcome, Faults, LocalSettings, TaskResult, Workload
@@ -30,6 +30,10 @@ from flight_parsl.transfer.base import Ref
 from flight_parsl.transfer.state import ClientState
 from flight_parsl.worker.barrier import meet
 from flight_parsl.worker.faults import inject
+
+if TYPE_CHECKING:  # annotations only: a slot imports no more than it did
+    from flight_parsl.fl.aggregate import Aggregator
+    from flight_parsl.fl.protocols import SyncStrategy
 
 
 def warm_data(workload: Workload) -> None:
@@ -111,7 +115,7 @@ def train_task(
     node: str,
     clients: Sequence[tuple[int, LocalSettings]],
     workload: Workload,
-    fold: Any = None,
+    fold: SyncStrategy | None = None,
     state: ClientState | None = None,
     faults: Faults | None = None,
     attempt: int = 0,
@@ -154,7 +158,9 @@ def train_task(
     )
 
 
-def aggregate_task(children: list[tuple[Ref, float]], strategy: Any, round_idx: int, node: str) -> TaskResult:
+def aggregate_task(
+    children: list[tuple[Ref, float]], strategy: SyncStrategy, round_idx: int, node: str
+) -> TaskResult:
     """An aggregator node: its children's results folded by the strategy's aggregator.
 
     Children are resolved and dropped one at a time (popped from the list, read
@@ -168,16 +174,18 @@ def aggregate_task(children: list[tuple[Ref, float]], strategy: Any, round_idx: 
         raise ValueError(f"aggregator {node} got no child result in round {round_idx + 1}")
     get_s = deserialize_s = compute_s = 0.0
     bytes_in = 0
-    partial = None
+    partial: Aggregator | None = None
     while children:  # the last child's reference also carries the reply
         ref, weight = children.pop()
         weights, g, d, fetched = ref.resolve(cache=False)
         get_s, deserialize_s, bytes_in = get_s + g, deserialize_s + d, bytes_in + fetched
         t0 = time.perf_counter()
-        partial = partial or strategy.aggregator(weights)
+        if partial is None:
+            partial = strategy.aggregator(weights)
         partial.add(weights, weight)
         compute_s += time.perf_counter() - t0
         del weights
+    assert partial is not None  # children was not empty
     t0 = time.perf_counter()
     result, total = partial.result(), partial.total
     partial = None  # the float64 accumulator goes before the result is serialized

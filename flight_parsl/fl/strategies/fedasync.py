@@ -12,6 +12,7 @@ import numpy as np
 
 from flight_parsl.core.types import LocalSettings
 from flight_parsl.core.weights import FlatWeights
+from flight_parsl.fl.protocols import AsyncStrategy
 
 STALENESS = ("constant", "polynomial")
 
@@ -26,10 +27,11 @@ def _check_staleness(staleness: str) -> None:
         raise ValueError(f"staleness must be constant or polynomial, got {staleness!r}")
 
 
-class FedAsync:
+class FedAsync(AsyncStrategy):
     """FedAsync: ``w <- (1 - a) * w + a * w_client``, ``a = alpha * s(staleness)``."""
 
     name = "fedasync"
+    mode = "async"
 
     def __init__(self, alpha: float = 0.5, staleness: str = "constant", exponent: float = 0.5) -> None:
         if not 0 < alpha <= 1:
@@ -53,7 +55,7 @@ class FedAsync:
         return global_weights.like((1.0 - a) * global_weights.buffer + a * update.buffer)
 
 
-class FedBuff:
+class FedBuff(AsyncStrategy):
     """FedBuff (Nguyen et al. 2022): buffer ``buffer_size`` client deltas, then step.
 
     Clients return ``delta = w_local - w_start`` (their settings ask for it). Each
@@ -62,6 +64,7 @@ class FedBuff:
     """
 
     name = "fedbuff"
+    mode = "async"
 
     def __init__(
         self, buffer_size: int = 4, server_lr: float = 1.0, staleness: str = "polynomial", exponent: float = 0.5

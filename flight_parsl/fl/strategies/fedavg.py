@@ -23,10 +23,11 @@ from flight_parsl.core.types import Failure, LocalSettings
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.fl.aggregate import Aggregator, CoordinateMedian, WeightedMean
 from flight_parsl.fl.population import sample_clients, sample_size
+from flight_parsl.fl.protocols import SyncStrategy
 from flight_parsl.fl.stragglers import Stragglers
 
 
-class FedAvg:
+class FedAvg(SyncStrategy):
     """FedAvg: the sampled clients train locally; the mean is weighted by sample counts.
 
     Args:
@@ -37,6 +38,7 @@ class FedAvg:
     """
 
     name = "fedavg"
+    mode = "sync"
     linear = True
 
     def __init__(

@@ -22,17 +22,19 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from flight_parsl.core.peer import PeerSettings
+from flight_parsl.fl.protocols import PeerStrategy
 from flight_parsl.topology.peers import exponential_routes
 
 
-class PeerMethod:
+class PeerMethod(PeerStrategy):
     """A decentralized-mode method (the :class:`~flight_parsl.fl.protocols.PeerStrategy` protocol)."""
 
-    name: ClassVar[str] = ""
+    name = ""
+    mode = "decentralized"
     private: ClassVar[bool] = True
     shared: ClassVar[bool] = True
     mutual: ClassVar[bool] = False
-    exchange: ClassVar[str] = "none"
+    exchange = "none"
     pooled: ClassVar[bool] = False
 
     def __init__(self, **_: Any) -> None:
