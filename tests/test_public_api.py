@@ -237,3 +237,26 @@ def test_pool_on_parsl_reuses_one_dataflowkernel(tmp_path: Path) -> None:
     pids = {p for r in (first, second) for p in r.tasks[r.tasks["kind"] == "train"]["pid"]}
     assert len(pids) <= 2  # the same worker processes served both runs
     assert second.rounds["participants"].tolist() == [2]
+
+
+# --------------------------------------------------------------------------- the worked notebook
+
+
+def test_api_example_notebook_runs_headless(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    notebook = ROOT / "analysis" / "api_example.ipynb"
+    committed = nbformat.read(notebook, as_version=4)
+    assert all(c.outputs == [] for c in committed.cells if c.cell_type == "code")  # committed clean
+    out = tmp_path / "figs" / "rounds.png"
+    done = subprocess.run([sys.executable, "analysis/run_notebook.py", str(notebook), "--param", f"out={out}"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    executed = nbformat.read(out.parent / "rounds.executed.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert any("status completed" in o.get("text", "") for o in outputs)
+    run = flight_parsl.load_run(out.parent / "run")
+    assert run.status == "completed" and len(run.rounds) == 2 and run.config.backend == "thread"
+    assert run.rounds["test_acc"].iloc[-1] > 0.5
