@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -260,3 +261,48 @@ def test_api_example_notebook_runs_headless(tmp_path: Path) -> None:
     run = flight_parsl.load_run(out.parent / "run")
     assert run.status == "completed" and len(run.rounds) == 2 and run.config.backend == "thread"
     assert run.rounds["test_acc"].iloc[-1] > 0.5
+
+
+# --------------------------------------------------------------------------- --dry-run everywhere
+
+DRY_RUNS = [
+    ["artifacts/a1_scaling/run.py", "--workers", "2,8", "--models", "tiny", "--packed"],
+    ["artifacts/a2_hierarchy/run.py", "--heights", "1,2", "--strategies", "fedavg"],
+    ["artifacts/a3_async/run.py"],
+    ["artifacts/a4_remote/run.py"],
+    ["artifacts/fault_tolerance/run.py", "--study", "kills"],
+    ["artifacts/fedprox/run.py", "--seeds", "0..0", "--quick"],
+    ["artifacts/fedprox/analyze.py", "{out}/results.csv"],
+    ["artifacts/perf/run.py", "--quick"],
+    ["artifacts/proxyfl/run.py", "--seeds", "1"],
+    ["artifacts/proxyfloxy/run.py", "--blocks", "1,2", "--trials", "1"],
+    ["artifacts/transfer_bench/run.py", "--workers", "8", "--models", "tiny"],
+    ["-m", "analysis.scaling", "{out}/results.csv", "--out", "{out}/scaling.png"],
+    ["analysis/run_notebook.py", "analysis/api_example.ipynb", "--param", "out={out}/rounds.png"],
+]
+
+
+@pytest.mark.parametrize("argv", DRY_RUNS, ids=[a[0] if a[0] != "-m" else a[1] for a in DRY_RUNS])
+def test_every_script_takes_dry_run(argv: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [a.replace("{out}", str(out)) for a in argv]
+    if args[0].startswith("artifacts/") and "--out" not in args and not args[0].endswith("analyze.py"):
+        args += ["--out", str(out)]
+    done = subprocess.run([sys.executable, *args, "--dry-run"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    assert last.startswith("dry run:"), done.stdout
+    assert not out.exists()  # nothing written, nothing started
+
+
+def test_dry_run_still_checks_the_arguments(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for argv, needle in (
+        (["artifacts/a2_hierarchy/run.py", "--heights", "3", "--leaves", "16"], "height"),
+        (["artifacts/fault_tolerance/run.py", "--kills", "3"], "multiples of --per-slot"),
+        (["artifacts/a3_async/run.py", "train.epochs=0"], "train.epochs"),
+    ):
+        done = subprocess.run([sys.executable, *argv, "--out", str(tmp_path / "o"), "--dry-run"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120, env=env)
+        assert done.returncode == 2 and needle in done.stderr, (argv, done.stderr)
