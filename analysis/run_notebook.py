@@ -181,9 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="where to write the executed notebook")
     p.add_argument("--timeout", type=int, default=300, help="seconds per cell (default 300)")
     p.add_argument("--kernel", help="kernel name (default: the notebook's, else python3)")
+    p.add_argument("--dry-run", action="store_true", help="check the notebook and the parameters, print the "
+                   "effective parameters and where the executed notebook would go, and exit (runs nothing)")
     args = p.parse_args(argv)
     try:
         params = parse_params(args.param)
+        if args.dry_run:
+            path = Path(args.notebook)
+            if not path.is_file():
+                raise ParameterError(f"notebook not found: {path}")
+            effective = inject_parameters(nbformat.read(path, as_version=4), params)
+            print("parameters: " + ", ".join(f"{k}={v}" for k, v in effective.items()))
+            print(f"would run {path} and write {Path(args.output) if args.output else default_output(path, effective)}")
+            print("dry run: nothing run")
+            return 0
         dest = run_notebook(args.notebook, params, output=args.output, timeout=args.timeout, kernel_name=args.kernel)
     except ParameterError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)

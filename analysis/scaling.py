@@ -7,11 +7,15 @@
 Only rows with status ``ok`` count. Trials of one cell (framework, transfer, model, workers) are
 averaged; error bars are the standard deviation over trials (0 with a single trial).
 
-flight_parsl rows whose clients were packed onto fewer slots than clients (the table's ``slots``
-column below ``num_workers``) are a series of their own: their transfer reads ``<transfer>+packed``
-(``flight_parsl/file+packed``), drawn dotted with the transfer's marker. Rows without ``slots``
-(written before the column existed) ran one worker process per client. The ratio table compares
-Flower with flight_parsl's one-slot-per-client series unless asked to include the packed ones.
+One line per framework and transfer. flight_parsl rows whose clients were packed onto fewer slots
+than clients (the table's ``slots`` column below ``num_workers``: ``slots=auto`` packs once the
+clients outnumber the cores) stay on their transfer's line, drawn with a hollow marker: a default
+2-and-8-worker sweep on a 2-core machine draws one line per transfer, packed at 8. Only a table that
+holds both a packed and a one-slot-per-client run of the same cell (``artifacts/a1_scaling --packed``
+compares them) splits the packed runs off into a series of their own, ``<transfer>+packed``
+(``flight_parsl/file+packed``), drawn dotted. Rows without ``slots`` (written before the column
+existed) ran one worker process per client. The ratio table compares Flower with flight_parsl's
+one-slot-per-client points unless asked to include the packed ones.
 
 Figures are drawn on matplotlib's Agg canvas (``matplotlib.figure.Figure``, never pyplot), so
 nothing needs a display and the global backend is left alone.
@@ -75,7 +79,11 @@ def load_results(path: str | Path) -> pd.DataFrame:
         ok[col] = ok[col].fillna("").astype(str)
     ok["num_workers"] = ok["num_workers"].astype(int)
     packed = (ok["framework"] == PRIMARY) & ok["slots"].notna() & (ok["slots"] < ok["num_workers"])
-    ok.loc[packed, "transfer"] = ok.loc[packed, "transfer"] + PACKED
+    ok["packed"] = packed
+    # a cell run both ways (packed and one slot per client) compares them: the packed runs are a series
+    cell = packed.groupby([ok[c] for c in GROUP_KEYS])
+    mixed = cell.transform("any") & ~cell.transform("all")
+    ok.loc[packed & mixed, "transfer"] = ok.loc[packed & mixed, "transfer"] + PACKED
     return ok.reset_index(drop=True)
 
 
@@ -105,18 +113,23 @@ def _series_order(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over trials per (framework, transfer, model, num_workers), and the trial count.
 
-    Columns: the four keys, ``<metric>_mean`` and ``<metric>_std`` for each of METRICS, ``trials``.
-    std is the sample standard deviation (NaN with one trial). Rows come in figure order.
+    Columns: the four keys, ``<metric>_mean`` and ``<metric>_std`` for each of METRICS, ``trials``,
+    ``packed`` (some run of the cell packed its clients onto fewer slots). std is the sample
+    standard deviation (NaN with one trial). Rows come in figure order.
     """
     if frame.empty:
         raise ValueError("no rows to summarize")
     data = frame.copy()
     for m in METRICS:
         data[m] = pd.to_numeric(data[m], errors="coerce").astype(float)
+    if "packed" not in data.columns:
+        data["packed"] = False
+    data["packed"] = data["packed"].fillna(False).astype(bool)
     grouped = data.groupby(GROUP_KEYS, sort=False, dropna=False)
     stats = grouped[METRICS].agg(["mean", "std"])
     stats.columns = [f"{m}_{stat}" for m, stat in stats.columns]
     stats["trials"] = grouped.size()
+    stats["packed"] = grouped["packed"].any()
     out = stats.reset_index()
     out["num_workers"] = out["num_workers"].astype(int)
     out["trials"] = out["trials"].astype(int)
@@ -203,7 +216,8 @@ def plot_scaling(frame: pd.DataFrame, metric: str = "prime2end", out: str | Path
     """The Flight Artifact-1 figure: metric against workers, one panel per model.
 
     x: workers (log2, ticks at the worker counts present); y: the metric's mean over trials
-    (log scale) with std error bars; one line per (framework, transfer). ``frame`` is what
+    (log scale) with std error bars; one line per (framework, transfer), a hollow marker where the
+    clients were packed onto fewer slots than clients. ``frame`` is what
     load_results returns (or a summarize() result). Saved as PNG (dpi 150) when ``out`` is given.
     """
     _check_metric(metric)
@@ -216,6 +230,7 @@ def plot_scaling(frame: pd.DataFrame, metric: str = "prime2end", out: str | Path
     workers = sorted(summary["num_workers"].unique().tolist())
     labels = series_labels(summary)
     styles = _series_styles(labels)
+    hollow = False  # some point is a packed run drawn on its transfer's line
 
     ncols = min(len(models), 3)
     nrows = math.ceil(len(models) / ncols)
@@ -232,10 +247,13 @@ def plot_scaling(frame: pd.DataFrame, metric: str = "prime2end", out: str | Path
                 continue
             y = s[mean].to_numpy(dtype=float)
             err = s[std].fillna(0.0).to_numpy(dtype=float)
-            ax.errorbar(
-                s["num_workers"].to_numpy(), y, yerr=err, label=label, capsize=3, markersize=5, linewidth=1.5,
-                **styles[label],
-            )
+            x = s["num_workers"].to_numpy()
+            ax.errorbar(x, y, yerr=err, label=label, capsize=3, markersize=5, linewidth=1.5, **styles[label])
+            packed = s["packed"].to_numpy(dtype=bool) if "packed" in s.columns else None
+            if packed is not None and packed.any() and not key[1].endswith(PACKED):
+                hollow = True
+                ax.plot(x[packed], y[packed], linestyle="none", marker=styles[label]["marker"], markersize=5,
+                        markerfacecolor="white", markeredgecolor=styles[label]["color"], zorder=3)
         ax.set_yscale("log", nonpositive="clip")
         _log2_workers_axis(ax, workers)
         ax.set_title(model)
@@ -247,6 +265,9 @@ def plot_scaling(frame: pd.DataFrame, metric: str = "prime2end", out: str | Path
             ax.set_xlabel("workers")
 
     handles = [Line2D([], [], **styles[label], label=label) for label in labels.values()]
+    if hollow:
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
+                              label="hollow: clients packed onto fewer slots"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
     fig.suptitle(f"{METRIC_LABELS[metric].split(' (')[0]} vs workers{_subtitle(frame)}")
     _save(fig, out)
@@ -273,14 +294,17 @@ def ratio_table(
 
     Columns: model, num_workers, baseline (its mean; its best transfer if it has several),
     flight_parsl (best mean), best_transfer, ratio (> 1: flight_parsl is faster). flight_parsl's
-    packed series (fewer slots than clients) are candidates only with ``packed=True``.
+    packed runs (fewer slots than clients) are candidates only with ``packed=True``.
     """
     _check_metric(metric)
     summary = _as_summary(frame)
     mean = f"{metric}_mean"
     summary = summary[summary[mean].notna() & (summary[mean] > 0)]
     if not packed:
-        summary = summary[~((summary["framework"] == PRIMARY) & summary["transfer"].str.endswith(PACKED))]
+        is_packed = summary["transfer"].str.endswith(PACKED)
+        if "packed" in summary.columns:
+            is_packed |= summary["packed"].astype(bool)
+        summary = summary[~((summary["framework"] == PRIMARY) & is_packed)]
     frameworks = set(summary["framework"])
     for fw in (baseline, PRIMARY):
         if fw not in frameworks:
@@ -366,7 +390,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="prime2end", help=f"one of {', '.join(TIME_METRICS)} (default prime2end)")
     p.add_argument("--ratio-out", help="also write the baseline/flight_parsl ratio figure here")
     p.add_argument("--baseline", default="flower-simulation", help="baseline framework of the ratio figure")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print what would be drawn and exit "
+                   "(writes nothing; a results table not there yet is reported, not an error)")
     args = p.parse_args(argv)
+    if args.dry_run:
+        try:
+            _check_metric(args.metric, TIME_METRICS)
+        except ValueError as exc:
+            print(f"{p.prog}: error: {exc}", file=sys.stderr)
+            return 2
+        there = "" if Path(args.results).is_file() else " (not there yet)"
+        print(f"read {args.results}{there}; draw {args.metric} vs workers -> {args.out}"
+              + (f"; {args.baseline} / flight_parsl ratio -> {args.ratio_out}" if args.ratio_out else ""))
+        print("dry run: nothing written")
+        return 0
     try:
         _check_metric(args.metric, TIME_METRICS)
         frame = load_results(args.results)

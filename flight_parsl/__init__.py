@@ -21,8 +21,41 @@ Subpackages, coordinator side first:
   ``transfer``, ``data`` and ``models`` (a test checks it).
 - ``core``: types both sides share; ``data``, ``models``: datasets and models.
 
+The public API (:mod:`flight_parsl.api`) is reachable from the root:
+``flight_parsl.run``, ``flight_parsl.sweep``, ``flight_parsl.load_run``, ``flight_parsl.Pool``,
+``flight_parsl.RunResult`` and the errors. Public modules besides it: ``config`` (the
+experiment schema), ``results``, ``models``, ``data``, ``topology``, ``baselines``; the others
+(``engine``, ``execution``, ``worker``, ``transfer``, ``cli``, ``fl``, ``core``) are internal.
+
 The package root stays light: it must not import torch, because slots of a
-no-training ("debug") round import ``flight_parsl.worker.tasks`` and nothing more.
+no-training ("debug") round import ``flight_parsl.worker.tasks`` and nothing more. The API
+is loaded on first use (a module ``__getattr__``), so ``import flight_parsl`` imports neither
+torch nor parsl.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+#: Names the root hands out from flight_parsl.api, loaded on first use.
+_API = (
+    "run", "sweep", "load_run", "load_config", "Pool", "RunResult", "describe", "check", "client_slowdowns",
+    "initial_model", "initial_metrics", "FlightParslError", "ConfigError", "DataError", "ExecutorError",
+    "TransferError", "TaskError", "RoundError",
+)
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from flight_parsl import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'flight_parsl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

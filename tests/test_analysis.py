@@ -249,7 +249,59 @@ def test_packed_rows_are_a_series_of_their_own(table, tmp_path) -> None:
     assert both.loc[("tiny", 2), "best_transfer"] == "redis"
 
 
+def test_default_sweep_draws_one_line_per_transfer(tmp_path) -> None:
+    """A default (slots=auto) 2-and-8-worker sweep on 2 slots: 2 workers run one slot each, 8 are packed
+    onto 2. Each transfer is one line of two points (the packed one hollow), not two one-point series."""
+    table = tmp_path / "results.csv"
+    for transfer, base in (("parsl", 1.0), ("redis", 0.5)):
+        for w in (2, 8):
+            for t in (0, 1):
+                append_row(table, {**row("flight_parsl", transfer, "tiny", w, t, prime2end(base, 1.0, w, t)), "slots": 2})
+    frame = scaling.load_results(table)
+    assert set(frame["transfer"]) == {"parsl", "redis"}
+    assert list(frame.groupby("num_workers")["packed"].all()) == [False, True]
+    summary = scaling.summarize(frame)
+    assert len(summary) == 4 and list(summary["trials"]) == [2, 2, 2, 2]
+    assert list(summary["packed"]) == [False, True, False, True]
+    assert list(scaling.series_labels(summary).values()) == ["flight_parsl/parsl", "flight_parsl/redis"]
+    fig = scaling.plot_scaling(frame)
+    lines = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}
+    assert set(lines) == {"flight_parsl/parsl", "flight_parsl/redis"}
+    for label, base in (("flight_parsl/parsl", 1.0), ("flight_parsl/redis", 0.5)):
+        line = lines[label]
+        assert list(line.get_xdata()) == [2, 8] and line.get_linestyle() == "-"
+        expected = [statistics.fmean(prime2end(base, 1.0, w, t) for t in (0, 1)) for w in (2, 8)]
+        assert list(line.get_ydata()) == pytest.approx(expected)
+    hollow = [ln for ln in fig.axes[0].lines if ln.get_markerfacecolor() == "white"]
+    assert sorted(list(ln.get_xdata()) for ln in hollow) == [[8], [8]]  # the packed point of each line
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["flight_parsl/parsl", "flight_parsl/redis", "hollow: clients packed onto fewer slots"]
+    # the ratio compares Flower with one-slot-per-client points only, unless asked
+    for w in (2, 8):
+        append_row(table, row("flower-simulation", "ray", "tiny", w, 0, prime2end(2.0, 1.0, w, 0)))
+    frame = scaling.load_results(table)
+    assert list(scaling.ratio_table(frame)["num_workers"]) == [2]
+    both = scaling.ratio_table(frame, packed=True).set_index("num_workers")
+    assert list(both.index) == [2, 8] and both.loc[8, "best_transfer"] == "redis"
+    assert both.loc[8, "ratio"] == pytest.approx(prime2end(2.0, 1.0, 8, 0) / statistics.fmean(
+        prime2end(0.5, 1.0, 8, t) for t in (0, 1)))
+
+
 # --------------------------------------------------------------------------- CLI
+
+
+def test_cli_dry_run_writes_nothing(table, tmp_path) -> None:
+    out = tmp_path / "never.png"
+    done = run("-m", "analysis.scaling", str(tmp_path / "later.csv"), "--out", str(out), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "(not there yet)" in done.stdout and "dry run: nothing written" in done.stdout and not out.exists()
+    done = run("-m", "analysis.scaling", str(table), "--out", str(out), "--metric", "nope", "--dry-run")
+    assert done.returncode == 2 and "unknown metric 'nope'" in done.stderr
+    done = run("analysis/run_notebook.py", "analysis/scaling.ipynb", "--param", f"out={tmp_path}/f.png", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert f"write {tmp_path}/f.executed.ipynb" in done.stdout and not (tmp_path / "f.executed.ipynb").exists()
+    done = run("analysis/run_notebook.py", "analysis/scaling.ipynb", "--param", "nope=1", "--dry-run")
+    assert done.returncode == 2 and "unknown parameter 'nope'" in done.stderr
 
 
 def test_cli_in_process_writes_figures_and_prints_the_summary(table, tmp_path, capsys) -> None:

@@ -35,21 +35,26 @@ FLOWER_MODES = {"simulation": ("flower-simulation", "ray"), "grpc": ("flower-grp
 PACKED = "+packed"  # system suffix of flight_parsl rows packed onto fewer slots than clients
 
 
-def run_flight_parsl(args: argparse.Namespace, results: Path, packed: bool = False) -> None:
-    """The flight_parsl sweep (it skips its own finished cells): one slot per client, or the
-    engine's default packing (``slots=auto``) with ``packed``."""
-    cmd = [
+def flight_parsl_command(args: argparse.Namespace, results: Path, packed: bool = False) -> list[str]:
+    """The flight_parsl sweep's command line."""
+    return [
         sys.executable, "-m", "flight_parsl.scale", "--train", "none", "--rounds", str(args.rounds),
         "--workers", args.workers, "--model", args.models, "--transfer", args.transfers,
         "--trials", str(args.trials), "--out", str(Path(args.out) / ("flight_parsl-packed" if packed else "flight_parsl")),
         "--results", str(results), f"slots={'auto' if packed else 'per_client'}", *args.overrides,
     ]
-    subprocess.run(cmd, check=False)
 
 
-def run_flower(args: argparse.Namespace, results: Path) -> None:
-    """Flower runs, one process each, skipping finished cells."""
+def run_flight_parsl(args: argparse.Namespace, results: Path, packed: bool = False) -> None:
+    """The flight_parsl sweep (it skips its own finished cells): one slot per client, or the
+    engine's default packing (``slots=auto``) with ``packed``."""
+    subprocess.run(flight_parsl_command(args, results, packed), check=False)
+
+
+def flower_commands(args: argparse.Namespace, results: Path) -> list[tuple[str, list[str]]]:
+    """(label, command) of every Flower run not yet in ``results``."""
     done = done_cells(results)
+    commands = []
     for mode in args.flower.split(","):
         framework, transfer = FLOWER_MODES[mode]
         for workers in (int(w) for w in args.workers.split(",")):
@@ -58,13 +63,19 @@ def run_flower(args: argparse.Namespace, results: Path) -> None:
                     if (framework, model, workers, transfer, trial, False) in done:
                         continue
                     out = Path(args.out) / framework / f"{model}-n{workers}-t{trial}"
-                    print(f"{framework} {model} n={workers} trial {trial}", flush=True)
-                    cmd = [
+                    commands.append((f"{framework} {model} n={workers} trial {trial}", [
                         sys.executable, "-m", "flight_parsl.baselines.flower", "--mode", mode, "--workers", str(workers),
                         "--model", model, "--rounds", str(args.rounds), "--trial", str(trial), "--out", str(out),
                         "--results", str(results), "--timeout", str(args.flower_timeout),
-                    ]
-                    subprocess.run(cmd, check=False)
+                    ]))
+    return commands
+
+
+def run_flower(args: argparse.Namespace, results: Path) -> None:
+    """Flower runs, one process each, skipping finished cells."""
+    for label, cmd in flower_commands(args, results):
+        print(label, flush=True)
+        subprocess.run(cmd, check=False)
 
 
 def comparison(results: Path) -> str:
@@ -117,6 +128,29 @@ def comparison(results: Path) -> str:
     return "\n".join(lines)
 
 
+def dry_run(p: argparse.ArgumentParser, args: argparse.Namespace, results: Path) -> int:
+    """Check the lists, print the sweeps' and Flower's commands; nothing starts."""
+    import shlex
+
+    workers = [w.strip() for w in args.workers.split(",")]
+    if not all(w.isdigit() and int(w) > 0 for w in workers):
+        p.error(f"--workers {args.workers!r}: expected a comma list of positive integers")
+    unknown = set(filter(None, args.flower.split(","))) - set(FLOWER_MODES)
+    if unknown:
+        p.error(f"--flower: unknown mode(s) {sorted(unknown)}; valid: {', '.join(FLOWER_MODES)}")
+    commands = [flight_parsl_command(args, results)] + ([flight_parsl_command(args, results, True)] if args.packed else [])
+    if args.flower:
+        commands += [cmd for _, cmd in flower_commands(args, results)]
+    for cmd in commands:
+        print(shlex.join(cmd))
+    cells = len(workers) * len(args.models.split(",")) * args.trials
+    per_sweep = cells * len(args.transfers.split(","))
+    print(f"dry run: {per_sweep * (2 if args.packed else 1)} flight_parsl runs in {1 + args.packed} sweep(s), "
+          f"{len(commands) - 1 - args.packed} Flower runs, then the figure {args.figure or Path(args.out) / 'scaling.png'}; "
+          "nothing started")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", default="2,8,32,64")
@@ -130,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", default=None, help="PNG to write (default <out>/scaling.png)")
     p.add_argument("--packed", action="store_true", help="also run flight_parsl with the engine's default packing "
                    "(slots=auto), as the systems flight_parsl/<transfer>+packed")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print the commands it would run "
+                   "and exit (starts nothing)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides for every flight_parsl run")
     args = p.parse_args(argv)
     results = Path(args.out) / "results.csv"
+    if args.dry_run:
+        return dry_run(p, args, results)
     run_flight_parsl(args, results)
     if args.packed:
         run_flight_parsl(args, results, packed=True)

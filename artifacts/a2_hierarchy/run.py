@@ -49,7 +49,8 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from flight_parsl.core.errors import ConfigError, FlightParslError  # noqa: E402
+import flight_parsl  # noqa: E402
+from flight_parsl import ConfigError, FlightParslError  # noqa: E402
 
 PROG = "artifacts/a2_hierarchy/run.py"
 SITE = HERE / "site.yaml"
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", default="runs/a2", help="output directory (default runs/a2)")
     a("--published", action="store_true", help="published sizes: fashion_mnist, 100 rounds, fedprox_cnn")
     a("--quiet", action="store_true", help="no per-round lines")
+    a("--dry-run", action="store_true", help="check the arguments and every cell's config, print the cells and exit "
+      "(starts nothing)")
     a("overrides", nargs="*", metavar="key.sub=value", help="config overrides for every cell")
     return p
 
@@ -278,45 +281,60 @@ def quiet_logging() -> None:
     logging.getLogger().addHandler(handler)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Validate every cell, open one executor, run the cells, return the results rows."""
-    from flight_parsl.config.experiment import parse_slots
-    from flight_parsl.engine.progress import Progress
-    from flight_parsl.engine.runner import run_experiment
-    from flight_parsl.execution.backends import open_backend, resolve_slots
+def say(text: str) -> None:
+    """One line on stderr (cell headers, even with --quiet)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def plan(args: argparse.Namespace, out: Path) -> tuple[dict[int, Any], list[tuple[int, str, Any]]]:
+    """The trees and every cell's validated config: (height, strategy, config)."""
     from flight_parsl.topology.tree import balanced_tree
 
-    out = Path(args.out)
-    # Everything that can be checked fails here, before the executor starts.
     trees = {h: balanced_tree(args.leaves, h) for h in args.height_list}
     cells = [(h, s, cell_config(args, h, s, out)) for h in args.height_list for s in args.strategy_list]
-    from flight_parsl.data import load_dataset
+    return trees, cells
 
-    load_dataset(args.dataset, args.data_root)
-    if args.backend == "parsl":
-        from flight_parsl.execution.site import load_site
 
-        load_site(args.parsl_config)
-    out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(args.rounds, enabled=not args.quiet)
-    say = Progress(args.rounds).say  # cell headers even with --quiet
-    say(
+def headline(args: argparse.Namespace, out: Path) -> str:
+    return (
         f"A2: {args.leaves} leaves, heights {args.heights}, strategies {args.strategies}, {args.rounds} rounds, "
         f"participation {args.participation:g}, {args.dataset}/{args.model}, backend {args.backend}, "
         f"broadcast {args.broadcast}, clients per task {args.clients_per_task or 'packed'}, seed {args.seed} -> {out}"
     )
+
+
+def dry_run(args: argparse.Namespace) -> None:
+    """Print the cells and their configs' key values; nothing starts."""
+    out = Path(args.out)
+    trees, cells = plan(args, out)
+    print(headline(args, out))
+    for i, (h, strategy, cfg) in enumerate(cells, 1):
+        print(f"[{i}/{len(cells)}] height {h}, {strategy}: {trees[h].describe()}")
+        print(f"    {flight_parsl.describe(cfg)} strategy.participation={cfg.strategy.participation:g} "
+              f"plan.clients_per_task={cfg.plan.clients_per_task}")
+    print(f"dry run: {len(cells)} cells on one executor, nothing started")
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Validate every cell, open one executor, run the cells, return the results rows."""
+    out = Path(args.out)
+    # Everything that can be checked fails here, before the executor starts.
+    trees, cells = plan(args, out)
+    flight_parsl.check(cells[0][2])  # the site file, the data and its split
+    out.mkdir(parents=True, exist_ok=True)
+    say(headline(args, out))
     rows: list[dict[str, Any]] = []
     first = cells[0][2]
-    slots = resolve_slots(parse_slots(first.slots), first.workers)  # a site that fixes its workers decides
-    with open_backend(args.backend, slots, out, args.parsl_config) as backend:
-        say(backend.description)
+    # the first cell's slots for its workers (a site that fixes its workers decides)
+    with flight_parsl.Pool(first, run_dir=out) as pool:
+        say(pool.description)
         for i, (h, strategy, cfg) in enumerate(cells, 1):
             tree = trees[h]
             branching = len(tree.children(tree.root.name))
             say(f"[{i}/{len(cells)}] height {h} (branching {branching}), {strategy}: {tree.describe()}")
             t0 = time.perf_counter()
             try:
-                run_dir = run_experiment(cfg, progress, backend)
+                run_dir = flight_parsl.run(cfg, progress=not args.quiet, pool=pool).run_dir
             except FlightParslError as exc:
                 raise Failure(f"cell h{h}-{strategy} failed: {exc} (run directory {cfg.out})") from exc
             except Exception as exc:
@@ -333,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logging()
     try:
         resolve(args)
+        if args.dry_run:
+            dry_run(args)
+            return 0
         rows = run(args)
     except Failure as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -123,6 +123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-rounds", type=int, default=1, help="untimed sync rounds (no slowdown) before the "
                    "measured runs, so every slot has loaded the data once (default 1; 0: none)")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the arguments and both modes' configs, print the runs and exit (starts nothing)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="extra config overrides for both modes")
     args = p.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
@@ -376,35 +378,46 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def dry_run(args: argparse.Namespace) -> None:
+    """Print the runs (warm-up, sync, async) and their configs' key values; nothing starts."""
+    import flight_parsl
+
+    out = Path(args.out)
+    runs = ([("warm-up", mode_config(args, "sync", out, warmup=True))] if args.warmup_rounds > 0 else []) + [
+        (mode, mode_config(args, mode, out)) for mode in MODES
+    ]
+    for label, cfg in runs:
+        print(f"{label}: {flight_parsl.describe(cfg)} strategy.alpha={cfg.strategy.alpha:.4g} "
+              f"train.epochs={cfg.train.epochs} train.slowdown_max={cfg.train.slowdown_max:g}")
+    print(f"dry run: {len(runs)} runs on one executor, nothing started")
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from flight_parsl.config.experiment import parse_slots
-    from flight_parsl.engine.context import prepare, slowdowns
-    from flight_parsl.engine.progress import Progress
-    from flight_parsl.engine.runner import run_experiment
-    from flight_parsl.execution.backends import open_backend, resolve_slots
+    import flight_parsl
 
     out = Path(args.out)
     configs = {mode: mode_config(args, mode, out) for mode in MODES}  # both validated before anything starts
-    prepare(configs["sync"])  # dataset present, split possible, model buildable: fail before the executor starts
+    # dataset present, split possible, model buildable: fail before the executor starts
+    flight_parsl.check(configs["sync"], build=True)
     out.mkdir(parents=True, exist_ok=True)
-    factors = slowdowns(configs["sync"])
+    factors = flight_parsl.client_slowdowns(configs["sync"])
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     say(f"slowdowns: {', '.join(f'{f:.2f}' for f in factors or [])}")
     dirs: dict[str, Path] = {}
     first = configs["sync"]
-    slots = resolve_slots(parse_slots(first.slots), first.workers)
-    with open_backend(first.backend, slots, out, first.parsl_config) as backend:
+    with flight_parsl.Pool(first, run_dir=out) as pool:
+        slots = pool.slots
         if args.warmup_rounds > 0:
             warm = mode_config(args, "sync", out, warmup=True)
             say(f"== warm-up: {warm.rounds} sync round(s) without slowdown -> {warm.out}")
-            warm_dir = run_experiment(warm, Progress(warm.rounds, enabled=not args.quiet), backend)
+            warm_dir = flight_parsl.run(warm, progress=not args.quiet, pool=pool).run_dir
             seen = {(r["host"], r["pid"], r["thread"]) for r in train_rows(warm_dir)}
             say(f"== warm-up ran on {len(seen)} of {slots} slot(s)")
         for mode in MODES:
             cfg = configs[mode]
             say(f"== {mode}: {cfg.strategy.name}" + (f" alpha={cfg.strategy.alpha:.4g}" if mode == "async" else ""))
             t0 = time.perf_counter()
-            dirs[mode] = run_experiment(cfg, Progress(cfg.rounds, enabled=not args.quiet), backend)
+            dirs[mode] = flight_parsl.run(cfg, progress=not args.quiet, pool=pool).run_dir
             say(f"== {mode} took {time.perf_counter() - t0:.1f} s")
     results, idle_rows, client_rows = summarize(args, dirs, factors)
     write_csv(out / "results.csv", RESULT_COLUMNS, results)
@@ -420,12 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.dry_run:
+            dry_run(args)
+            return 0
         results = run(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line for the user; the run directories keep the details
-        from flight_parsl.core.errors import ConfigError, DataError
+        from flight_parsl import ConfigError, DataError
 
         detail = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, (ConfigError, DataError)):

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--transfer", default="redis", choices=["redis", "parsl", "file"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and the config, print the run and "
+                   "exit (starts nothing)")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     return p.parse_args(argv)
 
@@ -118,9 +120,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flight_parsl.core.errors import ConfigError, FlightParslError
-    from flight_parsl.engine.progress import Progress
-    from flight_parsl.engine.runner import run_experiment
+    import flight_parsl
+    from flight_parsl import ConfigError, FlightParslError
 
     args = parse_args(argv)
     out = Path(args.out)
@@ -129,18 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print(f"run: {flight_parsl.describe(cfg)} sites.files={cfg.sites.files} plan.clients_per_task={cfg.plan.clients_per_task}")
+        print("dry run: 1 run, nothing started")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     try:
-        run = run_experiment(cfg, Progress(cfg.rounds))
+        run = flight_parsl.run(cfg, progress=True).run_dir
     except FlightParslError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     summary = json.loads((run / "summary.json").read_text())
-    from flight_parsl.engine.context import prepare
-
-    exp = prepare(cfg)  # the same seed builds the run's initial model: its accuracy before round 1
-    assert exp.evaluate is not None
-    initial_loss, initial_acc = exp.evaluate(exp.initial)
+    # the same seed builds the run's initial model: its accuracy before round 1
+    initial_loss, initial_acc = flight_parsl.initial_metrics(cfg)
     rounds = read_csv(run / "rounds.csv")
     accuracy = [
         {k: r[k] for k in ("round", "test_acc", "test_loss", "train_acc", "makespan_s", "edge_bytes")} for r in rounds

@@ -47,11 +47,9 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the checkout's flight_parsl
     sys.path.insert(0, str(ROOT))
 
+import flight_parsl
+from flight_parsl import FlightParslError, RoundError
 from flight_parsl.config.experiment import ExperimentConfig, build_config
-from flight_parsl.core.errors import FlightParslError, RoundError
-from flight_parsl.engine.progress import Progress
-from flight_parsl.engine.runner import run_experiment
-from flight_parsl.execution.backends import open_backend, resolve_slots
 
 SEED_RULES = ["round.quorum=0.75", "round.min_fraction=0.75", "round.max_missed=2", "strategy.aimd=true",
               "strategy.aimd_start=4"]
@@ -74,14 +72,19 @@ def base_values(args: argparse.Namespace) -> dict[str, Any]:
             "data": {"dataset": args.dataset, "root": args.data_root}}
 
 
+def accuracy_config(args: argparse.Namespace, out: Path, workers: int) -> ExperimentConfig:
+    """One run of the accuracy study: ``workers`` clients on power-law subsets, the seed system's rules."""
+    return build_config(values=[base_values(args), {"workers": workers, "rounds": args.rounds,
+                                                    "out": str(out / f"accuracy-n{workers}")}],
+                        overrides=[*SEED_RULES, "partition.kind=power_law", f"train.lr={args.lr}", *args.overrides])
+
+
 def study_accuracy(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     """Test accuracy after ``--rounds`` rounds for 1, 2, 4, 8 workers on power-law subsets."""
     rows = []
     for workers in args.workers:
-        cfg = build_config(values=[base_values(args), {"workers": workers, "rounds": args.rounds,
-                                                       "out": str(out / f"accuracy-n{workers}")}],
-                           overrides=[*SEED_RULES, "partition.kind=power_law", f"train.lr={args.lr}", *args.overrides])
-        run_dir = run_experiment(cfg, Progress(cfg.rounds, enabled=not args.quiet))
+        cfg = accuracy_config(args, out, workers)
+        run_dir = flight_parsl.run(cfg, progress=not args.quiet).run_dir
         rounds = read_rows(run_dir / "rounds.csv")
         accs = [float(r["test_acc"]) for r in rounds]
         sizes = sorted(int(t["samples"]) for t in read_rows(run_dir / "tasks.csv") if t["round"] == "0" and t["samples"])
@@ -141,12 +144,12 @@ def study_kills(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     rows = []
     first = kills_config(args, out, 0)
     slots = args.clients // args.per_slot
-    with open_backend(first.backend, slots, out / "executor", first.parsl_config) as backend:
+    with flight_parsl.Pool(first, slots=slots, run_dir=out / "executor") as pool:
         for killed in args.kills:
             cfg = kills_config(args, out, killed)
             status, message = "completed", ""
             try:
-                run_experiment(cfg, Progress(cfg.rounds, enabled=not args.quiet), backend)
+                flight_parsl.run(cfg, progress=not args.quiet, pool=pool)
             except RoundError as exc:
                 status, message = "stopped", str(exc)
             rows.append(kill_row(killed, Path(cfg.out), status, message))
@@ -154,24 +157,33 @@ def study_kills(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def study_overhead(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    """No fault: quorum 1.0 vs 0.75, interleaved on one executor; mean round time per run."""
-    rows = []
+def overhead_configs(args: argparse.Namespace, out: Path) -> tuple[ExperimentConfig, list[tuple[int, float, ExperimentConfig]]]:
+    """The overhead study's base config (its executor's) and its runs: (trial, quorum, config), interleaved."""
     workers = max(args.workers)
     base = build_config(values=[base_values(args), {"workers": workers, "rounds": args.rounds}],
                         overrides=["transfer.kind=file", *args.overrides])
-    with open_backend(base.backend, resolve_slots("auto", workers), out / "executor-overhead", base.parsl_config) as backend:
-        for trial in range(args.trials):
-            for quorum in (1.0, 0.75):
-                cfg = replace(build_config(values=[base.to_dict()], overrides=[f"round.quorum={quorum}",
-                                                                                 "round.min_fraction=0.5"]),
-                              out=str(out / f"overhead-q{quorum}-t{trial}"))
-                run_dir = run_experiment(cfg, Progress(cfg.rounds, enabled=not args.quiet), backend)
-                rounds = read_rows(run_dir / "rounds.csv")
-                rows.append({"quorum": quorum, "trial": trial,
-                             "mean_round_s": statistics.fmean(float(r["makespan_s"]) for r in rounds[1:]),
-                             "reported": statistics.fmean(int(r["reported"]) for r in rounds),
-                             "final_test_acc": float(rounds[-1]["test_acc"] or "nan"), "run_dir": str(run_dir)})
+    runs = []
+    for trial in range(args.trials):
+        for quorum in (1.0, 0.75):
+            cfg = replace(build_config(values=[base.to_dict()], overrides=[f"round.quorum={quorum}",
+                                                                             "round.min_fraction=0.5"]),
+                          out=str(out / f"overhead-q{quorum}-t{trial}"))
+            runs.append((trial, quorum, cfg))
+    return base, runs
+
+
+def study_overhead(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """No fault: quorum 1.0 vs 0.75, interleaved on one executor; mean round time per run."""
+    rows = []
+    base, runs = overhead_configs(args, out)
+    with flight_parsl.Pool(base, slots="auto", run_dir=out / "executor-overhead") as pool:
+        for trial, quorum, cfg in runs:
+            run_dir = flight_parsl.run(cfg, progress=not args.quiet, pool=pool).run_dir
+            rounds = read_rows(run_dir / "rounds.csv")
+            rows.append({"quorum": quorum, "trial": trial,
+                         "mean_round_s": statistics.fmean(float(r["makespan_s"]) for r in rounds[1:]),
+                         "reported": statistics.fmean(int(r["reported"]) for r in rounds),
+                         "final_test_acc": float(rounds[-1]["test_acc"] or "nan"), "run_dir": str(run_dir)})
     write_rows(out / "overhead.csv", rows)
     return rows
 
@@ -206,6 +218,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-root")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the arguments and every run's config, print the runs and exit (starts nothing)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
@@ -215,9 +229,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def dry_run(args: argparse.Namespace, out: Path) -> None:
+    """Print every run the selected studies would make (each config built and validated)."""
+    runs: list[tuple[str, ExperimentConfig]] = []
+    if args.study in ("accuracy", "all"):
+        runs += [(f"accuracy n={w}", accuracy_config(args, out, w)) for w in args.workers]
+    if args.study in ("kills", "all"):
+        runs += [(f"kills {k} killed", kills_config(args, out, k)) for k in args.kills]
+    if args.study in ("overhead", "all"):
+        runs += [(f"overhead quorum {q} trial {t}", cfg) for t, q, cfg in overhead_configs(args, out)[1]]
+    for label, cfg in runs:
+        print(f"{label}: {flight_parsl.describe(cfg)} round.quorum={cfg.round.quorum} "
+              f"faults.kill_slots={cfg.faults.kill_slots}")
+    print(f"dry run: {len(runs)} runs, nothing started")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    if args.dry_run:
+        try:
+            dry_run(args, out)
+        except FlightParslError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     try:
         if args.study in ("accuracy", "all"):

@@ -130,13 +130,23 @@ def figure(curve: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
+#: What main writes under --out.
+WRITES = ("curves.csv", "runs.csv", "table.md", "fedprox.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write curves.csv, runs.csv, table.md and fedprox.png under --out; print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="the sweeps' results table (runs/fedprox/results.csv)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print what would be written and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.dry_run:
+        there = "" if Path(args.results).is_file() else " (not there yet)"
+        print(f"read {args.results}{there}; write {', '.join(str(out / n) for n in WRITES)}")
+        print("dry run: nothing written")
+        return
     frame = load_runs(args.results)
     runs = per_run(frame)
     curve = curves(frame)

@@ -67,12 +67,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0..4", help="seed range a..b")
     p.add_argument("--data-root", help="the data root holding MNIST (for --datasets mnist)")
     p.add_argument("--quick", action="store_true", help="3 rounds, E=2: a smoke run")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print the sweep commands and exit "
+                   "(starts nothing)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    unknown = set(args.datasets.split(",")) - set(DATASETS)
+    if unknown:
+        p.error(f"--datasets: unknown {sorted(unknown)}; valid: {', '.join(DATASETS)}")
+    try:
+        chunks = seed_chunks(args.seeds)
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: expected a range a..b")
+    if args.dry_run:
+        import shlex
+
+        commands = [command(d, arm, seeds, out, args) for seeds in chunks for d in args.datasets.split(",") for arm in ARMS]
+        for cmd in commands:
+            print(shlex.join(cmd))
+        print(f"dry run: {len(commands)} sweep commands, then analyze.py {out / 'results.csv'}; nothing started")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     status = 0
-    for seeds in seed_chunks(args.seeds):
+    for seeds in chunks:
         for dataset in args.datasets.split(","):
             for arm in ARMS:
                 cmd = command(dataset, arm, seeds, out, args)

@@ -805,6 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds per run before its process group is killed (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--frameworks", default="flight_parsl,flower", help="comma list: flight_parsl, flower")
     p.add_argument("--list", action="store_true", help="print the cells, their rows and targets, and exit")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print every run's command and exit "
+                   "(starts nothing)")
     return p
 
 
@@ -828,9 +830,20 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
         print("error: --rounds and --timeout must be positive", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/perf-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    plan = [(c, r) for c in cells for r in c.rows if r.framework in frameworks]
+    if args.dry_run:
+        import shlex
+
+        for cell, row in plan:
+            n = cell.rounds_for(rounds)
+            run_out = out / cell.name / slug(row.label)
+            argv_ = (flight_argv(cell, row, n, run_out) if row.framework == FLIGHT
+                     else flower_argv(cell, row, n, run_out, max(args.timeout - 30, args.timeout * 0.9)))
+            say(f"{cell.name} | {row.label}: {shlex.join(argv_)}")
+        say(f"dry run: {len(plan)} runs in {len(cells)} cells; nothing started")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
 
-    plan = [(c, r) for c in cells for r in c.rows if r.framework in frameworks]
     say(f"perf: {len(plan)} runs in {len(cells)} cells -> {out}")
     rows: list[dict[str, Any]] = []
     interrupted = False

@@ -35,6 +35,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -53,19 +54,34 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def run_one(name: str, args: argparse.Namespace, backend: object, **values: object) -> Path:
+def run_config(name: str, args: argparse.Namespace, **values: object) -> Any:
+    """The validated config of one run (its directory ``<out>/runs/<name>``)."""
     from flight_parsl.config.experiment import build_config
-    from flight_parsl.engine.progress import Progress
-    from flight_parsl.engine.runner import run_experiment
+
+    out = Path(args.out) / "runs" / name
+    return build_config(values=[{"out": str(out), "mode": "decentralized", "backend": "parsl", **values}],
+                        overrides=base_overrides(args))
+
+
+def planned(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """Every run, in order: (name, config values): the methods x seeds, then the byte measurement."""
+    runs = [(f"{m}-s{seed}", {"workers": args.workers, "rounds": args.rounds, "seed": seed, "strategy": {"name": m}})
+            for seed in range(args.seeds) for m in args.methods.split(",")]
+    runs += [(f"bytes-k{k}", {"workers": int(k), "rounds": args.bytes_rounds, "seed": 0,
+                              "strategy": {"name": "proxyfl"}}) for k in filter(None, args.bytes_k.split(","))]
+    return runs
+
+
+def run_one(name: str, args: argparse.Namespace, pool: Any, **values: object) -> Path:
+    import flight_parsl
 
     out = Path(args.out) / "runs" / name
     summary = out / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("status") == "completed":
         return out
-    cfg = build_config(values=[{"out": str(out), "mode": "decentralized", "backend": "parsl", **values}],
-                       overrides=base_overrides(args))
+    cfg = run_config(name, args, **values)
     print(f"{name}: running", flush=True)
-    return run_experiment(cfg, Progress(cfg.rounds, enabled=False), backend=backend)  # type: ignore[arg-type]
+    return flight_parsl.run(cfg, pool=pool).run_dir
 
 
 def collect(out: Path) -> None:
@@ -146,21 +162,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bytes-k", default="4,8,16", help="client counts of the byte measurement ('' skips it)")
     p.add_argument("--bytes-rounds", type=int, default=3)
     p.add_argument("--collect-only", action="store_true", help="only rebuild the csv files and the table")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and every run's config, print the "
+                   "runs and exit (starts nothing)")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.dry_run:
+        import flight_parsl
+
+        try:
+            runs = [(name, run_config(name, args, **values)) for name, values in planned(args)]
+        except flight_parsl.FlightParslError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for name, cfg in runs:
+            print(f"{name}: {flight_parsl.describe(cfg)} peer.private_models={cfg.peer.private_models}")
+        print(f"dry run: {len(runs)} runs on one parsl executor with 2 slots"
+              + (" (collect only: none would run)" if args.collect_only else "") + ", nothing started")
+        return 0
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if not args.collect_only:
-        from flight_parsl.execution.backends import open_backend
+        import flight_parsl
 
-        with open_backend("parsl", 2, out / "parsl") as backend:
+        with flight_parsl.Pool(backend="parsl", slots=2, run_dir=out / "parsl") as pool:
             for seed in range(args.seeds):
                 for m in args.methods.split(","):
-                    run_one(f"{m}-s{seed}", args, backend, workers=args.workers, rounds=args.rounds, seed=seed,
+                    run_one(f"{m}-s{seed}", args, pool, workers=args.workers, rounds=args.rounds, seed=seed,
                             strategy={"name": m})
                 collect(out)
             for k in filter(None, args.bytes_k.split(",")):
-                run_one(f"bytes-k{k}", args, backend, workers=int(k), rounds=args.bytes_rounds, seed=0,
+                run_one(f"bytes-k{k}", args, pool, workers=int(k), rounds=args.bytes_rounds, seed=0,
                         strategy={"name": "proxyfl"})
     collect(out)
     print(table(out))

@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and every run's config, print the "
+                   "runs and exit (starts nothing)")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = p.parse_args(argv)
     try:
@@ -117,10 +119,9 @@ def _f(text: str) -> float:
 
 def arch_size(cfg: Any) -> int:
     """Bytes of the pickled torch module (architecture and weights: what FLoX shipped)."""
-    from flight_parsl.engine.context import model_spec
-    from flight_parsl.models import seeded_model
+    import flight_parsl
 
-    return len(pickle.dumps(seeded_model(model_spec(cfg), cfg.seed)))
+    return len(pickle.dumps(flight_parsl.initial_model(cfg)))
 
 
 def rows_of(run: Path, k: int, store: str, trial: int, arch: int) -> list[dict[str, Any]]:
@@ -199,13 +200,8 @@ def report(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contextlib import ExitStack
-
-    from flight_parsl.core.errors import ConfigError, FlightParslError
-    from flight_parsl.engine.multisite import open_run_sites
-    from flight_parsl.engine.progress import Progress
-    from flight_parsl.engine.runner import run_experiment
-    from flight_parsl.execution.sites import open_sites_backend
+    import flight_parsl
+    from flight_parsl import ConfigError, FlightParslError
 
     args = parse_args(argv)
     out = Path(args.out)
@@ -214,24 +210,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        for i, (k, trial, store, cfg) in enumerate(cells, 1):
+            print(f"[{i}/{len(cells)}] k={k} store={store} trial={trial}: {flight_parsl.describe(cfg)} "
+                  f"model.extra_blocks={cfg.model.extra_blocks}")
+        print(f"sites: {cells[0][3].sites.files}")
+        print(f"dry run: {len(cells)} runs on one DataFlowKernel over the sites, nothing started")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     table = Appender(out / "proxyfloxy.csv", COLUMNS)
     runs = Appender(out / "runs.csv", RUN_COLUMNS)
     rows: list[dict[str, Any]] = []
     status = 0
     try:
-        with ExitStack() as stack:
-            redis_cfg = next(c for _, _, s, c in cells if s == "redis")  # the network gets a Redis server
-            sites = stack.enter_context(open_run_sites(redis_cfg))
-            assert sites is not None
-            backend = stack.enter_context(open_sites_backend(sites.sites, sites.slots, out / "executor", sites.network))
+        redis_cfg = next(c for _, _, s, c in cells if s == "redis")  # the network gets a Redis server
+        with flight_parsl.Pool(redis_cfg, run_dir=out / "executor") as pool:
             arch: dict[int, int] = {}
             for i, (k, trial, store, cfg) in enumerate(cells, 1):
                 print(f"[{i}/{len(cells)}] k={k} store={store} trial={trial}", flush=True)
                 arch.setdefault(k, arch_size(cfg))
                 t0 = time.time()
                 try:
-                    run = run_experiment(cfg, Progress(cfg.rounds, enabled=False), backend, sites)
+                    run = flight_parsl.run(cfg, pool=pool).run_dir
                 except FlightParslError as exc:
                     print(f"  failed: {exc}", file=sys.stderr)
                     runs.write([{"num_hidden_blocks": k, "store": store, "trial": trial, "status": f"failed: {exc}",

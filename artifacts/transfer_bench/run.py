@@ -31,15 +31,22 @@ COLUMNS = (
 )
 
 
-def run_cell(
+def cell_command(
     model: str, workers: int, transfer: str, rounds: int, out: Path, extra: list[str], slots: str = "per_client"
-) -> dict[str, object]:
-    """Run one cell and read its summary.json and rounds.csv."""
-    cmd = [
+) -> list[str]:
+    """One cell's command line."""
+    return [
         sys.executable, "-m", "flight_parsl.scale", "--quiet", "--train", "none", "--model", model,
         "--workers", str(workers), "--rounds", str(rounds), "--transfer", transfer, "--out", str(out),
         f"slots={slots}", *extra,
     ]
+
+
+def run_cell(
+    model: str, workers: int, transfer: str, rounds: int, out: Path, extra: list[str], slots: str = "per_client"
+) -> dict[str, object]:
+    """Run one cell and read its summary.json and rounds.csv."""
+    cmd = cell_command(model, workers, transfer, rounds, out, extra, slots)
     done = subprocess.run(cmd, capture_output=True, text=True)
     row: dict[str, object] = {"model": model, "workers": workers, "transfer": transfer, "rounds": rounds}
     if done.returncode != 0:
@@ -70,9 +77,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", default="per_client",
                    help="worker processes per cell: per_client (default, one per client), auto or a number")
     p.add_argument("--out", default=f"runs/transfer_bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print each cell's command and exit "
+                   "(starts nothing)")
     p.add_argument("extra", nargs="*", help="extra arguments for flight_parsl.scale (key=value overrides)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if not all(w.strip().isdigit() and int(w) > 0 for w in args.workers.split(",")):
+        p.error(f"--workers {args.workers!r}: expected a comma list of positive integers")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    if args.dry_run:
+        import shlex
+
+        cells = [cell_command(m, int(w), t, args.rounds, out / f"{m}-n{w}-{t}", args.extra, args.slots)
+                 for m in args.models.split(",") for w in args.workers.split(",") for t in args.transfers.split(",")]
+        for cmd in cells:
+            print(shlex.join(cmd))
+        print(f"dry run: {len(cells)} cells, one fresh run each; nothing started")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, object]] = []
     for model in args.models.split(","):
