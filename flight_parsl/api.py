@@ -198,7 +198,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
     Raises:
         ConfigError: ``run_dir`` holds no config.yaml (it is not a run directory).
     """
-    from flight_parsl.config.experiment import ExperimentConfig, _apply, build_config, load_yaml
+    from flight_parsl.config.experiment import build_config, load_yaml, typed_only
 
     path = Path(run_dir)
     if not (path / "config.yaml").is_file():
@@ -207,7 +207,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunResult:
     try:
         cfg = build_config(values=[values])
     except ConfigError:  # a file it names moved (a run directory copied elsewhere): read it as written
-        cfg = _apply(ExperimentConfig(), values)
+        cfg = typed_only(values)
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return RunResult(path, cfg, summary, _frame(path / "rounds.csv"), _frame(path / "tasks.csv"),

@@ -444,6 +444,12 @@ def from_data(data: dict[str, Any]) -> ExperimentConfig:
     return cfg
 
 
+def typed_only(data: dict[str, Any]) -> ExperimentConfig:
+    """The typed config of plain data, each key checked on its own but nothing across keys and no
+    file opened (a run directory copied elsewhere, whose site or topology files moved)."""
+    return check(ExperimentConfig, merge({}, data), SOURCE)
+
+
 def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
     """A new validated config: ``cfg`` with ``key=value`` overrides applied."""
     data = cfg.to_dict()
