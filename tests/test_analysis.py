@@ -370,15 +370,15 @@ def test_committed_notebook_is_clean_and_parameterized() -> None:
     params = rn.parameters_cell(nb)
     assert params is code[0]
     defaults = rn.parameter_defaults(params.source)
-    assert defaults["results"] == '"results/scaling.csv"' and defaults["out"] == '"scaling.png"'
+    assert defaults["results"] == '"runs/scaling/results.csv"' and defaults["out"] == '"runs/scaling.png"'
 
 
 def test_inject_parameters_rewrites_the_tagged_cell() -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     effective = rn.inject_parameters(nb, {"out": "x/y.png"})
     src = rn.parameters_cell(nb).source
-    assert "out = 'x/y.png'" in src and 'results = "results/scaling.csv"' in src
-    assert effective["out"] == "x/y.png" and effective["results"] == "results/scaling.csv"
+    assert "out = 'x/y.png'" in src and 'results = "runs/scaling/results.csv"' in src
+    assert effective["out"] == "x/y.png" and effective["results"] == "runs/scaling/results.csv"
     assert rn.default_output(NOTEBOOK, effective) == Path("x/y.executed.ipynb")
     with pytest.raises(rn.ParameterError, match="unknown parameter 'outt'"):
         rn.inject_parameters(nb, {"outt": "z"})
