@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from contextlib import ExitStack
 
     from flight_parsl.core.errors import ConfigError, FlightParslError
-    from flight_parsl.engine.multisite import open_run_sites
+    from flight_parsl.processes.multisite import open_run_sites
     from flight_parsl.engine.progress import Progress
     from flight_parsl.engine.runner import run_experiment
     from flight_parsl.execution.sites import open_sites_backend

@@ -8,7 +8,7 @@ Layout of a run directory::
     summary.json   timestamps (start, dfk_start_done, priming_done, end), derived
                    durations, status and totals; rewritten at each milestone
     checkpoint.pkl the state after the last finished round (flight_parsl.engine.checkpoint)
-    faults.csv     injected faults, when a run injects some (flight_parsl.engine.injector)
+    faults.csv     injected faults, when a run injects some (flight_parsl.processes.injector)
 
 Rows are written and flushed as they happen, so a crash loses nothing finished.
 A resumed run appends to the same tables: rows of rounds past the checkpoint are
@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from flight_parsl.config.experiment import ExperimentConfig, save_yaml
 from flight_parsl.core.types import Failure, TaskResult
-from flight_parsl.engine.batch_job import batch_job_info
+from flight_parsl.processes.batch_job import batch_job_info
 
 ROUND_COLUMNS = (
     "round",
