@@ -32,10 +32,10 @@ from flight_parsl.core.types import Failure, Slot, TaskResult
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.records import failure_rows, result_rows
-from flight_parsl.engine.sync import (
+from flight_parsl.engine.outcomes import (
+    LoopResult,
     RoundStats,
     RoundSummary,
-    RunResult,
     classify,
     describe,
     mean_finite,
@@ -206,7 +206,7 @@ class AsyncLoop:
         if self.folded < self.total:
             ctx.progress.start_round(index + 1, self.window_size)
 
-    def run(self) -> RunResult:
+    def run(self) -> LoopResult:
         ctx = self.ctx
         slowest: float | None = None
         ctx.progress.start_round(0, self.window_size)
@@ -233,10 +233,10 @@ class AsyncLoop:
         for version in list(self.holders):
             self.holders[version] = 0
             self._release(version)
-        return RunResult(self.weights, self.summaries, self.peaks, self.clock)
+        return LoopResult(self.weights, self.summaries, self.peaks, self.clock)
 
 
-def run_async(ctx: RunContext) -> RunResult:
+def run_async(ctx: RunContext) -> LoopResult:
     """Run ``rounds x window`` asynchronous updates (see the module docstring).
 
     Raises:

@@ -40,7 +40,15 @@ from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import failure_rows, result_rows
-from flight_parsl.engine.sync import RoundStats, RoundSummary, RunResult, classify, describe, mean_finite, release_late
+from flight_parsl.engine.outcomes import (
+    LoopResult,
+    RoundStats,
+    RoundSummary,
+    classify,
+    describe,
+    mean_finite,
+    release_late,
+)
 from flight_parsl.fl.aggregate import WeightedMean
 from flight_parsl.transfer.base import Ref
 from flight_parsl.worker.peer_tasks import client_metric, peer_task
@@ -218,7 +226,7 @@ class PeerLoop:
         ctx.progress.end_round(r, len(outcomes), len(clients), end - stats.start, loss, acc)
         self.summaries.append(RoundSummary(r, end - stats.start, loss, acc, len(outcomes), 0))
 
-    def run(self) -> RunResult:
+    def run(self) -> LoopResult:
         for r in range(self.ctx.cfg.rounds):
             self._round(r)
         summary: dict[str, Any] = {"strategy": self.strategy.name}
@@ -234,10 +242,10 @@ class PeerLoop:
             summary.update(client_bytes_in_mean=statistics.fmean(ins), client_bytes_out_mean=statistics.fmean(outs))
         self.ctx.recorder.update(**summary)
         # No central model: the result carries the initial shared model only to fill the type.
-        return RunResult(self.ctx.exp.initial, self.summaries, self.peaks, self.clock)
+        return LoopResult(self.ctx.exp.initial, self.summaries, self.peaks, self.clock)
 
 
-def run_decentralized(ctx: RunContext) -> RunResult:
+def run_decentralized(ctx: RunContext) -> LoopResult:
     """Run ``rounds`` decentralized rounds (see the module docstring).
 
     Raises:

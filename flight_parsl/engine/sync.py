@@ -27,7 +27,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -40,64 +39,24 @@ from flight_parsl.core.weights import FlatWeights
 from flight_parsl.engine import checkpoint
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
+from flight_parsl.engine.outcomes import (
+    LoopResult,
+    RoundStats,
+    RoundSummary,
+    classify,
+    describe,
+    mean_finite,
+    release_late,
+)
 from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows
 from flight_parsl.fl.aimd import AIMDEpochs
 from flight_parsl.fl.membership import Membership
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
-from flight_parsl.transfer.base import Ref, Transfer
+from flight_parsl.transfer.base import Ref
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
 
 ROOT = "coordinator"
-
-
-@dataclass
-class RoundSummary:
-    """What one round produced (also written to rounds.csv)."""
-
-    round: int
-    makespan_s: float
-    test_loss: float
-    test_acc: float
-    participants: int = 0
-    failed: int = 0
-
-
-@dataclass
-class RunResult:
-    """The final model, one summary per round, each slot's peak RSS, and slot idle times."""
-
-    weights: FlatWeights
-    rounds: list[RoundSummary]
-    slot_peak_rss_mb: dict[Slot, float]
-    clock: SlotClock
-
-
-def classify(exc: BaseException) -> str:
-    """A failed task's kind: ``lost`` when its worker process died, else ``error``."""
-    lost = ("WorkerLost", "ManagerLost", "BrokenProcessPool")
-    return "lost" if any(c.__name__ in lost for c in type(exc).__mro__) else "error"
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an exception."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
-
-
-def release_late(transfer: Transfer, future: Future[TaskResult]) -> None:
-    """A task that returned after its round closed: release what it stored."""
-    try:
-        res = future.result()
-    except BaseException:
-        return
-    for ref, _ in res.outputs:
-        transfer.discard(ref)
-
-
-def mean_finite(values: list[float]) -> float:
-    """Mean of the non-NaN values (NaN if none)."""
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 @dataclass
@@ -122,27 +81,6 @@ class _Job:
     ref: Ref | None = None  # train, relay: the model it starts from
     parts: list[_Part] = field(default_factory=list)  # aggregate: its children's results
     site: str | None = None  # where it was sent (several sites)
-
-
-@dataclass
-class RoundStats:
-    """What a round (or an async window) moved and measured; both loops count train results alike."""
-
-    bytes_to: int = 0
-    bytes_from: int = 0
-    edge_bytes: int = 0
-    aggregate_s: float = 0.0
-    retries: int = 0
-    tasks: int = 0
-    losses: list[float] = field(default_factory=list)
-    accs: list[float] = field(default_factory=list)
-
-    def count_train(self, res: TaskResult) -> None:
-        """Count a train task's bytes each way and its clients' training loss and accuracy."""
-        self.bytes_to += res.bytes_in
-        self.bytes_from += res.bytes_out
-        self.losses += [c.train_loss for c in res.clients]
-        self.accs += [c.train_acc for c in res.clients]
 
 
 class SyncRound:
@@ -532,7 +470,7 @@ class _ClientBook:
             self.aimd.load(state["aimd"])
 
 
-def run_sync(ctx: RunContext) -> RunResult:
+def run_sync(ctx: RunContext) -> LoopResult:
     """Run ``cfg.rounds`` synchronous rounds (from the checkpoint in ``ctx.resume``, if any).
 
     Raises:
@@ -677,4 +615,4 @@ def run_sync(ctx: RunContext) -> RunResult:
         summaries.append(RoundSummary(r, end - start, loss, acc, ok, len(sampled) - ok))
     for item in carried:  # late results of the last round: nothing to fold them into
         item.future.add_done_callback(partial(release_late, ctx.transfer))
-    return RunResult(weights, summaries, peaks, clock)
+    return LoopResult(weights, summaries, peaks, clock)
