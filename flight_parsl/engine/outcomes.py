@@ -6,6 +6,7 @@
 - :class:`LoopResult`: what a loop hands the runner: the final model, the rounds, peak RSS and
   slot idle times. (Not the public :class:`flight_parsl.RunResult`, which reads a run directory.)
 - :func:`classify`, :func:`describe`: a failed task's kind and one-line message.
+- :func:`lost_slot`: the host and pid of the worker process whose death failed a task.
 - :func:`release_late`: release what a task stored when it returned after its round closed.
 - :func:`mean_finite`: a mean that skips NaN.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from flight_parsl.core.weights import FlatWeights
 from flight_parsl.engine.events import SlotClock
 from flight_parsl.transfer.base import Transfer
 
-__all__ = ["LoopResult", "RoundStats", "RoundSummary", "classify", "describe", "mean_finite", "release_late"]
+__all__ = ["LoopResult", "RoundStats", "RoundSummary", "classify", "describe", "lost_slot", "mean_finite", "release_late"]
 
 
 @dataclass
@@ -83,6 +85,22 @@ def classify(exc: BaseException) -> str:
 def describe(exc: BaseException) -> str:
     """One line for an exception."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+
+
+def lost_slot(exc: BaseException, injector: Any = None) -> tuple[str, int | None] | None:
+    """Where the worker process whose death failed a task ran: ``(host, pid)``, or None.
+
+    Parsl's ``WorkerLost`` names the host and the worker's rank in its pool (``worker_id``),
+    not its pid; the run's slot census (``injector.census``,
+    :class:`~flight_parsl.processes.injector.SlotCensus`) knows which recorded pid had that
+    rank and is gone. The pid is None where the census cannot tell (another host, no census).
+    """
+    host, rank = getattr(exc, "hostname", None), getattr(exc, "worker_id", None)
+    if classify(exc) != "lost" or host is None or rank is None:
+        return None
+    census = getattr(injector, "census", None)
+    pid = census.lost(str(host), int(rank)) if census is not None else None
+    return str(host), pid
 
 
 def release_late(transfer: Transfer, future: Future[TaskResult]) -> None:

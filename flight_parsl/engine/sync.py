@@ -45,11 +45,11 @@ from flight_parsl.engine.outcomes import (
     RoundSummary,
     classify,
     describe,
-    mean_finite,
+    lost_slot,
     release_late,
 )
 from flight_parsl.engine.plan import Planner, TaskSpec
-from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows
+from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows, round_row
 from flight_parsl.fl.aimd import AIMDEpochs
 from flight_parsl.fl.membership import Membership
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
@@ -192,13 +192,12 @@ class SyncRound:
             settings = replace(settings, slowdown=max(settings.slowdown, self.slow_factor))
         return settings
 
-    def _rows(self, rows: list[dict[str, Any]], submitted: float, received: float) -> list[dict[str, Any]]:
-        """Add each client's epochs and the task's round-trip time to its tasks.csv rows."""
+    def _rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add each client's AIMD epochs to its tasks.csv rows."""
         for row in rows:
             client = row.get("client")
             if isinstance(client, int) and client in self.epochs:
                 row["epochs"] = self.epochs[client]
-            row["rtt_s"] = received - submitted
         return rows
 
     def _submit_train(self, spec: TaskSpec, ref: Ref) -> None:
@@ -264,7 +263,7 @@ class SyncRound:
         try:
             res: TaskResult = item.future.result()
         except Exception as exc:
-            self._on_failure(job, item, classify(exc), describe(exc))
+            self._on_failure(job, item, classify(exc), describe(exc), lost_slot(exc, self.ctx.injector))
             return
         received = time.time()
         self.peaks[res.slot] = max(self.peaks.get(res.slot, 0.0), res.peak_rss_mb)
@@ -282,7 +281,7 @@ class SyncRound:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
             collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
         rows = result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle)
-        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, received)))
+        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows)))
         if self.watch is not None:
             self.watch(res.host, res.pid)
         self.ctx.progress.task_done(self.r, len(self.folded), len(self.sampled))
@@ -326,11 +325,13 @@ class SyncRound:
         clients = tuple(c for p in parts for c in p.clients)
         self._submit(_Job("aggregate", node, 0, self._new_task_id(), clients, parts=parts))
 
-    def _on_failure(self, job: _Job, item: Pending[_Job], kind: str, message: str) -> None:
+    def _on_failure(
+        self, job: _Job, item: Pending[_Job], kind: str, message: str, slot: tuple[str, int | None] | None = None
+    ) -> None:
         failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
         now = time.time()
-        rows = failure_rows(failure, job.kind, job.task, item.submitted, now)
-        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, now)))
+        rows = failure_rows(failure, job.kind, job.task, item.submitted, now, slot=slot)
+        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows)))
         if job.attempt < self.ctx.policy.retries:
             self.stats.retries += 1
             delay = self.ctx.policy.backoff(job.attempt)
@@ -374,7 +375,7 @@ class SyncRound:
             self.failures.append(failure)
             self.late.update(job.clients)
             rows = failure_rows(failure, job.kind, job.task, item.submitted, now)
-            self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, now)))
+            self.ctx.recorder.task_rows(_at(job.site, self._rows(rows)))
         for _, _, job, failed_kind in self.delayed:
             self.failures.append(Failure(self.r, job.clients, failed_kind, f"retry not sent before the round closed: "
                                          f"{message}", job.attempt, job.node))
@@ -560,41 +561,23 @@ def run_sync(ctx: RunContext) -> LoopResult:
             book.aimd.update(sorted(reported), late)
         s = rnd.stats
         recorder.round_row(
-            {
-                "round": r,
-                "start": start,
-                "end": end,
-                "makespan_s": end - start,
-                "deadline_s": deadline_s,
-                "publish_s": publish_s,
-                "aggregate_s": s.aggregate_s,
-                "eval_s": eval_s,
-                "sampled": len(sampled),
-                "participants": ok,
-                "failed": len(sampled) - ok,
-                "tasks": s.tasks,
-                "retries": s.retries,
-                "bytes_to_workers": s.bytes_to,
-                "bytes_from_workers": s.bytes_from,
-                "bytes_moved": s.bytes_to + s.bytes_from,
-                "edge_bytes": s.edge_bytes,
-                "modeled_two_tier_bytes": two_tier,
-                "modeled_hierarchical_bytes": hierarchical,
-                "test_loss": loss,
-                "test_acc": acc,
-                "train_loss": mean_finite(s.losses),
-                "train_acc": mean_finite(s.accs),
-                "global_train_loss": global_train[0],
-                "global_train_acc": global_train[1],
-                "members": len(members),
-                "reported": ok,
-                "late": len(late),
-                "stale_folded": len(stale),
-                "removed": " ".join(map(str, removed)),
-                "readmitted": " ".join(map(str, readmitted)),
-                "killed_slots": injector.killed_in(r) if injector is not None else 0,
-                "live_slots": injector.census.live_slots() if injector and injector.kills else "",
-            }
+            round_row(
+                r, start, end, s, test_loss=loss, test_acc=acc, sampled=len(sampled), participants=ok,
+                failed=len(sampled) - ok, publish_s=publish_s, eval_s=eval_s, edge_bytes=s.edge_bytes,
+                deadline_s=deadline_s,
+                modeled_two_tier_bytes=two_tier,
+                modeled_hierarchical_bytes=hierarchical,
+                global_train_loss=global_train[0],
+                global_train_acc=global_train[1],
+                members=len(members),
+                reported=ok,
+                late=len(late),
+                stale_folded=len(stale),
+                removed=" ".join(map(str, removed)),
+                readmitted=" ".join(map(str, readmitted)),
+                killed_slots=injector.killed_in(r) if injector is not None else 0,
+                live_slots=injector.census.live_slots() if injector and injector.kills else "",
+            )
         )
         if ok < quorum:
             for item in carried:
