@@ -11,9 +11,14 @@ failures are outcomes handed to the strategy.
 Subpackages, coordinator side first:
 
 - ``config``: the experiment config; ``cli``: ``python -m flight_parsl.scale``, sweeps.
-- ``engine``: the sync, async and decentralized loops, the planner, the completion queue, the
-  run context, the run directory, the runner.
+- ``engine``: the sync, async and decentralized loops and what they share (``engine.outcomes``),
+  the planner, the completion queue, the run context, the run directory and its tables
+  (``engine.records``), the runner.
 - ``execution``: Parsl / thread / process backends and their slots, site YAML.
+- ``processes``: what a run starts, watches and stops outside its round loops: the census of
+  its worker processes and the injected faults that kill them, the leftovers a killed
+  coordinator leaves, the batch job, a several-sites run's network. Kept out of ``engine`` so
+  that the loops never signal a process, and out of ``execution`` because it acts on a run.
 - ``topology``: trees, the communication-cost model and peer graphs.
 - ``fl``: strategies (one hook per step), aggregation, sampling, the round policy.
 - ``transfer``: how weights travel (in the task, or through ProxyStore), client state.

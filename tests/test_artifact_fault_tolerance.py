@@ -24,7 +24,7 @@ def test_accuracy_and_overhead_studies_and_notebook(tmp_path: Path) -> None:
     assert [r["workers"] for r in rows] == ["1", "4"] and all(float(r["final_test_acc"]) > 0.8 for r in rows)
     assert int(rows[1]["smallest_subset"]) < int(rows[1]["largest_subset"])  # subsets of varied size
     tasks = list(csv.DictReader((out / "accuracy-n4" / "tasks.csv").open()))
-    assert {t["epochs"] for t in tasks if t["round"] == "0"} == {"4"}  # AIMD starts every client at 4 epochs
+    assert {t["epochs"] for t in tasks if t["round"] == "1"} == {"4"}  # AIMD starts every client at 4 epochs
     assert "| workers | final_test_acc |" in done.stdout
     png = tmp_path / "fig" / "ft.png"
     nb = subprocess.run(

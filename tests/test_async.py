@@ -23,11 +23,11 @@ def test_async_training_folds_rounds_times_window_updates(make_config) -> None:
     summary = read_summary(out)
     assert summary["status"] == "completed" and "idle_pct_mean" in summary
     # tasks.csv: the window in `round`, the global model version the client started from in `model_version`
-    assert [t["round"] for t in tasks] == ["0"] * 4 + ["1"] * 4 + ["2"] * 4
+    assert [t["round"] for t in tasks] == ["1"] * 4 + ["2"] * 4 + ["3"] * 4
     versions = [int(t["model_version"]) for t in tasks]
     assert sorted(versions)[:5] == [0, 0, 0, 0, 1] and max(versions) <= 11 and len(set(versions)) > 4
     # a slot's next task starts right after its update is folded in: idle is measured per task
-    idles = [float(t["idle_s"]) for t in tasks if t["idle_s"] != ""]
+    idles = [float(t["task_idle_s"]) for t in tasks if t["task_idle_s"] != ""]
     assert len(idles) == 12 - 4 and all(i >= -0.01 for i in idles)
 
 

@@ -27,17 +27,17 @@ def test_local_training_on_digits_learns_and_writes_the_run_directory(make_confi
     assert float(rounds[-1]["test_loss"]) < float(rounds[0]["test_loss"]) * 1.5
     assert sorted({int(t["client"]) for t in tasks}) == [0, 1, 2, 3]
     # every client's samples sum to the digits training split (1797 * 0.8, stratified)
-    assert sum(int(t["samples"]) for t in tasks if t["round"] == "0") in range(1430, 1445)
+    assert sum(int(t["samples"]) for t in tasks if t["round"] == "1") in range(1430, 1445)
     # four clients packed into two tasks (one per slot), each folded into one partial in the slot
-    first = [t for t in tasks if t["round"] == "0"]
+    first = [t for t in tasks if t["round"] == "1"]
     assert summary["slots"] == 2 and len({t["task"] for t in first}) == 2
     assert all(t["task_clients"] == "2" and t["status"] == "ok" for t in tasks)
     for t in tasks:
-        assert float(t["submitted"]) <= float(t["started"]) <= float(t["client_started"])
-        assert float(t["client_started"]) <= float(t["client_finished"]) <= float(t["finished"]) <= float(t["received"])
-    size = int(first[0]["bytes_out"])
-    assert all(int(t["bytes_out"]) == size for t in tasks) and size >= summary["model_bytes"]
-    per_task = {t["task"]: (int(t["bytes_in"]), int(t["bytes_out"])) for t in first}
+        assert float(t["task_submitted"]) <= float(t["task_started"]) <= float(t["client_started"])
+        assert float(t["client_started"]) <= float(t["client_finished"]) <= float(t["task_finished"]) <= float(t["task_received"])
+    size = int(first[0]["task_bytes_out"])
+    assert all(int(t["task_bytes_out"]) == size for t in tasks) and size >= summary["model_bytes"]
+    per_task = {t["task"]: (int(t["task_bytes_in"]), int(t["task_bytes_out"])) for t in first}
     # the pool's one process reads the round's model once (file transfer); the other task finds it cached
     assert sorted(b for b, _ in per_task.values()) == [0, size]
     assert int(rounds[0]["bytes_moved"]) == sum(b + o for b, o in per_task.values()) == 3 * size
@@ -90,7 +90,7 @@ def test_a_failing_task_is_an_outcome_the_round_survives(make_config, monkeypatc
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
     assert [(r["participants"], r["failed"]) for r in rounds] == [("4", "0"), ("3", "1"), ("4", "0")]
     failed = [t for t in tasks if t["status"] != "ok"]
-    assert [(t["round"], t["client"], t["status"]) for t in failed] == [("1", "2", "error")]
+    assert [(t["round"], t["client"], t["status"]) for t in failed] == [("2", "2", "error")]
     assert "RuntimeError: injected failure" in failed[0]["error"]
     assert read_summary(out)["status"] == "completed"
 
@@ -182,7 +182,7 @@ def test_work_still_out_at_the_deadline_fails_and_the_round_closes(make_config) 
     assert float(rounds[0]["makespan_s"]) == pytest.approx(1.5, abs=0.5)
     assert [(r["participants"], r["failed"]) for r in rounds] == [("1", "1"), ("2", "0")]
     late = [(t["round"], t["client"], t["status"]) for t in tasks if t["status"] != "ok"]
-    assert late == [("0", "1", "deadline")]
+    assert late == [("1", "1", "deadline")]
     assert time.monotonic() - t0 < 10
 
 

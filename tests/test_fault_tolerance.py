@@ -122,10 +122,10 @@ def test_a_round_closes_at_its_quorum_and_late_work_is_discarded(make_config) ->
     out = run(cfg)
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
     assert [(r["sampled"], r["reported"]) for r in rounds] == [("4", "3")] * 3  # 3 of 4 close a round
-    second = [t for t in tasks if t["round"] == "1"]
+    second = [t for t in tasks if t["round"] == "2"]
     assert [(t["client"], t["status"]) for t in second if t["status"] != "ok"] == [("1", "late")]
     assert float(rounds[1]["makespan_s"]) < 1.0 and rounds[1]["late"] == "1" and rounds[1]["failed"] == "1"
-    assert all(float(t["rtt_s"]) >= 0 for t in tasks)
+    assert all(float(t["task_rtt_s"]) >= 0 for t in tasks)
     assert read_summary(out)["status"] == "completed"
 
 
@@ -153,11 +153,11 @@ def test_a_retry_waits_out_its_backoff(make_config, monkeypatch) -> None:
 
     monkeypatch.setattr(engine, "train_task", fails_once)
     out = run(make_config(*QUICK, "round.retries=5", "round.backoff_s=0.4", workers=2, rounds=1))
-    rows = sorted(read_csv(out / "tasks.csv"), key=lambda t: float(t["submitted"]))
+    rows = sorted(read_csv(out / "tasks.csv"), key=lambda t: float(t["task_submitted"]))
     failed = [t for t in rows if t["status"] == "error"]
     retry = [t for t in rows if t["attempt"] == "1"]
     assert len(failed) == 1 and len(retry) == 1 and retry[0]["status"] == "ok"
-    assert float(retry[0]["submitted"]) - float(failed[0]["received"]) >= 0.4
+    assert float(retry[0]["task_submitted"]) - float(failed[0]["task_received"]) >= 0.4
     assert read_csv(out / "rounds.csv")[0]["retries"] == "1"
 
 
@@ -175,7 +175,7 @@ def test_slow_clients_train_with_the_slowdown_every_round(make_config, monkeypat
                           workers=3, rounds=2))
     assert sorted(seen) == [(r, c, 3.0 if c == 1 else 1.0) for r in range(2) for c in range(3)]
     rows = {(t["round"], t["client"]): float(t["client_s"]) for t in read_csv(out / "tasks.csv")}
-    assert all(rows[r, "1"] > 0 for r in ("0", "1"))
+    assert all(rows[r, "1"] > 0 for r in ("1", "2"))
 
 
 def test_a_client_that_keeps_missing_leaves_the_sample_and_comes_back(make_config) -> None:
@@ -193,7 +193,7 @@ def test_aimd_epochs_follow_each_clients_reports(make_config) -> None:
     tasks = read_csv(run(cfg) / "tasks.csv")
     budget = {c: 4 for c in range(4)}
     for r in range(4):
-        rows = {int(t["client"]): t for t in tasks if t["round"] == str(r) and t["attempt"] == "0"}
+        rows = {int(t["client"]): t for t in tasks if t["round"] == str(r + 1) and t["attempt"] == "0"}
         assert {c: int(t["epochs"]) for c, t in rows.items()} == budget, r
         for c, t in rows.items():
             budget[c] = budget[c] + 1 if t["status"] == "ok" else max(1, budget[c] // 2)
@@ -221,11 +221,25 @@ def test_a_run_below_quorum_resumes_from_its_checkpoint(make_config, monkeypatch
     monkeypatch.setattr(engine, "train_task", real)
     out = run(cfg, resume=True)
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
-    assert [r["round"] for r in rounds] == ["0", "1", "2", "3"] and rounds[2]["reported"] == "4"
-    assert {(t["round"], t["segment"]) for t in tasks if t["status"] == "error"} == {("2", "0")}
-    assert {t["segment"] for t in tasks if t["round"] == "3"} == {"1"}
+    assert [r["round"] for r in rounds] == ["1", "2", "3", "4"] and rounds[2]["reported"] == "4"
+    assert {(t["round"], t["segment"]) for t in tasks if t["status"] == "error"} == {("3", "0")}
+    assert {t["segment"] for t in tasks if t["round"] == "4"} == {"1"}
     summary = read_summary(out)
     assert summary["status"] == "completed" and summary["resumes"] == 1 and summary["rounds_completed"] == 4
+    assert summary["resumed_from_round"] == 3  # rounds 1 and 2 stood; round 3 ran again
+    # each segment's own times; start2end spans both, the time between them included, and says so
+    first, second = summary["segments"]
+    assert (first["segment"], first["first_round"], second["segment"], second["first_round"]) == (0, 1, 1, 3)
+    for seg in (first, second):
+        assert seg["start"] <= seg["priming_done"] <= seg["end"]
+        assert seg["start2end"] == pytest.approx(seg["end"] - seg["start"])
+        assert seg["prime2end"] == pytest.approx(seg["end"] - seg["priming_done"])
+    assert first["end"] <= second["start"]
+    assert (summary["start"], summary["priming_done"], summary["end"]) == (
+        first["start"], first["priming_done"], second["end"])
+    assert summary["start2end"] == pytest.approx(second["end"] - first["start"])
+    assert summary["start2end"] >= first["start2end"] + second["start2end"]
+    assert "all 2 segments" in summary["start2end_spans"]
     assert not (out / "leftovers.json").exists()
 
 
@@ -257,7 +271,7 @@ def test_a_sigkilled_coordinator_resumes_to_the_same_final_model(make_config, tm
     run(whole)
     a, b = load(whole.out).weights, load(killed).weights
     assert np.array_equal(a.buffer, b.buffer)
-    assert [r["round"] for r in read_csv(killed / "rounds.csv")] == ["0", "1", "2", "3", "4"]
+    assert [r["round"] for r in read_csv(killed / "rounds.csv")] == ["1", "2", "3", "4", "5"]
     assert read_summary(killed)["status"] == "completed"
 
 
@@ -278,5 +292,5 @@ def test_redis_killed_mid_round_then_resume_finishes_the_run(make_config, tmp_pa
         with pytest.raises(ProcessLookupError):
             os.kill(int(f["target"]), 0)  # neither the killed nor the restarted server is left
     assert main(["--resume", str(out), "-q"]) == 0
-    assert [r["round"] for r in read_csv(out / "rounds.csv")] == ["0", "1", "2"]
+    assert [r["round"] for r in read_csv(out / "rounds.csv")] == ["1", "2", "3"]
     assert read_summary(out)["status"] == "completed"

@@ -129,11 +129,11 @@ def test_htex_grid_sweep_of_synthetic_stragglers_records_and_resumes(tmp_path, c
     assert all(r["status"] == "ok" and r["num_workers"] == "12" and r["slots"] == "2" for r in rows)
     dropped, kept = (read_csv(Path(r["run_dir"]) / "tasks.csv") for r in rows)
     for r in range(2):
-        mine = [t for t in dropped if t["round"] == str(r)]
+        mine = [t for t in dropped if t["round"] == str(r + 1)]
         assert sorted(t["status"] for t in mine) == ["dropped", "dropped", "ok", "ok"]
         assert all(t["straggler"] == "1" and t["epochs"] == "0" for t in mine if t["status"] == "dropped")
         assert all(t["straggler"] == "0" and t["epochs"] == "3" for t in mine if t["status"] == "ok")
-        mine = [t for t in kept if t["round"] == str(r)]
+        mine = [t for t in kept if t["round"] == str(r + 1)]
         assert len(mine) == 4 and all(t["status"] == "ok" for t in mine)
         slow = [int(t["epochs"]) for t in mine if t["straggler"] == "1"]
         assert len(slow) == 2 and all(1 <= e <= 3 for e in slow)

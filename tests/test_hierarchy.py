@@ -23,7 +23,7 @@ def test_tree_broadcast_moves_exactly_the_modeled_hierarchical_bytes(make_config
         assert int(r["edge_bytes"]) == int(r["modeled_hierarchical_bytes"]) == 2 * 20 * size
         assert int(r["modeled_two_tier_bytes"]) == (20 + 32) * size
         assert 1 - int(r["edge_bytes"]) / int(r["modeled_two_tier_bytes"]) == pytest.approx(1 - 40 / 52)
-    kinds = [t["kind"] for t in tasks if t["round"] == "0"]
+    kinds = [t["kind"] for t in tasks if t["round"] == "1"]
     assert kinds.count("train") == 16 and kinds.count("aggregate") == 4 and kinds.count("relay") == 4
     assert "height 2" in read_summary(out)["topology"]
 
@@ -55,7 +55,7 @@ def test_hierarchical_fedavg_equals_flat_fedavg(make_config, tmp_path) -> None:
         assert float(a["test_loss"]) == pytest.approx(float(b["test_loss"]), rel=1e-5)
         assert float(a["test_acc"]) == pytest.approx(float(b["test_acc"]))
     # the coordinator received one partial per child of the root: 2 aggregates, not 8 results
-    root_inputs = [t for t in read_csv(tree / "tasks.csv") if t["round"] == "0" and t["node"] in ("agg-1-0", "agg-1-1")]
+    root_inputs = [t for t in read_csv(tree / "tasks.csv") if t["round"] == "1" and t["node"] in ("agg-1-0", "agg-1-1")]
     assert len(root_inputs) == 2 and all(int(t["samples"]) > 1 for t in root_inputs)
 
 
@@ -72,7 +72,7 @@ def test_participation_runs_only_the_active_subtree(make_config) -> None:
         "broadcast=tree", "plan.clients_per_task=1", *NO_CACHE, workers=16, rounds=3,
     )
     tasks = read_csv(out / "tasks.csv")
-    for r in ("0", "1", "2"):
+    for r in ("1", "2", "3"):
         mine = [t for t in tasks if t["round"] == r]
         trained = {int(t["client"]) for t in mine if t["kind"] == "train"}
         assert len(trained) == 4

@@ -125,7 +125,7 @@ def test_proxyfl_bytes_per_client_per_round_are_constant_in_k(make_config, tmp_p
     )
     rows = _rows(run)
     assert len(rows) == 2 * k and {int(r["task_clients"]) for r in rows} == {4}  # clients packed into tasks
-    later = [r for r in rows if r["round"] != "0"]
+    later = [r for r in rows if r["round"] != "1"]
     ins = {int(r["client_bytes_in"]) for r in later}
     outs = {int(r["client_bytes_out"]) for r in rows}
     # every client reads one proxy plus its state and writes one proxy plus its state, whatever K
@@ -140,7 +140,7 @@ def test_proxyfl_bytes_per_client_per_round_are_constant_in_k(make_config, tmp_p
     _BYTES[k] = (int(later[0]["client_bytes_in"]), int(rows[0]["client_bytes_out"]))
     # epsilon: 2 rounds of 3 Poisson steps at q = 20/60, noise 1, delta 1/60
     want = dp.epsilon(20 / 60, 1.0, 6, 1 / 60)
-    assert [float(r["epsilon"]) for r in rows if r["round"] == "1"] == [pytest.approx(want)] * k
+    assert [float(r["epsilon"]) for r in rows if r["round"] == "2"] == [pytest.approx(want)] * k
     assert read_summary(run)["final_epsilon"] == pytest.approx(want)
 
 
@@ -172,8 +172,8 @@ def test_baselines_run_in_the_same_harness(make_config, tmp_path, method: str) -
     assert all((r["proxy_test_acc"] != "") == (method == "fml") for r in rows)
     # round 1 reads nothing; round 2 reads what round 1 wrote: the state, and for FedAvg / FML / AvgPush a
     # model of the size the client sent (the mean, or its peer's model)
-    assert all(int(r["client_bytes_in"]) == 0 for r in rows if r["round"] == "0")
-    assert all(int(r["client_bytes_in"]) == int(r["client_bytes_out"]) > 0 for r in rows if r["round"] == "1")
+    assert all(int(r["client_bytes_in"]) == 0 for r in rows if r["round"] == "1")
+    assert all(int(r["client_bytes_in"]) == int(r["client_bytes_out"]) > 0 for r in rows if r["round"] == "2")
     assert all((float(r["aggregate_s"]) > 0) == (method in ("fedavg", "fml")) for r in read_csv(run / "rounds.csv"))
     assert list(shm.iterdir()) == []  # the models' store and the client state are gone
 
@@ -210,7 +210,7 @@ def test_proxyfl_on_htex_slots_with_clients_packed_through_redis(make_config, ma
     assert read_summary(run)["status"] == "completed" and len(rows) == 8
     assert {int(r["task_clients"]) for r in rows} == {2}
     assert len({r["pid"] for r in rows}) <= 2  # packed onto the two slots, not a process per client
-    assert len({int(r["client_bytes_in"]) for r in rows if r["round"] == "1"}) == 1
+    assert len({int(r["client_bytes_in"]) for r in rows if r["round"] == "2"}) == 1
     assert count_keys(managed_redis.address) == 0  # proxies and client state are gone
 
 

@@ -50,19 +50,20 @@ def test_rows_time_only_the_transfer_and_keep_train_and_test_loss_apart(tmp_path
         "model_bytes": 4000, "num_parameters": 1000,
         "sites": {"local": {"virtual_host": None}, "remote-a": {"virtual_host": "host-a"}},
     }))
-    _write_csv(run / "rounds.csv", [{"round": 0, "publish_s": 0.5, "test_acc": 0.25, "test_loss": 2.0}])
-    task = {"round": 0, "kind": "train", "status": "ok", "bytes_in": 4000, "bytes_out": 4000}
+    _write_csv(run / "rounds.csv", [{"round": 1, "publish_s": 0.5, "test_acc": 0.25, "test_loss": 2.0}])
+    task = {"round": 1, "kind": "train", "status": "ok", "task_bytes_in": 4000, "task_bytes_out": 4000}
     _write_csv(run / "tasks.csv", [
-        {**task, "site": "local", "submitted": 100.0, "received": 104.0, "compute_s": 3.0, "collect_s": 0.25,
-         "train_acc": 0.5, "train_loss": 1.5},
-        {**task, "site": "remote-a", "submitted": 100.0, "received": 110.0, "compute_s": 8.0, "collect_s": "",
-         "train_acc": 0.75, "train_loss": 1.25},
-        {**task, "kind": "aggregate", "site": "local", "submitted": 0, "received": 0, "compute_s": 0, "collect_s": 0,
-         "train_acc": "", "train_loss": ""},
+        {**task, "site": "local", "task_submitted": 100.0, "task_received": 104.0, "task_compute_s": 3.0,
+         "task_collect_s": 0.25, "train_acc": 0.5, "train_loss": 1.5},
+        {**task, "site": "remote-a", "task_submitted": 100.0, "task_received": 110.0, "task_compute_s": 8.0,
+         "task_collect_s": "", "train_acc": 0.75, "train_loss": 1.25},
+        {**task, "kind": "aggregate", "site": "local", "task_submitted": 0, "task_received": 0, "task_compute_s": 0,
+         "task_collect_s": 0, "train_acc": "", "train_loss": ""},
     ])
     rows = _artifact().rows_of(run, 7, "redis", 2, 123)
     assert len(rows) == 2  # train tasks only: one row per endpoint per round
     local, remote = rows
+    assert local["round"] == remote["round"] == 1  # rounds count from 1
     # publish 0.5 + round trip 4.0 - training 3.0 + collect 0.25; no sleep or training inside
     assert local["transfer_time"] == pytest.approx(1.75)
     assert remote["transfer_time"] == pytest.approx(0.5 + 10.0 - 8.0)

@@ -124,7 +124,7 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_leaves_nothing_running(transfer, 
     assert summary["error"] == "terminated by SIGTERM"
     rounds = read_csv(out / "rounds.csv")
     assert len(rounds) >= before
-    assert [int(r["round"]) for r in rounds] == list(range(len(rounds)))
+    assert [int(r["round"]) for r in rounds] == list(range(1, len(rounds) + 1))
     assert summary["rounds_completed"] == len(rounds)
     assert summary["end"] >= summary["priming_done"] > summary["start"]
 

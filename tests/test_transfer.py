@@ -101,10 +101,10 @@ def test_thread_pool_run_counts_exact_payload_bytes(kind, make_config, tmp_path,
     tasks, rounds = read_csv(out / "tasks.csv"), read_csv(out / "rounds.csv")
     payload = read_summary(out)["model_bytes"]
     assert len(tasks) == 6
-    size = int(tasks[0]["bytes_out"])
-    assert payload < size < payload + 4096 and all(int(t["bytes_out"]) == size for t in tasks)
+    size = int(tasks[0]["task_bytes_out"])
+    assert payload < size < payload + 4096 and all(int(t["task_bytes_out"]) == size for t in tasks)
     for r in rounds:  # three clients on two slots: two tasks, each returns one partial
-        per_task = {t["task"]: (int(t["bytes_in"]), int(t["bytes_out"])) for t in tasks if t["round"] == r["round"]}
+        per_task = {t["task"]: (int(t["task_bytes_in"]), int(t["task_bytes_out"])) for t in tasks if t["round"] == r["round"]}
         assert len(per_task) == 2
         # parsl: each task carries the model; a store: the pool's one process fetches it once, then hits its cache
         bytes_in = sorted(b for b, _ in per_task.values())
@@ -266,13 +266,13 @@ def test_a_slot_that_holds_the_model_does_not_count_it_again(kind, make_config, 
                       "transfer.cache_size=1", "plan.clients_per_task=1", "slots=1", workers=4, rounds=3)
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     tasks, rounds = read_csv(out / "tasks.csv"), read_csv(out / "rounds.csv")
-    size, model_bytes = int(tasks[0]["bytes_out"]), read_summary(out)["model_bytes"]
+    size, model_bytes = int(tasks[0]["task_bytes_out"]), read_summary(out)["model_bytes"]
     assert model_bytes < size < model_bytes + 4096  # the payload: the buffer and a small header
     reads = 1 if kind == "file" else 4
     for r in rounds:
-        mine = sorted((t for t in tasks if t["round"] == r["round"]), key=lambda t: float(t["started"]))
+        mine = sorted((t for t in tasks if t["round"] == r["round"]), key=lambda t: float(t["task_started"]))
         assert len(mine) == 4 and r["tasks"] == "4"
-        assert [int(t["bytes_in"]) for t in mine] == [size] * reads + [0] * (4 - reads)
+        assert [int(t["task_bytes_in"]) for t in mine] == [size] * reads + [0] * (4 - reads)
         assert int(r["bytes_to_workers"]) == reads * size and int(r["bytes_from_workers"]) == 4 * size
         assert int(r["bytes_moved"]) == (reads + 4) * size
         assert int(r["edge_bytes"]) == (reads + 4) * size  # flat: the reads and the four results

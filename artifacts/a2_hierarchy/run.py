@@ -184,7 +184,7 @@ def root_in_bytes(run_dir: Path, tree: Any) -> int:
 
     Those are the train tasks that report to the root (their ``node`` is the root) and the
     aggregate tasks of the root's children (their ``node`` is the aggregator). tasks.csv has one
-    row per client per task, the task's ``bytes_out`` on each, so each task counts once.
+    row per client per task, the task's ``task_bytes_out`` on each, so each task counts once.
     """
     root = tree.root.name
     total = 0
@@ -199,7 +199,7 @@ def root_in_bytes(run_dir: Path, tree: Any) -> int:
             )
             if to_root:
                 seen.add(key)
-                total += int(t["bytes_out"])
+                total += int(t["task_bytes_out"])
     return total
 
 

@@ -190,7 +190,7 @@ def _float(text: str | None) -> float:
         return math.nan
 
 
-TASK_KEYS = ("submitted", "started", "finished", "received", "idle_s")
+TASK_KEYS = ("submitted", "started", "finished", "received", "idle_s")  # tasks.csv: task_<key>
 
 
 def train_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -207,7 +207,7 @@ def train_tasks(run_dir: Path) -> list[dict[str, Any]]:
             tasks[key] = {
                 "slot": (row["host"], int(row["pid"]), int(row["thread"])),
                 "clients": [],
-                **{k: _float(row[k]) for k in TASK_KEYS},
+                **{k: _float(row[f"task_{k}"]) for k in TASK_KEYS},
             }
         tasks[key]["clients"].append(int(row["client"]))
     return list(tasks.values())

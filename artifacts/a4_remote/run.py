@@ -103,8 +103,8 @@ def links(run: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "train_tasks": sum(1 for k in tasks if k[1] == "train"),
                 "aggregate_tasks": sum(1 for k in tasks if k[1] == "aggregate"),
                 "hosts_seen": ";".join(sorted({r["host"] for r in mine})),
-                "payload_to_site": int(sum(_num(r["bytes_in"]) for r in per_task.values())),
-                "payload_from_site": int(sum(_num(r["bytes_out"]) for r in per_task.values())),
+                "payload_to_site": int(sum(_num(r["task_bytes_in"]) for r in per_task.values())),
+                "payload_from_site": int(sum(_num(r["task_bytes_out"]) for r in per_task.values())),
                 "link_to_host": link.get("to_host", ""),
                 "link_from_host": link.get("from_host", ""),
             }
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| round | test acc | test loss | makespan s |\n|---|---|---|---|")
     print(f"| 0 (initial model) | {initial_acc:.3f} | {initial_loss:.3f} | |")
     for r in accuracy:
-        print(f"| {int(r['round']) + 1} | {_num(r['test_acc']):.3f} | {_num(r['test_loss']):.3f} | {_num(r['makespan_s']):.2f} |")
+        print(f"| {int(r['round'])} | {_num(r['test_acc']):.3f} | {_num(r['test_loss']):.3f} | {_num(r['makespan_s']):.2f} |")
     print("\n| site | host | tasks (train/aggregate) | payload to / from site (MB) | link to / from host (MB) |")
     print("|---|---|---|---|---|")
     for r in link_rows:

@@ -87,7 +87,7 @@ def study_accuracy(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         run_dir = flight_parsl.run(cfg, progress=not args.quiet).run_dir
         rounds = read_rows(run_dir / "rounds.csv")
         accs = [float(r["test_acc"]) for r in rounds]
-        sizes = sorted(int(t["samples"]) for t in read_rows(run_dir / "tasks.csv") if t["round"] == "0" and t["samples"])
+        sizes = sorted(int(t["samples"]) for t in read_rows(run_dir / "tasks.csv") if t["round"] == "1" and t["samples"])
         rows.append({
             "workers": workers, "final_test_acc": accs[-1], "best_test_acc": max(accs), "rounds": len(rounds),
             "smallest_subset": sizes[0], "largest_subset": sizes[-1],
@@ -132,7 +132,7 @@ def kill_row(killed: int, run_dir: Path, status: str, message: str) -> dict[str,
         "round3_s": times[2] if len(times) > 2 else float("nan"),
         "reported": second.get("reported", ""),
         "sampled": second.get("sampled", ""),
-        "lost": sum(t["status"] == "lost" for t in read_rows(run_dir / "tasks.csv") if t["round"] == "1"),
+        "lost": sum(t["status"] == "lost" for t in read_rows(run_dir / "tasks.csv") if t["round"] == "2"),
         "rounds_done": len(rounds),
         "message": message,
         "run_dir": str(run_dir),

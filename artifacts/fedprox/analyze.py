@@ -116,7 +116,7 @@ def figure(curve: pd.DataFrame, path: str | Path) -> None:
                 c = curve[(curve["dataset"] == dataset) & (curve["stragglers"] == level) & (curve["arm"] == name)]
                 if c.empty:
                     continue
-                x = c["round"] + 1
+                x = c["round"]
                 mean, std = c[f"{metric}_mean"], c[f"{metric}_std"].fillna(0)
                 ax.plot(x, mean, color=COLORS[name], label=name)
                 ax.fill_between(x, mean - std, mean + std, color=COLORS[name], alpha=0.15)

@@ -94,7 +94,7 @@ def collect(out: Path) -> None:
             continue  # not run yet, still running, or failed
         with (run / "rounds.csv").open() as f:
             for r in csv.DictReader(f):
-                rows.append({"method": method, "seed": seed, "round": int(r["round"]) + 1,
+                rows.append({"method": method, "seed": seed, "round": int(r["round"]),
                              "private_acc": r["test_acc"], "proxy_acc": r["proxy_test_acc"], "epsilon": r["epsilon"]})
     with (out / "curves.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "seed", "round", "private_acc", "proxy_acc", "epsilon"])
@@ -110,7 +110,7 @@ def collect(out: Path) -> None:
         for rnd in sorted({int(t["round"]) for t in tasks}):
             ins = [int(t["client_bytes_in"]) for t in tasks if int(t["round"]) == rnd]
             outs = [int(t["client_bytes_out"]) for t in tasks if int(t["round"]) == rnd]
-            brows.append({"K": k, "round": rnd + 1, "clients": len(ins), "bytes_in_mean": statistics.fmean(ins),
+            brows.append({"K": k, "round": rnd, "clients": len(ins), "bytes_in_mean": statistics.fmean(ins),
                           "bytes_in_min": min(ins), "bytes_in_max": max(ins), "bytes_out_mean": statistics.fmean(outs),
                           "bytes_out_min": min(outs), "bytes_out_max": max(outs),
                           "proxy_bytes_in_mean": proxies_read[rnd] / len(ins)})

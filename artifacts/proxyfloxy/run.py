@@ -133,14 +133,14 @@ def rows_of(run: Path, k: int, store: str, trial: int, arch: int) -> list[dict[s
         if t["kind"] != "train" or t["status"] != "ok":
             continue
         r = rounds[int(t["round"])]
-        round_trip = _f(t["received"]) - _f(t["submitted"])
-        collect = _f(t["collect_s"]) if t["collect_s"] else 0.0
+        round_trip = _f(t["task_received"]) - _f(t["task_submitted"])
+        collect = _f(t["task_collect_s"]) if t["task_collect_s"] else 0.0
         out.append(
             {
                 "round": int(t["round"]),
                 "endpoint_name": t["site"],
-                "transfer_time": _f(r["publish_s"]) + round_trip - _f(t["compute_s"]) + collect,
-                "data_transfer_size": int(_f(t["bytes_in"]) + _f(t["bytes_out"])),
+                "transfer_time": _f(r["publish_s"]) + round_trip - _f(t["task_compute_s"]) + collect,
+                "data_transfer_size": int(_f(t["task_bytes_in"]) + _f(t["task_bytes_out"])),
                 "model_param_size": summary["model_bytes"],
                 "model_arch_size": arch,
                 "local": summary["sites"][t["site"]]["virtual_host"] is None,
@@ -153,7 +153,7 @@ def rows_of(run: Path, k: int, store: str, trial: int, arch: int) -> list[dict[s
                 "trial": trial,
                 "num_parameters": summary["num_parameters"],
                 "round_trip_s": round_trip,
-                "compute_s": _f(t["compute_s"]),
+                "compute_s": _f(t["task_compute_s"]),
                 "run_dir": str(run),
             }
         )

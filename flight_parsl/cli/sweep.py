@@ -30,7 +30,7 @@ from flight_parsl.config.experiment import ExperimentConfig, config_hash, with_o
 from flight_parsl.core.errors import FlightParslError
 from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
-from flight_parsl.engine.batch_job import JOB_FIELDS
+from flight_parsl.processes.batch_job import JOB_FIELDS
 from flight_parsl.results.table import CellKey, append_row, done_configs
 from flight_parsl.engine.runner import run_experiment
 

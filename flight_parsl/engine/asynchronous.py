@@ -31,14 +31,14 @@ from flight_parsl.core.errors import RoundError
 from flight_parsl.core.types import Failure, Slot, TaskResult
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
-from flight_parsl.engine.records import failure_rows, result_rows
-from flight_parsl.engine.sync import (
+from flight_parsl.engine.records import failure_rows, result_rows, round_row
+from flight_parsl.engine.outcomes import (
+    LoopResult,
     RoundStats,
     RoundSummary,
-    RunResult,
     classify,
     describe,
-    mean_finite,
+    lost_slot,
     release_late,
 )
 from flight_parsl.fl.population import sample_size
@@ -154,10 +154,14 @@ class AsyncLoop:
         self.folded += 1
         ctx.recorder.task_rows(result_rows(res, job.task, 0, item.submitted, received, collect_s, idle, job.version))
 
-    def _on_failure(self, item: Pending[_Job], kind: str, message: str) -> None:
+    def _on_failure(
+        self, item: Pending[_Job], kind: str, message: str, slot: tuple[str, int | None] | None = None
+    ) -> None:
         job = item.tag
         failure = Failure(self.folded // self.window_size, (job.client,), kind, message, 0, "coordinator")
-        self.ctx.recorder.task_rows(failure_rows(failure, "train", job.task, item.submitted, time.time(), job.version))
+        self.ctx.recorder.task_rows(
+            failure_rows(failure, "train", job.task, item.submitted, time.time(), job.version, slot)
+        )
         self.window.failed += 1
         self._done_with(job)
         attempted = self.window.updates + self.window.failed
@@ -178,28 +182,10 @@ class AsyncLoop:
         loss, acc = ctx.exp.evaluate(self.weights) if ctx.exp.evaluate else (math.nan, math.nan)
         eval_s = time.perf_counter() - t0
         ctx.recorder.round_row(
-            {
-                "round": index,
-                "start": w.start,
-                "end": end,
-                "makespan_s": end - w.start,
-                "publish_s": w.publish_s,
-                "aggregate_s": w.aggregate_s,
-                "eval_s": eval_s,
-                "sampled": w.updates + w.failed,
-                "participants": w.updates,
-                "failed": w.failed,
-                "tasks": w.tasks,
-                "retries": w.failed,
-                "bytes_to_workers": w.bytes_to,
-                "bytes_from_workers": w.bytes_from,
-                "bytes_moved": w.bytes_to + w.bytes_from,
-                "edge_bytes": w.bytes_to + w.bytes_from,
-                "test_loss": loss,
-                "test_acc": acc,
-                "train_loss": mean_finite(w.losses),
-                "train_acc": mean_finite(w.accs),
-            }
+            round_row(
+                index, w.start, end, w, test_loss=loss, test_acc=acc, sampled=w.updates + w.failed,
+                participants=w.updates, failed=w.failed, publish_s=w.publish_s, eval_s=eval_s, retries=w.failed,
+            )
         )
         ctx.progress.end_round(index, w.updates, self.window_size, end - w.start, loss, acc)
         self.summaries.append(RoundSummary(index, end - w.start, loss, acc, w.updates, w.failed))
@@ -207,7 +193,7 @@ class AsyncLoop:
         if self.folded < self.total:
             ctx.progress.start_round(index + 1, self.window_size)
 
-    def run(self) -> RunResult:
+    def run(self) -> LoopResult:
         ctx = self.ctx
         slowest: float | None = None
         ctx.progress.start_round(0, self.window_size)
@@ -223,7 +209,7 @@ class AsyncLoop:
                 try:
                     res = item.future.result()
                 except Exception as exc:
-                    self._on_failure(item, classify(exc), describe(exc))
+                    self._on_failure(item, classify(exc), describe(exc), lost_slot(exc, ctx.injector))
                 else:
                     self._on_result(item, res)
                     ctx.progress.task_done(len(self.summaries), self.window.updates, self.window_size)
@@ -234,10 +220,10 @@ class AsyncLoop:
         for version in list(self.holders):
             self.holders[version] = 0
             self._release(version)
-        return RunResult(self.weights, self.summaries, self.peaks, self.clock)
+        return LoopResult(self.weights, self.summaries, self.peaks, self.clock)
 
 
-def run_async(ctx: RunContext) -> RunResult:
+def run_async(ctx: RunContext) -> LoopResult:
     """Run ``rounds x window`` asynchronous updates (see the module docstring).
 
     Raises:

@@ -76,7 +76,7 @@ class RunContext:
     policy: RoundPolicy
     state: ClientState | None = None
     faults: Faults | None = None
-    injector: Any = None  # engine.injector.FaultInjector: coordinator-side faults and the slot census
+    injector: Any = None  # processes.injector.FaultInjector: coordinator-side faults and the slot census
     resume: Any = None  # engine.checkpoint.Checkpoint to continue from
     late: list[Any] | None = None  # futures of work still out when its round closed (the runner may wait)
     placement: Placement | None = None  # several sites: where each task runs

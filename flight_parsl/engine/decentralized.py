@@ -38,8 +38,17 @@ from flight_parsl.core.weights import FlatWeights, Layout
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.plan import Planner, TaskSpec
-from flight_parsl.engine.records import failure_rows, result_rows
-from flight_parsl.engine.sync import RoundStats, RoundSummary, RunResult, classify, describe, mean_finite, release_late
+from flight_parsl.engine.records import failure_rows, result_rows, round_row
+from flight_parsl.engine.outcomes import (
+    LoopResult,
+    RoundStats,
+    RoundSummary,
+    classify,
+    describe,
+    lost_slot,
+    mean_finite,
+    release_late,
+)
 from flight_parsl.fl.aggregate import WeightedMean
 from flight_parsl.fl.protocols import as_peer
 from flight_parsl.transfer.base import Ref
@@ -108,10 +117,12 @@ class PeerLoop:
         queue.submit(spec, peer_task, channel, r, items, self.ctx.exp.workload, self.ctx.state, self.ctx.faults,
                      spec.attempt)
 
-    def _fail(self, r: int, item: Pending[TaskSpec], kind: str, message: str) -> RoundError:
+    def _fail(
+        self, r: int, item: Pending[TaskSpec], kind: str, message: str, slot: tuple[str, int | None] | None = None
+    ) -> RoundError:
         spec = item.tag
         failure = Failure(r, spec.clients, kind, message, spec.attempt, "coordinator")
-        self.ctx.recorder.task_rows(failure_rows(failure, "train", spec.id, item.submitted, time.time()))
+        self.ctx.recorder.task_rows(failure_rows(failure, "train", spec.id, item.submitted, time.time(), slot=slot))
         return RoundError(f"round {r + 1}: clients {list(spec.clients)} failed ({kind}: {message})")
 
     def _rows(self, res: TaskResult, item: Pending[TaskSpec], received: float, idle: float) -> list[dict[str, Any]]:
@@ -151,7 +162,7 @@ class PeerLoop:
             try:
                 res: TaskResult = item.future.result()
             except Exception as exc:
-                raise self._fail(r, item, classify(exc), describe(exc)) from exc
+                raise self._fail(r, item, classify(exc), describe(exc), lost_slot(exc, ctx.injector)) from exc
             received = time.time()
             for ref, _ in res.outputs:
                 ctx.transfer.adopt(ref)
@@ -201,21 +212,16 @@ class PeerLoop:
         loss = mean_finite([client_metric(o, "private_test_loss") for o in outcomes.values()])
         proxy = mean_finite([client_metric(o, "proxy_test_acc") for o in outcomes.values()])
         ctx.recorder.round_row(
-            {
-                "round": r, "start": stats.start, "end": end, "makespan_s": end - stats.start,
-                "publish_s": stats.publish_s, "aggregate_s": stats.aggregate_s, "sampled": len(clients),
-                "participants": len(outcomes), "failed": 0, "tasks": stats.tasks, "retries": 0,
-                "bytes_to_workers": stats.bytes_to, "bytes_from_workers": stats.bytes_from,
-                "bytes_moved": stats.bytes_to + stats.bytes_from, "edge_bytes": stats.bytes_to + stats.bytes_from,
-                "test_loss": loss, "test_acc": acc, "train_loss": mean_finite(stats.losses),
-                "train_acc": mean_finite(stats.accs), "proxy_test_acc": proxy,
-                "epsilon": max(self.epsilon.values()) if self.epsilon else math.nan,
-            }
+            round_row(
+                r, stats.start, end, stats, test_loss=loss, test_acc=acc, sampled=len(clients),
+                participants=len(outcomes), failed=0, publish_s=stats.publish_s, retries=0, proxy_test_acc=proxy,
+                epsilon=max(self.epsilon.values()) if self.epsilon else math.nan,
+            )
         )
         ctx.progress.end_round(r, len(outcomes), len(clients), end - stats.start, loss, acc)
         self.summaries.append(RoundSummary(r, end - stats.start, loss, acc, len(outcomes), 0))
 
-    def run(self) -> RunResult:
+    def run(self) -> LoopResult:
         for r in range(self.ctx.cfg.rounds):
             self._round(r)
         summary: dict[str, Any] = {"strategy": self.strategy.name}
@@ -231,10 +237,10 @@ class PeerLoop:
             summary.update(client_bytes_in_mean=statistics.fmean(ins), client_bytes_out_mean=statistics.fmean(outs))
         self.ctx.recorder.update(**summary)
         # No central model: the result carries the initial shared model only to fill the type.
-        return RunResult(self.ctx.exp.initial, self.summaries, self.peaks, self.clock)
+        return LoopResult(self.ctx.exp.initial, self.summaries, self.peaks, self.clock)
 
 
-def run_decentralized(ctx: RunContext) -> RunResult:
+def run_decentralized(ctx: RunContext) -> LoopResult:
     """Run ``rounds`` decentralized rounds (see the module docstring).
 
     Raises:

@@ -20,11 +20,11 @@ from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
-from flight_parsl.engine import leftovers
+from flight_parsl.processes import leftovers
 from flight_parsl.engine.decentralized import run_decentralized
 from flight_parsl.engine.events import SlotClock
-from flight_parsl.engine.multisite import RunSites, open_run_sites
-from flight_parsl.engine.injector import FaultInjector, SlotCensus
+from flight_parsl.processes.multisite import RunSites, open_run_sites
+from flight_parsl.processes.injector import FaultInjector, SlotCensus
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
@@ -84,7 +84,7 @@ def run_experiment(
     and summary.json says ``dfk_reused``. On any error the run directory keeps
     every finished row, summary.json says ``failed`` (or ``interrupted``) with the
     error, and the error is re-raised. ``sites`` (several sites, opened by the caller
-    with :func:`~flight_parsl.engine.multisite.open_run_sites`) and a ``backend`` opened on
+    with :func:`~flight_parsl.processes.multisite.open_run_sites`) and a ``backend`` opened on
     them let many runs share one virtual network and one DataFlowKernel.
     """
     progress = progress or Progress(cfg.rounds)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -40,65 +39,25 @@ from flight_parsl.core.weights import FlatWeights
 from flight_parsl.engine import checkpoint
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
+from flight_parsl.engine.outcomes import (
+    LoopResult,
+    RoundStats,
+    RoundSummary,
+    classify,
+    describe,
+    lost_slot,
+    release_late,
+)
 from flight_parsl.engine.plan import Planner, TaskSpec
-from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows
+from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows, round_row
 from flight_parsl.fl.aimd import AIMDEpochs
 from flight_parsl.fl.membership import Membership
 from flight_parsl.fl.protocols import as_sync
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
-from flight_parsl.transfer.base import Ref, Transfer
+from flight_parsl.transfer.base import Ref
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
 
 ROOT = "coordinator"
-
-
-@dataclass
-class RoundSummary:
-    """What one round produced (also written to rounds.csv)."""
-
-    round: int
-    makespan_s: float
-    test_loss: float
-    test_acc: float
-    participants: int = 0
-    failed: int = 0
-
-
-@dataclass
-class RunResult:
-    """The final model, one summary per round, each slot's peak RSS, and slot idle times."""
-
-    weights: FlatWeights
-    rounds: list[RoundSummary]
-    slot_peak_rss_mb: dict[Slot, float]
-    clock: SlotClock
-
-
-def classify(exc: BaseException) -> str:
-    """A failed task's kind: ``lost`` when its worker process died, else ``error``."""
-    lost = ("WorkerLost", "ManagerLost", "BrokenProcessPool")
-    return "lost" if any(c.__name__ in lost for c in type(exc).__mro__) else "error"
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an exception."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
-
-
-def release_late(transfer: Transfer, future: Future[TaskResult]) -> None:
-    """A task that returned after its round closed: release what it stored."""
-    try:
-        res = future.result()
-    except BaseException:
-        return
-    for ref, _ in res.outputs:
-        transfer.discard(ref)
-
-
-def mean_finite(values: list[float]) -> float:
-    """Mean of the non-NaN values (NaN if none)."""
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 @dataclass
@@ -123,27 +82,6 @@ class _Job:
     ref: Ref | None = None  # train, relay: the model it starts from
     parts: list[_Part] = field(default_factory=list)  # aggregate: its children's results
     site: str | None = None  # where it was sent (several sites)
-
-
-@dataclass
-class RoundStats:
-    """What a round (or an async window) moved and measured; both loops count train results alike."""
-
-    bytes_to: int = 0
-    bytes_from: int = 0
-    edge_bytes: int = 0
-    aggregate_s: float = 0.0
-    retries: int = 0
-    tasks: int = 0
-    losses: list[float] = field(default_factory=list)
-    accs: list[float] = field(default_factory=list)
-
-    def count_train(self, res: TaskResult) -> None:
-        """Count a train task's bytes each way and its clients' training loss and accuracy."""
-        self.bytes_to += res.bytes_in
-        self.bytes_from += res.bytes_out
-        self.losses += [c.train_loss for c in res.clients]
-        self.accs += [c.train_acc for c in res.clients]
 
 
 class SyncRound:
@@ -255,13 +193,12 @@ class SyncRound:
             settings = replace(settings, slowdown=max(settings.slowdown, self.slow_factor))
         return settings
 
-    def _rows(self, rows: list[dict[str, Any]], submitted: float, received: float) -> list[dict[str, Any]]:
-        """Add each client's epochs and the task's round-trip time to its tasks.csv rows."""
+    def _rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Add each client's AIMD epochs to its tasks.csv rows."""
         for row in rows:
             client = row.get("client")
             if isinstance(client, int) and client in self.epochs:
                 row["epochs"] = self.epochs[client]
-            row["rtt_s"] = received - submitted
         return rows
 
     def _submit_train(self, spec: TaskSpec, ref: Ref) -> None:
@@ -327,7 +264,7 @@ class SyncRound:
         try:
             res: TaskResult = item.future.result()
         except Exception as exc:
-            self._on_failure(job, item, classify(exc), describe(exc))
+            self._on_failure(job, item, classify(exc), describe(exc), lost_slot(exc, self.ctx.injector))
             return
         received = time.time()
         self.peaks[res.slot] = max(self.peaks.get(res.slot, 0.0), res.peak_rss_mb)
@@ -345,7 +282,7 @@ class SyncRound:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
             collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
         rows = result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle)
-        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, received)))
+        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows)))
         if self.watch is not None:
             self.watch(res.host, res.pid)
         self.ctx.progress.task_done(self.r, len(self.folded), len(self.sampled))
@@ -389,11 +326,13 @@ class SyncRound:
         clients = tuple(c for p in parts for c in p.clients)
         self._submit(_Job("aggregate", node, 0, self._new_task_id(), clients, parts=parts))
 
-    def _on_failure(self, job: _Job, item: Pending[_Job], kind: str, message: str) -> None:
+    def _on_failure(
+        self, job: _Job, item: Pending[_Job], kind: str, message: str, slot: tuple[str, int | None] | None = None
+    ) -> None:
         failure = Failure(self.r, job.clients, kind, message, job.attempt, job.node)
         now = time.time()
-        rows = failure_rows(failure, job.kind, job.task, item.submitted, now)
-        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, now)))
+        rows = failure_rows(failure, job.kind, job.task, item.submitted, now, slot=slot)
+        self.ctx.recorder.task_rows(_at(job.site, self._rows(rows)))
         if job.attempt < self.ctx.policy.retries:
             self.stats.retries += 1
             delay = self.ctx.policy.backoff(job.attempt)
@@ -437,7 +376,7 @@ class SyncRound:
             self.failures.append(failure)
             self.late.update(job.clients)
             rows = failure_rows(failure, job.kind, job.task, item.submitted, now)
-            self.ctx.recorder.task_rows(_at(job.site, self._rows(rows, item.submitted, now)))
+            self.ctx.recorder.task_rows(_at(job.site, self._rows(rows)))
         for _, _, job, failed_kind in self.delayed:
             self.failures.append(Failure(self.r, job.clients, failed_kind, f"retry not sent before the round closed: "
                                          f"{message}", job.attempt, job.node))
@@ -534,7 +473,7 @@ class _ClientBook:
             self.aimd.load(state["aimd"])
 
 
-def run_sync(ctx: RunContext) -> RunResult:
+def run_sync(ctx: RunContext) -> LoopResult:
     """Run ``cfg.rounds`` synchronous rounds (from the checkpoint in ``ctx.resume``, if any).
 
     Raises:
@@ -623,41 +562,23 @@ def run_sync(ctx: RunContext) -> RunResult:
             book.aimd.update(sorted(reported), late)
         s = rnd.stats
         recorder.round_row(
-            {
-                "round": r,
-                "start": start,
-                "end": end,
-                "makespan_s": end - start,
-                "deadline_s": deadline_s,
-                "publish_s": publish_s,
-                "aggregate_s": s.aggregate_s,
-                "eval_s": eval_s,
-                "sampled": len(sampled),
-                "participants": ok,
-                "failed": len(sampled) - ok,
-                "tasks": s.tasks,
-                "retries": s.retries,
-                "bytes_to_workers": s.bytes_to,
-                "bytes_from_workers": s.bytes_from,
-                "bytes_moved": s.bytes_to + s.bytes_from,
-                "edge_bytes": s.edge_bytes,
-                "modeled_two_tier_bytes": two_tier,
-                "modeled_hierarchical_bytes": hierarchical,
-                "test_loss": loss,
-                "test_acc": acc,
-                "train_loss": mean_finite(s.losses),
-                "train_acc": mean_finite(s.accs),
-                "global_train_loss": global_train[0],
-                "global_train_acc": global_train[1],
-                "members": len(members),
-                "reported": ok,
-                "late": len(late),
-                "stale_folded": len(stale),
-                "removed": " ".join(map(str, removed)),
-                "readmitted": " ".join(map(str, readmitted)),
-                "killed_slots": injector.killed_in(r) if injector is not None else 0,
-                "live_slots": injector.census.live_slots() if injector and injector.kills else "",
-            }
+            round_row(
+                r, start, end, s, test_loss=loss, test_acc=acc, sampled=len(sampled), participants=ok,
+                failed=len(sampled) - ok, publish_s=publish_s, eval_s=eval_s, edge_bytes=s.edge_bytes,
+                deadline_s=deadline_s,
+                modeled_two_tier_bytes=two_tier,
+                modeled_hierarchical_bytes=hierarchical,
+                global_train_loss=global_train[0],
+                global_train_acc=global_train[1],
+                members=len(members),
+                reported=ok,
+                late=len(late),
+                stale_folded=len(stale),
+                removed=" ".join(map(str, removed)),
+                readmitted=" ".join(map(str, readmitted)),
+                killed_slots=injector.killed_in(r) if injector is not None else 0,
+                live_slots=injector.census.live_slots() if injector and injector.kills else "",
+            )
         )
         if ok < quorum:
             for item in carried:
@@ -678,4 +599,4 @@ def run_sync(ctx: RunContext) -> RunResult:
         summaries.append(RoundSummary(r, end - start, loss, acc, ok, len(sampled) - ok))
     for item in carried:  # late results of the last round: nothing to fold them into
         item.future.add_done_callback(partial(release_late, ctx.transfer))
-    return RunResult(weights, summaries, peaks, clock)
+    return LoopResult(weights, summaries, peaks, clock)

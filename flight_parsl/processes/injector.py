@@ -12,7 +12,8 @@ so a reused pid is never hit) at a round or a time, and SIGKILL the run's manage
 redis-server in a round and start it again on its port. Nothing is simulated:
 tasks on a killed process fail with Parsl's ``WorkerLost``, Redis clients lose
 their connection and the keys. Every action is a row of ``faults.csv`` in the run
-directory (when, round, action, target, detail).
+directory (when, round, action, target, detail; ``round`` counts from 1 as in rounds.csv,
+0 for a timed fault that fires before the first round starts).
 """
 
 from __future__ import annotations
@@ -52,6 +53,26 @@ def _ppid(pid: int) -> int | None:
     return stat_field(pid, 1)
 
 
+def worker_rank(pid: int) -> int | None:
+    """The rank in its pool (Parsl's ``worker_id``) of an HTEX worker process on this host, or None.
+
+    Every HTEX worker keeps its log file ``.../worker_<rank>.log`` open for its lifetime;
+    ``WorkerLost`` names a dead worker by that rank."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        name = target.rsplit("/", 1)[-1]
+        if name.startswith("worker_") and name.endswith(".log") and name[7:-4].isdigit():
+            return int(name[7:-4])
+    return None
+
+
 def children(parents: set[int]) -> dict[int, int]:
     """Live processes whose parent is in ``parents``: pid -> parent."""
     out = {}
@@ -75,6 +96,7 @@ class SlotCensus:
         self.host = socket.gethostname()
         self.slots = slots
         self.parent: dict[int, int] = {}  # worker pid -> its manager
+        self.rank: dict[int, int] = {}  # worker pid -> its rank in its pool, while no loss has named it
         self._lock = threading.Lock()
         for host, pid in seen:
             self.record(host, pid)
@@ -88,8 +110,25 @@ class SlotCensus:
             return
         parent = _ppid(pid)
         if parent is not None and parent != os.getpid():
+            rank = worker_rank(pid)
             with self._lock:
                 self.parent[pid] = parent
+                if rank is not None:  # a restarted worker takes its rank over from the dead one
+                    for old in [p for p, r in self.rank.items() if r == rank and self.parent.get(p) == parent]:
+                        del self.rank[old]
+                    self.rank[pid] = rank
+
+    def lost(self, host: str, rank: int) -> int | None:
+        """The pid of the recorded worker process of rank ``rank`` on ``host`` that is gone
+        (what a ``WorkerLost(rank, host)`` names); None when no single one matches."""
+        if host != self.host:
+            return None
+        with self._lock:
+            dead = [pid for pid, r in self.rank.items() if r == rank and _ppid(pid) != self.parent[pid]]
+            if len(dead) != 1:
+                return None
+            del self.rank[dead[0]]  # a later loss of that rank is another process
+        return dead[0]
 
     def alive(self) -> list[int]:
         """Recorded worker pids that still run under the parent they had."""
@@ -193,7 +232,7 @@ class FaultInjector:
         with self._lock:
             if self._writer is not None and self._file is not None:
                 self._writer.writerow(
-                    {"time": time.time(), "round": self.round, "action": action, "target": target, "detail": detail}
+                    {"time": time.time(), "round": self.round + 1, "action": action, "target": target, "detail": detail}
                 )
                 self._file.flush()
 

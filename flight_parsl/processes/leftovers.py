@@ -20,7 +20,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.engine.injector import children, stat_field
+from flight_parsl.processes.injector import children, stat_field
 
 FILENAME = "leftovers.json"
 
