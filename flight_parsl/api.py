@@ -280,7 +280,7 @@ class Pool:
         try:
             cfg = self.config
             if cfg is not None and cfg.sites.files and self.kind == "parsl":
-                from flight_parsl.engine.multisite import open_run_sites
+                from flight_parsl.processes.multisite import open_run_sites
                 from flight_parsl.execution.sites import open_sites_backend
 
                 self.sites = stack.enter_context(open_run_sites(cfg))

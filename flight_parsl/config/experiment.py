@@ -217,7 +217,7 @@ class PlanConfig:
 
 @dataclass
 class FaultsConfig:
-    """Injected faults, all real (see flight_parsl.engine.injector and flight_parsl.worker.faults).
+    """Injected faults, all real (see flight_parsl.processes.injector and flight_parsl.worker.faults).
 
     In the slot, lists of CLIENT@ROUND (rounds from 1), first attempt only:
     ``kill``: the slot running that client SIGKILLs itself (parsl backend only).
@@ -621,6 +621,12 @@ def _hash_compatible(values: dict[str, Any]) -> dict[str, Any]:
             values[section].pop(leaf)
     values["slots"] = str(values["slots"])
     return values
+
+
+def checkpoint_hash(cfg: ExperimentConfig) -> str:
+    """The config hash a checkpoint is tied to: the experiment without its injected faults
+    (a resumed run does not inject again what already happened)."""
+    return config_hash(dataclasses.replace(cfg, faults=FaultsConfig()))
 
 
 def _site_identity(parsl_config: Any) -> Any:

@@ -80,6 +80,7 @@ class RunContext:
     resume: Any = None  # engine.checkpoint.Checkpoint to continue from
     late: list[Any] | None = None  # futures of work still out when its round closed (the runner may wait)
     placement: Placement | None = None  # several sites: where each task runs
+    checkpoint_hash: str = ""  # the config's hash, computed once: what a checkpoint is tied to
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -127,11 +128,6 @@ def slowdowns(cfg: ExperimentConfig) -> list[float] | None:
 
     rng = np.random.default_rng([cfg.seed, 7])
     return [float(f) for f in rng.uniform(1.0, cfg.train.slowdown_max, size=cfg.workers)]
-
-
-def policy(cfg: ExperimentConfig) -> RoundPolicy:
-    """The round policy of the config."""
-    return cfg.round
 
 
 def faults(cfg: ExperimentConfig) -> Faults | None:

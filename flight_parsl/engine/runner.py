@@ -19,7 +19,8 @@ from types import TracebackType
 from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
-from flight_parsl.engine.context import RunContext, faults, policy, prepare, workload
+from flight_parsl.config.experiment import checkpoint_hash
+from flight_parsl.engine.context import RunContext, faults, prepare, workload
 from flight_parsl.processes import leftovers
 from flight_parsl.engine.decentralized import run_decentralized
 from flight_parsl.engine.events import SlotClock
@@ -91,11 +92,11 @@ def run_experiment(
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     cfg.out = str(out)  # config.yaml names its own directory: what --resume continues
     point = None
+    tied_to = checkpoint_hash(cfg)  # parsed once: the loops read it from the context
     if resume:
         from flight_parsl.engine.checkpoint import load
-        from flight_parsl.engine.sync import resume_hash
 
-        point = load(out, resume_hash(cfg))
+        point = load(out, tied_to)
         cleaned = leftovers.clean(out)
         if cleaned:
             progress.say(f"removed what the stopped run left: {', '.join(cleaned)}")
@@ -147,9 +148,9 @@ def run_experiment(
             injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
             leftovers.note(out, transfer, active, set(census.parent.values()))
             stack.callback(injector.close)
-            ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, policy(cfg), state,
+            ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, cfg.round, state,
                              faults(cfg), injector, point, late,
-                             placement=sites.placement if sites is not None else None)
+                             placement=sites.placement if sites is not None else None, checkpoint_hash=tied_to)
             loops = {"async": run_async, "decentralized": run_decentralized}
             result = loops.get(cfg.mode, run_sync)(ctx)
             if "end" not in recorder.summary:

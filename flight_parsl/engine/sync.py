@@ -446,14 +446,6 @@ def _modeled_bytes(tree: Topology | None, sampled: list[int], size: int) -> tupl
     return two_tier_bytes(active, size), hierarchical_bytes(active, size)
 
 
-def resume_hash(cfg: Any) -> str:
-    """The config hash a checkpoint is tied to: the experiment without its injected faults
-    (a resumed run does not inject again what already happened)."""
-    from flight_parsl.config.experiment import FaultsConfig, config_hash
-
-    return config_hash(replace(cfg, faults=FaultsConfig()))
-
-
 @dataclass
 class _ClientBook:
     """Per-client state across rounds: membership and AIMD epochs (both in the checkpoint)."""
@@ -501,7 +493,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
     injector = ctx.injector
     census = injector.census.full if injector is not None else (lambda: True)
     first = 0
-    tied_to = resume_hash(cfg)
+    tied_to = ctx.checkpoint_hash
     if ctx.resume is not None:
         point = ctx.resume
         first, weights, slowest = point.next_round, point.weights, point.slowest_s
