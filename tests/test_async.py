@@ -63,11 +63,11 @@ def test_async_through_redis_leaves_no_key(make_config, managed_redis) -> None:
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["mode=async"], "strategy 'fedavg' runs in mode 'sync', got 'async'"),
-        (["strategy.name=fedasync"], "strategy 'fedasync' runs in mode 'async', got 'sync'"),
+        (["mode=async"], "key 'mode' = 'async': strategy 'fedavg' runs in mode 'sync'"),
+        (["strategy.name=fedasync"], "key 'mode' = 'sync': strategy 'fedasync' runs in mode 'async'"),
         (["mode=async", "strategy.name=fedasync", "topology=tree:2"], "mode 'async' runs on a flat topology"),
-        (["strategy.alpha=0"], "'strategy.alpha' must be in (0, 1]"),
-        (["train.slowdown_max=0.5"], "'train.slowdown_max' must be >= 1"),
+        (["strategy.alpha=0"], "key 'strategy.alpha' = 0: must be > 0"),
+        (["train.slowdown_max=0.5"], "key 'train.slowdown_max' = 0.5: must be >= 1"),
     ],
 )
 def test_mode_errors(make_config, overrides, needle) -> None:
