@@ -43,7 +43,7 @@ def test_override_values_are_read_as_yaml() -> None:
         ("model.name=resnet19", "config: key 'model.name' = 'resnet19': unknown model; valid names:"),
         ("data.dataset=cifar", "config: key 'data.dataset' = 'cifar': unknown dataset; valid names: digits, fashion_mnist, mnist"),
         ("strategy.name=fedmagic", "config: key 'strategy.name' = 'fedmagic': unknown strategy; valid names: avgpush, fedasync, fedavg, fedbuff, fedmedian, fedprox, fedsgd, fml, joint, proxyfl, regular"),
-        ("partition.kind=random", "unknown partition 'random'"),
+        ("partition.kind=random", "config: key 'partition.kind' = 'random': unknown partition"),
         ("backend=slurm", "config: key 'backend' = 'slurm': must be one of 'parsl', 'thread' or 'process'"),
         ("train.mode=fast", "config: key 'train.mode' = 'fast': must be one of 'local' or 'none'"),
         ("nokey", "key.sub=value"),

@@ -126,12 +126,12 @@ def test_single_client_gets_everything():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"kind": "shards"}, "unknown partition 'shards'; valid names: dirichlet, iid, label_pairs, labels, majority, power_law"),
-        ({"labels_alpha": 0.0}, "labels_alpha must be a finite number > 0, got 0.0"),
-        ({"samples_alpha": -1.0}, "samples_alpha must be a finite number > 0"),
-        ({"labels_per_client": 0}, "labels_per_client must be an integer >= 1, got 0"),
-        ({"min_samples": 0}, "min_samples must be an integer >= 1, got 0"),
-        ({"power_law_exponent": -0.5}, "power_law_exponent must be a finite number >= 0, got -0.5"),
+        ({"kind": "shards"}, "config: key 'partition.kind' = 'shards': unknown partition; valid names: dirichlet, iid, label_pairs, labels, majority, power_law"),
+        ({"labels_alpha": 0.0}, "config: key 'partition.labels_alpha' = 0.0: must be a finite number > 0"),
+        ({"samples_alpha": -1.0}, "key 'partition.samples_alpha' = -1.0: must be a finite number > 0"),
+        ({"labels_per_client": 0}, "key 'partition.labels_per_client' = 0: must be an integer >= 1"),
+        ({"min_samples": 0}, "key 'partition.min_samples' = 0: must be an integer >= 1"),
+        ({"power_law_exponent": -0.5}, "key 'partition.power_law_exponent' = -0.5: must be a finite number >= 0"),
     ],
 )
 def test_bad_spec(kwargs, match):

@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
-from flight_parsl.core.errors import ConfigError
+from flight_parsl.core.errors import ConfigError, key_error
 
 T = TypeVar("T")
 
@@ -38,11 +38,6 @@ class Schema(BaseModel):
     """Base of the pydantic-model schemas (site files, topology files, job specs)."""
 
     model_config = STRICT
-
-
-def key_error(source: str, key: str, value: Any, problem: str) -> ConfigError:
-    """The one error format: ``SOURCE: key 'KEY' = VALUE: PROBLEM``."""
-    return ConfigError(f"{source}: key {key!r} = {value!r}: {problem}")
 
 
 def unknown_key_error(source: str, key: str, allowed: list[str], section: str = "") -> ConfigError:

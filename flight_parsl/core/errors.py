@@ -52,6 +52,12 @@ class Terminated(KeyboardInterrupt):
         super().__init__(f"terminated by {signal.Signals(signum).name}")
 
 
+def key_error(source: str, key: str, value: object, problem: str) -> ConfigError:
+    """The one format of a bad value anywhere a user writes config: ``SOURCE: key 'KEY' = VALUE: PROBLEM``
+    (see :mod:`flight_parsl.config.schema`; kept here so that slot-side code can raise it without pydantic)."""
+    return ConfigError(f"{source}: key {key!r} = {value!r}: {problem}")
+
+
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> ConfigError:
     """Build the error for an unknown registry name, listing the valid names."""
     choices = ", ".join(sorted(valid))

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flight_parsl.core.errors import ConfigError, DataError, unknown_name
+from flight_parsl.core.errors import ConfigError, DataError, key_error, unknown_name
 
 
 @dataclass(frozen=True)
@@ -75,27 +75,28 @@ class PartitionSpec:
     def __post_init__(self) -> None:
         """Check the values that do not depend on the data."""
         if self.kind not in _PARTITIONERS:
-            raise unknown_name("partition", self.kind, partition_kinds())
+            raise key_error("config", "partition.kind", self.kind,
+                            f"unknown partition; valid names: {', '.join(partition_kinds())}")
         for field in ("labels_alpha", "samples_alpha"):
             value = getattr(self, field)
             if not _is_real(value) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"partition {field} must be a finite number > 0, got {value!r}")
+                raise key_error("config", f"partition.{field}", value, "must be a finite number > 0")
         if not _is_real(self.size_sigma) or not math.isfinite(self.size_sigma) or self.size_sigma < 0:
-            raise ConfigError(f"partition size_sigma must be a finite number >= 0, got {self.size_sigma!r}")
+            raise key_error("config", "partition.size_sigma", self.size_sigma, "must be a finite number >= 0")
         exponent = self.power_law_exponent
         if not _is_real(exponent) or not math.isfinite(exponent) or exponent < 0:
-            raise ConfigError(f"partition power_law_exponent must be a finite number >= 0, got {exponent!r}")
+            raise key_error("config", "partition.power_law_exponent", exponent, "must be a finite number >= 0")
         for field in ("labels_per_client", "min_samples"):
             value = getattr(self, field)
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"partition {field} must be an integer >= 1, got {value!r}")
+                raise key_error("config", f"partition.{field}", value, "must be an integer >= 1")
         if not _is_int(self.max_samples) or self.max_samples < 0:
-            raise ConfigError(f"partition max_samples must be an integer >= 0, got {self.max_samples!r}")
+            raise key_error("config", "partition.max_samples", self.max_samples, "must be an integer >= 0")
         frac = self.majority_fraction
         if not _is_real(frac) or not 0 <= frac <= 1:
-            raise ConfigError(f"partition majority_fraction must be in [0, 1], got {frac!r}")
+            raise key_error("config", "partition.majority_fraction", frac, "must be in [0, 1]")
         if not _is_int(self.samples_per_client) or self.samples_per_client < 0:
-            raise ConfigError(f"partition samples_per_client must be an integer >= 0, got {self.samples_per_client!r}")
+            raise key_error("config", "partition.samples_per_client", self.samples_per_client, "must be an integer >= 0")
 
 
 def partition_kinds() -> list[str]:
