@@ -163,9 +163,9 @@ def test_redis_dying_mid_run_stops_with_a_clear_error_and_keeps_round_one(make_c
 def test_bad_transfer_config_is_named() -> None:
     from flight_parsl.config.experiment import build_config
 
-    with pytest.raises(ConfigError, match="unknown transfer 'ftp'; valid names: auto, file, parsl, redis"):
+    with pytest.raises(ConfigError, match="config: key 'transfer.kind' = 'ftp': unknown transfer; valid names: auto, file, parsl, redis"):
         build_config(overrides=["transfer.kind=ftp"])
-    with pytest.raises(ConfigError, match="invalid Redis address 'nohost'"):
+    with pytest.raises(ConfigError, match="config: key 'transfer.redis' = 'nohost': invalid Redis address 'nohost'"):
         build_config(overrides=["transfer.redis=nohost"])
 
 
@@ -254,7 +254,7 @@ def test_redis_timeout_must_be_positive() -> None:
     assert build_config().transfer.redis_timeout == 30.0
     assert build_config(overrides=["transfer.redis_timeout=2.5"]).transfer.redis_timeout == 2.5
     for bad in ("0", "-1"):
-        with pytest.raises(ConfigError, match=rf"config key 'transfer.redis_timeout' must be > 0, got {bad}"):
+        with pytest.raises(ConfigError, match=rf"config: key 'transfer.redis_timeout' = {bad}: must be > 0"):
             build_config(overrides=[f"transfer.redis_timeout={bad}"])
 
 

@@ -508,7 +508,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.transfer.redis is not None:
         from flight_parsl.transfer.redis_server import RedisAddress
 
-        RedisAddress.parse(cfg.transfer.redis)
+        try:
+            RedisAddress.parse(cfg.transfer.redis)
+        except ConfigError as exc:
+            raise _fail("transfer.redis", cfg.transfer.redis, str(exc)) from None
     if cfg.data.dataset == "synthetic":
         from flight_parsl.data.synthetic import SyntheticSpec
 
