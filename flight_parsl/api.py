@@ -403,16 +403,10 @@ def run(
 def _resume_config(source: ConfigLike, overrides: tuple[str, ...]) -> ExperimentConfig:
     """The config that continues a run: a run directory's own config.yaml, faults dropped, or
     ``source`` with its ``out`` naming the run directory."""
-    from flight_parsl.config.experiment import build_config, load_yaml
+    from flight_parsl.config.experiment import resume_config
 
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        run_dir = Path(source)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"resume {run_dir}: no config.yaml there; give the directory of a run")
-        values = load_yaml(run_dir / "config.yaml")
-        values.pop("faults", None)
-        values["out"] = str(run_dir)
-        cfg = build_config(values=[values], overrides=list(overrides))
+        cfg = resume_config(source, list(overrides))
     else:
         cfg = load_config(source, *overrides)
         if not cfg.out:

@@ -255,24 +255,13 @@ def _resume_hint(cfg: "ExperimentConfig | None") -> None:
 def resume_config(args: argparse.Namespace, overrides: list[str]) -> "ExperimentConfig":
     """The config of the run directory ``args.resume``, its injected faults dropped (they happened),
     then ``overrides``; other flags are refused (the experiment is the directory's)."""
-    from pathlib import Path
+    from flight_parsl.config.experiment import resume_config as continuing
 
-    from flight_parsl.config.experiment import build_config, load_yaml
-
-    run_dir = Path(args.resume)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the directory of a run")
     given = [f"--{dest.replace('_', '-')}" for dest in FLAG_KEYS if getattr(args, dest) is not None]
     if given or args.config:
         raise ConfigError(f"--resume takes the run's own config; drop {', '.join(given or ['--config'])} "
                           "(key=value overrides are allowed)")
-    values = load_yaml(run_dir / "config.yaml")
-    values.pop("faults", None)
-    values["out"] = str(run_dir)
-    cfg = build_config(values=[values], overrides=overrides)
-    if cfg.mode != "sync":
-        raise ConfigError(f"--resume continues synchronous runs; {run_dir} ran mode {cfg.mode!r}")
-    return cfg
+    return continuing(args.resume, overrides)
 
 
 def sweep_plan(args: argparse.Namespace, cfg: "ExperimentConfig", grid: tuple = ()) -> tuple["SweepSpec", "Path", "Path"]:

@@ -458,6 +458,25 @@ def with_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCon
     return from_data(data)
 
 
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config that continues the run directory ``run_dir``: its own config.yaml, its injected
+    faults dropped (they happened), then ``overrides``.
+
+    Raises:
+        ConfigError: no config.yaml there, or a run of a mode that cannot resume.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"resume {run_dir}: no config.yaml there; give the directory of a run")
+    values = load_yaml(run_dir / "config.yaml")
+    values.pop("faults", None)
+    values["out"] = str(run_dir)
+    cfg = build_config(values=[values], overrides=overrides)
+    if cfg.mode != "sync":
+        raise ConfigError(f"resume continues synchronous runs; {run_dir} ran mode {cfg.mode!r}")
+    return cfg
+
+
 def resolve_transfer(cfg: ExperimentConfig) -> str:
     """The transfer ``auto`` stands for: ``file`` (a directory in memory every slot sees)
     when all slots run on this host, else ``parsl`` (weights inside the tasks)."""
