@@ -27,7 +27,7 @@ def test_override_values_are_read_as_yaml() -> None:
     assert parse_override("a.b=3") == {"a": {"b": 3}}
     assert parse_override("x=null") == {"x": None}
     assert parse_override("x=fedavg") == {"x": "fedavg"}
-    cfg = build_config(overrides=["train.lr=1e-2", "policy.deadline_s=null", "data.root=/tmp/data"])
+    cfg = build_config(overrides=["train.lr=1e-2", "round.deadline_s=null", "data.root=/tmp/data"])
     assert cfg.train.lr == pytest.approx(0.01)
     assert cfg.round.deadline_s is None and cfg.data.root == "/tmp/data"
 

@@ -84,7 +84,7 @@ def _crash(monkeypatch, when) -> None:
 
 def test_a_failing_task_is_an_outcome_the_round_survives(make_config, monkeypatch) -> None:
     _crash(monkeypatch, lambda r, c: r == 1 and c == 2)
-    cfg = make_config("train.mode=none", "model.name=tiny", "policy.retries=0", "plan.clients_per_task=1",
+    cfg = make_config("train.mode=none", "model.name=tiny", "round.retries=0", "plan.clients_per_task=1",
                       workers=4, rounds=3)
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
@@ -107,7 +107,7 @@ def test_failed_client_work_is_retried_within_the_round(make_config, monkeypatch
         return real(ref, round_idx, node, clients, *rest)
 
     monkeypatch.setattr(engine, "train_task", fails_once)
-    cfg = make_config("train.mode=none", "model.name=tiny", "policy.retries=1", workers=4, rounds=1)
+    cfg = make_config("train.mode=none", "model.name=tiny", "round.retries=1", workers=4, rounds=1)
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
     assert rounds[0]["participants"] == "4" and rounds[0]["retries"] == "1"
@@ -118,7 +118,7 @@ def test_failed_client_work_is_retried_within_the_round(make_config, monkeypatch
 
 def test_a_round_below_the_quorum_stops_the_run_with_one_message(make_config, monkeypatch) -> None:
     _crash(monkeypatch, lambda r, c: r == 1 and c != 0)
-    cfg = make_config("train.mode=none", "model.name=tiny", "policy.retries=0", "policy.min_fraction=0.75",
+    cfg = make_config("train.mode=none", "model.name=tiny", "round.retries=0", "round.min_fraction=0.75",
                       "plan.clients_per_task=1", workers=4, rounds=3)
     with pytest.raises(RoundError, match=r"round 2: 1/4 sampled clients reported \(0 late, 3 failed\), below the quorum of 3 "
                                           r"\(round.min_fraction=0.75\); failures: error"):
@@ -174,7 +174,7 @@ def test_process_pool_backend_runs_tasks_in_other_processes(make_config) -> None
 def test_work_still_out_at_the_deadline_fails_and_the_round_closes(make_config) -> None:
     import time
 
-    cfg = make_config("train.mode=none", "model.name=tiny", "policy.deadline_s=1.5", "policy.retries=0",
+    cfg = make_config("train.mode=none", "model.name=tiny", "round.deadline_s=1.5", "round.retries=0",
                       "faults.hang=1@1", "faults.hang_s=4", "plan.clients_per_task=1", workers=2, rounds=2)
     t0 = time.monotonic()
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
@@ -193,10 +193,10 @@ def test_failed_and_late_work_leave_no_key_and_no_directory(path, make_config, m
     from flight_parsl.transfer.redis_server import count_keys
 
     redis_py.Redis(managed_redis.address.host, managed_redis.address.port).set("sentinel", b"kept")
-    common = ["train.mode=none", "model.name=smallnet", "plan.clients_per_task=1", "policy.retries=0",
+    common = ["train.mode=none", "model.name=smallnet", "plan.clients_per_task=1", "round.retries=0",
               f"transfer.redis={managed_redis.address}"]
     if path == "deadline":
-        common += ["policy.deadline_s=1", "faults.hang=1@1", "faults.hang_s=2"]
+        common += ["round.deadline_s=1", "faults.hang=1@1", "faults.hang_s=2"]
     else:
         _crash(monkeypatch, (lambda r, c: c == 1) if path == "error" else (lambda r, c: r == 1))
     for kind in ("redis", "file"):

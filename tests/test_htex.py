@@ -65,7 +65,7 @@ def test_a_sigkilled_worker_process_costs_one_attempt_and_the_round_closes(make_
     # client 1's slot SIGKILLs itself in round 2: HTEX reports WorkerLost, the policy retries the
     # client on a live slot, and the round closes with all four clients
     cfg = make_config("train.mode=none", "model.name=tiny", "faults.kill=1@2", "plan.clients_per_task=1",
-                      "policy.retries=1", "transfer.kind=file", f"transfer.file_dir={tmp_path}",
+                      "round.retries=1", "transfer.kind=file", f"transfer.file_dir={tmp_path}",
                       workers=4, rounds=3, backend="parsl")
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     rounds, tasks = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
