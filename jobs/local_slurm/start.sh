@@ -14,6 +14,29 @@
 # JobCompType=jobcomp/filetxt.
 set -euo pipefail
 DIR="${FP_SLURM_DIR:-/tmp/flight_parsl_slurm}"
+NODES=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --nodes) NODES="${2:-}"; shift 2 ;;
+        --nodes=*) NODES="${1#--nodes=}"; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+        *) echo "error: unknown argument $1 (usage: $0 [--nodes K])" >&2; exit 2 ;;
+    esac
+done
+if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -lt 1 ] || [ "$NODES" -gt 9 ]; then
+    echo "error: --nodes must be a whole number from 1 to 9, got '$NODES'" >&2
+    exit 2
+fi
+# K > 1: compute nodes node1..nodeK, each a network namespace with its own UTS host name, joined by
+# a veth pair to the bridge $BRIDGE ($NET.1, where slurmctld listens); nothing routes outside $NET.0/24.
+# FP_SLURM_TAG, FP_SLURM_NET and FP_SLURM_PORT let a second cluster run beside the first (a test does):
+# other namespace and link names, another subnet, another slurmctld port; its clients then need
+# SLURM_CONF=$DIR/slurm.conf, since only the default cluster links /etc/slurm/slurm.conf.
+TAG="${FP_SLURM_TAG:-fp}"
+NET="${FP_SLURM_NET:-10.232.7}"
+PORT="${FP_SLURM_PORT:-6817}"
+BRIDGE="${TAG}slurm0"
+export SLURM_CONF="$DIR/slurm.conf"
 WAIT_S="${FP_SLURM_WAIT_S:-60}"
 CONF_LINK=/etc/slurm/slurm.conf
 
@@ -30,9 +53,14 @@ fi
 
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" \
+if [ "$NODES" = 1 ] && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" \
         && sinfo -h -o '%T' 2>/dev/null | grep -qx idle; then
     echo "local Slurm already up ($DIR)"
+    exit 0
+fi
+if [ "$NODES" -gt 1 ] && alive "$DIR/slurmctld.pid" \
+        && [ "$(sinfo -h -o '%D %T' 2>/dev/null)" = "$NODES idle" ]; then
+    echo "local Slurm already up: $NODES nodes ($DIR)"
     exit 0
 fi
 
@@ -76,8 +104,8 @@ ClusterName=flightparsl
 SlurmctldHost=$HOST
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort=$PORT
+SlurmdPort=$(( PORT + 1 ))
 AuthType=auth/munge
 CryptoType=crypto/munge
 StateSaveLocation=$DIR/ctld
@@ -104,34 +132,82 @@ MinJobAge=300
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
+CONF
+if [ "$NODES" = 1 ]; then
+    cat >> "$DIR/slurm.conf" <<CONF
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=local Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
+else
+    # Several slurmd on one host: each node's spool, pid and log files by its name (%n); slurmctld is
+    # reached on the bridge address (inside a node, the host name resolves to the node's own loopback).
+    sed -i -e "s|^SlurmctldHost=.*|SlurmctldHost=$HOST($NET.1)|" \
+           -e "s|^SlurmdSpoolDir=.*|SlurmdSpoolDir=$DIR/spool/%n|" \
+           -e "s|^SlurmdPidFile=.*|SlurmdPidFile=$DIR/slurmd-%n.pid|" \
+           -e "s|^SlurmdLogFile=.*|SlurmdLogFile=$DIR/log/slurmd-%n.log|" "$DIR/slurm.conf"
+    for i in $(seq 1 "$NODES"); do
+        echo "NodeName=node$i NodeHostname=node$i NodeAddr=$NET.1$i CPUs=$CPUS RealMemory=$(( MEM / NODES )) State=UNKNOWN"
+    done >> "$DIR/slurm.conf"
+    echo "PartitionName=local Nodes=node[1-$NODES] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" \
+        >> "$DIR/slurm.conf"
+fi
 
+if [ "$DIR" = /tmp/flight_parsl_slurm ]; then  # the default cluster: clients find it without SLURM_CONF
 mkdir -p /etc/slurm
 if [ -e "$CONF_LINK" ] && [ ! -L "$CONF_LINK" ] && ! grep -q 'jobs/local_slurm/start.sh' "$CONF_LINK"; then
     echo "error: $CONF_LINK exists and was not written by this script; not touching it" >&2
     exit 1
 fi
 ln -sfn "$DIR/slurm.conf" "$CONF_LINK"
+fi
 
 # ----------------------------------------------------------------------- daemons
 if ! alive "$DIR/slurmctld.pid"; then
     slurmctld -i   # -i: ignore state from a previous run of another configuration
 fi
-if ! alive "$DIR/slurmd.pid"; then
-    slurmd
+if [ "$NODES" = 1 ]; then
+    alive "$DIR/slurmd.pid" || slurmd
+else
+    # the bridge and one namespace per node, then each node's slurmd inside it under its own host name
+    ip link show "$BRIDGE" >/dev/null 2>&1 || {
+        ip link add "$BRIDGE" type bridge
+        ip addr add "$NET.1/24" dev "$BRIDGE"
+        ip link set "$BRIDGE" up
+    }
+    for i in $(seq 1 "$NODES"); do
+        ns="${TAG}node$i"
+        mkdir -p "$DIR/spool/node$i"
+        if ! ip netns list | grep -qw "$ns"; then
+            ip netns add "$ns"
+            ip link add "${TAG}n$i" type veth peer name eth0 netns "$ns"
+            ip link set "${TAG}n$i" master "$BRIDGE" up
+            ip -n "$ns" addr add "$NET.1$i/24" dev eth0
+            ip -n "$ns" link set eth0 up
+            ip -n "$ns" link set lo up
+        fi
+        # nsenter --net, not `ip netns exec` (which remounts /sys and hides the cgroup mounts slurmd needs)
+        alive "$DIR/slurmd-node$i.pid" || nsenter --net="/run/netns/$ns" unshare --uts \
+            sh -c "hostname node$i && exec slurmd -N node$i"
+    done
 fi
 
 deadline=$(( $(date +%s) + WAIT_S ))
-until [ "$(sinfo -h -n "$HOST" -o '%T' 2>/dev/null)" = "idle" ]; do
+NODELIST="$HOST"
+[ "$NODES" -gt 1 ] && NODELIST="node[1-$NODES]"
+until [ "$(sinfo -h -n "$NODELIST" -o '%D %T' 2>/dev/null)" = "$NODES idle" ]; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
-        echo "error: node $HOST not idle after $WAIT_S s; sinfo says: $(sinfo -h -N -o '%N %T %E' 2>&1)" >&2
-        tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+        echo "error: nodes $NODELIST not idle after $WAIT_S s; sinfo says: $(sinfo -h -N -o '%N %T %E' 2>&1)" >&2
+        tail -n 20 "$DIR"/log/slurm*.log >&2 || true
         exit 1
     fi
-    state="$(sinfo -h -n "$HOST" -o '%T' 2>/dev/null || true)"
-    case "$state" in down*|drain*) scontrol update nodename="$HOST" state=resume 2>/dev/null || true ;; esac
+    for node in $(sinfo -h -N -n "$NODELIST" -t down,drain -o '%N' 2>/dev/null); do
+        scontrol update nodename="$node" state=resume 2>/dev/null || true
+    done
     sleep 1
 done
-echo "local Slurm up: node $HOST ($CPUS CPUs, $MEM MB), partition local; state under $DIR"
+if [ "$NODES" = 1 ]; then
+    echo "local Slurm up: node $HOST ($CPUS CPUs, $MEM MB), partition local; state under $DIR"
+else
+    echo "local Slurm up: $NODES nodes $NODELIST ($NET.11-$NET.1$NODES on bridge $BRIDGE, slurmctld at $NET.1)," \
+         "partition local; state under $DIR"
+fi

@@ -1,0 +1,88 @@
+"""A multi-node Slurm cluster on this machine: ``jobs/local_slurm/start.sh --nodes K``.
+
+Each compute node is a network namespace with its own host name (node1..nodeK) and slurmd, joined
+to a bridge; slurmctld listens on the bridge. The test starts its own 3-node cluster beside the
+one-node cluster CI runs (another directory, namespace prefix, subnet and port), runs jobs across
+its nodes and stops it, checking that nothing of it is left. Needs root and Debian's slurm-wlm.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+START, STOP = REPO / "jobs/local_slurm/start.sh", REPO / "jobs/local_slurm/stop.sh"
+TAG, NET, PORT = "t3", "10.232.9", "6837"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "ip", "nsenter")),
+    reason="needs root, slurm-wlm, munge and iproute2 (.ci/run installs them)",
+)
+
+
+def _env(directory: Path) -> dict[str, str]:
+    return {**os.environ, "FP_SLURM_DIR": str(directory), "FP_SLURM_TAG": TAG, "FP_SLURM_NET": NET,
+            "FP_SLURM_PORT": PORT, "SLURM_CONF": str(directory / "slurm.conf")}
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _namespaces() -> set[str]:
+    out = _run(["ip", "netns", "list"], dict(os.environ)).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith(f"{TAG}node")}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    directory = tmp_path_factory.mktemp("cluster")
+    directory.chmod(0o755)
+    env = _env(directory)
+    try:
+        started = _run(["bash", str(START), "--nodes", "3"], env, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield env
+    finally:
+        stopped = _run(["bash", str(STOP)], env, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert _namespaces() == set(), "stop.sh left node namespaces"
+        assert _run(["ip", "link", "show", f"{TAG}slurm0"], env).returncode != 0, "stop.sh left the bridge"
+        assert not list(directory.glob("slurmd-node*.pid")), "stop.sh left a slurmd"
+
+
+def test_three_nodes_each_a_namespace_with_its_own_host_name(cluster) -> None:
+    assert _run(["sinfo", "-h", "-o", "%D %T %N"], cluster).stdout.split() == ["3", "idle", "node[1-3]"]
+    assert _namespaces() == {f"{TAG}node1", f"{TAG}node2", f"{TAG}node3"}
+    out = _run(["srun", "-N3", "sh", "-c", "echo $(hostname) $(ip -4 -o addr show eth0 | awk '{print $4}')"],
+               cluster).stdout
+    assert sorted(out.split("\n")[:-1]) == [f"node{i} {NET}.1{i}/24" for i in (1, 2, 3)]
+
+
+def test_a_two_node_batch_job_runs_a_step_on_both(cluster, tmp_path) -> None:
+    out = tmp_path / "job.out"
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH -N 2\n#SBATCH -J fp-two-nodes\n#SBATCH -o {out}\nsrun hostname\n")
+    submitted = _run(["sbatch", "--parsable", str(script)], cluster)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    deadline = time.time() + 60
+    while _run(["squeue", "-h", "-j", job], cluster).stdout.strip() and time.time() < deadline:
+        time.sleep(0.5)
+    assert sorted(out.read_text().split()) == ["node1", "node2"]
+    history = _run(["sacct", "-c", "-n", "-X", "-j", job, "--format=State,NodeList%20"], cluster).stdout.split()
+    assert history == ["COMPLETED", "node[1-2]"]
+
+
+@pytest.mark.parametrize("nodes", ["0", "10", "two"])
+def test_a_bad_node_count_is_one_clear_error(nodes, tmp_path) -> None:
+    done = _run(["bash", str(START), "--nodes", nodes], _env(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: --nodes must be a whole number from 1 to 9, got '{nodes}'"
