@@ -8,9 +8,12 @@ its nodes and stops it, checking that nothing of it is left. Needs root and Debi
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +89,36 @@ def test_a_bad_node_count_is_one_clear_error(nodes, tmp_path) -> None:
     done = _run(["bash", str(START), "--nodes", nodes], _env(tmp_path))
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: --nodes must be a whole number from 1 to 9, got '{nodes}'"
+
+
+def test_a_run_on_two_node_blocks_uses_both_nodes_and_records_its_block_job(cluster, tmp_path) -> None:
+    out = tmp_path / "run"
+    done = _run([sys.executable, "-m", "flight_parsl.scale", "--workers", "4", "--rounds", "2", "--train", "none",
+                 "--model", "tiny", "--parsl-config", "configs/parsl/slurm-cluster.yaml", "--out", str(out), "-q"],
+                {**cluster, "PYTHONPATH": str(REPO)}, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader((out / "tasks.csv").open()))
+    assert summary["status"] == "completed" and summary["slots"] == 4
+    assert {r["host"] for r in rows} == {"node1", "node2"}  # one block, two nodes, tasks on both
+    ((block, job),) = summary["block_jobs"].items()
+    assert block == "htex/0" and job.isdigit()
+    history = _run(["sacct", "-c", "-n", "-X", "-j", job, "--format=JobName%30,NodeList%20"], cluster).stdout.split()
+    assert history[0].startswith("parsl.htex.block-0") and history[1] == "node[1-2]"
+
+
+def test_address_auto_without_slurm_names_the_interfaces(tmp_path) -> None:
+    from flight_parsl.core.errors import ConfigError
+    from flight_parsl.execution.addresses import auto_address
+
+    env = {"SLURM_CONF": str(tmp_path / "none.conf")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with pytest.raises(ConfigError, match=r"key 'address' = 'auto': Slurm lists no node .*interfaces here: .*lo 127"):
+            auto_address({"kind": "slurm", "partition": "local"})
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with pytest.raises(ConfigError, match="for a 'local' provider set 'address' or 'interface'"):
+        auto_address({"kind": "local"})

@@ -29,7 +29,9 @@ from flight_parsl.processes.injector import FaultInjector, SlotCensus
 from flight_parsl.engine.progress import Progress
 from flight_parsl.engine.records import RunRecorder, default_run_dir
 from flight_parsl.engine.sync import run_sync
-from flight_parsl.execution.backends import RELEASE_TIMEOUT, Backend, Warmup, open_backend, release, resolve_slots
+from flight_parsl.execution.backends import (
+    RELEASE_TIMEOUT, Backend, Warmup, block_jobs, open_backend, release, resolve_slots,
+)
 from flight_parsl.transfer import Transfer, open_transfer
 from flight_parsl.transfer.state import ClientState, open_state
 
@@ -138,7 +140,8 @@ def run_experiment(
             primed = warmup.wait()
             slots = active.slots or len(primed)
             recorder.mark("priming_done")
-            recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed))
+            recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed),
+                            block_jobs=block_jobs(active))
             late: list[Future[object]] = []  # work still out when its round closed
             if backend is not None and (transfer.store_name is not None or state is not None):
                 ending.push(_release_slots(active, slots, transfer.store_name, state, recorder, late))
@@ -174,6 +177,7 @@ def run_experiment(
         )
         if sites is not None and sites.link_bytes:
             recorder.update(site_links=sites.link_bytes)
+        recorder.update(block_jobs=block_jobs(active))  # blocks started during the run too
         recorder.finish("completed")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as core.errors.Terminated (its text names the signal)
         recorder.finish("interrupted", str(exc) or "interrupted by the user")

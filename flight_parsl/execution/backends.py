@@ -47,6 +47,21 @@ class Backend:
     started_at: float = field(default_factory=time.time)
     ready_at: float = field(default_factory=time.time)
     runs: int = 0
+    dfk: Any = None  # Parsl's DataFlowKernel (Parsl backends): where its blocks' job ids are
+
+
+def block_jobs(backend: Backend) -> dict[str, str]:
+    """The batch job (or local process) id of each Parsl block, ``LABEL/BLOCK -> id``; empty for a pool.
+
+    Blocks that Parsl starts later (a second block, a replacement after a walltime) show up
+    when asked again."""
+    if backend.dfk is None:
+        return {}
+    return {
+        f"{label}/{block}": str(job)
+        for label, executor in backend.dfk.executors.items()
+        for block, job in dict(getattr(executor, "blocks_to_job_id", {})).items()
+    }
 
 
 def resolve_slots(slots: int | str, clients: int) -> int:
@@ -112,7 +127,8 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
         raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
     try:
         yield Backend(
-            ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config)
+            ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config),
+            dfk=dfk,
         )
     finally:
         close_dfk(dfk)

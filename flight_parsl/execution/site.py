@@ -412,11 +412,17 @@ def load_site(path: str | Path | None) -> dict[str, Any]:
 
 
 def _resolve_address(site: Mapping[str, Any]) -> str | None:
-    """Return the HTEX address: ``address``, the ``interface``'s IPv4, or None (probe).
+    """Return the HTEX address: ``address``, the address on the route to a Slurm site's nodes
+    (``address: auto``, see :mod:`flight_parsl.execution.addresses`), the ``interface``'s IPv4, or
+    None (workers probe every address of this host).
 
     Raises:
-        ConfigError: the interface does not exist on this host.
+        ConfigError: the interface does not exist on this host, or ``auto`` finds no route.
     """
+    if site["address"] == "auto":
+        from flight_parsl.execution.addresses import auto_address
+
+        return auto_address(site["provider"])
     if site["address"] is not None:
         return site["address"]
     if site["interface"] is None:

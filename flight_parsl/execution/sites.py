@@ -269,6 +269,7 @@ def open_sites_backend(
             start_timeout(sites),
             sum(site_slots.values()),
             started_at=started_at,
+            dfk=dfk,
         )
     finally:
         close_dfk(dfk)
