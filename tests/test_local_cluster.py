@@ -91,15 +91,19 @@ def test_a_bad_node_count_is_one_clear_error(nodes, tmp_path) -> None:
     assert done.stderr.strip() == f"error: --nodes must be a whole number from 1 to 9, got '{nodes}'"
 
 
-def test_a_run_on_two_node_blocks_uses_both_nodes_and_records_its_block_job(cluster, tmp_path) -> None:
+@pytest.mark.parametrize("transfer", ["redis", "file"])
+def test_a_run_on_two_node_blocks_uses_both_nodes_and_records_its_block_job(cluster, tmp_path, transfer) -> None:
+    """Workers on two nodes reach the interchange and the run's Redis at the head node's bridge
+    address (``address: auto``); the file channel works across nodes, which share the filesystem."""
     out = tmp_path / "run"
     done = _run([sys.executable, "-m", "flight_parsl.scale", "--workers", "4", "--rounds", "2", "--train", "none",
-                 "--model", "tiny", "--parsl-config", "configs/parsl/slurm-cluster.yaml", "--out", str(out), "-q"],
-                {**cluster, "PYTHONPATH": str(REPO)}, timeout=400)
+                 "--model", "tiny", "--parsl-config", "configs/parsl/slurm-cluster.yaml", "--out", str(out), "-q",
+                 "--transfer", transfer], {**cluster, "PYTHONPATH": str(REPO)}, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     rows = list(csv.DictReader((out / "tasks.csv").open()))
-    assert summary["status"] == "completed" and summary["slots"] == 4
+    assert summary["status"] == "completed" and summary["slots"] == 4 and summary["transfer"] == transfer
+    assert all(r["status"] == "ok" for r in rows) and int(rows[0]["task_bytes_in"]) > 0
     assert {r["host"] for r in rows} == {"node1", "node2"}  # one block, two nodes, tasks on both
     ((block, job),) = summary["block_jobs"].items()
     assert block == "htex/0" and job.isdigit()

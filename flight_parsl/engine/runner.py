@@ -70,6 +70,16 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 
+def _service_host(cfg: ExperimentConfig) -> str:
+    """The address a run's managed services listen on: loopback, unless the run's one Parsl site
+    has workers on other nodes (then the address they reach the interchange at)."""
+    if cfg.backend != "parsl" or cfg.sites.files:
+        return "127.0.0.1"
+    from flight_parsl.execution.site import load_site, service_address
+
+    return service_address(load_site(cfg.parsl_config))
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     progress: Progress | None = None,
@@ -118,9 +128,11 @@ def run_experiment(
             bridge = sites is not None and sites.redis is not None
             redis = sites.redis if sites is not None and bridge else t.redis
             password = sites.redis_password if sites is not None and bridge else None
-            # The channel opens next: an unreachable Redis fails before Parsl starts.
+            # The channel opens next: an unreachable Redis fails before Parsl starts. A managed Redis
+            # listens where the site's workers reach this host (a cluster's head-node address).
+            host = _service_host(cfg) if t.kind == "redis" and redis is None else "127.0.0.1"
             transfer = stack.enter_context(
-                open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password)
+                open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host)
             )
             state = _state(cfg, transfer, stack)
             active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))

@@ -411,6 +411,20 @@ def load_site(path: str | Path | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------- building
 
 
+def service_address(site: Mapping[str, Any]) -> str:
+    """Where a run's own services (its managed redis-server) listen for this site's workers: the
+    interchange's address when the workers reach this host over a network (a batch provider,
+    several nodes), else loopback.
+
+    Raises:
+        ConfigError: the site is invalid, or its address cannot be resolved.
+    """
+    s = _normalize(site)
+    if _stays_on_host(s["provider"]):
+        return "127.0.0.1"
+    return _resolve_address(s) or "127.0.0.1"
+
+
 def _resolve_address(site: Mapping[str, Any]) -> str | None:
     """Return the HTEX address: ``address``, the address on the route to a Slurm site's nodes
     (``address: auto``, see :mod:`flight_parsl.execution.addresses`), the ``interface``'s IPv4, or

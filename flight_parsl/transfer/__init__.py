@@ -34,6 +34,7 @@ def open_transfer(
     cache_size: int = 1,
     redis_timeout: float | None = None,
     redis_password: str | None = None,
+    redis_host: str = "127.0.0.1",
 ) -> Iterator[Transfer]:
     """Open a transfer channel and everything behind it; close all of it on exit.
 
@@ -43,7 +44,8 @@ def open_transfer(
     waits to connect and for each reply (default ``redis_server.DEFAULT_TIMEOUT``);
     a server that stops answering then fails with a message naming its address.
     ``redis_password``: the password of the server at ``redis`` (else the environment's,
-    see :mod:`~flight_parsl.transfer.redis_auth`).
+    see :mod:`~flight_parsl.transfer.redis_auth`). ``redis_host``: where a managed server
+    listens (a cluster's head-node address that the compute nodes reach; loopback by default).
     """
     if kind not in TRANSFER_KINDS:
         raise unknown_name("transfer", kind, TRANSFER_KINDS)
@@ -63,7 +65,7 @@ def open_transfer(
             server = None
             if redis is None:  # a server of its own, with a fresh password only this run knows
                 password: str | None = new_password()
-                server = stack.enter_context(ManagedRedis(password=password))
+                server = stack.enter_context(ManagedRedis(password=password, host=redis_host))
                 address = server.address
             else:  # a password from the environment (redis_auth), if the server has one
                 password = redis_password if redis_password is not None else env_password()
