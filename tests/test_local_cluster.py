@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 
 def _env(directory: Path) -> dict[str, str]:
     return {**os.environ, "FP_SLURM_DIR": str(directory), "FP_SLURM_TAG": TAG, "FP_SLURM_NET": NET,
-            "FP_SLURM_PORT": PORT, "SLURM_CONF": str(directory / "slurm.conf")}
+            "FP_SLURM_PORT": PORT, "FP_SLURMD_TIMEOUT": "10", "SLURM_CONF": str(directory / "slurm.conf")}
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -126,3 +126,45 @@ def test_address_auto_without_slurm_names_the_interfaces(tmp_path) -> None:
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     with pytest.raises(ConfigError, match="for a 'local' provider set 'address' or 'interface'"):
         auto_address({"kind": "local"})
+
+
+def test_a_node_that_dies_mid_round_costs_its_tasks_and_the_run_completes(cluster, tmp_path) -> None:
+    """Every process of node2 (its slurmd, worker pool and workers) SIGKILLed while round 2's tasks
+    run: HTEX loses the pool, the round retries its clients on node1, the run completes, the lost
+    rows name node2, and Slurm marks node2 down. Runs last: it takes node2 out of the cluster."""
+    site = tmp_path / "site.yaml"
+    site.write_text((REPO / "configs/parsl/slurm-cluster.yaml").read_text()
+                    .replace("heartbeat_threshold: 30", "heartbeat_threshold: 4")
+                    .replace("heartbeat_period: 2", "heartbeat_period: 1"))
+    out = tmp_path / "run"
+    hang = ",".join(f"{c}@2" for c in range(8))  # round 2's first attempts sleep: the kill lands mid-round
+    run = subprocess.Popen(
+        [sys.executable, "-m", "flight_parsl.scale", "--workers", "8", "--rounds", "3", "--train", "none", "--model",
+         "tiny", "plan.clients_per_task=1", "round.retries=2", "round.backoff_s=0", f"faults.hang={hang}",
+         "faults.hang_s=6", "--parsl-config", str(site), "--out", str(out), "-q"],
+        env={**cluster, "PYTHONPATH": str(REPO)}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not ((out / "rounds.csv").exists() and len((out / "rounds.csv").read_text().splitlines()) >= 2):
+            assert run.poll() is None and time.time() < deadline, "round 1 never finished"
+            time.sleep(0.3)
+        time.sleep(1.5)
+        pids = _run(["ip", "netns", "pids", f"{TAG}node2"], cluster).stdout.split()
+        assert pids, "node2 runs nothing"
+        subprocess.run(["kill", "-9", *pids], check=True)
+        _, err = run.communicate(timeout=240)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err[-3000:]
+    rows = [r for r in csv.DictReader((out / "tasks.csv").open()) if r["round"] == "2"]
+    lost = {r["client"] for r in rows if r["status"] == "lost"}
+    assert lost and {r["host"] for r in rows if r["status"] == "lost"} == {"node2"}
+    assert all("node2" in r["error"] for r in rows if r["status"] == "lost")
+    assert {r["client"] for r in rows if r["status"] == "ok"} == {str(c) for c in range(8)}
+    assert {r["host"] for r in rows if r["status"] == "ok" and r["client"] in lost} == {"node1"}
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    deadline = time.time() + 60
+    while "down" not in _run(["sinfo", "-h", "-n", "node2", "-o", "%T"], cluster).stdout:
+        assert time.time() < deadline, "Slurm never marked node2 down"
+        time.sleep(1)

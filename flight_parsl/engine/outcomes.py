@@ -91,13 +91,15 @@ def lost_slot(exc: BaseException, injector: Any = None) -> tuple[str, int | None
     """Where the worker process whose death failed a task ran: ``(host, pid)``, or None.
 
     Parsl's ``WorkerLost`` names the host and the worker's rank in its pool (``worker_id``),
-    not its pid; the run's slot census (``injector.census``,
+    not its pid (``ManagerLost``, a pool that stopped answering, names only the host); the run's slot census (``injector.census``,
     :class:`~flight_parsl.processes.injector.SlotCensus`) knows which recorded pid had that
     rank and is gone. The pid is None where the census cannot tell (another host, no census).
     """
     host, rank = getattr(exc, "hostname", None), getattr(exc, "worker_id", None)
-    if classify(exc) != "lost" or host is None or rank is None:
+    if classify(exc) != "lost" or host is None:
         return None
+    if rank is None:  # ManagerLost: a whole worker pool (a node) went silent; its host is known
+        return str(host), None
     census = getattr(injector, "census", None)
     pid = census.lost(str(host), int(rank)) if census is not None else None
     return str(host), pid

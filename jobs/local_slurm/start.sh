@@ -130,7 +130,7 @@ ReturnToService=2
 KillWait=30
 MinJobAge=300
 SlurmctldTimeout=30
-SlurmdTimeout=30
+SlurmdTimeout=${FP_SLURMD_TIMEOUT:-30}
 InactiveLimit=0
 CONF
 if [ "$NODES" = 1 ]; then
