@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,51 @@ def test_address_auto_without_slurm_names_the_interfaces(tmp_path) -> None:
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     with pytest.raises(ConfigError, match="for a 'local' provider set 'address' or 'interface'"):
         auto_address({"kind": "local"})
+
+
+def _cluster_site(tmp_path: Path, **changes: str) -> Path:
+    """configs/parsl/slurm-cluster.yaml with some provider lines changed (``key=value`` YAML text)."""
+    text = (REPO / "configs/parsl/slurm-cluster.yaml").read_text()
+    for key, value in changes.items():
+        text, n = re.subn(rf"^(\s*){key}:.*$", rf"\g<1>{key}: {value}", text, count=1, flags=re.M)
+        if not n:
+            text = text.replace("  max_blocks: 1", f"  max_blocks: 1\n  {key}: {value}")
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"partition": "nope"}, "could not start block 0: sbatch: error: invalid partition specified: nope"),
+        ({"nodes_per_block": "4"}, "could not start block 0: sbatch: error: "),
+        ({"pending_timeout_s": "3"}, "block htex/0 (job "),
+    ],
+    ids=["no-such-partition", "more-nodes-than-the-cluster", "pending-too-long"],
+)
+def test_a_block_slurm_cannot_run_is_one_clear_error_and_nothing_is_left(cluster, tmp_path, changes, message) -> None:
+    blocker = None
+    if "pending_timeout_s" in changes:  # every node taken: the block waits in the queue
+        blocker = _run(["sbatch", "--parsable", "-N3", "--exclusive", "-o", "/dev/null", "--wrap", "sleep 300"],
+                       cluster).stdout.strip()
+    try:
+        started = time.time()
+        done = _run([sys.executable, "-m", "flight_parsl.scale", "--workers", "2", "--rounds", "1", "--train", "none",
+                     "--model", "tiny", "--parsl-config", str(_cluster_site(tmp_path, **changes)),
+                     "--out", str(tmp_path / "run")], {**cluster, "PYTHONPATH": str(REPO)}, timeout=200)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert done.returncode == 2 and len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+        assert time.time() - started < 60
+        if blocker:
+            assert "still pending after 3 s (provider.pending_timeout_s); cancelled" in errors[0]
+        deadline = time.time() + 20  # a cancelled job may show as completing for a moment
+        while "parsl" in (left := _run(["squeue", "-h", "-o", "%i %j %T"], cluster).stdout) and time.time() < deadline:
+            time.sleep(0.5)
+        assert "parsl" not in left, left
+    finally:
+        if blocker:
+            _run(["scancel", blocker], cluster)
 
 
 def test_a_node_that_dies_mid_round_costs_its_tasks_and_the_run_completes(cluster, tmp_path) -> None:

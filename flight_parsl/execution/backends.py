@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +50,33 @@ class Backend:
     ready_at: float = field(default_factory=time.time)
     runs: int = 0
     dfk: Any = None  # Parsl's DataFlowKernel (Parsl backends): where its blocks' job ids are
+    pending_timeout: float | None = None  # seconds a block may wait in the batch queue (None: start_timeout)
+
+
+def pending_blocks(backend: Backend) -> dict[str, str]:
+    """``LABEL/BLOCK -> job id`` of the blocks the batch system still holds pending (not started)."""
+    if backend.dfk is None:
+        return {}
+    from parsl.jobs.states import JobState
+
+    jobs = block_jobs(backend)
+    return {
+        f"{label}/{block}": jobs.get(f"{label}/{block}", "?")
+        for label, executor in backend.dfk.executors.items()
+        for block, status in dict(executor.status() if hasattr(executor, "blocks_to_job_id") else {}).items()
+        if status.state == JobState.PENDING
+    }
+
+
+def cancel_blocks(backend: Backend, blocks: dict[str, str]) -> None:
+    """Cancel the batch jobs of ``blocks`` (``LABEL/BLOCK -> job id``); best effort, never raises."""
+    for label, executor in (backend.dfk.executors.items() if backend.dfk is not None else ()):
+        jobs = [job for key, job in blocks.items() if key.split("/")[0] == label]
+        if jobs and getattr(executor, "provider", None) is not None:
+            try:
+                executor.provider.cancel(jobs)
+            except Exception:
+                log.exception("cancelling blocks %s failed", jobs)
 
 
 def block_jobs(backend: Backend) -> dict[str, str]:
@@ -117,7 +146,9 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
     import parsl
     from parsl.concurrent import ParslPoolExecutor
 
-    from flight_parsl.execution.site import build_parsl_config, describe_site, load_site, site_start_timeout
+    from flight_parsl.execution.site import (
+        build_parsl_config, describe_site, load_site, site_pending_timeout, site_start_timeout,
+    )
 
     site = load_site(parsl_config)
     config = build_parsl_config(site, workers, run_dir)
@@ -128,7 +159,7 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
     try:
         yield Backend(
             ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config),
-            dfk=dfk,
+            dfk=dfk, pending_timeout=site_pending_timeout(site),
         )
     finally:
         close_dfk(dfk)
@@ -184,7 +215,9 @@ class Warmup:
     ) -> None:
         self.backend, self.on_progress = backend, on_progress
         self.count = backend.slots or slots
-        self.deadline = time.monotonic() + backend.start_timeout
+        self.started = time.monotonic()
+        self._next_check = 0.0
+        self.deadline = self.started + backend.start_timeout
         self.barrier = _barrier_dir()
         try:
             self.futures = [
@@ -197,6 +230,28 @@ class Warmup:
 
     def _ready(self) -> int:
         return len(os.listdir(self.barrier))
+
+    def _check_pending(self) -> None:
+        """Past the site's ``provider.pending_timeout_s`` with no slot ready: cancel the blocks still
+        pending in the batch queue and stop with one message (not after the whole start_timeout)."""
+        limit = self.backend.pending_timeout
+        waited = time.monotonic() - self.started
+        if self.backend.dfk is None or self._ready() or waited < min(limit or _HOPELESS_AFTER_S, _HOPELESS_AFTER_S):
+            return
+        if time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + 1.0
+        pending = pending_blocks(self.backend)
+        reasons = {block: _queue_reason(job) for block, job in pending.items()}
+        hopeless = {block: job for block, job in pending.items() if reasons[block].strip(": ") in HOPELESS_REASONS}
+        if not hopeless and (limit is None or waited < limit or not pending):
+            return
+        stuck = hopeless or pending
+        jobs = ", ".join(f"block {block} (job {job}{reasons[block]})" for block, job in stuck.items())
+        cancel_blocks(self.backend, stuck)
+        why = ("can never start (the partition's limits or nodes cannot satisfy it)" if hopeless
+               else f"still pending after {limit:g} s (provider.pending_timeout_s)")
+        raise ExecutorError(f"{jobs} {why}; cancelled; backend: {self.backend.description}")
 
     def close(self) -> None:
         """Remove the barrier directory (also when the run stops before :meth:`wait`)."""
@@ -211,6 +266,7 @@ class Warmup:
                 if self.on_progress and self._ready() != ready:
                     ready = self._ready()
                     self.on_progress(ready, self.count)
+                self._check_pending()
                 wait(self.futures, timeout=0.1)
             try:
                 seen = {f.result(timeout=max(0.0, self.deadline - time.monotonic())) for f in self.futures}
@@ -221,6 +277,12 @@ class Warmup:
                 ) from exc
             except Exception as exc:
                 detail = " ".join(str(exc).split())
+                submit = re.search(r"Failed to start block (\S+):.*?stderr=(.*?)\)?$", detail)
+                if submit:  # the batch system refused the block (no such partition, too many nodes, no Slurm)
+                    raise ExecutorError(
+                        f"the site's provider could not start block {submit[1]}: {submit[2].strip()}; "
+                        f"backend: {backend.description}"
+                    ) from exc
                 raise ExecutorError(
                     f"the warm-up task failed ({type(exc).__name__}: {detail}); backend: {backend.description}"
                 ) from exc
@@ -229,6 +291,27 @@ class Warmup:
             return seen
         finally:
             self.close()
+
+
+#: Slurm reasons a pending job never leaves (a block asking more than the partition has or allows).
+HOPELESS_REASONS = frozenset({
+    "PartitionNodeLimit", "PartitionConfig", "PartitionTimeLimit", "BadConstraints", "InvalidAccount",
+    "InvalidQOS", "QOSMaxNodePerJobLimit", "AssocMaxNodesPerJobLimit", "ReqNodeNotAvail, UnavailableNodes:",
+})
+#: Seconds after start-up before the warm-up first asks the batch system about pending blocks.
+_HOPELESS_AFTER_S = 3.0
+
+
+def _queue_reason(job: str) -> str:
+    """``: REASON`` of a pending Slurm job (squeue's reason, e.g. Resources or Priority), or ''."""
+    if shutil.which("squeue") is None or not job.isdigit():
+        return ""
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    reason = done.stdout.strip()
+    return f": {reason}" if done.returncode == 0 and reason else ""
 
 
 def release(

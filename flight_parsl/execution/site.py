@@ -186,6 +186,9 @@ class ProviderSchema(_SiteSection):
     cpus_per_node: _AtLeast1 | None = None
     cores_per_node: _AtLeast1 | None = None
     mem_per_node: _AtLeast1 | None = None
+    # seconds a block may stay pending in the batch queue before the run cancels it and stops
+    # with one message (null: wait up to the site's start_timeout); not a Parsl provider argument
+    pending_timeout_s: _Positive | None = None
     launcher: LauncherSchema | None = None
 
 
@@ -222,10 +225,11 @@ _COMMON_PROVIDER = ("kind", "init_blocks", "min_blocks", "max_blocks", "nodes_pe
 PROVIDERS: dict[str, tuple[type[ExecutionProvider], tuple[str, ...]]] = {
     "local": (LocalProvider, _COMMON_PROVIDER),
     "pbspro": (PBSProProvider, _COMMON_PROVIDER + (
-        "walltime", "account", "queue", "scheduler_options", "select_options", "cpus_per_node")),
+        "walltime", "account", "queue", "scheduler_options", "select_options", "cpus_per_node",
+        "pending_timeout_s")),
     "slurm": (SlurmProvider, _COMMON_PROVIDER + (
         "walltime", "account", "partition", "qos", "constraint", "exclusive",
-        "scheduler_options", "cores_per_node", "mem_per_node")),
+        "scheduler_options", "cores_per_node", "mem_per_node", "pending_timeout_s")),
 }
 
 #: launcher kind -> (Parsl class, keys of the launcher section it uses).
@@ -460,11 +464,15 @@ def _build_launcher(launcher: Mapping[str, Any]) -> Launcher:
     return cls(**{k: launcher[k] for k in used if k != "kind"})
 
 
+#: Provider keys the harness reads itself (not arguments of the Parsl provider class).
+_NOT_PARSL = ("kind", "launcher", "pending_timeout_s")
+
+
 def _build_provider(provider: Mapping[str, Any]) -> ExecutionProvider:
     """Instantiate the Parsl provider for a normalised provider section."""
     cls, used = PROVIDERS[provider["kind"]]
     kwargs: dict[str, Any] = {
-        k: provider[k] for k in used if k not in ("kind", "launcher") and provider[k] is not None
+        k: provider[k] for k in used if k not in _NOT_PARSL and provider[k] is not None
     }
     kwargs["launcher"] = _build_launcher(provider["launcher"])
     return cls(**kwargs)
@@ -582,6 +590,16 @@ def site_start_timeout(site: Mapping[str, Any]) -> float:
         ConfigError: the site is invalid.
     """
     return float(normalize_site(site)["start_timeout"])
+
+
+def site_pending_timeout(site: Mapping[str, Any]) -> float | None:
+    """Seconds a block may stay pending in the batch queue (``provider.pending_timeout_s``), or None.
+
+    Raises:
+        ConfigError: the site is invalid.
+    """
+    value = normalize_site(site)["provider"].get("pending_timeout_s")
+    return None if value is None else float(value)
 
 
 def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
