@@ -49,6 +49,7 @@ from flight_parsl.core.errors import ConfigError, RoundError
 from flight_parsl.core.peer import PeerParams, PeerSettings
 from flight_parsl.core.types import Failure, Slot, TaskResult
 from flight_parsl.core.weights import FlatWeights, Layout
+from flight_parsl.engine import checkpoint
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.plan import Planner, TaskSpec
@@ -131,6 +132,8 @@ class PeerLoop:
         self.summaries: list[RoundSummary] = []
         self.slowest: float | None = None
         self.first = 0
+        if ctx.resume is not None:
+            self._restore(ctx.resume)
 
     def _submit(self, queue: CompletionQueue[TaskSpec], spec: TaskSpec, channel: Ref, r: int) -> None:
         items = [(c, self.settings[c], self.inbox.get(c)) for c in spec.clients]
@@ -328,8 +331,39 @@ class PeerLoop:
         self.summaries.append(RoundSummary(r, end - stats.start, loss, acc, len(outcomes), failed))
 
     def _checkpoint(self, r: int) -> None:
-        """Hook for the run's checkpoint (written by :mod:`flight_parsl.engine.checkpoint`)."""
-        return None
+        """Write the state after round ``r``: every client's accepted state blob, the model each
+        received for the next round (FedAvg / FML: the one mean), membership, epsilon, bytes."""
+        models: list[FlatWeights] = []
+        index: dict[int, int] = {}  # id(ref) -> its model's index
+        inbox: dict[int, int] = {}
+        for c, ref in sorted(self.inbox.items()):
+            if id(ref) not in index:
+                index[id(ref)] = len(models)
+                models.append(self.ctx.transfer.collect(ref))
+            inbox[c] = index[id(ref)]
+        loop = {
+            "states": self.versions.snapshot(),
+            "models": models,
+            "inbox": inbox,
+            "membership": self.membership.state(),
+            "epsilon": dict(self.epsilon),
+            "bytes": list(self.bytes),
+        }
+        point = checkpoint.Checkpoint(r + 1, self.ctx.exp.initial, {}, self.slowest, self.ctx.checkpoint_hash,
+                                      mode="decentralized", loop=loop)
+        checkpoint.save(self.ctx.recorder.dir, point)
+
+    def _restore(self, point: checkpoint.Checkpoint) -> None:
+        loop = point.loop
+        self.first, self.slowest = point.next_round, point.slowest_s
+        self.versions.restore(loop["states"])
+        self.membership.load(loop["membership"])
+        self.epsilon = dict(loop["epsilon"])
+        self.bytes = list(loop["bytes"])
+        # the models received in the last finished round, published again in that round's scope
+        refs = [self.ctx.transfer.publish(m, self.first - 1) for m in loop["models"]]
+        self.inbox = {c: refs[i] for c, i in loop["inbox"].items()}
+        self.ctx.progress.say(f"resuming at round {self.first + 1} of {self.ctx.cfg.rounds}")
 
     def run(self) -> LoopResult:
         if self.ctx.injector is not None:
