@@ -141,3 +141,18 @@ def test_a_sigkilled_htex_worker_mid_round_costs_one_attempt(make_config, tmp_pa
     assert _accs(out) == _accs(clean)
     assert read_summary(out)["status"] == "completed"
     assert list(tmp_path.glob("flight_parsl-*")) == []
+
+
+def test_a_run_stopped_below_quorum_resumes_through_the_api(make_config, monkeypatch, tmp_path) -> None:
+    import flight_parsl
+
+    clean = run_quietly(make_config, *SMALL, workers=4, rounds=4, out=str(tmp_path / "clean"), **PEER)
+    _patch(monkeypatch, lambda r, clients, attempt: "after" if r == 2 else None)
+    with pytest.raises(RoundError, match="round 3: 0/4 clients reported"):
+        run_quietly(make_config, *SMALL, "round.retries=0", workers=4, rounds=4, out=str(tmp_path / "run"), **PEER)
+    monkeypatch.undo()
+    done = flight_parsl.run(str(tmp_path / "run"), resume=True)
+    assert done.summary["status"] == "completed" and done.summary["resumed_from_round"] == 3
+    accs = _accs(tmp_path / "run")
+    assert {k: v for k, v in accs.items() if k[0] in ("3", "4")} == {
+        k: v for k, v in _accs(clean).items() if k[0] in ("3", "4")}

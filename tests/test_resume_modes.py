@@ -106,3 +106,20 @@ def test_a_sigkilled_coordinator_resumes_bit_identical(mode: str, tmp_path) -> N
     summary = read_summary(killed)
     assert summary["status"] == "completed" and summary["resumed_from_round"] == stopped_at + 1
     assert list(tmp_path.glob("flight_parsl-*")) == []  # the killed run's store was removed by the resume
+
+
+def test_a_sigkilled_coordinator_on_htex_resumes_to_the_same_accuracy(tmp_path) -> None:
+    """ProxyFL on real HTEX worker processes: the coordinator SIGKILLed after a round, the resume
+    removes what it left (interchange, worker pool, workers, state directory) and ends with the
+    accuracies of a run that was never stopped."""
+    common = ["--model", "logreg", "-q", f"transfer.file_dir={tmp_path}", "transfer.kind=file", *MODES["proxyfl"]]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    _kill_after_first_checkpoint(["--backend", "parsl", *common], killed, 5)
+    left = (killed / "leftovers.json").read_text()
+    assert "interchange" in left and "flight_parsl-state-" in left
+    assert main(["--resume", str(killed), "-q"]) == 0
+    assert main(["--backend", "thread", *common, "--out", str(whole)]) == 0
+    a, b = read_summary(whole), read_summary(killed)
+    assert b["status"] == "completed" and b["final_test_acc"] == a["final_test_acc"]
+    assert b["epsilon_per_client"] == a["epsilon_per_client"]
+    assert not (killed / "leftovers.json").exists() and list(tmp_path.glob("flight_parsl-*")) == []
