@@ -65,6 +65,8 @@ def test_versions_switch_only_when_a_result_is_accepted(tmp_path) -> None:
     book.accept([0], 1, 1)
     assert book.view([0], 2, 0).get(0) == b"round 2"
     assert not (tmp_path / "0@1.0.bin").exists()  # the version it replaced is gone
+    assert not (tmp_path / "0@2.0.bin").exists()  # and so is what the lost attempt wrote
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0@2.1.bin"]
     assert book.snapshot() == {0: ("2.1", b"round 2")}
 
 

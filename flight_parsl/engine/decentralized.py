@@ -240,6 +240,7 @@ class PeerLoop:
                 break
         reported = set(outcomes)
         missed = [c for c in clients if c not in reported]
+        self.versions.discard(missed, r, range(policy.retries + 1))  # what their attempts wrote
         removed = self.membership.update(r, sorted(reported), missed)
         for c in removed:
             self.inbox.pop(c, None)

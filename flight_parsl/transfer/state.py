@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,12 +200,24 @@ class VersionBook:
         return VersionedView(self.store, read, self.version(round_idx, attempt))
 
     def accept(self, clients: Sequence[int], round_idx: int, attempt: int) -> None:
+        """``clients`` start from what attempt ``attempt`` of round ``round_idx`` wrote; the version
+        they had and what the round's earlier attempts wrote are deleted."""
         new = self.version(round_idx, attempt)
         for c in clients:
             old = self.accepted.get(c)
             self.accepted[c] = new
             if old is not None and old != new:
                 _delete(self.store, c, old)
+        self.discard(clients, round_idx, range(attempt))
+
+    def discard(self, clients: Sequence[int], round_idx: int, attempts: Iterable[int]) -> None:
+        """Delete what ``attempts`` of round ``round_idx`` wrote for ``clients`` (never accepted).
+        Work still running may write again later: the store's removal at the run's end gets that."""
+        attempts = list(attempts)
+        for c in clients:
+            for a in attempts:
+                if self.accepted.get(c) != self.version(round_idx, a):
+                    _delete(self.store, c, self.version(round_idx, a))
 
     def snapshot(self) -> dict[int, tuple[str, bytes]]:
         """Every client's accepted version and blob (for a checkpoint)."""
