@@ -123,3 +123,21 @@ def test_a_sigkilled_coordinator_on_htex_resumes_to_the_same_accuracy(tmp_path) 
     assert b["status"] == "completed" and b["final_test_acc"] == a["final_test_acc"]
     assert b["epsilon_per_client"] == a["epsilon_per_client"]
     assert not (killed / "leftovers.json").exists() and list(tmp_path.glob("flight_parsl-*")) == []
+
+
+def test_async_work_still_out_at_the_checkpoint_is_reissued_on_resume(tmp_path) -> None:
+    """On two slots a window closes with one update still out: the checkpoint keeps its client and
+    model version, and the resumed run sends it again first, from that version."""
+    common = ["--backend", "thread", "--model", "logreg", "-q", f"transfer.file_dir={tmp_path}", "--mode", "async",
+              "--strategy", "fedasync", "--workers", "4", "--rounds", "6", "slots=2"]
+    killed = tmp_path / "killed"
+    _kill_after_first_checkpoint(common, killed, 6)
+    point = load(killed)
+    (client, version), = point.loop["out"]
+    assert version in point.loop["models"] or version == point.loop["version"]
+    assert main(["--resume", str(killed), "-q"]) == 0
+    resumed = [t for t in read_csv(killed / "tasks.csv") if t["segment"] == "1"]
+    first = min(resumed, key=lambda t: float(t["task_submitted"]))
+    assert (first["client"], first["model_version"]) == (str(client), str(version))
+    assert len([t for t in read_csv(killed / "rounds.csv")]) == 6
+    assert read_summary(killed)["status"] == "completed"
