@@ -411,8 +411,6 @@ def _resume_config(source: ConfigLike, overrides: tuple[str, ...]) -> Experiment
         cfg = load_config(source, *overrides)
         if not cfg.out:
             raise ConfigError("resume: the config names no run directory (config key 'out')")
-    if cfg.mode != "sync":
-        raise ConfigError(f"resume continues synchronous runs; {cfg.out} ran mode {cfg.mode!r}")
     return cfg
 
 

@@ -244,10 +244,10 @@ def configure(args: argparse.Namespace) -> "tuple[ExperimentConfig, Grid]":
 
 
 def _resume_hint(cfg: "ExperimentConfig | None") -> None:
-    """After a failed synchronous run with a checkpoint: the one command that continues it."""
+    """After a failed run with a checkpoint: the one command that continues it."""
     from pathlib import Path
 
-    if cfg is None or not cfg.out or cfg.mode != "sync" or not (Path(cfg.out) / "checkpoint.pkl").is_file():
+    if cfg is None or not cfg.out or not (Path(cfg.out) / "checkpoint.pkl").is_file():
         return
     print(f"continue it with: python -m flight_parsl.scale --resume {cfg.out}", file=sys.stderr)
 

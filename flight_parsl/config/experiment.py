@@ -463,7 +463,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Ex
     faults dropped (they happened), then ``overrides``.
 
     Raises:
-        ConfigError: no config.yaml there, or a run of a mode that cannot resume.
+        ConfigError: no config.yaml there.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -471,10 +471,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Ex
     values = load_yaml(run_dir / "config.yaml")
     values.pop("faults", None)
     values["out"] = str(run_dir)
-    cfg = build_config(values=[values], overrides=overrides)
-    if cfg.mode != "sync":
-        raise ConfigError(f"resume continues synchronous runs; {run_dir} ran mode {cfg.mode!r}")
-    return cfg
+    return build_config(values=[values], overrides=overrides)
 
 
 def resolve_transfer(cfg: ExperimentConfig) -> str:

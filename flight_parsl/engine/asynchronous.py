@@ -15,6 +15,11 @@ window in ``round`` and the global model version the client started from in
 queue; a window in which fewer than ``policy.min_fraction`` of the attempted
 updates succeeded stops the run. Each published model version is released once no
 task holds it.
+
+After every window the loop writes a checkpoint (:mod:`flight_parsl.engine.checkpoint`):
+the model and its version, the strategy's buffer, the client queue, the work still
+out (its clients and the model versions they started from, re-issued first when the
+run resumes) and, with ``train.keep_momentum``, each client's accepted momentum.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 
 from flight_parsl.core.errors import RoundError
 from flight_parsl.core.types import Failure, Slot, TaskResult
+from flight_parsl.engine import checkpoint
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.records import failure_rows, result_rows, round_row
@@ -44,6 +50,7 @@ from flight_parsl.engine.outcomes import (
 from flight_parsl.fl.population import sample_size
 from flight_parsl.fl.protocols import as_async
 from flight_parsl.transfer.base import Ref
+from flight_parsl.transfer.state import VersionBook
 from flight_parsl.worker.tasks import train_task
 
 
@@ -88,7 +95,49 @@ class AsyncLoop:
         self.next_task = 0
         self.window = _Window()
         self.summaries: list[RoundSummary] = []
+        self.windows = 0  # windows closed, in this segment and the ones before
+        self.slowest: float | None = None
+        self.versions = VersionBook(ctx.state) if ctx.state is not None else None
+        self.reissue: list[tuple[int, int]] = []  # (client, model version) still out at the checkpoint
+        if ctx.resume is not None:
+            self._restore(ctx.resume)
 
+    # checkpoint --------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        """Write the state after the window just closed (see the module docstring)."""
+        out = sorted(self.queue.outstanding.values(), key=lambda p: p.tag.task)
+        held = {p.tag.version for p in out} - {self.version}
+        strategy_state = getattr(self.strategy, "state", None)
+        loop = {
+            "version": self.version,
+            "folded": self.folded,
+            "next_task": self.next_task,
+            "waiting": list(self.waiting_clients),
+            "out": [(p.tag.client, p.tag.version) for p in out],
+            "models": {v: self.ctx.transfer.collect(self.refs[v]) for v in sorted(held)},
+            "strategy": strategy_state() if strategy_state is not None else {},
+            "momentum": self.versions.snapshot() if self.versions is not None else {},
+        }
+        point = checkpoint.Checkpoint(self.windows, self.weights, {}, self.slowest, self.ctx.checkpoint_hash,
+                                      mode="async", loop=loop)
+        checkpoint.save(self.ctx.recorder.dir, point)
+
+    def _restore(self, point: checkpoint.Checkpoint) -> None:
+        loop = point.loop
+        self.weights, self.windows, self.slowest = point.weights, point.next_round, point.slowest_s
+        self.version, self.folded, self.next_task = loop["version"], loop["folded"], loop["next_task"]
+        self.waiting_clients = deque(loop["waiting"])
+        load = getattr(self.strategy, "load", None)
+        if load is not None:
+            load(loop["strategy"])
+        if self.versions is not None:
+            self.versions.restore(loop["momentum"])
+        for v, weights in loop["models"].items():  # the versions the re-issued work started from
+            self.refs[v] = self.ctx.transfer.publish(weights, v)
+            self.holders[v] = 0
+        self.reissue = list(loop["out"])
+        self.ctx.progress.say(f"resuming at window {self.windows + 1} of {self.ctx.cfg.rounds}")
     # models ------------------------------------------------------------------------
 
     def _current_ref(self) -> Ref:
@@ -108,19 +157,29 @@ class AsyncLoop:
     # dispatch ----------------------------------------------------------------------
 
     def _fill(self) -> None:
-        """Dispatch clients while slots are free and updates are still due."""
+        """Dispatch clients while slots are free and updates are still due (first, after a
+        resume, the work that was out at the checkpoint, from the model versions it had)."""
+        while self.reissue:
+            client, version = self.reissue.pop(0)
+            self._dispatch(client, version)
         while len(self.queue) < self.concurrency and self.folded + len(self.queue) < self.total and self.waiting_clients:
-            client = self.waiting_clients.popleft()
-            ref = self._current_ref()
-            settings = self.ctx.exp.settings_for(self.folded, client)
-            job = _Job(client, self.version, self.next_task)
-            self.next_task += 1
-            self.holders[self.version] += 1
-            self.queue.submit(
-                job, train_task, ref, self.folded // self.window_size, "coordinator", [(client, settings)],
-                self.ctx.exp.workload, None, self.ctx.state, self.ctx.faults, 0,
-            )
-            self.window.tasks += 1
+            self._dispatch(self.waiting_clients.popleft(), None)
+
+    def _dispatch(self, client: int, version: int | None) -> None:
+        if version is None or version == self.version:
+            ref, version = self._current_ref(), self.version
+        else:
+            ref = self.refs[version]
+        settings = self.ctx.exp.settings_for(self.folded, client)
+        job = _Job(client, version, self.next_task)
+        self.next_task += 1
+        self.holders[version] += 1
+        state = self.ctx.state if self.versions is None else self.versions.view([client], job.task, 0)
+        self.queue.submit(
+            job, train_task, ref, self.folded // self.window_size, "coordinator", [(client, settings)],
+            self.ctx.exp.workload, None, state, self.ctx.faults, 0,
+        )
+        self.window.tasks += 1
 
     def _done_with(self, job: _Job) -> None:
         self.holders[job.version] -= 1
@@ -144,6 +203,8 @@ class AsyncLoop:
             self.weights = new
             self.version += 1
         self.window.aggregate_s += time.perf_counter() - t0
+        if self.versions is not None:
+            self.versions.accept([job.client], job.task, 0)
         self._done_with(job)
         self._release(self.version - 1)
         idle = self.clock.record(res.slot, res.started, res.finished)
@@ -174,7 +235,7 @@ class AsyncLoop:
     def _close_window(self) -> None:
         """Evaluate the current model and write the window's rounds.csv row."""
         ctx, w = self.ctx, self.window
-        index = len(self.summaries)
+        index = self.windows
         end = time.time()
         if self.folded == self.total:
             ctx.recorder.mark("end", end)
@@ -189,17 +250,20 @@ class AsyncLoop:
         )
         ctx.progress.end_round(index, w.updates, self.window_size, end - w.start, loss, acc)
         self.summaries.append(RoundSummary(index, end - w.start, loss, acc, w.updates, w.failed))
+        self.windows += 1
         self.window = _Window()
+        if ctx.cfg.round.checkpoint:
+            self._checkpoint()
         if self.folded < self.total:
             ctx.progress.start_round(index + 1, self.window_size)
 
     def run(self) -> LoopResult:
         ctx = self.ctx
-        slowest: float | None = None
-        ctx.progress.start_round(0, self.window_size)
+        if self.folded < self.total:
+            ctx.progress.start_round(self.windows, self.window_size)
         self._fill()
         while self.folded < self.total:
-            deadline_s = ctx.policy.deadline(slowest, self.window_size / self.concurrency)
+            deadline_s = ctx.policy.deadline(self.slowest, self.window_size / self.concurrency)
             item = self.queue.next(deadline_s)
             if item is None:
                 for late in self.queue.abandon():
@@ -212,9 +276,9 @@ class AsyncLoop:
                     self._on_failure(item, classify(exc), describe(exc), lost_slot(exc, ctx.injector))
                 else:
                     self._on_result(item, res)
-                    ctx.progress.task_done(len(self.summaries), self.window.updates, self.window_size)
+                    ctx.progress.task_done(self.windows, self.window.updates, self.window_size)
                     if self.window.updates == self.window_size:
-                        slowest = max(slowest or 0.0, time.time() - self.window.start)
+                        self.slowest = max(self.slowest or 0.0, time.time() - self.window.start)
                         self._close_window()
             self._fill()
         for version in list(self.holders):

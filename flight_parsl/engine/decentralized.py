@@ -1,27 +1,41 @@
 """The decentralized loop (``--mode decentralized``): clients exchange models over a peer graph.
 
-There is no server model. Per round the K clients (one for Joint) are packed into
-tasks on the slots (:class:`~flight_parsl.engine.plan.Planner`); a task, for each
-of its clients, reads the model the client received last round, runs its local
+There is no server model. Per round the member clients (one for Joint) are packed
+into tasks on the slots (:class:`~flight_parsl.engine.plan.Planner`); a task, for
+each of its clients, reads the model the client received last round, runs its local
 step (private and shared models and their Adam states from the per-client store,
-deep mutual learning, DP-SGD on the shared model), writes the state back and
-publishes the shared model through the round's channel of the transfer (a store
-key for ``redis`` / ``file``; inside the task result for ``parsl``). The
+deep mutual learning, DP-SGD on the shared model), writes the new state under a new
+version and publishes the shared model through the round's channel of the transfer
+(a store key for ``redis`` / ``file``; inside the task result for ``parsl``). The
 coordinator only routes references: client i's reference goes to the receiver the
-strategy names (ProxyFL, AvgPush: :func:`~flight_parsl.topology.peers.exponential_routes`),
-so each client reads one model and writes one model per round whatever K is.
-FedAvg and FML, the paper's centralized baselines, have the coordinator average
-the shared models and hand everyone the mean.
+strategy names (ProxyFL, AvgPush: :func:`~flight_parsl.topology.peers.exponential_routes`,
+the exponential graph over the current members), so each client reads one model and
+writes one model per round whatever K is. FedAvg and FML, the paper's centralized
+baselines, have the coordinator average the shared models and hand every member the mean.
+
+Rounds follow the round policy (:mod:`flight_parsl.fl.policy`) as in sync mode: a task
+that fails, whose worker process dies, or that is still out is retried after a
+backoff while ``round.retries`` allows; the round closes once ``round.quorum`` of its
+clients reported, at its deadline, or when every task has an outcome, and stands if
+``round.min_fraction`` reported (below that the run stops with
+:class:`~flight_parsl.core.errors.RoundError`). A client's new state becomes the one it
+starts from only when its task's result is accepted
+(:class:`~flight_parsl.transfer.state.VersionBook`): a retried or late client starts
+again from its last completed round, never from half-written state. A client that
+misses more than ``round.max_missed`` rounds in a row leaves the exchange graph, which
+is re-formed over the remaining members, and is re-admitted like in sync mode
+(:mod:`flight_parsl.fl.membership`).
 
 Each round's references live until the next round has read them. Accuracies are
 measured in the tasks, on each client's own test set; rounds.csv gets their mean
-over clients, tasks.csv each client's accuracy, epsilon and bytes read and written,
-summary.json the final epsilon. A failed task stops the run (no retries in this
-mode: a client's state may already have advanced), every finished row on disk.
+over the clients that reported, tasks.csv each client's accuracy, epsilon and bytes
+read and written, summary.json the final epsilon. After every round the loop writes a
+checkpoint (:mod:`flight_parsl.engine.checkpoint`) with every client's accepted state.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import statistics
 import time
@@ -35,6 +49,7 @@ from flight_parsl.core.errors import ConfigError, RoundError
 from flight_parsl.core.peer import PeerParams, PeerSettings
 from flight_parsl.core.types import Failure, Slot, TaskResult
 from flight_parsl.core.weights import FlatWeights, Layout
+from flight_parsl.engine import checkpoint
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
 from flight_parsl.engine.plan import Planner, TaskSpec
@@ -50,8 +65,10 @@ from flight_parsl.engine.outcomes import (
     release_late,
 )
 from flight_parsl.fl.aggregate import WeightedMean
+from flight_parsl.fl.membership import Membership
 from flight_parsl.fl.protocols import as_peer
 from flight_parsl.transfer.base import Ref
+from flight_parsl.transfer.state import VersionBook
 from flight_parsl.worker.peer_tasks import client_metric, peer_task
 
 #: What a task publishes through: a one-element placeholder, stored once per round.
@@ -104,6 +121,9 @@ class PeerLoop:
         self.k = ctx.cfg.workers
         self.settings = client_settings(ctx)
         self.planner = Planner(ctx.slots, ctx.cfg.plan.clients_per_task, ctx.exp.expected_work)
+        self.versions = VersionBook(ctx.state)
+        policy = ctx.policy
+        self.membership = Membership(self.k, policy.max_missed, policy.readmit_after)
         self.inbox: dict[int, Ref] = {}
         self.clock = SlotClock()
         self.peaks: dict[Slot, float] = {}
@@ -111,19 +131,14 @@ class PeerLoop:
         self.bytes: list[tuple[int, int, float, float]] = []  # round, client, bytes in, bytes out
         self.summaries: list[RoundSummary] = []
         self.slowest: float | None = None
+        self.first = 0
+        if ctx.resume is not None:
+            self._restore(ctx.resume)
 
     def _submit(self, queue: CompletionQueue[TaskSpec], spec: TaskSpec, channel: Ref, r: int) -> None:
         items = [(c, self.settings[c], self.inbox.get(c)) for c in spec.clients]
-        queue.submit(spec, peer_task, channel, r, items, self.ctx.exp.workload, self.ctx.state, self.ctx.faults,
-                     spec.attempt)
-
-    def _fail(
-        self, r: int, item: Pending[TaskSpec], kind: str, message: str, slot: tuple[str, int | None] | None = None
-    ) -> RoundError:
-        spec = item.tag
-        failure = Failure(r, spec.clients, kind, message, spec.attempt, "coordinator")
-        self.ctx.recorder.task_rows(failure_rows(failure, "train", spec.id, item.submitted, time.time(), slot=slot))
-        return RoundError(f"round {r + 1}: clients {list(spec.clients)} failed ({kind}: {message})")
+        view = self.versions.view(spec.clients, r, spec.attempt)
+        queue.submit(spec, peer_task, channel, r, items, self.ctx.exp.workload, view, self.ctx.faults, spec.attempt)
 
     def _rows(self, res: TaskResult, item: Pending[TaskSpec], received: float, idle: float) -> list[dict[str, Any]]:
         rows = result_rows(res, item.tag.id, item.tag.attempt, item.submitted, received, 0.0, idle)
@@ -138,59 +153,145 @@ class PeerLoop:
         return rows
 
     def _round(self, r: int) -> None:
-        ctx, strategy = self.ctx, self.strategy
+        ctx, strategy, policy = self.ctx, self.strategy, self.ctx.policy
+        injector = ctx.injector
         stats = _Round(start=time.time())
+        census = injector.census.full if injector is not None else (lambda: True)
+        readmitted = self.membership.readmit(r, census)
+        members = self.membership.members()
+        clients = strategy.participants(members)
+        if not clients:
+            raise RoundError(f"round {r + 1}: no client left (all missed more than round.max_missed="
+                             f"{policy.max_missed} rounds in a row and none could be re-admitted)")
         t0 = time.perf_counter()
         channel = ctx.transfer.publish(_CHANNEL, r)
         stats.publish_s = time.perf_counter() - t0
-        clients = strategy.participants(self.k)
         ctx.progress.start_round(r, len(clients))
         queue: CompletionQueue[TaskSpec] = CompletionQueue(ctx.executor)
         for spec in self.planner.plan({"coordinator": clients}):
             self._submit(queue, spec, channel, r)
             stats.tasks += 1
+        if injector is not None:
+            injector.start_round(r)
         sent: dict[int, tuple[Ref, float]] = {}
         outcomes: dict[int, Any] = {}
-        deadline = time.time() + ctx.policy.deadline(self.slowest, len(clients) / max(1, ctx.slots))
-        while len(queue):
-            item = queue.next(deadline - time.time())
-            if item is None:
-                late = queue.abandon()
-                for pending in late:
-                    pending.future.add_done_callback(partial(release_late, ctx.transfer))
-                raise self._fail(r, late[0], "deadline", "the round's deadline passed")
-            try:
-                res: TaskResult = item.future.result()
-            except Exception as exc:
-                raise self._fail(r, item, classify(exc), describe(exc), lost_slot(exc, ctx.injector)) from exc
-            received = time.time()
-            for ref, _ in res.outputs:
-                ctx.transfer.adopt(ref)
-            senders = [c for c in res.clients if c.metrics.get("model_bytes_out", 0.0) > 0]
-            for c, out in zip(senders, res.outputs):
-                sent[c.client] = out
-            for c in res.clients:
-                outcomes[c.client] = c
-                if "epsilon" in c.metrics:
-                    self.epsilon[c.client] = c.metrics["epsilon"]
-                self.bytes.append((r, c.client, c.metrics["client_bytes_in"], c.metrics["client_bytes_out"]))
-            idle = self.clock.record(res.slot, res.started, res.finished)
-            self.peaks[res.slot] = max(self.peaks.get(res.slot, 0.0), res.peak_rss_mb)
-            stats.count_train(res)
-            ctx.recorder.task_rows(self._rows(res, item, received, idle))
-            ctx.progress.task_done(r, len(outcomes), len(clients))
-        self.inbox = self._route(r, clients, sent, stats)
-        self._close(r, clients, outcomes, stats)
+        late: set[int] = set()
+        kinds: list[str] = []
+        delayed: list[tuple[float, int, TaskSpec]] = []  # retries waiting out their backoff
+        close_at = policy.closes_at(len(clients))
+        deadline_s = policy.deadline(self.slowest, len(clients) / max(1, ctx.slots))
+        deadline = time.monotonic() + deadline_s
+        watch = injector.census.record if injector is not None else None
+
+        def close(kind: str, message: str) -> None:
+            now = time.time()
+            for pending in queue.abandon():
+                pending.future.add_done_callback(partial(release_late, ctx.transfer))
+                if ctx.late is not None:
+                    ctx.late.append(pending.future)
+                spec = pending.tag
+                late.update(spec.clients)
+                kinds.append(kind)
+                failure = Failure(r, spec.clients, kind, message, spec.attempt, "coordinator")
+                ctx.recorder.task_rows(failure_rows(failure, "train", spec.id, pending.submitted, now))
+            for _, _, spec in delayed:
+                kinds.append(kind)
+            delayed.clear()
+
+        while len(queue) or delayed:
+            if len(outcomes) >= close_at:
+                close("late", f"still out when {len(outcomes)}/{len(clients)} clients had reported "
+                              f"(round.quorum={policy.quorum:g})")
+                break
+            now = time.monotonic()
+            wait = deadline - now
+            if delayed:
+                wait = min(wait, delayed[0][0] - now)
+            item = queue.next(wait) if len(queue) else None
+            if item is None and not len(queue):
+                time.sleep(max(0.0, wait))
+            if item is not None:
+                spec = item.tag
+                try:
+                    res: TaskResult = item.future.result()
+                except Exception as exc:
+                    kind = classify(exc)
+                    failure = Failure(r, spec.clients, kind, describe(exc), spec.attempt, "coordinator")
+                    slot = lost_slot(exc, injector)
+                    ctx.recorder.task_rows(failure_rows(failure, "train", spec.id, item.submitted, time.time(),
+                                                        slot=slot))
+                    if spec.attempt < policy.retries:
+                        stats.retries += 1
+                        heapq.heappush(delayed, (time.monotonic() + policy.backoff(spec.attempt), spec.id,
+                                                 self.planner.retry(spec)))
+                    else:
+                        kinds.append(kind)
+                else:
+                    self._accept(r, item, res, sent, outcomes, stats)
+                    if watch is not None:
+                        watch(res.host, res.pid)
+                    ctx.progress.task_done(r, len(outcomes), len(clients))
+            while delayed and delayed[0][0] <= time.monotonic():
+                _, _, retry = heapq.heappop(delayed)
+                self._submit(queue, retry, channel, r)
+                stats.tasks += 1
+            if item is None and time.monotonic() >= deadline:
+                close("deadline", f"still out at the round's {deadline_s:.1f} s deadline")
+                break
+        reported = set(outcomes)
+        missed = [c for c in clients if c not in reported]
+        self.versions.discard(missed, r, range(policy.retries + 1))  # what their attempts wrote
+        removed = self.membership.update(r, sorted(reported), missed)
+        for c in removed:
+            self.inbox.pop(c, None)
+        ok, quorum = len(reported), policy.must_report(len(clients))
+        if ok >= quorum:
+            self.inbox = self._route(r, self.membership.members(), sent, stats)
+        self._close(r, clients, outcomes, stats, members=len(members), late=len(late - reported),
+                    removed=removed, readmitted=readmitted, deadline_s=deadline_s)
+        if ok < quorum:
+            raise RoundError(
+                f"round {r + 1}: {ok}/{len(clients)} clients reported ({len(late - reported)} late, "
+                f"{len(clients) - ok - len(late - reported)} failed), below the quorum of {quorum} "
+                f"(round.min_fraction={policy.min_fraction}); failures: {', '.join(sorted(set(kinds)))}; "
+                f"finished rounds are in {ctx.recorder.dir}"
+            )
         if r > 0:
             ctx.transfer.end_round(r - 1)  # everything of the round before has been read
+        if ctx.cfg.round.checkpoint:
+            self._checkpoint(r)
 
-    def _route(self, r: int, clients: list[int], sent: dict[int, tuple[Ref, float]], stats: _Round) -> dict[int, Ref]:
-        """Where each client's model goes: a peer (ProxyFL, AvgPush) or, for FedAvg / FML, the mean."""
+    def _accept(
+        self, r: int, item: Pending[TaskSpec], res: TaskResult, sent: dict[int, tuple[Ref, float]],
+        outcomes: dict[int, Any], stats: _Round,
+    ) -> None:
+        """A task's result stands: its clients' new state becomes the state they start from."""
+        ctx, spec = self.ctx, item.tag
+        received = time.time()
+        self.versions.accept(spec.clients, r, spec.attempt)
+        for ref, _ in res.outputs:
+            ctx.transfer.adopt(ref)
+        senders = [c for c in res.clients if c.metrics.get("model_bytes_out", 0.0) > 0]
+        for c, out in zip(senders, res.outputs):
+            sent[c.client] = out
+        for c in res.clients:
+            outcomes[c.client] = c
+            if "epsilon" in c.metrics:
+                self.epsilon[c.client] = c.metrics["epsilon"]
+            self.bytes.append((r, c.client, c.metrics["client_bytes_in"], c.metrics["client_bytes_out"]))
+        idle = self.clock.record(res.slot, res.started, res.finished)
+        self.peaks[res.slot] = max(self.peaks.get(res.slot, 0.0), res.peak_rss_mb)
+        stats.count_train(res)
+        ctx.recorder.task_rows(self._rows(res, item, received, idle))
+
+    def _route(self, r: int, members: list[int], sent: dict[int, tuple[Ref, float]], stats: _Round) -> dict[int, Ref]:
+        """Where each sent model goes: a peer over the members' graph (ProxyFL, AvgPush) or, for
+        FedAvg / FML, the mean to every member."""
         if not sent:
             return {}
         if not self.strategy.central:
-            routes = self.strategy.routes(r, self.k)
-            return {routes[c]: ref for c, (ref, _) in sent.items()}
+            routes = self.strategy.routes(r, members)
+            return {routes[c]: ref for c, (ref, _) in sent.items() if c in routes}
         t0 = time.perf_counter()
         mean = None
         for ref, weight in sent.values():
@@ -200,9 +301,12 @@ class PeerLoop:
         assert mean is not None
         ref = self.ctx.transfer.publish(mean.result(), r)
         stats.aggregate_s = time.perf_counter() - t0
-        return {c: ref for c in clients}
+        return {c: ref for c in members}
 
-    def _close(self, r: int, clients: list[int], outcomes: dict[int, Any], stats: _Round) -> None:
+    def _close(
+        self, r: int, clients: list[int], outcomes: dict[int, Any], stats: _Round, *, members: int, late: int,
+        removed: list[int], readmitted: list[int], deadline_s: float,
+    ) -> None:
         ctx = self.ctx
         end = time.time()
         if r == ctx.cfg.rounds - 1:
@@ -211,18 +315,61 @@ class PeerLoop:
         acc = mean_finite([client_metric(o, "private_test_acc") for o in outcomes.values()])
         loss = mean_finite([client_metric(o, "private_test_loss") for o in outcomes.values()])
         proxy = mean_finite([client_metric(o, "proxy_test_acc") for o in outcomes.values()])
+        injector = ctx.injector
+        failed = len(clients) - len(outcomes)
         ctx.recorder.round_row(
             round_row(
                 r, stats.start, end, stats, test_loss=loss, test_acc=acc, sampled=len(clients),
-                participants=len(outcomes), failed=0, publish_s=stats.publish_s, retries=0, proxy_test_acc=proxy,
-                epsilon=max(self.epsilon.values()) if self.epsilon else math.nan,
+                participants=len(outcomes), failed=failed, publish_s=stats.publish_s, retries=stats.retries,
+                proxy_test_acc=proxy, epsilon=max(self.epsilon.values()) if self.epsilon else math.nan,
+                deadline_s=deadline_s, members=members, reported=len(outcomes), late=late,
+                removed=" ".join(map(str, removed)), readmitted=" ".join(map(str, readmitted)),
+                killed_slots=injector.killed_in(r) if injector is not None else 0,
+                live_slots=injector.census.live_slots() if injector and injector.kills else "",
             )
         )
-        ctx.progress.end_round(r, len(outcomes), len(clients), end - stats.start, loss, acc)
-        self.summaries.append(RoundSummary(r, end - stats.start, loss, acc, len(outcomes), 0))
+        ctx.progress.end_round(r, len(outcomes), len(clients), end - stats.start, loss, acc, stats.retries)
+        self.summaries.append(RoundSummary(r, end - stats.start, loss, acc, len(outcomes), failed))
+
+    def _checkpoint(self, r: int) -> None:
+        """Write the state after round ``r``: every client's accepted state blob, the model each
+        received for the next round (FedAvg / FML: the one mean), membership, epsilon, bytes."""
+        models: list[FlatWeights] = []
+        index: dict[int, int] = {}  # id(ref) -> its model's index
+        inbox: dict[int, int] = {}
+        for c, ref in sorted(self.inbox.items()):
+            if id(ref) not in index:
+                index[id(ref)] = len(models)
+                models.append(self.ctx.transfer.collect(ref))
+            inbox[c] = index[id(ref)]
+        loop = {
+            "states": self.versions.snapshot(),
+            "models": models,
+            "inbox": inbox,
+            "membership": self.membership.state(),
+            "epsilon": dict(self.epsilon),
+            "bytes": list(self.bytes),
+        }
+        point = checkpoint.Checkpoint(r + 1, self.ctx.exp.initial, {}, self.slowest, self.ctx.checkpoint_hash,
+                                      mode="decentralized", loop=loop)
+        checkpoint.save(self.ctx.recorder.dir, point)
+
+    def _restore(self, point: checkpoint.Checkpoint) -> None:
+        loop = point.loop
+        self.first, self.slowest = point.next_round, point.slowest_s
+        self.versions.restore(loop["states"])
+        self.membership.load(loop["membership"])
+        self.epsilon = dict(loop["epsilon"])
+        self.bytes = list(loop["bytes"])
+        # the models received in the last finished round, published again in that round's scope
+        refs = [self.ctx.transfer.publish(m, self.first - 1) for m in loop["models"]]
+        self.inbox = {c: refs[i] for c, i in loop["inbox"].items()}
+        self.ctx.progress.say(f"resuming at round {self.first + 1} of {self.ctx.cfg.rounds}")
 
     def run(self) -> LoopResult:
-        for r in range(self.ctx.cfg.rounds):
+        if self.ctx.injector is not None:
+            self.ctx.injector.start_run()
+        for r in range(self.first, self.ctx.cfg.rounds):
             self._round(r)
         summary: dict[str, Any] = {"strategy": self.strategy.name}
         if self.epsilon:
@@ -244,6 +391,6 @@ def run_decentralized(ctx: RunContext) -> LoopResult:
     """Run ``rounds`` decentralized rounds (see the module docstring).
 
     Raises:
-        RoundError: a task failed or the round's deadline passed. Finished rows stay on disk.
+        RoundError: a round ended below ``round.min_fraction``. Finished rows stay on disk.
     """
     return PeerLoop(ctx).run()

@@ -161,7 +161,7 @@ def run_experiment(
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
             census = SlotCensus(slots, primed if cfg.backend == "parsl" else set())
             injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
-            leftovers.note(out, transfer, active, set(census.parent.values()))
+            leftovers.note(out, transfer, active, set(census.parent.values()), state)
             stack.callback(injector.close)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, cfg.round, state,
                              faults(cfg), injector, point, late,

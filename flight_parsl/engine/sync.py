@@ -18,8 +18,11 @@ out is ``late``: released, or folded stale into the next round), and stands if
 results. Below that the run stops with :class:`~flight_parsl.core.errors.RoundError`,
 every finished row on disk. Clients that keep missing rounds leave the sample
 (:mod:`flight_parsl.fl.membership`); with ``strategy.aimd`` each client's local
-epochs follow AIMD (:mod:`flight_parsl.fl.aimd`). After every round the loop writes
-a checkpoint (:mod:`flight_parsl.engine.checkpoint`) it can resume from.
+epochs follow AIMD (:mod:`flight_parsl.fl.aimd`). With ``train.keep_momentum`` a
+client's momentum is written under a new version per attempt and becomes the one it
+starts from only when the client reported (:class:`~flight_parsl.transfer.state.VersionBook`).
+After every round the loop writes a checkpoint (:mod:`flight_parsl.engine.checkpoint`)
+it can resume from.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from flight_parsl.fl.membership import Membership
 from flight_parsl.fl.protocols import as_sync
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref
+from flight_parsl.transfer.state import VersionBook
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
 
 ROOT = "coordinator"
@@ -122,6 +126,8 @@ class SyncRound:
         self.slow: frozenset[int] = frozenset()
         self.slow_factor = 1.0
         self.watch = None if ctx.injector is None else ctx.injector.census.record
+        self.versions: VersionBook | None = None  # train.keep_momentum: each client's accepted momentum
+        self.attempt_of: dict[int, int] = {}  # client -> the attempt whose result reached the root
 
     # planning --------------------------------------------------------------------
 
@@ -165,8 +171,9 @@ class SyncRound:
         if job.kind == "train":
             assert job.spec is not None
             clients = [(c, self._settings(c)) for c in job.clients]
+            state = ctx.state if self.versions is None else self.versions.view(job.clients, self.r, job.attempt)
             args: tuple[Any, ...] = (
-                train_task, job.ref, self.r, job.node, clients, ctx.exp.workload, self.fold, ctx.state, ctx.faults,
+                train_task, job.ref, self.r, job.node, clients, ctx.exp.workload, self.fold, state, ctx.faults,
                 job.attempt,
             )
         elif job.kind == "relay":
@@ -278,6 +285,7 @@ class SyncRound:
             if job.kind == "train":
                 self.stats.count_train(res)
                 parts = self._train_parts(res, job.clients)
+                self.attempt_of.update((c, job.attempt) for c in job.clients)
             else:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
             collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
@@ -448,21 +456,35 @@ def _modeled_bytes(tree: Topology | None, sampled: list[int], size: int) -> tupl
 
 @dataclass
 class _ClientBook:
-    """Per-client state across rounds: membership and AIMD epochs (both in the checkpoint)."""
+    """Per-client state across rounds: membership, AIMD epochs and, with ``train.keep_momentum``,
+    each client's accepted momentum blob (all in the checkpoint)."""
 
     membership: Membership
     aimd: AIMDEpochs | None
+    versions: VersionBook | None = None
 
     def state(self) -> dict[str, Any]:
-        out = {"membership": self.membership.state()}
+        out: dict[str, Any] = {"membership": self.membership.state()}
         if self.aimd is not None:
             out["aimd"] = self.aimd.state()
+        if self.versions is not None:
+            out["momentum"] = self.versions.snapshot()
         return out
 
     def load(self, state: dict[str, Any]) -> None:
         self.membership.load(state["membership"])
         if self.aimd is not None and "aimd" in state:
             self.aimd.load(state["aimd"])
+        if self.versions is not None and "momentum" in state:
+            self.versions.restore(state["momentum"])
+
+    def accept(self, round_idx: int, reported: set[int], attempt_of: dict[int, int]) -> None:
+        """The round's reported clients start the next round from the momentum their reporting
+        attempt wrote; the others (late, failed) from the one they had."""
+        if self.versions is None:
+            return
+        for c in sorted(reported):
+            self.versions.accept([c], round_idx, attempt_of.get(c, 0))
 
 
 def run_sync(ctx: RunContext) -> LoopResult:
@@ -488,6 +510,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
     book = _ClientBook(
         Membership(cfg.workers, policy.max_missed, policy.readmit_after),
         AIMDEpochs(s_cfg.aimd_start, s_cfg.aimd_max) if s_cfg.aimd else None,
+        VersionBook(ctx.state) if ctx.state is not None else None,
     )
     slow = frozenset(cfg.faults.slow)
     injector = ctx.injector
@@ -521,6 +544,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
         if book.aimd is not None:
             rnd.epochs = {c: book.aimd.epochs(c) for c in sampled}
         rnd.slow, rnd.slow_factor = slow, cfg.faults.slow_factor
+        rnd.versions = book.versions
         deadline_s = policy.deadline(slowest, len(sampled) / max(1, ctx.slots))
         progress.start_round(r, len(sampled))
         rnd.start(ref)
@@ -550,6 +574,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
         reported = set(rnd.folded)
         late = sorted(rnd.late - reported)
         removed = book.membership.update(r, reported, [c for c in sampled if c not in reported])
+        book.accept(r, reported, rnd.attempt_of)
         if book.aimd is not None:
             book.aimd.update(sorted(reported), late)
         s = rnd.stats

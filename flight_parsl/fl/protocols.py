@@ -94,11 +94,12 @@ class PeerStrategy(Protocol):
     def central(self) -> bool:
         """Whether the coordinator averages the shared models (FedAvg, FML); False for ProxyFL."""
 
-    def participants(self, num_clients: int) -> list[int]:
-        """The clients that train each round."""
+    def participants(self, members: Sequence[int]) -> list[int]:
+        """The clients among ``members`` (ascending) that train this round."""
 
-    def routes(self, round_idx: int, num_clients: int) -> dict[int, int]:
-        """Sender -> receiver of round ``round_idx``; empty when nothing goes peer to peer."""
+    def routes(self, round_idx: int, members: Sequence[int]) -> dict[int, int]:
+        """Sender -> receiver of round ``round_idx`` over the graph's ``members`` (ascending);
+        empty when nothing goes peer to peer."""
 
     def configure(self, client: int, base: PeerSettings) -> PeerSettings:
         """``client``'s local step settings."""

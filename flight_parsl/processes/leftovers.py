@@ -37,10 +37,16 @@ def _started(pid: int) -> int | None:
     return stat_field(pid, 19)
 
 
-def note(run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet[int] = frozenset()) -> None:
-    """Write the list of what ``transfer`` and ``backend`` run outside the coordinator."""
+def note(
+    run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet[int] = frozenset(),
+    state: Any = None,
+) -> None:
+    """Write the list of what ``transfer`` and ``backend`` run outside the coordinator (and the
+    directory of the per-client ``state``, when it keeps one)."""
     processes: list[dict[str, Any]] = []
     directories: list[str] = []
+    if getattr(state, "root", None):
+        directories.append(str(state.root))
     server = getattr(transfer, "server", None)
     if server is not None and server.pid is not None:
         processes.append({"pid": server.pid, "match": "redis-server"})

@@ -8,6 +8,12 @@ scope: Redis keys under one run prefix (``redis`` transfer) or files in one run
 directory (``file`` and ``parsl`` transfers; a directory every slot sees). The
 coordinator's :func:`open_state` removes all of it when the run ends, whatever
 ends it.
+
+A blob may carry a *version* (``<client>@<version>``): the decentralized loop
+(and ``train.keep_momentum``) writes each attempt's new state under a new version
+and reads, in the next round or a retry, only the version whose task result it
+accepted (:class:`VersionedView`). A task killed half-way, or one whose result
+came too late, never changes what its client starts from.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +34,18 @@ from flight_parsl.core.errors import TransferError
 log = logging.getLogger(__name__)
 
 
+def _key(client: int, version: str | None) -> str:
+    return f"{int(client)}" if version is None else f"{int(client)}@{version}"
+
+
 class ClientState(Protocol):
-    """Read and write one blob per client."""
+    """Read and write one blob per client (and version)."""
 
-    def get(self, client: int) -> bytes | None:
-        """The client's blob, or None before its first write."""
+    def get(self, client: int, version: str | None = None) -> bytes | None:
+        """The client's blob (of ``version``), or None before its first write."""
 
-    def put(self, client: int, data: bytes) -> None:
-        """Replace the client's blob."""
+    def put(self, client: int, data: bytes, version: str | None = None) -> None:
+        """Replace the client's blob (of ``version``)."""
 
     def release(self) -> None:
         """Close what this process opened for the handle (the run is over; the blobs stay)."""
@@ -47,25 +57,32 @@ class DirState:
 
     root: str
 
-    def _path(self, client: int) -> str:
-        return os.path.join(self.root, f"{int(client)}.bin")
+    def _path(self, client: int, version: str | None = None) -> str:
+        return os.path.join(self.root, f"{_key(client, version)}.bin")
 
-    def get(self, client: int) -> bytes | None:
+    def get(self, client: int, version: str | None = None) -> bytes | None:
         try:
-            with open(self._path(client), "rb") as f:
+            with open(self._path(client, version), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             return None
 
-    def put(self, client: int, data: bytes) -> None:
-        path = self._path(client)
-        tmp = f"{path}.{os.getpid()}.tmp"
+    def put(self, client: int, data: bytes, version: str | None = None) -> None:
+        path = self._path(client, version)
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # threads of one process write side by side
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
             raise TransferError(f"cannot write the state of client {client} under {self.root}: {exc}") from exc
+
+    def delete(self, client: int, version: str | None = None) -> None:
+        """Remove the client's blob of ``version`` (nothing when there is none)."""
+        try:
+            os.remove(self._path(client, version))
+        except FileNotFoundError:
+            pass
 
     def release(self) -> None:
         return None
@@ -99,17 +116,24 @@ class RedisState:
             f"{type(exc).__name__}: {exc}"
         )
 
-    def get(self, client: int) -> bytes | None:
+    def get(self, client: int, version: str | None = None) -> bytes | None:
         try:
-            return self.connection().get(f"{self.prefix}{int(client)}")
+            return self.connection().get(f"{self.prefix}{_key(client, version)}")
         except Exception as exc:
             raise self._fail("read", client, exc) from exc
 
-    def put(self, client: int, data: bytes) -> None:
+    def put(self, client: int, data: bytes, version: str | None = None) -> None:
         try:
-            self.connection().set(f"{self.prefix}{int(client)}", data)
+            self.connection().set(f"{self.prefix}{_key(client, version)}", data)
         except Exception as exc:
             raise self._fail("write", client, exc) from exc
+
+    def delete(self, client: int, version: str | None = None) -> None:
+        """Remove the client's blob of ``version``."""
+        try:
+            self.connection().delete(f"{self.prefix}{_key(client, version)}")
+        except Exception as exc:
+            raise self._fail("delete", client, exc) from exc
 
     def clear(self) -> None:
         """Delete every key of the handle's prefix."""
@@ -126,6 +150,96 @@ class RedisState:
 
 
 _CONNECTIONS: dict[RedisState, Any] = {}
+
+
+@dataclass(frozen=True)
+class VersionedView:
+    """What one task attempt sees of the store: each client's accepted version, read; a new one, written.
+
+    ``read`` maps a client to the version its last accepted task wrote (absent or None:
+    the unversioned blob, None before any); ``write`` names this attempt's version.
+    The coordinator switches a client to ``write`` only when it accepts the task's
+    result (:class:`VersionBook`), so a task that dies or comes too late leaves the
+    client where it was.
+    """
+
+    store: ClientState
+    read: tuple[tuple[int, str | None], ...]
+    write: str
+
+    def get(self, client: int, version: str | None = None) -> bytes | None:
+        return self.store.get(client, version if version is not None else dict(self.read).get(client))
+
+    def put(self, client: int, data: bytes, version: str | None = None) -> None:
+        self.store.put(client, data, version if version is not None else self.write)
+
+    def release(self) -> None:
+        self.store.release()
+
+
+class VersionBook:
+    """The coordinator's record of each client's accepted state version, and the blobs' life cycle.
+
+    :meth:`view` hands a task attempt its :class:`VersionedView`; :meth:`accept` switches
+    the clients of an accepted result to that attempt's version and deletes the version
+    they had. :meth:`snapshot` / :meth:`restore` move the accepted blobs into and out of
+    a checkpoint.
+    """
+
+    def __init__(self, store: ClientState) -> None:
+        self.store = store
+        self.accepted: dict[int, str] = {}
+
+    @staticmethod
+    def version(round_idx: int, attempt: int) -> str:
+        """The version an attempt of round ``round_idx`` (0-based) writes: ``<round>.<attempt>``, from 1."""
+        return f"{round_idx + 1}.{attempt}"
+
+    def view(self, clients: Sequence[int], round_idx: int, attempt: int) -> VersionedView:
+        read = tuple((c, self.accepted.get(c)) for c in clients)
+        return VersionedView(self.store, read, self.version(round_idx, attempt))
+
+    def accept(self, clients: Sequence[int], round_idx: int, attempt: int) -> None:
+        """``clients`` start from what attempt ``attempt`` of round ``round_idx`` wrote; the version
+        they had and what the round's earlier attempts wrote are deleted."""
+        new = self.version(round_idx, attempt)
+        for c in clients:
+            old = self.accepted.get(c)
+            self.accepted[c] = new
+            if old is not None and old != new:
+                _delete(self.store, c, old)
+        self.discard(clients, round_idx, range(attempt))
+
+    def discard(self, clients: Sequence[int], round_idx: int, attempts: Iterable[int]) -> None:
+        """Delete what ``attempts`` of round ``round_idx`` wrote for ``clients`` (never accepted).
+        Work still running may write again later: the store's removal at the run's end gets that."""
+        attempts = list(attempts)
+        for c in clients:
+            for a in attempts:
+                if self.accepted.get(c) != self.version(round_idx, a):
+                    _delete(self.store, c, self.version(round_idx, a))
+
+    def snapshot(self) -> dict[int, tuple[str, bytes]]:
+        """Every client's accepted version and blob (for a checkpoint)."""
+        out = {}
+        for c, v in sorted(self.accepted.items()):
+            blob = self.store.get(c, v)
+            if blob is None:
+                raise TransferError(f"the accepted state {v} of client {c} is missing from the store")
+            out[c] = (v, blob)
+        return out
+
+    def restore(self, saved: dict[int, tuple[str, bytes]]) -> None:
+        """Write a :meth:`snapshot` into the (fresh) store and accept its versions."""
+        for c, (v, blob) in saved.items():
+            self.store.put(c, blob, v)
+            self.accepted[c] = v
+
+
+def _delete(store: ClientState, client: int, version: str) -> None:
+    delete = getattr(store, "delete", None)
+    if delete is not None:
+        delete(client, version)
 
 
 @contextmanager

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from typing import Any
+
 import numpy as np
 
 from flight_parsl.core.types import LocalSettings
@@ -86,6 +88,16 @@ class FedBuff(AsyncStrategy):
     def buffered(self) -> int:
         """Deltas waiting in the buffer."""
         return self._count
+
+    def state(self) -> dict[str, Any]:
+        """The buffer, for a checkpoint (a resumed run continues it)."""
+        return {"acc": None if self._acc is None else self._acc.copy(), "count": self._count}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`."""
+        acc = state.get("acc")
+        self._acc = None if acc is None else np.array(acc, dtype=np.float64)
+        self._count = int(state.get("count", 0))
 
     def on_update(
         self, global_weights: FlatWeights, update: FlatWeights, weight: float, staleness: int

@@ -13,11 +13,14 @@ after a round (see :class:`~flight_parsl.core.peer.PeerSettings`):
 | ``proxyfl`` | DML with the proxy | the proxy: DML, DP | sent to the next peer, the receiver replaces its proxy |
 
 ProxyFL and AvgPush never build a central model: the coordinator only routes
-references along :func:`~flight_parsl.topology.peers.exponential_routes`.
+references along :func:`~flight_parsl.topology.peers.exponential_routes`, the
+exponential graph over the clients that are members now (a client that missed more
+than ``round.max_missed`` rounds in a row is out of it until re-admitted).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -45,13 +48,14 @@ class PeerMethod(PeerStrategy):
         """Whether the coordinator averages the shared models (FedAvg, FML)."""
         return self.exchange == "average"
 
-    def participants(self, num_clients: int) -> list[int]:
-        """The clients that train each round (one for Joint, which pools everyone's data)."""
-        return [0] if self.pooled else list(range(num_clients))
+    def participants(self, members: Sequence[int]) -> list[int]:
+        """The members that train this round (one for Joint, which pools everyone's data)."""
+        return list(members[:1]) if self.pooled else list(members)
 
-    def routes(self, round_idx: int, num_clients: int) -> dict[int, int]:
-        """Sender -> receiver of round ``round_idx`` (empty when nothing travels between peers)."""
-        return exponential_routes(round_idx, num_clients) if self.exchange in ("replace", "push") else {}
+    def routes(self, round_idx: int, members: Sequence[int]) -> dict[int, int]:
+        """Sender -> receiver of round ``round_idx``: the exponential graph over the current
+        ``members`` (empty when nothing travels between peers)."""
+        return exponential_routes(round_idx, members) if self.exchange in ("replace", "push") else {}
 
     def configure(self, client: int, base: PeerSettings) -> PeerSettings:
         """``client``'s settings: the run's, with this method's models, losses and exchange."""
