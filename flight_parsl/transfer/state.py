@@ -1,7 +1,8 @@
 """Per-client state that persists across rounds, keyed by client id.
 
-Some clients carry state from round to round (an optimizer's momentum, later a
-private model, an epoch budget or a privacy budget). A :class:`ClientState` is a
+Some clients carry state from round to round (an optimizer's momentum, the
+error-feedback residual of a lossy codec under :func:`feedback_key`, a private model,
+an epoch budget or a privacy budget). A :class:`ClientState` is a
 small picklable handle that tasks carry: a slot reads a client's blob before its
 training and writes it back after. It lives in the run's store with a run-long
 scope: Redis keys under one run prefix (``redis`` transfer) or files in one run
@@ -126,6 +127,14 @@ class RedisState:
 
 
 _CONNECTIONS: dict[RedisState, Any] = {}
+
+
+def feedback_key(client: int) -> int:
+    """Where a client's error-feedback residual lives in the same store: ``-1 - client``.
+
+    Client ids are >= 0, so the residual never meets the client's own blob (its momentum).
+    """
+    return -1 - int(client)
 
 
 @contextmanager
