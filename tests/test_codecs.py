@@ -33,8 +33,10 @@ def _values(seed: int = 0, n: int = N) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("spec", "nbytes"),
-    [("none", 4 * N), ("fp16", 2 * N), ("int8", N + 4 * math.ceil(N / 256)), ("topk:0.1", 8 * 100),
-     ("topk:0.01", 8 * 10), ("topk:1", 8 * N)],
+    [("none", 4 * N), ("fp16", 2 * N), ("int8", N + 4 * math.ceil(N / 256)),
+     ("topk:0.1", 4 * 100 + N // 8),  # values, then a bitmap: smaller than 100 indices
+     ("topk:0.01", 8 * 10),  # values, then 10 uint32 indices
+     ("topk:1", 4 * N)],
 )
 def test_each_codec_keeps_its_error_bound_and_byte_count(spec: str, nbytes: int) -> None:
     codec = make_codec(spec, 256)
@@ -62,11 +64,16 @@ def test_the_bounds_are_what_the_docs_say() -> None:
     assert len(make_codec("int8", 64).encode(x)) == N + 4 * math.ceil(N / 64)
 
 
-def test_top_k_keeps_the_largest_magnitudes() -> None:
-    x = np.zeros(50, dtype=np.float32)
+@pytest.mark.parametrize(("n", "spec"), [(50, "topk:0.04"), (1001, "topk:0.002")])  # a bitmap; indices
+def test_top_k_keeps_the_largest_magnitudes(n: int, spec: str) -> None:
+    x = np.zeros(n, dtype=np.float32)
     x[[3, 17, 40]] = [-5.0, 2.0, 4.0]
-    y = make_codec("topk:0.04").decode(memoryview(make_codec("topk:0.04").encode(x)), 50)  # keeps 2
-    assert np.flatnonzero(y).tolist() == [3, 40] and y[3] == -5.0 and y[40] == 4.0
+    codec = make_codec(spec)
+    payload = codec.encode(x)
+    assert len(payload) == codec.nbytes(n) == (4 * 2 + math.ceil(n / 8) if n == 50 else 8 * 3)
+    y = codec.decode(memoryview(payload), n)
+    kept = [3, 40] if n == 50 else [3, 17, 40]
+    assert np.flatnonzero(y).tolist() == kept and y[3] == -5.0 and y[40] == 4.0
 
 
 def test_the_envelope_travels_through_a_channel_and_decodes_to_the_model_layout() -> None:
@@ -272,7 +279,7 @@ def test_error_feedback_over_redis_on_a_tree_with_an_encoded_broadcast(make_conf
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     rounds, rows = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
     assert [r["participants"] for r in rounds] == ["4", "4"] and float(rounds[-1]["test_acc"]) > 0.5
-    assert 4.5 < float(rounds[0]["compression_ratio"]) < 5  # 8 bytes per kept value, 10% kept
+    assert 7.2 < float(rounds[0]["compression_ratio"]) < 7.7  # 10% kept: 4 bytes a kept value and a bitmap
     kinds = {t["kind"] for t in rows}
     assert kinds == {"train", "aggregate", "relay"}
     train = [t for t in rows if t["kind"] == "train"]

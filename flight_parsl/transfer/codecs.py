@@ -146,8 +146,10 @@ class Int8:
 
 
 class TopK:
-    """``topk:FRACTION``: the ``ceil(FRACTION * n)`` values largest in magnitude, as uint32
-    indices then float32 values (8 bytes a kept value); the others decode to 0.
+    """``topk:FRACTION``: the ``k = ceil(FRACTION * n)`` values largest in magnitude; the
+    others decode to 0. The payload is the kept float32 values, then where they are: uint32
+    indices (4 bytes each) or a bitmap of the n positions (n / 8 bytes), whichever is smaller
+    (both sides know n and k); with k = n, the values alone.
 
     Bound: the largest magnitude left out.
     """
@@ -171,16 +173,40 @@ class TopK:
         idx = np.argpartition(np.abs(values), values.size - k)[values.size - k :]
         return np.sort(idx).astype(np.uint32)
 
+    @staticmethod
+    def _bitmap(size: int, k: int) -> bool:
+        """Whether positions go as a bitmap (smaller than k uint32 indices)."""
+        return -(-size // 8) < 4 * k
+
+    def nbytes(self, size: int) -> int:
+        """Payload bytes for ``size`` values."""
+        k = self.keep(size)
+        if k >= size:
+            return 4 * size
+        return 4 * k + (-(-size // 8) if self._bitmap(size, k) else 4 * k)
+
     def encode(self, values: np.ndarray) -> bytes:
         idx = self._top(values)
-        return idx.tobytes() + values[idx].astype(np.float32).tobytes()
+        kept = values[idx].astype(np.float32).tobytes()
+        if idx.size >= values.size:
+            return kept
+        if self._bitmap(values.size, idx.size):
+            mask = np.zeros(values.size, dtype=bool)
+            mask[idx] = True
+            return kept + np.packbits(mask).tobytes()
+        return kept + idx.tobytes()
 
     def decode(self, payload: memoryview, size: int) -> np.ndarray:
         k = self.keep(size)
-        idx = np.frombuffer(payload, dtype=np.uint32, count=k)
-        vals = np.frombuffer(payload, dtype=np.float32, count=k, offset=4 * k)
+        vals = np.frombuffer(payload, dtype=np.float32, count=k)
+        if k >= size:
+            return vals.copy()
         out = np.zeros(size, dtype=np.float32)
-        out[idx] = vals
+        if self._bitmap(size, k):
+            bits = np.frombuffer(payload, dtype=np.uint8, offset=4 * k)
+            out[np.unpackbits(bits, count=size).astype(bool)] = vals
+        else:
+            out[np.frombuffer(payload, dtype=np.uint32, count=k, offset=4 * k)] = vals
         return out
 
     def bound(self, values: np.ndarray) -> float:
