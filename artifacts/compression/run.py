@@ -6,11 +6,13 @@ codecs none / fp16 / int8 / topk:0.1 / topk:0.01, each lossy one without and wit
 feedback, for several seeds, on the thread backend (one client a task: every client sends
 its own update, as in cross-device FL). Prints, per dataset and arm, the final test accuracy
 (mean and spread over seeds, and its difference to ``none``) and the bytes sent up per round
-relative to ``none``, and writes them to ``results.csv`` and ``table.md`` in --out.
+relative to ``none``, and writes them to ``results.csv`` and ``table.md`` in --out. Rows of
+``results.csv`` that this invocation does not run again are kept (``--arms`` reruns some).
 
     python artifacts/compression/run.py --dry-run
     python artifacts/compression/run.py                              # what the README reports
     python artifacts/compression/run.py --rounds 10 --seeds 1 --datasets digits   # a smoke run
+    python artifacts/compression/run.py --arms topk:0.1,topk:0.1+ef                # rerun two arms
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", default="digits,synthetic", help=f"comma list of {', '.join(DATASETS)}")
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    p.add_argument("--arms", default="", help="comma list of arms to run (default all: "
+                   f"{', '.join(label for label, _ in arms())})")
     p.add_argument("--dry-run", action="store_true", help="check every config, print the runs and exit (starts nothing)")
     args = p.parse_args(argv)
     datasets = args.datasets.split(",")
@@ -78,19 +82,27 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--datasets: unknown {sorted(unknown)}; valid: {', '.join(DATASETS)}")
     if args.rounds < 1 or args.seeds < 1:
         p.error("--rounds and --seeds must be >= 1")
+    chosen = [a for a in args.arms.split(",") if a] or [label for label, _ in arms()]
+    bad = set(chosen) - {label for label, _ in arms()}
+    if bad:
+        p.error(f"--arms: unknown {sorted(bad)}; valid: {', '.join(label for label, _ in arms())}")
     out = Path(args.out)
-    cells = [(d, label, ov, s) for d in datasets for label, ov in arms() for s in range(args.seeds)]
+    cells = [(d, label, ov, s) for d in datasets for label, ov in arms() if label in chosen for s in range(args.seeds)]
     if args.dry_run:
         for d, label, ov, s in cells:
             cfg = flight_parsl.load_config(base(d, args.rounds, out / d / label / f"s{s}"), *ov, f"seed={s}")
             flight_parsl.check(cfg)
-        print(f"dry run: {len(cells)} runs ({len(datasets)} datasets x {len(arms())} arms x {args.seeds} seeds, "
+        print(f"dry run: {len(cells)} runs ({len(datasets)} datasets x {len(chosen)} arms x {args.seeds} seeds, "
               f"{args.rounds} rounds each) into {out}; nothing started")
         return 0
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    again = {(d, label, s) for d, label, _, s in cells}
+    if (out / "results.csv").is_file():  # keep what this invocation does not run again
+        old = pd.read_csv(out / "results.csv").to_dict("records")
+        rows = [r for r in old if (r["dataset"], r["arm"], int(r["seed"])) not in again]
     t0 = time.time()
     for d, label, ov, s in cells:
         result = flight_parsl.run(base(d, args.rounds, out / d / label / f"s{s}"), *ov, f"seed={s}")
@@ -118,7 +130,7 @@ def summarize(rows: list[dict]) -> str:
         ref = [r for r in mine if r["arm"] == "none"]
         acc0 = statistics.mean(r["final_acc"] for r in ref)
         up0 = statistics.mean(r["bytes_up_per_round"] for r in ref)
-        for arm in dict.fromkeys(r["arm"] for r in mine):
+        for arm in [label for label, _ in arms() if any(r["arm"] == label for r in mine)]:
             sel = [r for r in mine if r["arm"] == arm]
             accs = [r["final_acc"] for r in sel]
             acc = statistics.mean(accs)
