@@ -6,7 +6,8 @@ codecs none / fp16 / int8 / topk:0.1 / topk:0.01, each lossy one without and wit
 feedback, for several seeds, on the thread backend (one client a task: every client sends
 its own update, as in cross-device FL). Prints, per dataset and arm, the final test accuracy
 (mean and spread over seeds, and its difference to ``none``) and the bytes sent up per round
-relative to ``none``, and writes them to ``results.csv`` and ``table.md`` in --out. Rows of
+relative to ``none``, and writes them to ``results.csv``, ``table.md`` and ``figure.png``
+(accuracy against bytes up, per dataset) in --out. Rows of
 ``results.csv`` that this invocation does not run again are kept (``--arms`` reruns some).
 
     python artifacts/compression/run.py --dry-run
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               f"ratio {rows[-1]['compression_ratio']:.2f}", flush=True)
     table = summarize(rows)
     (out / "table.md").write_text(table + "\n")
+    figure(rows, out / "figure.png")
     print(table)
     return 0
 
@@ -140,6 +142,37 @@ def summarize(rows: list[dict]) -> str:
             lines.append(f"| {d} | {arm} | {100 * acc:.2f} +- {100 * sd:.2f} | {100 * (acc - acc0):+.2f} | "
                          f"{up / up0:.3f} | {ratio:.1f}x |")
     return "\n".join(lines)
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """Final accuracy (mean over seeds, difference to none) against bytes up per round relative to none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        mine = [r for r in rows if r["dataset"] == d]
+        ref = [r for r in mine if r["arm"] == "none"]
+        acc0 = statistics.mean(r["final_acc"] for r in ref)
+        up0 = statistics.mean(r["bytes_up_per_round"] for r in ref)
+        for arm in [label for label, _ in arms() if any(r["arm"] == label for r in mine)]:
+            sel = [r for r in mine if r["arm"] == arm]
+            x = statistics.mean(r["bytes_up_per_round"] for r in sel) / up0
+            y = 100 * (statistics.mean(r["final_acc"] for r in sel) - acc0)
+            ax.scatter([x], [y], marker="s" if arm.endswith("+ef") else "o")
+            ax.annotate(arm, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.axhline(-0.5, color="grey", linestyle=":", linewidth=1)
+        ax.axvline(0.1, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes up per round / none's")
+        ax.set_ylabel("final test accuracy - none's (points)")
+        ax.set_title(f"{d}: FedAvg, {len(ref)} seed(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
