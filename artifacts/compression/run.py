@@ -46,7 +46,7 @@ DATASETS: dict[str, dict] = {
         "strategy": {"clients_per_round": 10},
     },
 }
-CODECS = ("none", "fp16", "int8", "topk:0.1", "topk:0.01")
+CODECS = ("none", "fp16", "int8", "topk:0.1", "topk:0.05", "topk:0.01")
 
 
 def arms() -> list[tuple[str, list[str]]]:
