@@ -55,6 +55,11 @@ def plan_lines(cfg: ExperimentConfig) -> list[str]:
         lines.append(f"backend {cfg.backend}: {resolve_slots(cfg.slots, cfg.workers)} slot(s) on this host")
     where = f" at {cfg.transfer.redis}" if cfg.transfer.redis else ""
     lines.append(f"transfer {cfg.transfer.kind}{where}; run directory {cfg.out or 'runs/<timestamp>-...'}")
+    t = cfg.transfer
+    if t.codec != "none" or t.codec_down != "none":
+        up = f"updates up {t.codec}" + (" with error feedback" if t.error_feedback else "")
+        block = f", int8 block {t.codec_block}" if "int8" in (t.codec, t.codec_down) else ""
+        lines.append(f"codecs: {up}, broadcast {t.codec_down}{block}")
     faults = cfg.to_dict()["faults"]
     injected = [f"{k}={','.join(map(str, faults[k]))}" for k in ("kill", "hang", "kill_slots", "redis_stop", "slow")
                 if faults[k]]

@@ -256,6 +256,13 @@ class TransferConfig:
     (or the temp dir). ``cache_size``: objects each worker process keeps resolved.
     ``redis_timeout``: seconds every Redis client waits to connect and for each reply;
     a server that stops answering fails the run with its address after this long.
+
+    Codecs (see flight_parsl.transfer.codecs): ``codec`` encodes what tasks send up, the
+    update (delta from the global model) of a train task's clients, folded first, and an
+    aggregator's partial: ``none``, ``fp16``, ``int8`` (blockwise absmax, ``codec_block``
+    values per block), ``topk:FRACTION`` or a registered name. ``codec_down`` encodes the
+    broadcast model (not a sparse codec). ``error_feedback``: each client keeps what the
+    codec left out in the run's client state and adds it to its next update.
     """
 
     __pydantic_config__ = STRICT
@@ -265,6 +272,10 @@ class TransferConfig:
     file_dir: str | None = None
     cache_size: NonNegative = 1
     redis_timeout: PositiveFloat = 30.0
+    codec: str = "none"
+    codec_down: str = "none"
+    codec_block: Positive = 256
+    error_feedback: bool = False
 
 
 @dataclass
@@ -441,6 +452,7 @@ def from_data(data: dict[str, Any]) -> ExperimentConfig:
     cfg = check(ExperimentConfig, data, SOURCE)
     validate(cfg)
     cfg.transfer.kind = resolve_transfer(cfg)
+    _check_feedback_state(cfg)
     return cfg
 
 
@@ -538,6 +550,7 @@ def validate(cfg: ExperimentConfig) -> None:
                     f"(--mode {strategy_mode(s.name)})")
     _validate_layout(cfg)
     _validate_faults(cfg)
+    _validate_codecs(cfg)
     if s.aimd and cfg.mode != "sync":
         raise _fail("strategy.aimd", s.aimd, "AIMD epochs need synchronous rounds (mode sync)")
     if s.aimd_max and s.aimd_max < s.aimd_start:
@@ -563,6 +576,44 @@ def _validate_layout(cfg: ExperimentConfig) -> None:
         raise _fail("topology", cfg.topology, "mode 'async' runs on a flat topology")
     if cfg.mode == "decentralized" and cfg.topology != "flat":
         raise _fail("topology", cfg.topology, "mode 'decentralized' uses its own peer graph")
+
+
+def _validate_codecs(cfg: ExperimentConfig) -> None:
+    """Codecs must exist, take their argument, and fit the mode and the strategy."""
+    from flight_parsl.fl.strategies import SYNC_STRATEGIES
+    from flight_parsl.transfer.codecs import make_codec
+
+    t = cfg.transfer
+    codecs = {}
+    for key, spec in (("transfer.codec", t.codec), ("transfer.codec_down", t.codec_down)):
+        try:
+            codecs[key] = make_codec(spec, t.codec_block)
+        except ValueError as exc:
+            raise _fail(key, spec, str(exc)) from None
+    if codecs["transfer.codec_down"].sparse:
+        raise _fail("transfer.codec_down", t.codec_down, "a sparse codec keeps part of an update; the broadcast is a "
+                    "whole model: use none, fp16 or int8")
+    if t.error_feedback and t.codec == "none":
+        raise _fail("transfer.error_feedback", True, "error feedback keeps what a lossy transfer.codec left out; "
+                    "set transfer.codec (e.g. topk:0.1)")
+    for key, spec in (("transfer.codec", t.codec), ("transfer.codec_down", t.codec_down)):
+        if spec == "none":
+            continue
+        if cfg.mode != "sync":
+            raise _fail(key, spec, f"codecs run on synchronous rounds (mode sync) so far, got mode {cfg.mode!r}")
+        strategy = SYNC_STRATEGIES.get(cfg.strategy.name)
+        if key == "transfer.codec" and strategy is not None and not strategy.linear:
+            raise _fail(key, spec, f"a codec sends updates (deltas) folded as a weighted mean; strategy "
+                        f"{cfg.strategy.name!r} is not linear and cannot use them")
+
+
+def _check_feedback_state(cfg: ExperimentConfig) -> None:
+    """Error feedback needs a client state every slot reaches (after ``transfer.kind`` is resolved)."""
+    t = cfg.transfer
+    if t.error_feedback and t.kind == "parsl" and t.file_dir is None:
+        raise _fail("transfer.error_feedback", True, "error feedback keeps each client's residual in the run's client "
+                    "state, which transfer.kind=parsl keeps in this host's temp dir: give transfer.file_dir (a "
+                    "directory every slot sees) or use transfer.kind=redis")
 
 
 def _validate_faults(cfg: ExperimentConfig) -> None:
@@ -625,7 +676,8 @@ _TEXT_LISTS = {"sites.files": None, "peer.private_models": "", "faults.kill": ""
                "faults.kill_slots": "", "faults.redis_stop": "", "faults.slow": ""}
 #: Keys added since hashes were first written, left out of the hash while at these defaults.
 _ADDED_KEYS = {"round.first_deadline_s": 300.0, "round.per_client_s": 5.0, "round.min_deadline_s": 60.0,
-               "round.slack": 5.0}
+               "round.slack": 5.0, "transfer.codec": "none", "transfer.codec_down": "none",
+               "transfer.codec_block": 256, "transfer.error_feedback": False}
 
 
 def _hash_compatible(values: dict[str, Any]) -> dict[str, Any]:

@@ -105,7 +105,8 @@ class TaskResult:
     node folding its children) or ``relay`` (an aggregator passing the global model
     down). ``outputs`` holds ``(ref, weight)`` pairs: one folded partial whose weight
     is its clients' total samples (linear strategies), or one result per client.
-    Times are Unix seconds on the slot's clock; durations are seconds.
+    Times are Unix seconds on the slot's clock; durations are seconds; ``encode_s`` and
+    ``decode_s`` are the task's codec time (:mod:`flight_parsl.transfer.codecs`).
     """
 
     kind: str
@@ -127,6 +128,8 @@ class TaskResult:
     outputs: list[tuple[Ref, float]] = field(default_factory=list)
     clients: list[ClientOutcome] = field(default_factory=list)
     thread: int = 0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
 
     @property
     def slot(self) -> Slot:

@@ -28,6 +28,7 @@ from flight_parsl.fl.protocols import Strategy
 from flight_parsl.fl.strategies import make_strategy
 from flight_parsl.fl.stragglers import Stragglers
 from flight_parsl.transfer.base import Transfer
+from flight_parsl.transfer.codecs import Compression
 from flight_parsl.transfer.state import ClientState
 
 Evaluator = Callable[[FlatWeights], tuple[float, float]]
@@ -81,6 +82,16 @@ class RunContext:
     late: list[Any] | None = None  # futures of work still out when its round closed (the runner may wait)
     placement: Placement | None = None  # several sites: where each task runs
     checkpoint_hash: str = ""  # the config's hash, computed once: what a checkpoint is tied to
+    compression: Compression | None = None  # the run's codecs (None: models travel as they are)
+
+
+def compression(cfg: ExperimentConfig) -> Compression | None:
+    """The run's codecs (``transfer.codec``, ``codec_down``, ``codec_block``, ``error_feedback``);
+    None when both are ``none``: then nothing on the transfer path changes."""
+    t = cfg.transfer
+    if t.codec == "none" and t.codec_down == "none":
+        return None
+    return Compression(t.codec, t.codec_down, t.codec_block, t.error_feedback)
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:

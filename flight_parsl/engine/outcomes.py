@@ -58,6 +58,7 @@ class RoundStats:
 
     bytes_to: int = 0
     bytes_from: int = 0
+    outputs_from: int = 0  # results train tasks sent up (models, partials or updates)
     edge_bytes: int = 0
     aggregate_s: float = 0.0
     retries: int = 0
@@ -69,8 +70,13 @@ class RoundStats:
         """Count a train task's bytes each way and its clients' training loss and accuracy."""
         self.bytes_to += res.bytes_in
         self.bytes_from += res.bytes_out
+        self.outputs_from += len(res.outputs)
         self.losses += [c.train_loss for c in res.clients]
         self.accs += [c.train_acc for c in res.clients]
+
+    def raw_up(self, model_bytes: int) -> int:
+        """Bytes the train tasks' results would have taken as full float32 models."""
+        return self.outputs_from * model_bytes
 
 
 #: Exception class names (anywhere in the exception's MRO) that mean the worker process died.

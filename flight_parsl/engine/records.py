@@ -44,6 +44,8 @@ rounds.csv columns (empty: not measured in this mode):
 - ``edge_bytes``: bytes over every edge of the tree (flat: ``bytes_moved``).
 - ``modeled_two_tier_bytes``: the cost model's bytes of a two-tier tree for the round (sync).
 - ``modeled_hierarchical_bytes``: the cost model's bytes of the round's active tree (sync).
+- ``compression_ratio``: bytes the round's train tasks would have sent up as float32 models
+  (their results x one model's payload) over ``bytes_from_workers`` (sync; 1.0 without a codec).
 - ``test_loss``: the global model's test loss (decentralized: mean over clients of their own).
 - ``test_acc``: the global model's test accuracy (decentralized: mean over clients of their own).
 - ``train_loss``: mean over the round's clients of their local training loss.
@@ -90,9 +92,13 @@ are the row's own (its client's) or labels.
 - ``task_compute_s``: the task's compute (all its clients).
 - ``task_serialize_s``: serializing its outputs.
 - ``task_put_s``: writing its outputs to the transfer.
+- ``task_encode_s``: encoding its outputs with the run's codec, error feedback included (``transfer.codec``).
+- ``task_decode_s``: decoding its encoded inputs (the broadcast, an aggregator's children).
 - ``task_collect_s``: the coordinator reading the task's outputs.
-- ``task_bytes_in``: bytes the task read (the model once, whatever its number of clients).
-- ``task_bytes_out``: bytes the task wrote (one folded partial, or one result per client).
+- ``task_bytes_in``: bytes the task read (the model once, whatever its number of clients; encoded
+  when ``transfer.codec_down`` is set).
+- ``task_bytes_out``: bytes the task wrote (one folded partial, or one result per client; the
+  encoded payloads with a codec).
 - ``task_clients``: the number of clients the task ran (rows it has).
 - ``samples``: the client's training samples (aggregate: the partial's weight).
 - ``client_started``: Unix time the client's training started (slot clock).
@@ -148,6 +154,7 @@ ROUND_COLUMNS = (
     "edge_bytes",
     "modeled_two_tier_bytes",
     "modeled_hierarchical_bytes",
+    "compression_ratio",
     "test_loss",
     "test_acc",
     "train_loss",
@@ -191,6 +198,8 @@ TASK_COLUMNS = (
     "task_compute_s",
     "task_serialize_s",
     "task_put_s",
+    "task_encode_s",
+    "task_decode_s",
     "task_collect_s",
     "task_bytes_in",
     "task_bytes_out",
@@ -475,6 +484,8 @@ def result_rows(
         "task_compute_s": res.compute_s,
         "task_serialize_s": res.serialize_s,
         "task_put_s": res.put_s,
+        "task_encode_s": res.encode_s,
+        "task_decode_s": res.decode_s,
         "task_collect_s": collect_s,
         "task_bytes_in": res.bytes_in,
         "task_bytes_out": res.bytes_out,

@@ -20,7 +20,7 @@ from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.config.experiment import checkpoint_hash
-from flight_parsl.engine.context import RunContext, faults, prepare, workload
+from flight_parsl.engine.context import RunContext, compression, faults, prepare, workload
 from flight_parsl.processes import leftovers
 from flight_parsl.engine.decentralized import run_decentralized
 from flight_parsl.engine.events import SlotClock
@@ -58,7 +58,7 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
 
 def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> ClientState | None:
     """The run's per-client state store, when some client keeps state; None otherwise."""
-    if not cfg.train.keep_momentum and cfg.mode != "decentralized":
+    if not cfg.train.keep_momentum and not cfg.transfer.error_feedback and cfg.mode != "decentralized":
         return None
     where = getattr(transfer, "where", None)
     if transfer.kind == "redis" and where:
@@ -165,7 +165,8 @@ def run_experiment(
             stack.callback(injector.close)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, cfg.round, state,
                              faults(cfg), injector, point, late,
-                             placement=sites.placement if sites is not None else None, checkpoint_hash=tied_to)
+                             placement=sites.placement if sites is not None else None, checkpoint_hash=tied_to,
+                             compression=compression(cfg))
             loops = {"async": run_async, "decentralized": run_decentralized}
             result = loops.get(cfg.mode, run_sync)(ctx)
             if "end" not in recorder.summary:

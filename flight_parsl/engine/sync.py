@@ -16,7 +16,9 @@ the round closes early once ``round.quorum`` of its clients reported (work still
 out is ``late``: released, or folded stale into the next round), and stands if
 ``round.min_fraction`` reported; the strategy sees the failures beside the folded
 results. Below that the run stops with :class:`~flight_parsl.core.errors.RoundError`,
-every finished row on disk. Clients that keep missing rounds leave the sample
+every finished row on disk. With a codec (``ctx.compression``) tasks send encoded updates
+and the coordinator folds them into the global model (:class:`~flight_parsl.fl.aggregate.Offset`);
+``codec_down`` encodes the broadcast. Clients that keep missing rounds leave the sample
 (:mod:`flight_parsl.fl.membership`); with ``strategy.aimd`` each client's local
 epochs follow AIMD (:mod:`flight_parsl.fl.aimd`). With ``train.keep_momentum`` a
 client's momentum is written under a new version per attempt and becomes the one it
@@ -53,11 +55,13 @@ from flight_parsl.engine.outcomes import (
 )
 from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows, round_row
+from flight_parsl.fl.aggregate import Aggregator, Offset
 from flight_parsl.fl.aimd import AIMDEpochs
 from flight_parsl.fl.membership import Membership
 from flight_parsl.fl.protocols import as_sync
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref
+from flight_parsl.transfer.codecs import encode, make_codec, unpack
 from flight_parsl.transfer.state import VersionBook
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
 
@@ -105,7 +109,10 @@ class SyncRound:
         self.sampled, self.tree = clients, tree
         self.strategy = strategy = as_sync(ctx.exp.strategy)
         self.fold = strategy if strategy.linear and ctx.cfg.plan.preaggregate else None
-        self.root_agg = strategy.aggregator(weights)
+        self.comp = ctx.compression
+        self.root_agg: Aggregator = strategy.aggregator(weights)
+        if self.comp is not None and self.comp.deltas:  # tasks send updates: fold them onto the model
+            self.root_agg = Offset(self.root_agg, weights)
         self.queue: CompletionQueue[_Job] = CompletionQueue(ctx.executor)
         self.stats = RoundStats()
         self.tasks_of: dict[str, list[TaskSpec]] = {}
@@ -174,12 +181,13 @@ class SyncRound:
             state = ctx.state if self.versions is None else self.versions.view(job.clients, self.r, job.attempt)
             args: tuple[Any, ...] = (
                 train_task, job.ref, self.r, job.node, clients, ctx.exp.workload, self.fold, state, ctx.faults,
-                job.attempt,
+                job.attempt, self.comp,
             )
         elif job.kind == "relay":
             args = (relay_task, job.ref, self.r, job.node)
         else:  # a fresh list: the task pops its children to hold one model at a time
-            args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], self.strategy, self.r, job.node)
+            args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], self.strategy, self.r, job.node,
+                    self.comp)
         job.site = self._site(job)
         self.queue.submit(job, *args, site=job.site)
         self.stats.tasks += 1
@@ -308,7 +316,7 @@ class SyncRound:
                 t0 = time.perf_counter()
                 weights = self.ctx.transfer.collect(part.ref)
                 t1 = time.perf_counter()
-                self.root_agg.add(weights, part.weight)
+                self.root_agg.add(unpack(weights), part.weight)  # decoding counts as aggregation
                 del weights
                 collect_s += t1 - t0
                 self.stats.aggregate_s += time.perf_counter() - t1
@@ -415,7 +423,7 @@ def fold_stale(ctx: RunContext, items: list[Pending[_Job]], into: Any) -> list[i
         except Exception:  # failed late: nothing to fold
             continue
         for ref, weight in res.outputs:
-            weights = ctx.transfer.collect(ref)
+            weights = unpack(ctx.transfer.collect(ref))
             into.add(weights, weight * ctx.policy.stale_weight)
             ref_round = getattr(ref, "round", None)  # a ProxyRef's; an InlineRef has none
             if ref_round is not None:
@@ -426,6 +434,14 @@ def fold_stale(ctx: RunContext, items: list[Pending[_Job]], into: Any) -> list[i
     for r in rounds:
         ctx.transfer.end_round(r)  # evict the stale results collected into the old round's scope
     return sorted(set(folded))
+
+
+def _broadcast(ctx: RunContext, weights: FlatWeights) -> FlatWeights:
+    """The round's model as published: encoded by ``transfer.codec_down``, when set."""
+    comp = ctx.compression
+    if comp is None or comp.down == "none":
+        return weights
+    return encode(make_codec(comp.down, comp.block), weights, comp.block)
 
 
 def _at(site: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -538,8 +554,8 @@ def run_sync(ctx: RunContext) -> LoopResult:
         if dropped:  # stragglers the strategy leaves out (FedProx's FedAvg baseline)
             recorder.task_rows(dropped_rows(r, dropped, start))
         t0 = time.perf_counter()
-        ref = ctx.transfer.publish(weights, r)
-        publish_s = time.perf_counter() - t0
+        ref = ctx.transfer.publish(_broadcast(ctx, weights), r)
+        publish_s = time.perf_counter() - t0  # encoding the broadcast included
         rnd = SyncRound(ctx, planner, clock, r, weights, sampled, tree)
         if book.aimd is not None:
             rnd.epochs = {c: book.aimd.epochs(c) for c in sampled}
@@ -585,6 +601,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
                 deadline_s=deadline_s,
                 modeled_two_tier_bytes=two_tier,
                 modeled_hierarchical_bytes=hierarchical,
+                compression_ratio=s.raw_up(size) / s.bytes_from if s.bytes_from else math.nan,
                 global_train_loss=global_train[0],
                 global_train_acc=global_train[1],
                 members=len(members),

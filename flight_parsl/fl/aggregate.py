@@ -119,3 +119,32 @@ class CoordinateMedian:
             raise ValueError("no result to aggregate")
         median = np.median(np.stack(self._rows), axis=0).astype(np.float32, copy=False)
         return FlatWeights(np.ascontiguousarray(median), self._layout)
+
+
+class Offset:
+    """Folds updates (deltas from ``base``) with ``inner``; its result is ``base`` plus the
+    folded update (a weighted mean of deltas, for a linear strategy: base + mean delta).
+
+    The coordinator folds with it when tasks send encoded updates
+    (:mod:`flight_parsl.transfer.codecs`), so the strategy's ``aggregate`` sees a model.
+    """
+
+    def __init__(self, inner: Aggregator, base: FlatWeights) -> None:
+        self._inner = inner
+        self._base = base
+
+    def add(self, weights: FlatWeights, weight: float) -> None:
+        self._inner.add(weights, weight)
+
+    @property
+    def total(self) -> float:
+        return self._inner.total
+
+    @property
+    def count(self) -> int:
+        return self._inner.count
+
+    def result(self) -> FlatWeights:
+        update = self._inner.result()
+        out = np.add(self._base.buffer, update.buffer, dtype=np.float32)
+        return FlatWeights(out, self._base.layout)

@@ -1,7 +1,8 @@
 """Per-client state that persists across rounds, keyed by client id.
 
-Some clients carry state from round to round (an optimizer's momentum, later a
-private model, an epoch budget or a privacy budget). A :class:`ClientState` is a
+Some clients carry state from round to round (an optimizer's momentum, the
+error-feedback residual of a lossy codec under :func:`feedback_key`, a private model,
+an epoch budget or a privacy budget). A :class:`ClientState` is a
 small picklable handle that tasks carry: a slot reads a client's blob before its
 training and writes it back after. It lives in the run's store with a run-long
 scope: Redis keys under one run prefix (``redis`` transfer) or files in one run
@@ -168,9 +169,14 @@ class VersionedView:
     write: str
 
     def get(self, client: int, version: str | None = None) -> bytes | None:
+        if client < 0:  # an error-feedback residual (feedback_key): kept unversioned
+            return self.store.get(client, version)
         return self.store.get(client, version if version is not None else dict(self.read).get(client))
 
     def put(self, client: int, data: bytes, version: str | None = None) -> None:
+        if client < 0:
+            self.store.put(client, data, version)
+            return
         self.store.put(client, data, version if version is not None else self.write)
 
     def release(self) -> None:
@@ -240,6 +246,14 @@ def _delete(store: ClientState, client: int, version: str) -> None:
     delete = getattr(store, "delete", None)
     if delete is not None:
         delete(client, version)
+
+
+def feedback_key(client: int) -> int:
+    """Where a client's error-feedback residual lives in the same store: ``-1 - client``.
+
+    Client ids are >= 0, so the residual never meets the client's own blob (its momentum).
+    """
+    return -1 - int(client)
 
 
 @contextmanager

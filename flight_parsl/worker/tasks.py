@@ -11,6 +11,15 @@ once (and cached per process by the store), each client's shard is loaded
 (cached per process), and for a linear strategy the clients are folded into one
 weighted partial in the slot, so the task returns one model whatever its number
 of clients.
+
+With a codec (``compression``, :mod:`flight_parsl.transfer.codecs`) a train task sends
+its update, the delta from the global model it started from, encoded: a packed task
+folds its clients' deltas first and encodes the partial once; an aggregate task decodes
+its children, folds them, and encodes what it sends up. With error feedback each client
+adds its residual (kept in the run's client state) to its delta before the fold, and
+after the encode every client of the task keeps, as its next residual, what the payload
+left out of the partial it was folded into: weighted as in the fold, the residuals add
+up to exactly what the task did not send (one client per task: textbook error feedback).
 """
 
 from __future__ import annotations
@@ -23,11 +32,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from flight_parsl.core.memory import lifetime_peak_rss_mb, rss_mb
 from flight_parsl.core.types import ClientOutcome, Faults, LocalSettings, TaskResult, Workload
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Ref
-from flight_parsl.transfer.state import ClientState
+from flight_parsl.transfer.codecs import Codec, Compression, encode_feedback, is_encoded, pack, unpack
+from flight_parsl.transfer.state import ClientState, feedback_key
 from flight_parsl.worker.barrier import meet
 from flight_parsl.worker.faults import inject
 
@@ -109,6 +121,45 @@ def _train_one(
     )
 
 
+def _decoded(weights: FlatWeights) -> tuple[FlatWeights, float]:
+    """``weights`` decoded when they are an encoded payload, and the seconds it took."""
+    if not is_encoded(weights):
+        return weights, 0.0
+    t0 = time.perf_counter()
+    out = unpack(weights)
+    return out, time.perf_counter() - t0
+
+
+def _residual(state: ClientState | None, client: int, size: int) -> np.ndarray | None:
+    """``client``'s error-feedback residual (None before its first)."""
+    if state is None:
+        raise ValueError("error feedback needs the run's client state")
+    blob = state.get(feedback_key(client))
+    if blob is None:
+        return None
+    residual = np.frombuffer(blob, dtype=np.float32)
+    if residual.size != size:
+        raise ValueError(f"client {client}'s residual has {residual.size} values, the model {size}")
+    return residual
+
+
+def _encode(
+    codec: Codec, comp: Compression, update: FlatWeights, state: ClientState | None, keepers: Sequence[int]
+) -> tuple[FlatWeights, float]:
+    """``update`` encoded; with error feedback each of ``keepers`` keeps what it left out."""
+    t0 = time.perf_counter()
+    if comp.feedback:
+        payload, left = encode_feedback(codec, update.buffer, None)
+        assert state is not None  # _residual checked it
+        blob = left.tobytes()
+        for client in keepers:
+            state.put(feedback_key(client), blob)
+    else:
+        payload = codec.encode(update.buffer)
+    out = pack(codec, payload, update.layout, comp.block)
+    return out, time.perf_counter() - t0
+
+
 def train_task(
     ref: Ref,
     round_idx: int,
@@ -119,6 +170,7 @@ def train_task(
     state: ClientState | None = None,
     faults: Faults | None = None,
     attempt: int = 0,
+    compression: Compression | None = None,
 ) -> TaskResult:
     """Train ``clients`` one after the other from the global model ``ref``.
 
@@ -127,39 +179,58 @@ def train_task(
             partial in the slot; None returns every client's result.
         state: the run's per-client state, for clients whose settings keep some.
         faults: injected faults (first attempt only).
+        compression: the run's codecs: with ``compression.deltas`` the task sends its
+            update (delta from the model it started from), encoded.
     """
     started = time.time()
     weights, get_s, deserialize_s, fetched = ref.resolve()
+    weights, decode_s = _decoded(weights)  # an encoded broadcast (transfer.codec_down)
     t0 = time.perf_counter()
+    codec = compression.codec_up() if compression is not None and compression.deltas else None
+    feedback = codec is not None and compression is not None and compression.feedback
     # A lone client's result is its own partial: no accumulator (two models of float64) to fill.
     partial = fold.aggregator(weights) if fold is not None and len(clients) > 1 else None
     outputs: list[tuple[Ref, float]] = []
     outcomes: list[ClientOutcome] = []
-    serialize_s = put_s = 0.0
+    serialize_s = put_s = encode_s = 0.0
     for client, settings in clients:
         inject(faults, round_idx, client, attempt)
         out, outcome = _train_one(weights, workload, settings, client, round_idx, state)
         outcomes.append(outcome)
+        if codec is not None:  # the update, plus what the client did not send before
+            delta = out.buffer - weights.buffer
+            residual = _residual(state, client, delta.size) if feedback else None
+            out = out.like(delta if residual is None else delta + residual)
         if partial is not None:
             partial.add(out, outcome.samples)
         else:
+            if codec is not None:
+                assert compression is not None
+                out, e = _encode(codec, compression, out, state, (client,))
+                encode_s += e
             payload, s, p = ref.reply(out)
             serialize_s, put_s = serialize_s + s, put_s + p
             outputs.append((payload, outcome.samples))
         del out
     if partial is not None:
-        payload, serialize_s, put_s = ref.reply(partial.result())
+        result = partial.result()
+        if codec is not None:
+            assert compression is not None
+            result, encode_s = _encode(codec, compression, result, state, [c for c, _ in clients])
+        payload, serialize_s, put_s = ref.reply(result)
         outputs.append((payload, partial.total))
-    compute_s = time.perf_counter() - t0 - serialize_s - put_s
+    compute_s = time.perf_counter() - t0 - serialize_s - put_s - encode_s
     return _result(
         "train", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
         bytes_in=fetched, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
+        encode_s=encode_s, decode_s=decode_s,
     )
 
 
 def aggregate_task(
-    children: list[tuple[Ref, float]], strategy: SyncStrategy, round_idx: int, node: str
+    children: list[tuple[Ref, float]], strategy: SyncStrategy, round_idx: int, node: str,
+    compression: Compression | None = None,
 ) -> TaskResult:
     """An aggregator node: its children's results folded by the strategy's aggregator.
 
@@ -167,18 +238,22 @@ def aggregate_task(
     past the process's store cache, so no reference keeps a resolved model alive):
     the task holds one child model and the accumulator, whatever its branching, and
     the accumulator is dropped before the result is serialized. The partial's weight
-    is the children's total, so its parent folds it exactly.
+    is the children's total, so its parent folds it exactly. Encoded children are
+    decoded; with ``compression.deltas`` the partial is encoded again (no error
+    feedback: an aggregator keeps no state).
     """
     started = time.time()
     if not children:
         raise ValueError(f"aggregator {node} got no child result in round {round_idx + 1}")
-    get_s = deserialize_s = compute_s = 0.0
+    get_s = deserialize_s = compute_s = decode_s = encode_s = 0.0
     bytes_in = 0
     partial: Aggregator | None = None
     while children:  # the last child's reference also carries the reply
         ref, weight = children.pop()
         weights, g, d, fetched = ref.resolve(cache=False)
         get_s, deserialize_s, bytes_in = get_s + g, deserialize_s + d, bytes_in + fetched
+        weights, dec = _decoded(weights)
+        decode_s += dec
         t0 = time.perf_counter()
         if partial is None:
             partial = strategy.aggregator(weights)
@@ -190,16 +265,22 @@ def aggregate_task(
     result, total = partial.result(), partial.total
     partial = None  # the float64 accumulator goes before the result is serialized
     compute_s += time.perf_counter() - t0
+    if compression is not None and compression.deltas:
+        t0 = time.perf_counter()
+        codec = compression.codec_up()
+        result = pack(codec, codec.encode(result.buffer), result.layout, compression.block)
+        encode_s = time.perf_counter() - t0
     payload, serialize_s, put_s = ref.reply(result)
     return _result(
         "aggregate", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
-        bytes_in=bytes_in, bytes_out=payload.nbytes, outputs=[(payload, total)],
+        bytes_in=bytes_in, bytes_out=payload.nbytes, outputs=[(payload, total)], encode_s=encode_s, decode_s=decode_s,
     )
 
 
 def relay_task(ref: Ref, round_idx: int, node: str) -> TaskResult:
-    """An aggregator node passing the global model down: fetch it once, republish it."""
+    """An aggregator node passing the global model down: fetch it once, republish it
+    (an encoded broadcast as it is)."""
     started = time.time()
     weights, get_s, deserialize_s, fetched = ref.resolve()
     payload, serialize_s, put_s = ref.reply(weights)

@@ -1,0 +1,332 @@
+"""Update codecs: round trips, byte counts, error feedback, folding, the engine path, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import read_csv, read_summary
+from flight_parsl.config.experiment import build_config, config_hash
+from flight_parsl.core.errors import ConfigError
+from flight_parsl.core.types import ClientOutcome, LocalSettings, Workload
+from flight_parsl.core.weights import FlatWeights, Layout
+from flight_parsl.engine import checkpoint
+from flight_parsl.engine.progress import Progress
+from flight_parsl.engine.runner import run_experiment
+from flight_parsl.fl.strategies import FedAvg
+from flight_parsl.transfer import codecs
+from flight_parsl.transfer.codecs import Compression, encode_feedback, is_encoded, make_codec, pack, unpack
+from flight_parsl.transfer.inline import InlineRef
+from flight_parsl.transfer.state import DirState, feedback_key
+from flight_parsl.worker import tasks
+from redis_fixtures import managed_redis  # noqa: F401 (fixture)
+
+N = 1000  # not a multiple of the int8 block
+
+
+def _values(seed: int = 0, n: int = N) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 0.01
+
+
+@pytest.mark.parametrize(
+    ("spec", "nbytes"),
+    [("none", 4 * N), ("fp16", 2 * N), ("int8", N + 4 * math.ceil(N / 256)),
+     ("topk:0.1", 4 * 100 + N // 8),  # values, then a bitmap: smaller than 100 indices
+     ("topk:0.01", 8 * 10),  # values, then 10 uint32 indices
+     ("topk:1", 4 * N)],
+)
+def test_each_codec_keeps_its_error_bound_and_byte_count(spec: str, nbytes: int) -> None:
+    codec = make_codec(spec, 256)
+    x = _values()
+    payload = codec.encode(x)
+    assert len(payload) == nbytes
+    y = codec.decode(memoryview(payload), N)
+    assert y.dtype == np.float32 and y.shape == (N,)
+    err = float(np.max(np.abs(x - y)))
+    assert err <= codec.bound(x)
+    lossless = spec in ("none", "topk:1")
+    assert (err == 0) == lossless  # the lossy ones do lose something: the bound is not vacuous
+    if not lossless:
+        assert codec.bound(x) < float(np.max(np.abs(x)))
+
+
+def test_the_bounds_are_what_the_docs_say() -> None:
+    x = _values()
+    top = float(np.max(np.abs(x)))
+    assert make_codec("fp16").bound(x) == pytest.approx(top * 2**-11 + 2**-25)
+    assert make_codec("int8", 64).bound(x) == pytest.approx(top / 254 + top * 2**-20)
+    kept = np.sort(np.abs(x))[::-1]
+    assert make_codec("topk:0.1").bound(x) == kept[100]  # the largest value left out
+    # int8 block size is a setting: a smaller block costs more scales
+    assert len(make_codec("int8", 64).encode(x)) == N + 4 * math.ceil(N / 64)
+
+
+@pytest.mark.parametrize(("n", "spec"), [(50, "topk:0.04"), (1001, "topk:0.002")])  # a bitmap; indices
+def test_top_k_keeps_the_largest_magnitudes(n: int, spec: str) -> None:
+    x = np.zeros(n, dtype=np.float32)
+    x[[3, 17, 40]] = [-5.0, 2.0, 4.0]
+    codec = make_codec(spec)
+    payload = codec.encode(x)
+    assert len(payload) == codec.nbytes(n) == (4 * 2 + math.ceil(n / 8) if n == 50 else 8 * 3)
+    y = codec.decode(memoryview(payload), n)
+    kept = [3, 40] if n == 50 else [3, 17, 40]
+    assert np.flatnonzero(y).tolist() == kept and y[3] == -5.0 and y[40] == 4.0
+
+
+def test_the_envelope_travels_through_a_channel_and_decodes_to_the_model_layout() -> None:
+    layout = Layout.from_shapes([("w", (10, 50), "float32"), ("b", (500,), "float32")])
+    weights = FlatWeights(_values(), layout)
+    for spec in ("fp16", "int8", "topk:0.1"):
+        codec = make_codec(spec, 128)
+        enc = codecs.encode(codec, weights, 128)
+        assert is_encoded(enc) and not is_encoded(weights)
+        ref = InlineRef(enc.to_bytes())  # what a task sends: the channel sees a FlatWeights
+        got, _, _, fetched = ref.resolve()
+        assert fetched == ref.nbytes < weights.nbytes
+        out = unpack(got)
+        assert out.layout == layout
+        expected = codec.decode(memoryview(codec.encode(weights.buffer)), N)
+        np.testing.assert_array_equal(out.buffer, expected)
+    assert unpack(weights) is weights
+
+
+def test_error_feedback_keeps_what_was_left_out() -> None:
+    codec = make_codec("topk:0.05")
+    u1, u2 = _values(1), _values(2)
+    p1, r1 = encode_feedback(codec, u1, None)
+    sent1 = codec.decode(memoryview(p1), N)
+    np.testing.assert_allclose(sent1 + r1, u1, atol=2e-8)
+    p2, r2 = encode_feedback(codec, u2, r1)
+    sent2 = codec.decode(memoryview(p2), N)
+    # nothing is lost over two rounds: what was sent plus what is kept is all of both updates
+    np.testing.assert_allclose(sent1 + sent2 + r2, u1 + u2, atol=1e-7)
+    np.testing.assert_array_equal(sent2, codec.decode(memoryview(codec.encode(u2 + r1)), N))
+
+
+def test_a_registered_codec_is_usable_by_name_and_listed() -> None:
+    class Halves:
+        sparse = False
+
+        def __init__(self, arg: str | None) -> None:
+            self.name = "halves" if arg is None else f"halves:{arg}"
+
+        def encode(self, values: np.ndarray) -> bytes:
+            return (values / 2).astype(np.float32).tobytes()
+
+        def decode(self, payload: memoryview, size: int) -> np.ndarray:
+            return np.frombuffer(payload, dtype=np.float32, count=size) * 2
+
+        def bound(self, values: np.ndarray) -> float:
+            return 0.0
+
+    codecs.register_codec("halves", lambda arg, block: Halves(arg))
+    try:
+        assert "halves" in codecs.codec_names()
+        assert isinstance(make_codec("halves"), codecs.Codec)
+        cfg = build_config(overrides=["transfer.codec=halves", "backend=thread"])
+        assert cfg.transfer.codec == "halves"
+        with pytest.raises(ConfigError, match="valid codecs: .*halves"):
+            build_config(overrides=["transfer.codec=quarters"])
+    finally:
+        codecs._REGISTRY.pop("halves")
+        codecs.make_codec.cache_clear()
+    with pytest.raises(ValueError):
+        codecs.register_codec("bad:name", lambda arg, block: Halves(arg))
+
+
+# --- the task path --------------------------------------------------------------------
+
+LAYOUT = Layout.from_shapes([("w", (N,), "float32")])
+WORK = Workload("none", None, "digits", None, None, 4, 0)  # type: ignore[arg-type]  # _train_one is replaced
+SETTINGS = LocalSettings(epochs=1, batch_size=1, lr=0.1)
+
+
+def _fake_training(monkeypatch, deltas: dict[tuple[int, int], np.ndarray], samples: dict[int, int]) -> None:
+    """Each client "trains" to the global model plus a known delta (per round)."""
+
+    def train_one(weights, workload, settings, client, round_idx, state):
+        out = weights.like(weights.buffer + deltas[(round_idx, client)])
+        return out, ClientOutcome(client, samples.get(client, 1), 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(tasks, "_train_one", train_one)
+
+
+def _sent(result) -> list[np.ndarray]:
+    return [unpack(ref.resolve()[0]).buffer for ref, _ in result.outputs]
+
+
+def test_a_clients_residual_after_round_1_is_added_in_round_2(monkeypatch, tmp_path) -> None:
+    codec = make_codec("topk:0.1")
+    d1, d2 = _values(1), _values(2)
+    _fake_training(monkeypatch, {(0, 3): d1, (1, 3): d2}, {})
+    state = DirState(str(tmp_path))
+    comp = Compression("topk:0.1", feedback=True)
+    global_w = FlatWeights(_values(9), LAYOUT)
+    ref = InlineRef(global_w.to_bytes())
+    r1_res = tasks.train_task(ref, 0, "coordinator", [(3, SETTINGS)], WORK, FedAvg(), state, compression=comp)
+    (sent1,) = _sent(r1_res)
+    residual1 = np.frombuffer(state.get(feedback_key(3)), dtype=np.float32)
+    np.testing.assert_allclose(sent1, codec.decode(memoryview(codec.encode(d1)), N), atol=2e-8)
+    np.testing.assert_allclose(residual1, d1 - sent1, atol=2e-8)
+    assert np.count_nonzero(residual1) == N - 100 and state.get(3) is None  # its own blob is untouched
+    r2_res = tasks.train_task(ref, 1, "coordinator", [(3, SETTINGS)], WORK, FedAvg(), state, compression=comp)
+    (sent2,) = _sent(r2_res)
+    expected = codec.decode(memoryview(codec.encode(d2 + residual1)), N)
+    np.testing.assert_allclose(sent2, expected, atol=1e-7)
+    assert not np.allclose(sent2, codec.decode(memoryview(codec.encode(d2)), N))  # the residual mattered
+    assert r1_res.bytes_out == r2_res.bytes_out < len(global_w.to_bytes()) / 3  # 800 payload bytes and a header
+    assert r1_res.encode_s > 0 and r1_res.decode_s == 0
+
+
+def test_a_packed_task_folds_first_and_its_clients_keep_the_partials_residual(monkeypatch, tmp_path) -> None:
+    codec = make_codec("topk:0.1")
+    d = {c: _values(10 + c) for c in (0, 1)}
+    w = {0: 30, 1: 10}
+    _fake_training(monkeypatch, {(0, c): d[c] for c in d}, w)
+    state = DirState(str(tmp_path))
+    ref = InlineRef(FlatWeights(_values(9), LAYOUT).to_bytes())
+    res = tasks.train_task(ref, 0, "coordinator", [(0, SETTINGS), (1, SETTINGS)], WORK, FedAvg(), state,
+                           compression=Compression("topk:0.1", feedback=True))
+    (sent,) = _sent(res)  # one encoded partial for two clients
+    assert res.outputs[0][1] == 40
+    partial = (30 * d[0].astype(np.float64) + 10 * d[1]) / 40
+    np.testing.assert_allclose(sent, codec.decode(memoryview(codec.encode(partial.astype(np.float32))), N), atol=1e-8)
+    r = {c: np.frombuffer(state.get(feedback_key(c)), dtype=np.float32) for c in (0, 1)}
+    # weighted as in the fold, the residuals add up to what the task did not send
+    np.testing.assert_allclose((30 * r[0] + 10 * r[1]) / 40, partial - sent, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", ["fp16", "int8"])
+def test_pre_aggregated_and_per_client_compressed_rounds_agree_within_the_bound(monkeypatch, spec) -> None:
+    codec = make_codec(spec, 256)
+    clients = [0, 1, 2, 3]
+    d = {c: _values(20 + c) * (1 + c) for c in clients}
+    w = {c: 10 + 5 * c for c in clients}
+    _fake_training(monkeypatch, {(0, c): d[c] for c in clients}, w)
+    ref = InlineRef(FlatWeights(_values(9), LAYOUT).to_bytes())
+    comp = Compression(spec)
+    pairs = [(c, SETTINGS) for c in clients]
+    packed = tasks.train_task(ref, 0, "coordinator", pairs, WORK, FedAvg(), None, compression=comp)
+    single = tasks.train_task(ref, 0, "coordinator", pairs, WORK, None, None, compression=comp)
+    assert len(packed.outputs) == 1 and len(single.outputs) == 4
+    assert packed.bytes_out * 4 == single.bytes_out
+    total = sum(w.values())
+    pre = _sent(packed)[0]
+    per = sum(w[c] * s.astype(np.float64) for c, s in zip(clients, _sent(single))) / total
+    exact = sum(w[c] * d[c].astype(np.float64) for c in clients) / total
+    bound_pre = codec.bound(exact.astype(np.float32))
+    bound_per = max(codec.bound(d[c]) for c in clients)
+    assert np.max(np.abs(pre - exact)) <= bound_pre * (1 + 1e-6)
+    assert np.max(np.abs(per - exact)) <= bound_per * (1 + 1e-6)
+    assert np.max(np.abs(pre - per)) <= (bound_pre + bound_per) * (1 + 1e-6)
+    # an aggregator decodes its children, folds, and encodes what it sends up
+    children = [(r, wt) for r, wt in single.outputs]
+    up = tasks.aggregate_task(list(children), FedAvg(), 0, "agg", comp)
+    agg = unpack(up.outputs[0][0].resolve()[0]).buffer
+    assert up.outputs[0][1] == total and up.bytes_in == single.bytes_out and up.bytes_out == packed.bytes_out
+    assert np.max(np.abs(agg - per)) <= codec.bound(per.astype(np.float32)) * (1 + 1e-6)
+    assert up.encode_s > 0 and up.decode_s > 0
+
+
+# --- the engine ------------------------------------------------------------------------
+
+
+def _final(out: Path) -> np.ndarray:
+    point = checkpoint.load(out)
+    assert point is not None
+    return np.array(point.weights.buffer)
+
+
+def test_codec_none_is_the_run_without_a_codec_and_fp16_folds_within_its_bound(make_config, tmp_path) -> None:
+    def run(name: str, *overrides: str) -> Path:
+        cfg = make_config(*overrides, workers=4, rounds=1, out=str(tmp_path / name))
+        return run_experiment(cfg, Progress(1, enabled=False))
+
+    plain = run("plain")
+    none = run("none", "transfer.codec=none", "transfer.codec_down=none", "transfer.codec_block=64")
+    np.testing.assert_array_equal(_final(plain), _final(none))  # bit for bit
+    rounds = read_csv(none / "rounds.csv")
+    assert float(rounds[0]["compression_ratio"]) == 1.0
+    assert all(float(t["task_encode_s"]) == 0 == float(t["task_decode_s"]) for t in read_csv(none / "tasks.csv"))
+    pre = run("pre", "transfer.codec=fp16")
+    per = run("per", "transfer.codec=fp16", "plan.preaggregate=false")
+    from flight_parsl.engine.context import prepare
+
+    initial = prepare(make_config(workers=4, rounds=1)).initial.buffer  # the seeded initial model
+    step = float(np.max(np.abs(_final(plain) - initial)))
+    # every sent value is within 2**-11 relative of a delta; deltas of one client stay within a few mean steps
+    for out in (pre, per):
+        assert np.max(np.abs(_final(out) - _final(plain))) <= 8 * step * 2**-11 + 1e-6
+    assert not np.array_equal(_final(pre), _final(plain))
+    tasks_pre = read_csv(pre / "tasks.csv")
+    ratio = float(read_csv(pre / "rounds.csv")[0]["compression_ratio"])
+    assert 1.9 < ratio < 2.0  # fp16: half the bytes, plus the envelope's header
+    assert all(float(t["task_encode_s"]) > 0 for t in tasks_pre)
+    assert int(tasks_pre[0]["task_bytes_out"]) < int(read_csv(plain / "tasks.csv")[0]["task_bytes_out"]) / 1.9
+
+
+def test_error_feedback_over_redis_on_a_tree_with_an_encoded_broadcast(make_config, managed_redis, tmp_path) -> None:
+    import redis as redis_py
+
+    from flight_parsl.transfer.redis_server import count_keys
+
+    cfg = make_config("transfer.kind=redis", f"transfer.redis={managed_redis.address}", "transfer.codec=topk:0.1",
+                      "transfer.error_feedback=true", "transfer.codec_down=int8", "topology=tree:2",
+                      "broadcast=tree", "plan.clients_per_task=1", workers=4, rounds=2)
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    rounds, rows = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
+    assert [r["participants"] for r in rounds] == ["4", "4"] and float(rounds[-1]["test_acc"]) > 0.5
+    assert 7.2 < float(rounds[0]["compression_ratio"]) < 7.7  # 10% kept: 4 bytes a kept value and a bitmap
+    kinds = {t["kind"] for t in rows}
+    assert kinds == {"train", "aggregate", "relay"}
+    train = [t for t in rows if t["kind"] == "train"]
+    agg = [t for t in rows if t["kind"] == "aggregate"]
+    assert all(float(t["task_decode_s"]) > 0 and float(t["task_encode_s"]) > 0 for t in train + agg)
+    model_bytes = read_summary(out)["model_bytes"]
+    broadcast = {int(t["task_bytes_in"]) for t in train} - {0}  # 0: the slot's store had it cached
+    assert len(broadcast) == 1 and 0.25 * model_bytes < broadcast.pop() < 0.26 * model_bytes  # int8
+    up = {int(t["task_bytes_out"]) for t in train + agg}
+    assert len(up) == 1 and all(int(t["task_bytes_in"]) == 2 * min(up) for t in agg)  # two top-k children each
+    assert count_keys(managed_redis.address) == 0  # residuals and results are gone with the run
+    assert redis_py.Redis(managed_redis.address.host, managed_redis.address.port).dbsize() == 0
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["transfer.codec=zstd"], "'transfer.codec' = 'zstd': unknown codec; valid codecs: fp16, int8, none, topk:FRACTION"),
+        (["transfer.codec=topk:0"], "FRACTION in \\(0, 1\\]"),
+        (["transfer.codec=topk:1.5"], "FRACTION in \\(0, 1\\]"),
+        (["transfer.codec=topk"], "top-k needs the FRACTION"),
+        (["transfer.codec=int8:3"], "its block size is transfer.codec_block"),
+        (["transfer.codec_block=0"], "transfer.codec_block"),
+        (["transfer.codec_down=topk:0.1"], "'transfer.codec_down' = 'topk:0.1': a sparse codec"),
+        (["transfer.error_feedback=true"], "'transfer.error_feedback' = True: error feedback keeps what a lossy"),
+        (["transfer.codec=topk:0.1", "transfer.error_feedback=true", "transfer.kind=parsl"],
+         "give transfer.file_dir"),
+        (["strategy.name=fedmedian", "transfer.codec=fp16"], "strategy 'fedmedian' is not linear"),
+        (["mode=async", "strategy.name=fedasync", "transfer.codec=int8"], "synchronous rounds"),
+        (["mode=decentralized", "strategy.name=proxyfl", "transfer.codec_down=fp16"], "synchronous rounds"),
+    ],
+)
+def test_bad_codec_settings_fail_at_config_time_with_one_message(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(values=[{"backend": "thread"}], overrides=overrides)
+
+
+def test_codec_keys_at_their_defaults_keep_old_config_hashes() -> None:
+    base = build_config(values=[{"backend": "thread"}])
+    same = build_config(values=[{"backend": "thread"}], overrides=[
+        "transfer.codec=none", "transfer.codec_down=none", "transfer.codec_block=256", "transfer.error_feedback=false"])
+    assert config_hash(base) == config_hash(same) == "72531f440930ec05"  # as before the codecs (test_config_grammar)
+    other = build_config(values=[{"backend": "thread"}], overrides=["transfer.codec=int8"])
+    assert config_hash(other) != config_hash(base)
+    feedback = build_config(values=[{"backend": "thread"}], overrides=["transfer.codec=topk:0.1",
+                                                                        "transfer.error_feedback=true"])
+    assert feedback.transfer.error_feedback and feedback.transfer.kind == "file"
