@@ -139,6 +139,7 @@ def run_experiment(
             slots = active.slots or len(primed)
             recorder.mark("priming_done")
             recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed))
+            recorder.primed(primed)
             late: list[Future[object]] = []  # work still out when its round closed
             if backend is not None and (transfer.store_name is not None or state is not None):
                 ending.push(_release_slots(active, slots, transfer.store_name, state, recorder, late))
