@@ -120,8 +120,10 @@ def run_experiment(
             transfer = stack.enter_context(
                 open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password)
             )
+            leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
             state = _state(cfg, transfer, stack)
             active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
+            leftovers.note(out, transfer, active)  # the interchange; the worker pools once the warm-up found them
             warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
             stack.callback(warmup.close)
             exp = prepare(cfg, work)  # torch and the initial model, while the slots start
