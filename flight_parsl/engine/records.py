@@ -129,6 +129,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from flight_parsl.config.experiment import ExperimentConfig, save_yaml
+from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Failure, TaskResult
 from flight_parsl.engine.outcomes import RoundStats, mean_finite
 from flight_parsl.processes.batch_job import batch_job_info
@@ -255,11 +256,12 @@ class _Table:
                 columns = tuple(reader.fieldnames or columns)
                 kept = [row for row in reader if keep(row)]
             tmp = path.with_name(path.name + ".tmp")
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(kept)
-            tmp.replace(path)
+            with deferred():  # never a .tmp left behind by a stop signal
+                with tmp.open("w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=columns)
+                    writer.writeheader()
+                    writer.writerows(kept)
+                tmp.replace(path)
             self._file: IO[str] = path.open("a", newline="")
             self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
             self.rows = len(kept)
@@ -399,8 +401,10 @@ class RunRecorder:
     def write_summary(self) -> None:
         """Atomically rewrite summary.json."""
         tmp = self.dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
-        tmp.replace(self.dir / "summary.json")
+        text = json.dumps(self.summary, indent=2, default=str) + "\n"
+        with deferred():  # never a summary.json.tmp left behind by a stop signal
+            tmp.write_text(text)
+            tmp.replace(self.dir / "summary.json")
 
 
 def _derive(times: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
+from flight_parsl.core.stopping import TeardownStack, deferred
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.config.experiment import checkpoint_hash
 from flight_parsl.engine.context import RunContext, faults, prepare, workload
@@ -103,7 +104,10 @@ def run_experiment(
     recorder = RunRecorder(out, cfg, resume_round=(point.next_round if point else 0) if resume else None)
     progress.say(f"run directory: {out}")
     try:
-        with PeakSampler() as memory, ExitStack() as stack:
+        # Opening and closing what lives outside the coordinator (a redis-server, the executor, the
+        # warm-up's directory, leftovers.json) is deferred()-shielded: a stop signal waits for that
+        # step to end, so nothing is left half started or half removed.
+        with PeakSampler() as memory, TeardownStack() as stack:
             stack.callback(leftovers.forget, out)  # unwound last: an orderly stop leaves nothing behind
             work = workload(cfg)  # torch-free; bad data fails before anything starts
             t = cfg.transfer
@@ -117,15 +121,18 @@ def run_experiment(
             redis = sites.redis if sites is not None and bridge else t.redis
             password = sites.redis_password if sites is not None and bridge else None
             # The channel opens next: an unreachable Redis fails before Parsl starts.
-            transfer = stack.enter_context(
-                open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password)
-            )
-            leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
-            state = _state(cfg, transfer, stack)
-            active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
-            leftovers.note(out, transfer, active)  # the interchange; the worker pools once the warm-up found them
-            warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
-            stack.callback(warmup.close)
+            with deferred():
+                transfer = stack.enter_context(
+                    open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password)
+                )
+                leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
+                state = _state(cfg, transfer, stack)
+            with deferred():
+                active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
+                leftovers.note(out, transfer, active)  # the interchange; the worker pools once the warm-up found them
+            with deferred():
+                warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
+                stack.callback(warmup.close)
             exp = prepare(cfg, work)  # torch and the initial model, while the slots start
             recorder.update(
                 model=exp.workload.model.name,
@@ -148,9 +155,10 @@ def run_experiment(
             if cfg.backend != "thread" and len(primed) < slots:
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
             census = SlotCensus(slots, primed if cfg.backend == "parsl" else set())
-            injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
-            leftovers.note(out, transfer, active, set(census.parent.values()))
-            stack.callback(injector.close)
+            with deferred():
+                injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
+                stack.callback(injector.close)
+                leftovers.note(out, transfer, active, set(census.parent.values()))
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, cfg.round, state,
                              faults(cfg), injector, point, late,
                              placement=sites.placement if sites is not None else None, checkpoint_hash=tied_to)
