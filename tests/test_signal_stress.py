@@ -334,3 +334,18 @@ def _exists(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_stop_signal_while_late_work_is_released_is_not_swallowed() -> None:
+    # release_late runs in the main thread for a future already done (add_done_callback); the
+    # exception of a stop signal that lands there must reach the run, or the run goes on, its
+    # summary "running", and every later SIGTERM is ignored as a repeat
+    from flight_parsl.core.errors import Terminated
+    from flight_parsl.engine.outcomes import release_late
+
+    class Stopped:
+        def result(self):
+            raise Terminated(signal.SIGTERM)
+
+    with pytest.raises(Terminated):
+        release_late(None, Stopped())
