@@ -116,7 +116,8 @@ def run_experiment(
             ending = stack.enter_context(ExitStack())
             # Sites, their virtual network and a Redis on it (several sites) open first.
             if sites is None:
-                sites = stack.enter_context(open_run_sites(cfg))
+                with deferred():  # namespaces and a Redis on their bridge: made whole, or not at all
+                    sites = stack.enter_context(open_run_sites(cfg))
             bridge = sites is not None and sites.redis is not None
             redis = sites.redis if sites is not None and bridge else t.redis
             password = sites.redis_password if sites is not None and bridge else None

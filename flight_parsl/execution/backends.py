@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flight_parsl.core.errors import ExecutorError
+from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Workload
 from flight_parsl.transfer.state import ClientState
 from flight_parsl.worker.release import Released, release_task
@@ -106,16 +107,19 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
 
     site = load_site(parsl_config)
     config = build_parsl_config(site, workers, run_dir)
-    try:
-        dfk = parsl.load(config)
-    except Exception as exc:  # Parsl raises many kinds here; one message for the user
-        raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
+    # a stop signal waits for the interchange and the worker pool to be up (and owned), or gone
+    with deferred():
+        try:
+            dfk = parsl.load(config)
+        except Exception as exc:  # Parsl raises many kinds here; one message for the user
+            raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
     try:
         yield Backend(
             ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config)
         )
     finally:
-        close_dfk(dfk)
+        with deferred():
+            close_dfk(dfk)
 
 
 def close_dfk(dfk: Any) -> None:
