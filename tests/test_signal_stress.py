@@ -168,8 +168,8 @@ def _check_stopped(run: Path, shm: Path, rc: int, moment: Moment, sent: bool, re
     """Everything the issue asks after a stop; returns the summary's status ('' when no run directory)."""
     if not sent:  # the run ended before the moment came: it must have completed
         assert rc == 0, f"{moment}: no signal was sent, yet status {rc}"
-    else:
-        assert rc in (EXPECTED[moment.signum], 0), f"{moment}: exit status {rc}"
+    else:  # never lost, wherever it landed (a weakref callback drops the exception a handler raises)
+        assert rc == EXPECTED[moment.signum], f"{moment}: exit status {rc}"
     status = ""
     if (run / "summary.json").exists():
         summary = read_summary(run)
@@ -234,10 +234,13 @@ def _moments(tmp_path: Path, shm: Path, managed_redis, client, late: list[int]) 
                 ended = time.monotonic()
                 sender.close()
             sent = sender.sent_at is not None
-            if sent:
+            if sent and not late:
                 worst = max(worst, ended - sender.sent_at)
                 assert ended - sender.sent_at < EXIT_S, f"{moment}: took {ended - sender.sent_at:.1f} s to stop"
-            assert late == [], f"{moment}: a signal reached the test after the run returned"
+            if late:  # the timer fired after the run had returned: a moment after the end
+                assert rc == 0, moment
+                late.clear()
+                sent = False
             threads = _leftover_threads(before)
             assert threads == [], f"{moment}: threads left: {threads}"
             grace = time.monotonic() + 2.0  # a helper a library ran (ldconfig ...) may take a moment to end

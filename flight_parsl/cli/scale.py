@@ -175,18 +175,23 @@ def sigterm_stops_the_run() -> Iterator[None]:
         fired = True
         stopping.stop(signum)
 
+    stopping.reset()
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        stopping.reset()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (143 after SIGTERM, 130 after Ctrl-C)."""
-    with sigterm_stops_the_run():
-        return _main(argv)
+    try:
+        with sigterm_stops_the_run():
+            return _main(argv)
+    except KeyboardInterrupt as exc:  # a stop signal that came after the run had ended
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def _main(argv: list[str] | None) -> int:

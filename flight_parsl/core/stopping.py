@@ -9,7 +9,8 @@ and unrecorded, or half removed. :func:`deferred` marks those stretches: a stop 
 that arrives inside one is kept and raised when the outermost one ends, unless an
 exception is already on its way out (the run is stopping anyway). Every stretch is
 bounded (each step it covers has its own timeout), so the stop still comes within
-seconds.
+seconds. A stop whose exception Python dropped (raised inside a weakref callback or a
+``__del__``) is raised again by :func:`check` where the loops wait.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flight_parsl.core.errors import Terminated
 
 _depth = 0  # open deferred() blocks in the main thread
 _pending: int | None = None  # a stop signal that arrived inside one
+_requested: int | None = None  # the stop signal the run got, until reset()
 
 
 def exception_for(signum: int) -> KeyboardInterrupt:
@@ -33,12 +35,32 @@ def exception_for(signum: int) -> KeyboardInterrupt:
 
 def stop(signum: int) -> None:
     """Called by a signal handler in the main thread: raise now, or keep it for later."""
-    global _pending
+    global _pending, _requested
+    _requested = signum
     if _depth:
         if _pending is None:
             _pending = signum
         return
     raise exception_for(signum)
+
+
+def check() -> None:
+    """Raise the stop a signal asked for, if the run is still going: its exception was lost.
+
+    Python runs a signal handler wherever the main thread is, also inside a weakref callback,
+    a ``__del__`` or a garbage-collector callback, where an exception is printed ("Exception
+    ignored in ...") and dropped. The loops call this where they wait (each completion), and
+    the runner once more before it records a run as completed, so a stop is never lost. Does
+    nothing outside the main thread and inside :func:`deferred` (the stop is pending there).
+    """
+    if _requested is not None and not _depth and threading.current_thread() is threading.main_thread():
+        raise exception_for(_requested)
+
+
+def reset() -> None:
+    """Forget a stop (the command line, when its handlers are installed and when removed)."""
+    global _pending, _requested
+    _pending = _requested = None
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
+from flight_parsl.core import stopping
 from flight_parsl.core.stopping import TeardownStack, deferred
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.config.experiment import checkpoint_hash
@@ -186,6 +187,7 @@ def run_experiment(
         )
         if sites is not None and sites.link_bytes:
             recorder.update(site_links=sites.link_bytes)
+        stopping.check()  # a stop signal whose exception Python dropped: the run did not complete
         recorder.finish("completed")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as core.errors.Terminated (its text names the signal)
         recorder.finish("interrupted", str(exc) or "interrupted by the user")

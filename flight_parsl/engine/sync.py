@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from flight_parsl.core.errors import RoundError
+from flight_parsl.core import stopping
 from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Failure, LocalSettings, Slot, TaskResult
 from flight_parsl.core.weights import FlatWeights
@@ -245,6 +246,7 @@ class SyncRound:
             if len(self.queue):
                 item = self.queue.next(wait)
             else:
+                stopping.check()
                 time.sleep(max(0.0, wait))
                 item = None
             if item is not None:
@@ -521,6 +523,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
     if injector is not None:
         injector.start_run()
     for r in range(first, cfg.rounds):
+        stopping.check()  # a stop signal whose exception was lost ends the run before another round
         start = time.time()
         readmitted = book.membership.readmit(r, census)
         members = book.membership.members()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flight_parsl.core.errors import ExecutorError
+from flight_parsl.core import stopping
 from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Workload
 from flight_parsl.transfer.state import ClientState
@@ -196,6 +197,7 @@ class Warmup:
         try:
             ready = -1
             while not all(f.done() for f in self.futures) and time.monotonic() < self.deadline:
+                stopping.check()
                 if self.on_progress and self._ready() != ready:
                     ready = self._ready()
                     self.on_progress(ready, self.count)
