@@ -352,3 +352,22 @@ def test_a_stop_signal_while_late_work_is_released_is_not_swallowed() -> None:
 
     with pytest.raises(Terminated):
         release_late(None, Stopped())
+
+
+def test_a_stop_during_an_injected_hang_on_the_thread_pool_does_not_wait_it_out(tmp_path) -> None:
+    # a thread cannot be stopped, and the pool's shutdown waits for it: a 60 s hang would hold
+    # the stop for 60 s (past Slurm's 30 s KillWait) unless the hang ends with the pool
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    args = ["--backend", "thread", "--workers", "2", "--rounds", "2", "--train", "none", "--model", "tiny", "-q",
+            "--out", str(tmp_path / "run"), f"transfer.file_dir={shm}", "faults.hang=0@1,1@1", "faults.hang_s=60"]
+    sender = Sender(signal.SIGTERM)
+    try:
+        with pytest.MonkeyPatch.context() as patch:  # 0.5 s after round 1's model is published: mid-hang
+            _arm(patch, Moment(signal.SIGTERM, "publish", 1, 0.5, "file"), sender)
+            rc = main(args)
+        took = time.monotonic() - (sender.sent_at or 0.0)
+    finally:
+        sender.close()
+    assert sender.sent_at is not None and rc == 143 and took < EXIT_S, (rc, took)
+    assert read_summary(tmp_path / "run")["status"] == "interrupted" and list(shm.iterdir()) == []

@@ -27,6 +27,7 @@ from flight_parsl.core import stopping
 from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Workload
 from flight_parsl.transfer.state import ClientState
+from flight_parsl.worker import faults as slot_faults
 from flight_parsl.worker.release import Released, release_task
 from flight_parsl.worker.tasks import prime_task
 
@@ -89,13 +90,17 @@ def open_backend(
         pool = ProcessPoolExecutor(max_workers=slots, mp_context=multiprocessing.get_context("spawn"))
     else:
         raise ExecutorError(f"unknown backend {kind!r}; valid: parsl, process, thread")
+    slot_faults.arm()
     try:
         if on_started:
             on_started()
         yield Backend(pool, kind, f"{kind} pool with {slots} slots", slots=slots, started_at=started_at)
     finally:
         # Threads cannot be stopped: wait for a late task, so that nothing writes into a
-        # transfer or state directory after the run removed it. Processes end with the pool.
+        # transfer or state directory after the run removed it (an injected hang ends at once,
+        # so a stop signal is not held for its hang_s). Processes end with the pool.
+        if kind == "thread":
+            slot_faults.release_hangs()
         pool.shutdown(wait=kind == "thread", cancel_futures=True)
 
 
