@@ -278,7 +278,7 @@ def _run_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize(("signum", "after"), [(signal.SIGTERM, "warm-up"), (signal.SIGINT, "round")])
+@pytest.mark.parametrize(("signum", "after"), [(signal.SIGTERM, "start-up"), (signal.SIGINT, "round")])
 def test_a_signal_stops_an_htex_run_within_10_s_and_leaves_nothing(signum, after, tmp_path) -> None:
     from redis_fixtures import require_redis_server
 
@@ -296,7 +296,7 @@ def test_a_signal_stops_an_htex_run_within_10_s_and_leaves_nothing(signum, after
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if after == "warm-up" and (run / "leftovers.json").exists():  # the executor is up
+            if after == "start-up" and (run / "leftovers.json").exists():  # its Redis is up, Parsl starting
                 break
             if after == "round" and (run / "rounds.csv").exists() and len(read_csv(run / "rounds.csv")) >= 1:
                 break
