@@ -10,7 +10,8 @@ failures are outcomes handed to the strategy.
 
 Subpackages, coordinator side first:
 
-- ``config``: the experiment config; ``cli``: ``python -m flight_parsl.scale``, sweeps.
+- ``config``: the experiment config; ``cli``: ``python -m flight_parsl.scale``, sweeps;
+  ``cleanup``: ``python -m flight_parsl.cleanup RUN_DIR``, what a killed run left.
 - ``engine``: the sync, async and decentralized loops and what they share (``engine.outcomes``),
   the planner, the completion queue, the run context, the run directory and its tables
   (``engine.records``), the runner.
@@ -24,7 +25,8 @@ Subpackages, coordinator side first:
 - ``transfer``: how weights travel (in the task, or through ProxyStore), client state.
 - ``worker``: the task bodies that run on slots; imports only ``core``, ``fl``,
   ``transfer``, ``data`` and ``models`` (a test checks it).
-- ``core``: types both sides share; ``data``, ``models``: datasets and models.
+- ``core``: types both sides share, and how a stop signal is raised or waits
+  (``core.stopping``); ``data``, ``models``: datasets and models.
 
 The public API (:mod:`flight_parsl.api`) is reachable from the root:
 ``flight_parsl.run``, ``flight_parsl.sweep``, ``flight_parsl.load_run``, ``flight_parsl.Pool``,

@@ -151,3 +151,32 @@ def test_the_census_names_the_dead_worker_of_a_rank(tmp_path) -> None:
             subprocess.run(["kill", "-9", str(pid)], capture_output=True)
         shell.kill()
         shell.wait(timeout=10)
+
+
+def test_the_first_task_on_a_slot_the_warm_up_missed_is_cold(make_config, tmp_path) -> None:
+    cfg = make_config(workers=2, rounds=1)
+    recorder = records.RunRecorder(tmp_path / "cold", cfg)
+    recorder.primed({("host-a", 1)})
+    primed_task = result_rows(_result(1), 0, 0, 9.0, 13.0, 0.25, 1.0)  # pid 4242 ...
+    for row in primed_task:
+        row["pid"] = 1
+    recorder.task_rows(primed_task)
+    recorder.task_rows(result_rows(_result(2), 1, 0, 9.0, 13.0, 0.25, 1.0))  # a restarted worker: 4242
+    recorder.task_rows(result_rows(_result(1), 2, 0, 9.0, 13.0, 0.25, 1.0))  # the same one, now warm
+    recorder.task_rows(failure_rows(Failure(2, (5,), "lost", "WorkerLost", 0, "coordinator"), "train", 3, 9.0, 9.5,
+                                    slot=("host-a", 77)))  # died: ran nothing to completion there
+    recorder.round_row(round_row(2, 1.0, 2.0, RoundStats(), test_loss=0.1, test_acc=0.9, sampled=4, participants=3,
+                                 failed=1, publish_s=0.0))
+    recorder.round_row(round_row(3, 2.0, 3.0, RoundStats(), test_loss=0.1, test_acc=0.9, sampled=4, participants=4,
+                                 failed=0, publish_s=0.0))
+    recorder.finish("completed")
+    tasks = read_csv(tmp_path / "cold" / "tasks.csv")
+    assert [(t["task"], t["task_cold"]) for t in tasks] == [("0", "0"), ("1", "1"), ("1", "1"), ("2", "0"), ("3", "")]
+    assert [r["cold_slots"] for r in read_csv(tmp_path / "cold" / "rounds.csv")] == ["1", "0"]
+
+
+def test_a_thread_pool_run_has_no_cold_task(make_config) -> None:
+    cfg = make_config("train.mode=none", "model.name=tiny", "slots=2", workers=4, rounds=2)
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    assert {t["task_cold"] for t in read_csv(out / "tasks.csv")} == {"0"}
+    assert [r["cold_slots"] for r in read_csv(out / "rounds.csv")] == ["0", "0"]

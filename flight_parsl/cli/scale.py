@@ -8,7 +8,7 @@ set with ``key.sub=value`` (see ``flight_parsl.config.experiment``). Precedence:
 SIGTERM (what Slurm and PBS send at walltime and on ``scancel``) stops a run like
 Ctrl-C: every finished row stays, summary.json says ``interrupted``, the executor,
 a managed Redis and the file channel's directory are cleaned up, and the exit
-status is 143 (Ctrl-C: 130).
+status is 143 (Ctrl-C: 130). Repeated signals do not cut the clean-up short.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from flight_parsl.core import stopping
 from flight_parsl.core.errors import ConfigError, FlightParslError, Terminated
 
 if TYPE_CHECKING:
@@ -153,11 +154,14 @@ def flags_to_values(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextmanager
 def sigterm_stops_the_run() -> Iterator[None]:
-    """While open, SIGTERM raises :class:`Terminated` in the main thread; restored on exit.
+    """While open, SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt`` in the
+    main thread; the handlers are restored on exit.
 
-    Only the first SIGTERM raises: later ones (``scancel`` may repeat it) are ignored
-    so that the cleanup the first one started can finish; SIGKILL stays the hard stop.
-    Outside the main thread (where handlers cannot be installed) this does nothing.
+    Only the first stop signal raises: later ones (``scancel`` may repeat SIGTERM, a user
+    presses Ctrl-C twice) are ignored so that the clean-up the first one started can finish;
+    SIGKILL stays the hard stop. One that arrives while the run starts or stops a process
+    waits for that step to end (:mod:`flight_parsl.core.stopping`). Outside the main thread
+    (where handlers cannot be installed) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -169,19 +173,25 @@ def sigterm_stops_the_run() -> Iterator[None]:
         if fired:
             return
         fired = True
-        raise Terminated(signum)
+        stopping.stop(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    stopping.reset()
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        stopping.reset()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (143 after SIGTERM, 130 after Ctrl-C)."""
-    with sigterm_stops_the_run():
-        return _main(argv)
+    try:
+        with sigterm_stops_the_run():
+            return _main(argv)
+    except KeyboardInterrupt as exc:  # a stop signal that came after the run had ended
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def _main(argv: list[str] | None) -> int:

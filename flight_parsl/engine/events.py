@@ -16,6 +16,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from flight_parsl.core import stopping
 from flight_parsl.core.types import Slot
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ class CompletionQueue(Generic[T]):
 
     def next(self, timeout: float | None) -> Pending[T] | None:
         """The next completed task, or None if none completes within ``timeout`` seconds."""
+        stopping.check()  # a stop signal whose exception was lost (see core.stopping) ends the wait
         try:
             item = self._done.get(timeout=None if timeout is None else max(0.0, timeout))
         except queue.Empty:

@@ -115,8 +115,8 @@ def release_late(transfer: Transfer, future: Future[TaskResult]) -> None:
     """A task that returned after its round closed: release what it stored."""
     try:
         res = future.result()
-    except BaseException:
-        return
+    except Exception:  # failed or cancelled: it stored nothing. Never BaseException: this runs in the
+        return  # main thread for a future already done, where it would swallow a stop signal's exception
     for ref, _ in res.outputs:
         transfer.discard(ref)
 

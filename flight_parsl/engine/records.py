@@ -60,6 +60,8 @@ rounds.csv columns (empty: not measured in this mode):
 - ``readmitted``: clients re-admitted before this round, space separated (sync).
 - ``killed_slots``: worker processes the fault injector killed during the round (sync).
 - ``live_slots``: worker processes alive at the round's end (sync, with ``faults.kill_slots``).
+- ``cold_slots``: tasks recorded while the round was open that were the first on a slot the
+  warm-up had not primed (a worker process Parsl restarted): see ``task_cold``.
 - ``proxy_test_acc``: mean over clients of the shared model's test accuracy (decentralized).
 - ``epsilon``: the largest client DP epsilon so far (decentralized with DP).
 
@@ -111,6 +113,9 @@ are the row's own (its client's) or labels.
 - ``straggler``: 1 when the client was slowed down (or dropped) as a straggler.
 - ``epochs``: the client's local epochs this round.
 - ``task_rtt_s``: ``task_received - task_submitted``.
+- ``task_cold``: 1 when the task was the first one on its slot (host, pid) that the warm-up did
+  not reach: a worker process Parsl started after the warm-up (a restart after a kill) pays its
+  imports and data loading in this task; 0 on a primed slot; empty for work that ran on no slot.
 - ``segment``: the stretch of the run: 0, then 1 after the first ``--resume`` ...
 - ``private_test_acc``: the client's private (or only) model on its test set (decentralized).
 - ``proxy_test_acc``: the client's shared model on its test set (decentralized).
@@ -126,10 +131,11 @@ import json
 import math
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from flight_parsl.config.experiment import ExperimentConfig, save_yaml
+from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Failure, TaskResult
 from flight_parsl.engine.outcomes import RoundStats, mean_finite
 from flight_parsl.processes.batch_job import batch_job_info
@@ -169,6 +175,7 @@ ROUND_COLUMNS = (
     "readmitted",
     "killed_slots",
     "live_slots",
+    "cold_slots",
     "proxy_test_acc",
     "epsilon",
 )
@@ -215,6 +222,7 @@ TASK_COLUMNS = (
     "straggler",
     "epochs",
     "task_rtt_s",
+    "task_cold",
     "segment",
     "private_test_acc",
     "proxy_test_acc",
@@ -257,11 +265,12 @@ class _Table:
                 columns = tuple(reader.fieldnames or columns)
                 kept = [row for row in reader if keep(row)]
             tmp = path.with_name(path.name + ".tmp")
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(kept)
-            tmp.replace(path)
+            with deferred():  # never a .tmp left behind by a stop signal
+                with tmp.open("w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=columns)
+                    writer.writeheader()
+                    writer.writerows(kept)
+                tmp.replace(path)
             self._file: IO[str] = path.open("a", newline="")
             self._writer = csv.DictWriter(self._file, fieldnames=columns, extrasaction="ignore")
             self.rows = len(kept)
@@ -299,6 +308,8 @@ class RunRecorder:
         self.dir = Path(out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.segment = 0
+        self._slots: set[tuple[str, int]] | None = None  # slots seen (primed, or ran a task); None: not known
+        self._cold = 0  # cold tasks since the last round row
         if resume_round is None:
             save_yaml(cfg, self.dir / "config.yaml")
             self.rounds = _Table(self.dir / "rounds.csv", ROUND_COLUMNS)
@@ -355,12 +366,32 @@ class RunRecorder:
         self.summary.update(values)
         self.write_summary()
 
+    def primed(self, slots: Iterable[tuple[str, int]]) -> None:
+        """The (host, pid) of the slots the warm-up reached: a task on any other slot is cold."""
+        self._slots = set(slots)
+
     def task_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Append the rows of one task (one per client)."""
-        self.tasks.write_many([{**row, "segment": self.segment} for row in rows])
+        """Append the rows of one task (one per client); mark a task on an unprimed slot cold."""
+        rows = [{**row, "segment": self.segment} for row in rows]
+        if self._slots is not None:
+            new: set[tuple[str, int]] = set()
+            for row in rows:
+                if "task_started" not in row or row.get("pid") in (None, ""):
+                    continue  # failed or dropped work that ran on no slot
+                slot = (str(row.get("host")), int(row["pid"]))
+                cold = slot not in self._slots or slot in new
+                row["task_cold"] = int(cold)
+                if cold:
+                    new.add(slot)
+            self._slots |= new
+            self._cold += len(new)
+        self.tasks.write_many(rows)
 
     def round_row(self, row: dict[str, Any]) -> None:
-        """Append one round row (built by :func:`round_row`)."""
+        """Append one round row (built by :func:`round_row`), with the round's cold tasks."""
+        if self._slots is not None:
+            row = {**row, "cold_slots": self._cold}
+            self._cold = 0
         self.rounds.write(row)
         self.update(rounds_completed=self.rounds.rows)
 
@@ -379,8 +410,10 @@ class RunRecorder:
     def write_summary(self) -> None:
         """Atomically rewrite summary.json."""
         tmp = self.dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(self.summary, indent=2, default=str) + "\n")
-        tmp.replace(self.dir / "summary.json")
+        text = json.dumps(self.summary, indent=2, default=str) + "\n"
+        with deferred():  # never a summary.json.tmp left behind by a stop signal
+            tmp.write_text(text)
+            tmp.replace(self.dir / "summary.json")
 
 
 def _derive(times: dict[str, Any]) -> None:

@@ -18,6 +18,8 @@ from types import TracebackType
 
 from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
+from flight_parsl.core import stopping
+from flight_parsl.core.stopping import TeardownStack, deferred
 from flight_parsl.engine.asynchronous import run_async
 from flight_parsl.config.experiment import checkpoint_hash
 from flight_parsl.engine.context import RunContext, compression, faults, prepare, workload
@@ -115,7 +117,10 @@ def run_experiment(
     recorder = RunRecorder(out, cfg, resume_round=(point.next_round if point else 0) if resume else None)
     progress.say(f"run directory: {out}")
     try:
-        with PeakSampler() as memory, ExitStack() as stack:
+        # Opening and closing what lives outside the coordinator (a redis-server, the executor, the
+        # warm-up's directory, leftovers.json) is deferred()-shielded: a stop signal waits for that
+        # step to end, so nothing is left half started or half removed.
+        with PeakSampler() as memory, TeardownStack() as stack:
             stack.callback(leftovers.forget, out)  # unwound last: an orderly stop leaves nothing behind
             work = workload(cfg)  # torch-free; bad data fails before anything starts
             t = cfg.transfer
@@ -124,20 +129,27 @@ def run_experiment(
             ending = stack.enter_context(ExitStack())
             # Sites, their virtual network and a Redis on it (several sites) open first.
             if sites is None:
-                sites = stack.enter_context(open_run_sites(cfg))
+                with deferred():  # namespaces and a Redis on their bridge: made whole, or not at all
+                    sites = stack.enter_context(open_run_sites(cfg))
             bridge = sites is not None and sites.redis is not None
             redis = sites.redis if sites is not None and bridge else t.redis
             password = sites.redis_password if sites is not None and bridge else None
             # The channel opens next: an unreachable Redis fails before Parsl starts. A managed Redis
             # listens where the site's workers reach this host (a cluster's head-node address).
             host = _service_host(cfg) if t.kind == "redis" and redis is None else "127.0.0.1"
-            transfer = stack.enter_context(
-                open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host)
-            )
-            state = _state(cfg, transfer, stack)
-            active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
-            warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
-            stack.callback(warmup.close)
+            with deferred():
+                transfer = stack.enter_context(
+                    open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host)
+                )
+                leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
+                state = _state(cfg, transfer, stack)
+            with deferred():
+                active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
+                # the interchange; the worker pools once the warm-up found them
+                leftovers.note(out, transfer, active, state=state)
+            with deferred():
+                warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
+                stack.callback(warmup.close)
             exp = prepare(cfg, work)  # torch and the initial model, while the slots start
             recorder.update(
                 model=exp.workload.model.name,
@@ -154,15 +166,17 @@ def run_experiment(
             recorder.mark("priming_done")
             recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed),
                             block_jobs=block_jobs(active))
+            recorder.primed(primed)
             late: list[Future[object]] = []  # work still out when its round closed
             if backend is not None and (transfer.store_name is not None or state is not None):
                 ending.push(_release_slots(active, slots, transfer.store_name, state, recorder, late))
             if cfg.backend != "thread" and len(primed) < slots:
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
             census = SlotCensus(slots, primed if cfg.backend == "parsl" else set())
-            injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
-            leftovers.note(out, transfer, active, set(census.parent.values()), state)
-            stack.callback(injector.close)
+            with deferred():
+                injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
+                stack.callback(injector.close)
+                leftovers.note(out, transfer, active, set(census.parent.values()), state)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, cfg.round, state,
                              faults(cfg), injector, point, late,
                              placement=sites.placement if sites is not None else None, checkpoint_hash=tied_to,
@@ -191,6 +205,7 @@ def run_experiment(
         if sites is not None and sites.link_bytes:
             recorder.update(site_links=sites.link_bytes)
         recorder.update(block_jobs=block_jobs(active))  # blocks started during the run too
+        stopping.check()  # a stop signal whose exception Python dropped: the run did not complete
         recorder.finish("completed")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as core.errors.Terminated (its text names the signal)
         recorder.finish("interrupted", str(exc) or "interrupted by the user")

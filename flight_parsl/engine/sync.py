@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from flight_parsl.core.errors import RoundError
+from flight_parsl.core import stopping
+from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Failure, LocalSettings, Slot, TaskResult
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.engine import checkpoint
@@ -135,6 +137,7 @@ class SyncRound:
         self.watch = None if ctx.injector is None else ctx.injector.census.record
         self.versions: VersionBook | None = None  # train.keep_momentum: each client's accepted momentum
         self.attempt_of: dict[int, int] = {}  # client -> the attempt whose result reached the root
+        self.handling: Pending[_Job] | None = None  # the outcome being handled
 
     # planning --------------------------------------------------------------------
 
@@ -258,10 +261,13 @@ class SyncRound:
             if len(self.queue):
                 item = self.queue.next(wait)
             else:
+                stopping.check()
                 time.sleep(max(0.0, wait))
                 item = None
             if item is not None:
+                self.handling = item  # out of the queue, not yet folded: released if the run stops here
                 self._on_done(item)
+                self.handling = None
             self._submit_due()
             if item is None and time.monotonic() >= deadline:
                 self._close("deadline", f"still out at the round's {deadline_s:.1f} s deadline")
@@ -408,6 +414,19 @@ class SyncRound:
         self.parts.clear()
 
 
+    def release_outstanding(self) -> None:
+        """The run stops mid-round: release what every task still out (or done and not yet
+        handled) stores, now or when it ends (before the channel closes: the executor's
+        shutdown waits for its tasks), and what results wait at aggregators."""
+        release = partial(release_late, self.ctx.transfer)
+        for item in [*self.queue.abandon(), *([self.handling] if self.handling is not None else [])]:
+            item.future.add_done_callback(release)
+        for parts in self.parts.values():
+            for part in parts:
+                self.ctx.transfer.discard(part.ref)
+        self.parts.clear()
+
+
 def fold_stale(ctx: RunContext, items: list[Pending[_Job]], into: Any) -> list[int]:
     """Fold late results of the previous round that have arrived into ``into`` with weight x
     ``round.stale_weight``; release the others when they arrive. Returns the folded clients."""
@@ -543,6 +562,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
     if injector is not None:
         injector.start_run()
     for r in range(first, cfg.rounds):
+        stopping.check()  # a stop signal whose exception was lost ends the run before another round
         start = time.time()
         readmitted = book.membership.readmit(r, census)
         members = book.membership.members()
@@ -563,10 +583,14 @@ def run_sync(ctx: RunContext) -> LoopResult:
         rnd.versions = book.versions
         deadline_s = policy.deadline(slowest, len(sampled) / max(1, ctx.slots))
         progress.start_round(r, len(sampled))
-        rnd.start(ref)
-        if injector is not None:
-            injector.start_round(r)
-        rnd.run(deadline_s)
+        try:
+            rnd.start(ref)
+            if injector is not None:
+                injector.start_round(r)
+            rnd.run(deadline_s)
+        except BaseException:  # Ctrl-C, SIGTERM, a failure: what the round's tasks stored is released
+            rnd.release_outstanding()
+            raise
         stale = fold_stale(ctx, carried, rnd.root_agg) if carried else []
         carried = rnd.late_items
         ok, quorum = len(rnd.folded), policy.must_report(len(sampled))
@@ -628,7 +652,8 @@ def run_sync(ctx: RunContext) -> LoopResult:
             )
         if cfg.round.checkpoint:
             point = checkpoint.Checkpoint(r + 1, weights, rng.bit_generator.state, slowest, tied_to, book.state())
-            checkpoint.save(recorder.dir, point)
+            with deferred():  # written and renamed whole: a stop signal waits for the rename
+                checkpoint.save(recorder.dir, point)
         progress.end_round(r, ok, len(sampled), end - start, loss, acc, rnd.stats.retries)
         summaries.append(RoundSummary(r, end - start, loss, acc, ok, len(sampled) - ok))
     for item in carried:  # late results of the last round: nothing to fold them into

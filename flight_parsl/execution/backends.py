@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from flight_parsl.core.errors import ExecutorError
+from flight_parsl.core import stopping
+from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Workload
 from flight_parsl.transfer.state import ClientState
+from flight_parsl.worker import faults as slot_faults
 from flight_parsl.worker.release import Released, release_task
 from flight_parsl.worker.tasks import prime_task
 
@@ -131,13 +134,17 @@ def open_backend(
         pool = ProcessPoolExecutor(max_workers=slots, mp_context=multiprocessing.get_context("spawn"))
     else:
         raise ExecutorError(f"unknown backend {kind!r}; valid: parsl, process, thread")
+    slot_faults.arm()
     try:
         if on_started:
             on_started()
         yield Backend(pool, kind, f"{kind} pool with {slots} slots", slots=slots, started_at=started_at)
     finally:
         # Threads cannot be stopped: wait for a late task, so that nothing writes into a
-        # transfer or state directory after the run removed it. Processes end with the pool.
+        # transfer or state directory after the run removed it (an injected hang ends at once,
+        # so a stop signal is not held for its hang_s). Processes end with the pool.
+        if kind == "thread":
+            slot_faults.release_hangs()
         pool.shutdown(wait=kind == "thread", cancel_futures=True)
 
 
@@ -152,17 +159,20 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
 
     site = load_site(parsl_config)
     config = build_parsl_config(site, workers, run_dir)
-    try:
-        dfk = parsl.load(config)
-    except Exception as exc:  # Parsl raises many kinds here; one message for the user
-        raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
+    # a stop signal waits for the interchange and the worker pool to be up (and owned), or gone
+    with deferred():
+        try:
+            dfk = parsl.load(config)
+        except Exception as exc:  # Parsl raises many kinds here; one message for the user
+            raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
     try:
         yield Backend(
             ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config),
             dfk=dfk, pending_timeout=site_pending_timeout(site),
         )
     finally:
-        close_dfk(dfk)
+        with deferred():
+            close_dfk(dfk)
 
 
 def close_dfk(dfk: Any) -> None:
@@ -263,6 +273,7 @@ class Warmup:
         try:
             ready = -1
             while not all(f.done() for f in self.futures) and time.monotonic() < self.deadline:
+                stopping.check()
                 if self.on_progress and self._ready() != ready:
                     ready = self._ready()
                     self.on_progress(ready, self.count)

@@ -10,7 +10,7 @@ about rounds and one place answers "what did this run leave running, and who sto
   that SIGKILL them or the managed redis-server (``faults.csv``).
 - :mod:`~flight_parsl.processes.leftovers`: the list of processes and directories a run
   opened (``leftovers.json``), and their removal after a coordinator that was killed
-  without unwinding (``--resume``).
+  without unwinding (``--resume``, ``python -m flight_parsl.cleanup RUN_DIR``).
 - :mod:`~flight_parsl.processes.batch_job`: the Slurm / PBS job the run executes in.
 - :mod:`~flight_parsl.processes.multisite`: a several-sites run's sites, their virtual
   network (namespaces) and the managed redis-server on its bridge, opened before the

@@ -1,12 +1,17 @@
 """What a coordinator killed without unwinding (SIGKILL, a lost node) leaves, and its removal.
 
 While a run is open, ``leftovers.json`` in its run directory lists what the run
-started outside itself: the managed redis-server (pid and directory), the file
-channel's directory, the HTEX interchange, worker-manager and worker pids. A run that
-stops in any orderly way (completed, failed, Ctrl-C, SIGTERM) removes all of them
-and then the list. A resumed run (``--resume``) finds the list of a run that did
-not, stops the processes that are still the ones listed (same pid, start time and
-command line), removes the directories and forgets the list.
+started outside itself: the coordinator, the managed redis-server (pid and directory),
+the file channel's directory, the HTEX interchange, worker-manager and worker pids. The
+list is written once the executor is up and again once the warm-up has found the
+workers. A run that stops in any orderly way (completed, failed, Ctrl-C, SIGTERM)
+removes all of them and then the list. A resumed run (``--resume``) and
+``python -m flight_parsl.cleanup RUN_DIR`` (:mod:`flight_parsl.cleanup`) find the list of
+a run that did not, stop the processes that are still the ones listed (same pid, start
+time and command line) together with the current children of a listed worker pool (the
+workers it restarted after the list was written) and every worker pool whose command
+line names the run directory, remove the directories and forget the list. Neither
+touches a run whose coordinator is still alive (:class:`RunStillOpen`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,14 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
+from flight_parsl.core.errors import FlightParslError
 from flight_parsl.processes.injector import children, stat_field
 
 FILENAME = "leftovers.json"
+
+
+class RunStillOpen(FlightParslError):
+    """The run's coordinator still runs: its processes are not leftovers."""
 
 
 def _cmdline(pid: int) -> str:
@@ -47,6 +57,7 @@ def note(
     directories: list[str] = []
     if getattr(state, "root", None):
         directories.append(str(state.root))
+    me = {"pid": os.getpid(), "started": _started(os.getpid())}
     server = getattr(transfer, "server", None)
     if server is not None and server.pid is not None:
         processes.append({"pid": server.pid, "match": "redis-server"})
@@ -66,7 +77,7 @@ def note(
         proc["started"] = _started(proc["pid"])
     path = Path(run_dir) / FILENAME
     tmp = path.with_name(FILENAME + ".tmp")
-    tmp.write_text(json.dumps({"processes": processes, "directories": directories}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"coordinator": me, "processes": processes, "directories": directories}, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -75,24 +86,108 @@ def forget(run_dir: str | Path) -> None:
     Path(run_dir, FILENAME).unlink(missing_ok=True)
 
 
-def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
-    """Stop and remove what a stopped run in ``run_dir`` left; returns what was removed."""
-    path = Path(run_dir) / FILENAME
+def _zombie(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text[text.rindex(")") + 2 :].split()[0] in ("Z", "X")
+
+
+def _same(proc: dict[str, Any]) -> bool:
+    """Whether a listed process still runs: same pid, command line and start time."""
+    pid = int(proc["pid"])
+    return proc["match"] in _cmdline(pid) and _started(pid) == proc.get("started") and not _zombie(pid)
+
+
+def _pools_of(run_dir: Path) -> list[int]:
+    """Live HTEX worker pools whose command line names the run directory (their log directory)."""
+    marker = str(run_dir.absolute())
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            line = _cmdline(int(entry))
+            if "process_worker_pool" in line and marker + "/" in line:
+                found.append(int(entry))
+    return found
+
+
+def coordinator_alive(listed: dict[str, Any]) -> int | None:
+    """The pid of the listed coordinator when it still runs (and is not this process), else None."""
+    me = listed.get("coordinator") or {}
+    pid = me.get("pid")
+    if pid is None or int(pid) == os.getpid() or _started(int(pid)) != me.get("started"):
+        return None
+    return int(pid)
+
+
+def left(run_dir: str | Path) -> list[str]:
+    """What a stopped run in ``run_dir`` left that still exists, one line each; nothing is touched.
+
+    Raises:
+        RunStillOpen: the run's coordinator still runs.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / FILENAME
     if not path.is_file():
         return []
     listed = json.loads(path.read_text())
-    done = []
+    pid = coordinator_alive(listed)
+    if pid is not None:
+        raise RunStillOpen(f"{run_dir}: its coordinator (pid {pid}) still runs; stop it first "
+                           f"(kill -TERM {pid} stops it and cleans up)")
+    out = []
+    pools = set()
     for proc in listed.get("processes", []):
+        if _same(proc):
+            out.append(f"{proc['match']} pid {proc['pid']}")
+            if proc["match"] == "process_worker_pool":
+                pools.add(int(proc["pid"]))
+    for pid in sorted(set(_pools_of(run_dir)) - pools):
+        out.append(f"process_worker_pool pid {pid}")
+        pools.add(pid)
+    listed_pids = {int(p["pid"]) for p in listed.get("processes", [])}
+    for pid in sorted(set(children(pools)) - listed_pids):
+        out.append(f"worker pid {pid} (a child of a worker pool)")
+    out += [d for d in listed.get("directories", []) if Path(d).exists()]
+    return out
+
+
+def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
+    """Stop and remove what a stopped run in ``run_dir`` left; returns what was removed.
+
+    Raises:
+        RunStillOpen: the run's coordinator still runs (nothing is touched).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / FILENAME
+    if not path.is_file():
+        return []
+    listed = json.loads(path.read_text())
+    pid = coordinator_alive(listed)
+    if pid is not None:
+        raise RunStillOpen(f"{run_dir}: its coordinator (pid {pid}) still runs; stop it first "
+                           f"(kill -TERM {pid} stops it and cleans up)")
+    done = []
+    pools = {int(p["pid"]) for p in listed.get("processes", []) if p["match"] == "process_worker_pool" and _same(p)}
+    pools |= set(_pools_of(run_dir))
+    # a pool's current children first: workers it restarted after the list was written are not on it
+    listed_pids = {int(p["pid"]) for p in listed.get("processes", [])}
+    kids = [{"pid": c, "match": "", "started": _started(c)} for c in sorted(set(children(pools)) - listed_pids)]
+    more = [{"pid": p, "match": "process_worker_pool", "started": _started(p)} for p in sorted(pools - listed_pids)]
+    # pools before their workers: a pool that still runs restarts a worker killed before it
+    for proc in [*more, *listed.get("processes", []), *kids]:
+        if not _same(proc):
+            continue
         pid = int(proc["pid"])
-        if proc["match"] in _cmdline(pid) and _started(pid) == proc.get("started"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + wait_s
-            while proc["match"] in _cmdline(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            done.append(f"{proc['match']} pid {pid}")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + wait_s
+        while _same(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done.append(f"{proc['match'] or 'worker'} pid {pid}")
     for directory in listed.get("directories", []):
         if Path(directory).exists():
             shutil.rmtree(directory, ignore_errors=True)

@@ -28,6 +28,7 @@ from proxystore.connectors.file import FileConnector
 from proxystore.connectors.redis import RedisConnector
 
 from flight_parsl.core.errors import TransferError
+from flight_parsl.core.stopping import deferred
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Resolved
 
@@ -232,7 +233,8 @@ class ProxyTransfer:
     def publish(self, weights: FlatWeights, round_idx: int) -> ProxyRef:
         data = weights.to_bytes()
         try:
-            proxy = self.store.proxy(data, lifetime=self._lifetime(round_idx), populate_target=False)
+            with deferred():  # the key and its lifetime are written together, or not at all
+                proxy = self.store.proxy(data, lifetime=self._lifetime(round_idx), populate_target=False)
         except Exception as exc:
             raise TransferError(
                 f"{self.kind} store at {self.where} failed in round {round_idx + 1}: {type(exc).__name__}: {exc}"

@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+import threading
 
 from flight_parsl.core.types import Faults
+
+#: Set when the slots of this process stop (a thread pool shutting down): an injected hang
+#: ends at once instead of holding the run's stop for ``hang_s`` seconds.
+_released = threading.Event()
+
+
+def arm() -> None:
+    """Slots of a new run start in this process: hangs last their full time again."""
+    _released.clear()
+
+
+def release_hangs() -> None:
+    """The thread slots of this process stop: end every injected hang now."""
+    _released.set()
 
 
 def inject(faults: Faults | None, round_idx: int, client: int, attempt: int) -> None:
@@ -20,4 +34,4 @@ def inject(faults: Faults | None, round_idx: int, client: int, attempt: int) -> 
     if (round_idx, client) in faults.kill:
         os.kill(os.getpid(), signal.SIGKILL)
     if (round_idx, client) in faults.hang:
-        time.sleep(faults.hang_s)
+        _released.wait(faults.hang_s)
