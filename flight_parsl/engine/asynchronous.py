@@ -97,7 +97,7 @@ class AsyncLoop:
         self.summaries: list[RoundSummary] = []
         self.windows = 0  # windows closed, in this segment and the ones before
         self.slowest: float | None = None
-        self.versions = VersionBook(ctx.state) if ctx.state is not None else None
+        self.versions = VersionBook(ctx.state) if ctx.state is not None and ctx.cfg.train.keep_momentum else None
         self.reissue: list[tuple[int, int]] = []  # (client, model version) still out at the checkpoint
         if ctx.resume is not None:
             self._restore(ctx.resume)

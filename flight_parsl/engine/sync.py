@@ -545,7 +545,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
     book = _ClientBook(
         Membership(cfg.workers, policy.max_missed, policy.readmit_after),
         AIMDEpochs(s_cfg.aimd_start, s_cfg.aimd_max) if s_cfg.aimd else None,
-        VersionBook(ctx.state) if ctx.state is not None else None,
+        VersionBook(ctx.state) if ctx.state is not None and cfg.train.keep_momentum else None,
     )
     slow = frozenset(cfg.faults.slow)
     injector = ctx.injector
