@@ -121,6 +121,23 @@ def coordinator_alive(listed: dict[str, Any]) -> int | None:
     return int(pid)
 
 
+def _listed(run_dir: Path) -> dict[str, Any] | None:
+    """The list a run in ``run_dir`` keeps of what it runs outside itself (None: nothing listed).
+
+    Raises:
+        RunStillOpen: the run's coordinator still runs.
+    """
+    path = run_dir / FILENAME
+    if not path.is_file():
+        return None
+    listed: dict[str, Any] = json.loads(path.read_text())
+    pid = coordinator_alive(listed)
+    if pid is not None:
+        raise RunStillOpen(f"{run_dir}: its coordinator (pid {pid}) still runs; stop it first "
+                           f"(kill -TERM {pid} stops it and cleans up)")
+    return listed
+
+
 def left(run_dir: str | Path) -> list[str]:
     """What a stopped run in ``run_dir`` left that still exists, one line each; nothing is touched.
 
@@ -128,14 +145,9 @@ def left(run_dir: str | Path) -> list[str]:
         RunStillOpen: the run's coordinator still runs.
     """
     run_dir = Path(run_dir)
-    path = run_dir / FILENAME
-    if not path.is_file():
+    listed = _listed(run_dir)
+    if listed is None:
         return []
-    listed = json.loads(path.read_text())
-    pid = coordinator_alive(listed)
-    if pid is not None:
-        raise RunStillOpen(f"{run_dir}: its coordinator (pid {pid}) still runs; stop it first "
-                           f"(kill -TERM {pid} stops it and cleans up)")
     out = []
     pools = set()
     for proc in listed.get("processes", []):
@@ -160,14 +172,9 @@ def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
         RunStillOpen: the run's coordinator still runs (nothing is touched).
     """
     run_dir = Path(run_dir)
-    path = run_dir / FILENAME
-    if not path.is_file():
+    listed = _listed(run_dir)
+    if listed is None:
         return []
-    listed = json.loads(path.read_text())
-    pid = coordinator_alive(listed)
-    if pid is not None:
-        raise RunStillOpen(f"{run_dir}: its coordinator (pid {pid}) still runs; stop it first "
-                           f"(kill -TERM {pid} stops it and cleans up)")
     done = []
     pools = {int(p["pid"]) for p in listed.get("processes", []) if p["match"] == "process_worker_pool" and _same(p)}
     pools |= set(_pools_of(run_dir))
