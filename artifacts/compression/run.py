@@ -123,17 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _arms_of(rows: list[dict], dataset: str) -> list[tuple[str, list[dict], float, float]]:
+    """(arm, its rows, mean accuracy of none, mean bytes up per round of none) for each arm run on ``dataset``."""
+    mine = [r for r in rows if r["dataset"] == dataset]
+    ref = [r for r in mine if r["arm"] == "none"]
+    acc0 = statistics.mean(r["final_acc"] for r in ref)
+    up0 = statistics.mean(r["bytes_up_per_round"] for r in ref)
+    return [(arm, [r for r in mine if r["arm"] == arm], acc0, up0)
+            for arm in (label for label, _ in arms() if any(r["arm"] == label for r in mine))]
+
+
 def summarize(rows: list[dict]) -> str:
     """A Markdown table: per dataset and arm, accuracy over seeds and bytes up relative to none."""
     lines = ["| dataset | arm | final accuracy (mean +- sd) | vs none (points) | bytes up / round vs none | "
              "compression ratio |", "|---|---|---|---|---|---|"]
     for d in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == d]
-        ref = [r for r in mine if r["arm"] == "none"]
-        acc0 = statistics.mean(r["final_acc"] for r in ref)
-        up0 = statistics.mean(r["bytes_up_per_round"] for r in ref)
-        for arm in [label for label, _ in arms() if any(r["arm"] == label for r in mine)]:
-            sel = [r for r in mine if r["arm"] == arm]
+        for arm, sel, acc0, up0 in _arms_of(rows, d):
             accs = [r["final_acc"] for r in sel]
             acc = statistics.mean(accs)
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -154,12 +159,7 @@ def figure(rows: list[dict], path: Path) -> None:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for ax, d in zip(axes[0], datasets):
-        mine = [r for r in rows if r["dataset"] == d]
-        ref = [r for r in mine if r["arm"] == "none"]
-        acc0 = statistics.mean(r["final_acc"] for r in ref)
-        up0 = statistics.mean(r["bytes_up_per_round"] for r in ref)
-        for arm in [label for label, _ in arms() if any(r["arm"] == label for r in mine)]:
-            sel = [r for r in mine if r["arm"] == arm]
+        for arm, sel, acc0, up0 in _arms_of(rows, d):
             x = statistics.mean(r["bytes_up_per_round"] for r in sel) / up0
             y = 100 * (statistics.mean(r["final_acc"] for r in sel) - acc0)
             ax.scatter([x], [y], marker="s" if arm.endswith("+ef") else "o")
