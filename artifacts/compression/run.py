@@ -169,7 +169,7 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("bytes up per round / none's")
         ax.set_ylabel("final test accuracy - none's (points)")
-        ax.set_title(f"{d}: FedAvg, {len(ref)} seed(s)")
+        ax.set_title(f"{d}: FedAvg, {sum(r['dataset'] == d and r['arm'] == 'none' for r in rows)} seed(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
