@@ -203,6 +203,19 @@ def _barrier_dir() -> str:
     return tempfile.mkdtemp(prefix="flight_parsl-prime-", dir=base)
 
 
+def remove_barrier(barrier: str) -> None:
+    """Remove a barrier directory so that no task still waiting on it can wait on: it is renamed
+    first (atomically), so a task that marks itself or counts arrivals there from now on finds no
+    directory; removing it in place could race a task adding its mark, leave the directory behind
+    and hold that task for its whole wait."""
+    gone = f"{barrier}.closed-{os.getpid()}"
+    try:
+        os.rename(barrier, gone)
+    except OSError:
+        gone = barrier  # already gone (or never made)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 class Warmup:
     """Warm up every slot: one task per slot imports ``modules`` and loads the data.
 
@@ -265,7 +278,7 @@ class Warmup:
 
     def close(self) -> None:
         """Remove the barrier directory (also when the run stops before :meth:`wait`)."""
-        shutil.rmtree(self.barrier, ignore_errors=True)
+        remove_barrier(self.barrier)
 
     def wait(self) -> set[tuple[str, int]]:
         """The (host, pid) of the slots reached; fails clearly if none answers in time."""
@@ -350,4 +363,4 @@ def release(
         log.exception("could not release the run's store on the slots (%s)", backend.description)
         return []
     finally:
-        shutil.rmtree(barrier, ignore_errors=True)
+        remove_barrier(barrier)
