@@ -11,7 +11,8 @@ route), so they reach the bridge address and each other, never another network.
 Names carry a per-process prefix (``fpns-<pid>-``, bridge ``fpbr<pid>``) and
 :func:`virtual_network` removes everything it made when it exits, including after
 an error, also killing processes still inside its namespaces. Needs root and the
-``ip`` command (iproute2).
+``ip`` command (iproute2); a shaped link (a site's ``link:``, see
+:mod:`flight_parsl.execution.links`) needs ``tc`` too.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from flight_parsl.core.errors import ConfigError, ExecutorError
+from flight_parsl.execution.links import Link, apply_link, check_tc
 
 log = logging.getLogger(__name__)
 
@@ -182,20 +184,24 @@ def _remove_namespace(netns: str) -> None:
 
 
 @contextmanager
-def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
+def virtual_network(names: Sequence[str], links: Mapping[str, Link] | None = None) -> Iterator[VirtualNetwork]:
     """Create one virtual host per name on a fresh bridge; remove all of it on exit.
 
     Args:
         names: host names (letters, digits, ``_.-``; at most 31 characters), distinct.
+        links: host name -> its shaped link (:mod:`flight_parsl.execution.links`), applied with
+            ``tc`` on both ends of its veth pair; gone with the namespace.
 
     Yields:
         The network: the bridge address (the root side) and the hosts.
 
     Raises:
-        ConfigError: bad or repeated names.
-        ExecutorError: namespaces cannot be made here (the reason says why).
+        ConfigError: bad or repeated names, a link for a host not in ``names``, a link whose
+            qdisc this kernel lacks (netem).
+        ExecutorError: namespaces cannot be made here, or ``tc`` is missing (the reason says why).
     """
     names = list(names)
+    shaped = dict(links or {})
     for name in names:
         if not _NAME.match(name):
             raise ConfigError(
@@ -206,6 +212,10 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
     reason = netns_available()
     if reason:
         raise ExecutorError(f"cannot create virtual hosts: {reason}")
+    for name in shaped:
+        if name not in names:
+            raise ConfigError(f"a link for virtual host {name!r}, which is not one of {names}")
+    check_tc(shaped)
     if len(names) > 250:
         raise ConfigError(f"{len(names)} virtual hosts; at most 250 fit one /24")
     remove_stale()
@@ -215,7 +225,7 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
     net = VirtualNetwork(f"fpns-{pid}-", f"fpbr{pid}", str(addrs[0]), str(subnet))
     made_bridge = False
     made: list[str] = []
-    links: list[str] = []
+    pairs: list[str] = []
     try:
         _ip("link", "add", net.bridge, "type", "bridge")
         made_bridge = True
@@ -227,7 +237,7 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
             made.append(netns)
             outer, inner = f"fpv{pid}h{i}"[:15], f"fpi{pid}h{i}"[:15]
             _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
-            links.append(outer)
+            pairs.append(outer)
             _ip("link", "set", inner, "netns", netns)
             _ip("link", "set", outer, "master", net.bridge)
             _ip("link", "set", outer, "up")
@@ -236,13 +246,15 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
             _ip("netns", "exec", netns, "ip", "link", "set", inner, "name", "eth0")
             _ip("netns", "exec", netns, "ip", "addr", "add", f"{address}/{subnet.prefixlen}", "dev", "eth0")
             _ip("netns", "exec", netns, "ip", "link", "set", "eth0", "up")
+            if name in shaped:
+                apply_link(shaped[name], outer, netns)
             net.hosts[name] = VirtualHost(name, netns, address, outer)
         log.info("virtual network %s on %s: %s", net.bridge, subnet, ", ".join(f"{h.name}={h.address}" for h in net.hosts.values()))
         yield net
     finally:
         for netns in made:  # deleting a namespace deletes its veth end, and so the pair
             _remove_namespace(netns)
-        for link in links:  # a pair whose inner end never moved into its namespace
+        for link in pairs:  # a pair whose inner end never moved into its namespace
             if _ip("link", "show", link, check=False).returncode == 0:
                 _ip("link", "del", link, check=False)
         if made_bridge:

@@ -1,0 +1,248 @@
+"""Shaped links (a site's ``link:``): units and bad input, the tc commands, and, as root in
+namespaces, links measured near what was asked and nothing left afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flight_parsl.core.errors import ConfigError
+from flight_parsl.execution import links as links_mod
+from flight_parsl.execution.links import Link, check_links, host_links, measure_link, off_by
+from flight_parsl.execution.netns import netns_available, virtual_network
+from flight_parsl.execution.site import normalize_site
+
+REPO = Path(__file__).resolve().parents[1]
+TWO_SITES = REPO / "configs" / "topologies" / "example_two_sites.yaml"
+SITE_A = REPO / "configs" / "parsl" / "netns" / "site-a.yaml"
+SITE_B = REPO / "configs" / "parsl" / "netns" / "site-b.yaml"
+
+NO_NETNS = netns_available() or links_mod.tc_available()
+needs_netns = pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces or tc here: {NO_NETNS}")
+
+
+def _site(link: object, host: str | None = "h") -> dict:
+    return normalize_site({"label": "s", "virtual_host": host, "link": link}, "site file 'x.yaml'")
+
+
+def _netem_here() -> bool:
+    """True when this kernel has the netem qdisc (probed in a throwaway namespace)."""
+    name = f"fpns-{os.getpid()}-netem-probe"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+        probe = subprocess.run(["tc", "-n", name, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+                               check=False, capture_output=True)
+        return probe.returncode == 0
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+NETEM = NO_NETNS is None and _netem_here()
+
+
+def _devices() -> list[str]:
+    devs = subprocess.run(["ip", "-o", "link", "show"], check=False, capture_output=True, text=True).stdout
+    return [line.split(": ")[1].split("@")[0] for line in devs.splitlines() if ": " in line]
+
+
+#: ifb devices the kernel made at boot (its ifb driver's numifbs); the links never make one.
+IFB_AT_START = {d for d in _devices() if d.startswith("ifb")} if NO_NETNS is None else set()
+
+
+def _leftovers() -> list[str]:
+    """Namespaces, veths and bridges of this process, and new ifb devices, still present."""
+    pid = os.getpid()
+    ns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
+    out = [line.split()[0] for line in ns.splitlines() if line.startswith(f"fpns-{pid}-")]
+    out += [d for d in _devices() if d.startswith(("fpv", "fpi", "fpbr")) and str(pid) in d
+            or d.startswith("ifb") and d not in IFB_AT_START]
+    return out
+
+
+# units and bad input ----------------------------------------------------------------------
+
+
+def test_units_become_bits_per_second_milliseconds_and_percent() -> None:
+    assert _site({"rate": "1gbit", "delay": "5ms", "jitter": "0ms", "loss": "0%"})["link"] == {
+        "rate": 10**9, "delay": 5.0, "jitter": 0.0, "loss": 0.0}
+    assert _site({"rate": "50Mbit/s", "delay": "800us", "jitter": "0.1ms", "loss": 0.5})["link"] == {
+        "rate": 50 * 10**6, "delay": 0.8, "jitter": 0.1, "loss": 0.5}
+    assert _site({"rate": "512kbit", "delay": "0.02s"})["link"]["delay"] == 20.0
+    site = _site({"rate": "100mbit", "delay": "20ms"})
+    assert normalize_site(site)["link"] == site["link"]  # the normalised form validates again
+    assert Link.of(site["link"]).rtt_ms == 40.0  # the delay is one way
+
+
+@pytest.mark.parametrize(("link", "message"), [
+    ({"rate": 0}, "key 'link.rate' = 0: must be > 0"),
+    ({"rate": "0mbit"}, "key 'link.rate' = '0mbit': must be > 0"),
+    ({"rate": "10furlong"}, "unknown unit 'furlong'; use bit, kbit, mbit, gbit, tbit"),
+    ({"rate": "100mbps"}, "unit 'mbps' is ambiguous (tc reads it as bytes per second): write 100mbit"),
+    ({"delay": "5 fortnights"}, "key 'link.delay' = '5 fortnights': unknown unit 'fortnights'; use us, ms, s"),
+    ({"delay": "-1ms"}, "key 'link.delay' = '-1ms': must be >= 0"),
+    ({"loss": "100%"}, "key 'link.loss' = '100%': must be >= 0% and < 100%"),
+    ({"delay": "1ms", "jitter": "2ms"}, "key 'link.jitter' = '2ms': must be <= link.delay (1ms)"),
+    ({}, "key 'link' = {}: shapes nothing"),
+    ({"rate": "1gbit", "latency": "5ms"}, "unknown key 'link.latency'; allowed keys in link: rate, delay, jitter, loss"),
+])
+def test_bad_links_are_one_message_in_the_schema_format(link: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _site(link)
+    assert str(err.value).startswith("site file 'x.yaml': key") or "unknown key" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_a_link_needs_a_virtual_host() -> None:
+    with pytest.raises(ConfigError, match=r"site file 'x.yaml': key 'link' = \{'rate': '1gbit'\}: needs 'virtual_host'"):
+        _site({"rate": "1gbit"}, host=None)
+
+
+def test_sites_on_one_virtual_host_share_one_link() -> None:
+    a = _site({"rate": "1gbit"}) | {"label": "a"}
+    b = _site({"rate": "2gbit"}) | {"label": "b"}
+    with pytest.raises(ConfigError, match="virtual host 'h' already has the link of site 'a'"):
+        host_links([a, b])
+    assert host_links([a, a | {"label": "c"}]) == {"h": Link(10**9)}
+
+
+def test_tc_commands_chain_netem_and_tbf_with_queues_for_rate_times_delay() -> None:
+    wan = Link(100 * 10**6, 20.0, 1.0, 0.5)
+    netem, tbf = wan.qdiscs("eth0")
+    assert netem[:7] == ["qdisc", "add", "dev", "eth0", "root", "handle", "1:"]
+    assert netem[7:] == ["netem", "limit", str(wan.netem_limit()), "delay", "20000us", "1000us", "loss", "random", "0.5%"]
+    assert tbf[4:8] == ["parent", "1:1", "handle", "10:"] and tbf[8:10] == ["tbf", "rate"]
+    burst, limit = wan.tbf_sizes()
+    assert tbf[10:] == ["100000000bit", "burst", str(burst), "limit", str(limit)]
+    assert burst == 50_000  # 4 ms of 100 Mbit/s
+    assert limit >= 100e6 / 8 * 0.042  # the rate times the round trip (with jitter)
+    fast = Link(10**10, 50.0)  # 10 Gbit/s, 100 ms round trip: far over netem's default 1000 packets
+    assert fast.netem_limit() * 1448 >= 2 * 10**10 / 8 * 0.1
+    only_rate = Link(10**9).qdiscs("fpv1h0")
+    assert len(only_rate) == 1 and only_rate[0][4:7] == ["root", "handle", "1:"] and "tbf" in only_rate[0]
+    only_delay = Link(None, 5.0).qdiscs("eth0")
+    assert len(only_delay) == 1 and "netem" in only_delay[0] and "tbf" not in only_delay[0]
+
+
+def test_off_by_twenty_percent_is_named() -> None:
+    link = Link(50 * 10**6, 20.0)
+    near = {"rtt_ms": 41.0, "to_host_bit_s": 47e6, "from_host_bit_s": 48e6}
+    assert off_by(link, near) == []
+    far = {"rtt_ms": 60.0, "to_host_bit_s": 30e6, "from_host_bit_s": 48e6}
+    assert off_by(link, far) == ["rtt 60 ms, asked 40 ms", "throughput into the host 30mbit/s, asked 50mbit/s"]
+
+
+def test_missing_tc_is_one_message_before_anything_is_made(make_config, monkeypatch, tmp_path) -> None:
+    from flight_parsl.processes.multisite import open_run_sites
+
+    site = yaml.safe_load(SITE_B.read_text()) | {"link": {"rate": "100mbit"}}
+    path = tmp_path / "site-b.yaml"
+    path.write_text(yaml.safe_dump(site))
+    monkeypatch.setattr(links_mod.shutil, "which", lambda name: None)
+    cfg = make_config(f"sites.files={SITE_A},{path}", backend="parsl", workers=8, topology=str(TWO_SITES))
+    before = _leftovers() if NO_NETNS is None else []
+    with pytest.raises(ConfigError, match=r"^site 'site-b': key 'link' = \{'rate': '100mbit', 'delay': '0ms', "
+                                          r"'jitter': '0ms', 'loss': '0%'\}: needs the 'tc' command"):
+        with open_run_sites(cfg):
+            pass
+    if NO_NETNS is None:
+        assert _leftovers() == before == []
+
+
+# as root, in namespaces -----------------------------------------------------------------
+
+
+@needs_netns
+def test_shaped_links_measure_within_twenty_percent_and_leave_nothing() -> None:
+    """Two links at once; rate and delay when the kernel has netem, the rate alone otherwise."""
+    delay = (20.0, 5.0) if NETEM else (0.0, 0.0)
+    asked = {"slow": Link(50 * 10**6, delay[0]), "fast": Link(200 * 10**6, delay[1])}
+    with virtual_network(list(asked), asked) as net:
+        for name, link in asked.items():
+            host = net.host(name)
+            outer = subprocess.run(["tc", "qdisc", "show", "dev", host.link], capture_output=True, text=True).stdout
+            inner = subprocess.run(["tc", "-n", host.netns, "qdisc", "show", "dev", "eth0"],
+                                   capture_output=True, text=True).stdout
+            for shown in (outer, inner):  # both directions: the bridge side's egress and eth0's
+                assert f"rate {link.rate // 10**6}Mbit" in shown, shown
+                assert ("netem" in shown) == NETEM
+        checked = check_links(net, asked)
+    for name, link in asked.items():
+        m = checked[name]["measured"]
+        assert checked[name]["off"] == [], checked[name]
+        for key in ("to_host_bit_s", "from_host_bit_s"):
+            assert abs(m[key] - link.rate) <= 0.2 * link.rate, (name, key, m)
+            assert m[key] <= link.rate  # tbf never lets more through
+        assert abs(m["rtt_ms"] - link.rtt_ms) <= max(0.2 * link.rtt_ms, 2.0), (name, m)
+        assert m["check_s"] < 2.0, m
+    assert _leftovers() == []
+
+
+@needs_netns
+def test_an_unshaped_host_measures_far_over_a_shaped_rate() -> None:
+    """The check can fail: an unshaped veth is far faster than the rate it is held to."""
+    with virtual_network(["free"]) as net:
+        m = measure_link(net.host("free").netns, net.address, Link(50 * 10**6))
+    assert off_by(Link(50 * 10**6), m), m
+    assert _leftovers() == []
+
+
+@needs_netns
+@pytest.mark.skipif(NETEM, reason="this kernel has netem: a delay is shaped, not refused")
+def test_delay_without_netem_is_one_message_and_leaves_nothing() -> None:
+    link = Link(100 * 10**6, 20.0, source="site 'wan'")
+    with pytest.raises(ConfigError, match=r"^site 'wan': key 'link' = .*: delay, jitter and loss need the kernel's "
+                                          r"netem qdisc \(CONFIG_NET_SCH_NETEM\)"):
+        with virtual_network(["wan", "b"], {"wan": link}):
+            pass
+    assert _leftovers() == []
+
+
+@needs_netns
+def test_a_site_link_carries_one_model_down_and_one_partial_up_per_round(make_config, tmp_path) -> None:
+    """Kernel byte counters of each site's link after a two-site run in which one task per
+    site trains the site's four clients and folds them into one partial: per round, the
+    model crosses each link once down and the partial once up, plus a small overhead
+    (Parsl's own messages, TCP/IP headers). The shaped link carries the same bytes, and its
+    rounds take at least what its rate allows."""
+    from conftest import read_summary, run_quietly
+
+    topo = {"description": "two sites straight under the coordinator", "nodes": [
+        {"name": "coordinator", "kind": "coordinator", "children": [f"w{i}" for i in range(8)]},
+        *({"name": f"w{i}", "kind": "worker", "site": "site-a" if i < 4 else "site-b"} for i in range(8))]}
+    topo_path = tmp_path / "flat-two-sites.yaml"
+    topo_path.write_text(yaml.safe_dump(topo))
+    site_b = yaml.safe_load(SITE_B.read_text()) | {"link": {"rate": "200mbit"}}
+    site_b_path = tmp_path / "site-b.yaml"
+    site_b_path.write_text(yaml.safe_dump(site_b))
+    rounds = 2
+    run = run_quietly(
+        make_config, f"sites.files={SITE_A},{site_b_path}", backend="parsl", workers=8, rounds=rounds,
+        topology=str(topo_path), train={"mode": "none"}, transfer={"kind": "parsl"},
+        model={"name": "mlp", "in_channels": 3, "image_size": 64},  # 2.5M parameters, 10 MB
+        plan={"clients_per_task": 4},
+    )
+    summary = read_summary(run)
+    assert summary["status"] == "completed"
+    model = summary["model_bytes"]
+    assert model > 9_000_000
+    payload = rounds * model  # each way: 1 model down, 1 partial up per round
+    links = summary["site_links"]
+    for host in ("host-a", "host-b"):
+        for way in ("to_host", "from_host"):
+            overhead = links[host][way] - payload
+            assert 0 < overhead <= 0.05 * payload, (host, way, links[host][way], payload)
+    assert summary["sites"]["site-b"]["link"]["rate_bit_s"] == 200 * 10**6
+    assert summary["sites"]["site-a"]["link"] is None
+    assert list(summary["links"]) == ["host-b"] and summary["links"]["host-b"]["off"] == []
+    bound = 2 * model * 8 / 200e6  # the model down and the partial up, one after the other
+    import csv
+
+    with open(run / "rounds.csv") as f:
+        makespans = [float(r["makespan_s"]) for r in csv.DictReader(f)]
+    assert len(makespans) == rounds and min(makespans) >= bound, (makespans, bound)
+    assert _leftovers() == []
