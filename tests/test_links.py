@@ -158,12 +158,12 @@ def test_missing_tc_is_one_message_before_anything_is_made(make_config, monkeypa
 
 @needs_netns
 def test_shaped_links_measure_within_twenty_percent_and_leave_nothing() -> None:
-    """Two links at once; rate and delay when the kernel has netem, the rate alone otherwise."""
-    delay = (20.0, 5.0) if NETEM else (0.0, 0.0)
-    asked = {"slow": Link(50 * 10**6, delay[0]), "fast": Link(200 * 10**6, delay[1])}
+    """Two links at once, rate and delay: netem where the kernel has it, else the delay line."""
+    asked = {"slow": Link(50 * 10**6, 20.0), "fast": Link(200 * 10**6, 5.0)}
     with virtual_network(list(asked), asked) as net:
         for name, link in asked.items():
             host = net.host(name)
+            assert host.shaper == ("netem + tbf" if NETEM else "delay line + tbf")
             outer = subprocess.run(["tc", "qdisc", "show", "dev", host.link], capture_output=True, text=True).stdout
             inner = subprocess.run(["tc", "-n", host.netns, "qdisc", "show", "dev", "eth0"],
                                    capture_output=True, text=True).stdout
@@ -178,7 +178,18 @@ def test_shaped_links_measure_within_twenty_percent_and_leave_nothing() -> None:
             assert abs(m[key] - link.rate) <= 0.2 * link.rate, (name, key, m)
             assert m[key] <= link.rate  # tbf never lets more through
         assert abs(m["rtt_ms"] - link.rtt_ms) <= max(0.2 * link.rtt_ms, 2.0), (name, m)
-        assert m["check_s"] < 2.0, m
+        assert m["rtt_ms"] >= link.rtt_ms  # never faster than the delay both ways
+        assert m["check_s"] < 4.0, m  # under 2 s a check; a second one when the first was off
+    assert _leftovers() == []
+
+
+@needs_netns
+def test_a_rate_alone_is_shaped_by_tbf_only() -> None:
+    asked = {"plain": Link(100 * 10**6)}
+    with virtual_network(list(asked), asked) as net:
+        assert net.host("plain").shaper == "tbf" and net.host("plain").link.startswith("fpv")  # a veth pair
+        m = check_links(net, asked)["plain"]["measured"]
+    assert abs(m["to_host_bit_s"] - 10**8) <= 2 * 10**7 and m["rtt_ms"] < 2.0, m
     assert _leftovers() == []
 
 
@@ -192,14 +203,34 @@ def test_an_unshaped_host_measures_far_over_a_shaped_rate() -> None:
 
 
 @needs_netns
-@pytest.mark.skipif(NETEM, reason="this kernel has netem: a delay is shaped, not refused")
-def test_delay_without_netem_is_one_message_and_leaves_nothing() -> None:
+def test_a_delay_line_that_cannot_start_is_one_message_and_leaves_nothing() -> None:
+    """Without netem a delay needs the delay line's TAP devices; when they cannot be made the
+    run stops with one message naming both (here: a device name with a slash)."""
+    import psutil
+
     link = Link(100 * 10**6, 20.0, source="site 'wan'")
     with pytest.raises(ConfigError, match=r"^site 'wan': key 'link' = .*: delay, jitter and loss need the kernel's "
-                                          r"netem qdisc \(CONFIG_NET_SCH_NETEM\)"):
-        with virtual_network(["wan", "b"], {"wan": link}):
-            pass
-    assert _leftovers() == []
+                                          r"netem qdisc \(CONFIG_NET_SCH_NETEM\), which this kernel lacks, or TAP "
+                                          r"devices for a userspace delay line, which failed: OSError"):
+        links_mod.start_delay_line({"wan": (link, "fpt/bad", "fpu0")})
+    lines = [p for p in psutil.Process().children(recursive=True) if "delayline.py" in " ".join(p.cmdline())]
+    assert lines == [] and _leftovers() == []
+
+
+@needs_netns
+def test_the_delay_line_goes_with_the_network_also_after_an_error() -> None:
+    import psutil
+
+    link = Link(None, 2.0, 1.0, 1.0, source="site 'lossy'")
+    with pytest.raises(RuntimeError, match="boom"):
+        with virtual_network(["lossy"], {"lossy": link}, netem=False) as net:
+            host = net.host("lossy")
+            assert host.shaper == "delay line" and host.link.startswith("fpt")
+            m = measure_link(host.netns, net.address, link)
+            assert 2.0 <= m["rtt_ms"] <= 8.0, m  # 2 x (2 +- 1) ms, and a loss here and there
+            raise RuntimeError("boom")
+    lines = [p for p in psutil.Process().children(recursive=True) if "delayline.py" in " ".join(p.cmdline())]
+    assert lines == [] and _leftovers() == []
 
 
 @needs_netns
