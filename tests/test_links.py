@@ -238,8 +238,8 @@ def test_a_site_link_carries_one_model_down_and_one_partial_up_per_round(make_co
     """Kernel byte counters of each site's link after a two-site run in which one task per
     site trains the site's four clients and folds them into one partial: per round, the
     model crosses each link once down and the partial once up, plus a small overhead
-    (Parsl's own messages, TCP/IP headers). The shaped link carries the same bytes, and its
-    rounds take at least what its rate allows."""
+    (Parsl's own messages, TCP/IP headers). The shaped link (200 Mbit/s, 5 ms) carries the
+    same bytes, and its rounds take at least what its rate allows."""
     from conftest import read_summary, run_quietly
 
     topo = {"description": "two sites straight under the coordinator", "nodes": [
@@ -247,7 +247,7 @@ def test_a_site_link_carries_one_model_down_and_one_partial_up_per_round(make_co
         *({"name": f"w{i}", "kind": "worker", "site": "site-a" if i < 4 else "site-b"} for i in range(8))]}
     topo_path = tmp_path / "flat-two-sites.yaml"
     topo_path.write_text(yaml.safe_dump(topo))
-    site_b = yaml.safe_load(SITE_B.read_text()) | {"link": {"rate": "200mbit"}}
+    site_b = yaml.safe_load(SITE_B.read_text()) | {"link": {"rate": "200mbit", "delay": "5ms"}}
     site_b_path = tmp_path / "site-b.yaml"
     site_b_path.write_text(yaml.safe_dump(site_b))
     rounds = 2
@@ -266,8 +266,11 @@ def test_a_site_link_carries_one_model_down_and_one_partial_up_per_round(make_co
     for host in ("host-a", "host-b"):
         for way in ("to_host", "from_host"):
             overhead = links[host][way] - payload
+            print(f"{host} {way}: {links[host][way]} bytes, {payload} of models, overhead {overhead} "
+                  f"({overhead / payload:.2%})")
             assert 0 < overhead <= 0.05 * payload, (host, way, links[host][way], payload)
     assert summary["sites"]["site-b"]["link"]["rate_bit_s"] == 200 * 10**6
+    assert summary["links"]["host-b"]["shaper"] in ("netem + tbf", "delay line + tbf")
     assert summary["sites"]["site-a"]["link"] is None
     assert list(summary["links"]) == ["host-b"] and summary["links"]["host-b"]["off"] == []
     bound = 2 * model * 8 / 200e6  # the model down and the partial up, one after the other
