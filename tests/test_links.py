@@ -280,3 +280,46 @@ def test_a_site_link_carries_one_model_down_and_one_partial_up_per_round(make_co
         makespans = [float(r["makespan_s"]) for r in csv.DictReader(f)]
     assert len(makespans) == rounds and min(makespans) >= bound, (makespans, bound)
     assert _leftovers() == []
+
+
+@needs_netns
+def test_a_killed_run_takes_its_delay_line_and_devices_along(tmp_path) -> None:
+    """SIGKILL of the process that owns the network: the delay line dies with it (its devices
+    with the line), and the next network removes the namespaces it left."""
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    from flight_parsl.execution.netns import remove_stale
+
+    script = (
+        "import sys, time\n"
+        "from flight_parsl.execution.links import Link\n"
+        "from flight_parsl.execution.netns import virtual_network\n"
+        "with virtual_network(['k'], {'k': Link(None, 5.0)}, netem=False) as net:\n"
+        "    print(net.host('k').link, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        tap = proc.stdout.readline().strip()
+        assert tap.startswith("fpt"), tap
+        line = [p for p in psutil.Process(proc.pid).children() if "delayline.py" in " ".join(p.cmdline())]
+        assert len(line) == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        psutil.wait_procs(line, timeout=10)
+        assert not line[0].is_running() or line[0].status() == psutil.STATUS_ZOMBIE
+        deadline = time.monotonic() + 10
+        while tap in _devices() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tap not in _devices()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+    assert any(name.startswith(f"fpns-{proc.pid}-") for name in remove_stale())

@@ -17,8 +17,9 @@ Stdlib only, run as a script by :func:`flight_parsl.execution.netns.virtual_netw
     python -I delayline.py '[{"outer": "fpt1h0", "inner": "fpu1h0", "delay_ms": 20, "jitter_ms": 0, "loss_pct": 0}]'
 
 It prints ``ready`` once every device exists, and exits on SIGTERM, on its standard
-input's end, or with its parent (``PR_SET_PDEATHSIG``); the devices vanish with it (they
-are not persistent), so nothing stays behind.
+input's end (its parent's end closes it), or, with ``--die-with-parent``, when its parent is
+killed (``PR_SET_PDEATHSIG``); the devices vanish with it (they are not persistent), so
+nothing stays behind.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str]) -> int:
     specs = json.loads(argv[1])
-    _die_with_parent()
+    if "--die-with-parent" in argv[2:]:
+        _die_with_parent()
     stop = False
 
     def on_term(signum: int, frame: object) -> None:

@@ -343,7 +343,10 @@ def start_delay_line(hosts: Mapping[str, tuple[Link, str, str]], timeout: float 
     specs = [{"outer": o, "inner": i, "delay_ms": link.delay, "jitter_ms": link.jitter, "loss_pct": link.loss}
              for link, o, i in hosts.values()]
     script = Path(__file__).with_name("delayline.py")
-    proc = subprocess.Popen([sys.executable, "-I", str(script), json.dumps(specs)], stdin=subprocess.PIPE,
+    # PR_SET_PDEATHSIG fires when the thread that started the line ends: only the main thread's
+    # end is the run's end
+    with_parent = ["--die-with-parent"] if threading.current_thread() is threading.main_thread() else []
+    proc = subprocess.Popen([sys.executable, "-I", str(script), json.dumps(specs), *with_parent], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready = proc.stdout.readline() if proc.stdout else ""
     if ready.strip() != "ready":
