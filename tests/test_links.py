@@ -4,6 +4,7 @@ namespaces, links measured near what was asked and nothing left afterwards."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -323,3 +324,66 @@ def test_a_killed_run_takes_its_delay_line_and_devices_along(tmp_path) -> None:
             proc.wait(timeout=10)
         proc.stdout.close()
     assert any(name.startswith(f"fpns-{proc.pid}-") for name in remove_stale())
+
+
+# the local Slurm cluster's compute nodes -------------------------------------------------
+
+
+def _free_cluster_address() -> tuple[str, str]:
+    """A slurmctld port nobody listens on and a 10.232.X /24 nobody routes (other clusters run
+    beside this one: a shared port would send this test's daemons to another cluster)."""
+    import ipaddress
+    import socket
+
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    used = [ipaddress.ip_network(t, strict=False) for t in routes.split() if t[0].isdigit() and "." in t]
+    net = next(f"10.232.{x}" for x in range(40, 250)
+               if not any(ipaddress.ip_network(f"10.232.{x}.0/24").overlaps(u) for u in used))
+    for port in range(6900 + os.getpid() % 50, 7000):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return net, str(port)
+    raise RuntimeError("no free port for a side slurmctld")
+
+
+@pytest.mark.skipif(NO_NETNS is not None or not all(
+    shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "nsenter")),
+    reason="needs root, slurm-wlm, munge, iproute2")
+def test_local_slurm_nodes_take_a_shaped_link_and_stop_removes_it(tmp_path) -> None:
+    """``start.sh --nodes 2 --link 100mbit,10ms`` on a side cluster: each node's link measures
+    near what was asked, jobs run on both nodes, and stop.sh leaves nothing."""
+    net, port = _free_cluster_address()
+    tag = "lk"
+    directory = tmp_path / "cluster"
+    directory.mkdir()
+    directory.chmod(0o755)
+    env = {**os.environ, "FP_SLURM_DIR": str(directory), "FP_SLURM_TAG": tag, "FP_SLURM_NET": net,
+           "FP_SLURM_PORT": port, "FP_SLURMD_TIMEOUT": "10", "SLURM_CONF": str(directory / "slurm.conf")}
+    start, stop = REPO / "jobs/local_slurm/start.sh", REPO / "jobs/local_slurm/stop.sh"
+    bad = subprocess.run(["bash", str(start), "--nodes", "2", "--link", "100mbps,10ms"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unit 'mbps' is ambiguous" in bad.stderr, bad.stderr
+    assert not (directory / "slurm.conf").exists()  # refused before anything was written or started
+    link = Link(100 * 10**6, 10.0)
+    try:
+        up = subprocess.run(["bash", str(start), "--nodes", "2", "--link", "100mbit,10ms"], env=env,
+                            capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        hosts = subprocess.run(["srun", "-N2", "hostname"], env=env, capture_output=True, text=True, timeout=60)
+        assert sorted(hosts.stdout.split()) == ["node1", "node2"], hosts.stdout + hosts.stderr
+        for i in (1, 2):
+            m = measure_link(f"{tag}node{i}", f"{net}.1", link)
+            if off_by(link, m):
+                m = measure_link(f"{tag}node{i}", f"{net}.1", link)  # once more, as the run's check does
+            assert off_by(link, m) == [], m
+    finally:
+        down = subprocess.run(["bash", str(stop)], env=env, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+    left = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    assert f"{tag}slurm0" not in left and f": {tag}t1" not in left and f": {tag}n1@" not in left
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{tag}node1" not in names and f"{tag}node2" not in names
+    assert not (directory / "delayline.pid").exists()

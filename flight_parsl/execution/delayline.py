@@ -19,7 +19,8 @@ Stdlib only, run as a script by :func:`flight_parsl.execution.netns.virtual_netw
 It prints ``ready`` once every device exists, and exits on SIGTERM, on its standard
 input's end (its parent's end closes it), or, with ``--die-with-parent``, when its parent is
 killed (``PR_SET_PDEATHSIG``); the devices vanish with it (they are not persistent), so
-nothing stays behind.
+nothing stays behind. ``--daemon`` (``jobs/local_slurm/start.sh --link``) ignores its standard
+input and runs until SIGTERM (``stop.sh``).
 """
 
 from __future__ import annotations
@@ -95,11 +96,8 @@ def main(argv: list[str]) -> int:
     specs = json.loads(argv[1])
     if "--die-with-parent" in argv[2:]:
         _die_with_parent()
-    stop = False
-
     def on_term(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
+        raise SystemExit(0)  # out of a wait that Python would otherwise resume (PEP 475)
 
     signal.signal(signal.SIGTERM, on_term)
     # fd -> (peer fd, delay s, jitter s, loss fraction)
@@ -110,12 +108,13 @@ def main(argv: list[str]) -> int:
         d, j, p = s["delay_ms"] / 1000, s["jitter_ms"] / 1000, s["loss_pct"] / 100
         route[outer] = (inner, d, j, p)
         route[inner] = (outer, d, j, p)
-    waiter = _Waiter([*route, sys.stdin.fileno()])
+    daemon = "--daemon" in argv[2:]  # the local Slurm cluster's: runs until stop.sh stops it
+    waiter = _Waiter([*route] if daemon else [*route, sys.stdin.fileno()])
     print("ready", flush=True)
     line: list[tuple[float, int, int, bytes]] = []  # (due, sequence, fd to write, frame)
     seq = 0
     rand = random.Random()
-    while not stop:
+    while True:
         now = time.monotonic()
         while line and line[0][0] <= now:
             _, _, fd, frame = heapq.heappop(line)
@@ -138,6 +137,8 @@ def main(argv: list[str]) -> int:
                 due = now + delay + (rand.uniform(-jitter, jitter) if jitter else 0.0)
                 heapq.heappush(line, (due, seq, peer, frame))
                 seq += 1
+        if daemon:
+            continue
         try:
             if select.select([sys.stdin], [], [], 0)[0] and not os.read(sys.stdin.fileno(), 1):
                 break  # the parent closed our stdin: the run is over

@@ -570,3 +570,65 @@ def describe_check(checked: Mapping[str, Mapping[str, Any]]) -> str:
             text += f", in {_rate(m['to_host_bit_s'])}/s, out {_rate(m['from_host_bit_s'])}/s"
         parts.append(text)
     return "links " + "; ".join(parts)
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def parse_spec(spec: str, source: str = "start.sh") -> Link:
+    """``RATE[,DELAY[,JITTER[,LOSS]]]`` (``100mbit,20ms``) as a checked :class:`Link`.
+
+    Raises:
+        ConfigError: in the schema's format, naming ``--link``.
+    """
+    from flight_parsl.config.schema import check
+
+    items = [x.strip() for x in spec.split(",")]
+    if len(items) > 4 or not items[0]:
+        raise key_error(source, "--link", spec, "expected RATE[,DELAY[,JITTER[,LOSS]]], e.g. 100mbit,20ms")
+    data = {k: v for k, v in zip(("rate", "delay", "jitter", "loss"), items) if v}
+    model = check(LinkSchema, data, f"{source} --link")
+    normal = normalize_link(model, f"{source} --link", data)
+    assert normal is not None
+    return Link.of(normal, f"{source} --link")
+
+
+def _main(argv: list[str]) -> int:
+    """The shell's way in (``jobs/local_slurm/start.sh --link``)::
+
+        python -m flight_parsl.execution.links parse SPEC        # RATE_BIT DELAY_MS JITTER_MS LOSS_PCT NETEM(0|1)
+        python -m flight_parsl.execution.links netem             # status 0 when this kernel has netem
+        python -m flight_parsl.execution.links line SPEC OUT IN  # the delay line's argument for one device pair
+        python -m flight_parsl.execution.links shape DEV NETNS SPEC [--no-netem]
+    """
+    import os
+
+    try:
+        if argv[:1] == ["parse"] and len(argv) == 2:
+            link = parse_spec(argv[1])
+            print(link.rate or 0, link.delay, link.jitter, link.loss, int(link.needs_netem))
+            return 0
+        if argv[:1] == ["netem"] and len(argv) == 1:
+            name = f"fpns-{os.getpid()}-netem-probe"
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+            try:
+                return 0 if netem_available(name) else 1
+            finally:
+                subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=30)
+        if argv[:1] == ["line"] and len(argv) == 4:
+            link = parse_spec(argv[1])
+            print(json.dumps({"outer": argv[2], "inner": argv[3], "delay_ms": link.delay,
+                              "jitter_ms": link.jitter, "loss_pct": link.loss}))
+            return 0
+        if argv[:1] == ["shape"] and len(argv) in (4, 5) and argv[4:] in ([], ["--no-netem"]):
+            apply_link(parse_spec(argv[3]), argv[1], argv[2], netem=not argv[4:])
+            return 0
+    except (ConfigError, ExecutorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"usage: {(_main.__doc__ or '').strip()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
