@@ -177,7 +177,7 @@ def test_shaped_links_measure_within_twenty_percent_and_leave_nothing() -> None:
         assert checked[name]["off"] == [], checked[name]
         for key in ("to_host_bit_s", "from_host_bit_s"):
             assert abs(m[key] - link.rate) <= 0.2 * link.rate, (name, key, m)
-            assert m[key] <= link.rate  # tbf never lets more through
+            assert m[key] <= 1.05 * link.rate  # tbf lets no more through (the window's ends are timed late)
         assert abs(m["rtt_ms"] - link.rtt_ms) <= max(0.2 * link.rtt_ms, 2.0), (name, m)
         assert m["rtt_ms"] >= link.rtt_ms  # never faster than the delay both ways
         assert m["check_s"] < 4.0, m  # under 2 s a check; a second one when the first was off
