@@ -41,6 +41,10 @@ def plan_lines(cfg: ExperimentConfig) -> list[str]:
         for path, site in zip(cfg.sites.files, sites):
             n = placed.get(site["label"], 0)
             host = f", virtual host {site['virtual_host']}" if site.get("virtual_host") else ""
+            if site.get("link"):
+                from flight_parsl.execution.links import Link
+
+                host += f" (link {Link.of(site['link']).describe()} each way)"
             lines.append(f"site {site['label']!r} ({path}): provider {site['provider']['kind']}{host}, "
                          f"encrypted {site['encrypted']}, {n} client(s) on {resolve_slots(cfg.slots, max(1, n))} slot(s)")
     elif cfg.backend == "parsl":

@@ -26,6 +26,7 @@ from flight_parsl.engine.context import RunContext, compression, faults, prepare
 from flight_parsl.processes import leftovers
 from flight_parsl.engine.decentralized import run_decentralized
 from flight_parsl.engine.events import SlotClock
+from flight_parsl.execution.links import describe_check
 from flight_parsl.processes.multisite import RunSites, open_run_sites
 from flight_parsl.processes.injector import FaultInjector, SlotCensus
 from flight_parsl.engine.progress import Progress
@@ -131,6 +132,9 @@ def run_experiment(
             if sites is None:
                 with deferred():  # namespaces and a Redis on their bridge: made whole, or not at all
                     sites = stack.enter_context(open_run_sites(cfg))
+            if sites is not None and sites.links:  # each shaped link, asked and measured
+                recorder.update(links=sites.links)
+                progress.say(describe_check(sites.links))
             bridge = sites is not None and sites.redis is not None
             redis = sites.redis if sites is not None and bridge else t.redis
             password = sites.redis_password if sites is not None and bridge else None

@@ -11,7 +11,8 @@ route), so they reach the bridge address and each other, never another network.
 Names carry a per-process prefix (``fpns-<pid>-``, bridge ``fpbr<pid>``) and
 :func:`virtual_network` removes everything it made when it exits, including after
 an error, also killing processes still inside its namespaces. Needs root and the
-``ip`` command (iproute2).
+``ip`` command (iproute2); a shaped link (a site's ``link:``, see
+:mod:`flight_parsl.execution.links`) needs ``tc`` too.
 """
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from flight_parsl.core.errors import ConfigError, ExecutorError
+from flight_parsl.execution.links import (
+    Link,
+    apply_link,
+    check_tc,
+    netem_available,
+    start_delay_line,
+    stop_delay_line,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +53,8 @@ class VirtualHost:
     name: str
     netns: str
     address: str
-    link: str = ""  # the root side of its veth pair, on the bridge
+    link: str = ""  # the root side of its veth pair (or delay line), on the bridge
+    shaper: str = ""  # what shapes its link: "tbf", "netem + tbf", "delay line + tbf"; "": unshaped
 
     def command_prefix(self) -> str:
         """Shell words that run a command inside this host: its network namespace and
@@ -182,20 +192,28 @@ def _remove_namespace(netns: str) -> None:
 
 
 @contextmanager
-def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
+def virtual_network(
+    names: Sequence[str], links: Mapping[str, Link] | None = None, netem: bool | None = None,
+) -> Iterator[VirtualNetwork]:
     """Create one virtual host per name on a fresh bridge; remove all of it on exit.
 
     Args:
         names: host names (letters, digits, ``_.-``; at most 31 characters), distinct.
+        links: host name -> its shaped link (:mod:`flight_parsl.execution.links`), applied with
+            ``tc`` on both ends of its veth pair; gone with the namespace.
+        netem: whether delay, jitter and loss use the kernel's netem (False: the userspace delay
+            line of :mod:`flight_parsl.execution.delayline`); None: netem when the kernel has it.
 
     Yields:
         The network: the bridge address (the root side) and the hosts.
 
     Raises:
-        ConfigError: bad or repeated names.
-        ExecutorError: namespaces cannot be made here (the reason says why).
+        ConfigError: bad or repeated names, a link for a host not in ``names``, a link whose
+            qdisc this kernel lacks (netem).
+        ExecutorError: namespaces cannot be made here, or ``tc`` is missing (the reason says why).
     """
     names = list(names)
+    shaped = dict(links or {})
     for name in names:
         if not _NAME.match(name):
             raise ConfigError(
@@ -206,6 +224,10 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
     reason = netns_available()
     if reason:
         raise ExecutorError(f"cannot create virtual hosts: {reason}")
+    for name in shaped:
+        if name not in names:
+            raise ConfigError(f"a link for virtual host {name!r}, which is not one of {names}")
+    check_tc(shaped)
     if len(names) > 250:
         raise ConfigError(f"{len(names)} virtual hosts; at most 250 fit one /24")
     remove_stale()
@@ -215,19 +237,32 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
     net = VirtualNetwork(f"fpns-{pid}-", f"fpbr{pid}", str(addrs[0]), str(subnet))
     made_bridge = False
     made: list[str] = []
-    links: list[str] = []
+    pairs: list[str] = []
+    line: subprocess.Popen[str] | None = None
     try:
         _ip("link", "add", net.bridge, "type", "bridge")
         made_bridge = True
         _ip("addr", "add", f"{net.address}/{subnet.prefixlen}", "dev", net.bridge)
         _ip("link", "set", net.bridge, "up")
+        for name in names:
+            _ip("netns", "add", f"{net.prefix}{name}")
+            made.append(f"{net.prefix}{name}")
+        # delay, jitter and loss: netem where the kernel has it, else a userspace delay line
+        delayed = [n for n in names if n in shaped and shaped[n].needs_netem]
+        if netem is None:
+            netem = not delayed or netem_available(made[0])
+        lined = {} if netem else {n: (f"fpt{pid}h{names.index(n)}"[:15], f"fpu{pid}h{names.index(n)}"[:15])
+                                  for n in delayed}
+        if lined:
+            line = start_delay_line({n: (shaped[n], *lined[n]) for n in lined})
         for i, name in enumerate(names):
             netns = f"{net.prefix}{name}"
-            _ip("netns", "add", netns)
-            made.append(netns)
-            outer, inner = f"fpv{pid}h{i}"[:15], f"fpi{pid}h{i}"[:15]
-            _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
-            links.append(outer)
+            if name in lined:
+                outer, inner = lined[name]  # the delay line's TAP devices, made by it
+            else:
+                outer, inner = f"fpv{pid}h{i}"[:15], f"fpi{pid}h{i}"[:15]
+                _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+                pairs.append(outer)
             _ip("link", "set", inner, "netns", netns)
             _ip("link", "set", outer, "master", net.bridge)
             _ip("link", "set", outer, "up")
@@ -236,13 +271,20 @@ def virtual_network(names: Sequence[str]) -> Iterator[VirtualNetwork]:
             _ip("netns", "exec", netns, "ip", "link", "set", inner, "name", "eth0")
             _ip("netns", "exec", netns, "ip", "addr", "add", f"{address}/{subnet.prefixlen}", "dev", "eth0")
             _ip("netns", "exec", netns, "ip", "link", "set", "eth0", "up")
-            net.hosts[name] = VirtualHost(name, netns, address, outer)
+            shaper = ""
+            if name in shaped:
+                apply_link(shaped[name], outer, netns, netem=name not in lined)
+                parts = ["delay line" if name in lined else "netem"] if shaped[name].needs_netem else []
+                shaper = " + ".join(parts + (["tbf"] if shaped[name].rate else []))
+            net.hosts[name] = VirtualHost(name, netns, address, outer, shaper)
         log.info("virtual network %s on %s: %s", net.bridge, subnet, ", ".join(f"{h.name}={h.address}" for h in net.hosts.values()))
         yield net
     finally:
+        if line is not None:  # its TAP devices go with it
+            stop_delay_line(line)
         for netns in made:  # deleting a namespace deletes its veth end, and so the pair
             _remove_namespace(netns)
-        for link in links:  # a pair whose inner end never moved into its namespace
+        for link in pairs:  # a pair whose inner end never moved into its namespace
             if _ip("link", "show", link, check=False).returncode == 0:
                 _ip("link", "del", link, check=False)
         if made_bridge:

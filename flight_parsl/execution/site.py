@@ -50,6 +50,7 @@ from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
 from flight_parsl.config.schema import Schema, check, key_error
 from flight_parsl.core.errors import ConfigError
+from flight_parsl.execution.links import Link, LinkSchema, normalize_link
 
 __all__ = [
     "DEFAULT_LOCAL_SITE",
@@ -216,6 +217,9 @@ class SiteSchema(_SiteSection):
     # Run this site's worker pools on a virtual host (a network namespace of this name that a
     # multi-site run creates; see flight_parsl.execution.sites). Null: on the provider's hosts.
     virtual_host: str | None = None
+    # The virtual host's link to the run's bridge: rate, delay, jitter, loss, each direction
+    # (tc on its veth pair; see flight_parsl.execution.links). Null: unshaped.
+    link: LinkSchema | None = None
 
 
 _COMMON_PROVIDER = ("kind", "init_blocks", "min_blocks", "max_blocks", "nodes_per_block",
@@ -309,6 +313,11 @@ def normalize_site(site: Any, source: str = "site") -> dict[str, Any]:
     model = check(SiteSchema, data, source)
 
     out = {key: copy.deepcopy(getattr(model, key)) for key in SiteSchema.model_fields if key != "provider"}
+    out["link"] = normalize_link(model.link, source, data.get("link"))
+    if out["link"] is not None and not out["virtual_host"]:
+        raise key_error(source, "link", data.get("link"),
+                        "needs 'virtual_host': a link shapes the veth of a virtual host (a network "
+                        "namespace this run creates); a real host's link is what it is")
     if out["strategy"] is None:
         out["strategy"] = "none"
     if out["address"] is not None and out["interface"] is not None:
@@ -632,4 +641,5 @@ def describe_site(site: Mapping[str, Any], workers: int | None = None) -> str:
         f" accelerators={s['available_accelerators']} address={address}"
         f" encrypted={s['encrypted']} strategy={s['strategy']}"
         + (" monitoring=on" if s["monitoring"] else "")
+        + (f" link={Link.of(s['link']).describe()}" if s["link"] else "")
     )

@@ -6,7 +6,10 @@ anything starts: the normalised sites, the placement of clients and aggregators
 applied to the clients it runs), the virtual network when a site names a
 ``virtual_host``, and, for ``--transfer redis`` without ``--redis``, a managed
 redis-server bound to the network's bridge address so that workers on the
-virtual hosts reach it over TCP. Everything it opened is closed when it exits.
+virtual hosts reach it over TCP. Sites with a ``link:`` get their virtual host's veth
+shaped, and each shaped link is measured before anything else uses it
+(:mod:`flight_parsl.execution.links`); ``link_bytes`` counts from after that check.
+Everything it opened is closed when it exits.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.engine.placement import Placement, place
 from flight_parsl.execution.backends import resolve_slots
+from flight_parsl.execution.links import Link, check_links, check_tc, host_links
 from flight_parsl.execution.netns import VirtualNetwork
 
 
@@ -34,6 +38,8 @@ class RunSites:
     redis_password: str | None = None  # that server's fresh password
     hosts: dict[str, str] = field(default_factory=dict)  # site label -> virtual host name
     link_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes, read at the end
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> the link check (asked, measured)
+    link_base: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes after the link check
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
@@ -50,8 +56,19 @@ class RunSites:
                 "encrypted": s.get("encrypted"),
                 "slots": self.slots.get(label),
                 "clients": clients.get(label, 0),
+                "link": Link.of(s["link"]).asked() if s.get("link") and host else None,
             }
         return out
+
+    def run_link_bytes(self) -> dict[str, dict[str, int]]:
+        """What each host's link carried since the link check (kernel counters, both ways)."""
+        if self.network is None:
+            return {}
+        now = self.network.link_bytes()
+        return {
+            host: {k: v - self.link_base.get(host, {}).get(k, 0) for k, v in counts.items()}
+            for host, counts in now.items()
+        }
 
 
 @contextmanager
@@ -73,12 +90,16 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
     placement = place(tree, cfg.workers, [s["label"] for s in sites], cfg.sites.aggregate_at)
     slots = {label: resolve_slots(cfg.slots, max(1, n)) for label, n in placement.clients_per_site().items()}
     hosts = virtual_hosts(sites)
+    links = host_links(sites)
+    check_tc(links)  # before anything is made
     with ExitStack() as stack:
         network = None
+        checked: dict[str, dict[str, Any]] = {}
         if hosts:
             from flight_parsl.execution.netns import virtual_network
 
-            network = stack.enter_context(virtual_network(hosts))
+            network = stack.enter_context(virtual_network(hosts, links))
+            checked = check_links(network, links)  # on quiet links, before anything else uses them
         redis = password = None
         if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
             from flight_parsl.transfer.redis_auth import new_password
@@ -91,9 +112,11 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
         run_sites = RunSites(
             sites, placement, slots, network, redis, password,
             {s["label"]: s["virtual_host"] for s in sites if s.get("virtual_host")},
+            links=checked,
+            link_base=network.link_bytes() if network is not None else {},
         )
         try:
             yield run_sites
         finally:  # before the network goes: what each site's link carried during the run
             if network is not None:
-                run_sites.link_bytes = network.link_bytes()
+                run_sites.link_bytes = run_sites.run_link_bytes()

@@ -6,6 +6,7 @@
 #   sudo jobs/local_slurm/start.sh        # install what is missing, write slurm.conf, start
 #   sinfo; sbatch ...; sacct -c           # use it (sacct -c reads the job completion log)
 #   sudo jobs/local_slurm/stop.sh         # stop every daemon it started
+#   sudo jobs/local_slurm/start.sh --nodes 3 --link 1gbit,5ms   # 3 compute nodes, each link shaped
 #
 # Everything it writes lives under $FP_SLURM_DIR (default /tmp/flight_parsl_slurm): slurm.conf,
 # the daemons' state, pid files and logs, and jobcomp.log (the job history). /etc/slurm/slurm.conf
@@ -15,17 +16,34 @@
 set -euo pipefail
 DIR="${FP_SLURM_DIR:-/tmp/flight_parsl_slurm}"
 NODES=1
+LINK=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --nodes) NODES="${2:-}"; shift 2 ;;
         --nodes=*) NODES="${1#--nodes=}"; shift ;;
+        --link) LINK="${2:-}"; shift 2 ;;
+        --link=*) LINK="${1#--link=}"; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-        *) echo "error: unknown argument $1 (usage: $0 [--nodes K])" >&2; exit 2 ;;
+        *) echo "error: unknown argument $1 (usage: $0 [--nodes K] [--link RATE[,DELAY[,JITTER[,LOSS]]]])" >&2; exit 2 ;;
     esac
 done
 if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -lt 1 ] || [ "$NODES" -gt 9 ]; then
     echo "error: --nodes must be a whole number from 1 to 9, got '$NODES'" >&2
     exit 2
+fi
+# --link RATE[,DELAY[,JITTER[,LOSS]]] (e.g. 1gbit,5ms) shapes each compute node's link to the bridge, both
+# ways, as a site's `link:` shapes a virtual host's (flight_parsl/execution/links.py: tbf for the rate,
+# netem or, on a kernel without it, the userspace delay line for delay, jitter and loss).
+REPO="$(cd "$(dirname "$0")/../.." && pwd)"
+links() { PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" python -m flight_parsl.execution.links "$@"; }
+LINE=0
+if [ -n "$LINK" ]; then
+    if [ "$NODES" -lt 2 ]; then
+        echo "error: --link shapes the links of compute nodes: it needs --nodes K (K >= 2)" >&2
+        exit 2
+    fi
+    read -r _ _ _ _ LINK_NETEM <<<"$(links parse "$LINK")" || exit 2
+    [ -n "${LINK_NETEM:-}" ] || exit 2
 fi
 # K > 1: compute nodes node1..nodeK, each a network namespace with its own UTS host name, joined by
 # a veth pair to the bridge $BRIDGE ($NET.1, where slurmctld listens); nothing routes outside $NET.0/24.
@@ -175,16 +193,45 @@ else
         ip addr add "$NET.1/24" dev "$BRIDGE"
         ip link set "$BRIDGE" up
     }
+    if [ -n "$LINK" ]; then
+        if ip netns list | grep -q "^${TAG}node[0-9]"; then
+            echo "error: --link: the cluster's nodes exist already; stop.sh it first to shape their links" >&2
+            exit 2
+        fi
+        if [ "$LINK_NETEM" = 1 ] && ! links netem; then
+            # no netem in this kernel: one delay line process for every node, two TAP devices per node
+            LINE=1
+            specs="$(for i in $(seq 1 "$NODES"); do links line "$LINK" "${TAG}t$i" "${TAG}u$i"; done | paste -sd, -)"
+            nohup python -I "$REPO/flight_parsl/execution/delayline.py" "[$specs]" --daemon \
+                </dev/null >"$DIR/delayline.out" 2>&1 &
+            echo $! > "$DIR/delayline.pid"
+            for _ in $(seq 1 100); do grep -qx ready "$DIR/delayline.out" 2>/dev/null && break; sleep 0.1; done
+            if ! grep -qx ready "$DIR/delayline.out"; then
+                echo "error: --link: the delay line did not start: $(tail -n 3 "$DIR/delayline.out")" >&2
+                exit 1
+            fi
+        fi
+    fi
     for i in $(seq 1 "$NODES"); do
         ns="${TAG}node$i"
         mkdir -p "$DIR/spool/node$i"
         if ! ip netns list | grep -qw "$ns"; then
             ip netns add "$ns"
-            ip link add "${TAG}n$i" type veth peer name eth0 netns "$ns"
-            ip link set "${TAG}n$i" master "$BRIDGE" up
+            if [ "$LINE" = 1 ]; then  # the delay line's devices in place of a veth pair
+                outer="${TAG}t$i"
+                ip link set "${TAG}u$i" netns "$ns"
+                ip -n "$ns" link set "${TAG}u$i" name eth0
+            else
+                outer="${TAG}n$i"
+                ip link add "$outer" type veth peer name eth0 netns "$ns"
+            fi
+            ip link set "$outer" master "$BRIDGE" up
             ip -n "$ns" addr add "$NET.1$i/24" dev eth0
             ip -n "$ns" link set eth0 up
             ip -n "$ns" link set lo up
+            if [ -n "$LINK" ]; then
+                if [ "$LINE" = 1 ]; then links shape "$outer" "$ns" "$LINK" --no-netem; else links shape "$outer" "$ns" "$LINK"; fi
+            fi
         fi
         # nsenter --net, not `ip netns exec` (which remounts /sys and hides the cgroup mounts slurmd needs)
         alive "$DIR/slurmd-node$i.pid" || nsenter --net="/run/netns/$ns" unshare --uts \
@@ -210,5 +257,5 @@ if [ "$NODES" = 1 ]; then
     echo "local Slurm up: node $HOST ($CPUS CPUs, $MEM MB), partition local; state under $DIR"
 else
     echo "local Slurm up: $NODES nodes $NODELIST ($NET.11-$NET.1$NODES on bridge $BRIDGE, slurmctld at $NET.1)," \
-         "partition local; state under $DIR"
+         "partition local; state under $DIR${LINK:+; node links $LINK}"
 fi

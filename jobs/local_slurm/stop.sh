@@ -36,6 +36,7 @@ done
 stop_pid slurmctld "$DIR/slurmctld.pid"
 stop_pid munged "$DIR/munge/munged.pid"
 rm -f "$DIR/munge/munged.pid"
+stop_pid "the nodes' delay line" "$DIR/delayline.pid"  # start.sh --link without netem; its devices go with it
 # The nodes' namespaces (every process still inside one is killed first), their links and the bridge.
 for ns in $(ip netns list 2>/dev/null | awk -v p="^${TAG}node[0-9]+$" '$1 ~ p {print $1}'); do
     pids="$(ip netns pids "$ns" 2>/dev/null)"
