@@ -67,8 +67,12 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
         from flight_parsl.transfer.redis_server import RedisAddress
 
         address = RedisAddress.parse(where)
-        password = getattr(getattr(getattr(transfer, "store", None), "connector", None), "password", None)
-        return stack.enter_context(open_state(redis=(address.host, address.port), password=password))
+        connector = getattr(getattr(transfer, "store", None), "connector", None)
+        return stack.enter_context(open_state(  # the run's user, under the run's key prefix
+            redis=(address.host, address.port), password=getattr(connector, "password", None),
+            username=getattr(connector, "username", None), prefix=getattr(connector, "prefix", None),
+            tls=bool(getattr(connector, "tls", False)), ca=getattr(connector, "ca", None),
+        ))
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 

@@ -11,6 +11,7 @@ free loopback port that leaves nothing behind), :func:`redis_available`,
 from __future__ import annotations
 
 import atexit
+import hashlib
 import ipaddress
 import logging
 import shutil
@@ -104,7 +105,15 @@ class RedisAddress:
         return cls(host=host, port=port)
 
 
-def redis_client(address: RedisAddress, timeout: float, password: str | None = None) -> redis.Redis:
+def redis_client(
+    address: RedisAddress,
+    timeout: float,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
+) -> redis.Redis:
     """Build a client that tries once (no retries, no backoff) with the given timeouts.
 
     Every Redis client flight_parsl creates comes from here: a server that stops
@@ -114,16 +123,47 @@ def redis_client(address: RedisAddress, timeout: float, password: str | None = N
     Args:
         address: The server.
         timeout: Seconds for connecting and for each reply.
-        password: The server's password (``requirepass``), or None.
+        password: The server's password (``requirepass``, or the ``username``'s), or None.
+        username: The ACL user to log in as (None: the default user).
+        tls: Speak TLS and check the server's certificate and host name.
+        ca: The PEM text of the CA that signed the server's certificate (None with ``tls``:
+            the system's trusted CAs).
     """
+    ssl_args: dict[str, object] = {}
+    if tls:
+        ssl_args = {"ssl": True, "ssl_ca_data": ca, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
     return redis.Redis(
         host=address.host,
         port=address.port,
+        username=username,
         password=password,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        **ssl_args,  # type: ignore[arg-type]
     )
+
+
+#: What a run's ACL user may do besides its keys: read and write them, talk to the server;
+#: never the commands that act on the whole server (FLUSHALL, KEYS, CONFIG, ...) or scripts.
+RUN_USER_RULES = ("+@read", "+@write", "+@connection", "-@dangerous", "-@scripting")
+
+
+def run_user_rules(username: str, password: str, prefix: str) -> list[str]:
+    """``ACL SETUSER`` arguments of a run's user: on, its password (as a SHA-256 hash, so the
+    text never crosses the wire), the keys under ``prefix`` only, no pub/sub channels."""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return [username, "reset", "on", f"#{digest}", f"~{prefix}*", "resetchannels", *RUN_USER_RULES]
+
+
+def create_user(admin: redis.Redis, rules: list[str]) -> None:
+    """``ACL SETUSER`` through ``admin`` (a client allowed to manage users)."""
+    admin.execute_command("ACL", "SETUSER", *rules)
+
+
+def delete_user(admin: redis.Redis, username: str) -> None:
+    """``ACL DELUSER`` (its connections are closed by the server)."""
+    admin.execute_command("ACL", "DELUSER", username)
 
 
 def _reason(exc: BaseException) -> str:
@@ -144,18 +184,27 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def check_reachable(address: RedisAddress, timeout: float = DEFAULT_TIMEOUT, password: str | None = None) -> None:
+def check_reachable(
+    address: RedisAddress,
+    timeout: float = DEFAULT_TIMEOUT,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
+) -> None:
     """Connect to Redis and send PING.
 
     Args:
         address: The server to probe.
         timeout: Seconds for connecting and for the reply.
         password: The server's password, or None.
+        username, tls, ca: as for :func:`redis_client`.
 
     Raises:
         ExecutorError: One line, ``Redis at HOST:PORT is unreachable: REASON``.
     """
-    client = redis_client(address, timeout, password)
+    client = redis_client(address, timeout, password, username=username, tls=tls, ca=ca)
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -169,7 +218,16 @@ def redis_available(binary: str = DEFAULT_BINARY) -> bool:
     return shutil.which(binary) is not None
 
 
-def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0, password: str | None = None) -> int:
+def count_keys(
+    address: RedisAddress,
+    pattern: str = "*",
+    timeout: float = 5.0,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
+) -> int:
     """Count the keys matching a glob pattern with SCAN (never KEYS).
 
     Args:
@@ -177,6 +235,7 @@ def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0, 
         pattern: A Redis glob pattern.
         timeout: Seconds for connecting and for each reply.
         password: The server's password, or None.
+        username, tls, ca: as for :func:`redis_client`.
 
     Returns:
         The number of matching keys in database 0.
@@ -184,7 +243,7 @@ def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0, 
     Raises:
         ExecutorError: The server cannot be reached.
     """
-    client = redis_client(address, timeout, password)
+    client = redis_client(address, timeout, password, username=username, tls=tls, ca=ca)
     try:
         return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -254,6 +313,7 @@ class ManagedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._directory: Path | None = None
+        self._users: dict[str, list[str]] = {}  # ACL users made by add_user, made again on restart
         self._lock = threading.Lock()
 
     # -- public API ------------------------------------------------------------------
@@ -315,6 +375,39 @@ class ManagedRedis:
                 f"{BIND_ATTEMPTS} attempts: {last_error}"
             )
 
+    def admin(self, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
+        """A client logged in as the server's default user (its ``password``): it may manage users.
+        The caller closes it."""
+        return redis_client(self.address, timeout, self.password)
+
+    def add_user(self, rules: list[str]) -> None:
+        """``ACL SETUSER *rules`` (``rules[0]``: the user's name); kept, and made again by :meth:`restart`."""
+        with self._lock:
+            self._users[rules[0]] = list(rules)
+            self._apply_users([rules])
+
+    def remove_user(self, username: str) -> None:
+        """``ACL DELUSER`` a user made by :meth:`add_user` (nothing when the server is not running)."""
+        with self._lock:
+            self._users.pop(username, None)
+            if self._process is None or self._process.poll() is not None:
+                return
+            client = self.admin(5.0)
+            try:
+                delete_user(client, username)
+            finally:
+                client.close()
+
+    def _apply_users(self, users: list[list[str]]) -> None:
+        if not users:
+            return
+        client = self.admin()
+        try:
+            for rules in users:
+                create_user(client, rules)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         """Shut the server down (SHUTDOWN NOSAVE, then terminate/kill) and remove its files.
 
@@ -349,6 +442,7 @@ class ManagedRedis:
             except _BindFailed as exc:
                 self._address = address
                 raise ExecutorError(f"redis-server cannot listen on {address} again: {exc}") from None
+            self._apply_users(list(self._users.values()))  # the run's user again (its keys are gone)
             return self.address
 
     def __enter__(self) -> ManagedRedis:
@@ -524,10 +618,14 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "RUN_USER_RULES",
     "ManagedRedis",
     "RedisAddress",
     "check_reachable",
     "count_keys",
+    "create_user",
+    "delete_user",
     "redis_available",
     "redis_client",
+    "run_user_rules",
 ]
