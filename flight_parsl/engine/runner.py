@@ -138,12 +138,14 @@ def run_experiment(
             bridge = sites is not None and sites.redis is not None
             redis = sites.redis if sites is not None and bridge else t.redis
             password = sites.redis_password if sites is not None and bridge else None
+            ca = sites.redis_ca if sites is not None and bridge else None  # a bridge Redis's own CA (TLS)
             # The channel opens next: an unreachable Redis fails before Parsl starts. A managed Redis
             # listens where the site's workers reach this host (a cluster's head-node address).
             host = _service_host(cfg) if t.kind == "redis" and redis is None else "127.0.0.1"
             with deferred():
                 transfer = stack.enter_context(
-                    open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host)
+                    open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host,
+                                  t.redis_tls, ca)
                 )
                 leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
                 state = _state(cfg, transfer, stack)

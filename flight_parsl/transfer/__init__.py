@@ -39,6 +39,8 @@ def open_transfer(
     redis_timeout: float | None = None,
     redis_password: str | None = None,
     redis_host: str = "127.0.0.1",
+    redis_tls: bool | str = "auto",
+    redis_ca: str | None = None,
 ) -> Iterator[Transfer]:
     """Open a transfer channel and everything behind it; close all of it on exit.
 
@@ -50,6 +52,10 @@ def open_transfer(
     ``redis_password``: the password of the server at ``redis`` (else the environment's,
     see :mod:`~flight_parsl.transfer.redis_auth`). ``redis_host``: where a managed server
     listens (a cluster's head-node address that the compute nodes reach; loopback by default).
+    ``redis_tls``: whether Redis speaks TLS: ``auto`` for a managed server that listens
+    anywhere but loopback (other hosts reach it), and for a server at ``redis`` whose CA is
+    given (``redis_ca``, the PEM text; else ``FLIGHT_PARSL_REDIS_CA_FILE``); True; False.
+    A managed server over TLS gets a CA and certificate of its own, removed with it.
 
     Every key of a ``redis`` run starts with the run's prefix ``flight_parsl:<run id>:``, and
     the run reads and writes them as an ACL user of its own (``flight_parsl-<run id>``, a
@@ -68,7 +74,8 @@ def open_transfer(
 
     with ExitStack() as stack:
         if kind == "redis":
-            transfer = _open_redis(stack, redis, cache_size, redis_timeout, redis_password, redis_host)
+            transfer = _open_redis(stack, redis, cache_size, redis_timeout, redis_password, redis_host, redis_tls,
+                                   redis_ca)
         else:
             from flight_parsl.transfer.proxy import MappedFileConnector
 
@@ -91,12 +98,15 @@ def _open_redis(
     redis_timeout: float | None,
     redis_password: str | None,
     redis_host: str,
+    redis_tls: bool | str = "auto",
+    redis_ca: str | None = None,
 ) -> Transfer:
     """The ``redis`` channel: the server (managed, or given), the run's ACL user, its connector."""
     import redis as redis_py
 
     from flight_parsl.transfer.proxy import ProxyTransfer, TimedRedisConnector
     from flight_parsl.transfer.redis_auth import new_password
+    from flight_parsl.transfer.redis_auth import redis_ca as env_ca
     from flight_parsl.transfer.redis_auth import redis_password as env_password
     from flight_parsl.transfer.redis_auth import redis_username as env_username
     from flight_parsl.transfer.redis_server import (
@@ -111,15 +121,20 @@ def _open_redis(
     rules = run_user_rules(username, password, prefix)
     server = None
     if redis is None:  # a server of its own: its default user's password stays with the coordinator
-        server = stack.enter_context(ManagedRedis(password=new_password(), host=redis_host))
-        address = server.address
+        from flight_parsl.transfer.redis_tls import is_loopback
+
+        tls = redis_tls is True or (redis_tls == "auto" and not is_loopback(redis_host))
+        server = stack.enter_context(ManagedRedis(password=new_password(), host=redis_host, tls=tls))
+        address, ca = server.address, server.ca_pem
         server.add_user(rules)
     else:  # credentials from the environment (redis_auth), if the server wants some
         given_password = redis_password if redis_password is not None else env_password()
         given_user = env_username()
         address = RedisAddress.parse(redis)
-        check_reachable(address, timeout, given_password, username=given_user)
-        admin = redis_client(address, timeout, given_password, username=given_user)
+        ca = redis_ca if redis_ca is not None else env_ca()
+        tls = redis_tls is True or (redis_tls == "auto" and ca is not None)
+        check_reachable(address, timeout, given_password, username=given_user, tls=tls, ca=ca)
+        admin = redis_client(address, timeout, given_password, username=given_user, tls=tls, ca=ca)
         try:
             create_user(admin, rules)
         except redis_py.exceptions.ResponseError as exc:  # NOPERM, or a Redis without ACLs (before 6)
@@ -130,7 +145,8 @@ def _open_redis(
         else:
             stack.callback(_remove_user, admin, username)
     connector = TimedRedisConnector(
-        address.host, address.port, timeout=timeout, password=password, username=username, prefix=prefix
+        address.host, address.port, timeout=timeout, password=password, username=username, prefix=prefix,
+        tls=tls, ca=ca,
     )
     transfer = ProxyTransfer("redis", connector, str(address), cache_size)
     transfer.server = server  # the run's own server, which fault injection may stop

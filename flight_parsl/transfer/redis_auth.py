@@ -10,7 +10,9 @@ comes from the environment:
   must not be readable by group or others;
 - else ``REDISCLI_AUTH``: the variable ``redis-cli`` itself reads, so one ``export`` in a job
   script serves the harness and ``redis-cli``;
-- ``FLIGHT_PARSL_REDIS_USER``: the ACL user that password belongs to (unset: the default user).
+- ``FLIGHT_PARSL_REDIS_USER``: the ACL user that password belongs to (unset: the default user);
+- ``FLIGHT_PARSL_REDIS_CA_FILE``: with ``transfer.redis_tls=true``, the PEM file of the CA that
+  signed the server's certificate (unset: the system's trusted CAs).
 
 A run does not hand those credentials to its workers when it can help it: with them it makes
 an ACL user of its own (``flight_parsl-<run id>``, a fresh password, its keys only) and
@@ -31,7 +33,7 @@ from pathlib import Path
 from flight_parsl.core.errors import ConfigError
 
 __all__ = [
-    "PASSWORD_ENV", "PASSWORD_FILE_ENV", "USER_ENV", "new_password", "redis_password", "redis_username", "write_private",
+    "CA_FILE_ENV", "redis_ca", "PASSWORD_ENV", "PASSWORD_FILE_ENV", "USER_ENV", "new_password", "redis_password", "redis_username", "write_private",
 ]
 
 #: Environment variable naming a file with the password of an external Redis.
@@ -40,6 +42,8 @@ PASSWORD_FILE_ENV = "FLIGHT_PARSL_REDIS_PASSWORD_FILE"
 PASSWORD_ENV = "REDISCLI_AUTH"
 #: Environment variable naming the ACL user of an external Redis.
 USER_ENV = "FLIGHT_PARSL_REDIS_USER"
+#: Environment variable naming the PEM file of the CA of an external Redis over TLS.
+CA_FILE_ENV = "FLIGHT_PARSL_REDIS_CA_FILE"
 
 
 def new_password() -> str:
@@ -93,3 +97,23 @@ def redis_username(env: Mapping[str, str] | None = None) -> str | None:
     """The ACL user of an external Redis from the environment (``FLIGHT_PARSL_REDIS_USER``), or None."""
     env = os.environ if env is None else env
     return env.get(USER_ENV) or None
+
+
+def redis_ca(env: Mapping[str, str] | None = None) -> str | None:
+    """The PEM text of an external Redis's CA (``FLIGHT_PARSL_REDIS_CA_FILE``), or None when unset.
+
+    Raises:
+        ConfigError: the file cannot be read or holds no certificate.
+    """
+    env = os.environ if env is None else env
+    path = env.get(CA_FILE_ENV)
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"environment variable {CA_FILE_ENV} = {path!r}: cannot read it ({exc.strerror or exc}); "
+                          "expected the PEM file of the CA that signed the Redis server's certificate") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ConfigError(f"environment variable {CA_FILE_ENV} = {path!r}: no PEM certificate in it")
+    return text

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import redis
 from redis.backoff import NoBackoff
@@ -32,6 +32,9 @@ from redis.retry import Retry
 
 from flight_parsl.core.errors import ConfigError, ExecutorError
 from flight_parsl.transfer.redis_auth import PASSWORD_ENV, PASSWORD_FILE_ENV, write_private
+
+if TYPE_CHECKING:
+    from flight_parsl.transfer.redis_tls import Certificates
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ DEFAULT_TIMEOUT = 30.0
 _BIND_FAILURE_MARKERS = (
     "Address already in use",
     "Could not create server TCP listening socket",
+    "Could not create server TLS listening socket",
 )
 
 
@@ -281,6 +285,10 @@ class ManagedRedis:
     the terminal does not kill it before it is shut down cleanly, and is also stopped by
     ``atexit``. With a ``password`` it reads ``requirepass`` from a config file that only its
     owner may read (never from its command line), so no other user of the host can use it.
+    With ``tls`` it listens on a TLS port only (its plain port is 0), with a CA and a server
+    certificate for ``host`` made for it (:mod:`~flight_parsl.transfer.redis_tls`): files of
+    mode 0600 in its own temporary directory, removed with it; :attr:`ca_pem` is what
+    clients check it against. The same certificates serve a :meth:`restart`.
 
     Example:
         with ManagedRedis() as server:
@@ -294,6 +302,7 @@ class ManagedRedis:
         start_timeout: float = 10.0,
         maxmemory: str | None = None,
         password: str | None = None,
+        tls: bool = False,
     ) -> None:
         """Configure the server; nothing starts until :meth:`start` or ``with``.
 
@@ -303,8 +312,11 @@ class ManagedRedis:
             start_timeout: Seconds to wait for the first PING answer.
             maxmemory: Passed as ``--maxmemory`` (e.g. ``"256mb"``) if set.
             password: Clients must AUTH with it (``requirepass``); None leaves the server open.
+            tls: Speak TLS only, with certificates made for ``host``.
         """
         self.password = password
+        self.tls = tls
+        self._pems: dict[str, str] | None = None  # the certificates and keys, made once
         self.binary = binary
         self.host = host
         self.start_timeout = start_timeout
@@ -334,6 +346,16 @@ class ManagedRedis:
     def directory(self) -> Path | None:
         """The server's temporary directory (removed on stop), or None before start."""
         return self._directory
+
+    @property
+    def ca_pem(self) -> str | None:
+        """The PEM text of the CA that signed the server's certificate (None without TLS, or before start)."""
+        return self._pems["ca.crt"] if self._pems is not None else None
+
+    def client(self, timeout: float = DEFAULT_TIMEOUT, password: str | None = None,
+               username: str | None = None) -> redis.Redis:
+        """A client of this server (over TLS when it speaks TLS), as ``username`` with ``password``."""
+        return redis_client(self.address, timeout, password, username=username, tls=self.tls, ca=self.ca_pem)
 
     @property
     def running(self) -> bool:
@@ -378,7 +400,7 @@ class ManagedRedis:
     def admin(self, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
         """A client logged in as the server's default user (its ``password``): it may manage users.
         The caller closes it."""
-        return redis_client(self.address, timeout, self.password)
+        return self.client(timeout, self.password)
 
     def add_user(self, rules: list[str]) -> None:
         """``ACL SETUSER *rules`` (``rules[0]``: the user's name); kept, and made again by :meth:`restart`."""
@@ -472,9 +494,20 @@ class ManagedRedis:
         if self.password is not None:
             conf = write_private(directory / "redis.conf", f"requirepass {self.password}\n")
             args.append(str(conf))
+        if self.tls:
+            certs = self._certificates(directory)
+            args += [
+                "--port", "0",
+                "--tls-port", str(port),
+                "--tls-cert-file", str(certs.cert_file),
+                "--tls-key-file", str(certs.key_file),
+                "--tls-ca-cert-file", str(certs.ca_file),
+                "--tls-auth-clients", "no",  # clients prove who they are with the run's user and password
+            ]  # fmt: skip
+        else:
+            args += ["--port", str(port)]
         args += [
             "--bind", self.host,
-            "--port", str(port),
             "--save", "",
             "--appendonly", "no",
             "--protected-mode", "yes",
@@ -485,6 +518,18 @@ class ManagedRedis:
         if self.maxmemory is not None:
             args += ["--maxmemory", self.maxmemory]
         return args
+
+    def _certificates(self, directory: Path) -> Certificates:
+        """The TLS files in ``directory``: made the first time, written again after a restart."""
+        from flight_parsl.transfer.redis_tls import Certificates, make_certificates
+
+        if self._pems is None:
+            certs = make_certificates(directory, self.host)
+            self._pems = {p.name: p.read_text() for p in directory.iterdir() if p.suffix in (".crt", ".key")}
+            return certs
+        for name, text in self._pems.items():
+            write_private(directory / name, text)
+        return Certificates(directory, self._pems["ca.crt"])
 
     def _start_once(self, binary: str, port: int) -> None:
         """Start one server on port; raise _BindFailed if the port was taken."""
@@ -539,7 +584,7 @@ class ManagedRedis:
     def _answers(self, address: RedisAddress) -> bool:
         """Return whether our process (not another one on the port) answers PING."""
         assert self._process is not None
-        client = redis_client(address, 1.0, self.password)
+        client = redis_client(address, 1.0, self.password, tls=self.tls, ca=self.ca_pem)
         try:
             if not client.ping():
                 return False
@@ -575,7 +620,7 @@ class ManagedRedis:
             if not graceful or self._address is None:
                 _signal(process.terminate)
             else:
-                client = redis_client(self._address, 1.0, self.password)
+                client = redis_client(self._address, 1.0, self.password, tls=self.tls, ca=self.ca_pem)
                 try:
                     client.shutdown(nosave=True)
                 except (redis.exceptions.RedisError, OSError) as exc:
