@@ -147,6 +147,8 @@ def run_experiment(
                     open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host,
                                   t.redis_tls, ca)
                 )
+                if bridge and hasattr(transfer, "shared"):
+                    transfer.shared = False  # the sites' own server: its keys go with it
                 leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
                 state = _state(cfg, transfer, stack)
             with deferred():

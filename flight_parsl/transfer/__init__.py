@@ -120,6 +120,7 @@ def _open_redis(
     username, password = f"flight_parsl-{run}", new_password()
     rules = run_user_rules(username, password, prefix)
     server = None
+    made = None  # the user the run made on an external server
     if redis is None:  # a server of its own: its default user's password stays with the coordinator
         from flight_parsl.transfer.redis_tls import is_loopback
 
@@ -144,12 +145,14 @@ def _open_redis(
             username, password = given_user, given_password  # type: ignore[assignment]
         else:
             stack.callback(_remove_user, admin, username)
+            made = username
     connector = TimedRedisConnector(
         address.host, address.port, timeout=timeout, password=password, username=username, prefix=prefix,
         tls=tls, ca=ca,
     )
     transfer = ProxyTransfer("redis", connector, str(address), cache_size)
     transfer.server = server  # the run's own server, which fault injection may stop
+    transfer.redis_user, transfer.shared = made, redis is not None
     return transfer
 
 

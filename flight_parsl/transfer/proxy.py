@@ -250,6 +250,10 @@ class ProxyTransfer:
         self.kind = kind
         self.where = where
         self.server: Any = None  # a managed redis-server behind the connector, if the run started one
+        # On a server that outlives the run (--redis): the ACL user the run made there (None: none),
+        # and whether a coordinator killed without unwinding leaves the run's keys (and that user) there.
+        self.redis_user: str | None = None
+        self.shared = False
         self.store = Store(
             f"flight-parsl-{uuid.uuid4().hex[:12]}",
             connector,
