@@ -176,3 +176,19 @@ def _model():
     from flight_parsl.core.weights import FlatWeights, Layout
 
     return FlatWeights(np.arange(10, dtype=np.float32), Layout.from_shapes([("w", (10,), "float32")]))
+
+
+def test_credentials_given_by_the_caller_are_not_mixed_with_the_environments(monkeypatch, tmp_path) -> None:
+    """The sites' own server (its password given by the caller) ignores FLIGHT_PARSL_REDIS_USER and
+    FLIGHT_PARSL_REDIS_CA_FILE, which belong to a --redis server."""
+    from flight_parsl.transfer.redis_auth import CA_FILE_ENV
+
+    require_redis_server()
+    monkeypatch.setenv(USER_ENV, "someone")
+    monkeypatch.setenv(PASSWORD_ENV, "not-this-one")
+    monkeypatch.setenv(CA_FILE_ENV, str(tmp_path / "missing.pem"))
+    with ManagedRedis(password="sites-pw") as server:
+        with open_transfer("redis", redis=str(server.address), redis_password="sites-pw", redis_timeout=5.0) as t:
+            connector = t.store.connector
+            assert connector.username.startswith("flight_parsl-") and not connector.tls
+            assert t.publish(_model(), 0).resolve().weights.buffer.size == 10

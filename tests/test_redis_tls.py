@@ -27,7 +27,7 @@ from conftest import read_csv, read_summary, run_quietly
 from flight_parsl.core.weights import FlatWeights, Layout
 from flight_parsl.transfer import open_transfer
 from flight_parsl.transfer.bulk import BulkReader, ReplyError
-from flight_parsl.transfer.redis_auth import CA_FILE_ENV, write_private
+from flight_parsl.transfer.redis_auth import CA_FILE_ENV, PASSWORD_ENV, write_private
 from flight_parsl.transfer.redis_server import ManagedRedis, RedisAddress, redis_client
 from redis_fixtures import require_redis_server
 
@@ -146,8 +146,9 @@ def test_an_external_tls_server_with_its_ca(tmp_path, monkeypatch) -> None:
     with ManagedRedis(password="admin-pw", tls=True) as server:
         assert server.ca_pem is not None
         ca_file = write_private(tmp_path / "ca.pem", server.ca_pem)
-        monkeypatch.setenv(CA_FILE_ENV, str(ca_file))
-        with open_transfer("redis", redis=str(server.address), redis_password="admin-pw", redis_timeout=5.0) as t:
+        monkeypatch.setenv(CA_FILE_ENV, str(ca_file))  # as a job script exports them for --redis
+        monkeypatch.setenv(PASSWORD_ENV, "admin-pw")
+        with open_transfer("redis", redis=str(server.address), redis_timeout=5.0) as t:
             assert t.store.connector.tls and t.store.connector.username.startswith("flight_parsl-")
             _round_trip(t)
 
@@ -208,7 +209,7 @@ def test_an_htex_run_over_tls_keeps_its_state_and_leaves_no_secret(make_config, 
     with caplog.at_level(logging.DEBUG, logger="flight_parsl"):
         run = run_quietly(make_config, "transfer.kind=redis", "transfer.redis_tls=true", "slots=2",
                           "model.name=logreg", "train.keep_momentum=true", "partition.samples_per_client=60",
-                          workers=4, rounds=2, backend="parsl")
+                          workers=2, rounds=2, backend="parsl")
     assert read_summary(run)["status"] == "completed"
     rows = read_csv(run / "tasks.csv")
     assert rows and all(r["status"] == "ok" for r in rows)

@@ -129,10 +129,12 @@ def _open_redis(
         address, ca = server.address, server.ca_pem
         server.add_user(rules)
     else:  # credentials from the environment (redis_auth), if the server wants some
-        given_password = redis_password if redis_password is not None else env_password()
-        given_user = env_username()
+        # credentials given here (the sites' own server) or else the environment's (--redis): never a mix
+        from_env = redis_password is None
+        given_password = env_password() if from_env else redis_password
+        given_user = env_username() if from_env else None
         address = RedisAddress.parse(redis)
-        ca = redis_ca if redis_ca is not None else env_ca()
+        ca = env_ca() if from_env and redis_ca is None else redis_ca
         tls = redis_tls is True or (redis_tls == "auto" and ca is not None)
         check_reachable(address, timeout, given_password, username=given_user, tls=tls, ca=ca)
         admin = redis_client(address, timeout, given_password, username=given_user, tls=tls, ca=ca)
