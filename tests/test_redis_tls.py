@@ -175,8 +175,19 @@ def secrets(monkeypatch) -> Iterator[dict[str, Any]]:
         found["keys"].append((self.directory / "server.key").read_text())
         found["cmdlines"] += [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
 
+    from flight_parsl.execution.backends import Warmup
+
+    real_wait = Warmup.wait
+
+    def wait(self: Any, *args: Any, **kwargs: Any) -> Any:  # once the slots are up: the workers' command lines
+        primed = real_wait(self, *args, **kwargs)
+        found["primed_cmdlines"] = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+        found["cmdlines"] += found["primed_cmdlines"]
+        return primed
+
     monkeypatch.setattr(redis_auth, "new_password", new_password)
     monkeypatch.setattr(ManagedRedis, "add_user", add_user)
+    monkeypatch.setattr(Warmup, "wait", wait)
     yield found
 
 
@@ -213,5 +224,6 @@ def test_an_htex_run_over_tls_keeps_its_state_and_leaves_no_secret(make_config, 
     assert read_summary(run)["status"] == "completed"
     rows = read_csv(run / "tasks.csv")
     assert rows and all(r["status"] == "ok" for r in rows)
+    assert any("process_worker_pool" in c for c in secrets["primed_cmdlines"])  # the workers' were read too
     assert _leaks(secrets, secrets["cmdlines"] + [caplog.text] + _run_dir_texts(run)) == []
     assert [d.exists() for d in secrets["directories"]] == [False]
