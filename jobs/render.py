@@ -177,6 +177,7 @@ class SpecSchema(Schema):
     results: _Text = "results/scaling.csv"
     redis_interface: _Token | None = None
     redis_port: Annotated[int, Field(ge=1, le=65535)] = 6379
+    redis_tls: bool = True
     extra_args: list[_Text] = []
     directives: list[_Text] = []
 
@@ -217,6 +218,7 @@ class Spec:
     results: str
     redis_interface: str | None
     redis_port: int
+    redis_tls: bool
     extra_args: tuple[str, ...]
     directives: tuple[str, ...]
     source: str = "spec"
@@ -532,6 +534,7 @@ def _redis_block(spec: Spec, job_dir: Path) -> str:
         source = "hostname -i"
     return _fill("redis.sh.tmpl", {
         "redis_port": spec.redis_port,
+        "redis_tls": int(spec.redis_tls),
         "redis_host_command": command,
         "redis_host_source": source,
         "redis_wait_s": REDIS_WAIT_S,

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import read_csv, read_summary
-from redis_fixtures import require_redis_server
+from redis_fixtures import managed_redis, require_redis_server  # noqa: F401 (fixture)
 
 from flight_parsl.cleanup import main as cleanup
 
@@ -205,3 +205,38 @@ def test_resume_removes_what_a_sigkilled_htex_coordinator_left(tmp_path) -> None
             proc.kill()
             proc.wait()
         _kill_all(run, listed)
+
+
+def test_a_killed_run_leaves_its_keys_and_user_on_an_external_redis_and_the_cleanup_removes_them(
+        tmp_path, managed_redis) -> None:
+    import redis
+
+    from flight_parsl.transfer.redis_server import count_keys
+
+    admin = redis.Redis(managed_redis.address.host, managed_redis.address.port, decode_responses=True)
+    admin.set("someone:else", "kept")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flight_parsl.scale", "--workers", "2", "--train", "none", "--model", "tiny",
+           "--transfer", "redis", "--redis", str(managed_redis.address), "--backend", "thread", "--out", str(run),
+           "-q", "--rounds", "100000"]
+    with (tmp_path / "run.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait(proc, lambda: len(read_csv(run / "rounds.csv")) >= 2, "two rounds")
+        _sigkill(proc)
+    finally:
+        if proc.poll() is None:
+            _sigkill(proc)
+    entry = json.loads((run / "leftovers.json").read_text())["redis"]
+    assert entry["address"] == str(managed_redis.address) and entry["user"].startswith("flight_parsl-")
+    assert entry["prefix"].startswith("flight_parsl:") and entry["tls"] is False
+    assert entry["user"] in admin.acl_users()  # the killed run's user is still there
+    admin.set(f"{entry['prefix']}left", "x")  # and a key of its own (whatever the kill caught in flight)
+    assert f"Redis keys {entry['prefix']}* and ACL user {entry['user']}" in _cleanup(str(run), "--dry-run").stdout
+    done = _cleanup(str(run))
+    assert done.returncode == 0, done.stderr
+    assert f"Redis ACL user {entry['user']} at {managed_redis.address}" in done.stdout, done.stdout
+    assert admin.acl_users() == ["default"]
+    assert count_keys(managed_redis.address, f"{entry['prefix']}*") == 0
+    assert admin.get("someone:else") == "kept"
+    admin.close()

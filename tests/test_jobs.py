@@ -228,17 +228,23 @@ def test_redis_block_only_when_redis_is_a_transfer(tmp_path: Path) -> None:
         assert "ip -4 addr show ib0 | awk '/inet /{print $2}' | cut -d/ -f1" in s
         assert "REDIS_PORT=6379\n" in s
         start = s.index('redis-server "$REDIS_CONF" --bind')
-        assert '--bind "$REDIS_HOST" --port "$REDIS_PORT"' in s
+        assert '--bind "$REDIS_HOST" "${REDIS_LISTEN[@]}"' in s
         assert 'redis-server "$REDIS_CONF" --bind' in s  # requirepass from a private file
         assert "--protected-mode no" not in s and "requirepass" in s
         for flag in ("--save ''", "--appendonly no", "--protected-mode yes", "--daemonize yes",
                      "--logfile"):
             assert flag in s[start:start + 300]
+        # TLS by default: a TLS port only, certificates in a private temporary directory
+        assert "REDIS_TLS=1\n" in s and '--port 0 --tls-port "$REDIS_PORT"' in s
+        assert 'mktemp -d "${TMPDIR:-/tmp}/flight-parsl-redis-tls-XXXXXX"' in s
+        assert 'export FLIGHT_PARSL_REDIS_CA_FILE="$REDIS_TLS_DIR/ca.crt"' in s
         trap = s.index("trap '")
-        assert "redis-cli -h \"$REDIS_HOST\" -p \"$REDIS_PORT\" shutdown nosave" in s[trap:]
+        assert 'stop_redis() { "${REDIS_CLI[@]}" shutdown nosave' in s
+        assert 'REDIS_CLI=(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT")' in s
+        assert "stop_redis" in s[trap:].split("\n")[0] and 'rm -rf "$REDIS_TLS_DIR"' in s[trap:].split("\n")[0]
         assert s[trap:].split("\n")[0].endswith("EXIT")
-        # the server is up (bounded ping loop) before the harness runs
-        assert start < trap < s.index("ping") < s.index(HARNESS)
+        # the trap is set before anything is made; the server is up (bounded ping loop) before the harness runs
+        assert trap < s.index("mktemp") < start < s.index('"${REDIS_CLI[@]}" ping') < s.index(HARNESS)
     for job in without:
         s = job.script
         assert "--transfer parsl " in harness_lines(s)[0]
@@ -376,10 +382,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ping(port: int) -> str:
-    proc = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "ping"],
-                          capture_output=True, text=True, timeout=10)
-    return proc.stdout.strip()
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on the loopback port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2.0).close()
+        return True
+    except OSError:
+        return False
+
+
+#: What the harness does with the job's Redis: it opens the redis transfer (credentials and CA from
+#: the environment, as the job script exports them), makes its own user and stores a key.
+HARNESS_CHECK = """
+import sys
+from flight_parsl.transfer import open_transfer
+with open_transfer("redis", redis=sys.argv[1], redis_timeout=5.0) as t:
+    c = t.store.connector
+    key = c.put(b"x")
+    print("tls" if c.tls else "plain", c.username.split("-")[0], bytes(c.get(key)).decode())
+"""
 
 
 def _fake_python(bin_dir: Path, record: Path, exit_code: int = 0) -> None:
@@ -389,11 +410,19 @@ def _fake_python(bin_dir: Path, record: Path, exit_code: int = 0) -> None:
     script.write_text(f"""#!/bin/bash
 echo "ARGS $*" >> "{record}"
 prev=""
+TLS=()
+if [ -n "${{FLIGHT_PARSL_REDIS_CA_FILE:-}}" ]; then
+    TLS=(--tls --cacert "$FLIGHT_PARSL_REDIS_CA_FILE")
+    CA_DIR=$(dirname "$FLIGHT_PARSL_REDIS_CA_FILE")
+    echo "CA $FLIGHT_PARSL_REDIS_CA_FILE $(stat -c %a "$CA_DIR") $(cd "$CA_DIR" && stat -c %n:%a * | tr '\n' ' ')" >> "{record}"
+fi
 for a in "$@"; do
     if [ "$prev" = "--redis" ]; then
-        echo "PING $(redis-cli -h "${{a%:*}}" -p "${{a##*:}}" ping)" >> "{record}"
-        echo "ANON $(env -u REDISCLI_AUTH redis-cli -h "${{a%:*}}" -p "${{a##*:}}" ping 2>&1)" >> "{record}"
+        echo "PING $(redis-cli "${{TLS[@]}}" -h "${{a%:*}}" -p "${{a##*:}}" ping)" >> "{record}"
+        echo "ANON $(env -u REDISCLI_AUTH redis-cli "${{TLS[@]}}" -h "${{a%:*}}" -p "${{a##*:}}" ping 2>&1)" >> "{record}"
+        echo "PLAIN $(timeout 5 redis-cli -h "${{a%:*}}" -p "${{a##*:}}" ping 2>&1 | head -c 60)" >> "{record}"
         echo "AUTH $REDISCLI_AUTH" >> "{record}"
+        echo "HARNESS $({sys.executable} -c "$HARNESS_CHECK" "$a" 2>&1 | tail -n 1)" >> "{record}"
     fi
     prev="$a"
 done
@@ -410,17 +439,17 @@ needs_redis = pytest.mark.skipif(
 
 
 @needs_redis
-@pytest.mark.parametrize("harness_rc", [0, 3])
-def test_slurm_script_runs_redis_and_stops_it(tmp_path: Path, harness_rc: int) -> None:
+@pytest.mark.parametrize(("harness_rc", "tls"), [(0, True), (3, True), (0, False)])
+def test_slurm_script_runs_redis_and_stops_it(tmp_path: Path, harness_rc: int, tls: bool) -> None:
     port = _free_port()
     _, jobs = render(slurm_spec(workers=[2, 8], transfers=["parsl", "redis"], worker_init="",
-                                redis_interface="lo", redis_port=port), tmp_path)
+                                redis_interface="lo", redis_port=port, redis_tls=tls), tmp_path)
     write_jobs(jobs)
     (job,) = jobs
     record = tmp_path / "record.txt"
     _fake_python(tmp_path / "bin", record, exit_code=harness_rc)
     env = dict(os.environ, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
-               SLURM_SUBMIT_DIR=str(tmp_path), SLURM_JOB_ID="42")
+               SLURM_SUBMIT_DIR=str(tmp_path), SLURM_JOB_ID="42", HARNESS_CHECK=HARNESS_CHECK)
     try:
         proc = subprocess.run(["bash", str(job.script_path)], env=env, capture_output=True,
                               text=True, timeout=90)
@@ -429,7 +458,19 @@ def test_slurm_script_runs_redis_and_stops_it(tmp_path: Path, harness_rc: int) -
         assert lines[0].startswith("ARGS -m flight_parsl.scale --workers 2,8 ")
         assert lines[0].endswith(f"--redis 127.0.0.1:{port}")
         assert "PING PONG" in lines  # the server answered while the harness ran
+        # the harness reached it (over TLS with the job's CA), as a user of its own
+        assert f"HARNESS {'tls' if tls else 'plain'} flight_parsl x" in lines, lines
         assert "ANON NOAUTH Authentication required." in lines  # not without the job's password
+        cas = [line.split() for line in lines if line.startswith("CA ")]
+        (plain,) = [line for line in lines if line.startswith("PLAIN")]
+        if tls:  # the harness got the job's CA; its directory is private; plain text gets no answer
+            ((_, ca_file, mode, *files),) = cas
+            assert mode == "700" and sorted(files) == ["ca.crt:600", "server.crt:600", "server.key:600"]
+            assert not Path(ca_file).is_relative_to(tmp_path)  # never the job or run directory
+            assert "PONG" not in plain and "NOAUTH" not in plain
+            assert not Path(ca_file).parent.exists()  # the EXIT trap removed the certificates
+        else:
+            assert cas == [] and plain == "PLAIN PONG"  # redis_tls: false: plain text, with the password
         (password,) = [line.split(" ", 1)[1] for line in lines if line.startswith("AUTH ")]
         assert len(password) == 64  # 32 random bytes, hex
         assert password not in lines[0] and password not in proc.stdout + proc.stderr
@@ -437,12 +478,15 @@ def test_slurm_script_runs_redis_and_stops_it(tmp_path: Path, harness_rc: int) -
         assert not (job.dir / "redis-42.conf").exists()  # the EXIT trap removed it
         assert (job.dir / "redis-42.log").is_file()
         deadline = time.time() + 10
-        while _ping(port) == "PONG" and time.time() < deadline:
+        while _listening(port) and time.time() < deadline:
             time.sleep(0.2)
-        assert _ping(port) != "PONG"  # the EXIT trap stopped it, also after a failure
+        assert not _listening(port)  # the EXIT trap stopped it, also after a failure
     finally:
-        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "shutdown", "nosave"],
-                       capture_output=True, timeout=10)
+        if _listening(port):  # a failed test: stop the server with the job's password
+            auth = [line.split(" ", 1)[1] for line in record.read_text().splitlines() if line.startswith("AUTH ")]
+            tls_args = ["--tls", "--insecure"] if tls else []
+            subprocess.run(["redis-cli", *tls_args, "-h", "127.0.0.1", "-p", str(port), "shutdown", "nosave"],
+                           capture_output=True, timeout=10, env=dict(os.environ, REDISCLI_AUTH=auth[0] if auth else ""))
 
 
 @needs_redis

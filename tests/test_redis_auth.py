@@ -75,7 +75,9 @@ def test_coordinator_and_worker_side_use_the_password(locked: ManagedRedis, monk
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     with open_transfer("redis", redis=str(a), redis_timeout=5.0) as transfer:
         connector = transfer.store.connector
-        assert connector.password == PASSWORD and PASSWORD not in repr(connector)
+        # the server's password made the run's own user; the workers get that user's, never the server's
+        assert connector.username.startswith("flight_parsl-") and connector.password not in (None, PASSWORD)
+        assert PASSWORD not in str(connector.config()) and connector.password not in repr(connector)
         # a worker rebuilds the connector from its config (it rides in the task, not in argv)
         worker_side = TimedRedisConnector.from_config(pickle.loads(pickle.dumps(connector.config())))
         key = connector.put(b"x" * 100_000)

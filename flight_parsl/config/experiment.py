@@ -256,6 +256,12 @@ class TransferConfig:
     (or the temp dir). ``cache_size``: objects each worker process keeps resolved.
     ``redis_timeout``: seconds every Redis client waits to connect and for each reply;
     a server that stops answering fails the run with its address after this long.
+    ``redis_tls``: whether Redis speaks TLS. ``auto`` (the default): a managed server does
+    when it listens on an address other hosts reach (a site on a virtual host, a cluster's
+    compute nodes), not on loopback; an external server (``redis``) does not. ``true``:
+    always (a managed server gets a CA and certificate made for the run; an external one
+    is checked against the CA in ``FLIGHT_PARSL_REDIS_CA_FILE``, else the system's).
+    ``false``: never.
 
     Codecs (see flight_parsl.transfer.codecs): ``codec`` encodes what tasks send up, the
     update (delta from the global model) of a train task's clients, folded first, and an
@@ -272,6 +278,7 @@ class TransferConfig:
     file_dir: str | None = None
     cache_size: NonNegative = 1
     redis_timeout: PositiveFloat = 30.0
+    redis_tls: Literal["auto", True, False] = "auto"
     codec: str = "none"
     codec_down: str = "none"
     codec_block: Positive = 256
@@ -677,7 +684,7 @@ _TEXT_LISTS = {"sites.files": None, "peer.private_models": "", "faults.kill": ""
 #: Keys added since hashes were first written, left out of the hash while at these defaults.
 _ADDED_KEYS = {"round.first_deadline_s": 300.0, "round.per_client_s": 5.0, "round.min_deadline_s": 60.0,
                "round.slack": 5.0, "transfer.codec": "none", "transfer.codec_down": "none",
-               "transfer.codec_block": 256, "transfer.error_feedback": False}
+               "transfer.codec_block": 256, "transfer.error_feedback": False, "transfer.redis_tls": "auto"}
 
 
 def _hash_compatible(values: dict[str, Any]) -> dict[str, Any]:

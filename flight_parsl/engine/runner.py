@@ -68,8 +68,12 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
         from flight_parsl.transfer.redis_server import RedisAddress
 
         address = RedisAddress.parse(where)
-        password = getattr(getattr(getattr(transfer, "store", None), "connector", None), "password", None)
-        return stack.enter_context(open_state(redis=(address.host, address.port), password=password))
+        connector = getattr(getattr(transfer, "store", None), "connector", None)
+        return stack.enter_context(open_state(  # the run's user, under the run's key prefix
+            redis=(address.host, address.port), password=getattr(connector, "password", None),
+            username=getattr(connector, "username", None), prefix=getattr(connector, "prefix", None),
+            tls=bool(getattr(connector, "tls", False)), ca=getattr(connector, "ca", None),
+        ))
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 
 
@@ -138,13 +142,17 @@ def run_experiment(
             bridge = sites is not None and sites.redis is not None
             redis = sites.redis if sites is not None and bridge else t.redis
             password = sites.redis_password if sites is not None and bridge else None
+            ca = sites.redis_ca if sites is not None and bridge else None  # a bridge Redis's own CA (TLS)
             # The channel opens next: an unreachable Redis fails before Parsl starts. A managed Redis
             # listens where the site's workers reach this host (a cluster's head-node address).
             host = _service_host(cfg) if t.kind == "redis" and redis is None else "127.0.0.1"
             with deferred():
                 transfer = stack.enter_context(
-                    open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host)
+                    open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host,
+                                  t.redis_tls, ca)
                 )
+                if bridge and hasattr(transfer, "shared"):
+                    transfer.shared = False  # the sites' own server: its keys go with it
                 leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
                 state = _state(cfg, transfer, stack)
             with deferred():

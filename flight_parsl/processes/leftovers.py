@@ -2,7 +2,8 @@
 
 While a run is open, ``leftovers.json`` in its run directory lists what the run
 started outside itself: the coordinator, the managed redis-server (pid and directory),
-the file channel's directory, the HTEX interchange, worker-manager and worker pids. The
+the file channel's directory, the HTEX interchange, worker-manager and worker pids, and on an
+external Redis (``--redis``) the run's key prefix and the ACL user it made there. The
 list is written once the executor is up and again once the warm-up has found the
 workers. A run that stops in any orderly way (completed, failed, Ctrl-C, SIGTERM)
 removes all of them and then the list. A resumed run (``--resume``) and
@@ -10,7 +11,9 @@ removes all of them and then the list. A resumed run (``--resume``) and
 a run that did not, stop the processes that are still the ones listed (same pid, start
 time and command line) together with the current children of a listed worker pool (the
 workers it restarted after the list was written) and every worker pool whose command
-line names the run directory, remove the directories and forget the list. Neither
+line names the run directory, remove the directories, delete the run's keys and user from an
+external Redis (with the credentials of the environment, as the run had them), and forget the
+list. Neither
 touches a run whose coordinator is still alive (:class:`RunStillOpen`).
 """
 
@@ -77,7 +80,12 @@ def note(
         proc["started"] = _started(proc["pid"])
     path = Path(run_dir) / FILENAME
     tmp = path.with_name(FILENAME + ".tmp")
-    tmp.write_text(json.dumps({"coordinator": me, "processes": processes, "directories": directories}, indent=2) + "\n")
+    listed: dict[str, Any] = {"coordinator": me, "processes": processes, "directories": directories}
+    if getattr(transfer, "shared", False):  # names only: the passwords stay in the environment
+        connector = transfer.store.connector
+        listed["redis"] = {"address": transfer.where, "prefix": connector.prefix, "user": transfer.redis_user,
+                           "tls": bool(connector.tls)}
+    tmp.write_text(json.dumps(listed, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -162,7 +170,39 @@ def left(run_dir: str | Path) -> list[str]:
     for pid in sorted(set(children(pools)) - listed_pids):
         out.append(f"worker pid {pid} (a child of a worker pool)")
     out += [d for d in listed.get("directories", []) if Path(d).exists()]
+    redis = listed.get("redis")
+    if redis:
+        user = f" and ACL user {redis['user']}" if redis.get("user") else ""
+        out.append(f"Redis keys {redis['prefix']}*{user} at {redis['address']} (if still there)")
     return out
+
+
+def _clean_redis(entry: dict[str, Any]) -> list[str]:
+    """Delete a killed run's keys (and the ACL user it made) from an external Redis, logged in with the
+    environment's credentials; one line for what was removed, or for what could not be and why."""
+    import redis as redis_py
+
+    from flight_parsl.core.errors import ConfigError
+    from flight_parsl.transfer.redis_auth import redis_ca, redis_password, redis_username
+    from flight_parsl.transfer.redis_server import RedisAddress, delete_user, redis_client
+
+    prefix, user, where = entry["prefix"], entry.get("user"), entry["address"]
+    try:
+        ca = redis_ca()
+        client = redis_client(RedisAddress.parse(where), 5.0, redis_password(), username=redis_username(),
+                              tls=bool(entry.get("tls")) or ca is not None, ca=ca)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            for i in range(0, len(keys), 1000):
+                client.delete(*keys[i : i + 1000])
+            if user and user in {u if isinstance(u, str) else u.decode() for u in client.acl_users()}:
+                delete_user(client, user)
+        finally:
+            client.close()
+    except (redis_py.exceptions.RedisError, OSError, ConfigError) as exc:
+        return [f"not removed: Redis keys {prefix}*" + (f" and ACL user {user}" if user else "") +
+                f" at {where} ({type(exc).__name__}: {' '.join(str(exc).split())})"]
+    return [f"{len(keys)} Redis key(s) {prefix}* at {where}"] + ([f"Redis ACL user {user} at {where}"] if user else [])
 
 
 def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
@@ -199,5 +239,7 @@ def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
         if Path(directory).exists():
             shutil.rmtree(directory, ignore_errors=True)
             done.append(directory)
+    if listed.get("redis"):
+        done += _clean_redis(listed["redis"])
     forget(run_dir)
     return done

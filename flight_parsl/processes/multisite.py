@@ -6,10 +6,10 @@ anything starts: the normalised sites, the placement of clients and aggregators
 applied to the clients it runs), the virtual network when a site names a
 ``virtual_host``, and, for ``--transfer redis`` without ``--redis``, a managed
 redis-server bound to the network's bridge address so that workers on the
-virtual hosts reach it over TCP. Sites with a ``link:`` get their virtual host's veth
-shaped, and each shaped link is measured before anything else uses it
-(:mod:`flight_parsl.execution.links`); ``link_bytes`` counts from after that check.
-Everything it opened is closed when it exits.
+virtual hosts reach it over TCP (over TLS unless ``transfer.redis_tls=false``: other hosts
+reach that address). Sites with a ``link:`` get their virtual host's veth shaped, and each
+shaped link is measured before anything else uses it (:mod:`flight_parsl.execution.links`);
+``link_bytes`` counts from after that check. Everything it opened is closed when it exits.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ class RunSites:
     slots: dict[str, int]
     network: VirtualNetwork | None = None
     redis: str | None = None  # HOST:PORT of a managed redis-server on the bridge
-    redis_password: str | None = None  # that server's fresh password
+    redis_password: str | None = field(default=None, repr=False)  # that server's fresh password
     hosts: dict[str, str] = field(default_factory=dict)  # site label -> virtual host name
     link_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes, read at the end
     links: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> the link check (asked, measured)
     link_base: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes after the link check
+    redis_ca: str | None = field(default=None, repr=False)  # the PEM text of its CA, when it speaks TLS
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
@@ -100,20 +101,23 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
 
             network = stack.enter_context(virtual_network(hosts, links))
             checked = check_links(network, links)  # on quiet links, before anything else uses them
-        redis = password = None
+        redis = password = ca = None
         if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
             from flight_parsl.transfer.redis_auth import new_password
             from flight_parsl.transfer.redis_server import ManagedRedis
 
-            # Bound to the run's private bridge, with a fresh password only this run knows.
+            # Bound to the run's private bridge, with a fresh password only this run knows; the
+            # virtual hosts reach it across the bridge, so it speaks TLS (unless redis_tls=false).
             password = new_password()
-            server = ManagedRedis(host=network.address, password=password)
+            server = ManagedRedis(host=network.address, password=password, tls=cfg.transfer.redis_tls is not False)
             redis = str(stack.enter_context(server).address)
+            ca = server.ca_pem
         run_sites = RunSites(
             sites, placement, slots, network, redis, password,
             {s["label"]: s["virtual_host"] for s in sites if s.get("virtual_host")},
             links=checked,
             link_base=network.link_bytes() if network is not None else {},
+            redis_ca=ca,
         )
         try:
             yield run_sites

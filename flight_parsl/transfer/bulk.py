@@ -20,6 +20,7 @@ caller) and carry the same timeout as the other Redis clients.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 
@@ -140,11 +141,27 @@ class BulkReader:
         timeout: seconds to connect and for each read (``socket.timeout`` is a
             ``TimeoutError``, as with the other Redis clients).
         password: sent with ``AUTH`` on every new socket when set.
+        username: the ACL user ``AUTH`` logs in as (None: the default user).
+        tls: speak TLS, checking the server's certificate and host name against ``ca``
+            (the CA's PEM text; None: the system's trusted CAs).
     """
 
-    def __init__(self, host: str, port: int, timeout: float, password: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        password: str | None = None,
+        username: str | None = None,
+        tls: bool = False,
+        ca: str | None = None,
+    ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._password = password
+        self._username = username
+        self._tls: ssl.SSLContext | None = None
+        if tls:
+            self._tls = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -152,9 +169,16 @@ class BulkReader:
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._password is not None:
+        if self._tls is not None:
             try:
-                sock.sendall(encode("AUTH", self._password))
+                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
+        if self._password is not None:
+            auth = ("AUTH", self._password) if self._username is None else ("AUTH", self._username, self._password)
+            try:
+                sock.sendall(encode(*auth))
                 reply = _line(sock)
                 if reply != b"+OK":
                     raise ProtocolError(f"expected +OK to AUTH, got {reply[:40]!r}")

@@ -21,11 +21,12 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from proxystore.connectors.file import FileConnector
-from proxystore.connectors.redis import RedisConnector
+from proxystore.connectors.redis import RedisConnector, RedisKey
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.stopping import deferred
@@ -59,19 +60,31 @@ class MappedFileConnector(FileConnector):
 
 
 class TimedRedisConnector(RedisConnector):
-    """A ProxyStore RedisConnector whose client gives up after ``timeout`` seconds.
+    """A ProxyStore RedisConnector whose client gives up after ``timeout`` seconds, logs in as
+    the run's user and keeps its keys under the run's prefix.
 
-    ProxyStore's own connector builds a client without timeouts, so a Redis that
-    stops answering (a stopped process, a hung node) blocks a put or get forever.
-    This one connects and waits for each reply at most ``timeout`` seconds, without
-    retries; its config carries the timeout (and the server's password, if any) to the
-    workers, which rebuild it from there.
-    A get reads the value straight into one buffer (:class:`~flight_parsl.transfer.bulk.BulkReader`)
-    instead of through redis-py's parser.
+    ProxyStore's own connector builds a client without timeouts, user, password or TLS and
+    names its keys with bare uuids, so a Redis that stops answering blocks a put or get
+    forever and nothing ties a key to its run. This one connects and waits for each reply at
+    most ``timeout`` seconds, without retries; logs in as ``username`` with ``password``
+    (the run's ACL user, whose key pattern is ``prefix*``); names every key
+    ``<prefix><uuid>``; and with ``tls`` speaks TLS, checking the server against ``ca`` (the
+    PEM text of the run's CA). Its config carries all of it to the workers, which rebuild
+    it from there. A get reads the value straight into one buffer
+    (:class:`~flight_parsl.transfer.bulk.BulkReader`) instead of through redis-py's parser.
     """
 
     def __init__(
-        self, hostname: str, port: int, clear: bool = False, timeout: float | None = None, password: str | None = None
+        self,
+        hostname: str,
+        port: int,
+        clear: bool = False,
+        timeout: float | None = None,
+        password: str | None = None,
+        username: str | None = None,
+        prefix: str = "",
+        tls: bool = False,
+        ca: str | None = None,
     ) -> None:
         from flight_parsl.transfer.bulk import BulkReader
         from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, RedisAddress, redis_client
@@ -79,9 +92,34 @@ class TimedRedisConnector(RedisConnector):
         super().__init__(hostname, port, clear)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
         self.password = password
+        self.username = username
+        self.prefix = prefix
+        self.tls = tls
+        self.ca = ca
         self._redis_client.close()  # never connected: clients connect on first use
-        self._redis_client = redis_client(RedisAddress(hostname, port), self.timeout, password)
-        self._reader = BulkReader(hostname, port, self.timeout, password)
+        self._redis_client = redis_client(
+            RedisAddress(hostname, port), self.timeout, password, username=username, tls=tls, ca=ca
+        )
+        self._reader = BulkReader(hostname, port, self.timeout, password, username, tls, ca)
+
+    def _key(self) -> RedisKey:
+        return RedisKey(redis_key=f"{self.prefix}{uuid.uuid4()}")
+
+    def new_key(self, obj: BytesLike | None = None) -> RedisKey:
+        """A new key under the run's prefix."""
+        return self._key()
+
+    def put(self, obj: BytesLike) -> RedisKey:
+        """Store ``obj`` under a new key of the run's prefix."""
+        key = self._key()
+        self._redis_client.set(key.redis_key, bytes(obj))
+        return key
+
+    def put_batch(self, objs: Sequence[BytesLike]) -> list[RedisKey]:
+        """Store ``objs`` under new keys of the run's prefix (one MSET)."""
+        keys = [self._key() for _ in objs]
+        self._redis_client.mset({key.redis_key: bytes(obj) for key, obj in zip(keys, objs, strict=True)})
+        return keys
 
     def get(self, key: Any) -> memoryview | None:
         """The value of ``key`` (a view of one buffer), or None when it is missing."""
@@ -93,12 +131,16 @@ class TimedRedisConnector(RedisConnector):
         super().close(clear)
 
     def config(self) -> dict[str, Any]:
-        """The connector's configuration, with the timeout and the password."""
-        return {**super().config(), "timeout": self.timeout, "password": self.password}
+        """The connector's configuration: the timeout, the user, its password, the prefix and TLS too."""
+        return {
+            **super().config(), "timeout": self.timeout, "password": self.password, "username": self.username,
+            "prefix": self.prefix, "tls": self.tls, "ca": self.ca,
+        }
 
     def __repr__(self) -> str:
-        """Name the server, never the password."""
-        return f"{type(self).__name__}(hostname={self.hostname!r}, port={self.port}, timeout={self.timeout})"
+        """Name the server and the user, never the password."""
+        return (f"{type(self).__name__}(hostname={self.hostname!r}, port={self.port}, timeout={self.timeout}, "
+                f"username={self.username!r}, tls={self.tls})")
 
 
 def identity(data: BytesLike) -> BytesLike:
@@ -208,6 +250,10 @@ class ProxyTransfer:
         self.kind = kind
         self.where = where
         self.server: Any = None  # a managed redis-server behind the connector, if the run started one
+        # On a server that outlives the run (--redis): the ACL user the run made there (None: none),
+        # and whether a coordinator killed without unwinding leaves the run's keys (and that user) there.
+        self.redis_user: str | None = None
+        self.shared = False
         self.store = Store(
             f"flight-parsl-{uuid.uuid4().hex[:12]}",
             connector,

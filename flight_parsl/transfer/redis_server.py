@@ -11,6 +11,7 @@ free loopback port that leaves nothing behind), :func:`redis_available`,
 from __future__ import annotations
 
 import atexit
+import hashlib
 import ipaddress
 import logging
 import shutil
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import redis
 from redis.backoff import NoBackoff
@@ -31,6 +32,9 @@ from redis.retry import Retry
 
 from flight_parsl.core.errors import ConfigError, ExecutorError
 from flight_parsl.transfer.redis_auth import PASSWORD_ENV, PASSWORD_FILE_ENV, write_private
+
+if TYPE_CHECKING:
+    from flight_parsl.transfer.redis_tls import Certificates
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ DEFAULT_TIMEOUT = 30.0
 _BIND_FAILURE_MARKERS = (
     "Address already in use",
     "Could not create server TCP listening socket",
+    "Could not create server TLS listening socket",
 )
 
 
@@ -104,7 +109,15 @@ class RedisAddress:
         return cls(host=host, port=port)
 
 
-def redis_client(address: RedisAddress, timeout: float, password: str | None = None) -> redis.Redis:
+def redis_client(
+    address: RedisAddress,
+    timeout: float,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
+) -> redis.Redis:
     """Build a client that tries once (no retries, no backoff) with the given timeouts.
 
     Every Redis client flight_parsl creates comes from here: a server that stops
@@ -114,16 +127,47 @@ def redis_client(address: RedisAddress, timeout: float, password: str | None = N
     Args:
         address: The server.
         timeout: Seconds for connecting and for each reply.
-        password: The server's password (``requirepass``), or None.
+        password: The server's password (``requirepass``, or the ``username``'s), or None.
+        username: The ACL user to log in as (None: the default user).
+        tls: Speak TLS and check the server's certificate and host name.
+        ca: The PEM text of the CA that signed the server's certificate (None with ``tls``:
+            the system's trusted CAs).
     """
+    ssl_args: dict[str, object] = {}
+    if tls:
+        ssl_args = {"ssl": True, "ssl_ca_data": ca, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
     return redis.Redis(
         host=address.host,
         port=address.port,
+        username=username,
         password=password,
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
+        **ssl_args,  # type: ignore[arg-type]
     )
+
+
+#: What a run's ACL user may do besides its keys: read and write them, talk to the server;
+#: never the commands that act on the whole server (FLUSHALL, KEYS, CONFIG, ...) or scripts.
+RUN_USER_RULES = ("+@read", "+@write", "+@connection", "-@dangerous", "-@scripting")
+
+
+def run_user_rules(username: str, password: str, prefix: str) -> list[str]:
+    """``ACL SETUSER`` arguments of a run's user: on, its password (as a SHA-256 hash, so the
+    text never crosses the wire), the keys under ``prefix`` only, no pub/sub channels."""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return [username, "reset", "on", f"#{digest}", f"~{prefix}*", "resetchannels", *RUN_USER_RULES]
+
+
+def create_user(admin: redis.Redis, rules: list[str]) -> None:
+    """``ACL SETUSER`` through ``admin`` (a client allowed to manage users)."""
+    admin.execute_command("ACL", "SETUSER", *rules)
+
+
+def delete_user(admin: redis.Redis, username: str) -> None:
+    """``ACL DELUSER`` (its connections are closed by the server)."""
+    admin.execute_command("ACL", "DELUSER", username)
 
 
 def _reason(exc: BaseException) -> str:
@@ -144,18 +188,27 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def check_reachable(address: RedisAddress, timeout: float = DEFAULT_TIMEOUT, password: str | None = None) -> None:
+def check_reachable(
+    address: RedisAddress,
+    timeout: float = DEFAULT_TIMEOUT,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
+) -> None:
     """Connect to Redis and send PING.
 
     Args:
         address: The server to probe.
         timeout: Seconds for connecting and for the reply.
         password: The server's password, or None.
+        username, tls, ca: as for :func:`redis_client`.
 
     Raises:
         ExecutorError: One line, ``Redis at HOST:PORT is unreachable: REASON``.
     """
-    client = redis_client(address, timeout, password)
+    client = redis_client(address, timeout, password, username=username, tls=tls, ca=ca)
     try:
         client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -169,7 +222,16 @@ def redis_available(binary: str = DEFAULT_BINARY) -> bool:
     return shutil.which(binary) is not None
 
 
-def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0, password: str | None = None) -> int:
+def count_keys(
+    address: RedisAddress,
+    pattern: str = "*",
+    timeout: float = 5.0,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
+) -> int:
     """Count the keys matching a glob pattern with SCAN (never KEYS).
 
     Args:
@@ -177,6 +239,7 @@ def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0, 
         pattern: A Redis glob pattern.
         timeout: Seconds for connecting and for each reply.
         password: The server's password, or None.
+        username, tls, ca: as for :func:`redis_client`.
 
     Returns:
         The number of matching keys in database 0.
@@ -184,7 +247,7 @@ def count_keys(address: RedisAddress, pattern: str = "*", timeout: float = 5.0, 
     Raises:
         ExecutorError: The server cannot be reached.
     """
-    client = redis_client(address, timeout, password)
+    client = redis_client(address, timeout, password, username=username, tls=tls, ca=ca)
     try:
         return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
     except (redis.exceptions.RedisError, OSError) as exc:
@@ -222,6 +285,10 @@ class ManagedRedis:
     the terminal does not kill it before it is shut down cleanly, and is also stopped by
     ``atexit``. With a ``password`` it reads ``requirepass`` from a config file that only its
     owner may read (never from its command line), so no other user of the host can use it.
+    With ``tls`` it listens on a TLS port only (its plain port is 0), with a CA and a server
+    certificate for ``host`` made for it (:mod:`~flight_parsl.transfer.redis_tls`): files of
+    mode 0600 in its own temporary directory, removed with it; :attr:`ca_pem` is what
+    clients check it against. The same certificates serve a :meth:`restart`.
 
     Example:
         with ManagedRedis() as server:
@@ -235,6 +302,7 @@ class ManagedRedis:
         start_timeout: float = 10.0,
         maxmemory: str | None = None,
         password: str | None = None,
+        tls: bool = False,
     ) -> None:
         """Configure the server; nothing starts until :meth:`start` or ``with``.
 
@@ -244,8 +312,11 @@ class ManagedRedis:
             start_timeout: Seconds to wait for the first PING answer.
             maxmemory: Passed as ``--maxmemory`` (e.g. ``"256mb"``) if set.
             password: Clients must AUTH with it (``requirepass``); None leaves the server open.
+            tls: Speak TLS only, with certificates made for ``host``.
         """
         self.password = password
+        self.tls = tls
+        self._pems: dict[str, str] | None = None  # the certificates and keys, made once
         self.binary = binary
         self.host = host
         self.start_timeout = start_timeout
@@ -254,6 +325,7 @@ class ManagedRedis:
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
         self._directory: Path | None = None
+        self._users: dict[str, list[str]] = {}  # ACL users made by add_user, made again on restart
         self._lock = threading.Lock()
 
     # -- public API ------------------------------------------------------------------
@@ -274,6 +346,16 @@ class ManagedRedis:
     def directory(self) -> Path | None:
         """The server's temporary directory (removed on stop), or None before start."""
         return self._directory
+
+    @property
+    def ca_pem(self) -> str | None:
+        """The PEM text of the CA that signed the server's certificate (None without TLS, or before start)."""
+        return self._pems["ca.crt"] if self._pems is not None else None
+
+    def client(self, timeout: float = DEFAULT_TIMEOUT, password: str | None = None,
+               username: str | None = None) -> redis.Redis:
+        """A client of this server (over TLS when it speaks TLS), as ``username`` with ``password``."""
+        return redis_client(self.address, timeout, password, username=username, tls=self.tls, ca=self.ca_pem)
 
     @property
     def running(self) -> bool:
@@ -315,6 +397,39 @@ class ManagedRedis:
                 f"{BIND_ATTEMPTS} attempts: {last_error}"
             )
 
+    def admin(self, timeout: float = DEFAULT_TIMEOUT) -> redis.Redis:
+        """A client logged in as the server's default user (its ``password``): it may manage users.
+        The caller closes it."""
+        return self.client(timeout, self.password)
+
+    def add_user(self, rules: list[str]) -> None:
+        """``ACL SETUSER *rules`` (``rules[0]``: the user's name); kept, and made again by :meth:`restart`."""
+        with self._lock:
+            self._users[rules[0]] = list(rules)
+            self._apply_users([rules])
+
+    def remove_user(self, username: str) -> None:
+        """``ACL DELUSER`` a user made by :meth:`add_user` (nothing when the server is not running)."""
+        with self._lock:
+            self._users.pop(username, None)
+            if self._process is None or self._process.poll() is not None:
+                return
+            client = self.admin(5.0)
+            try:
+                delete_user(client, username)
+            finally:
+                client.close()
+
+    def _apply_users(self, users: list[list[str]]) -> None:
+        if not users:
+            return
+        client = self.admin()
+        try:
+            for rules in users:
+                create_user(client, rules)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         """Shut the server down (SHUTDOWN NOSAVE, then terminate/kill) and remove its files.
 
@@ -349,6 +464,7 @@ class ManagedRedis:
             except _BindFailed as exc:
                 self._address = address
                 raise ExecutorError(f"redis-server cannot listen on {address} again: {exc}") from None
+            self._apply_users(list(self._users.values()))  # the run's user again (its keys are gone)
             return self.address
 
     def __enter__(self) -> ManagedRedis:
@@ -378,9 +494,20 @@ class ManagedRedis:
         if self.password is not None:
             conf = write_private(directory / "redis.conf", f"requirepass {self.password}\n")
             args.append(str(conf))
+        if self.tls:
+            certs = self._certificates(directory)
+            args += [
+                "--port", "0",
+                "--tls-port", str(port),
+                "--tls-cert-file", str(certs.cert_file),
+                "--tls-key-file", str(certs.key_file),
+                "--tls-ca-cert-file", str(certs.ca_file),
+                "--tls-auth-clients", "no",  # clients prove who they are with the run's user and password
+            ]  # fmt: skip
+        else:
+            args += ["--port", str(port)]
         args += [
             "--bind", self.host,
-            "--port", str(port),
             "--save", "",
             "--appendonly", "no",
             "--protected-mode", "yes",
@@ -391,6 +518,18 @@ class ManagedRedis:
         if self.maxmemory is not None:
             args += ["--maxmemory", self.maxmemory]
         return args
+
+    def _certificates(self, directory: Path) -> Certificates:
+        """The TLS files in ``directory``: made the first time, written again after a restart."""
+        from flight_parsl.transfer.redis_tls import Certificates, make_certificates
+
+        if self._pems is None:
+            certs = make_certificates(directory, self.host)
+            self._pems = {p.name: p.read_text() for p in directory.iterdir() if p.suffix in (".crt", ".key")}
+            return certs
+        for name, text in self._pems.items():
+            write_private(directory / name, text)
+        return Certificates(directory, self._pems["ca.crt"])
 
     def _start_once(self, binary: str, port: int) -> None:
         """Start one server on port; raise _BindFailed if the port was taken."""
@@ -445,7 +584,7 @@ class ManagedRedis:
     def _answers(self, address: RedisAddress) -> bool:
         """Return whether our process (not another one on the port) answers PING."""
         assert self._process is not None
-        client = redis_client(address, 1.0, self.password)
+        client = redis_client(address, 1.0, self.password, tls=self.tls, ca=self.ca_pem)
         try:
             if not client.ping():
                 return False
@@ -481,7 +620,7 @@ class ManagedRedis:
             if not graceful or self._address is None:
                 _signal(process.terminate)
             else:
-                client = redis_client(self._address, 1.0, self.password)
+                client = redis_client(self._address, 1.0, self.password, tls=self.tls, ca=self.ca_pem)
                 try:
                     client.shutdown(nosave=True)
                 except (redis.exceptions.RedisError, OSError) as exc:
@@ -524,10 +663,14 @@ def _reap(process: subprocess.Popen[bytes]) -> None:
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "RUN_USER_RULES",
     "ManagedRedis",
     "RedisAddress",
     "check_reachable",
     "count_keys",
+    "create_user",
+    "delete_user",
     "redis_available",
     "redis_client",
+    "run_user_rules",
 ]

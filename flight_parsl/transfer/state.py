@@ -98,6 +98,9 @@ class RedisState:
     prefix: str
     timeout: float = 30.0
     password: str | None = field(default=None, repr=False)
+    username: str | None = None  # the run's ACL user (None: the default user)
+    tls: bool = False
+    ca: str | None = field(default=None, repr=False)  # the PEM text of the CA of a TLS server
 
     def connection(self) -> Any:
         """This process's Redis client for the handle (slots reuse it across tasks)."""
@@ -105,9 +108,12 @@ class RedisState:
         if conn is None:
             import redis
 
+            ssl_args: dict[str, Any] = {}
+            if self.tls:
+                ssl_args = {"ssl": True, "ssl_ca_data": self.ca, "ssl_cert_reqs": "required"}
             conn = _CONNECTIONS[self] = redis.Redis(
-                self.host, self.port, password=self.password, socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
+                self.host, self.port, username=self.username, password=self.password, socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout, **ssl_args,
             )
         return conn
 
@@ -258,17 +264,28 @@ def feedback_key(client: int) -> int:
 
 @contextmanager
 def open_state(
-    redis: tuple[str, int] | None = None, directory: str | None = None, timeout: float = 30.0, password: str | None = None
+    redis: tuple[str, int] | None = None,
+    directory: str | None = None,
+    timeout: float = 30.0,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    prefix: str | None = None,
+    tls: bool = False,
+    ca: str | None = None,
 ) -> Iterator[ClientState]:
     """A run-scoped client state: Redis keys under a fresh prefix, or a fresh directory.
 
-    With ``redis`` (host, port) the keys live there (``password``: the server's); otherwise in a new directory
-    under ``directory`` (default /dev/shm or the temp dir). Everything is removed on
-    exit, including after an error or Ctrl-C.
+    With ``redis`` (host, port) the keys live there, as ``<prefix>client:<id>`` (``prefix``: the
+    run's, which its ACL user may touch; default ``flight_parsl:<fresh id>:``), reached as
+    ``username`` with ``password`` (over TLS checked against ``ca`` with ``tls``); otherwise in
+    a new directory under ``directory`` (default /dev/shm or the temp dir). Everything is
+    removed on exit, including after an error or Ctrl-C.
     """
     run = uuid.uuid4().hex[:12]
     if redis is not None:
-        state = RedisState(redis[0], redis[1], f"flight_parsl:{run}:client:", timeout, password)
+        keys = f"{prefix if prefix is not None else f'flight_parsl:{run}:'}client:"
+        state = RedisState(redis[0], redis[1], keys, timeout, password, username, tls, ca)
         try:
             yield state
         finally:
