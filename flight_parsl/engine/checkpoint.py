@@ -6,7 +6,8 @@ in the run directory, tied to the config hash:
 - every mode: the next round's index, the slowest round so far (for the next
   deadline), the global model (decentralized: the initial shared model);
 - sync: the sampling generator's state, membership and AIMD epochs (``clients``),
-  and with ``train.keep_momentum`` every client's accepted momentum blob;
+  with ``train.keep_momentum`` every client's accepted momentum blob, and with
+  ``transfer.error_feedback`` every client's accepted residual;
 - async (``loop``): the model version, the strategy's buffer (FedBuff), the client
   queue, the updates folded, and the work still out (client and model version, with
   the weights of every version it started from): re-issued first on resume;

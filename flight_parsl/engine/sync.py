@@ -21,9 +21,9 @@ and the coordinator folds them into the global model (:class:`~flight_parsl.fl.a
 ``codec_down`` encodes the broadcast. Clients that keep missing rounds leave the sample
 (:mod:`flight_parsl.fl.membership`); with ``strategy.aimd`` each client's local
 epochs follow AIMD (:mod:`flight_parsl.fl.aimd`). With ``train.keep_momentum`` a
-client's momentum is written under a new version per attempt and becomes the one it
-starts from only when the client reported (:class:`~flight_parsl.transfer.state.VersionBook`).
-After every round the loop writes a checkpoint (:mod:`flight_parsl.engine.checkpoint`)
+client's momentum, and with ``transfer.error_feedback`` its residual, is written under a
+new version per attempt and becomes the one it starts from only when the client reported
+(:class:`~flight_parsl.transfer.state.VersionBook`). After every round the loop writes a checkpoint (:mod:`flight_parsl.engine.checkpoint`)
 it can resume from.
 """
 
@@ -135,7 +135,7 @@ class SyncRound:
         self.slow: frozenset[int] = frozenset()
         self.slow_factor = 1.0
         self.watch = None if ctx.injector is None else ctx.injector.census.record
-        self.versions: VersionBook | None = None  # train.keep_momentum: each client's accepted momentum
+        self.versions: VersionBook | None = None  # each client's accepted momentum and residual
         self.attempt_of: dict[int, int] = {}  # client -> the attempt whose result reached the root
         self.handling: Pending[_Job] | None = None  # the outcome being handled
 
@@ -489,10 +489,20 @@ def _modeled_bytes(tree: Topology | None, sampled: list[int], size: int) -> tupl
     return two_tier_bytes(active, size), hierarchical_bytes(active, size)
 
 
+def _versions(ctx: RunContext) -> VersionBook | None:
+    """The versions of the run's client state: momentum (``train.keep_momentum``) and error-feedback
+    residuals (``transfer.error_feedback``), or None when no client keeps state."""
+    keep, feedback = ctx.cfg.train.keep_momentum, ctx.cfg.transfer.error_feedback
+    if ctx.state is None or not (keep or feedback):
+        return None
+    return VersionBook(ctx.state, momentum=keep, residuals=feedback)
+
+
 @dataclass
 class _ClientBook:
-    """Per-client state across rounds: membership, AIMD epochs and, with ``train.keep_momentum``,
-    each client's accepted momentum blob (all in the checkpoint)."""
+    """Per-client state across rounds: membership, AIMD epochs and each client's accepted
+    state: its momentum blob (``train.keep_momentum``) and its error-feedback residual
+    (``transfer.error_feedback``); all in the checkpoint."""
 
     membership: Membership
     aimd: AIMDEpochs | None
@@ -502,20 +512,22 @@ class _ClientBook:
         out: dict[str, Any] = {"membership": self.membership.state()}
         if self.aimd is not None:
             out["aimd"] = self.aimd.state()
-        if self.versions is not None:
+        if self.versions is not None and self.versions.momentum:
             out["momentum"] = self.versions.snapshot()
+        if self.versions is not None and self.versions.residuals:
+            out["residuals"] = self.versions.residual_snapshot()
         return out
 
     def load(self, state: dict[str, Any]) -> None:
         self.membership.load(state["membership"])
         if self.aimd is not None and "aimd" in state:
             self.aimd.load(state["aimd"])
-        if self.versions is not None and "momentum" in state:
-            self.versions.restore(state["momentum"])
+        if self.versions is not None:
+            self.versions.restore(state.get("momentum", {}), state.get("residuals"))
 
     def accept(self, round_idx: int, reported: set[int], attempt_of: dict[int, int]) -> None:
-        """The round's reported clients start the next round from the momentum their reporting
-        attempt wrote; the others (late, failed) from the one they had."""
+        """The round's reported clients start the next round from the momentum and residual their
+        reporting attempt wrote; the others (late, failed) from the ones they had."""
         if self.versions is None:
             return
         for c in sorted(reported):
@@ -545,7 +557,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
     book = _ClientBook(
         Membership(cfg.workers, policy.max_missed, policy.readmit_after),
         AIMDEpochs(s_cfg.aimd_start, s_cfg.aimd_max) if s_cfg.aimd else None,
-        VersionBook(ctx.state) if ctx.state is not None and cfg.train.keep_momentum else None,
+        _versions(ctx),
     )
     slow = frozenset(cfg.faults.slow)
     injector = ctx.injector
