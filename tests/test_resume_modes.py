@@ -1,6 +1,7 @@
 """Resume in every mode: a coordinator SIGKILLed in a subprocess mid-run (thread backend), then
 ``--resume``, ends bit-identical to a run that was never stopped (sync with keep_momentum and AIMD,
-sync with top-k and error feedback, async FedAsync and FedBuff, decentralized ProxyFL); on HTEX a resumed ProxyFL run's accuracy matches."""
+sync and FedAsync with top-k and error feedback, async FedAsync and FedBuff, decentralized ProxyFL);
+on HTEX a resumed ProxyFL run's accuracy matches."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ MODES = {
     "sync-feedback": ["--workers", "4", "--rounds", "5", "slots=1", "strategy.clients_per_round=3",
                       "plan.clients_per_task=1", "transfer.codec=topk:0.1", "transfer.error_feedback=true"],
     "fedasync": ["--mode", "async", "--strategy", "fedasync", "--workers", "4", "--rounds", "5", "slots=1"],
+    "fedasync-feedback": ["--mode", "async", "--strategy", "fedasync", "--workers", "4", "--rounds", "5", "slots=1",
+                          "transfer.codec=topk:0.1", "transfer.error_feedback=true", "transfer.codec_down=fp16"],
     "fedbuff": ["--mode", "async", "--strategy", "fedbuff", "--workers", "4", "--rounds", "5", "slots=1",
                 "strategy.buffer_size=3"],
     "proxyfl": ["--mode", "decentralized", "--strategy", "proxyfl", "--workers", "4", "--rounds", "5", "slots=2",
@@ -91,10 +94,11 @@ def test_a_sigkilled_coordinator_resumes_bit_identical(mode: str, tmp_path) -> N
         assert {c: np.frombuffer(m[1], np.uint8).tobytes() for c, m in a.clients["momentum"].items()} == {
             c: m[1] for c, m in b.clients["momentum"].items()}
         assert len(a.clients["momentum"]) == 3
-    if mode == "sync-feedback":  # every client's residual, from the version it last reported with
-        assert a.clients["residuals"].keys() == b.clients["residuals"].keys() == {0, 1, 2, 3}
-        for c, (_, blob) in a.clients["residuals"].items():
-            assert blob == b.clients["residuals"][c][1] and np.count_nonzero(np.frombuffer(blob, np.float32))
+    if mode.endswith("-feedback"):  # every client's residual, from the version it last reported with
+        saved = (a.clients, b.clients) if mode == "sync-feedback" else (a.loop, b.loop)
+        assert saved[0]["residuals"].keys() == saved[1]["residuals"].keys() == {0, 1, 2, 3}
+        for c, (_, blob) in saved[0]["residuals"].items():
+            assert blob == saved[1]["residuals"][c][1] and np.count_nonzero(np.frombuffer(blob, np.float32))
     if mode == "fedbuff":
         assert a.loop["strategy"]["count"] == b.loop["strategy"]["count"] == 5 * 4 % 3
         assert np.array_equal(a.loop["strategy"]["acc"], b.loop["strategy"]["acc"])

@@ -599,8 +599,9 @@ def _validate_codecs(cfg: ExperimentConfig) -> None:
     for key, spec in (("transfer.codec", t.codec), ("transfer.codec_down", t.codec_down)):
         if spec == "none":
             continue
-        if cfg.mode != "sync":
-            raise _fail(key, spec, f"codecs run on synchronous rounds (mode sync) so far, got mode {cfg.mode!r}")
+        if cfg.mode == "decentralized":
+            raise _fail(key, spec, "codecs encode updates sent to a server (modes sync and async); peers of mode "
+                        "'decentralized' exchange whole proxy models")
         strategy = SYNC_STRATEGIES.get(cfg.strategy.name)
         if key == "transfer.codec" and strategy is not None and not strategy.linear:
             raise _fail(key, spec, f"a codec sends updates (deltas) folded as a weighted mean; strategy "

@@ -198,7 +198,7 @@ def train_task(
         out, outcome = _train_one(weights, workload, settings, client, round_idx, state)
         outcomes.append(outcome)
         if codec is not None:  # the update, plus what the client did not send before
-            delta = out.buffer - weights.buffer
+            delta = out.buffer if settings.return_delta else out.buffer - weights.buffer
             residual = _residual(state, client, delta.size) if feedback else None
             out = out.like(delta if residual is None else delta + residual)
         if partial is not None:
