@@ -1,6 +1,6 @@
 """Resume in every mode: a coordinator SIGKILLed in a subprocess mid-run (thread backend), then
 ``--resume``, ends bit-identical to a run that was never stopped (sync with keep_momentum and AIMD,
-sync and FedAsync with top-k and error feedback, async FedAsync and FedBuff, decentralized ProxyFL);
+sync and FedAsync with top-k and error feedback, async FedAsync and FedBuff, decentralized ProxyFL, also with int8 proxies);
 on HTEX a resumed ProxyFL run's accuracy matches."""
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ MODES = {
                 "strategy.buffer_size=3"],
     "proxyfl": ["--mode", "decentralized", "--strategy", "proxyfl", "--workers", "4", "--rounds", "5", "slots=2",
                 *PEER],
+    "proxyfl-int8": ["--mode", "decentralized", "--strategy", "proxyfl", "--workers", "4", "--rounds", "5",
+                     "slots=2", "transfer.codec=int8", *PEER],
 }
 
 
@@ -102,7 +104,7 @@ def test_a_sigkilled_coordinator_resumes_bit_identical(mode: str, tmp_path) -> N
     if mode == "fedbuff":
         assert a.loop["strategy"]["count"] == b.loop["strategy"]["count"] == 5 * 4 % 3
         assert np.array_equal(a.loop["strategy"]["acc"], b.loop["strategy"]["acc"])
-    if mode == "proxyfl":  # every client's models, Adam states and DP steps; epsilon continues
+    if mode.startswith("proxyfl"):  # every client's models, Adam states and DP steps; epsilon continues
         _same_peer_states(a.loop["states"], b.loop["states"])
         sa, sb = read_summary(whole), read_summary(killed)
         assert sa["epsilon_per_client"] == sb["epsilon_per_client"] and sb["final_epsilon"] > 0
