@@ -294,6 +294,66 @@ def test_error_feedback_over_redis_on_a_tree_with_an_encoded_broadcast(make_conf
     assert redis_py.Redis(managed_redis.address.host, managed_redis.address.port).dbsize() == 0
 
 
+@pytest.mark.parametrize("spec", ["int8", "topk:0.2"])
+def test_a_two_level_tree_decodes_folds_and_encodes_again_at_each_aggregator(monkeypatch, make_config, tmp_path,
+                                                                              spec) -> None:
+    """tree:3 over 8 clients: 4 aggregators over 2 clients each, 2 over those, then the root. Each
+    aggregator's partial is the fold of its children's decoded updates, encoded again: the round's
+    model is what that computation gives, within the codecs' bounds of the exact mean and of a flat
+    per-client compressed round, and every aggregator sends up one compressed update."""
+    from flight_parsl.engine.context import prepare
+
+    clients = range(8)
+    base = make_config("train.mode=none", "model.name=logreg", workers=8, rounds=1)
+    initial = prepare(base).initial
+    n = initial.buffer.size
+    d = {c: _values(40 + c, n) * (1 + c % 3) for c in clients}
+    samples = {c: 1 + c for c in clients}
+    _fake_training(monkeypatch, {(0, c): d[c] for c in clients}, samples)
+    codec = make_codec(spec, 256)
+
+    def run(name: str, *overrides: str) -> tuple[np.ndarray, Path]:
+        cfg = make_config("train.mode=none", "model.name=logreg", "plan.clients_per_task=1", *overrides,
+                          workers=8, rounds=1, out=str(tmp_path / name))
+        out = run_experiment(cfg, Progress(1, enabled=False))
+        return _final(out) - initial.buffer, out
+
+    def sent(x: np.ndarray) -> np.ndarray:
+        return codec.decode(memoryview(codec.encode(x.astype(np.float32))), n).astype(np.float64)
+
+    def fold(parts: list[tuple[np.ndarray, float]]) -> tuple[np.ndarray, float]:
+        total = sum(w for _, w in parts)
+        return sum(w * x for x, w in parts) / total, total
+
+    leaves = [(sent(d[c]), float(samples[c])) for c in clients]
+    level2 = [fold(leaves[i : i + 2]) for i in range(0, 8, 2)]
+    level1 = [fold([(sent(p), w) for p, w in level2[i : i + 2]]) for i in (0, 2)]
+    expected, _ = fold([(sent(p), w) for p, w in level1])
+    exact, _ = fold([(d[c].astype(np.float64), float(samples[c])) for c in clients])
+
+    tree, out = run("tree", f"transfer.codec={spec}", "topology=tree:3")
+    flat, flat_out = run("flat", f"transfer.codec={spec}", "plan.preaggregate=false")
+    np.testing.assert_allclose(tree, expected, atol=1e-6)  # decode, fold, encode: at every aggregator
+    bound = 3 * max(codec.bound(d[c]) for c in clients) * (1 + 1e-6)  # three encodes on the way up
+    if spec == "int8":  # a partial's absmax is at most its children's: one bound per level
+        assert np.max(np.abs(tree - exact)) <= bound
+        assert np.max(np.abs(tree - flat)) <= bound + bound / 3
+    else:  # top-k's bound is what it left out: of each level's own partial
+        bounds = [max(codec.bound(d[c]) for c in clients), max(codec.bound(p.astype(np.float32)) for p, _ in level2),
+                  max(codec.bound(p.astype(np.float32)) for p, _ in level1)]
+        assert np.max(np.abs(tree - exact)) <= sum(bounds) * (1 + 1e-6)
+    assert not np.allclose(tree, exact, atol=1e-9)
+    rows = read_csv(out / "tasks.csv")
+    train = [t for t in rows if t["kind"] == "train"]
+    aggs = [t for t in rows if t["kind"] == "aggregate"]
+    assert len(train) == 8 and len(aggs) == 6
+    one = {int(t["task_bytes_out"]) for t in train}  # one compressed update (fixed size for both codecs)
+    assert len(one) == 1 and one.pop() < 0.6 * len(initial.to_bytes())
+    up = int(train[0]["task_bytes_out"])
+    assert all(int(t["task_bytes_out"]) == up and int(t["task_bytes_in"]) == 2 * up for t in aggs)
+    assert all(float(t["task_decode_s"]) > 0 and float(t["task_encode_s"]) > 0 for t in aggs)
+
+
 @pytest.mark.parametrize("strategy", ["fedasync", "fedbuff"])
 def test_async_updates_travel_encoded_and_fold_within_the_codecs_bound(make_config, tmp_path, strategy) -> None:
     """FedBuff folds the decoded delta, FedAsync mixes in the client's model rebuilt on the exact
