@@ -199,6 +199,36 @@ def test_a_packed_task_folds_first_and_its_clients_keep_the_partials_residual(mo
     np.testing.assert_allclose((30 * r[0] + 10 * r[1]) / 40, partial - sent, atol=1e-7)
 
 
+def test_an_aggregators_residual_after_round_1_is_added_in_round_2(tmp_path) -> None:
+    """An aggregator keeps what its encode left out under its own key and version, adds it to
+    its next partial, and a retry reads the version its last accepted attempt wrote."""
+    from flight_parsl.transfer.state import AggregatorFeedback, aggregator_key
+
+    codec = make_codec("topk:0.1")
+    comp = Compression("topk:0.1", feedback=True)
+    state = DirState(str(tmp_path))
+    key = aggregator_key(2)
+    assert key < feedback_key(10**9)  # below every client's residual
+
+    def aggregate(round_idx: int, read: str | None, write: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        kids = [_values(seed), _values(seed + 1)]
+        children = [(InlineRef(FlatWeights(k, LAYOUT).to_bytes()), 1.0) for k in kids]
+        res = tasks.aggregate_task(children, FedAvg(), round_idx, "agg-2-0", comp,
+                                   AggregatorFeedback(state, key, read, write))
+        return unpack(res.outputs[0][0].resolve()[0]).buffer, (kids[0].astype(np.float64) + kids[1]) / 2
+
+    sent1, p1 = aggregate(0, None, "1.0", 50)
+    residual1 = np.frombuffer(state.get(key, "1.0"), dtype=np.float32)
+    np.testing.assert_allclose(residual1, p1 - sent1, atol=1e-7)
+    assert state.get(key) is None and state.get(feedback_key(2)) is None  # its own key, versioned
+    sent2, p2 = aggregate(1, "1.0", "2.0", 60)
+    expected = codec.decode(memoryview(codec.encode((p2 + residual1).astype(np.float32))), N)
+    np.testing.assert_allclose(sent2, expected, atol=1e-7)
+    assert not np.allclose(sent2, codec.decode(memoryview(codec.encode(p2.astype(np.float32))), N))
+    retry, _ = aggregate(1, "1.0", "2.1", 60)  # the first attempt's residual (2.0) is not read
+    np.testing.assert_array_equal(retry, sent2)
+
+
 @pytest.mark.parametrize("spec", ["fp16", "int8"])
 def test_pre_aggregated_and_per_client_compressed_rounds_agree_within_the_bound(monkeypatch, spec) -> None:
     codec = make_codec(spec, 256)

@@ -261,8 +261,9 @@ class TransferConfig:
     update (delta from the global model) of a train task's clients, folded first, and an
     aggregator's partial: ``none``, ``fp16``, ``int8`` (blockwise absmax, ``codec_block``
     values per block), ``topk:FRACTION`` or a registered name. ``codec_down`` encodes the
-    broadcast model (not a sparse codec). ``error_feedback``: each client keeps what the
-    codec left out in the run's client state and adds it to its next update. In mode
+    broadcast model (not a sparse codec). ``error_feedback``: each client (and each
+    aggregator of a tree) keeps what the codec left out in the run's client state and adds
+    it to its next update. In mode
     ``decentralized`` ``codec`` (dense: fp16, int8) encodes every model peers exchange.
     """
 

@@ -1,7 +1,8 @@
 """Per-client state that persists across rounds, keyed by client id.
 
 Some clients carry state from round to round (an optimizer's momentum, the
-error-feedback residual of a lossy codec under :func:`feedback_key`, a private model,
+error-feedback residual of a lossy codec under :func:`feedback_key` (an aggregator's
+under :func:`aggregator_key`), a private model,
 an epoch budget or a privacy budget). A :class:`ClientState` is a
 small picklable handle that tasks carry: a slot reads a client's blob before its
 training and writes it back after. It lives in the run's store with a run-long
@@ -287,6 +288,37 @@ def feedback_key(client: int) -> int:
     Client ids are >= 0, so the residual never meets the client's own blob (its momentum).
     """
     return -1 - int(client)
+
+
+#: Where aggregators' residuals start in the store's key space: far below any client's.
+_AGGREGATOR_KEYS = -(1 << 40)
+
+
+def aggregator_key(index: int) -> int:
+    """Where the error-feedback residual of a tree's aggregator number ``index`` lives in the
+    store: below every :func:`feedback_key` of a client."""
+    return _AGGREGATOR_KEYS - int(index)
+
+
+@dataclass(frozen=True)
+class AggregatorFeedback:
+    """What an aggregate task needs for error feedback: the run's store, the aggregator's key
+    (:func:`aggregator_key`), the version of its residual to add (None: none yet) and the
+    version it writes its new residual under (accepted by the coordinator once the
+    aggregator's result is in)."""
+
+    store: ClientState
+    key: int
+    read: str | None
+    write: str
+
+    def residual(self) -> bytes | None:
+        """The residual to add (None before the aggregator's first)."""
+        return None if self.read is None else self.store.get(self.key, self.read)
+
+    def keep(self, residual: bytes) -> None:
+        """Write the aggregator's new residual."""
+        self.store.put(self.key, residual, self.write)
 
 
 @contextmanager
