@@ -139,8 +139,9 @@ class PeerLoop:
     def _submit(self, queue: CompletionQueue[TaskSpec], spec: TaskSpec, channel: Ref, r: int) -> None:
         items = [(c, self.settings[c], self.inbox.get(c)) for c in spec.clients]
         view = self.versions.view(spec.clients, r, spec.attempt)
+        codec = () if self.ctx.compression is None else (self.ctx.compression,)  # models as they are without
         queue.submit(spec, peer_task, channel, r, items, self.ctx.exp.workload, view, self.ctx.faults, spec.attempt,
-                     self.ctx.compression)
+                     *codec)
 
     def _rows(self, res: TaskResult, item: Pending[TaskSpec], received: float, idle: float) -> list[dict[str, Any]]:
         rows = result_rows(res, item.tag.id, item.tag.attempt, item.submitted, received, 0.0, idle)
