@@ -199,6 +199,36 @@ def test_a_packed_task_folds_first_and_its_clients_keep_the_partials_residual(mo
     np.testing.assert_allclose((30 * r[0] + 10 * r[1]) / 40, partial - sent, atol=1e-7)
 
 
+def test_an_aggregators_residual_after_round_1_is_added_in_round_2(tmp_path) -> None:
+    """An aggregator keeps what its encode left out under its own key and version, adds it to
+    its next partial, and a retry reads the version its last accepted attempt wrote."""
+    from flight_parsl.transfer.state import AggregatorFeedback, aggregator_key
+
+    codec = make_codec("topk:0.1")
+    comp = Compression("topk:0.1", feedback=True)
+    state = DirState(str(tmp_path))
+    key = aggregator_key(2)
+    assert key < feedback_key(10**9)  # below every client's residual
+
+    def aggregate(round_idx: int, read: str | None, write: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        kids = [_values(seed), _values(seed + 1)]
+        children = [(InlineRef(FlatWeights(k, LAYOUT).to_bytes()), 1.0) for k in kids]
+        res = tasks.aggregate_task(children, FedAvg(), round_idx, "agg-2-0", comp,
+                                   AggregatorFeedback(state, key, read, write))
+        return unpack(res.outputs[0][0].resolve()[0]).buffer, (kids[0].astype(np.float64) + kids[1]) / 2
+
+    sent1, p1 = aggregate(0, None, "1.0", 50)
+    residual1 = np.frombuffer(state.get(key, "1.0"), dtype=np.float32)
+    np.testing.assert_allclose(residual1, p1 - sent1, atol=1e-7)
+    assert state.get(key) is None and state.get(feedback_key(2)) is None  # its own key, versioned
+    sent2, p2 = aggregate(1, "1.0", "2.0", 60)
+    expected = codec.decode(memoryview(codec.encode((p2 + residual1).astype(np.float32))), N)
+    np.testing.assert_allclose(sent2, expected, atol=1e-7)
+    assert not np.allclose(sent2, codec.decode(memoryview(codec.encode(p2.astype(np.float32))), N))
+    retry, _ = aggregate(1, "1.0", "2.1", 60)  # the first attempt's residual (2.0) is not read
+    np.testing.assert_array_equal(retry, sent2)
+
+
 @pytest.mark.parametrize("spec", ["fp16", "int8"])
 def test_pre_aggregated_and_per_client_compressed_rounds_agree_within_the_bound(monkeypatch, spec) -> None:
     codec = make_codec(spec, 256)
@@ -294,6 +324,128 @@ def test_error_feedback_over_redis_on_a_tree_with_an_encoded_broadcast(make_conf
     assert redis_py.Redis(managed_redis.address.host, managed_redis.address.port).dbsize() == 0
 
 
+@pytest.mark.parametrize("spec", ["int8", "topk:0.2"])
+def test_a_two_level_tree_decodes_folds_and_encodes_again_at_each_aggregator(monkeypatch, make_config, tmp_path,
+                                                                              spec) -> None:
+    """tree:3 over 8 clients: 4 aggregators over 2 clients each, 2 over those, then the root. Each
+    aggregator's partial is the fold of its children's decoded updates, encoded again: the round's
+    model is what that computation gives, within the codecs' bounds of the exact mean and of a flat
+    per-client compressed round, and every aggregator sends up one compressed update."""
+    from flight_parsl.engine.context import prepare
+
+    clients = range(8)
+    base = make_config("train.mode=none", "model.name=logreg", workers=8, rounds=1)
+    initial = prepare(base).initial
+    n = initial.buffer.size
+    d = {c: _values(40 + c, n) * (1 + c % 3) for c in clients}
+    samples = {c: 1 + c for c in clients}
+    _fake_training(monkeypatch, {(0, c): d[c] for c in clients}, samples)
+    codec = make_codec(spec, 256)
+
+    def run(name: str, *overrides: str) -> tuple[np.ndarray, Path]:
+        cfg = make_config("train.mode=none", "model.name=logreg", "plan.clients_per_task=1", *overrides,
+                          workers=8, rounds=1, out=str(tmp_path / name))
+        out = run_experiment(cfg, Progress(1, enabled=False))
+        return _final(out) - initial.buffer, out
+
+    def sent(x: np.ndarray) -> np.ndarray:
+        return codec.decode(memoryview(codec.encode(x.astype(np.float32))), n).astype(np.float64)
+
+    def fold(parts: list[tuple[np.ndarray, float]]) -> tuple[np.ndarray, float]:
+        total = sum(w for _, w in parts)
+        return sum(w * x for x, w in parts) / total, total
+
+    leaves = [(sent(d[c]), float(samples[c])) for c in clients]
+    level2 = [fold(leaves[i : i + 2]) for i in range(0, 8, 2)]
+    level1 = [fold([(sent(p), w) for p, w in level2[i : i + 2]]) for i in (0, 2)]
+    expected, _ = fold([(sent(p), w) for p, w in level1])
+    exact, _ = fold([(d[c].astype(np.float64), float(samples[c])) for c in clients])
+
+    tree, out = run("tree", f"transfer.codec={spec}", "topology=tree:3")
+    flat, flat_out = run("flat", f"transfer.codec={spec}", "plan.preaggregate=false")
+    np.testing.assert_allclose(tree, expected, atol=1e-6)  # decode, fold, encode: at every aggregator
+    bound = 3 * max(codec.bound(d[c]) for c in clients) * (1 + 1e-6)  # three encodes on the way up
+    if spec == "int8":  # a partial's absmax is at most its children's: one bound per level
+        assert np.max(np.abs(tree - exact)) <= bound
+        assert np.max(np.abs(tree - flat)) <= bound + bound / 3
+    else:  # top-k's bound is what it left out: of each level's own partial
+        bounds = [max(codec.bound(d[c]) for c in clients), max(codec.bound(p.astype(np.float32)) for p, _ in level2),
+                  max(codec.bound(p.astype(np.float32)) for p, _ in level1)]
+        assert np.max(np.abs(tree - exact)) <= sum(bounds) * (1 + 1e-6)
+    assert not np.allclose(tree, exact, atol=1e-9)
+    rows = read_csv(out / "tasks.csv")
+    train = [t for t in rows if t["kind"] == "train"]
+    aggs = [t for t in rows if t["kind"] == "aggregate"]
+    assert len(train) == 8 and len(aggs) == 6
+    one = {int(t["task_bytes_out"]) for t in train}  # one compressed update (fixed size for both codecs)
+    assert len(one) == 1 and one.pop() < 0.6 * len(initial.to_bytes())
+    up = int(train[0]["task_bytes_out"])
+    assert all(int(t["task_bytes_out"]) == up and int(t["task_bytes_in"]) == 2 * up for t in aggs)
+    assert all(float(t["task_decode_s"]) > 0 and float(t["task_encode_s"]) > 0 for t in aggs)
+
+
+@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff"])
+def test_async_updates_travel_encoded_and_fold_within_the_codecs_bound(make_config, tmp_path, strategy) -> None:
+    """FedBuff folds the decoded delta, FedAsync mixes in the client's model rebuilt on the exact
+    weights of the version it trained from: the final model stays within the codec's relative error."""
+    def run(name: str, *overrides: str) -> Path:
+        cfg = make_config("mode=async", f"strategy.name={strategy}", "model.name=logreg", "slots=1", *overrides,
+                          workers=4, rounds=1, out=str(tmp_path / name))
+        return run_experiment(cfg, Progress(1, enabled=False))
+
+    plain = run("plain")
+    from flight_parsl.engine.context import prepare
+
+    initial = prepare(make_config("model.name=logreg", workers=4, rounds=1)).initial.buffer
+    step = float(np.max(np.abs(_final(plain) - initial)))
+    plain_bytes = int(read_csv(plain / "tasks.csv")[0]["task_bytes_out"])
+    for spec, relative, smaller in (("fp16", 2.0**-11, 1.5), ("int8", 1 / 254, 2.5)):  # logreg: the header counts
+        out = run(spec, f"transfer.codec={spec}")
+        error = float(np.max(np.abs(_final(out) - _final(plain))))
+        assert 0 < error <= 4 * relative * step, (spec, error / step)
+        rows = read_csv(out / "tasks.csv")
+        assert len(rows) == 4 and all(float(t["task_encode_s"]) > 0 for t in rows)
+        assert all(int(t["task_bytes_out"]) * smaller < plain_bytes for t in rows)
+        assert float(read_csv(out / "rounds.csv")[0]["compression_ratio"]) > smaller
+
+
+def test_async_error_feedback_per_client_with_an_encoded_broadcast(make_config, tmp_path) -> None:
+    cfg = make_config("mode=async", "strategy.name=fedasync", "model.name=logreg", "slots=2",
+                      "transfer.codec=topk:0.1", "transfer.error_feedback=true", "transfer.codec_down=int8",
+                      workers=4, rounds=3)
+    out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+    rounds, rows = read_csv(out / "rounds.csv"), read_csv(out / "tasks.csv")
+    assert len(rows) == 12 and float(rounds[-1]["test_acc"]) > 0.8
+    assert all(float(t["task_decode_s"]) > 0 and float(t["task_encode_s"]) > 0 for t in rows)
+    point = checkpoint.load(out)
+    assert point is not None and point.loop["residuals"].keys() == {0, 1, 2, 3}  # one residual per client
+    for c, (version, blob) in point.loop["residuals"].items():
+        residual = np.frombuffer(blob, dtype=np.float32)
+        assert residual.size == point.weights.buffer.size and np.count_nonzero(residual) > 0.8 * residual.size
+    assert read_summary(out)["status"] == "completed"
+
+
+@pytest.mark.parametrize("strategy", ["proxyfl", "fedavg"])
+def test_decentralized_peers_exchange_encoded_models(make_config, tmp_path, strategy) -> None:
+    """ProxyFL's proxies (FedAvg's shared models and their mean, on the coordinator) cross encoded:
+    a byte a value with int8, decoded before a peer's step, accuracy as without."""
+    peer = ["partition.kind=majority", "partition.samples_per_client=60", "peer.test_samples=20", "peer.batch_size=20"]
+
+    def run(name: str, *overrides: str) -> Path:
+        cfg = make_config("mode=decentralized", f"strategy.name={strategy}", "model.name=logreg", "slots=2", *peer,
+                          *overrides, workers=4, rounds=3, out=str(tmp_path / name))
+        return run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+
+    plain, int8 = run("plain"), run("int8", "transfer.codec=int8")
+    rows = {c: read_csv(out / "tasks.csv") for c, out in (("plain", plain), ("int8", int8))}
+    for p, q in zip(rows["plain"], rows["int8"]):  # 1 byte a value; logreg is small: the header counts
+        assert int(q["task_bytes_out"]) < int(p["task_bytes_out"]) / 2.5
+        assert float(q["task_encode_s"]) > 0 and float(p["task_encode_s"]) == 0
+    assert all(float(q["task_decode_s"]) > 0 for q in rows["int8"] if q["round"] != "1")  # round 1 received none
+    accs = [[float(r["test_acc"]) for r in read_csv(out / "rounds.csv")] for out in (plain, int8)]
+    assert np.allclose(accs[0], accs[1], atol=0.05)
+
+
 # --- config ---------------------------------------------------------------------------
 
 
@@ -311,8 +463,10 @@ def test_error_feedback_over_redis_on_a_tree_with_an_encoded_broadcast(make_conf
         (["transfer.codec=topk:0.1", "transfer.error_feedback=true", "transfer.kind=parsl"],
          "give transfer.file_dir"),
         (["strategy.name=fedmedian", "transfer.codec=fp16"], "strategy 'fedmedian' is not linear"),
-        (["mode=async", "strategy.name=fedasync", "transfer.codec=int8"], "synchronous rounds"),
-        (["mode=decentralized", "strategy.name=proxyfl", "transfer.codec_down=fp16"], "synchronous rounds"),
+        (["mode=decentralized", "strategy.name=proxyfl", "transfer.codec=topk:0.1"], "exchange whole proxy models"),
+        (["mode=decentralized", "strategy.name=proxyfl", "transfer.codec_down=fp16"], "has no broadcast"),
+        (["mode=decentralized", "strategy.name=proxyfl", "transfer.codec=int8", "transfer.error_feedback=true"],
+         "not an update left out"),
     ],
 )
 def test_bad_codec_settings_fail_at_config_time_with_one_message(overrides, message) -> None:

@@ -1,6 +1,7 @@
 """Resume in every mode: a coordinator SIGKILLed in a subprocess mid-run (thread backend), then
 ``--resume``, ends bit-identical to a run that was never stopped (sync with keep_momentum and AIMD,
-async FedAsync and FedBuff, decentralized ProxyFL); on HTEX a resumed ProxyFL run's accuracy matches."""
+sync on a tree and FedAsync with top-k and error feedback, async FedAsync and FedBuff, decentralized
+ProxyFL, also with int8 proxies); on HTEX a resumed ProxyFL run's accuracy matches."""
 
 from __future__ import annotations
 
@@ -28,11 +29,18 @@ PEER = ["partition.kind=majority", "partition.samples_per_client=60", "peer.test
 MODES = {
     "sync": ["--workers", "3", "--rounds", "5", "slots=1", "round.quorum=0.67", "strategy.aimd=true",
              "train.keep_momentum=true"],
+    "sync-feedback": ["--workers", "4", "--rounds", "5", "slots=1", "strategy.clients_per_round=3",
+                      "plan.clients_per_task=1", "topology=tree:2", "transfer.codec=topk:0.1",
+                      "transfer.error_feedback=true"],
     "fedasync": ["--mode", "async", "--strategy", "fedasync", "--workers", "4", "--rounds", "5", "slots=1"],
+    "fedasync-feedback": ["--mode", "async", "--strategy", "fedasync", "--workers", "4", "--rounds", "5", "slots=1",
+                          "transfer.codec=topk:0.1", "transfer.error_feedback=true", "transfer.codec_down=fp16"],
     "fedbuff": ["--mode", "async", "--strategy", "fedbuff", "--workers", "4", "--rounds", "5", "slots=1",
                 "strategy.buffer_size=3"],
     "proxyfl": ["--mode", "decentralized", "--strategy", "proxyfl", "--workers", "4", "--rounds", "5", "slots=2",
                 *PEER],
+    "proxyfl-int8": ["--mode", "decentralized", "--strategy", "proxyfl", "--workers", "4", "--rounds", "5",
+                     "slots=2", "transfer.codec=int8", *PEER],
 }
 
 
@@ -89,10 +97,18 @@ def test_a_sigkilled_coordinator_resumes_bit_identical(mode: str, tmp_path) -> N
         assert {c: np.frombuffer(m[1], np.uint8).tobytes() for c, m in a.clients["momentum"].items()} == {
             c: m[1] for c, m in b.clients["momentum"].items()}
         assert len(a.clients["momentum"]) == 3
+    if mode.endswith("-feedback"):  # every client's residual, from the version it last reported with
+        saved = (a.clients, b.clients) if mode == "sync-feedback" else (a.loop, b.loop)
+        assert saved[0]["residuals"].keys() == saved[1]["residuals"].keys() == {0, 1, 2, 3}
+        for c, (_, blob) in saved[0]["residuals"].items():
+            assert blob == saved[1]["residuals"][c][1] and np.count_nonzero(np.frombuffer(blob, np.float32))
+    if mode == "sync-feedback":  # and the tree's two aggregators' own
+        assert a.clients["aggregator_residuals"].keys() == {"agg-1-0", "agg-1-1"}
+        assert a.clients["aggregator_residuals"] == b.clients["aggregator_residuals"]
     if mode == "fedbuff":
         assert a.loop["strategy"]["count"] == b.loop["strategy"]["count"] == 5 * 4 % 3
         assert np.array_equal(a.loop["strategy"]["acc"], b.loop["strategy"]["acc"])
-    if mode == "proxyfl":  # every client's models, Adam states and DP steps; epsilon continues
+    if mode.startswith("proxyfl"):  # every client's models, Adam states and DP steps; epsilon continues
         _same_peer_states(a.loop["states"], b.loop["states"])
         sa, sb = read_summary(whole), read_summary(killed)
         assert sa["epsilon_per_client"] == sb["epsilon_per_client"] and sb["final_epsilon"] > 0

@@ -63,7 +63,10 @@ def plan_lines(cfg: ExperimentConfig) -> list[str]:
     if t.codec != "none" or t.codec_down != "none":
         up = f"updates up {t.codec}" + (" with error feedback" if t.error_feedback else "")
         block = f", int8 block {t.codec_block}" if "int8" in (t.codec, t.codec_down) else ""
-        lines.append(f"codecs: {up}, broadcast {t.codec_down}{block}")
+        if cfg.mode == "decentralized":  # no updates, no broadcast: the models peers exchange
+            lines.append(f"codecs: models peers exchange {t.codec}{block}")
+        else:
+            lines.append(f"codecs: {up}, broadcast {t.codec_down}{block}")
     faults = cfg.to_dict()["faults"]
     injected = [f"{k}={','.join(map(str, faults[k]))}" for k in ("kill", "hang", "kill_slots", "redis_stop", "slow")
                 if faults[k]]

@@ -267,8 +267,10 @@ class TransferConfig:
     update (delta from the global model) of a train task's clients, folded first, and an
     aggregator's partial: ``none``, ``fp16``, ``int8`` (blockwise absmax, ``codec_block``
     values per block), ``topk:FRACTION`` or a registered name. ``codec_down`` encodes the
-    broadcast model (not a sparse codec). ``error_feedback``: each client keeps what the
-    codec left out in the run's client state and adds it to its next update.
+    broadcast model (not a sparse codec). ``error_feedback``: each client (and each
+    aggregator of a tree) keeps what the codec left out in the run's client state and adds
+    it to its next update. In mode
+    ``decentralized`` ``codec`` (dense: fp16, int8) encodes every model peers exchange.
     """
 
     __pydantic_config__ = STRICT
@@ -603,11 +605,19 @@ def _validate_codecs(cfg: ExperimentConfig) -> None:
     if t.error_feedback and t.codec == "none":
         raise _fail("transfer.error_feedback", True, "error feedback keeps what a lossy transfer.codec left out; "
                     "set transfer.codec (e.g. topk:0.1)")
+    if cfg.mode == "decentralized":  # peers exchange whole models: a dense codec on each, nothing fed back
+        if codecs["transfer.codec"].sparse:
+            raise _fail("transfer.codec", t.codec, "peers of mode 'decentralized' exchange whole proxy models, not "
+                        "updates: a sparse codec would drop most of a model; use fp16 or int8")
+        if t.codec_down != "none":
+            raise _fail("transfer.codec_down", t.codec_down, "mode 'decentralized' has no broadcast: transfer.codec "
+                        "encodes every model peers exchange (and FedAvg / FML's mean)")
+        if t.error_feedback:
+            raise _fail("transfer.error_feedback", True, "peers of mode 'decentralized' exchange whole proxy models; "
+                        "a model's encode error is not an update left out for later")
     for key, spec in (("transfer.codec", t.codec), ("transfer.codec_down", t.codec_down)):
         if spec == "none":
             continue
-        if cfg.mode != "sync":
-            raise _fail(key, spec, f"codecs run on synchronous rounds (mode sync) so far, got mode {cfg.mode!r}")
         strategy = SYNC_STRATEGIES.get(cfg.strategy.name)
         if key == "transfer.codec" and strategy is not None and not strategy.linear:
             raise _fail(key, spec, f"a codec sends updates (deltas) folded as a weighted mean; strategy "

@@ -16,10 +16,21 @@ queue; a window in which fewer than ``policy.min_fraction`` of the attempted
 updates succeeded stops the run. Each published model version is released once no
 task holds it.
 
+With a codec (``transfer.codec``, :mod:`flight_parsl.transfer.codecs`) a client sends its
+update, the delta from the model version it trained from, encoded (with
+``transfer.error_feedback`` plus its residual: one client per task, so textbook error
+feedback); the coordinator decodes it and hands the strategy what it expects: FedBuff
+the delta itself, FedAsync the client's model rebuilt on the exact weights of that
+version, which it keeps while any task holds the version. ``transfer.codec_down``
+encodes each published version. A client's momentum and residual are written under
+the task's version and become the ones it starts from only when its update is folded
+(:class:`~flight_parsl.transfer.state.VersionBook`).
+
 After every window the loop writes a checkpoint (:mod:`flight_parsl.engine.checkpoint`):
 the model and its version, the strategy's buffer, the client queue, the work still
 out (its clients and the model versions they started from, re-issued first when the
-run resumes) and, with ``train.keep_momentum``, each client's accepted momentum.
+run resumes), each client's accepted momentum (``train.keep_momentum``) and residual
+(``transfer.error_feedback``).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import numpy as np
 
 from flight_parsl.core.errors import RoundError
 from flight_parsl.core.types import Failure, Slot, TaskResult
+from flight_parsl.core.weights import FlatWeights
 from flight_parsl.engine import checkpoint
 from flight_parsl.engine.context import RunContext
 from flight_parsl.engine.events import CompletionQueue, Pending, SlotClock
@@ -50,6 +62,7 @@ from flight_parsl.engine.outcomes import (
 from flight_parsl.fl.population import sample_size
 from flight_parsl.fl.protocols import as_async
 from flight_parsl.transfer.base import Ref
+from flight_parsl.transfer.codecs import encode, make_codec, unpack
 from flight_parsl.transfer.state import VersionBook
 from flight_parsl.worker.tasks import train_task
 
@@ -59,6 +72,7 @@ class _Job:
     client: int
     version: int
     task: int
+    delta: bool = False  # the client sends a delta of its own (FedBuff), not a model
 
 
 @dataclass
@@ -87,6 +101,7 @@ class AsyncLoop:
         self.weights = ctx.exp.initial
         self.version = 0
         self.refs: dict[int, Ref] = {}
+        self.models: dict[int, FlatWeights] = {}  # the exact weights of each published version
         self.holders: dict[int, int] = {}
         self.queue: CompletionQueue[_Job] = CompletionQueue(ctx.executor)
         self.clock = SlotClock()
@@ -97,7 +112,13 @@ class AsyncLoop:
         self.summaries: list[RoundSummary] = []
         self.windows = 0  # windows closed, in this segment and the ones before
         self.slowest: float | None = None
-        self.versions = VersionBook(ctx.state) if ctx.state is not None and ctx.cfg.train.keep_momentum else None
+        keep, feedback = cfg.train.keep_momentum, cfg.transfer.error_feedback
+        self.versions = (
+            VersionBook(ctx.state, momentum=keep, residuals=feedback) if ctx.state is not None and (keep or feedback)
+            else None
+        )
+        self.comp = ctx.compression
+        self.model_bytes = len(ctx.exp.initial.to_bytes())  # one float32 model's payload, for the ratio
         self.reissue: list[tuple[int, int]] = []  # (client, model version) still out at the checkpoint
         if ctx.resume is not None:
             self._restore(ctx.resume)
@@ -115,9 +136,10 @@ class AsyncLoop:
             "next_task": self.next_task,
             "waiting": list(self.waiting_clients),
             "out": [(p.tag.client, p.tag.version) for p in out],
-            "models": {v: self.ctx.transfer.collect(self.refs[v]) for v in sorted(held)},
+            "models": {v: self.models[v] for v in sorted(held)},
             "strategy": strategy_state() if strategy_state is not None else {},
             "momentum": self.versions.snapshot() if self.versions is not None else {},
+            "residuals": self.versions.residual_snapshot() if self.versions is not None else {},
         }
         point = checkpoint.Checkpoint(self.windows, self.weights, {}, self.slowest, self.ctx.checkpoint_hash,
                                       mode="async", loop=loop)
@@ -132,18 +154,27 @@ class AsyncLoop:
         if load is not None:
             load(loop["strategy"])
         if self.versions is not None:
-            self.versions.restore(loop["momentum"])
+            self.versions.restore(loop["momentum"], loop.get("residuals"))
         for v, weights in loop["models"].items():  # the versions the re-issued work started from
-            self.refs[v] = self.ctx.transfer.publish(weights, v)
+            self.refs[v] = self.ctx.transfer.publish(self._broadcast(weights), v)
+            self.models[v] = weights
             self.holders[v] = 0
         self.reissue = list(loop["out"])
         self.ctx.progress.say(f"resuming at window {self.windows + 1} of {self.ctx.cfg.rounds}")
     # models ------------------------------------------------------------------------
 
+    def _broadcast(self, weights: FlatWeights) -> FlatWeights:
+        """A model version as published: encoded by ``transfer.codec_down``, when set."""
+        comp = self.comp
+        if comp is None or comp.down == "none":
+            return weights
+        return encode(make_codec(comp.down, comp.block), weights, comp.block)
+
     def _current_ref(self) -> Ref:
         if self.version not in self.refs:
             t0 = time.perf_counter()
-            self.refs[self.version] = self.ctx.transfer.publish(self.weights, self.version)
+            self.refs[self.version] = self.ctx.transfer.publish(self._broadcast(self.weights), self.version)
+            self.models[self.version] = self.weights
             self.holders[self.version] = 0
             self.window.publish_s += time.perf_counter() - t0
         return self.refs[self.version]
@@ -151,7 +182,7 @@ class AsyncLoop:
     def _release(self, version: int) -> None:
         """Drop a model version no task holds any more (the current one stays)."""
         if version != self.version and self.holders.get(version) == 0:
-            del self.holders[version], self.refs[version]
+            del self.holders[version], self.refs[version], self.models[version]
             self.ctx.transfer.end_round(version)
 
     # dispatch ----------------------------------------------------------------------
@@ -171,13 +202,13 @@ class AsyncLoop:
         else:
             ref = self.refs[version]
         settings = self.ctx.exp.settings_for(self.folded, client)
-        job = _Job(client, version, self.next_task)
+        job = _Job(client, version, self.next_task, settings.return_delta)
         self.next_task += 1
         self.holders[version] += 1
         state = self.ctx.state if self.versions is None else self.versions.view([client], job.task, 0)
         self.queue.submit(
             job, train_task, ref, self.folded // self.window_size, "coordinator", [(client, settings)],
-            self.ctx.exp.workload, None, state, self.ctx.faults, 0,
+            self.ctx.exp.workload, None, state, self.ctx.faults, 0, self.comp,
         )
         self.window.tasks += 1
 
@@ -197,6 +228,11 @@ class AsyncLoop:
         update = ctx.transfer.collect(ref)
         collect_s = time.perf_counter() - t0
         t0 = time.perf_counter()
+        if self.comp is not None and self.comp.deltas:  # an encoded delta from the model of job.version
+            update = unpack(update)  # decoding counts as aggregation
+            if not job.delta:  # FedAsync mixes in the client's model
+                base = self.models[job.version]
+                update = base.like(np.add(base.buffer, update.buffer, dtype=np.float32))
         new = self.strategy.on_update(self.weights, update, weight, self.version - job.version)
         del update
         if new is not None:
@@ -224,6 +260,8 @@ class AsyncLoop:
             failure_rows(failure, "train", job.task, item.submitted, time.time(), job.version, slot)
         )
         self.window.failed += 1
+        if self.versions is not None:  # what the failed task wrote is never read
+            self.versions.discard([job.client], job.task, [0])
         self._done_with(job)
         attempted = self.window.updates + self.window.failed
         if self.window.failed > (1.0 - self.ctx.policy.min_fraction) * max(attempted, self.window_size):
@@ -246,6 +284,7 @@ class AsyncLoop:
             round_row(
                 index, w.start, end, w, test_loss=loss, test_acc=acc, sampled=w.updates + w.failed,
                 participants=w.updates, failed=w.failed, publish_s=w.publish_s, eval_s=eval_s, retries=w.failed,
+                compression_ratio=w.raw_up(self.model_bytes) / w.bytes_from if w.bytes_from else math.nan,
             )
         )
         ctx.progress.end_round(index, w.updates, self.window_size, end - w.start, loss, acc)

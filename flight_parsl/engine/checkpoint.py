@@ -6,10 +6,12 @@ in the run directory, tied to the config hash:
 - every mode: the next round's index, the slowest round so far (for the next
   deadline), the global model (decentralized: the initial shared model);
 - sync: the sampling generator's state, membership and AIMD epochs (``clients``),
-  and with ``train.keep_momentum`` every client's accepted momentum blob;
+  with ``train.keep_momentum`` every client's accepted momentum blob, and with
+  ``transfer.error_feedback`` every client's (and a tree's aggregators') accepted residual;
 - async (``loop``): the model version, the strategy's buffer (FedBuff), the client
   queue, the updates folded, and the work still out (client and model version, with
-  the weights of every version it started from): re-issued first on resume;
+  the weights of every version it started from): re-issued first on resume; each
+  client's accepted momentum and residual;
 - decentralized (``loop``): every client's accepted state blob (private and proxy
   models, Adam states, the DP step count the accountant continues from), the model
   each client received for its next round, membership (the exchange graph is

@@ -68,6 +68,7 @@ from flight_parsl.fl.aggregate import WeightedMean
 from flight_parsl.fl.membership import Membership
 from flight_parsl.fl.protocols import as_peer
 from flight_parsl.transfer.base import Ref
+from flight_parsl.transfer.codecs import encode, unpack
 from flight_parsl.transfer.state import VersionBook
 from flight_parsl.worker.peer_tasks import client_metric, peer_task
 
@@ -138,7 +139,9 @@ class PeerLoop:
     def _submit(self, queue: CompletionQueue[TaskSpec], spec: TaskSpec, channel: Ref, r: int) -> None:
         items = [(c, self.settings[c], self.inbox.get(c)) for c in spec.clients]
         view = self.versions.view(spec.clients, r, spec.attempt)
-        queue.submit(spec, peer_task, channel, r, items, self.ctx.exp.workload, view, self.ctx.faults, spec.attempt)
+        codec = () if self.ctx.compression is None else (self.ctx.compression,)  # models as they are without
+        queue.submit(spec, peer_task, channel, r, items, self.ctx.exp.workload, view, self.ctx.faults, spec.attempt,
+                     *codec)
 
     def _rows(self, res: TaskResult, item: Pending[TaskSpec], received: float, idle: float) -> list[dict[str, Any]]:
         rows = result_rows(res, item.tag.id, item.tag.attempt, item.submitted, received, 0.0, idle)
@@ -295,11 +298,15 @@ class PeerLoop:
         t0 = time.perf_counter()
         mean = None
         for ref, weight in sent.values():
-            weights = self.ctx.transfer.collect(ref)
+            weights = unpack(self.ctx.transfer.collect(ref))  # an encoded shared model decoded
             mean = mean or WeightedMean(weights)
             mean.add(weights, weight)
         assert mean is not None
-        ref = self.ctx.transfer.publish(mean.result(), r)
+        result = mean.result()
+        comp = self.ctx.compression
+        if comp is not None and comp.deltas:  # the mean crosses too: encoded like the shared models
+            result = encode(comp.codec_up(), result, comp.block)
+        ref = self.ctx.transfer.publish(result, r)
         stats.aggregate_s = time.perf_counter() - t0
         return {c: ref for c in members}
 

@@ -45,7 +45,7 @@ rounds.csv columns (empty: not measured in this mode):
 - ``modeled_two_tier_bytes``: the cost model's bytes of a two-tier tree for the round (sync).
 - ``modeled_hierarchical_bytes``: the cost model's bytes of the round's active tree (sync).
 - ``compression_ratio``: bytes the round's train tasks would have sent up as float32 models
-  (their results x one model's payload) over ``bytes_from_workers`` (sync; 1.0 without a codec).
+  (their results x one model's payload) over ``bytes_from_workers`` (sync and async windows; 1.0 without a codec).
 - ``test_loss``: the global model's test loss (decentralized: mean over clients of their own).
 - ``test_acc``: the global model's test accuracy (decentralized: mean over clients of their own).
 - ``train_loss``: mean over the round's clients of their local training loss.

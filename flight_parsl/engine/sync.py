@@ -21,10 +21,11 @@ and the coordinator folds them into the global model (:class:`~flight_parsl.fl.a
 ``codec_down`` encodes the broadcast. Clients that keep missing rounds leave the sample
 (:mod:`flight_parsl.fl.membership`); with ``strategy.aimd`` each client's local
 epochs follow AIMD (:mod:`flight_parsl.fl.aimd`). With ``train.keep_momentum`` a
-client's momentum is written under a new version per attempt and becomes the one it
-starts from only when the client reported (:class:`~flight_parsl.transfer.state.VersionBook`).
-After every round the loop writes a checkpoint (:mod:`flight_parsl.engine.checkpoint`)
-it can resume from.
+client's momentum, and with ``transfer.error_feedback`` its residual, is written under a
+new version per attempt and becomes the one it starts from only when the client reported
+(:class:`~flight_parsl.transfer.state.VersionBook`); with a tree, aggregators keep residuals
+of their own (:class:`AggregatorResiduals`). After every round the loop writes a checkpoint
+(:mod:`flight_parsl.engine.checkpoint`) it can resume from.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from flight_parsl.fl.protocols import as_sync
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref
 from flight_parsl.transfer.codecs import encode, make_codec, unpack
-from flight_parsl.transfer.state import VersionBook
+from flight_parsl.transfer.state import AggregatorFeedback, ClientState, VersionBook, aggregator_key
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
 
 ROOT = "coordinator"
@@ -135,7 +136,8 @@ class SyncRound:
         self.slow: frozenset[int] = frozenset()
         self.slow_factor = 1.0
         self.watch = None if ctx.injector is None else ctx.injector.census.record
-        self.versions: VersionBook | None = None  # train.keep_momentum: each client's accepted momentum
+        self.versions: VersionBook | None = None  # each client's accepted momentum and residual
+        self.agg_residuals: AggregatorResiduals | None = None  # error feedback at aggregators
         self.attempt_of: dict[int, int] = {}  # client -> the attempt whose result reached the root
         self.handling: Pending[_Job] | None = None  # the outcome being handled
 
@@ -189,8 +191,10 @@ class SyncRound:
         elif job.kind == "relay":
             args = (relay_task, job.ref, self.r, job.node)
         else:  # a fresh list: the task pops its children to hold one model at a time
+            residuals = self.agg_residuals
+            feedback = None if residuals is None else residuals.feedback(job.node, self.r, job.attempt)
             args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], self.strategy, self.r, job.node,
-                    self.comp)
+                    self.comp, feedback)
         job.site = self._site(job)
         self.queue.submit(job, *args, site=job.site)
         self.stats.tasks += 1
@@ -302,6 +306,8 @@ class SyncRound:
                 self.attempt_of.update((c, job.attempt) for c in job.clients)
             else:
                 parts = [_Part(res.outputs[0][0], res.outputs[0][1], job.clients)]
+                if self.agg_residuals is not None:  # its next round starts from the residual this attempt wrote
+                    self.agg_residuals.accept(job.node, self.r, job.attempt)
             collect_s = self._pass_up(job.node if job.kind == "train" else self._parent(job.node), parts)
         rows = result_rows(res, job.task, job.attempt, item.submitted, received, collect_s, idle)
         self.ctx.recorder.task_rows(_at(job.site, self._rows(rows)))
@@ -489,33 +495,95 @@ def _modeled_bytes(tree: Topology | None, sampled: list[int], size: int) -> tupl
     return two_tier_bytes(active, size), hierarchical_bytes(active, size)
 
 
+def _versions(ctx: RunContext) -> VersionBook | None:
+    """The versions of the run's client state: momentum (``train.keep_momentum``) and error-feedback
+    residuals (``transfer.error_feedback``), or None when no client keeps state."""
+    keep, feedback = ctx.cfg.train.keep_momentum, ctx.cfg.transfer.error_feedback
+    if ctx.state is None or not (keep or feedback):
+        return None
+    return VersionBook(ctx.state, momentum=keep, residuals=feedback)
+
+
+class AggregatorResiduals:
+    """Error feedback at a tree's aggregators (``transfer.error_feedback`` with a codec): each
+    aggregator's residual lives in the run's client state under its own key
+    (:func:`~flight_parsl.transfer.state.aggregator_key` of its place among the tree's
+    aggregators), written under its attempt's version and accepted once the aggregator's
+    result is in: a retried or late aggregator starts again from the residual it had."""
+
+    def __init__(self, store: ClientState, tree: Topology) -> None:
+        self.store = store
+        self.index = {node.name: i for i, node in enumerate(tree.aggregators)}
+        self.accepted: dict[str, str] = {}
+
+    def feedback(self, node: str, round_idx: int, attempt: int) -> AggregatorFeedback:
+        """What aggregate task ``attempt`` of ``node`` reads and writes."""
+        key = aggregator_key(self.index[node])
+        return AggregatorFeedback(self.store, key, self.accepted.get(node), VersionBook.version(round_idx, attempt))
+
+    def accept(self, node: str, round_idx: int, attempt: int) -> None:
+        """``node`` starts its next round from what ``attempt`` wrote; the version it had goes."""
+        new, old = VersionBook.version(round_idx, attempt), self.accepted.get(node)
+        self.accepted[node] = new
+        delete = getattr(self.store, "delete", None)
+        if delete is None:
+            return
+        gone = [old] if old is not None and old != new else []
+        gone += [VersionBook.version(round_idx, a) for a in range(attempt)]  # earlier attempts, never accepted
+        for version in gone:
+            delete(aggregator_key(self.index[node]), version)
+
+    def snapshot(self) -> dict[str, tuple[str, bytes]]:
+        """Every aggregator's accepted residual and its version (for a checkpoint)."""
+        out = {}
+        for node, version in sorted(self.accepted.items()):
+            blob = self.store.get(aggregator_key(self.index[node]), version)
+            if blob is not None:
+                out[node] = (version, blob)
+        return out
+
+    def restore(self, saved: dict[str, tuple[str, bytes]]) -> None:
+        """Write a :meth:`snapshot` into the (fresh) store and accept its versions."""
+        for node, (version, blob) in saved.items():
+            self.store.put(aggregator_key(self.index[node]), blob, version)
+            self.accepted[node] = version
+
+
 @dataclass
 class _ClientBook:
-    """Per-client state across rounds: membership, AIMD epochs and, with ``train.keep_momentum``,
-    each client's accepted momentum blob (all in the checkpoint)."""
+    """Per-client state across rounds: membership, AIMD epochs and each client's accepted
+    state: its momentum blob (``train.keep_momentum``) and its error-feedback residual
+    (``transfer.error_feedback``); all in the checkpoint."""
 
     membership: Membership
     aimd: AIMDEpochs | None
     versions: VersionBook | None = None
+    aggregators: AggregatorResiduals | None = None
 
     def state(self) -> dict[str, Any]:
         out: dict[str, Any] = {"membership": self.membership.state()}
         if self.aimd is not None:
             out["aimd"] = self.aimd.state()
-        if self.versions is not None:
+        if self.versions is not None and self.versions.momentum:
             out["momentum"] = self.versions.snapshot()
+        if self.versions is not None and self.versions.residuals:
+            out["residuals"] = self.versions.residual_snapshot()
+        if self.aggregators is not None:
+            out["aggregator_residuals"] = self.aggregators.snapshot()
         return out
 
     def load(self, state: dict[str, Any]) -> None:
         self.membership.load(state["membership"])
         if self.aimd is not None and "aimd" in state:
             self.aimd.load(state["aimd"])
-        if self.versions is not None and "momentum" in state:
-            self.versions.restore(state["momentum"])
+        if self.versions is not None:
+            self.versions.restore(state.get("momentum", {}), state.get("residuals"))
+        if self.aggregators is not None:
+            self.aggregators.restore(state.get("aggregator_residuals", {}))
 
     def accept(self, round_idx: int, reported: set[int], attempt_of: dict[int, int]) -> None:
-        """The round's reported clients start the next round from the momentum their reporting
-        attempt wrote; the others (late, failed) from the one they had."""
+        """The round's reported clients start the next round from the momentum and residual their
+        reporting attempt wrote; the others (late, failed) from the ones they had."""
         if self.versions is None:
             return
         for c in sorted(reported):
@@ -545,7 +613,9 @@ def run_sync(ctx: RunContext) -> LoopResult:
     book = _ClientBook(
         Membership(cfg.workers, policy.max_missed, policy.readmit_after),
         AIMDEpochs(s_cfg.aimd_start, s_cfg.aimd_max) if s_cfg.aimd else None,
-        VersionBook(ctx.state) if ctx.state is not None and cfg.train.keep_momentum else None,
+        _versions(ctx),
+        AggregatorResiduals(ctx.state, tree)
+        if ctx.state is not None and tree is not None and cfg.transfer.error_feedback else None,
     )
     slow = frozenset(cfg.faults.slow)
     injector = ctx.injector
@@ -581,6 +651,7 @@ def run_sync(ctx: RunContext) -> LoopResult:
             rnd.epochs = {c: book.aimd.epochs(c) for c in sampled}
         rnd.slow, rnd.slow_factor = slow, cfg.faults.slow_factor
         rnd.versions = book.versions
+        rnd.agg_residuals = book.aggregators
         deadline_s = policy.deadline(slowest, len(sampled) / max(1, ctx.slots))
         progress.start_round(r, len(sampled))
         try:

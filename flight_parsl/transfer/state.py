@@ -1,7 +1,8 @@
 """Per-client state that persists across rounds, keyed by client id.
 
 Some clients carry state from round to round (an optimizer's momentum, the
-error-feedback residual of a lossy codec under :func:`feedback_key`, a private model,
+error-feedback residual of a lossy codec under :func:`feedback_key` (an aggregator's
+under :func:`aggregator_key`), a private model,
 an epoch budget or a privacy budget). A :class:`ClientState` is a
 small picklable handle that tasks carry: a slot reads a client's blob before its
 training and writes it back after. It lives in the run's store with a run-long
@@ -167,20 +168,24 @@ class VersionedView:
     the unversioned blob, None before any); ``write`` names this attempt's version.
     The coordinator switches a client to ``write`` only when it accepts the task's
     result (:class:`VersionBook`), so a task that dies or comes too late leaves the
-    client where it was.
+    client where it was. ``residuals``: a client's error-feedback residual
+    (:func:`feedback_key`) is versioned the same way (with the client's version);
+    otherwise it is one unversioned blob.
     """
 
     store: ClientState
     read: tuple[tuple[int, str | None], ...]
     write: str
+    residuals: bool = False
 
     def get(self, client: int, version: str | None = None) -> bytes | None:
-        if client < 0:  # an error-feedback residual (feedback_key): kept unversioned
+        if client < 0 and not self.residuals:  # an unversioned error-feedback residual
             return self.store.get(client, version)
-        return self.store.get(client, version if version is not None else dict(self.read).get(client))
+        owner = client if client >= 0 else -1 - client
+        return self.store.get(client, version if version is not None else dict(self.read).get(owner))
 
     def put(self, client: int, data: bytes, version: str | None = None) -> None:
-        if client < 0:
+        if client < 0 and not self.residuals:
             self.store.put(client, data, version)
             return
         self.store.put(client, data, version if version is not None else self.write)
@@ -195,11 +200,14 @@ class VersionBook:
     :meth:`view` hands a task attempt its :class:`VersionedView`; :meth:`accept` switches
     the clients of an accepted result to that attempt's version and deletes the version
     they had. :meth:`snapshot` / :meth:`restore` move the accepted blobs into and out of
-    a checkpoint.
+    a checkpoint. ``momentum``: the clients' own blobs are versioned (``train.keep_momentum``,
+    the decentralized state); ``residuals``: their error-feedback residuals are
+    (:func:`feedback_key`, ``transfer.error_feedback``).
     """
 
-    def __init__(self, store: ClientState) -> None:
+    def __init__(self, store: ClientState, momentum: bool = True, residuals: bool = False) -> None:
         self.store = store
+        self.momentum, self.residuals = momentum, residuals
         self.accepted: dict[int, str] = {}
 
     @staticmethod
@@ -207,9 +215,13 @@ class VersionBook:
         """The version an attempt of round ``round_idx`` (0-based) writes: ``<round>.<attempt>``, from 1."""
         return f"{round_idx + 1}.{attempt}"
 
+    def _keys(self, client: int) -> list[int]:
+        """The store keys of ``client`` that carry versions."""
+        return [k for k, on in ((client, self.momentum), (feedback_key(client), self.residuals)) if on]
+
     def view(self, clients: Sequence[int], round_idx: int, attempt: int) -> VersionedView:
         read = tuple((c, self.accepted.get(c)) for c in clients)
-        return VersionedView(self.store, read, self.version(round_idx, attempt))
+        return VersionedView(self.store, read, self.version(round_idx, attempt), self.residuals)
 
     def accept(self, clients: Sequence[int], round_idx: int, attempt: int) -> None:
         """``clients`` start from what attempt ``attempt`` of round ``round_idx`` wrote; the version
@@ -219,7 +231,8 @@ class VersionBook:
             old = self.accepted.get(c)
             self.accepted[c] = new
             if old is not None and old != new:
-                _delete(self.store, c, old)
+                for key in self._keys(c):
+                    _delete(self.store, key, old)
         self.discard(clients, round_idx, range(attempt))
 
     def discard(self, clients: Sequence[int], round_idx: int, attempts: Iterable[int]) -> None:
@@ -229,10 +242,13 @@ class VersionBook:
         for c in clients:
             for a in attempts:
                 if self.accepted.get(c) != self.version(round_idx, a):
-                    _delete(self.store, c, self.version(round_idx, a))
+                    for key in self._keys(c):
+                        _delete(self.store, key, self.version(round_idx, a))
 
     def snapshot(self) -> dict[int, tuple[str, bytes]]:
-        """Every client's accepted version and blob (for a checkpoint)."""
+        """Every client's accepted version and blob (for a checkpoint; empty without ``momentum``)."""
+        if not self.momentum:
+            return {}
         out = {}
         for c, v in sorted(self.accepted.items()):
             blob = self.store.get(c, v)
@@ -241,10 +257,28 @@ class VersionBook:
             out[c] = (v, blob)
         return out
 
-    def restore(self, saved: dict[int, tuple[str, bytes]]) -> None:
-        """Write a :meth:`snapshot` into the (fresh) store and accept its versions."""
+    def residual_snapshot(self) -> dict[int, tuple[str, bytes]]:
+        """Every client's accepted error-feedback residual and its version (for a checkpoint;
+        empty without ``residuals``)."""
+        if not self.residuals:
+            return {}
+        out = {}
+        for c, v in sorted(self.accepted.items()):
+            blob = self.store.get(feedback_key(c), v)
+            if blob is not None:
+                out[c] = (v, blob)
+        return out
+
+    def restore(
+        self, saved: dict[int, tuple[str, bytes]], residuals: dict[int, tuple[str, bytes]] | None = None
+    ) -> None:
+        """Write a :meth:`snapshot` (and a :meth:`residual_snapshot`) into the (fresh) store and
+        accept their versions."""
         for c, (v, blob) in saved.items():
             self.store.put(c, blob, v)
+            self.accepted[c] = v
+        for c, (v, blob) in (residuals or {}).items():
+            self.store.put(feedback_key(c), blob, v)
             self.accepted[c] = v
 
 
@@ -260,6 +294,37 @@ def feedback_key(client: int) -> int:
     Client ids are >= 0, so the residual never meets the client's own blob (its momentum).
     """
     return -1 - int(client)
+
+
+#: Where aggregators' residuals start in the store's key space: far below any client's.
+_AGGREGATOR_KEYS = -(1 << 40)
+
+
+def aggregator_key(index: int) -> int:
+    """Where the error-feedback residual of a tree's aggregator number ``index`` lives in the
+    store: below every :func:`feedback_key` of a client."""
+    return _AGGREGATOR_KEYS - int(index)
+
+
+@dataclass(frozen=True)
+class AggregatorFeedback:
+    """What an aggregate task needs for error feedback: the run's store, the aggregator's key
+    (:func:`aggregator_key`), the version of its residual to add (None: none yet) and the
+    version it writes its new residual under (accepted by the coordinator once the
+    aggregator's result is in)."""
+
+    store: ClientState
+    key: int
+    read: str | None
+    write: str
+
+    def residual(self) -> bytes | None:
+        """The residual to add (None before the aggregator's first)."""
+        return None if self.read is None else self.store.get(self.key, self.read)
+
+    def keep(self, residual: bytes) -> None:
+        """Write the aggregator's new residual."""
+        self.store.put(self.key, residual, self.write)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ adds its residual (kept in the run's client state) to its delta before the fold,
 after the encode every client of the task keeps, as its next residual, what the payload
 left out of the partial it was folded into: weighted as in the fold, the residuals add
 up to exactly what the task did not send (one client per task: textbook error feedback).
+An aggregator does the same with a residual of its own, kept under its id.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from flight_parsl.core.types import ClientOutcome, Faults, LocalSettings, TaskRe
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Ref
 from flight_parsl.transfer.codecs import Codec, Compression, encode_feedback, is_encoded, pack, unpack
-from flight_parsl.transfer.state import ClientState, feedback_key
+from flight_parsl.transfer.state import AggregatorFeedback, ClientState, feedback_key
 from flight_parsl.worker.barrier import meet
 from flight_parsl.worker.faults import inject
 
@@ -198,7 +199,7 @@ def train_task(
         out, outcome = _train_one(weights, workload, settings, client, round_idx, state)
         outcomes.append(outcome)
         if codec is not None:  # the update, plus what the client did not send before
-            delta = out.buffer - weights.buffer
+            delta = out.buffer if settings.return_delta else out.buffer - weights.buffer
             residual = _residual(state, client, delta.size) if feedback else None
             out = out.like(delta if residual is None else delta + residual)
         if partial is not None:
@@ -230,7 +231,7 @@ def train_task(
 
 def aggregate_task(
     children: list[tuple[Ref, float]], strategy: SyncStrategy, round_idx: int, node: str,
-    compression: Compression | None = None,
+    compression: Compression | None = None, feedback: AggregatorFeedback | None = None,
 ) -> TaskResult:
     """An aggregator node: its children's results folded by the strategy's aggregator.
 
@@ -239,8 +240,9 @@ def aggregate_task(
     the task holds one child model and the accumulator, whatever its branching, and
     the accumulator is dropped before the result is serialized. The partial's weight
     is the children's total, so its parent folds it exactly. Encoded children are
-    decoded; with ``compression.deltas`` the partial is encoded again (no error
-    feedback: an aggregator keeps no state).
+    decoded; with ``compression.deltas`` the partial is encoded again; with ``feedback``
+    (``transfer.error_feedback``) the aggregator's residual is added first and what the
+    payload left out becomes its next residual.
     """
     started = time.time()
     if not children:
@@ -268,7 +270,17 @@ def aggregate_task(
     if compression is not None and compression.deltas:
         t0 = time.perf_counter()
         codec = compression.codec_up()
-        result = pack(codec, codec.encode(result.buffer), result.layout, compression.block)
+        if feedback is not None:
+            blob = feedback.residual()
+            residual = None if blob is None else np.frombuffer(blob, dtype=np.float32)
+            if residual is not None and residual.size != result.buffer.size:
+                raise ValueError(f"aggregator {node}'s residual has {residual.size} values, the model "
+                                 f"{result.buffer.size}")
+            encoded, left = encode_feedback(codec, result.buffer, residual)
+            feedback.keep(left.tobytes())
+        else:
+            encoded = codec.encode(result.buffer)
+        result = pack(codec, encoded, result.layout, compression.block)
         encode_s = time.perf_counter() - t0
     payload, serialize_s, put_s = ref.reply(result)
     return _result(
