@@ -101,6 +101,15 @@ def test_bytes_grouping(failed_once_run) -> None:
     group, frame = report.bytes_per_round(sites)
     assert group == "site" and sorted(frame.columns) == ["siteA", "siteB"]
     assert "kernel counted" in report.chart_bytes(sites).caption
+    # a hierarchy: the train tasks under each node, and each aggregator's own task
+    tree = run.tasks.copy()
+    tree["node"] = np.where(tree["task"] % 2 == 0, "agg-1-0", "agg-1-1")
+    agg = tree.drop_duplicates("round").assign(kind="aggregate", task=-1, client=np.nan, node="agg-1-0")
+    import pandas as pd
+
+    tree = report.RunData(run.path, run.rounds, pd.concat([tree, agg]), run.summary, "")
+    group, frame = report.bytes_per_round(tree)
+    assert group == "edge" and sorted(frame.columns) == ["agg-1-0 -> up", "clients -> agg-1-0", "clients -> agg-1-1"]
 
 
 def test_dry_run_and_errors(tmp_path, failed_once_run) -> None:

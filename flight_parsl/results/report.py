@@ -461,7 +461,9 @@ def bytes_per_round(run: RunData) -> tuple[str, Any]:
             return "site", tasks.assign(_g=sites.where(sites != "", "(coordinator)")).pivot_table(
                 index="round", columns="_g", values="_bytes", aggfunc="sum", fill_value=0)
         if nodes[nodes != ""].nunique() > 1:
-            return "edge", tasks.assign(_g="edge to " + nodes).pivot_table(
+            kinds = _text(tasks, "kind")
+            label = ("clients -> " + nodes).where(kinds == "train", nodes + " -> up")
+            return "edge", tasks.assign(_g=label).pivot_table(
                 index="round", columns="_g", values="_bytes", aggfunc="sum", fill_value=0)
     r = run.rounds
     if r.empty:
@@ -500,7 +502,9 @@ def chart_bytes(run: RunData) -> Chart:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0) if not links else (0, 1))
         if len(frame.index) <= 30:
             ax.set_xticks(frame.index.astype(float))
-        per = {"site": "per site", "edge": "per tree edge (the tasks reporting to each node)",
+        per = {"site": "per site (the tasks' reads and writes)",
+               "edge": "per tree edge: what the train tasks under each node and each aggregator's task read and "
+                       "wrote (a cached broadcast reads nothing); the line is the engine's edge_bytes",
                "direction": "down (to the workers) and up (from the workers)"}[group]
         caption = (f"Model bytes per round {per}: {frame.to_numpy().sum() / 1e6:.2f} MB in all over "
                    f"{len(frame.index)} rounds.")
