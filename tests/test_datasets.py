@@ -39,7 +39,7 @@ def write_tiny(directory: Path, arrays: dict[str, np.ndarray], suffix: str = "")
 
 
 def test_names():
-    assert dataset_names() == ["digits", "fashion_mnist", "mnist", "synthetic"]
+    assert dataset_names() == ["digits", "fashion_mnist", "mnist", "mnist5k", "synthetic"]
 
 
 def test_digits_shapes_and_split():

