@@ -174,6 +174,43 @@ def test_a_block_slurm_cannot_run_is_one_clear_error_and_nothing_is_left(cluster
             _run(["scancel", blocker], cluster)
 
 
+def _hang(rounds: tuple[int, ...], clients: int) -> str:
+    """``faults.hang`` making every client of ``rounds`` sleep: more tasks wait than slots run."""
+    return ",".join(f"{c}@{r}" for r in rounds for c in range(clients))
+
+
+def _job_nodes(job: str, env: dict[str, str]) -> str:
+    """The node list of a finished (or running) Slurm job, from the job completion log or squeue."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done = _run(["sacct", "-c", "-n", "-X", "-j", job, "--format=NodeList%20"], env).stdout.split()
+        if done:
+            return done[0]
+        time.sleep(0.5)
+    return _run(["squeue", "-h", "-j", job, "-o", "%N"], env).stdout.strip()
+
+
+def test_a_growing_queue_gets_a_second_block_on_another_node(cluster, tmp_path) -> None:
+    """configs/parsl/slurm-elastic.yaml: one-node blocks, init 1, max 2, Parsl's simple strategy.
+    Round 1 queues 8 one-client tasks on 2 slots: Parsl asks for a second block, which Slurm puts
+    on another node (exclusive blocks); later rounds run on the slots of both."""
+    out = tmp_path / "run"
+    done = _run([sys.executable, "-m", "flight_parsl.scale", "--workers", "8", "--rounds", "3", "--train", "none",
+                 "--model", "tiny", "plan.clients_per_task=1", f"faults.hang={_hang((1, 3), 8)}", "faults.hang_s=2",
+                 "--parsl-config", "configs/parsl/slurm-elastic.yaml", "--out", str(out), "-q"],
+                {**cluster, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader((out / "tasks.csv").open()))
+    assert summary["status"] == "completed" and all(r["status"] == "ok" for r in rows)
+    assert sorted(summary["block_jobs"]) == ["htex/0", "htex/1"], summary["block_jobs"]
+    hosts = {b: {r["host"] for r in rows if r["block"] == b} for b in ("0", "1")}
+    assert {r["block"] for r in rows} == {"0", "1"} and len(hosts["0"]) == len(hosts["1"]) == 1, hosts
+    assert hosts["0"] != hosts["1"]  # the second block is on another node
+    nodes = {b: _job_nodes(job, cluster) for b, job in summary["block_jobs"].items()}
+    assert nodes == {"htex/0": hosts["0"].pop(), "htex/1": hosts["1"].pop()}, nodes
+
+
 def test_a_node_that_dies_mid_round_costs_its_tasks_and_the_run_completes(cluster, tmp_path) -> None:
     """Every process of node2 (its slurmd, worker pool and workers) SIGKILLed while round 2's tasks
     run: HTEX loses the pool, the round retries its clients on node1, the run completes, the lost

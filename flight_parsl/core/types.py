@@ -130,6 +130,7 @@ class TaskResult:
     thread: int = 0
     encode_s: float = 0.0
     decode_s: float = 0.0
+    block: str = ""  # the Parsl block of the slot (PARSL_WORKER_BLOCK_ID); "" off Parsl HTEX
 
     @property
     def slot(self) -> Slot:

@@ -83,6 +83,9 @@ are the row's own (its client's) or labels.
 - ``host``: the host of the slot that ran the task (lost: the host of the worker that died).
 - ``pid``: the slot's process id (lost: the pid of the worker process that died, where known).
 - ``thread``: the slot's thread (thread backend).
+- ``block``: the Parsl block of the slot (HTEX's block id: 0 for the first block, then 1, 2 ...
+  for the blocks Parsl starts later, a replacement after a walltime included; summary.json's
+  ``block_jobs`` maps ``LABEL/BLOCK`` to its batch job); empty off Parsl HTEX.
 - ``site``: the site the task ran at (several sites).
 - ``task_submitted``: Unix time the coordinator submitted the task.
 - ``task_started``: Unix time the task started on its slot (slot clock).
@@ -194,6 +197,7 @@ TASK_COLUMNS = (
     "host",
     "pid",
     "thread",
+    "block",
     "site",
     "task_submitted",
     "task_started",
@@ -507,6 +511,7 @@ def result_rows(
         "host": res.host,
         "pid": res.pid,
         "thread": res.thread,
+        "block": res.block,
         "task_submitted": submitted,
         "task_started": res.started,
         "task_finished": res.finished,

@@ -93,6 +93,7 @@ def _result(kind: str, node: str, round_idx: int, started: float, **values: Any)
         rss_mb=rss_mb(),
         peak_rss_mb=lifetime_peak_rss_mb(),
         thread=threading.get_native_id(),
+        block=os.environ.get("PARSL_WORKER_BLOCK_ID", ""),
         **values,
     )
 
