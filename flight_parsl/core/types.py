@@ -131,6 +131,7 @@ class TaskResult:
     encode_s: float = 0.0
     decode_s: float = 0.0
     block: str = ""  # the Parsl block of the slot (PARSL_WORKER_BLOCK_ID); "" off Parsl HTEX
+    primed_at_start: bool = False  # the slot primed as it started, before any task (a late block's pool)
 
     @property
     def slot(self) -> Slot:

@@ -118,7 +118,9 @@ are the row's own (its client's) or labels.
 - ``task_rtt_s``: ``task_received - task_submitted``.
 - ``task_cold``: 1 when the task was the first one on its slot (host, pid) that the warm-up did
   not reach: a worker process Parsl started after the warm-up (a restart after a kill) pays its
-  imports and data loading in this task; 0 on a primed slot; empty for work that ran on no slot.
+  imports and data loading in this task; 0 on a primed slot, a slot that primed as it started
+  included (a block that came after the warm-up on a site with a ``strategy``: see
+  :mod:`flight_parsl.execution.primed_pool`); empty for work that ran on no slot.
 - ``segment``: the stretch of the run: 0, then 1 after the first ``--resume`` ...
 - ``private_test_acc``: the client's private (or only) model on its test set (decentralized).
 - ``proxy_test_acc``: the client's shared model on its test set (decentralized).
@@ -240,6 +242,10 @@ TASK_COLUMNS = (
 TASK_LEVEL = tuple(c for c in TASK_COLUMNS if c.startswith("task_"))
 
 TIMESTAMPS = ("start", "dfk_start_done", "priming_done", "end")
+
+#: A key of result rows (never a column): the task's slot primed as it started (see
+#: :mod:`flight_parsl.execution.primed_pool`), so its first task is not cold.
+PRIMED_AT_START = "_primed_at_start"
 
 
 def default_run_dir(cfg: ExperimentConfig, root: str | Path = "runs") -> Path:
@@ -377,12 +383,17 @@ class RunRecorder:
     def task_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append the rows of one task (one per client); mark a task on an unprimed slot cold."""
         rows = [{**row, "segment": self.segment} for row in rows]
+        primed = [bool(row.pop(PRIMED_AT_START, False)) for row in rows]
         if self._slots is not None:
             new: set[tuple[str, int]] = set()
-            for row in rows:
+            for row, at_start in zip(rows, primed):
                 if "task_started" not in row or row.get("pid") in (None, ""):
                     continue  # failed or dropped work that ran on no slot
                 slot = (str(row.get("host")), int(row["pid"]))
+                if at_start:  # primed as it started (a late block's pool): not cold
+                    row["task_cold"] = 0
+                    self._slots.add(slot)
+                    continue
                 cold = slot not in self._slots or slot in new
                 row["task_cold"] = int(cold)
                 if cold:
@@ -532,6 +543,8 @@ def result_rows(
         "task_peak_rss_mb": res.peak_rss_mb,
         "task_rtt_s": received - submitted,
     }
+    if res.primed_at_start:
+        base[PRIMED_AT_START] = True  # read (and dropped) by RunRecorder.task_rows: the slot is not cold
     if not res.clients:
         weight = res.weight
         return [{**base, "client": "", "samples": int(weight) if float(weight).is_integer() else weight}]

@@ -57,6 +57,24 @@ def warm_data(workload: Workload) -> None:
     warm_up(workload)
 
 
+#: True once this process was primed when it started (a worker pool of
+#: :mod:`flight_parsl.execution.primed_pool`), before it took any task.
+PRIMED_AT_START = False
+
+
+def prime_at_start(modules: tuple[str, ...], workload: Workload | None) -> None:
+    """Prime this worker process as it starts, before it takes a task: import what the round's
+    tasks import and load the data, as the warm-up task does."""
+    import importlib
+
+    global PRIMED_AT_START
+    for name in modules:
+        importlib.import_module(name)
+    if workload is not None:
+        warm_data(workload)
+    PRIMED_AT_START = True
+
+
 def prime_task(
     modules: tuple[str, ...] = (),
     barrier: str | None = None,
@@ -94,6 +112,7 @@ def _result(kind: str, node: str, round_idx: int, started: float, **values: Any)
         peak_rss_mb=lifetime_peak_rss_mb(),
         thread=threading.get_native_id(),
         block=os.environ.get("PARSL_WORKER_BLOCK_ID", ""),
+        primed_at_start=PRIMED_AT_START,
         **values,
     )
 
