@@ -86,6 +86,8 @@ are the row's own (its client's) or labels.
 - ``block``: the Parsl block of the slot (HTEX's block id: 0 for the first block, then 1, 2 ...
   for the blocks Parsl starts later, a replacement after a walltime included; summary.json's
   ``block_jobs`` maps ``LABEL/BLOCK`` to its batch job); empty off Parsl HTEX.
+- ``accelerator``: the accelerator the slot was pinned to: its ``CUDA_VISIBLE_DEVICES``, which
+  Parsl sets per worker from the site's ``available_accelerators``; empty when unset.
 - ``site``: the site the task ran at (several sites).
 - ``task_submitted``: Unix time the coordinator submitted the task.
 - ``task_started``: Unix time the task started on its slot (slot clock).
@@ -121,6 +123,10 @@ are the row's own (its client's) or labels.
   imports and data loading in this task; 0 on a primed slot, a slot that primed as it started
   included (a block that came after the warm-up on a site with a ``strategy``: see
   :mod:`flight_parsl.execution.primed_pool`); empty for work that ran on no slot.
+- ``task_device``: the torch device the task's clients trained on: ``cuda:0`` (the slot's own GPU
+  where Parsl pinned one), another ``torch.accelerator`` device, or ``cpu``; empty when the task
+  trained nothing (``train.mode=none``, aggregate and relay tasks, decentralized peers, which
+  train on the CPU).
 - ``segment``: the stretch of the run: 0, then 1 after the first ``--resume`` ...
 - ``private_test_acc``: the client's private (or only) model on its test set (decentralized).
 - ``proxy_test_acc``: the client's shared model on its test set (decentralized).
@@ -200,6 +206,7 @@ TASK_COLUMNS = (
     "pid",
     "thread",
     "block",
+    "accelerator",
     "site",
     "task_submitted",
     "task_started",
@@ -229,6 +236,7 @@ TASK_COLUMNS = (
     "epochs",
     "task_rtt_s",
     "task_cold",
+    "task_device",
     "segment",
     "private_test_acc",
     "proxy_test_acc",
@@ -523,6 +531,7 @@ def result_rows(
         "pid": res.pid,
         "thread": res.thread,
         "block": res.block,
+        "accelerator": res.accelerator,
         "task_submitted": submitted,
         "task_started": res.started,
         "task_finished": res.finished,
@@ -542,6 +551,7 @@ def result_rows(
         "task_rss_mb": res.rss_mb,
         "task_peak_rss_mb": res.peak_rss_mb,
         "task_rtt_s": received - submitted,
+        "task_device": res.device,
     }
     if res.primed_at_start:
         base[PRIMED_AT_START] = True  # read (and dropped) by RunRecorder.task_rows: the slot is not cold

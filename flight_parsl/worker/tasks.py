@@ -113,6 +113,7 @@ def _result(kind: str, node: str, round_idx: int, started: float, **values: Any)
         thread=threading.get_native_id(),
         block=os.environ.get("PARSL_WORKER_BLOCK_ID", ""),
         primed_at_start=PRIMED_AT_START,
+        accelerator=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         **values,
     )
 
@@ -244,8 +245,17 @@ def train_task(
         "train", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
         bytes_in=fetched, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
-        encode_s=encode_s, decode_s=decode_s,
+        encode_s=encode_s, decode_s=decode_s, device=_device(workload),
     )
+
+
+def _device(workload: Workload) -> str:
+    """The device a train task's clients trained on (``cpu``, ``cuda:0`` ...); "" when none trained."""
+    if workload.mode == "none":
+        return ""
+    from flight_parsl.worker.training import device_name
+
+    return device_name()
 
 
 def aggregate_task(
