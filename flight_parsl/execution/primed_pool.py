@@ -30,7 +30,6 @@ import pickle
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,10 @@ def primed_worker(worker_id: int, *args: Any, **kwargs: Any) -> None:
         prime_at_start(spec["modules"], spec["workload"])
     except Exception:  # noqa: BLE001 - the worker still serves; its tasks report the problem
         logging.getLogger("flight_parsl.primed_pool").exception("priming worker %s failed", worker_id)
-    Path(os.environ[_READY_ENV], str(worker_id)).touch()
+    try:
+        Path(os.environ[_READY_ENV], str(worker_id)).touch()
+    except OSError:
+        pass  # a worker restarted after the pool registered: nobody waits for it any more
     _worker(worker_id, *args, **kwargs)
 
 
@@ -97,6 +99,7 @@ def _communicate_when_primed(self: Any, pair_setup: Any) -> None:
         time.sleep(0.05)
     pool.logger.info("%d of %d workers primed; registering with the interchange",
                      len(list(ready.iterdir())), self.worker_count)
+    shutil.rmtree(ready, ignore_errors=True)  # the marks have served: nothing of them outlives registering
     _communicate(self, pair_setup)
 
 
@@ -112,8 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     if _MAIN_MARK not in source:
         raise SystemExit(f"{pool.__file__} has no main block to run")
     body = "\n".join(line[4:] for line in source.split(_MAIN_MARK, 1)[1].splitlines())
-    ready = tempfile.mkdtemp(prefix="flight_parsl-primed-")
-    os.environ[_READY_ENV] = ready  # the spawned workers inherit both variables
+    # the workers' marks live in the pool's own log directory (in the run directory), not in /tmp
+    known, _ = pool.get_arg_parser().parse_known_args(argv)
+    ready = Path(known.logdir, f"block-{known.block_id}", f"primed-{os.getpid()}")
+    ready.mkdir(parents=True, exist_ok=True)
+    os.environ[_READY_ENV] = str(ready)  # the spawned workers inherit both variables
     pool.worker = primed_worker
     pool.Manager.interchange_communicator = _communicate_when_primed  # type: ignore[method-assign]
     sys.argv = [pool.__file__, *argv]
