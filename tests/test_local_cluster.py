@@ -174,6 +174,88 @@ def test_a_block_slurm_cannot_run_is_one_clear_error_and_nothing_is_left(cluster
             _run(["scancel", blocker], cluster)
 
 
+def _hang(rounds: tuple[int, ...], clients: int) -> str:
+    """``faults.hang`` making every client of ``rounds`` sleep: more tasks wait than slots run."""
+    return ",".join(f"{c}@{r}" for r in rounds for c in range(clients))
+
+
+def _job_nodes(job: str, env: dict[str, str]) -> str:
+    """The node list of a finished (or running) Slurm job, from the job completion log or squeue."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done = _run(["sacct", "-c", "-n", "-X", "-j", job, "--format=NodeList%20"], env).stdout.split()
+        if done:
+            return done[0]
+        time.sleep(0.5)
+    return _run(["squeue", "-h", "-j", job, "-o", "%N"], env).stdout.strip()
+
+
+def test_a_growing_queue_gets_a_second_block_on_another_node(cluster, tmp_path) -> None:
+    """configs/parsl/slurm-elastic.yaml: one-node blocks, init 1, max 2, Parsl's simple strategy.
+    Every round queues 8 one-client tasks (each sleeps 2 s) on 2 slots: Parsl asks for a second
+    block, which Slurm puts on another node (exclusive blocks); once its workers primed, the later
+    rounds run on the slots of both."""
+    out = tmp_path / "run"
+    done = _run([sys.executable, "-m", "flight_parsl.scale", "--workers", "8", "--rounds", "4", "--train", "none",
+                 "--model", "tiny", "plan.clients_per_task=1", f"faults.hang={_hang((1, 2, 3, 4), 8)}", "faults.hang_s=2",
+                 "--parsl-config", "configs/parsl/slurm-elastic.yaml", "--out", str(out), "-q"],
+                {**cluster, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader((out / "tasks.csv").open()))
+    assert summary["status"] == "completed" and all(r["status"] == "ok" for r in rows)
+    assert sorted(summary["block_jobs"]) == ["htex/0", "htex/1"], summary["block_jobs"]
+    hosts = {b: {r["host"] for r in rows if r["block"] == b} for b in ("0", "1")}
+    assert {r["block"] for r in rows} == {"0", "1"} and len(hosts["0"]) == len(hosts["1"]) == 1, hosts
+    assert hosts["0"] != hosts["1"]  # the second block is on another node
+    nodes = {b: _job_nodes(job, cluster) for b, job in summary["block_jobs"].items()}
+    assert nodes == {"htex/0": hosts["0"].pop(), "htex/1": hosts["1"].pop()}, nodes
+    _primed_before_work(out, "1", rows)
+
+
+def _primed_before_work(out: Path, block: str, rows: list[dict[str, str]]) -> None:
+    """The block that came after the warm-up took work only once its workers had primed: its pool
+    registered with the interchange after both workers primed, and none of its tasks is cold."""
+    late = [r for r in rows if r["block"] == block and r["status"] == "ok"]
+    assert late and all(r["task_cold"] == "0" for r in late)
+    (log,) = (out / "parsl").glob(f"*/htex/block-{block}/*/manager.log")
+    (line,) = [x for x in log.read_text().splitlines() if "2 of 2 workers primed; registering" in x]
+    assert min(float(r["task_started"]) for r in late) > float(line.split()[0])
+
+
+def test_a_block_that_reaches_its_walltime_is_replaced_and_the_run_completes(cluster, tmp_path) -> None:
+    """slurm-elastic.yaml with one block at most and a walltime of 1 minute (Slurm's least; it ends
+    the job 60-90 s after its start, at its next time-limit check). Rounds of 10 s (4 clients
+    sleeping 5 s on 2 slots) outlast it: Slurm ends the block mid-round, HTEX loses its pool, the
+    round retries those clients, Parsl (polling Slurm every 5 s) starts a replacement block, whose
+    workers prime before it takes them, and every round completes with all its clients."""
+    text = (REPO / "configs/parsl/slurm-elastic.yaml").read_text()
+    for old, new in (('walltime: "00:30:00"', 'walltime: "00:01:00"'), ("max_blocks: 2", "max_blocks: 1"),
+                     ("heartbeat_threshold: 10", "heartbeat_threshold: 4"), ("heartbeat_period: 2", "heartbeat_period: 1")):
+        assert old in text, old
+        text = text.replace(old, new)
+    site = tmp_path / "site.yaml"
+    site.write_text(text)
+    out, rounds = tmp_path / "run", 11
+    done = _run([sys.executable, "-m", "flight_parsl.scale", "--workers", "4", "--rounds", str(rounds), "--train",
+                 "none", "--model", "tiny", "plan.clients_per_task=1", "round.retries=2", "round.backoff_s=0",
+                 f"faults.hang={_hang(tuple(range(1, rounds + 1)), 4)}", "faults.hang_s=5", "--parsl-config",
+                 str(site), "--out", str(out), "-q"], {**cluster, "PYTHONPATH": str(REPO)}, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader((out / "tasks.csv").open()))
+    assert summary["status"] == "completed" and sorted(summary["block_jobs"])[:2] == ["htex/0", "htex/1"]
+    history = _run(["sacct", "-c", "-n", "-X", "-j", summary["block_jobs"]["htex/0"], "--format=State"],
+                   cluster).stdout.split()
+    assert history == ["TIMEOUT"], history  # Slurm ended it at its time limit
+    lost = [r for r in rows if r["status"] == "lost"]
+    assert lost and all("ManagerLost" in r["error"] for r in lost)
+    assert [r["participants"] for r in csv.DictReader((out / "rounds.csv").open())] == ["4"] * rounds
+    retried = {(r["round"], r["client"]) for r in lost}
+    assert {(r["round"], r["client"]) for r in rows if r["status"] == "ok" and r["block"] == "1"} >= retried
+    _primed_before_work(out, "1", rows)
+
+
 def test_a_node_that_dies_mid_round_costs_its_tasks_and_the_run_completes(cluster, tmp_path) -> None:
     """Every process of node2 (its slurmd, worker pool and workers) SIGKILLed while round 2's tasks
     run: HTEX loses the pool, the round retries its clients on node1, the run completes, the lost

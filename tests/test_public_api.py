@@ -267,6 +267,7 @@ def test_api_example_notebook_runs_headless(tmp_path: Path) -> None:
 
 DRY_RUNS = [
     ["artifacts/a1_scaling/run.py", "--workers", "2,8", "--models", "tiny", "--packed"],
+    ["artifacts/a1_scaling/run.py", "--cluster", "configs/parsl/slurm-cluster.yaml", "--workers", "2,8,16", "--packed"],
     ["artifacts/a2_hierarchy/run.py", "--heights", "1,2", "--strategies", "fedavg"],
     ["artifacts/a3_async/run.py"],
     ["artifacts/a4_remote/run.py"],

@@ -186,13 +186,24 @@ def test_schema_matches_parsl_signatures() -> None:
     for kind, (cls, keys) in PROVIDERS.items():
         params = inspect.signature(cls.__init__).parameters
         for key in keys:
-            if key not in ("kind", "pending_timeout_s"):  # pending_timeout_s: the harness's own
+            if key not in ("kind", "pending_timeout_s", "status_polling_s"):  # the harness's own
                 assert key in params, f"{kind}: {cls.__name__} takes no {key!r}"
     for kind, (cls, keys) in LAUNCHERS.items():
         params = inspect.signature(cls.__init__).parameters
         for key in keys:
             if key != "kind":
                 assert key in params, f"{kind}: {cls.__name__} takes no {key!r}"
+
+
+def test_status_polling_s_sets_how_often_parsl_asks_the_batch_system(tmp_path: Path) -> None:
+    from flight_parsl.execution.site import build_parsl_config
+
+    site = load_site("slurm-elastic")
+    site["address"] = "127.0.0.1"  # no cluster needed to build it
+    provider = build_parsl_config(site, 4, tmp_path).executors[0].provider
+    assert isinstance(provider, SlurmProvider) and provider.status_polling_interval == 5
+    site["provider"]["status_polling_s"] = None
+    assert build_parsl_config(site, 4, tmp_path).executors[0].provider.status_polling_interval == 60  # Parsl's
 
 
 # ------------------------------------------------------------------------ errors

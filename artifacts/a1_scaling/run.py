@@ -17,14 +17,25 @@ against flight_parsl's one-slot-per-client rows) and draws the figure with analy
 
 Trailing ``key.sub=value`` arguments go to every flight_parsl run (e.g. ``backend=thread``
 for a quick check without Parsl).
+
+``--cluster SITE`` runs the flight_parsl sweeps on a multi-node Slurm site instead (for example
+``configs/parsl/slurm-cluster.yaml`` on ``jobs/local_slurm/start.sh --nodes 3``), and no Flower:
+one slot per client is a copy of the site per worker count N whose blocks start
+``ceil(N / nodes_per_block)`` workers on each node; the packed layout is the site as it is (its
+own slots, each task folding several clients). Rows go to ``<out>/results.csv`` as before.
+
+    python artifacts/a1_scaling/run.py --cluster configs/parsl/slurm-cluster.yaml --workers 2,8,16 --models tiny --packed --out runs/a1-cluster
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -35,14 +46,50 @@ FLOWER_MODES = {"simulation": ("flower-simulation", "ray"), "grpc": ("flower-grp
 PACKED = "+packed"  # system suffix of flight_parsl rows packed onto fewer slots than clients
 
 
-def flight_parsl_command(args: argparse.Namespace, results: Path, packed: bool = False) -> list[str]:
-    """The flight_parsl sweep's command line."""
+def flight_parsl_command(
+    args: argparse.Namespace, results: Path, packed: bool = False, workers: str | None = None, site: Path | None = None
+) -> list[str]:
+    """The flight_parsl sweep's command line (``workers`` and ``site``: one worker count of a cluster sweep)."""
     return [
         sys.executable, "-m", "flight_parsl.scale", "--train", "none", "--rounds", str(args.rounds),
-        "--workers", args.workers, "--model", args.models, "--transfer", args.transfers,
+        "--workers", workers or args.workers, "--model", args.models, "--transfer", args.transfers,
         "--trials", str(args.trials), "--out", str(Path(args.out) / ("flight_parsl-packed" if packed else "flight_parsl")),
-        "--results", str(results), f"slots={'auto' if packed else 'per_client'}", *args.overrides,
+        "--results", str(results), f"slots={'auto' if packed else 'per_client'}",
+        *(["--parsl-config", str(site)] if site is not None else []), *args.overrides,
     ]
+
+
+def cluster_site(site: Path, workers: int, out: Path, write: bool = True) -> Path:
+    """A copy of the cluster ``site`` whose blocks start one slot per client for ``workers`` clients:
+    ``ceil(workers / nodes_per_block)`` workers on each node (``write=False``: only its path)."""
+    data = yaml.safe_load(site.read_text())
+    nodes = int((data.get("provider") or {}).get("nodes_per_block", 1))
+    data["max_workers_per_node"] = math.ceil(workers / nodes)
+    path = out / "sites" / f"{site.stem}-n{workers}.yaml"
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def site_slots(site: Path) -> int:
+    """The slots a cluster site starts as it is (workers per node x nodes per block x initial blocks)."""
+    data = yaml.safe_load(site.read_text())
+    provider = data.get("provider") or {}
+    return int(data["max_workers_per_node"]) * int(provider.get("nodes_per_block", 1)) * max(
+        int(provider.get("init_blocks", 1)), 1)
+
+
+def cluster_commands(args: argparse.Namespace, results: Path, write: bool = True) -> list[list[str]]:
+    """The cluster sweeps: one per worker count with one slot per client, then (``--packed``) one
+    on the site as it is for the counts above its slots."""
+    site, out = Path(args.cluster), Path(args.out)
+    counts = [int(w) for w in args.workers.split(",")]
+    commands = [flight_parsl_command(args, results, False, str(n), cluster_site(site, n, out, write)) for n in counts]
+    packed = [str(n) for n in counts if n > site_slots(site)]
+    if args.packed and packed:
+        commands.append(flight_parsl_command(args, results, True, ",".join(packed), site))
+    return commands
 
 
 def run_flight_parsl(args: argparse.Namespace, results: Path, packed: bool = False) -> None:
@@ -138,6 +185,18 @@ def dry_run(p: argparse.ArgumentParser, args: argparse.Namespace, results: Path)
     unknown = set(filter(None, args.flower.split(","))) - set(FLOWER_MODES)
     if unknown:
         p.error(f"--flower: unknown mode(s) {sorted(unknown)}; valid: {', '.join(FLOWER_MODES)}")
+    figure = args.figure or Path(args.out) / "scaling.png"
+    if args.cluster:
+        if not Path(args.cluster).is_file():
+            p.error(f"--cluster {args.cluster!r}: no such site file")
+        sweeps = cluster_commands(args, results, write=False)
+        for cmd in sweeps:
+            print(shlex.join(cmd))
+        runs = sum(len(cmd[cmd.index("--workers") + 1].split(",")) for cmd in sweeps)
+        runs *= len(args.models.split(",")) * args.trials * len(args.transfers.split(","))
+        print(f"dry run: {runs} flight_parsl runs in {len(sweeps)} sweep(s) on {args.cluster}, no Flower, "
+              f"then the figure {figure}; nothing started")
+        return 0
     commands = [flight_parsl_command(args, results)] + ([flight_parsl_command(args, results, True)] if args.packed else [])
     if args.flower:
         commands += [cmd for _, cmd in flower_commands(args, results)]
@@ -146,7 +205,7 @@ def dry_run(p: argparse.ArgumentParser, args: argparse.Namespace, results: Path)
     cells = len(workers) * len(args.models.split(",")) * args.trials
     per_sweep = cells * len(args.transfers.split(","))
     print(f"dry run: {per_sweep * (2 if args.packed else 1)} flight_parsl runs in {1 + args.packed} sweep(s), "
-          f"{len(commands) - 1 - args.packed} Flower runs, then the figure {args.figure or Path(args.out) / 'scaling.png'}; "
+          f"{len(commands) - 1 - args.packed} Flower runs, then the figure {figure}; "
           "nothing started")
     return 0
 
@@ -164,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", default=None, help="PNG to write (default <out>/scaling.png)")
     p.add_argument("--packed", action="store_true", help="also run flight_parsl with the engine's default packing "
                    "(slots=auto), as the systems flight_parsl/<transfer>+packed")
+    p.add_argument("--cluster", default=None, metavar="SITE", help="run the flight_parsl sweeps on this multi-node "
+                   "Slurm site file (one slot per client: a copy per worker count; packed: the site as it is); no Flower")
     p.add_argument("--dry-run", action="store_true", help="check the arguments, print the commands it would run "
                    "and exit (starts nothing)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides for every flight_parsl run")
@@ -171,10 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.out) / "results.csv"
     if args.dry_run:
         return dry_run(p, args, results)
-    run_flight_parsl(args, results)
-    if args.packed:
-        run_flight_parsl(args, results, packed=True)
-    if args.flower:
+    if args.cluster:
+        for cmd in cluster_commands(args, results):
+            subprocess.run(cmd, check=False)
+    else:
+        run_flight_parsl(args, results)
+        if args.packed:
+            run_flight_parsl(args, results, packed=True)
+    if args.flower and not args.cluster:
         run_flower(args, results)
     if not results.exists():
         print(f"error: no results were written to {results}", file=sys.stderr)

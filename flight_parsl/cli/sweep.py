@@ -32,7 +32,8 @@ from flight_parsl.execution.backends import Backend, open_backend, resolve_slots
 from flight_parsl.engine.progress import Progress
 from flight_parsl.processes.batch_job import JOB_FIELDS
 from flight_parsl.results.table import CellKey, append_row, done_configs
-from flight_parsl.engine.runner import run_experiment
+from flight_parsl.engine.context import workload
+from flight_parsl.engine.runner import run_experiment, warm_modules
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,14 @@ def run_sweep(
                 progress.say(f"[{i}/{spec.size}] {label}")
                 if backend is None:
                     executor_dir = out_root / (f"executor-n{workers}" if opened is None else f"executor-n{workers}-{i}")
-                    backend = stack.enter_context(open_backend(cfg.backend, slots, executor_dir, cfg.parsl_config))
+                    # a site with a strategy primes its late blocks' workers for this cell's workload
+                    try:
+                        prime: tuple[tuple[str, ...], Any] | None = (warm_modules(cfg), workload(cfg)[0])
+                    except FlightParslError:
+                        prime = None  # bad data: the cell's run fails with its own message
+                    backend = stack.enter_context(
+                        open_backend(cfg.backend, slots, executor_dir, cfg.parsl_config, prime=prime)
+                    )
                     opened = key
                 run_dir = unused_dir(Path(cfg.out or ""))
                 cfg = replace(cfg, out=str(run_dir))

@@ -130,6 +130,10 @@ class TaskResult:
     thread: int = 0
     encode_s: float = 0.0
     decode_s: float = 0.0
+    block: str = ""  # the Parsl block of the slot (PARSL_WORKER_BLOCK_ID); "" off Parsl HTEX
+    primed_at_start: bool = False  # the slot primed as it started, before any task (a late block's pool)
+    accelerator: str = ""  # the devices the slot sees (CUDA_VISIBLE_DEVICES: Parsl pins one per worker)
+    device: str = ""  # the torch device a train task trained on ("cpu", "cuda:0" ...); "" when none trained
 
     @property
     def slot(self) -> Slot:

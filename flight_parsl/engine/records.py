@@ -83,6 +83,11 @@ are the row's own (its client's) or labels.
 - ``host``: the host of the slot that ran the task (lost: the host of the worker that died).
 - ``pid``: the slot's process id (lost: the pid of the worker process that died, where known).
 - ``thread``: the slot's thread (thread backend).
+- ``block``: the Parsl block of the slot (HTEX's block id: 0 for the first block, then 1, 2 ...
+  for the blocks Parsl starts later, a replacement after a walltime included; summary.json's
+  ``block_jobs`` maps ``LABEL/BLOCK`` to its batch job); empty off Parsl HTEX.
+- ``accelerator``: the accelerator the slot was pinned to: its ``CUDA_VISIBLE_DEVICES``, which
+  Parsl sets per worker from the site's ``available_accelerators``; empty when unset.
 - ``site``: the site the task ran at (several sites).
 - ``task_submitted``: Unix time the coordinator submitted the task.
 - ``task_started``: Unix time the task started on its slot (slot clock).
@@ -115,7 +120,13 @@ are the row's own (its client's) or labels.
 - ``task_rtt_s``: ``task_received - task_submitted``.
 - ``task_cold``: 1 when the task was the first one on its slot (host, pid) that the warm-up did
   not reach: a worker process Parsl started after the warm-up (a restart after a kill) pays its
-  imports and data loading in this task; 0 on a primed slot; empty for work that ran on no slot.
+  imports and data loading in this task; 0 on a primed slot, a slot that primed as it started
+  included (a block that came after the warm-up on a site with a ``strategy``: see
+  :mod:`flight_parsl.execution.primed_pool`); empty for work that ran on no slot.
+- ``task_device``: the torch device the task's clients trained on: ``cuda:0`` (the slot's own GPU
+  where Parsl pinned one), another ``torch.accelerator`` device, or ``cpu``; empty when the task
+  trained nothing (``train.mode=none``, aggregate and relay tasks, decentralized peers, which
+  train on the CPU).
 - ``segment``: the stretch of the run: 0, then 1 after the first ``--resume`` ...
 - ``private_test_acc``: the client's private (or only) model on its test set (decentralized).
 - ``proxy_test_acc``: the client's shared model on its test set (decentralized).
@@ -194,6 +205,8 @@ TASK_COLUMNS = (
     "host",
     "pid",
     "thread",
+    "block",
+    "accelerator",
     "site",
     "task_submitted",
     "task_started",
@@ -223,6 +236,7 @@ TASK_COLUMNS = (
     "epochs",
     "task_rtt_s",
     "task_cold",
+    "task_device",
     "segment",
     "private_test_acc",
     "proxy_test_acc",
@@ -236,6 +250,10 @@ TASK_COLUMNS = (
 TASK_LEVEL = tuple(c for c in TASK_COLUMNS if c.startswith("task_"))
 
 TIMESTAMPS = ("start", "dfk_start_done", "priming_done", "end")
+
+#: A key of result rows (never a column): the task's slot primed as it started (see
+#: :mod:`flight_parsl.execution.primed_pool`), so its first task is not cold.
+PRIMED_AT_START = "_primed_at_start"
 
 
 def default_run_dir(cfg: ExperimentConfig, root: str | Path = "runs") -> Path:
@@ -373,12 +391,17 @@ class RunRecorder:
     def task_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append the rows of one task (one per client); mark a task on an unprimed slot cold."""
         rows = [{**row, "segment": self.segment} for row in rows]
+        primed = [bool(row.pop(PRIMED_AT_START, False)) for row in rows]
         if self._slots is not None:
             new: set[tuple[str, int]] = set()
-            for row in rows:
+            for row, at_start in zip(rows, primed):
                 if "task_started" not in row or row.get("pid") in (None, ""):
                     continue  # failed or dropped work that ran on no slot
                 slot = (str(row.get("host")), int(row["pid"]))
+                if at_start:  # primed as it started (a late block's pool): not cold
+                    row["task_cold"] = 0
+                    self._slots.add(slot)
+                    continue
                 cold = slot not in self._slots or slot in new
                 row["task_cold"] = int(cold)
                 if cold:
@@ -507,6 +530,8 @@ def result_rows(
         "host": res.host,
         "pid": res.pid,
         "thread": res.thread,
+        "block": res.block,
+        "accelerator": res.accelerator,
         "task_submitted": submitted,
         "task_started": res.started,
         "task_finished": res.finished,
@@ -526,7 +551,10 @@ def result_rows(
         "task_rss_mb": res.rss_mb,
         "task_peak_rss_mb": res.peak_rss_mb,
         "task_rtt_s": received - submitted,
+        "task_device": res.device,
     }
+    if res.primed_at_start:
+        base[PRIMED_AT_START] = True  # read (and dropped) by RunRecorder.task_rows: the slot is not cold
     if not res.clients:
         weight = res.weight
         return [{**base, "client": "", "samples": int(weight) if float(weight).is_integer() else weight}]

@@ -18,6 +18,7 @@ from types import TracebackType
 
 from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
+from flight_parsl.core.types import Workload
 from flight_parsl.core import stopping
 from flight_parsl.core.stopping import TeardownStack, deferred
 from flight_parsl.engine.asynchronous import run_async
@@ -156,7 +157,9 @@ def run_experiment(
                 leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
                 state = _state(cfg, transfer, stack)
             with deferred():
-                active = stack.enter_context(_backend(cfg, slots, out, recorder, backend, sites))
+                active = stack.enter_context(
+                    _backend(cfg, slots, out, recorder, backend, sites, prime=(warm_modules(cfg), work[0]))
+                )
                 # the interchange; the worker pools once the warm-up found them
                 leftovers.note(out, transfer, active, state=state)
             with deferred():
@@ -264,8 +267,9 @@ def _backend(
     recorder: RunRecorder,
     backend: Backend | None,
     sites: RunSites | None = None,
+    prime: tuple[tuple[str, ...], Workload | None] | None = None,
 ) -> Iterator[Backend]:
-    """The given backend, or a fresh one for this run.
+    """The given backend, or a fresh one for this run (whose late blocks prime with ``prime``).
 
     A given backend's first run takes the backend's own start-up times; later runs
     record ``dfk_start_done`` = now and ``dfk_reused``.
@@ -283,7 +287,8 @@ def _backend(
         return
     if backend is None:
         with open_backend(
-            cfg.backend, slots, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done")
+            cfg.backend, slots, out, cfg.parsl_config, on_started=lambda: recorder.mark("dfk_start_done"),
+            prime=prime,
         ) as fresh:
             yield fresh
         return

@@ -113,16 +113,20 @@ def open_backend(
     run_dir: str | Path,
     parsl_config: str | None = None,
     on_started: Callable[[], None] | None = None,
+    prime: tuple[tuple[str, ...], Workload | None] | None = None,
 ) -> Iterator[Backend]:
     """Start a backend with ``slots`` worker processes (threads), yield it, always shut it down.
 
     A Parsl site that fixes its slots per node (or runs on a batch provider)
     decides its own slots. ``on_started`` is called once the executor is up (for
-    Parsl: the DataFlowKernel is loaded), before any task runs.
+    Parsl: the DataFlowKernel is loaded), before any task runs. ``prime`` (the warm-up's
+    modules and workload): on a Parsl site with a ``strategy``, whose blocks may start after
+    the warm-up, every block's workers prime with them before the block takes tasks
+    (:mod:`flight_parsl.execution.primed_pool`).
     """
     started_at = time.time()
     if kind == "parsl":
-        with _parsl_backend(slots, run_dir, parsl_config) as backend:
+        with _parsl_backend(slots, run_dir, parsl_config, prime) as backend:
             backend.started_at = started_at
             if on_started:
                 on_started()
@@ -149,7 +153,10 @@ def open_backend(
 
 
 @contextmanager
-def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) -> Iterator[Backend]:
+def _parsl_backend(
+    workers: int, run_dir: str | Path, parsl_config: str | None,
+    prime: tuple[tuple[str, ...], Workload | None] | None = None,
+) -> Iterator[Backend]:
     import parsl
     from parsl.concurrent import ParslPoolExecutor
 
@@ -158,7 +165,12 @@ def _parsl_backend(workers: int, run_dir: str | Path, parsl_config: str | None) 
     )
 
     site = load_site(parsl_config)
-    config = build_parsl_config(site, workers, run_dir)
+    spec = None
+    if prime is not None and site["strategy"] != "none":
+        from flight_parsl.execution.primed_pool import write_spec
+
+        spec = write_spec(Path(run_dir) / "parsl" / "prime.pkl", prime[0], prime[1], site_start_timeout(site))
+    config = build_parsl_config(site, workers, run_dir, spec)
     # a stop signal waits for the interchange and the worker pool to be up (and owned), or gone
     with deferred():
         try:

@@ -190,6 +190,10 @@ class ProviderSchema(_SiteSection):
     # seconds a block may stay pending in the batch queue before the run cancels it and stops
     # with one message (null: wait up to the site's start_timeout); not a Parsl provider argument
     pending_timeout_s: _Positive | None = None
+    # seconds between Parsl's polls of the batch system for its blocks' states (null: the Parsl
+    # provider's own, 60 s for Slurm): how soon Parsl sees a block end (its walltime) and starts
+    # a replacement; a Parsl provider property, set through a subclass
+    status_polling_s: _Positive | None = None
     launcher: LauncherSchema | None = None
 
 
@@ -230,10 +234,10 @@ PROVIDERS: dict[str, tuple[type[ExecutionProvider], tuple[str, ...]]] = {
     "local": (LocalProvider, _COMMON_PROVIDER),
     "pbspro": (PBSProProvider, _COMMON_PROVIDER + (
         "walltime", "account", "queue", "scheduler_options", "select_options", "cpus_per_node",
-        "pending_timeout_s")),
+        "pending_timeout_s", "status_polling_s")),
     "slurm": (SlurmProvider, _COMMON_PROVIDER + (
         "walltime", "account", "partition", "qos", "constraint", "exclusive",
-        "scheduler_options", "cores_per_node", "mem_per_node", "pending_timeout_s")),
+        "scheduler_options", "cores_per_node", "mem_per_node", "pending_timeout_s", "status_polling_s")),
 }
 
 #: launcher kind -> (Parsl class, keys of the launcher section it uses).
@@ -474,12 +478,22 @@ def _build_launcher(launcher: Mapping[str, Any]) -> Launcher:
 
 
 #: Provider keys the harness reads itself (not arguments of the Parsl provider class).
-_NOT_PARSL = ("kind", "launcher", "pending_timeout_s")
+_NOT_PARSL = ("kind", "launcher", "pending_timeout_s", "status_polling_s")
+
+
+def _polling_every(cls: type[ExecutionProvider], seconds: float) -> type[ExecutionProvider]:
+    """``cls`` with Parsl's ``status_polling_interval`` (a read-only property) set to ``seconds``."""
+    return type(cls.__name__, (cls,), {
+        "status_polling_interval": property(lambda self: seconds),
+        "__module__": cls.__module__,
+    })
 
 
 def _build_provider(provider: Mapping[str, Any]) -> ExecutionProvider:
     """Instantiate the Parsl provider for a normalised provider section."""
     cls, used = PROVIDERS[provider["kind"]]
+    if provider.get("status_polling_s") is not None:
+        cls = _polling_every(cls, float(provider["status_polling_s"]))
     kwargs: dict[str, Any] = {
         k: provider[k] for k in used if k not in _NOT_PARSL and provider[k] is not None
     }
@@ -497,7 +511,9 @@ def _no_memoizer_kwargs() -> dict[str, Any]:
     return {"memoizer": BasicMemoizer(memoize=False)}
 
 
-def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Path) -> Config:
+def build_parsl_config(
+    site: Mapping[str, Any], workers: int, run_dir: str | Path, prime_spec: str | Path | None = None
+) -> Config:
     """Build a fresh Parsl Config with one HighThroughputExecutor for ``site``.
 
     Args:
@@ -505,6 +521,9 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
         workers: the run's slots (worker processes); used as ``max_workers_per_node`` when the
             site leaves it null and a block is one node.
         run_dir: the run's directory; Parsl writes under ``<run_dir>/parsl``.
+        prime_spec: a prime spec (:func:`flight_parsl.execution.primed_pool.write_spec`): on a
+            site with a ``strategy`` (blocks may start after the warm-up) every block's worker
+            pool primes its workers before it takes tasks. Ignored on a site without one.
 
     Returns:
         A new, unloaded ``parsl.config.Config``.
@@ -534,6 +553,12 @@ def build_parsl_config(site: Mapping[str, Any], workers: int, run_dir: str | Pat
         "cpu_affinity": s["cpu_affinity"],
         "worker_logdir_root": s["worker_logdir_root"],
     }
+    if prime_spec is not None and s["strategy"] != "none":
+        from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+        from flight_parsl.execution.primed_pool import launch_command
+
+        htex_kwargs["launch_cmd"] = launch_command(prime_spec, DEFAULT_LAUNCH_CMD)
     if accelerators is not None:
         htex_kwargs["available_accelerators"] = (
             accelerators if isinstance(accelerators, int) else [str(a) for a in accelerators]

@@ -58,6 +58,24 @@ def warm_data(workload: Workload) -> None:
     warm_up(workload)
 
 
+#: True once this process was primed when it started (a worker pool of
+#: :mod:`flight_parsl.execution.primed_pool`), before it took any task.
+PRIMED_AT_START = False
+
+
+def prime_at_start(modules: tuple[str, ...], workload: Workload | None) -> None:
+    """Prime this worker process as it starts, before it takes a task: import what the round's
+    tasks import and load the data, as the warm-up task does."""
+    import importlib
+
+    global PRIMED_AT_START
+    for name in modules:
+        importlib.import_module(name)
+    if workload is not None:
+        warm_data(workload)
+    PRIMED_AT_START = True
+
+
 def prime_task(
     modules: tuple[str, ...] = (),
     barrier: str | None = None,
@@ -94,6 +112,9 @@ def _result(kind: str, node: str, round_idx: int, started: float, **values: Any)
         rss_mb=rss_mb(),
         peak_rss_mb=lifetime_peak_rss_mb(),
         thread=threading.get_native_id(),
+        block=os.environ.get("PARSL_WORKER_BLOCK_ID", ""),
+        primed_at_start=PRIMED_AT_START,
+        accelerator=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         **values,
     )
 
@@ -225,8 +246,17 @@ def train_task(
         "train", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
         bytes_in=fetched, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
-        encode_s=encode_s, decode_s=decode_s,
+        encode_s=encode_s, decode_s=decode_s, device=_device(workload),
     )
+
+
+def _device(workload: Workload) -> str:
+    """The device a train task's clients trained on (``cpu``, ``cuda:0`` ...); "" when none trained."""
+    if workload.mode == "none":
+        return ""
+    from flight_parsl.worker.training import device_name
+
+    return device_name()
 
 
 def aggregate_task(

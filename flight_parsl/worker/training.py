@@ -3,6 +3,12 @@
 Models are built once per process and reused across rounds; each task loads the
 round's global weights into the cached model, trains on the worker's own shard and
 returns fresh flat weights.
+
+Training runs on the slot's device (:func:`slot_device`): a GPU when torch sees one, else
+another accelerator torch knows (``torch.accelerator``), else the CPU. A site's
+``available_accelerators`` makes Parsl pin one device per worker (``CUDA_VISIBLE_DEVICES``, and
+ROCm's and oneAPI's variables), so a slot's GPU is its own ``cuda:0``. Weights travel as CPU
+float32 buffers either way: they move to the device when loaded into the model and back when packed.
 """
 
 from __future__ import annotations
@@ -24,25 +30,48 @@ from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.state import ClientState
 
 _LOCAL = threading.local()
+_DEVICE: torch.device | None = None
+
+
+def slot_device() -> torch.device:
+    """The device this process trains on: CUDA's current device when torch sees a GPU (the
+    slot's own where Parsl pinned one), else the current ``torch.accelerator`` where torch has
+    one available (MPS, XPU ...), else the CPU. Decided once per process."""
+    global _DEVICE
+    if _DEVICE is None:
+        if torch.cuda.is_available():
+            _DEVICE = torch.device("cuda", torch.cuda.current_device())
+        else:
+            accelerator = getattr(torch, "accelerator", None)
+            found = accelerator.current_accelerator() if accelerator is not None and accelerator.is_available() else None
+            _DEVICE = torch.device(found) if found is not None else torch.device("cpu")
+    return _DEVICE
+
+
+def device_name() -> str:
+    """:func:`slot_device` as tasks.csv's ``task_device`` writes it (``cpu``, ``cuda:0`` ...)."""
+    device = slot_device()
+    return device.type if device.type == "cpu" else f"{device.type}:{device.index or 0}"
 
 
 def cached_model(spec: ModelSpec) -> torch.nn.Module:
-    """This thread's instance of the model ``spec`` (built on first use).
+    """This thread's instance of the model ``spec`` (built on first use), on :func:`slot_device`.
 
     Per thread, not per process, so that thread-pool workers never share one.
     """
     models: dict[ModelSpec, torch.nn.Module] = _LOCAL.__dict__.setdefault("models", {})
     model = models.get(spec)
     if model is None:
-        model = models[spec] = build_model(spec)
+        model = models[spec] = build_model(spec).to(slot_device())
     return model
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing a (read-only, cached) shard's memory; nothing writes to it."""
+    """A tensor on the slot's device: on the CPU it shares a (read-only, cached) shard's memory,
+    and nothing writes to it; elsewhere it is a copy."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
+        return torch.from_numpy(array).to(slot_device())
 
 
 def proximal_term(model: torch.nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
@@ -65,7 +94,7 @@ def load_momentum(opt: torch.optim.SGD, model: torch.nn.Module, data: bytes) -> 
     """Set the optimizer's momentum buffers from a client's saved state."""
     saved = FlatWeights.from_bytes(data)
     for name, p in model.named_parameters():
-        opt.state[p]["momentum_buffer"] = torch.from_numpy(saved.view(name).copy())
+        opt.state[p]["momentum_buffer"] = torch.from_numpy(saved.view(name).copy()).to(p.device)
 
 
 def save_momentum(opt: torch.optim.SGD, model: torch.nn.Module) -> bytes:
@@ -123,7 +152,7 @@ def train_local(
     cpu0 = time.thread_time()
     for _ in range(settings.epochs):
         loss_sum, correct, seen = 0.0, 0, 0
-        order = torch.from_numpy(rng.permutation(n))
+        order = torch.from_numpy(rng.permutation(n)).to(xt.device)
         for start in range(0, n, batch):
             idx = order[start : start + batch]
             xb, yb = xt[idx], yt[idx]

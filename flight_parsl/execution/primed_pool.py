@@ -1,0 +1,135 @@
+"""Parsl's HTEX worker pool, with every worker primed before the pool takes a task.
+
+The run's warm-up (:class:`~flight_parsl.execution.backends.Warmup`) primes the slots that exist
+when the run starts. A block Parsl starts later (a second block when the queue grows, a
+replacement after a block reached its walltime) would take tasks while its workers still import
+torch and load their data, and that cost would land in the round. A site whose blocks can come
+later (a ``strategy`` other than ``none``) therefore starts each block's pool with::
+
+    python3 -m flight_parsl.execution.primed_pool --prime-spec RUN_DIR/parsl/prime.pkl <HTEX's pool arguments>
+
+instead of HTEX's ``process_worker_pool.py``. It is Parsl's own pool: the module's own main block
+runs with HTEX's arguments, in the module's namespace, with two changes.
+
+- Each worker process first runs :func:`flight_parsl.worker.tasks.prime_at_start` with the run's
+  prime spec (the warm-up's modules and workload, pickled by the coordinator on the shared
+  filesystem), then becomes Parsl's worker.
+- The pool registers with the interchange, and so receives tasks, only once every worker has
+  primed (at most ``max_wait`` seconds of the spec, the site's ``start_timeout``).
+
+A worker Parsl's watchdog restarts primes again before it takes a task. A task on a slot primed
+this way reports it (``TaskResult.primed_at_start``) and is not marked ``task_cold``. The prime
+spec names one workload: a backend reused by a sweep keeps priming for the run that opened it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from parsl.executors.high_throughput import process_worker_pool as pool
+
+log = logging.getLogger(__name__)
+
+#: The option naming the prime spec; the rest of the command line is HTEX's pool arguments.
+SPEC_OPTION = "--prime-spec"
+_SPEC_ENV = "FLIGHT_PARSL_PRIME_SPEC"
+_READY_ENV = "FLIGHT_PARSL_PRIMED_DIR"
+_MAIN_MARK = '\nif __name__ == "__main__":\n'
+
+_worker = pool.worker  # Parsl's worker body
+_communicate = pool.Manager.interchange_communicator  # registers with the interchange first thing
+
+
+def write_spec(path: str | Path, modules: tuple[str, ...], workload: Any, max_wait: float) -> Path:
+    """Write the prime spec the pools read: the warm-up's modules and workload, and the most
+    seconds a pool waits for its workers to prime."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps({"modules": tuple(modules), "workload": workload, "max_wait": float(max_wait)}))
+    return path
+
+
+def launch_command(spec: str | Path, htex_launch_cmd: str) -> str:
+    """HTEX's ``launch_cmd`` for a pool that primes: HTEX's own command, this module in place of
+    ``process_worker_pool.py``."""
+    script, _, arguments = htex_launch_cmd.partition(" ")
+    if not script.endswith("process_worker_pool.py"):
+        raise ValueError(f"HTEX's launch command does not start process_worker_pool.py: {htex_launch_cmd!r}")
+    return f"python3 -m flight_parsl.execution.primed_pool {SPEC_OPTION} {shlex.quote(str(spec))} {arguments}"
+
+
+def _spec() -> dict[str, Any]:
+    with open(os.environ[_SPEC_ENV], "rb") as f:
+        spec: dict[str, Any] = pickle.load(f)
+    return spec
+
+
+def primed_worker(worker_id: int, *args: Any, **kwargs: Any) -> None:
+    """A worker process: prime (a failure is logged; the tasks then meet it themselves), tell the
+    pool, then run Parsl's worker."""
+    from flight_parsl.worker.tasks import prime_at_start
+
+    try:
+        spec = _spec()
+        prime_at_start(spec["modules"], spec["workload"])
+    except Exception:  # noqa: BLE001 - the worker still serves; its tasks report the problem
+        logging.getLogger("flight_parsl.primed_pool").exception("priming worker %s failed", worker_id)
+    try:
+        Path(os.environ[_READY_ENV], str(worker_id)).touch()
+    except OSError:
+        pass  # a worker restarted after the pool registered: nobody waits for it any more
+    _worker(worker_id, *args, **kwargs)
+
+
+def _communicate_when_primed(self: Any, pair_setup: Any) -> None:
+    """The manager's interchange thread: register (and take tasks) once every worker primed."""
+    deadline = time.monotonic() + float(_spec().get("max_wait", 300.0))
+    ready = Path(os.environ[_READY_ENV])
+    while len(list(ready.iterdir())) < self.worker_count and time.monotonic() < deadline:
+        if self._stop_event.is_set():
+            return
+        time.sleep(0.05)
+    pool.logger.info("%d of %d workers primed; registering with the interchange",
+                     len(list(ready.iterdir())), self.worker_count)
+    shutil.rmtree(ready, ignore_errors=True)  # the marks have served: nothing of them outlives registering
+    _communicate(self, pair_setup)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run Parsl's worker pool main block with primed workers (see the module docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if SPEC_OPTION not in argv or argv.index(SPEC_OPTION) + 1 >= len(argv):
+        raise SystemExit(f"usage: python -m flight_parsl.execution.primed_pool {SPEC_OPTION} PATH <pool arguments>")
+    at = argv.index(SPEC_OPTION)
+    os.environ[_SPEC_ENV] = argv[at + 1]
+    del argv[at:at + 2]
+    source = Path(pool.__file__).read_text()
+    if _MAIN_MARK not in source:
+        raise SystemExit(f"{pool.__file__} has no main block to run")
+    body = "\n".join(line[4:] for line in source.split(_MAIN_MARK, 1)[1].splitlines())
+    # the workers' marks live in the pool's own log directory (in the run directory), not in /tmp
+    known, _ = pool.get_arg_parser().parse_known_args(argv)
+    ready = Path(known.logdir, f"block-{known.block_id}", f"primed-{os.getpid()}")
+    ready.mkdir(parents=True, exist_ok=True)
+    os.environ[_READY_ENV] = str(ready)  # the spawned workers inherit both variables
+    pool.worker = primed_worker
+    pool.Manager.interchange_communicator = _communicate_when_primed  # type: ignore[method-assign]
+    sys.argv = [pool.__file__, *argv]
+    try:
+        exec(compile(body, pool.__file__, "exec"), vars(pool))  # noqa: S102 - Parsl's own main block
+    finally:
+        shutil.rmtree(ready, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    from flight_parsl.execution import primed_pool as _named  # workers unpickle names from the named module
+
+    _named.main()
