@@ -26,7 +26,7 @@ def test_local_training_on_digits_learns_and_writes_the_run_directory(make_confi
     assert accs[-1] >= 0.85, accs
     assert float(rounds[-1]["test_loss"]) < float(rounds[0]["test_loss"]) * 1.5
     assert sorted({int(t["client"]) for t in tasks}) == [0, 1, 2, 3]
-    # every client's samples sum to the digits training split (1797 * 0.8, stratified)
+    # every client's samples sum to the digits training split (1,438 of 1,797, stratified)
     assert sum(int(t["samples"]) for t in tasks if t["round"] == "1") in range(1430, 1445)
     # four clients packed into two tasks (one per slot), each folded into one partial in the slot
     first = [t for t in tasks if t["round"] == "1"]

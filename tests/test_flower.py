@@ -1,6 +1,6 @@
 """The Flower baseline: simulation and gRPC debug runs, their rows, timestamps and clean-up.
 
-Skipped when flwr is not installed (CI does not install the ``flower`` extra).
+Skipped when flwr is not installed; CI (``.ci/run``) installs the ``flower`` extra, so they run there.
 """
 
 from __future__ import annotations

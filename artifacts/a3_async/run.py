@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": 12, "rounds": 20, "alpha": 1 / 12, "slowdown_max": 4.0, "dataset": "digits", "model": "mlp",
     "epochs": None, "backend": "parsl", "out": "runs/a3", "seed": 0,
 }
-# Local epochs when --epochs is not given: a digits shard holds ~120 samples (1,437 training images over
+# Local epochs when --epochs is not given: a digits shard holds ~120 samples (1,438 training images over
 # 12 workers), so one epoch is ~8 SGD steps (~10 ms), shorter than a task's round trip through HTEX;
 # 40 epochs (~300 steps at batch 16) match one epoch over a 5,000-sample FashionMNIST shard (60,000 / 12).
 DIGITS_EPOCHS = 40

@@ -1,6 +1,7 @@
 """Table and figure of the FedProx artifact, from its results table (or its saved curves).
 
-    python artifacts/fedprox/analyze.py runs/fedprox/results.csv --out artifacts/fedprox
+    python artifacts/fedprox/analyze.py runs/fedprox/results.csv                           # into runs/fedprox
+    python artifacts/fedprox/analyze.py runs/fedprox/results.csv --out artifacts/fedprox   # publish
 
 Writes ``curves.csv`` (mean and std over seeds of each arm x straggler level x round),
 ``table.md`` (final test accuracy and training-loss stability, mean +- std over seeds)
@@ -138,10 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     """Write curves.csv, runs.csv, table.md and fedprox.png under --out; print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="the sweeps' results table (runs/fedprox/results.csv)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    p.add_argument("--out", help="folder to write into (default: the results table's folder; the artifact's "
+                   "own folder only when named)")
     p.add_argument("--dry-run", action="store_true", help="check the arguments, print what would be written and exit")
     args = p.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path(args.results).parent
     if args.dry_run:
         there = "" if Path(args.results).is_file() else " (not there yet)"
         print(f"read {args.results}{there}; write {', '.join(str(out / n) for n in WRITES)}")

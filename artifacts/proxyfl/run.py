@@ -2,7 +2,7 @@
 
 Runs the six decentralized-mode methods (regular, joint, fedavg, avgpush, fml,
 proxyfl) for several seeds on K = 8 clients with 1000 samples each, non-IID (each
-client's majority class makes 80% of its data; digits has 1,437 training images,
+client's majority class makes 80% of its data; digits has 1,438 training images,
 so a client's samples are drawn with replacement), all on one Parsl HTEX executor
 with 2 slots (the clients are packed 4 to a task), then ProxyFL for a few rounds
 at K = 4, 8, 16 to measure the bytes each client reads and writes per round.
