@@ -338,7 +338,7 @@ def slowlink(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                   if (r["arm"], int(r["seed"])) not in again]
         for r in runs:  # rows of an earlier version of this script
             if r.get("rounds_time_to_target_s") is None or r["rounds_time_to_target_s"] != r["rounds_time_to_target_s"]:
-                r["rounds_time_to_target_s"] = rounds_time(pd.read_csv(Path(r["run_dir"]) / "rounds.csv"),
+                r["rounds_time_to_target_s"] = rounds_time(pd.read_csv(REPO / r["run_dir"] / "rounds.csv"),
                                                            int(r["rounds_to_target"]))
     t0 = time.time()
     for arm, s in cells:
@@ -357,7 +357,8 @@ def slowlink(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "bytes_up_payload": int(r["bytes_from_workers"].sum()), "bytes_down_payload": int(r["bytes_to_workers"].sum()),
             "compression_ratio": float(r["compression_ratio"].mean()), "model_bytes": summary.get("model_bytes"),
             "shaper": ",".join(sorted({v.get("shaper", "") for v in (summary.get("links") or {}).values()})),
-            "load_1m": os.getloadavg()[0], "run_dir": str(run_out),
+            "load_1m": os.getloadavg()[0],
+            "run_dir": os.path.relpath(run_out, REPO) if run_out.resolve().is_relative_to(REPO) else str(run_out),
         })
         t_first = float(r["start"].iloc[0])
         curves += [{"arm": arm, "seed": s, "round": int(row["round"]), "wall_s": float(row["end"]) - t_first,
