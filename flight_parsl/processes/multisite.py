@@ -34,6 +34,7 @@ class RunSites:
     redis_password: str | None = None  # that server's fresh password
     hosts: dict[str, str] = field(default_factory=dict)  # site label -> virtual host name
     link_bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes, read at the end
+    server: Any = None  # the managed redis-server on the bridge (its pid and directory go into leftovers.json)
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
@@ -79,7 +80,7 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             from flight_parsl.execution.netns import virtual_network
 
             network = stack.enter_context(virtual_network(hosts))
-        redis = password = None
+        redis = password = server = None
         if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
             from flight_parsl.transfer.redis_auth import new_password
             from flight_parsl.transfer.redis_server import ManagedRedis
@@ -90,7 +91,7 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             redis = str(stack.enter_context(server).address)
         run_sites = RunSites(
             sites, placement, slots, network, redis, password,
-            {s["label"]: s["virtual_host"] for s in sites if s.get("virtual_host")},
+            {s["label"]: s["virtual_host"] for s in sites if s.get("virtual_host")}, server=server,
         )
         try:
             yield run_sites
