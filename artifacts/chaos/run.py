@@ -25,10 +25,11 @@ Checks, printed and written to ``<out>/chaos.csv`` (exit status 1 when one fails
 
 - the run completed, every round once in rounds.csv;
 - final accuracy within ``--tolerance`` (1 point) of the clean run;
-- tasks.csv accounts for every client attempt: in each (segment, round) every failed or lost
-  attempt of a client is followed by its next attempt, each sampled client of a round in
-  rounds.csv has exactly one ``ok`` attempt in the segment that wrote the row, and rounds.csv
-  ``tasks`` counts the distinct (task, attempt) of that round;
+- tasks.csv accounts for every client attempt: in each (segment, round) a client's attempts
+  count 0, 1, 2 ... with at most one ``ok``, and a failed or lost attempt with retries left is
+  followed by the next one (except in a round a stop cut short); each round in rounds.csv has
+  a row for each of its sampled clients in the segment that wrote it, as many ``ok`` clients
+  as it says reported, and as many distinct (task, attempt) as its ``tasks``;
 - nothing left on the machine: no process the run ever listed in ``leftovers.json`` (read
   while it ran: redis-servers, interchanges, worker pools and workers), no worker pool or
   process whose command line names the run directory, no ``leftovers.json``, no directory the
@@ -41,6 +42,7 @@ Checks, printed and written to ``<out>/chaos.csv`` (exit status 1 when one fails
     python artifacts/chaos/run.py --dry-run
     python artifacts/chaos/run.py --mode sync --out runs/chaos
     python artifacts/chaos/run.py --mode peer --peer-rounds 60 --out runs/chaos
+    python artifacts/chaos/run.py --report --out runs/chaos     # the checks, table and figure again
 
 Exit status 0 when every check passed, 1 when one failed, 2 for bad arguments.
 """
@@ -256,7 +258,7 @@ def run_chaos(args: argparse.Namespace, mode: str, out: Path, drawn: dict[str, A
 # --------------------------------------------------------------------------- checks
 
 
-def account(run_dir: Path) -> dict[str, Any]:
+def account(run_dir: Path, retries: int = 2) -> dict[str, Any]:
     """Whether tasks.csv accounts for every client attempt (see the module docstring)."""
     rounds = read_rows(run_dir / "rounds.csv")
     tasks = [t for t in read_rows(run_dir / "tasks.csv") if t["kind"] == "train"]
@@ -275,8 +277,8 @@ def account(run_dir: Path) -> dict[str, Any]:
             problems.append(f"segment {seg} round {rnd} client {client}: {len(oks)} ok attempts")
         if attempts != list(range(len(attempts))):
             problems.append(f"segment {seg} round {rnd} client {client}: attempts {attempts}")
-        if not oks:
-            unanswered += 1  # a failure not retried: only where the segment ended (a stop or a kill)
+        if not oks and attempts and attempts[-1] < retries:
+            unanswered += 1  # a failure with retries left and no retry: only where a stop cut the round short
     failed_attempts = sum(t["status"] != "ok" for t in tasks)
     for row in rounds:
         rnd = int(row["round"])
@@ -284,15 +286,18 @@ def account(run_dir: Path) -> dict[str, Any]:
         oks = {t["client"] for t in tasks if t["segment"] == seg and t["round"] == row["round"] and t["status"] == "ok"}
         if len(oks) != int(row["reported"] or row["participants"]):
             problems.append(f"round {rnd}: {len(oks)} ok clients in tasks.csv, rounds.csv says {row['reported']}")
-        if len(oks) != int(row["sampled"]):
-            problems.append(f"round {rnd}: {len(oks)} of {row['sampled']} sampled clients reported")
+        seen = {t["client"] for t in tasks if t["segment"] == seg and t["round"] == row["round"]}
+        if len(seen) != int(row["sampled"]):
+            problems.append(f"round {rnd}: {len(seen)} clients in tasks.csv, {row['sampled']} sampled")
         ids = {(t["task"], t["attempt"]) for t in every if t["segment"] == seg and t["round"] == row["round"]}
         if len(ids) != int(row["tasks"]):
             problems.append(f"round {rnd}: {len(ids)} tasks in tasks.csv, rounds.csv says {row['tasks']}")
     # a client attempt without an answer is allowed only in a round that no row of rounds.csv kept
     kept = {(str(max(i for i, f in enumerate(firsts) if f <= int(r["round"]))), r["round"]) for r in rounds}
-    dangling = [k for k, rows in by_key.items() if (k[0], k[1]) in kept and not any(t["status"] == "ok" for t in rows)]
-    problems += [f"segment {s} round {r} client {c}: no ok attempt in a kept round" for s, r, c in dangling]
+    dangling = [k for k, rows in by_key.items() if (k[0], k[1]) in kept and not any(t["status"] == "ok" for t in rows)
+                and max(int(t["attempt"]) for t in rows) < retries]
+    problems += [f"segment {s} round {r} client {c}: failed with retries left, never retried, in a kept round"
+                 for s, r, c in dangling]
     return {"client_attempts": len(tasks), "failed_attempts": failed_attempts, "unanswered_in_stopped_rounds":
             unanswered - len(dangling), "problems": problems}
 
@@ -354,12 +359,28 @@ def soak(args: argparse.Namespace, mode: str, out: Path) -> dict[str, Any]:
     chaos, watch, events = run_chaos(args, mode, out, drawn)
     chaos_s = time.time() - t0
     time.sleep(2.0)  # the last process a clean-up stopped may take a moment to be reaped
+    write_rows(out / f"{mode}-events.csv", events or [{"time": "", "round": "", "event": "", "detail": ""}])
+    (out / f"{mode}-watch.json").write_text(json.dumps({
+        "processes": [[pid, started, match] for (pid, started), match in watch.processes.items()],
+        "directories": sorted(watch.directories), "coordinators": sorted(watch.coordinators),
+        "clean_wall_s": clean_s, "chaos_wall_s": chaos_s}, indent=1))
+    return evaluate(args, mode, out)
+
+
+def evaluate(args: argparse.Namespace, mode: str, out: Path) -> dict[str, Any]:
+    """The checks and the table row of one mode's soak, from what its runs left in ``out``."""
+    clean, chaos = out / f"{mode}-clean", out / f"{mode}-chaos"
+    saved = json.loads((out / f"{mode}-watch.json").read_text())
+    watch = Watch(chaos)
+    watch.processes = {(int(pid), started): match for pid, started, match in saved["processes"]}
+    watch.directories, watch.coordinators = set(saved["directories"]), set(saved["coordinators"])
+    clean_s, chaos_s = saved["clean_wall_s"], saved["chaos_wall_s"]
+    events = [e for e in read_rows(out / f"{mode}-events.csv") if e["event"]]
     clean_rounds, chaos_rounds = read_rows(clean / "rounds.csv"), read_rows(chaos / "rounds.csv")
     summary = json.loads((chaos / "summary.json").read_text())
     faults = read_rows(chaos / "faults.csv")
-    write_rows(out / f"{mode}-events.csv", events or [{"time": "", "round": "", "event": "", "detail": ""}])
     acc_clean, acc_chaos = float(clean_rounds[-1]["test_acc"]), float(chaos_rounds[-1]["test_acc"])
-    acc_book = account(chaos)
+    acc_book = account(chaos, args.retries)
     left = left_behind(chaos, watch) + left_behind(clean, Watch(clean))
     memory = memory_growth(chaos)
     rounds = rounds_of(args, mode)
@@ -474,6 +495,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-resumes", type=int, default=4)
     p.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the chaos run may differ by")
     p.add_argument("--dry-run", action="store_true", help="print the runs, faults and commands; start nothing")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: check, tabulate and plot the soaks already in --out")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = p.parse_args(argv)
     if args.rounds < 20 or args.peer_rounds < 20:
@@ -506,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for mode in modes:
-        rows.append(soak(args, mode, out))
+        rows.append(evaluate(args, mode, out) if args.report else soak(args, mode, out))
         write_rows(out / f"chaos-{mode}.csv", [rows[-1]])
     done = [m for m in MODES if (out / f"{m}-chaos-rounds.csv").exists()]
     figure(out, done, out / "chaos.png")
