@@ -106,8 +106,7 @@ def base_config(args: argparse.Namespace, mode: str, out: Path, arm: str) -> Exp
         "model": {"name": args.model}, "data": {"dataset": "digits"}, "out": str(out / f"{mode}-{arm}"),
     }
     overrides = [f"slots={args.slots}", "transfer.kind=redis", "round.quorum=1.0", "round.min_fraction=0.5",
-                 f"round.retries={args.retries}", "round.backoff_s=0.2", "round.max_missed=1000",
-                 f"faults.kill_after_s={args.kill_after_s}", f"faults.slow_factor={args.slow_factor}"]
+                 f"round.retries={args.retries}", "round.backoff_s=0.2", "round.max_missed=1000"]
     if mode == "peer":
         values.update(mode="decentralized", strategy={"name": "proxyfl"})
     return build_config(values=[values], overrides=[*overrides, *args.overrides])
@@ -125,16 +124,18 @@ def draw_faults(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     coordinator = int(rng.integers(max(redis + 2, rounds // 2), max(redis + 3, rounds * 3 // 4)))
     slow = int(rng.integers(0, args.clients))
     return {"mode": mode, "rounds": rounds, "kill_slots": kills, "redis_stop": redis, "coordinator_kill": coordinator,
-            "slow_client": slow, "slow_hang_s": args.slow_hang_s}
+            "slow_client": slow, "slow_hang_s": args.slow_hang_s, "slow_factor": args.slow_factor,
+            "kill_after_s": args.kill_after_s}
 
 
 def fault_overrides(drawn: dict[str, Any], after: int = 0, redis_done: bool = False) -> list[str]:
     """``key=value`` faults still to come after round ``after`` (what a resumed run is given)."""
+    out = [f"faults.kill_after_s={drawn['kill_after_s']}"]  # a resumed run drops the whole faults section
     if drawn["mode"] == "sync":  # the slow client's training is stretched slow_factor times
-        out = [f"faults.slow={drawn['slow_client']}"]
+        out += [f"faults.slow={drawn['slow_client']}", f"faults.slow_factor={drawn['slow_factor']}"]
     else:  # peer tasks have no slowdown: the slow client's task sleeps slow_hang_s first, every round
-        out = ["faults.hang=" + ",".join(f"{drawn['slow_client']}@{r}" for r in range(after + 1, drawn["rounds"] + 1)),
-               f"faults.hang_s={drawn['slow_hang_s']}"]
+        out += ["faults.hang=" + ",".join(f"{drawn['slow_client']}@{r}" for r in range(after + 1, drawn["rounds"] + 1)),
+                f"faults.hang_s={drawn['slow_hang_s']}"]
     kills = [f"{KILL_FRACTION}@{r}" for r in drawn["kill_slots"] if r > after]
     if kills:
         out.append("faults.kill_slots=" + ",".join(kills))
