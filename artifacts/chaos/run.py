@@ -53,6 +53,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -392,13 +393,15 @@ def evaluate(args: argparse.Namespace, mode: str, out: Path) -> dict[str, Any]:
         "status": summary["status"], "resumes": summary.get("resumes", 0),
         "rounds_in_csv": [int(r["round"]) for r in chaos_rounds] == list(range(1, rounds + 1)),
         "final_acc_clean": acc_clean, "final_acc_chaos": acc_chaos, "acc_diff_points": 100 * (acc_chaos - acc_clean),
-        "slot_kills": len(slot_kills), "redis_kills": sum(f["action"] == "redis_stop" for f in faults),
+        "slot_kills": len(slot_kills), "redis_kills": sum(f["action"] == "redis_kill" for f in faults),
         "coordinator_kills": sum(e["event"] == "coordinator SIGKILL" for e in events),
         "client_attempts": acc_book["client_attempts"], "failed_attempts": acc_book["failed_attempts"],
         "lost_attempts": lost, "accounting_problems": len(acc_book["problems"]), "left_behind": len(left),
         **memory, "clean_wall_s": clean_s, "chaos_wall_s": chaos_s,
         "mean_round_s_clean": float(np.mean([float(r["makespan_s"]) for r in clean_rounds])),
         "mean_round_s_chaos": float(np.mean([float(r["makespan_s"]) for r in chaos_rounds])),
+        "median_round_s_clean": float(np.median([float(r["makespan_s"]) for r in clean_rounds])),
+        "median_round_s_chaos": float(np.median([float(r["makespan_s"]) for r in chaos_rounds])),
     }
     checks = {
         "completed": row["status"] == "completed" and row["rounds_in_csv"],
@@ -428,6 +431,12 @@ def evaluate(args: argparse.Namespace, mode: str, out: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- figure and table
 
 
+def stopped_round(event: dict[str, str]) -> int:
+    """The round a stop names in its message ("round 134: ..."), else the event's round."""
+    found = re.search(r"round (\d+)", event.get("detail", ""))
+    return int(found.group(1)) if found else int(event["round"])
+
+
 def figure(out: Path, modes: list[str], path: Path) -> None:
     import matplotlib
 
@@ -443,8 +452,10 @@ def figure(out: Path, modes: list[str], path: Path) -> None:
             axes[0][j].plot(x, [100 * float(r["test_acc"]) for r in rows], style, label=label, lw=1.2)
             axes[1][j].plot(x, [float(r["makespan_s"]) for r in rows], style, label=label, lw=1.0)
         marks = [(int(f["round"]), "slot kill", "tab:red", ":") for f in faults if f["action"] == "kill_slot"]
-        marks += [(int(f["round"]), "redis-server kill", "tab:purple", "--") for f in faults if f["action"] == "redis_stop"]
+        marks += [(int(f["round"]), "redis-server kill", "tab:purple", "--") for f in faults if f["action"] == "redis_kill"]
         marks += [(int(e["round"]), "coordinator SIGKILL", "black", "-.") for e in events if e["event"] == "coordinator SIGKILL"]
+        marks += [(stopped_round(e), "run stopped, resumed", "tab:gray", "-") for e in events
+                  if e["event"].startswith("run stopped")]
         for ax in axes[:, j]:
             seen = set()
             for rnd, label, color, ls in marks:
