@@ -251,7 +251,9 @@ def run_chaos(args: argparse.Namespace, mode: str, out: Path, drawn: dict[str, A
             raise RuntimeError(f"the chaos {mode} run did not complete after {args.max_resumes} resumes; see {log}")
         faults = read_rows(run_dir / "faults.csv")
         redis_done = any(f["action"].startswith("redis") for f in faults)
-        cmd = resume_command(run_dir, fault_overrides(drawn, after=done, redis_done=redis_done))
+        # the last row of rounds.csv may be a round the resume runs again (a round that stopped the run,
+        # a checkpoint the SIGKILL came before): its faults are given again
+        cmd = resume_command(run_dir, fault_overrides(drawn, after=max(0, done - 1), redis_done=redis_done))
         events.append({"time": time.time(), "round": done + 1, "event": "resume",
                        "detail": " ".join(cmd[2:]).replace(str(run_dir), run_dir.name)})
     return run_dir, watch, events
