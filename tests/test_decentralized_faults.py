@@ -158,3 +158,36 @@ def test_a_run_stopped_below_quorum_resumes_through_the_api(make_config, monkeyp
     accs = _accs(tmp_path / "run")
     assert {k: v for k, v in accs.items() if k[0] in ("3", "4")} == {
         k: v for k, v in _accs(clean).items() if k[0] in ("3", "4")}
+
+
+@pytest.mark.timeout(300)
+def test_a_timed_slot_kill_on_htex_costs_one_attempt(make_config, tmp_path) -> None:
+    """``faults.kill_slots=1@1.5s`` for real on a decentralized (ProxyFL) run on HTEX: the coordinator
+    SIGKILLs one primed worker process 1.5 s after the first round started; the task it ran is lost and
+    retried on a live slot from the client's last accepted state, and every accepted measurement equals
+    a run without the kill."""
+    hangs = ",".join(f"{c}@1" for c in range(4))  # 4 clients x 1 s on 2 slots: a 2 s first round
+    common = (*SMALL[:-1], "slots=2", "transfer.kind=file", f"transfer.file_dir={tmp_path}")
+    clean = run_quietly(make_config, *common, workers=4, rounds=3, out=str(tmp_path / "clean"), **PEER)
+    out = run_quietly(make_config, *common, f"faults.hang={hangs}", "faults.hang_s=1", "faults.kill_slots=1@1.5s",
+                      "round.retries=1", "round.backoff_s=0", workers=4, rounds=3, backend="parsl",
+                      out=str(tmp_path / "killed"), **PEER)
+    faults = read_csv(out / "faults.csv")
+    assert [f["action"] for f in faults] == ["kill_slot"], faults
+    killed = int(faults[0]["target"])
+    summary = read_summary(out)
+    assert killed in {int(slot.split(":")[1]) for slot in summary["slot_pids"]}  # a primed worker
+    first_start = float(read_csv(out / "rounds.csv")[0]["start"])
+    assert 1.5 <= float(faults[0]["time"]) - first_start < 4.0 and faults[0]["round"] == "1"
+    tasks = read_csv(out / "tasks.csv")
+    lost = [t for t in tasks if t["status"] != "ok"]
+    assert len(lost) == 1 and lost[0]["status"] == "lost" and int(lost[0]["pid"]) == killed, lost
+    assert lost[0]["round"] == faults[0]["round"] and "WorkerLost" in lost[0]["error"]
+    retried = [t for t in tasks if (t["round"], t["client"]) == (lost[0]["round"], lost[0]["client"])
+               and t["status"] == "ok"]
+    assert [t["attempt"] for t in retried] == ["1"] and int(retried[0]["pid"]) != killed
+    assert [r["reported"] for r in read_csv(out / "rounds.csv")] == ["4", "4", "4"]
+    assert [r["killed_slots"] for r in read_csv(out / "rounds.csv")][int(faults[0]["round"]) - 1] == "1"
+    assert _accs(out) == _accs(clean)
+    assert summary["status"] == "completed"
+    assert list(tmp_path.glob("flight_parsl-*")) == []

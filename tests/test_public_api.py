@@ -271,6 +271,7 @@ DRY_RUNS = [
     ["artifacts/a2_hierarchy/run.py", "--heights", "1,2", "--strategies", "fedavg"],
     ["artifacts/a3_async/run.py"],
     ["artifacts/a4_remote/run.py"],
+    ["artifacts/chaos/run.py"],
     ["artifacts/compression/run.py", "--seeds", "1", "--rounds", "2", "--datasets", "digits"],
     ["artifacts/fault_tolerance/run.py", "--study", "kills"],
     ["artifacts/fedprox/run.py", "--seeds", "0..0", "--quick"],

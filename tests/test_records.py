@@ -106,6 +106,10 @@ def test_a_run_writes_1_based_rounds_and_one_segment(make_config) -> None:
     assert segment["segment"] == 0 and segment["first_round"] == 1
     assert {k: segment[k] for k in ("start", "end", "start2end")} == {k: summary[k] for k in ("start", "end", "start2end")}
     assert summary["start2end_spans"] == "the run: one segment"
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # this process ran the coordinator
+    assert all(10.0 < float(r["coord_rss_mb"]) <= peak + 1.0 for r in rounds), [r["coord_rss_mb"] for r in rounds]
 
 
 class _WorkerLost(Exception):

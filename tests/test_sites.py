@@ -270,3 +270,102 @@ def test_a_failed_multi_site_run_leaves_no_namespace_or_redis(make_config, tmp_p
         if p.info["name"] == "redis-server" and any(a.startswith("10.231.") for a in p.info["cmdline"] or [])
     ]
     assert on_bridge == []
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces here: {NO_NETNS}")
+@pytest.mark.timeout(240)
+def test_cleanup_removes_the_namespaces_of_a_sigkilled_several_sites_run(tmp_path) -> None:
+    """A several-sites run's coordinator SIGKILLed mid-run leaves its namespaces (worker pools
+    inside), bridge, veths and bridge redis-server; ``python -m flight_parsl.cleanup`` removes exactly
+    those (leftovers.json lists them), and leaves another run's namespaces alone."""
+    import json
+    import os
+    import signal
+    import sys
+
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    run = tmp_path / "run"
+    hangs = ",".join(f"{c}@{r}" for r in range(1, 4) for c in range(8))
+    cmd = [sys.executable, "-m", "flight_parsl.scale", "--workers", "8", "--rounds", "100000", "--train", "none",
+           "--model", "tiny", "--transfer", "redis", "--topology", str(TWO_SITES), "--out", str(run), "-q",
+           f"sites.files={SITE_A},{SITE_B}", "plan.clients_per_task=2", f"faults.hang={hangs}", "faults.hang_s=0.5"]
+    with (tmp_path / "run.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def network() -> tuple[list[str], list[str]]:
+        prefix = f"fpns-{proc.pid}-"
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        return [n for n in names if n.startswith(prefix)], [w for w in links.split() if w.rstrip(":").split("@")[0]
+                                                            in (f"fpbr{proc.pid}",)]
+
+    def of_run() -> list[int]:
+        found = []
+        for p in psutil.process_iter(["cmdline", "status"]):
+            try:
+                if p.info["status"] != psutil.STATUS_ZOMBIE and any(str(run) in a for a in p.info["cmdline"] or []):
+                    found.append(p.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    listed = None
+    bystander = virtual_network(["bystander"])  # another run's network: not this run's leftover
+    bystander.__enter__()
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "rounds.csv").exists() and len(read_csv(run / "rounds.csv")) >= 1):
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            assert time.monotonic() < deadline, "no first round within 120 s"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        listed = json.loads((run / "leftovers.json").read_text())
+        namespaces, bridge = network()
+        assert sorted(listed["network"]["namespaces"]) == sorted(namespaces) and len(namespaces) == 2
+        assert listed["network"]["bridge"] == f"fpbr{proc.pid}" and bridge
+        assert len(listed["network"]["links"]) == 2
+        assert any(p["match"] == "redis-server" for p in listed["processes"]), listed  # the bridge's Redis
+        inside = [pid for ns in namespaces for pid in
+                  subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
+        assert inside, "the sites' worker pools run inside their namespaces"
+        dry = subprocess.run([sys.executable, "-m", "flight_parsl.cleanup", str(run), "--dry-run"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        for name in ("interchange", *namespaces, f"fpbr{proc.pid}", *listed["network"]["links"]):
+            assert name in dry.stdout, dry.stdout
+        assert network()[0] == namespaces  # --dry-run touched nothing
+        done = subprocess.run([sys.executable, "-m", "flight_parsl.cleanup", str(run)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert network() == ([], [])
+        assert len(_ours()) == 1  # the bystander's namespace is still there
+        deadline = time.monotonic() + 10
+        while of_run() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert of_run() == []
+        def live(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        assert not any(live(int(p)) for p in inside)
+        for entry in listed["processes"]:
+            try:
+                assert entry["match"] not in " ".join(psutil.Process(int(entry["pid"])).cmdline())
+            except psutil.NoSuchProcess:
+                pass
+        assert not (run / "leftovers.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in of_run():
+            os.kill(pid, signal.SIGKILL)
+        bystander.__exit__(None, None, None)
+        from flight_parsl.execution.netns import remove_stale
+
+        remove_stale()

@@ -120,6 +120,7 @@ class AsyncLoop:
         self.comp = ctx.compression
         self.model_bytes = len(ctx.exp.initial.to_bytes())  # one float32 model's payload, for the ratio
         self.reissue: list[tuple[int, int]] = []  # (client, model version) still out at the checkpoint
+        self.handling: Pending[_Job] | None = None  # the outcome being handled
         if ctx.resume is not None:
             self._restore(ctx.resume)
 
@@ -296,7 +297,23 @@ class AsyncLoop:
         if self.folded < self.total:
             ctx.progress.start_round(index + 1, self.window_size)
 
+    def release_outstanding(self) -> None:
+        """The run stops mid-way: release what every update still out (or done and not yet
+        folded) stores, now or when its task ends (before the channel closes: the executor's
+        shutdown waits for its tasks), so that an external Redis keeps no key of the run."""
+        release = partial(release_late, self.ctx.transfer)
+        for item in [*self.queue.abandon(), *([self.handling] if self.handling is not None else [])]:
+            item.future.add_done_callback(release)
+        self.handling = None
+
     def run(self) -> LoopResult:
+        try:
+            return self._run()
+        except BaseException:  # Ctrl-C, SIGTERM, a failure: what the tasks still out stored is released
+            self.release_outstanding()
+            raise
+
+    def _run(self) -> LoopResult:
         ctx = self.ctx
         if self.folded < self.total:
             ctx.progress.start_round(self.windows, self.window_size)
@@ -309,12 +326,15 @@ class AsyncLoop:
                     late.future.add_done_callback(partial(release_late, ctx.transfer))
                     self._on_failure(late, "deadline", f"no update arrived within {deadline_s:.1f} s")
             else:
+                self.handling = item  # out of the queue, not yet folded: released if the run stops here
                 try:
                     res = item.future.result()
                 except Exception as exc:
+                    self.handling = None
                     self._on_failure(item, classify(exc), describe(exc), lost_slot(exc, ctx.injector))
                 else:
                     self._on_result(item, res)
+                    self.handling = None
                     ctx.progress.task_done(self.windows, self.window.updates, self.window_size)
                     if self.window.updates == self.window_size:
                         self.slowest = max(self.slowest or 0.0, time.time() - self.window.start)

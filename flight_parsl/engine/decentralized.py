@@ -201,46 +201,54 @@ class PeerLoop:
                 kinds.append(kind)
             delayed.clear()
 
-        while len(queue) or delayed:
-            if len(outcomes) >= close_at:
-                close("late", f"still out when {len(outcomes)}/{len(clients)} clients had reported "
-                              f"(round.quorum={policy.quorum:g})")
-                break
-            now = time.monotonic()
-            wait = deadline - now
-            if delayed:
-                wait = min(wait, delayed[0][0] - now)
-            item = queue.next(wait) if len(queue) else None
-            if item is None and not len(queue):
-                time.sleep(max(0.0, wait))
-            if item is not None:
-                spec = item.tag
-                try:
-                    res: TaskResult = item.future.result()
-                except Exception as exc:
-                    kind = classify(exc)
-                    failure = Failure(r, spec.clients, kind, describe(exc), spec.attempt, "coordinator")
-                    slot = lost_slot(exc, injector)
-                    ctx.recorder.task_rows(failure_rows(failure, "train", spec.id, item.submitted, time.time(),
-                                                        slot=slot))
-                    if spec.attempt < policy.retries:
-                        stats.retries += 1
-                        heapq.heappush(delayed, (time.monotonic() + policy.backoff(spec.attempt), spec.id,
-                                                 self.planner.retry(spec)))
+        handling: list[Pending[TaskSpec]] = []  # the outcome being handled: released if the run stops there
+        try:
+            while len(queue) or delayed:
+                if len(outcomes) >= close_at:
+                    close("late", f"still out when {len(outcomes)}/{len(clients)} clients had reported "
+                                  f"(round.quorum={policy.quorum:g})")
+                    break
+                now = time.monotonic()
+                wait = deadline - now
+                if delayed:
+                    wait = min(wait, delayed[0][0] - now)
+                item = queue.next(wait) if len(queue) else None
+                if item is None and not len(queue):
+                    time.sleep(max(0.0, wait))
+                if item is not None:
+                    spec = item.tag
+                    handling[:] = [item]
+                    try:
+                        res: TaskResult = item.future.result()
+                    except Exception as exc:
+                        kind = classify(exc)
+                        failure = Failure(r, spec.clients, kind, describe(exc), spec.attempt, "coordinator")
+                        slot = lost_slot(exc, injector)
+                        ctx.recorder.task_rows(failure_rows(failure, "train", spec.id, item.submitted, time.time(),
+                                                            slot=slot))
+                        if spec.attempt < policy.retries:
+                            stats.retries += 1
+                            heapq.heappush(delayed, (time.monotonic() + policy.backoff(spec.attempt), spec.id,
+                                                     self.planner.retry(spec)))
+                        else:
+                            kinds.append(kind)
                     else:
-                        kinds.append(kind)
-                else:
-                    self._accept(r, item, res, sent, outcomes, stats)
-                    if watch is not None:
-                        watch(res.host, res.pid)
-                    ctx.progress.task_done(r, len(outcomes), len(clients))
-            while delayed and delayed[0][0] <= time.monotonic():
-                _, _, retry = heapq.heappop(delayed)
-                self._submit(queue, retry, channel, r)
-                stats.tasks += 1
-            if item is None and time.monotonic() >= deadline:
-                close("deadline", f"still out at the round's {deadline_s:.1f} s deadline")
-                break
+                        self._accept(r, item, res, sent, outcomes, stats)
+                        if watch is not None:
+                            watch(res.host, res.pid)
+                        ctx.progress.task_done(r, len(outcomes), len(clients))
+                    handling.clear()
+                while delayed and delayed[0][0] <= time.monotonic():
+                    _, _, retry = heapq.heappop(delayed)
+                    self._submit(queue, retry, channel, r)
+                    stats.tasks += 1
+                if item is None and time.monotonic() >= deadline:
+                    close("deadline", f"still out at the round's {deadline_s:.1f} s deadline")
+                    break
+        except BaseException:  # Ctrl-C, SIGTERM, a failure: what the round's tasks stored is released,
+            for pending in [*queue.abandon(), *handling]:  # now or when they end, so that an
+                pending.future.add_done_callback(partial(release_late, ctx.transfer))  # external Redis keeps no key
+            raise
         reported = set(outcomes)
         missed = [c for c in clients if c not in reported]
         self.versions.discard(missed, r, range(policy.retries + 1))  # what their attempts wrote

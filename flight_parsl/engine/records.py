@@ -64,6 +64,8 @@ rounds.csv columns (empty: not measured in this mode):
   warm-up had not primed (a worker process Parsl restarted): see ``task_cold``.
 - ``proxy_test_acc``: mean over clients of the shared model's test accuracy (decentralized).
 - ``epsilon``: the largest client DP epsilon so far (decentralized with DP).
+- ``coord_rss_mb``: the coordinator process's resident memory (MiB) when the row was written
+  (every mode): flat over a long run unless the coordinator leaks.
 
 tasks.csv columns. A task runs one or more clients; it has one row per client. Columns
 named ``task_*`` are the task's: every row of a packed task repeats them, so sum them
@@ -146,6 +148,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from flight_parsl.config.experiment import ExperimentConfig, save_yaml
+from flight_parsl.core.memory import rss_mb
 from flight_parsl.core.stopping import deferred
 from flight_parsl.core.types import Failure, TaskResult
 from flight_parsl.engine.outcomes import RoundStats, mean_finite
@@ -189,6 +192,7 @@ ROUND_COLUMNS = (
     "cold_slots",
     "proxy_test_acc",
     "epsilon",
+    "coord_rss_mb",
 )
 
 # One row per client per task attempt; ``task_*`` columns are the task's and repeat on each of its rows.
@@ -415,6 +419,7 @@ class RunRecorder:
         if self._slots is not None:
             row = {**row, "cold_slots": self._cold}
             self._cold = 0
+        row = {**row, "coord_rss_mb": round(rss_mb(), 1)}
         self.rounds.write(row)
         self.update(rounds_completed=self.rounds.rows)
 

@@ -154,14 +154,14 @@ def run_experiment(
                 )
                 if bridge and hasattr(transfer, "shared"):
                     transfer.shared = False  # the sites' own server: its keys go with it
-                leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
+                leftovers.note(out, transfer, None, sites=sites)  # a SIGKILL from here on leaves a list to clean up after
                 state = _state(cfg, transfer, stack)
             with deferred():
                 active = stack.enter_context(
                     _backend(cfg, slots, out, recorder, backend, sites, prime=(warm_modules(cfg), work[0]))
                 )
                 # the interchange; the worker pools once the warm-up found them
-                leftovers.note(out, transfer, active, state=state)
+                leftovers.note(out, transfer, active, state=state, sites=sites)
             with deferred():
                 warmup = Warmup(active, slots, warm_modules(cfg), work[0], progress.slots_ready)
                 stack.callback(warmup.close)
@@ -191,7 +191,7 @@ def run_experiment(
             with deferred():
                 injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
                 stack.callback(injector.close)
-                leftovers.note(out, transfer, active, set(census.parent.values()), state)
+                leftovers.note(out, transfer, active, set(census.parent.values()), state, sites)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, cfg.round, state,
                              faults(cfg), injector, point, late,
                              placement=sites.placement if sites is not None else None, checkpoint_hash=tied_to,

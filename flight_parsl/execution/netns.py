@@ -163,7 +163,7 @@ def remove_stale() -> list[str]:
         name = line.split()[0] if line.split() else ""
         m = re.match(r"^fpns-(\d+)-", name)
         if m and not _pid_alive(int(m.group(1))):
-            _remove_namespace(name)
+            remove_namespace(name)
             removed.append(name)
     for line in _ip("-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
         m = re.search(r": (fpbr(\d+))[:@]", line)
@@ -173,7 +173,7 @@ def remove_stale() -> list[str]:
     return removed
 
 
-def _remove_namespace(netns: str) -> None:
+def remove_namespace(netns: str) -> None:
     """Kill what still runs inside ``netns`` (processes of this run), then delete it."""
     pids = _ip("netns", "pids", netns, check=False).stdout.split()
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -283,7 +283,7 @@ def virtual_network(
         if line is not None:  # its TAP devices go with it
             stop_delay_line(line)
         for netns in made:  # deleting a namespace deletes its veth end, and so the pair
-            _remove_namespace(netns)
+            remove_namespace(netns)
         for link in pairs:  # a pair whose inner end never moved into its namespace
             if _ip("link", "show", link, check=False).returncode == 0:
                 _ip("link", "del", link, check=False)

@@ -15,6 +15,14 @@ line names the run directory, remove the directories, delete the run's keys and 
 external Redis (with the credentials of the environment, as the run had them), and forget the
 list. Neither
 touches a run whose coordinator is still alive (:class:`RunStillOpen`).
+
+A several-sites run with virtual hosts also lists its virtual network
+(:mod:`flight_parsl.execution.netns`): the network namespaces, the bridge and the root
+side of each veth pair, and the redis-server it runs on the bridge. Clean-up kills what
+still runs inside those namespaces (the sites' worker pools and workers), then deletes the
+namespaces, the veths and the bridge: exactly the names listed, and only while no process
+holds the coordinator's pid (the names carry it; a new process with that pid may have made
+namespaces of its own).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -50,14 +59,32 @@ def _started(pid: int) -> int | None:
     return stat_field(pid, 19)
 
 
+def _network(sites: Any) -> dict[str, Any] | None:
+    """What a several-sites run's virtual network made (None: no virtual network)."""
+    net = getattr(sites, "network", None)
+    if net is None:
+        return None
+    return {
+        "namespaces": [host.netns for host in net.hosts.values()],
+        "bridge": net.bridge,
+        "links": [host.link for host in net.hosts.values() if host.link],
+    }
+
+
 def note(
     run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet[int] = frozenset(),
-    state: Any = None,
+    state: Any = None, sites: Any = None,
 ) -> None:
     """Write the list of what ``transfer`` and ``backend`` run outside the coordinator (and the
-    directory of the per-client ``state``, when it keeps one)."""
+    directory of the per-client ``state``, when it keeps one; the virtual network of ``sites``
+    and the redis-server on its bridge, when a several-sites run made them)."""
     processes: list[dict[str, Any]] = []
     directories: list[str] = []
+    bridge_redis = getattr(sites, "server", None)
+    if bridge_redis is not None and bridge_redis.pid is not None:
+        processes.append({"pid": bridge_redis.pid, "match": "redis-server"})
+        if bridge_redis.directory is not None:
+            directories.append(str(bridge_redis.directory))
     if getattr(state, "root", None):
         directories.append(str(state.root))
     me = {"pid": os.getpid(), "started": _started(os.getpid())}
@@ -68,7 +95,7 @@ def note(
             directories.append(str(server.directory))
     if getattr(transfer, "kind", None) == "file" and getattr(transfer, "where", None):
         directories.append(str(transfer.where))
-    dfk = getattr(getattr(backend, "executor", None), "_dfk", None)
+    dfk = getattr(backend, "dfk", None) or getattr(getattr(backend, "executor", None), "_dfk", None)
     for executor in getattr(dfk, "executors", {}).values():
         proc = getattr(executor, "interchange_proc", None)
         if proc is not None:
@@ -85,6 +112,9 @@ def note(
         connector = transfer.store.connector
         listed["redis"] = {"address": transfer.where, "prefix": connector.prefix, "user": transfer.redis_user,
                            "tls": bool(connector.tls)}
+    network = _network(sites)
+    if network is not None:
+        listed["network"] = network
     tmp.write_text(json.dumps(listed, indent=2) + "\n")
     os.replace(tmp, path)
 
@@ -146,6 +176,29 @@ def _listed(run_dir: Path) -> dict[str, Any] | None:
     return listed
 
 
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["ip", *args], check=False, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(["ip", *args], 1, "", str(exc))
+
+
+def _network_left(listed: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of each listed namespace, veth and bridge that still exists; nothing while a
+    process holds the coordinator's pid (the names carry it: they may be that process's own)."""
+    network = listed.get("network")
+    if not network or shutil.which("ip") is None:
+        return []
+    pid = (listed.get("coordinator") or {}).get("pid")
+    if pid is not None and _started(int(pid)) is not None:
+        return []
+    namespaces = set(_ip("netns", "list").stdout.split())
+    out = [("namespace", name) for name in network.get("namespaces", []) if name in namespaces]
+    for kind, names in (("veth", network.get("links", [])), ("bridge", [network.get("bridge")])):
+        out += [(kind, name) for name in names if name and _ip("link", "show", name).returncode == 0]
+    return out
+
+
 def left(run_dir: str | Path) -> list[str]:
     """What a stopped run in ``run_dir`` left that still exists, one line each; nothing is touched.
 
@@ -174,6 +227,9 @@ def left(run_dir: str | Path) -> list[str]:
     if redis:
         user = f" and ACL user {redis['user']}" if redis.get("user") else ""
         out.append(f"Redis keys {redis['prefix']}*{user} at {redis['address']} (if still there)")
+    for kind, name in _network_left(listed):
+        inside = _ip("netns", "pids", name).stdout.split() if kind == "namespace" else []
+        out.append(f"{kind} {name}" + (f" ({len(inside)} process(es) inside)" if inside else ""))
     return out
 
 
@@ -241,5 +297,16 @@ def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
             done.append(directory)
     if listed.get("redis"):
         done += _clean_redis(listed["redis"])
+    from flight_parsl.execution.netns import remove_namespace
+
+    # namespaces first (what runs inside is killed; a namespace takes its veth end, and so the pair)
+    for kind, name in _network_left(listed):
+        if kind == "namespace":
+            remove_namespace(name)
+        elif _ip("link", "show", name).returncode == 0:
+            _ip("link", "del", name)
+        else:
+            continue
+        done.append(f"{kind} {name}")
     forget(run_dir)
     return done

@@ -41,6 +41,7 @@ class RunSites:
     links: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> the link check (asked, measured)
     link_base: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes after the link check
     redis_ca: str | None = field(default=None, repr=False)  # the PEM text of its CA, when it speaks TLS
+    server: Any = None  # the managed redis-server on the bridge (its pid and directory go into leftovers.json)
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
@@ -101,7 +102,7 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
 
             network = stack.enter_context(virtual_network(hosts, links))
             checked = check_links(network, links)  # on quiet links, before anything else uses them
-        redis = password = ca = None
+        redis = password = ca = server = None
         if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
             from flight_parsl.transfer.redis_auth import new_password
             from flight_parsl.transfer.redis_server import ManagedRedis
@@ -118,6 +119,7 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             links=checked,
             link_base=network.link_bytes() if network is not None else {},
             redis_ca=ca,
+            server=server,
         )
         try:
             yield run_sites
