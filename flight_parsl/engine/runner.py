@@ -149,7 +149,7 @@ def run_experiment(
             with deferred():
                 transfer = stack.enter_context(
                     open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host,
-                                  t.redis_tls, ca)
+                                  t.redis_tls, ca, sites.site_redis if sites is not None else None)
                 )
                 if bridge and hasattr(transfer, "shared"):
                     transfer.shared = False  # the sites' own server: its keys go with it

@@ -41,6 +41,8 @@ class RunSites:
     links: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> the link check (asked, measured)
     link_base: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes after the link check
     redis_ca: str | None = field(default=None, repr=False)  # the PEM text of its CA, when it speaks TLS
+    # transfer.per_site: site label -> (HOST:PORT, admin password, CA PEM) of its own managed redis-server
+    site_redis: dict[str, tuple[str, str, str | None]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
@@ -102,7 +104,8 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             network = stack.enter_context(virtual_network(hosts, links))
             checked = check_links(network, links)  # on quiet links, before anything else uses them
         redis = password = ca = None
-        if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
+        site_redis = _site_servers(stack, cfg, sites, network) if cfg.transfer.per_site else {}
+        if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None and not site_redis:
             from flight_parsl.transfer.redis_auth import new_password
             from flight_parsl.transfer.redis_server import ManagedRedis
 
@@ -118,9 +121,33 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             links=checked,
             link_base=network.link_bytes() if network is not None else {},
             redis_ca=ca,
+            site_redis=site_redis,
         )
         try:
             yield run_sites
         finally:  # before the network goes: what each site's link carried during the run
             if network is not None:
                 run_sites.link_bytes = run_sites.run_link_bytes()
+
+
+def _site_servers(stack: ExitStack, cfg: ExperimentConfig, sites: list[dict[str, Any]],
+                  network: VirtualNetwork | None) -> dict[str, tuple[str, str, str | None]]:
+    """``transfer.per_site``: a managed redis-server inside each site's namespace, bound to the
+    site host's address (TLS unless ``transfer.redis_tls=false``, a fresh admin password each);
+    the coordinator reaches it across the bridge, the site's workers on their own host."""
+    from flight_parsl.core.errors import ConfigError
+    from flight_parsl.transfer.redis_auth import new_password
+    from flight_parsl.transfer.redis_server import ManagedRedis
+
+    missing = [s["label"] for s in sites if not s.get("virtual_host")]
+    if network is None or missing:
+        raise ConfigError(f"config: key 'transfer.per_site' = True: each site needs a virtual_host for its own "
+                          f"store; site(s) {', '.join(missing)} have none")
+    out: dict[str, tuple[str, str, str | None]] = {}
+    for s in sites:
+        host = network.host(s["virtual_host"])
+        password = new_password()
+        server = ManagedRedis(host=host.address, password=password, tls=cfg.transfer.redis_tls is not False,
+                              netns=host.netns)
+        out[s["label"]] = (str(stack.enter_context(server).address), password, server.ca_pem)
+    return out
