@@ -53,6 +53,15 @@ def test_the_new_key_at_its_default_keeps_old_config_hashes(make_config) -> None
     assert config_hash(cfg) == plain
 
 
+def test_the_dry_run_names_a_store_per_site(make_config) -> None:
+    from flight_parsl.cli.dry_run import plan_lines
+
+    cfg = make_config(SITES, "transfer.per_site=true", backend="parsl", workers=8, topology=str(TWO_SITES),
+                      transfer={"kind": "redis"})
+    assert any("transfer redis (a store per site: a managed redis-server in each site's namespace)" in line
+               for line in plan_lines(cfg))
+
+
 def _leftovers() -> list[str]:
     pid = os.getpid()
     ns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
