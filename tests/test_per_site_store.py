@@ -112,6 +112,12 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         model = summary["model_bytes"]
         assert model > 9_000_000
         figures[per_site] = summary["site_links"]
+        for label in ("site-a", "site-b"):  # a store on each site's own host, or none
+            site = summary["sites"][label]
+            if per_site:
+                assert site["store"].startswith(f"{site['host_address']}:"), site
+            else:
+                assert site["store"] is None, site
         for host, counts in summary["site_links"].items():
             for way in ("to_host", "from_host"):
                 print(f"per_site={per_site} {host} {way}: {counts[way] / rounds / model:.3f} models per round "

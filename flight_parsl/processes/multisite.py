@@ -45,7 +45,8 @@ class RunSites:
     site_redis: dict[str, tuple[str, str, str | None]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
+        """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients, link,
+        and ``store``: HOST:PORT of the site's own Redis (``transfer.per_site``; else None)."""
         clients = self.placement.clients_per_site()
         out: dict[str, Any] = {}
         for s in self.sites:
@@ -60,6 +61,7 @@ class RunSites:
                 "slots": self.slots.get(label),
                 "clients": clients.get(label, 0),
                 "link": Link.of(s["link"]).asked() if s.get("link") and host else None,
+                "store": self.site_redis[label][0] if label in self.site_redis else None,  # transfer.per_site
             }
         return out
 
