@@ -4,6 +4,7 @@ store for the run makes every client's result cross the link."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -90,10 +91,17 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
     left_keys: list[tuple[str, int]] = []
     stop = ManagedRedis.stop
 
+    listed: list[bool] = []  # each server in its run's leftovers.json, for a coordinator killed mid-run
+
     def counting_stop(self: ManagedRedis) -> None:  # the run's keys, just before its servers go
         if self.running and self._address is not None:
             left_keys.append((str(self._address), count_keys(self._address, password=self.password,
                                                               tls=self.tls, ca=self.ca_pem)))
+            if self.netns is not None:
+                noted = json.loads((tmp_path / "per_site_True" / "leftovers.json").read_text())
+                listed.append({"pid": self.pid, "match": "redis-server"}.items() <= next(
+                    (p for p in noted["processes"] if p["pid"] == self.pid), {}).items()
+                    and str(self.directory) in noted["directories"])
         stop(self)
 
     monkeypatch.setattr(ManagedRedis, "stop", counting_stop)
@@ -133,4 +141,5 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         assert figures[False][host]["to_host"] >= 4 * payload, figures[False][host]
     assert left_keys and all(n == 0 for _, n in left_keys), left_keys
     assert len(left_keys) == 3  # two site servers, then the bridge's
+    assert listed == [True, True]
     assert _redis_children() == [] and _leftovers() == []

@@ -153,6 +153,8 @@ def run_experiment(
                 )
                 if bridge and hasattr(transfer, "shared"):
                     transfer.shared = False  # the sites' own server: its keys go with it
+                if sites is not None and sites.site_servers and hasattr(transfer, "servers"):
+                    transfer.servers = sites.site_servers  # a store per site: listed in leftovers.json
                 leftovers.note(out, transfer, None)  # a SIGKILL from here on leaves a list to clean up after
                 state = _state(cfg, transfer, stack)
             with deferred():

@@ -43,6 +43,7 @@ class RunSites:
     redis_ca: str | None = field(default=None, repr=False)  # the PEM text of its CA, when it speaks TLS
     # transfer.per_site: site label -> (HOST:PORT, admin password, CA PEM) of its own managed redis-server
     site_redis: dict[str, tuple[str, str, str | None]] = field(default_factory=dict, repr=False)
+    site_servers: list[Any] = field(default_factory=list, repr=False)  # their ManagedRedis (leftovers.json)
 
     def summary(self) -> dict[str, Any]:
         """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients, link,
@@ -106,7 +107,8 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             network = stack.enter_context(virtual_network(hosts, links))
             checked = check_links(network, links)  # on quiet links, before anything else uses them
         redis = password = ca = None
-        site_redis = _site_servers(stack, cfg, sites, network) if cfg.transfer.per_site else {}
+        site_servers: list[Any] = []
+        site_redis = _site_servers(stack, cfg, sites, network, site_servers) if cfg.transfer.per_site else {}
         if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None and not site_redis:
             from flight_parsl.transfer.redis_auth import new_password
             from flight_parsl.transfer.redis_server import ManagedRedis
@@ -124,6 +126,7 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             link_base=network.link_bytes() if network is not None else {},
             redis_ca=ca,
             site_redis=site_redis,
+            site_servers=site_servers,
         )
         try:
             yield run_sites
@@ -133,10 +136,11 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
 
 
 def _site_servers(stack: ExitStack, cfg: ExperimentConfig, sites: list[dict[str, Any]],
-                  network: VirtualNetwork | None) -> dict[str, tuple[str, str, str | None]]:
+                  network: VirtualNetwork | None, servers: list[Any]) -> dict[str, tuple[str, str, str | None]]:
     """``transfer.per_site``: a managed redis-server inside each site's namespace, bound to the
     site host's address (TLS unless ``transfer.redis_tls=false``, a fresh admin password each);
-    the coordinator reaches it across the bridge, the site's workers on their own host."""
+    the coordinator reaches it across the bridge, the site's workers on their own host. Each
+    server started is appended to ``servers``."""
     from flight_parsl.core.errors import ConfigError
     from flight_parsl.transfer.redis_auth import new_password
     from flight_parsl.transfer.redis_server import ManagedRedis
@@ -152,4 +156,5 @@ def _site_servers(stack: ExitStack, cfg: ExperimentConfig, sites: list[dict[str,
         server = ManagedRedis(host=host.address, password=password, tls=cfg.transfer.redis_tls is not False,
                               netns=host.netns)
         out[s["label"]] = (str(stack.enter_context(server).address), password, server.ca_pem)
+        servers.append(server)
     return out

@@ -49,6 +49,7 @@ class SiteTransfer:
         self.sites = sites
         self._by_store = {t.store_name: t for t in sites.values()}
         self.server: Any = None  # no single server for fault injection
+        self.servers: list[Any] = []  # the sites' managed servers (what a killed run leaves, leftovers.json)
         self.redis_user: str | None = None
         self.shared = False
         self.where = ", ".join(f"{label}: {t.where}" for label, t in sites.items())
