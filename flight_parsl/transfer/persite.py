@@ -56,8 +56,9 @@ class SiteTransfer:
 
     @property
     def store_name(self) -> str:
-        """The first site's store name (what slots of a reused executor let go of)."""
-        return next(iter(self.sites.values())).store_name
+        """Every site's store name, comma-separated: what slots of a reused executor let go of
+        (:func:`flight_parsl.worker.release.release_task` releases each it holds)."""
+        return ",".join(t.store_name for t in self.sites.values())
 
     def _of(self, ref: Any) -> ProxyTransfer:
         if isinstance(ref, SiteRefs):
