@@ -63,6 +63,61 @@ def test_the_dry_run_names_a_store_per_site(make_config) -> None:
                for line in plan_lines(cfg))
 
 
+def test_a_site_without_a_virtual_host_is_refused_before_anything_is_made(make_config, tmp_path) -> None:
+    import yaml
+
+    from flight_parsl.processes.multisite import open_run_sites
+
+    files = []
+    for src in (SITE_A, SITE_B):
+        site = {k: v for k, v in yaml.safe_load(src.read_text()).items() if k != "virtual_host"}
+        path = tmp_path / src.name
+        path.write_text(yaml.safe_dump(site))
+        files.append(str(path))
+    cfg = make_config(f"sites.files={','.join(files)}", "transfer.per_site=true", backend="parsl", workers=8,
+                      topology=str(TWO_SITES), transfer={"kind": "redis"})
+    with pytest.raises(ConfigError, match=r"^config: key 'transfer.per_site' = True: each site needs a virtual_host "
+                                          r"for its own store; site\(s\) 'site-a', 'site-b' have none$"):
+        with open_run_sites(cfg):
+            pass
+
+
+def test_tasks_get_their_site_store_and_results_are_read_from_the_store_they_are_in(tmp_path) -> None:
+    """The routing on its own, over two file stores: one copy of the model in each site's store,
+    each site's reference resolves there, a reply lands in the same store, the round's end
+    evicts in every store."""
+    import numpy as np
+
+    from flight_parsl.core.weights import FlatWeights, Layout
+    from flight_parsl.transfer.persite import SiteRefs, SiteTransfer
+    from flight_parsl.transfer.proxy import MappedFileConnector, ProxyTransfer
+
+    dirs = {label: tmp_path / label for label in ("site-a", "site-b")}
+    channels = {label: ProxyTransfer("file", MappedFileConnector(str(d)), str(d)) for label, d in dirs.items()}
+    transfer = SiteTransfer(channels)
+    try:
+        model = FlatWeights(np.arange(1000, dtype=np.float32), Layout.from_shapes([("w", (1000,), "float32")]))
+        refs = transfer.publish(model, 0)
+        assert isinstance(refs, SiteRefs) and set(refs.refs) == set(dirs)
+        assert all(len(list(d.glob("*"))) >= 1 for d in dirs.values())  # one copy in each
+        with pytest.raises(Exception, match="needs its own site's reference"):
+            refs.resolve()
+        b = transfer.for_site(refs, "site-b")
+        assert transfer.for_site(b, "site-b") is b  # a retry keeps its site's reference
+        with pytest.raises(Exception, match="no store for site 'site-c'"):
+            transfer.for_site(refs, "site-c")
+        weights = b.resolve().weights
+        result, _, _ = b.reply(weights)
+        before = {label: len(list(d.glob("*"))) for label, d in dirs.items()}
+        assert transfer.store_name == ",".join(c.store_name for c in channels.values())
+        assert np.array_equal(transfer.collect(result).view("w"), np.arange(1000, dtype=np.float32))
+        assert before["site-b"] > len(list(dirs["site-a"].glob("*")))  # the reply is in site-b's store only
+        transfer.end_round(0)
+        assert all(not [f for f in d.glob("*")] for d in dirs.values())
+    finally:
+        transfer.close()
+
+
 def _leftovers() -> list[str]:
     pid = os.getpid()
     ns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout

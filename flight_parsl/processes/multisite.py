@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flight_parsl.config.experiment import ExperimentConfig
+from flight_parsl.core.errors import ConfigError
 from flight_parsl.engine.placement import Placement, place
 from flight_parsl.execution.backends import resolve_slots
 from flight_parsl.execution.links import Link, check_links, check_tc, host_links
@@ -98,6 +99,10 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
     hosts = virtual_hosts(sites)
     links = host_links(sites)
     check_tc(links)  # before anything is made
+    missing = [s["label"] for s in sites if not s.get("virtual_host")]
+    if cfg.transfer.per_site and missing:
+        raise ConfigError(f"config: key 'transfer.per_site' = True: each site needs a virtual_host for its own "
+                          f"store; site(s) {', '.join(map(repr, missing))} have none")
     with ExitStack() as stack:
         network = None
         checked: dict[str, dict[str, Any]] = {}
@@ -141,14 +146,10 @@ def _site_servers(stack: ExitStack, cfg: ExperimentConfig, sites: list[dict[str,
     site host's address (TLS unless ``transfer.redis_tls=false``, a fresh admin password each);
     the coordinator reaches it across the bridge, the site's workers on their own host. Each
     server started is appended to ``servers``."""
-    from flight_parsl.core.errors import ConfigError
     from flight_parsl.transfer.redis_auth import new_password
     from flight_parsl.transfer.redis_server import ManagedRedis
 
-    missing = [s["label"] for s in sites if not s.get("virtual_host")]
-    if network is None or missing:
-        raise ConfigError(f"config: key 'transfer.per_site' = True: each site needs a virtual_host for its own "
-                          f"store; site(s) {', '.join(missing)} have none")
+    assert network is not None  # every site is on a virtual host (checked before anything was made)
     out: dict[str, tuple[str, str, str | None]] = {}
     for s in sites:
         host = network.host(s["virtual_host"])
