@@ -10,7 +10,8 @@ virtual hosts reach it over TCP (over TLS unless ``transfer.redis_tls=false``: o
 reach that address); with ``transfer.per_site`` instead one managed redis-server inside each
 site's namespace, bound to the site host's address (:mod:`flight_parsl.transfer.persite`).
 Sites with a ``link:`` get their virtual host's veth shaped, and each shaped link is measured
-before anything else uses it (:mod:`flight_parsl.execution.links`); ``link_bytes`` counts from after that check. Everything it opened is closed when it exits.
+before anything else uses it (:mod:`flight_parsl.execution.links`); ``link_bytes`` counts
+from after that check. Everything it opened is closed when it exits.
 """
 
 from __future__ import annotations
