@@ -63,3 +63,18 @@ def test_slots_of_a_reused_executor_let_go_of_each_runs_store(make_config, tmp_p
 def test_releasing_a_store_this_process_does_not_hold_is_a_no_op() -> None:
     released = release_task("flight-parsl-nothing-here")
     assert released.pid == os.getpid() and released.store is False and released.rss_mb > 0
+
+
+def test_a_store_per_site_releases_each_site_store_the_slot_holds(tmp_path) -> None:
+    """A store per site names every site's store, comma-separated; a slot lets go of each it holds."""
+    from proxystore.store import Store, get_store
+
+    from flight_parsl.transfer.proxy import MappedFileConnector
+
+    held = Store("flight-parsl-site-b-test", MappedFileConnector(str(tmp_path / "b")), register=True)
+    try:
+        released = release_task("flight-parsl-site-a-test,flight-parsl-site-b-test")
+        assert released.store is True and get_store("flight-parsl-site-b-test") is None
+        assert release_task("flight-parsl-site-a-test,flight-parsl-site-b-test").store is False
+    finally:
+        held.close()

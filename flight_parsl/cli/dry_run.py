@@ -58,6 +58,8 @@ def plan_lines(cfg: ExperimentConfig) -> list[str]:
     else:
         lines.append(f"backend {cfg.backend}: {resolve_slots(cfg.slots, cfg.workers)} slot(s) on this host")
     where = f" at {cfg.transfer.redis}" if cfg.transfer.redis else ""
+    if cfg.transfer.per_site:
+        where = " (a store per site: a managed redis-server in each site's namespace)"
     lines.append(f"transfer {cfg.transfer.kind}{where}; run directory {cfg.out or 'runs/<timestamp>-...'}")
     t = cfg.transfer
     if t.codec != "none" or t.codec_down != "none":

@@ -262,6 +262,10 @@ class TransferConfig:
     always (a managed server gets a CA and certificate made for the run; an external one
     is checked against the CA in ``FLIGHT_PARSL_REDIS_CA_FILE``, else the system's).
     ``false``: never.
+    ``per_site``: a store per site (several sites on virtual hosts, ``kind=redis``, mode
+    ``sync``): a managed redis-server inside each site's namespace keeps the results of the
+    site's clients, so only the site's partial and one copy of the global model cross the
+    site's link each round (docs/sites-and-clusters.md, "A store per site").
 
     Codecs (see flight_parsl.transfer.codecs): ``codec`` encodes what tasks send up, the
     update (delta from the global model) of a train task's clients, folded first, and an
@@ -285,6 +289,7 @@ class TransferConfig:
     codec_down: str = "none"
     codec_block: Positive = 256
     error_feedback: bool = False
+    per_site: bool = False
 
 
 @dataclass
@@ -462,6 +467,7 @@ def from_data(data: dict[str, Any]) -> ExperimentConfig:
     validate(cfg)
     cfg.transfer.kind = resolve_transfer(cfg)
     _check_feedback_state(cfg)
+    _check_per_site(cfg)
     return cfg
 
 
@@ -633,6 +639,29 @@ def _check_feedback_state(cfg: ExperimentConfig) -> None:
                     "directory every slot sees) or use transfer.kind=redis")
 
 
+def _check_per_site(cfg: ExperimentConfig) -> None:
+    """A store per site needs several sites (hence mode sync) and managed Redis servers."""
+    t = cfg.transfer
+    if not t.per_site:
+        return
+    if len(cfg.sites.files) < 2:
+        raise _fail("transfer.per_site", True, "a store per site needs several sites: set sites.files (two or "
+                    "more site files, each on a virtual_host)")
+    if t.kind != "redis":
+        raise _fail("transfer.per_site", True, f"a store per site is a managed redis-server in each site's "
+                    f"namespace: needs transfer.kind=redis, got {t.kind!r}")
+    if t.redis is not None:
+        raise _fail("transfer.per_site", True, f"each site gets a managed redis-server of its own: leave "
+                    f"transfer.redis (--redis) unset, got {t.redis!r}")
+    if cfg.train.keep_momentum or t.error_feedback:
+        key = "transfer.error_feedback" if t.error_feedback else "train.keep_momentum"
+        raise _fail(key, True, "the run's client state lives in one store; transfer.per_site=true does not "
+                    "keep it yet (one store per site)")
+    if cfg.faults.redis_stop:
+        raise _fail("faults.redis_stop", cfg.faults.redis_stop, "stopping Redis acts on the run's one managed "
+                    "server; transfer.per_site=true runs one per site")
+
+
 def _validate_faults(cfg: ExperimentConfig) -> None:
     """Faults need what they act on: processes to kill, a managed Redis to stop, training to slow."""
     f = cfg.faults
@@ -694,7 +723,8 @@ _TEXT_LISTS = {"sites.files": None, "peer.private_models": "", "faults.kill": ""
 #: Keys added since hashes were first written, left out of the hash while at these defaults.
 _ADDED_KEYS = {"round.first_deadline_s": 300.0, "round.per_client_s": 5.0, "round.min_deadline_s": 60.0,
                "round.slack": 5.0, "transfer.codec": "none", "transfer.codec_down": "none",
-               "transfer.codec_block": 256, "transfer.error_feedback": False, "transfer.redis_tls": "auto"}
+               "transfer.codec_block": 256, "transfer.error_feedback": False, "transfer.redis_tls": "auto",
+               "transfer.per_site": False}
 
 
 def _hash_compatible(values: dict[str, Any]) -> dict[str, Any]:

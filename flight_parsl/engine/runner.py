@@ -150,10 +150,12 @@ def run_experiment(
             with deferred():
                 transfer = stack.enter_context(
                     open_transfer(t.kind, redis, t.file_dir, t.cache_size, t.redis_timeout, password, host,
-                                  t.redis_tls, ca)
+                                  t.redis_tls, ca, sites.site_redis if sites is not None else None)
                 )
                 if bridge and hasattr(transfer, "shared"):
                     transfer.shared = False  # the sites' own server: its keys go with it
+                if sites is not None and sites.site_servers and hasattr(transfer, "servers"):
+                    transfer.servers = sites.site_servers  # a store per site: listed in leftovers.json
                 leftovers.note(out, transfer, None, sites=sites)  # a SIGKILL from here on leaves a list to clean up after
                 state = _state(cfg, transfer, stack)
             with deferred():

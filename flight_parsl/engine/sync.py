@@ -180,6 +180,10 @@ class SyncRound:
     def _submit(self, job: _Job) -> None:
         """Submit ``job``'s task (again, for a retry: arguments are rebuilt each time)."""
         ctx = self.ctx
+        job.site = self._site(job)
+        for_site = getattr(ctx.transfer, "for_site", None)  # a store per site: the site's own reference
+        if for_site is not None and job.ref is not None:
+            job.ref = for_site(job.ref, job.site)
         if job.kind == "train":
             assert job.spec is not None
             clients = [(c, self._settings(c)) for c in job.clients]
@@ -195,7 +199,6 @@ class SyncRound:
             feedback = None if residuals is None else residuals.feedback(job.node, self.r, job.attempt)
             args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], self.strategy, self.r, job.node,
                     self.comp, feedback)
-        job.site = self._site(job)
         self.queue.submit(job, *args, site=job.site)
         self.stats.tasks += 1
 

@@ -88,11 +88,11 @@ def note(
     if getattr(state, "root", None):
         directories.append(str(state.root))
     me = {"pid": os.getpid(), "started": _started(os.getpid())}
-    server = getattr(transfer, "server", None)
-    if server is not None and server.pid is not None:
-        processes.append({"pid": server.pid, "match": "redis-server"})
-        if server.directory is not None:
-            directories.append(str(server.directory))
+    for server in (getattr(transfer, "server", None), *getattr(transfer, "servers", ())):  # a store per site: several
+        if server is not None and server.pid is not None:
+            processes.append({"pid": server.pid, "match": "redis-server"})
+            if server.directory is not None:
+                directories.append(str(server.directory))
     if getattr(transfer, "kind", None) == "file" and getattr(transfer, "where", None):
         directories.append(str(transfer.where))
     dfk = getattr(backend, "dfk", None) or getattr(getattr(backend, "executor", None), "_dfk", None)

@@ -7,9 +7,11 @@ applied to the clients it runs), the virtual network when a site names a
 ``virtual_host``, and, for ``--transfer redis`` without ``--redis``, a managed
 redis-server bound to the network's bridge address so that workers on the
 virtual hosts reach it over TCP (over TLS unless ``transfer.redis_tls=false``: other hosts
-reach that address). Sites with a ``link:`` get their virtual host's veth shaped, and each
-shaped link is measured before anything else uses it (:mod:`flight_parsl.execution.links`);
-``link_bytes`` counts from after that check. Everything it opened is closed when it exits.
+reach that address); with ``transfer.per_site`` instead one managed redis-server inside each
+site's namespace, bound to the site host's address (:mod:`flight_parsl.transfer.persite`).
+Sites with a ``link:`` get their virtual host's veth shaped, and each shaped link is measured
+before anything else uses it (:mod:`flight_parsl.execution.links`); ``link_bytes`` counts
+from after that check. Everything it opened is closed when it exits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flight_parsl.config.experiment import ExperimentConfig
+from flight_parsl.core.errors import ConfigError
 from flight_parsl.engine.placement import Placement, place
 from flight_parsl.execution.backends import resolve_slots
 from flight_parsl.execution.links import Link, check_links, check_tc, host_links
@@ -42,9 +45,13 @@ class RunSites:
     link_base: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> bytes after the link check
     redis_ca: str | None = field(default=None, repr=False)  # the PEM text of its CA, when it speaks TLS
     server: Any = None  # the managed redis-server on the bridge (its pid and directory go into leftovers.json)
+    # transfer.per_site: site label -> (HOST:PORT, admin password, CA PEM) of its own managed redis-server
+    site_redis: dict[str, tuple[str, str, str | None]] = field(default_factory=dict, repr=False)
+    site_servers: list[Any] = field(default_factory=list, repr=False)  # their ManagedRedis (leftovers.json)
 
     def summary(self) -> dict[str, Any]:
-        """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients."""
+        """summary.json's ``sites``: label -> provider, virtual host, address, slots, clients, link,
+        and ``store``: HOST:PORT of the site's own Redis (``transfer.per_site``; else None)."""
         clients = self.placement.clients_per_site()
         out: dict[str, Any] = {}
         for s in self.sites:
@@ -59,6 +66,7 @@ class RunSites:
                 "slots": self.slots.get(label),
                 "clients": clients.get(label, 0),
                 "link": Link.of(s["link"]).asked() if s.get("link") and host else None,
+                "store": self.site_redis[label][0] if label in self.site_redis else None,  # transfer.per_site
             }
         return out
 
@@ -94,6 +102,10 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
     hosts = virtual_hosts(sites)
     links = host_links(sites)
     check_tc(links)  # before anything is made
+    missing = [s["label"] for s in sites if not s.get("virtual_host")]
+    if cfg.transfer.per_site and missing:
+        raise ConfigError(f"config: key 'transfer.per_site' = True: each site needs a virtual_host for its own "
+                          f"store; site(s) {', '.join(map(repr, missing))} have none")
     with ExitStack() as stack:
         network = None
         checked: dict[str, dict[str, Any]] = {}
@@ -103,7 +115,9 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             network = stack.enter_context(virtual_network(hosts, links))
             checked = check_links(network, links)  # on quiet links, before anything else uses them
         redis = password = ca = server = None
-        if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None:
+        site_servers: list[Any] = []
+        site_redis = _site_servers(stack, cfg, sites, network, site_servers) if cfg.transfer.per_site else {}
+        if network is not None and cfg.transfer.kind == "redis" and cfg.transfer.redis is None and not site_redis:
             from flight_parsl.transfer.redis_auth import new_password
             from flight_parsl.transfer.redis_server import ManagedRedis
 
@@ -120,9 +134,32 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
             link_base=network.link_bytes() if network is not None else {},
             redis_ca=ca,
             server=server,
+            site_redis=site_redis,
+            site_servers=site_servers,
         )
         try:
             yield run_sites
         finally:  # before the network goes: what each site's link carried during the run
             if network is not None:
                 run_sites.link_bytes = run_sites.run_link_bytes()
+
+
+def _site_servers(stack: ExitStack, cfg: ExperimentConfig, sites: list[dict[str, Any]],
+                  network: VirtualNetwork | None, servers: list[Any]) -> dict[str, tuple[str, str, str | None]]:
+    """``transfer.per_site``: a managed redis-server inside each site's namespace, bound to the
+    site host's address (TLS unless ``transfer.redis_tls=false``, a fresh admin password each);
+    the coordinator reaches it across the bridge, the site's workers on their own host. Each
+    server started is appended to ``servers``."""
+    from flight_parsl.transfer.redis_auth import new_password
+    from flight_parsl.transfer.redis_server import ManagedRedis
+
+    assert network is not None  # every site is on a virtual host (checked before anything was made)
+    out: dict[str, tuple[str, str, str | None]] = {}
+    for s in sites:
+        host = network.host(s["virtual_host"])
+        password = new_password()
+        server = ManagedRedis(host=host.address, password=password, tls=cfg.transfer.redis_tls is not False,
+                              netns=host.netns)
+        out[s["label"]] = (str(stack.enter_context(server).address), password, server.ca_pem)
+        servers.append(server)
+    return out

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from flight_parsl.core.errors import unknown_name
 from flight_parsl.transfer.base import Ref, Transfer
@@ -41,6 +41,7 @@ def open_transfer(
     redis_host: str = "127.0.0.1",
     redis_tls: bool | str = "auto",
     redis_ca: str | None = None,
+    site_redis: dict[str, tuple[str, str, str | None]] | None = None,
 ) -> Iterator[Transfer]:
     """Open a transfer channel and everything behind it; close all of it on exit.
 
@@ -64,6 +65,10 @@ def open_transfer(
     a password only the coordinator knows; an external server's user is made with the
     credentials given and removed at the end, or, when those credentials may not make
     users, the run uses them as they are (see :func:`_open_redis`).
+
+    ``site_redis`` (``transfer.per_site``): site label -> (HOST:PORT, password, CA PEM) of
+    each site's own server; the channel is then a
+    :class:`~flight_parsl.transfer.persite.SiteTransfer` with the run's user on each.
     """
     if kind not in TRANSFER_KINDS:
         raise unknown_name("transfer", kind, TRANSFER_KINDS)
@@ -73,6 +78,19 @@ def open_transfer(
     from flight_parsl.transfer.proxy import ProxyTransfer
 
     with ExitStack() as stack:
+        if kind == "redis" and site_redis:
+            from flight_parsl.transfer.persite import SiteTransfer
+            from flight_parsl.transfer.proxy import ProxyTransfer
+
+            channels = {}
+            for label, (address, password, ca) in site_redis.items():
+                channel = cast("ProxyTransfer", _open_redis(stack, address, cache_size, redis_timeout, password,
+                                                            redis_host, redis_tls, ca))
+                channel.shared = False  # the site's own server: its keys go with it
+                stack.callback(channel.close)
+                channels[label] = channel
+            yield SiteTransfer(channels)
+            return
         if kind == "redis":
             transfer = _open_redis(stack, redis, cache_size, redis_timeout, redis_password, redis_host, redis_tls,
                                    redis_ca)

@@ -264,6 +264,14 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _namespace_port() -> int:
+    """A port for a server in a run's own namespace (nothing else listens there; a taken
+    one is tried again with another)."""
+    import random
+
+    return random.randint(20000, 60000)
+
+
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     """Return the last non-empty lines of a text file, or [] if it cannot be read."""
     try:
@@ -303,6 +311,7 @@ class ManagedRedis:
         maxmemory: str | None = None,
         password: str | None = None,
         tls: bool = False,
+        netns: str | None = None,
     ) -> None:
         """Configure the server; nothing starts until :meth:`start` or ``with``.
 
@@ -313,7 +322,10 @@ class ManagedRedis:
             maxmemory: Passed as ``--maxmemory`` (e.g. ``"256mb"``) if set.
             password: Clients must AUTH with it (``requirepass``); None leaves the server open.
             tls: Speak TLS only, with certificates made for ``host``.
+            netns: Run inside this network namespace (``ip netns exec``, which execs the
+                server: its pid is the server's); ``host`` is an address of that namespace.
         """
+        self.netns = netns
         self.password = password
         self.tls = tls
         self._pems: dict[str, str] | None = None  # the certificates and keys, made once
@@ -384,7 +396,7 @@ class ManagedRedis:
             last_error: _BindFailed | None = None
             for attempt in range(1, BIND_ATTEMPTS + 1):
                 try:
-                    self._start_once(resolved, _free_port(self.host))
+                    self._start_once(resolved, _free_port(self.host) if self.netns is None else _namespace_port())
                 except _BindFailed as exc:
                     last_error = exc
                     log.debug("redis-server bind failed (attempt %d): %s", attempt, exc)
@@ -490,7 +502,7 @@ class ManagedRedis:
 
     def _command(self, binary: str, port: int, directory: Path) -> list[str]:
         """Build the redis-server command line (a password goes into a private config file)."""
-        args = [binary]
+        args = [binary] if self.netns is None else ["ip", "netns", "exec", self.netns, binary]
         if self.password is not None:
             conf = write_private(directory / "redis.conf", f"requirepass {self.password}\n")
             args.append(str(conf))

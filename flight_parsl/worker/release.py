@@ -53,14 +53,16 @@ def release_task(
     expected: int = 1,
     max_wait: float = 0.0,
 ) -> Released:
-    """Let go of the run's store ``store`` and client-state connection in this process.
+    """Let go of the run's store ``store`` (names separated by commas: each) and client-state
+    connection in this process.
 
     Meets the run's other release tasks at ``barrier`` first (see :func:`meet`), so
     each slot runs one. Returns what it found, and the RSS after freed memory went
     back to the OS.
     """
     meet(barrier, expected, max_wait)
-    held = release_store(store) if store is not None else False
+    # a store per site names each site's store, comma-separated: a slot holds at most its own site's
+    held = any([release_store(name) for name in store.split(",")]) if store is not None else False
     if state is not None:
         state.release()
     release_garbage()
