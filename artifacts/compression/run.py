@@ -175,6 +175,8 @@ def _arms_of(rows: list[dict], dataset: str) -> list[tuple[str, list[dict], floa
     """(arm, its rows, mean accuracy of none, mean bytes up per round of none) for each arm run on ``dataset``."""
     mine = [r for r in rows if r["dataset"] == dataset]
     ref = [r for r in mine if r["arm"] == "none"]
+    if not ref:  # nothing to compare with: the none arm ran into another --out
+        return []
     acc0 = statistics.mean(r["final_acc"] for r in ref)
     up0 = statistics.mean(r["bytes_up_per_round"] for r in ref)
     return [(arm, [r for r in mine if r["arm"] == arm], acc0, up0)
@@ -186,6 +188,8 @@ def summarize(rows: list[dict]) -> str:
     lines = ["| dataset | arm | final accuracy (mean +- sd) | vs none (points) | bytes up / round vs none | "
              "compression ratio |", "|---|---|---|---|---|---|"]
     for d in dict.fromkeys(r["dataset"] for r in rows):
+        if not _arms_of(rows, d):
+            lines.append(f"| {d} | (no `none` rows in this results.csv to compare with) | | | | |")
         for arm, sel, acc0, up0 in _arms_of(rows, d):
             accs = [r["final_acc"] for r in sel]
             acc = statistics.mean(accs)
