@@ -79,9 +79,10 @@ def link_bound(per_round: dict[str, dict[str, float]], rate: float | None, kind:
     return max(8 * (v["to_host"] + v["from_host"]) for v in per_round.values()) / rate
 
 
-def write_sites(where: Path, link: dict[str, str], per_site: int) -> tuple[list[str], str]:
-    """The two sites (site-a, site-b of configs/parsl/netns, with ``link`` when shaped) and a flat
-    topology with ``per_site`` clients at each; their paths."""
+def write_sites(where: Path, link: dict[str, str], per_site: int, encrypted: bool = True) -> tuple[list[str], str]:
+    """The two sites (site-a, site-b of configs/parsl/netns, with ``link`` when shaped; HTEX's
+    CurveZMQ encryption off when not ``encrypted``) and a flat topology with ``per_site`` clients
+    at each; their paths."""
     import yaml
 
     where.mkdir(parents=True, exist_ok=True)
@@ -90,6 +91,8 @@ def write_sites(where: Path, link: dict[str, str], per_site: int) -> tuple[list[
         site = yaml.safe_load(src.read_text())
         if link:
             site["link"] = dict(link)
+        if not encrypted:
+            site["encrypted"] = False
         dst = where / src.name
         dst.write_text(yaml.safe_dump(site, sort_keys=False))
         files.append(str(dst))
@@ -127,7 +130,7 @@ def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict
 
     link = parse_link(link_text)
     where = out / link_text.replace(",", "-") / kind
-    sites = write_sites(where / "sites", link, args.per_site)
+    sites = write_sites(where / "sites", link, args.per_site, not args.unencrypted)
     runs = {}
     for n in (args.rounds, 1):
         run_dir = where / f"r{n}"
@@ -148,7 +151,8 @@ def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict
     makespan = float(warm["makespan_s"].median())
     measured = summary.get("links") or {}
     row: dict[str, Any] = {
-        "link": link_text, "kind": kind, "model": args.model, "model_bytes": summary.get("model_bytes"),
+        "link": link_text, "kind": kind, "encrypted": not args.unencrypted, "model": args.model,
+        "model_bytes": summary.get("model_bytes"),
         "clients": 2 * args.per_site, "rounds": args.rounds,
         "tasks_per_round": float(t[t["kind"] == "train"].groupby("round")["task"].nunique().median()),
         "makespan_s": makespan, "makespan_min_s": float(warm["makespan_s"].min()),
@@ -206,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--out", default=str(REPO / "runs" / "link_bound"))
     p.add_argument("--dry-run", action="store_true", help="check every config, print the cells and exit (starts nothing)")
+    p.add_argument("--unencrypted", action="store_true", help="HTEX without CurveZMQ encryption between the "
+                   "coordinator's interchange and the sites' worker pools (the sites' default is encrypted)")
     p.add_argument("--table", action="store_true", help="only rewrite table.md from --out's results.csv")
     args = p.parse_args(argv)
     if args.table:
@@ -230,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                 link = parse_link(link_text)
             except ValueError as exc:
                 p.error(str(exc))
-            sites = write_sites(Path(tmp) / link_text.replace(",", "-"), link, args.per_site)
+            sites = write_sites(Path(tmp) / link_text.replace(",", "-"), link, args.per_site,
+                                not args.unencrypted)
             for kind in kinds:
                 try:
                     for n in (args.rounds, 1):
