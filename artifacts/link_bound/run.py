@@ -22,6 +22,8 @@ filesystem): its bound is no link bound, and the table says so. ``unshaped`` has
     python artifacts/link_bound/run.py --dry-run
     python artifacts/link_bound/run.py                                   # what the README reports
     python artifacts/link_bound/run.py --links 1gbit,5ms --kinds parsl --rounds 3   # one cell
+    python artifacts/link_bound/run.py --links 1gbit,5ms --kinds parsl,redis --unencrypted transfer.redis_tls=false \
+        --out runs/link_bound-plain                                      # what encryption costs
 
 Every output goes to --out (default ``runs/link_bound``): ``results.csv`` (one row a cell),
 ``table.md`` and a run directory per run; the committed files are copied here by hand (README.md).
@@ -134,7 +136,7 @@ def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict
     runs = {}
     for n in (args.rounds, 1):
         run_dir = where / f"r{n}"
-        result = flight_parsl.run(values(sites, kind, n, args.per_site, args.model, run_dir))
+        result = flight_parsl.run(values(sites, kind, n, args.per_site, args.model, run_dir), *args.overrides)
         summary = json.loads((run_dir / "summary.json").read_text())
         runs[n] = (result, summary, os.getloadavg()[0])
     result, summary, load = runs[args.rounds]
@@ -151,7 +153,8 @@ def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict
     makespan = float(warm["makespan_s"].median())
     measured = summary.get("links") or {}
     row: dict[str, Any] = {
-        "link": link_text, "kind": kind, "encrypted": not args.unencrypted, "model": args.model,
+        "link": link_text, "kind": kind, "encrypted": not args.unencrypted, "overrides": " ".join(args.overrides),
+        "model": args.model,
         "model_bytes": summary.get("model_bytes"),
         "clients": 2 * args.per_site, "rounds": args.rounds,
         "tasks_per_round": float(t[t["kind"] == "train"].groupby("round")["task"].nunique().median()),
@@ -212,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="check every config, print the cells and exit (starts nothing)")
     p.add_argument("--unencrypted", action="store_true", help="HTEX without CurveZMQ encryption between the "
                    "coordinator's interchange and the sites' worker pools (the sites' default is encrypted)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. transfer.redis_tls=false)")
     p.add_argument("--table", action="store_true", help="only rewrite table.md from --out's results.csv")
     args = p.parse_args(argv)
     if args.table:
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     for n in (args.rounds, 1):
                         flight_parsl.check(flight_parsl.load_config(values(sites, kind, n, args.per_site, args.model,
-                                                                           out / "x")))
+                                                                           out / "x"), *args.overrides))
                 except flight_parsl.ConfigError as exc:
                     p.error(str(exc).replace(f"{tmp}/", ""))
     cells = [(link, kind) for link in links for kind in kinds]
