@@ -1,0 +1,59 @@
+"""artifacts/link_bound/run.py: the link bound of a round, the sites it builds, and a dry run that
+checks every config and writes nothing (the study itself needs root and minutes: see its README)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "artifacts" / "link_bound" / "run.py"
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("link_bound_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bound_is_the_busiest_link_both_ways_over_its_rate() -> None:
+    study = _study()
+    assert study.rate_bit_s(study.parse_link("1gbit,5ms")) == 1e9
+    assert study.rate_bit_s(study.parse_link("100mbit/s,20ms")) == 1e8
+    assert study.rate_bit_s(study.parse_link("unshaped")) is None
+    per_round = {"host-a": {"to_host": 50e6, "from_host": 50e6}, "host-b": {"to_host": 50e6, "from_host": 75e6}}
+    assert study.link_bound(per_round, 1e9, "redis") == pytest.approx(8 * 125e6 / 1e9)
+    assert math.isnan(study.link_bound(per_round, 1e9, "file"))  # the model crosses no link
+    assert math.isnan(study.link_bound(per_round, None, "parsl"))  # unshaped: no rate
+    with pytest.raises(ValueError, match="expected unshaped"):
+        study.parse_link("1gbit,5ms,1ms")
+
+
+def test_sites_carry_the_link_and_pack_one_task_a_site(tmp_path: Path) -> None:
+    study = _study()
+    files, topology = study.write_sites(tmp_path / "s", study.parse_link("100mbit,20ms"), 2)
+    sites = [yaml.safe_load(Path(f).read_text()) for f in files]
+    assert [s["virtual_host"] for s in sites] == ["host-a", "host-b"]
+    assert all(s["link"] == {"rate": "100mbit", "delay": "20ms"} for s in sites)
+    workers = [n for n in yaml.safe_load(Path(topology).read_text())["nodes"] if n["kind"] == "worker"]
+    assert [n["site"] for n in workers] == ["site-a", "site-a", "site-b", "site-b"]
+    plain, _ = study.write_sites(tmp_path / "u", study.parse_link("unshaped"), 2)
+    assert all("link" not in yaml.safe_load(Path(f).read_text()) for f in plain)
+    cfg = study.values((files, topology), "redis", 4, 2, "resnet18", tmp_path / "run")
+    assert cfg["plan"] == {"clients_per_task": 2} and cfg["train"] == {"mode": "none"} and cfg["workers"] == 4
+
+
+def test_dry_run_checks_every_cell_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = _study()
+    out = tmp_path / "out"
+    assert study.main(["--dry-run", "--out", str(out)]) == 0
+    assert "dry run: 9 cells, 18 runs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # tc reads mbps as bytes a second: the site loader refuses it
+        study.main(["--dry-run", "--links", "100mbps,20ms", "--out", str(out)])
+    assert stop.value.code == 2 and "100mbps" in capsys.readouterr().err
+    assert not out.exists()
