@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/proxyfloxy")
     p.add_argument("--blocks", default="1,10,50,100", help="comma list of k (extra Conv64+BN blocks), 1..100")
     p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--first-trial", type=int, default=0, help="number of the first trial (its seed); trials run "
+                   "from it, so a study can be extended by more trials into another --out")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--samples", type=int, default=100, help="training samples per endpoint")
     p.add_argument("--epochs", type=int, default=1)
@@ -91,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--blocks: every k must be in 1..100")
     if args.trials < 1:
         p.error("--trials must be >= 1")
+    if args.first_trial < 0:
+        p.error("--first-trial must be >= 0")
     try:
         args.link = parse_link(args.link) if args.link else {}
     except ValueError as exc:
@@ -251,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     sites = write_sites(out / "sites", args.link) if args.link and not args.dry_run else SITES
     try:
-        cells = [(k, t, s, config(args, out, k, s, t, sites)) for k in args.blocks for t in range(args.trials) for s in MODES]
+        trials = range(args.first_trial, args.first_trial + args.trials)
+        cells = [(k, t, s, config(args, out, k, s, t, sites)) for k in args.blocks for t in trials for s in MODES]
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
