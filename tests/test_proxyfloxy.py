@@ -76,3 +76,20 @@ def test_rows_time_only_the_transfer_and_keep_train_and_test_loss_apart(tmp_path
         "round", "endpoint_name", "transfer_time", "data_transfer_size", "model_param_size", "model_arch_size",
         "local", "test_accuracy", "test_loss", "train_accuracy", "train_loss", "num_hidden_blocks", "store",
     }
+
+
+@pytest.mark.parametrize("script", ["artifacts/proxyfloxy/run.py", "artifacts/a4_remote/run.py"])
+def test_link_option_shapes_the_remote_sites_in_a_dry_run_and_refuses_a_bad_unit(script, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / script), "--out", str(out), "--dry-run"]
+    ok = subprocess.run(cmd + ["--link", "100mbit,20ms"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "'rate': '100mbit', 'delay': '20ms'" in ok.stdout
+    bad = subprocess.run(cmd + ["--link", "100mbps,20ms"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "'100mbps'" in bad.stderr and "ambiguous" in bad.stderr
+    shape = subprocess.run(cmd + ["--link", "100mbit,20ms,1%"], capture_output=True, text=True, timeout=120)
+    assert shape.returncode == 2 and "expected RATE,DELAY" in shape.stderr
+    assert not out.exists()  # a dry run or a refused link writes nothing

@@ -12,6 +12,11 @@ site, and model weights travel through Redis (ProxyStore). Needs root (CI runs a
 
     python artifacts/a4_remote/run.py --out runs/a4
     python artifacts/a4_remote/run.py --dataset fashion_mnist --data-root data --model fedprox_cnn --out runs/a4-fm
+    python artifacts/a4_remote/run.py --link 100mbit,20ms --out runs/a4-wan
+
+``--link RATE,DELAY`` shapes both virtual hosts' links to the coordinator's host (rate and one-way
+delay, both directions; docs/sites-and-clusters.md "Shaped links"); the shaped site files are
+written to ``<out>/sites`` and results.json records the links asked and measured.
 
 It writes ``<out>/run/`` (the run directory), ``<out>/accuracy.csv`` (round, test_acc,
 test_loss, train_acc, makespan_s), ``<out>/links.csv`` (per site: tasks, payload bytes to
@@ -26,7 +31,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +56,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--transfer", default="redis", choices=["redis", "parsl", "file"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--link", default="", help="RATE,DELAY (e.g. 100mbit,20ms): shape both sites' links (rate and "
+                   "one-way delay, both directions; needs root)")
     p.add_argument("--dry-run", action="store_true", help="check the arguments and the config, print the run and "
                    "exit (starts nothing)")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.link = parse_link(args.link) if args.link else {}
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
 
 
-def config(args: argparse.Namespace, out: Path) -> Any:
+def parse_link(text: str) -> dict[str, str]:
+    """``RATE,DELAY`` (``100mbit,20ms``) or ``RATE`` as a site's ``link:`` (the site loader checks the units)."""
+    parts = [t.strip() for t in text.split(",")]
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"--link {text!r}: expected RATE,DELAY such as 100mbit,20ms")
+    return dict(zip(("rate", "delay"), parts))
+
+
+def write_sites(where: Path, link: dict[str, str]) -> list[Path]:
+    """site-a and site-b, each given ``link``; their paths."""
+    import yaml
+
+    where.mkdir(parents=True, exist_ok=True)
+    files = []
+    for src in SITES:
+        dst = where / src.name
+        dst.write_text(yaml.safe_dump(yaml.safe_load(src.read_text()) | {"link": dict(link)}, sort_keys=False))
+        files.append(dst)
+    return files
+
+
+def config(args: argparse.Namespace, out: Path, sites: list[Path] = SITES) -> Any:
     from flight_parsl.config.experiment import build_config
 
     values = {
@@ -71,7 +106,7 @@ def config(args: argparse.Namespace, out: Path) -> Any:
         "strategy": {"name": "fedavg"},
         "transfer": {"kind": args.transfer},
         "plan": {"clients_per_task": 1},
-        "sites": {"files": ",".join(str(s) for s in SITES)},
+        "sites": {"files": ",".join(str(s) for s in sites)},
     }
     return build_config(values=[values], overrides=list(args.overrides))
 
@@ -125,16 +160,24 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     out = Path(args.out)
-    try:
-        cfg = config(args, out)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        print(f"run: {flight_parsl.describe(cfg)} sites.files={cfg.sites.files} plan.clients_per_task={cfg.plan.clients_per_task}")
-        print("dry run: 1 run, nothing started")
-        return 0
+    with tempfile.TemporaryDirectory() as tmp:  # the config is checked before anything starts or is written
+        try:
+            cfg = config(args, out, write_sites(Path(tmp), args.link) if args.link else SITES)
+            if args.link:
+                flight_parsl.check(cfg)
+        except ConfigError as exc:
+            print(f"error: {str(exc).replace(f'{tmp}/', '')}", file=sys.stderr)
+            return 2
+        if args.dry_run:
+            print(f"run: {flight_parsl.describe(cfg)} plan.clients_per_task={cfg.plan.clients_per_task}")
+            print(f"sites: {', '.join(Path(s).name for s in SITES)}"
+                  + (f"; each site's link {args.link}" if args.link else " (links unshaped)"))
+            print("dry run: 1 run, nothing started")
+            return 0
     out.mkdir(parents=True, exist_ok=True)
+    if args.link:
+        cfg = config(args, out, write_sites(out / "sites", args.link))
+    load_before = os.getloadavg()
     try:
         run = flight_parsl.run(cfg, progress=True).run_dir
     except FlightParslError as exc:
@@ -164,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         "prime2end_s": summary["prime2end"],
         "sites": summary["sites"],
         "site_links": summary.get("site_links", {}),
+        "links": summary.get("links", {}),
+        "load_avg_before": list(load_before),
+        "load_avg_after": list(os.getloadavg()),
         "run_dir": str(run),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))

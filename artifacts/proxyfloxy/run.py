@@ -26,6 +26,11 @@ the endpoint's task read and wrote (the model in, its result out). ``train_loss`
 
     python artifacts/proxyfloxy/run.py --out runs/proxyfloxy                # k in 1,10,50,100, 3 trials
     python artifacts/proxyfloxy/run.py --blocks 1,2,5 --trials 1 --out runs/pf-small
+    python artifacts/proxyfloxy/run.py --link 100mbit,20ms --trials 1 --out runs/proxyfloxy-wan
+
+``--link RATE,DELAY`` shapes the links of the two remote endpoints' virtual hosts (rate and one-way
+delay, both directions; see docs/sites-and-clusters.md "Shaped links"): their tasks and their Redis
+traffic cross it; ``local`` stays on loopback. The shaped site files are written to ``<out>/sites``.
 
 Writes ``<out>/proxyfloxy.csv`` (ProxyFloxy's columns, then trial, num_parameters,
 round_trip_s, compute_s, run_dir), ``<out>/runs.csv`` (one row per run) and prints the mean
@@ -42,6 +47,7 @@ import json
 import pickle
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,11 +72,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/proxyfloxy")
     p.add_argument("--blocks", default="1,10,50,100", help="comma list of k (extra Conv64+BN blocks), 1..100")
     p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--first-trial", type=int, default=0, help="number of the first trial (its seed); trials run "
+                   "from it, so a study can be extended by more trials into another --out")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--samples", type=int, default=100, help="training samples per endpoint")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--link", default="", help="RATE,DELAY (e.g. 100mbit,20ms): shape the remote endpoints' links "
+                   "(rate and one-way delay, both directions; needs root)")
     p.add_argument("--dry-run", action="store_true", help="check the arguments and every run's config, print the "
                    "runs and exit (starts nothing)")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
@@ -83,10 +93,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--blocks: every k must be in 1..100")
     if args.trials < 1:
         p.error("--trials must be >= 1")
+    if args.first_trial < 0:
+        p.error("--first-trial must be >= 0")
+    try:
+        args.link = parse_link(args.link) if args.link else {}
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
-def config(args: argparse.Namespace, out: Path, k: int, store: str, trial: int) -> Any:
+def parse_link(text: str) -> dict[str, str]:
+    """``RATE,DELAY`` (``100mbit,20ms``) or ``RATE`` as a site's ``link:`` (the site loader checks the units)."""
+    parts = [t.strip() for t in text.split(",")]
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"--link {text!r}: expected RATE,DELAY such as 100mbit,20ms")
+    return dict(zip(("rate", "delay"), parts))
+
+
+def write_sites(where: Path, link: dict[str, str]) -> list[Path]:
+    """The three endpoint sites, the remote ones (those on a virtual host) given ``link``; their paths."""
+    import yaml
+
+    where.mkdir(parents=True, exist_ok=True)
+    files = []
+    for src in SITES:
+        site = yaml.safe_load(src.read_text())
+        if site.get("virtual_host"):
+            site["link"] = dict(link)
+        dst = where / src.name
+        dst.write_text(yaml.safe_dump(site, sort_keys=False))
+        files.append(dst)
+    return files
+
+
+def config(args: argparse.Namespace, out: Path, k: int, store: str, trial: int, sites: list[Path] = SITES) -> Any:
     from flight_parsl.config.experiment import build_config
 
     values = {
@@ -103,7 +143,7 @@ def config(args: argparse.Namespace, out: Path, k: int, store: str, trial: int) 
         "strategy": {"name": "fedavg"},
         "transfer": {"kind": MODES[store]},
         "plan": {"clients_per_task": 1},
-        "sites": {"files": ",".join(str(s) for s in SITES)},
+        "sites": {"files": ",".join(str(s) for s in sites)},
     }
     return build_config(values=[values], overrides=list(args.overrides))
 
@@ -205,8 +245,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     out = Path(args.out)
-    try:  # every config is checked before anything starts
-        cells = [(k, t, s, config(args, out, k, s, t)) for k in args.blocks for t in range(args.trials) for s in MODES]
+    with tempfile.TemporaryDirectory() as tmp:  # every config is checked before anything starts or is written
+        sites = write_sites(Path(tmp), args.link) if args.link else SITES
+        try:
+            for s in MODES:
+                flight_parsl.check(config(args, out, args.blocks[0], s, 0, sites))
+        except ConfigError as exc:
+            print(f"error: {str(exc).replace(f'{tmp}/', '')}", file=sys.stderr)
+            return 2
+    sites = write_sites(out / "sites", args.link) if args.link and not args.dry_run else SITES
+    try:
+        trials = range(args.first_trial, args.first_trial + args.trials)
+        cells = [(k, t, s, config(args, out, k, s, t, sites)) for k in args.blocks for t in trials for s in MODES]
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -214,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (k, trial, store, cfg) in enumerate(cells, 1):
             print(f"[{i}/{len(cells)}] k={k} store={store} trial={trial}: {flight_parsl.describe(cfg)} "
                   f"model.extra_blocks={cfg.model.extra_blocks}")
-        print(f"sites: {cells[0][3].sites.files}")
+        print(f"sites: {cells[0][3].sites.files}" + (f"; remote endpoints' links {args.link}" if args.link else ""))
         print(f"dry run: {len(cells)} runs on one DataFlowKernel over the sites, nothing started")
         return 0
     out.mkdir(parents=True, exist_ok=True)
