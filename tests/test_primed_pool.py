@@ -13,13 +13,19 @@ from flight_parsl.execution.site import build_parsl_config, load_site
 
 
 def test_only_a_site_with_a_strategy_starts_primed_pools(tmp_path: Path) -> None:
+    # every pool starts through the module (its workers wait without the task queue's lock,
+    # tests/test_idle_kill.py); only a site with a strategy and a spec primes
     site = load_site(None)
-    assert "primed_pool" not in build_parsl_config(site, 2, tmp_path, tmp_path / "prime.pkl").executors[0].launch_cmd
-    site["strategy"] = "simple"
-    assert "primed_pool" not in build_parsl_config(site, 2, tmp_path).executors[0].launch_cmd  # no spec: as Parsl
+    plain = "python3 -m flight_parsl.execution.primed_pool process_worker_pool.py "
     cmd = build_parsl_config(site, 2, tmp_path, tmp_path / "prime.pkl").executors[0].launch_cmd
-    assert cmd.startswith(f"python3 -m flight_parsl.execution.primed_pool --prime-spec {tmp_path / 'prime.pkl'} ")
-    assert "--block_id={{block_id}}" in cmd and "process_worker_pool.py" not in cmd
+    assert cmd.startswith(plain) and "--prime-spec" not in cmd
+    site["strategy"] = "simple"
+    cmd = build_parsl_config(site, 2, tmp_path).executors[0].launch_cmd
+    assert cmd.startswith(plain) and "--prime-spec" not in cmd  # no spec: no priming
+    cmd = build_parsl_config(site, 2, tmp_path, tmp_path / "prime.pkl").executors[0].launch_cmd
+    assert cmd.startswith(f"{plain}--prime-spec {tmp_path / 'prime.pkl'} ")
+    # the script's name stays on the command line (process listings and leftovers find the pool)
+    assert "--block_id={{block_id}}" in cmd and cmd.count("process_worker_pool.py") == 1
 
 
 def test_launch_command_refuses_a_command_it_does_not_know() -> None:

@@ -1,15 +1,32 @@
-"""Parsl's HTEX worker pool, with every worker primed before the pool takes a task.
+"""Parsl's HTEX worker pool, with workers that wait for a task without holding the queue's lock,
+and (on a site whose blocks can come later) every worker primed before the pool takes a task.
+
+Every HTEX block's pool starts with::
+
+    python3 -m flight_parsl.execution.primed_pool process_worker_pool.py [--prime-spec PATH] <HTEX's pool arguments>
+
+instead of HTEX's ``process_worker_pool.py`` (the script's name stays on the command line so that
+``ps``, the leftovers of a killed coordinator and ``python -m flight_parsl.cleanup`` find the pool
+as before). It is Parsl's own pool: the module's own main block runs with HTEX's arguments, in
+the module's namespace, with the changes below.
+
+**Waiting without the lock.** Parsl's idle workers wait in ``multiprocessing.Queue.get(timeout=...)``
+on the pool's shared task queue, and that call holds the queue's reader lock (a process-shared
+semaphore) for the whole wait. A worker SIGKILLed there never releases it, so no worker of the
+pool takes a task again: a round's tasks stay out until its deadline and the run stops below its
+quorum. Each worker here gets the queue through :class:`LockFreeTaskQueue`: it waits on the
+queue's pipe with ``poll`` (no lock), and takes the lock only to read a task that is there, for
+the microseconds of one read. An idle worker SIGKILLed is then restarted by Parsl's watchdog and
+its pool goes on (``tests/test_idle_kill.py``).
+
+**Priming**, on a site with a ``strategy`` (``--prime-spec``).
 
 The run's warm-up (:class:`~flight_parsl.execution.backends.Warmup`) primes the slots that exist
 when the run starts. A block Parsl starts later (a second block when the queue grows, a
 replacement after a block reached its walltime) would take tasks while its workers still import
 torch and load their data, and that cost would land in the round. A site whose blocks can come
-later (a ``strategy`` other than ``none``) therefore starts each block's pool with::
-
-    python3 -m flight_parsl.execution.primed_pool --prime-spec RUN_DIR/parsl/prime.pkl <HTEX's pool arguments>
-
-instead of HTEX's ``process_worker_pool.py``. It is Parsl's own pool: the module's own main block
-runs with HTEX's arguments, in the module's namespace, with two changes.
+later (a ``strategy`` other than ``none``) therefore starts each block's pool with
+``--prime-spec RUN_DIR/parsl/prime.pkl``, and that pool has two more changes:
 
 - Each worker process first runs :func:`flight_parsl.worker.tasks.prime_at_start` with the run's
   prime spec (the warm-up's modules and workload, pickled by the coordinator on the shared
@@ -27,10 +44,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import queue
 import shlex
 import shutil
 import sys
 import time
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: The option naming the prime spec; the rest of the command line is HTEX's pool arguments.
 SPEC_OPTION = "--prime-spec"
+#: The first argument: the script this module stands in for (kept so that process listings find the pool).
+POOL_SCRIPT = "process_worker_pool.py"
 _SPEC_ENV = "FLIGHT_PARSL_PRIME_SPEC"
 _READY_ENV = "FLIGHT_PARSL_PRIMED_DIR"
 _MAIN_MARK = '\nif __name__ == "__main__":\n'
@@ -57,13 +78,64 @@ def write_spec(path: str | Path, modules: tuple[str, ...], workload: Any, max_wa
     return path
 
 
-def launch_command(spec: str | Path, htex_launch_cmd: str) -> str:
-    """HTEX's ``launch_cmd`` for a pool that primes: HTEX's own command, this module in place of
-    ``process_worker_pool.py``."""
+def launch_command(spec: str | Path | None, htex_launch_cmd: str) -> str:
+    """HTEX's ``launch_cmd`` for this pool: HTEX's own command, this module in place of
+    ``process_worker_pool.py``; with a prime spec its workers prime before the pool takes tasks."""
     script, _, arguments = htex_launch_cmd.partition(" ")
-    if not script.endswith("process_worker_pool.py"):
-        raise ValueError(f"HTEX's launch command does not start process_worker_pool.py: {htex_launch_cmd!r}")
-    return f"python3 -m flight_parsl.execution.primed_pool {SPEC_OPTION} {shlex.quote(str(spec))} {arguments}"
+    if not script.endswith(POOL_SCRIPT):
+        raise ValueError(f"HTEX's launch command does not start {POOL_SCRIPT}: {htex_launch_cmd!r}")
+    priming = "" if spec is None else f"{SPEC_OPTION} {shlex.quote(str(spec))} "
+    return f"python3 -m flight_parsl.execution.primed_pool {POOL_SCRIPT} {priming}{arguments}"
+
+
+class LockFreeTaskQueue:
+    """A worker's side of the pool's task queue (a ``multiprocessing.Queue``): :meth:`get` waits
+    for a task on the queue's pipe without the queue's reader lock, and holds the lock only to
+    read a task that is there. A worker SIGKILLed while it waits leaves the lock free (Parsl's
+    own ``Queue.get(timeout=...)`` holds it for the whole wait). Everything else is the queue's.
+    """
+
+    def __init__(self, task_queue: Any) -> None:
+        self._queue = task_queue
+
+    @staticmethod
+    def fits(task_queue: Any) -> bool:
+        """Whether the queue has the parts :meth:`get` uses (CPython's ``multiprocessing.Queue``)."""
+        return all(hasattr(task_queue, name) for name in ("_poll", "_rlock", "_recv_bytes", "_sem"))
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The next task; ``queue.Empty`` when none came within ``timeout`` seconds (or at once
+        with ``block=False``), or another worker took the one that came."""
+        q = self._queue
+        wait = (None if timeout is None else max(timeout, 0.0)) if block else 0.0
+        if not q._poll(wait):  # waiting here holds no lock: a SIGKILL leaves the queue usable
+            raise queue.Empty
+        if not q._rlock.acquire(True, wait):  # another worker reads: the task is likely its
+            raise queue.Empty
+        try:
+            if not q._poll():
+                raise queue.Empty
+            data = q._recv_bytes()
+            q._sem.release()
+        finally:
+            q._rlock.release()
+        return ForkingPickler.loads(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
+def _lock_free(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Parsl's worker arguments after ``worker_id``, with the task queue (the third) wrapped."""
+    if len(args) > 2 and LockFreeTaskQueue.fits(args[2]):
+        return (*args[:2], LockFreeTaskQueue(args[2]), *args[3:])
+    logging.getLogger("flight_parsl.primed_pool").warning("task queue not wrapped: it waits with Parsl's lock")
+    return args
+
+
+def lock_free_worker(worker_id: int, *args: Any, **kwargs: Any) -> None:
+    """A worker process: Parsl's worker, waiting for tasks without the queue's lock."""
+    _worker(worker_id, *_lock_free(args), **kwargs)
 
 
 def _spec() -> dict[str, Any]:
@@ -86,7 +158,7 @@ def primed_worker(worker_id: int, *args: Any, **kwargs: Any) -> None:
         Path(os.environ[_READY_ENV], str(worker_id)).touch()
     except OSError:
         pass  # a worker restarted after the pool registered: nobody waits for it any more
-    _worker(worker_id, *args, **kwargs)
+    _worker(worker_id, *_lock_free(args), **kwargs)
 
 
 def _communicate_when_primed(self: Any, pair_setup: Any) -> None:
@@ -104,29 +176,39 @@ def _communicate_when_primed(self: Any, pair_setup: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run Parsl's worker pool main block with primed workers (see the module docstring)."""
+    """Run Parsl's worker pool main block with lock-free waits, and primed workers with a prime
+    spec (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if SPEC_OPTION not in argv or argv.index(SPEC_OPTION) + 1 >= len(argv):
-        raise SystemExit(f"usage: python -m flight_parsl.execution.primed_pool {SPEC_OPTION} PATH <pool arguments>")
-    at = argv.index(SPEC_OPTION)
-    os.environ[_SPEC_ENV] = argv[at + 1]
-    del argv[at:at + 2]
+    if argv and argv[0] == POOL_SCRIPT:
+        del argv[0]
+    ready = None
+    if SPEC_OPTION in argv:
+        at = argv.index(SPEC_OPTION)
+        if at + 1 >= len(argv):
+            raise SystemExit(f"usage: python -m flight_parsl.execution.primed_pool {POOL_SCRIPT} "
+                             f"[{SPEC_OPTION} PATH] <pool arguments>")
+        os.environ[_SPEC_ENV] = argv[at + 1]
+        del argv[at:at + 2]
     source = Path(pool.__file__).read_text()
     if _MAIN_MARK not in source:
         raise SystemExit(f"{pool.__file__} has no main block to run")
     body = "\n".join(line[4:] for line in source.split(_MAIN_MARK, 1)[1].splitlines())
-    # the workers' marks live in the pool's own log directory (in the run directory), not in /tmp
-    known, _ = pool.get_arg_parser().parse_known_args(argv)
-    ready = Path(known.logdir, f"block-{known.block_id}", f"primed-{os.getpid()}")
-    ready.mkdir(parents=True, exist_ok=True)
-    os.environ[_READY_ENV] = str(ready)  # the spawned workers inherit both variables
-    pool.worker = primed_worker
-    pool.Manager.interchange_communicator = _communicate_when_primed  # type: ignore[method-assign]
+    if _SPEC_ENV in os.environ:
+        # the workers' marks live in the pool's own log directory (in the run directory), not in /tmp
+        known, _ = pool.get_arg_parser().parse_known_args(argv)
+        ready = Path(known.logdir, f"block-{known.block_id}", f"primed-{os.getpid()}")
+        ready.mkdir(parents=True, exist_ok=True)
+        os.environ[_READY_ENV] = str(ready)  # the spawned workers inherit both variables
+        pool.worker = primed_worker
+        pool.Manager.interchange_communicator = _communicate_when_primed  # type: ignore[method-assign]
+    else:
+        pool.worker = lock_free_worker
     sys.argv = [pool.__file__, *argv]
     try:
         exec(compile(body, pool.__file__, "exec"), vars(pool))  # noqa: S102 - Parsl's own main block
     finally:
-        shutil.rmtree(ready, ignore_errors=True)
+        if ready is not None:
+            shutil.rmtree(ready, ignore_errors=True)
 
 
 if __name__ == "__main__":

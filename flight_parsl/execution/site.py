@@ -523,7 +523,9 @@ def build_parsl_config(
         run_dir: the run's directory; Parsl writes under ``<run_dir>/parsl``.
         prime_spec: a prime spec (:func:`flight_parsl.execution.primed_pool.write_spec`): on a
             site with a ``strategy`` (blocks may start after the warm-up) every block's worker
-            pool primes its workers before it takes tasks. Ignored on a site without one.
+            pool primes its workers before it takes tasks. Ignored on a site without one. Every
+            pool starts through :mod:`flight_parsl.execution.primed_pool` (its workers wait for
+            tasks without the task queue's lock).
 
     Returns:
         A new, unloaded ``parsl.config.Config``.
@@ -553,12 +555,13 @@ def build_parsl_config(
         "cpu_affinity": s["cpu_affinity"],
         "worker_logdir_root": s["worker_logdir_root"],
     }
-    if prime_spec is not None and s["strategy"] != "none":
-        from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+    # every pool's workers wait for tasks without the task queue's lock (a SIGKILLed idle
+    # worker would otherwise stop its pool); on a site with a strategy they also prime
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
-        from flight_parsl.execution.primed_pool import launch_command
+    from flight_parsl.execution.primed_pool import launch_command
 
-        htex_kwargs["launch_cmd"] = launch_command(prime_spec, DEFAULT_LAUNCH_CMD)
+    htex_kwargs["launch_cmd"] = launch_command(prime_spec if s["strategy"] != "none" else None, DEFAULT_LAUNCH_CMD)
     if accelerators is not None:
         htex_kwargs["available_accelerators"] = (
             accelerators if isinstance(accelerators, int) else [str(a) for a in accelerators]
