@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigError", "DataError", "ExecutorError", "FlightParslError", "Pool", "RoundError", "RunResult",
     "TaskError", "TransferError", "check", "client_slowdowns", "describe", "initial_metrics",
-    "initial_model", "load_config", "load_run", "run", "sweep",
+    "initial_model", "link_arg", "load_config", "load_run", "run", "shaped_sites", "sweep", "two_site_topology",
 ]
 
 #: What ``config`` may be: a YAML path, a dict of values, or a typed config.
@@ -61,6 +61,54 @@ DESCRIBE_KEYS = (
     "workers", "rounds", "mode", "model.name", "data.dataset", "strategy.name", "topology", "backend", "slots",
     "transfer.kind", "train.mode", "seed", "out",
 )
+
+
+# --------------------------------------------------------------------------- sites over shaped links
+
+
+def link_arg(text: str) -> dict[str, str]:
+    """A command line's link, as a site's ``link:`` mapping: ``RATE,DELAY`` (``100mbit,20ms``) or
+    ``RATE``; ``unshaped`` (or nothing) gives ``{}``. The site loader checks the units.
+
+    Raises:
+        ValueError: not one or two comma-separated words.
+    """
+    if text in ("", "unshaped"):
+        return {}
+    parts = [t.strip() for t in text.split(",")]
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"link {text!r}: expected unshaped, RATE or RATE,DELAY such as 100mbit,20ms")
+    return dict(zip(("rate", "delay"), parts))
+
+
+def shaped_sites(files: list[Path], link: dict[str, str], where: Path, **changes: Any) -> list[Path]:
+    """Copies of the site YAML ``files`` in ``where``: each site on a virtual host given ``link``
+    (none when it is empty) and every site the keys in ``changes``; their paths, in order."""
+    import yaml
+
+    where.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in map(Path, files):
+        site = yaml.safe_load(src.read_text()) | changes
+        if link and site.get("virtual_host"):
+            site["link"] = dict(link)
+        dst = where / src.name
+        dst.write_text(yaml.safe_dump(site, sort_keys=False))
+        out.append(dst)
+    return out
+
+
+def two_site_topology(where: Path, clients: int, first: int, sites: tuple[str, str] = ("site-a", "site-b")) -> Path:
+    """A flat topology file in ``where``: ``clients`` workers straight under the coordinator, the first
+    ``first`` of them at ``sites[0]``, the rest at ``sites[1]``; its path."""
+    import yaml
+
+    topo = {"description": "two sites straight under the coordinator", "nodes": [
+        {"name": "coordinator", "kind": "coordinator", "children": [f"w{i}" for i in range(clients)]},
+        *({"name": f"w{i}", "kind": "worker", "site": sites[0] if i < first else sites[1]} for i in range(clients))]}
+    path = where / "two-sites.yaml"
+    path.write_text(yaml.safe_dump(topo, sort_keys=False))
+    return path
 
 
 # --------------------------------------------------------------------------- configs

@@ -53,7 +53,7 @@ def test_the_sites_carry_the_link_and_split_the_clients(tmp_path: Path) -> None:
     nodes = yaml.safe_load(Path(topology).read_text())["nodes"]
     workers = [n for n in nodes if n["kind"] == "worker"]
     assert [n["site"] for n in workers] == ["site-a"] * 5 + ["site-b"] * 5
-    with pytest.raises(ValueError, match="expected RATE,DELAY"):
+    with pytest.raises(ValueError, match="expected unshaped, RATE or RATE,DELAY"):
         study.parse_link("100mbit,20ms,1ms")
 
 

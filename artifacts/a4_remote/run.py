@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the checkout's flight_parsl
     sys.path.insert(0, str(ROOT))
 
+from flight_parsl.api import link_arg as parse_link, shaped_sites  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SITES = [ROOT / "configs" / "parsl" / "netns" / "site-a.yaml", ROOT / "configs" / "parsl" / "netns" / "site-b.yaml"]
 PUBLISHED = {"first": 0.10, "last": 0.86, "dataset": "fashion_mnist", "rounds": 10}
@@ -69,25 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def parse_link(text: str) -> dict[str, str]:
-    """``RATE,DELAY`` (``100mbit,20ms``) or ``RATE`` as a site's ``link:`` (the site loader checks the units)."""
-    parts = [t.strip() for t in text.split(",")]
-    if not 1 <= len(parts) <= 2 or not all(parts):
-        raise ValueError(f"--link {text!r}: expected RATE,DELAY such as 100mbit,20ms")
-    return dict(zip(("rate", "delay"), parts))
-
-
 def write_sites(where: Path, link: dict[str, str]) -> list[Path]:
     """site-a and site-b, each given ``link``; their paths."""
-    import yaml
-
-    where.mkdir(parents=True, exist_ok=True)
-    files = []
-    for src in SITES:
-        dst = where / src.name
-        dst.write_text(yaml.safe_dump(yaml.safe_load(src.read_text()) | {"link": dict(link)}, sort_keys=False))
-        files.append(dst)
-    return files
+    return shaped_sites(list(SITES), link, where)
 
 
 def config(args: argparse.Namespace, out: Path, sites: list[Path] = SITES) -> Any:

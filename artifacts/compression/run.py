@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import flight_parsl
+from flight_parsl.api import link_arg as parse_link, shaped_sites, two_site_topology
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -230,33 +231,11 @@ def figure(rows: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------- the slow-link study
 
 
-def parse_link(text: str) -> dict[str, str]:
-    """``RATE,DELAY`` (``100mbit,20ms``) or ``RATE`` as a site's ``link:`` (the site loader checks the units)."""
-    parts = [t.strip() for t in text.split(",")]
-    if not 1 <= len(parts) <= 2 or not all(parts):
-        raise ValueError(f"--link {text!r}: expected RATE,DELAY such as 100mbit,20ms")
-    return dict(zip(("rate", "delay"), parts))
-
-
 def write_sites(where: Path, link: dict[str, str], clients: int) -> tuple[list[str], str]:
     """The two sites (site-a and site-b of configs/parsl/netns, each with ``link``) and a flat
     topology that puts the first half of the clients on site-a, the rest on site-b; their paths."""
-    import yaml
-
-    where.mkdir(parents=True, exist_ok=True)
-    files = []
-    for src in SITE_FILES:
-        site = yaml.safe_load(src.read_text()) | {"link": dict(link)}
-        dst = where / src.name
-        dst.write_text(yaml.safe_dump(site, sort_keys=False))
-        files.append(str(dst))
-    half = (clients + 1) // 2
-    topo = {"description": "two sites straight under the coordinator", "nodes": [
-        {"name": "coordinator", "kind": "coordinator", "children": [f"w{i}" for i in range(clients)]},
-        *({"name": f"w{i}", "kind": "worker", "site": "site-a" if i < half else "site-b"} for i in range(clients))]}
-    topology = where / "two-sites.yaml"
-    topology.write_text(yaml.safe_dump(topo, sort_keys=False))
-    return files, str(topology)
+    files = shaped_sites(list(SITE_FILES), link, where)
+    return [str(f) for f in files], str(two_site_topology(where, clients, (clients + 1) // 2))
 
 
 def slow_arms() -> list[tuple[str, list[str]]]:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import flight_parsl
+from flight_parsl.api import link_arg as parse_link, shaped_sites, two_site_topology
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -51,16 +52,6 @@ UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 #: tasks.csv columns that say where a round's time goes (per task; the median over the warm rounds' train tasks).
 PARTS = ("task_get_s", "task_deserialize_s", "task_compute_s", "task_serialize_s", "task_put_s", "task_collect_s",
          "task_rtt_s")
-
-
-def parse_link(text: str) -> dict[str, str]:
-    """``unshaped`` -> {} ; ``RATE,DELAY`` (``1gbit,5ms``) or ``RATE`` -> a site's ``link:``."""
-    if text == "unshaped":
-        return {}
-    parts = [t.strip() for t in text.split(",")]
-    if not 1 <= len(parts) <= 2 or not all(parts):
-        raise ValueError(f"link {text!r}: expected unshaped, RATE or RATE,DELAY such as 1gbit,5ms")
-    return dict(zip(("rate", "delay"), parts))
 
 
 def rate_bit_s(link: dict[str, str]) -> float | None:
@@ -85,26 +76,8 @@ def write_sites(where: Path, link: dict[str, str], per_site: int, encrypted: boo
     """The two sites (site-a, site-b of configs/parsl/netns, with ``link`` when shaped; HTEX's
     CurveZMQ encryption off when not ``encrypted``) and a flat topology with ``per_site`` clients
     at each; their paths."""
-    import yaml
-
-    where.mkdir(parents=True, exist_ok=True)
-    files = []
-    for src in SITE_FILES:
-        site = yaml.safe_load(src.read_text())
-        if link:
-            site["link"] = dict(link)
-        if not encrypted:
-            site["encrypted"] = False
-        dst = where / src.name
-        dst.write_text(yaml.safe_dump(site, sort_keys=False))
-        files.append(str(dst))
-    n = 2 * per_site
-    topo = {"description": "two sites straight under the coordinator", "nodes": [
-        {"name": "coordinator", "kind": "coordinator", "children": [f"w{i}" for i in range(n)]},
-        *({"name": f"w{i}", "kind": "worker", "site": "site-a" if i < per_site else "site-b"} for i in range(n))]}
-    topology = where / "two-sites.yaml"
-    topology.write_text(yaml.safe_dump(topo, sort_keys=False))
-    return files, str(topology)
+    files = shaped_sites(list(SITE_FILES), link, where, **({} if encrypted else {"encrypted": False}))
+    return [str(f) for f in files], str(two_site_topology(where, 2 * per_site, per_site))
 
 
 def values(sites: tuple[list[str], str], kind: str, rounds: int, per_site: int, model: str, out: Path) -> dict:
