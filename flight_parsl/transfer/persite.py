@@ -11,6 +11,7 @@ coordinator collects it. Every other call goes to the store a reference belongs 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,13 @@ class SiteTransfer:
             raise TransferError(f"reference {ref.key} belongs to no site's store") from None
 
     def publish(self, weights: FlatWeights, round_idx: int) -> SiteRefs:
-        return SiteRefs({label: t.publish(weights, round_idx) for label, t in self.sites.items()}, round_idx)
+        """The model into every site's store at once: one thread a site, so the copies cross the
+        sites' links side by side, not one link after another."""
+        if len(self.sites) == 1:
+            return SiteRefs({label: t.publish(weights, round_idx) for label, t in self.sites.items()}, round_idx)
+        with ThreadPoolExecutor(len(self.sites), thread_name_prefix="publish") as pool:
+            futures = {label: pool.submit(t.publish, weights, round_idx) for label, t in self.sites.items()}
+            return SiteRefs({label: f.result() for label, f in futures.items()}, round_idx)
 
     def for_site(self, ref: Any, site: str | None) -> Any:
         """The reference a task at ``site`` carries (a site's own references pass as they are)."""
