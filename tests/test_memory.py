@@ -58,10 +58,12 @@ def test_machine_used_memory_is_read_from_meminfo() -> None:
 
 
 def test_the_machine_delta_sees_an_allocation_and_a_later_window_starts_from_its_own_baseline() -> None:
-    rss_before = rss_mb()
-    for _ in range(TRIES):
+    for _ in range(TRIES):  # the process's own RSS may also fall while earlier tests' memory is freed
+        gc.collect()
+        rss_before = rss_mb()
         memory = window_with_block()
-        if memory.peak_machine_mb is not None and memory.peak_machine_mb >= MACHINE_SEES_MB:
+        if (memory.peak_machine_mb is not None and memory.peak_machine_mb >= MACHINE_SEES_MB
+                and memory.peak_mb >= rss_before + BLOCK_MB - 50):
             break
     assert memory.peak_machine_mb is not None and memory.peak_machine_mb >= MACHINE_SEES_MB
     assert memory.peak_mb >= rss_before + BLOCK_MB - 50  # this process's own peak saw it too
