@@ -70,7 +70,8 @@ def test_round_figures_and_error_line() -> None:
 
 def _rows() -> list[dict]:
     def row(label: str, framework: str, status: str = "ok", **figures: float) -> dict:
-        return {"cell": "c", "row": label, "framework": framework, "status": status, **figures}
+        moves = perf.FLOWER_MOVES if framework == "flower" else perf.ONE_MSG if "no-preagg" in label else perf.PREAGG
+        return {"cell": "c", "row": label, "framework": framework, "status": status, "moves": moves, **figures}
 
     return [
         row("flight_parsl", "flight_parsl", whole_s=10.0, first_s=2.0, warm_s=1.0, peak_mem_gb=3.0, coord_mb=500.0),
@@ -155,10 +156,16 @@ def test_render_cell() -> None:
     text = perf.render_cell(cell, rows, perf.check_targets(cell, rows, rows), rounds=3)
     assert text.startswith("### c: tiny, 8 clients, 3 rounds, no training")
     assert "_a note_" in text
-    assert "| flight_parsl | 10.0 | 2.00 | 1.00 | 3.00 | - | 500 | 0.33x | 0.25x | 1.50x | ok |" in text
-    assert "| flower-sim matched (8 actors) | 30.0 |" in text and "| flower-sim default (1 actor) | 40.0 |" in text
-    assert "| flight_parsl no-preagg | - | - | - | - | - | - | - | - | - | failed: exit 2: error: unknown config key |" in text
-    assert "flight_parsl best / Flower best: whole run s 6.00 (flight_parsl process) / 30.0 (flower-sim matched) = 0.20x" in text
+    assert ("| flight_parsl | pre-aggregated in the slot | 10.0 | 2.00 | 1.00 | 3.00 | - | 500 | 0.33x | 0.25x | "
+            "1.50x | - | ok |") in text
+    assert "| flower-sim matched (8 actors) | one message per client | 30.0 |" in text
+    assert "| flower-sim default (1 actor) | one message per client | 40.0 |" in text
+    assert ("| flight_parsl no-preagg | one message per client, like Flower | - | - | - | - | - | - | - | - | - | - | "
+            "failed: exit 2: error: unknown config key |") in text
+    assert ("flight_parsl best (pre-aggregated in the slot) / Flower best: whole run s 6.00 (flight_parsl process) / "
+            "30.0 (flower-sim matched) = 0.20x") in text
+    # the one-message row failed: its best-vs-best line says so
+    assert "flight_parsl best (one message per client, like Flower) / Flower best: - (one side has no ok run)" in text
     assert "| whole run <= 15 s | flight_parsl | 10.0 | PASS |" in text
     assert "| warm round <= 0.5 s | flight_parsl | 1.00 | MISS |" in text
     assert perf.fmt(0.012345) == "0.0123" and perf.fmt(None) == "-" and perf.fmt(1234.5) == "1234"
@@ -248,9 +255,10 @@ def test_run_process_stops_leftovers_and_reads_errors(tmp_path: Path, monkeypatc
 
 
 def test_main_writes_results_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_run_row(cell, row, rounds, out_dir, timeout):  # noqa: ANN001, ANN202
+    def fake_run_row(cell, row, rounds, out_dir, timeout, repeat=1, settled=None):  # noqa: ANN001, ANN202
         base = {"cell": cell.name, "row": row.label, "framework": row.framework, "model": cell.model,
-                "workers": cell.workers, "rounds": rounds, "train": cell.train, "args": "", "run_dir": ""}
+                "workers": cell.workers, "rounds": rounds, "train": cell.train, "args": "", "run_dir": "",
+                "repeat": repeat, "moves": row.moves, "load_1m": settled.load, "settled": "yes"}
         if "no-preagg" in row.label or "per-client" in row.label:
             return {**base, "status": "failed: exit 2: error: unknown config key 'plan.preaggregate'"}
         scale = 3.0 if row.framework == "flower" else 1.0
@@ -259,18 +267,22 @@ def test_main_writes_results_and_table(tmp_path: Path, monkeypatch: pytest.Monke
                 "actors": 2 if row.framework == "flower" else None}
 
     monkeypatch.setattr(perf, "run_row", fake_run_row)
+    monkeypatch.setattr(perf, "settle", lambda threshold, max_wait: perf.Settle(True, 0.25, 0.0, []))
     monkeypatch.setattr(perf.time, "sleep", lambda s: None)
     said: list[str] = []
-    rc = perf.main(["--cells", "smoke-tiny-8", "--out", str(tmp_path / "out")], say=said.append)
+    rc = perf.main(["--cells", "smoke-tiny-8", "--out", str(tmp_path / "out"), "--repeats", "1"], say=said.append)
     assert rc == 1  # the no-preagg row failed
-    assert any("smoke-tiny-8 | flight_parsl no-preagg: failed: exit 2" in line for line in said)
+    assert any("smoke-tiny-8 | flight_parsl no-preagg | run 1/1: failed: exit 2" in line for line in said)
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| whole run <= 8 s | flight_parsl | 5.00 | PASS |" in table
+    assert "| whole run <= 6 s | flight_parsl | 5.00 | PASS |" in table
     assert "| warm round <= 0.1 s | flight_parsl | 0.05 | PASS |" in table
     assert "| whole run <= 3.5 s | flight_parsl process | 5.00 | MISS |" in table
     assert "targets: 2 PASS, 1 MISS, 0 n/a" in table
     with (tmp_path / "out" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["row"] for r in rows] == [r.label for r in perf.CELLS_BY_NAME["smoke-tiny-8"].rows]
-    assert float(rows[0]["whole_s_vs_flower"]) == pytest.approx(1 / 3)
-    assert rows[0]["targets"] == "whole run <= 8 s: PASS; warm round <= 0.1 s: PASS"
+    assert rows[0]["repeat"] == "1" and rows[0]["settled"] == "yes"
+    with (tmp_path / "out" / "medians.csv").open() as f:
+        medians = list(csv.DictReader(f))
+    assert float(medians[0]["whole_s_vs_flower"]) == pytest.approx(1 / 3)
+    assert medians[0]["targets"] == "whole run <= 6 s: PASS; warm round <= 0.1 s: PASS"

@@ -56,6 +56,14 @@ DEFAULT_ROUNDS = 3
 DEFAULT_TIMEOUT_S = 900.0
 KILL_GRACE_S = 5.0
 LEFTOVER_GRACE_S = 10.0
+DEFAULT_REPEATS = 3
+DEFAULT_SETTLE_LOAD = 0.5 * (os.cpu_count() or 2)  # 1.0 on 2 cores
+DEFAULT_SETTLE_MAX_S = 240.0
+SETTLE_POLL_S = 2.0
+BASELINE_WINDOW_S = 1.0  # machine memory baseline: the least in use over this window before launch
+MEM_DISAGREE = 2.0  # machine figure vs procs RSS: flagged beyond this factor either way
+# Processes of a Parsl or Ray run: none may be alive (this script's or anyone's) when a run launches.
+STRAY_NAMES = ("process_worker_pool", "interchange", "raylet", "gcs_server")
 
 FLIGHT = "flight_parsl"
 FLOWER = "flower"
@@ -71,8 +79,8 @@ class Target:
     """A figure a row must reach: ``metric <= limit``.
 
     Metrics: ``whole_s``, ``first_s``, ``warm_s`` (seconds), ``mem_gb`` (peak machine
-    memory, GB), ``whole_vs_flower`` (whole run / Flower's best whole run),
-    ``coord_vs_ref_mb`` (coordinator peak RSS minus the same row's in the cell
+    memory, GB), ``whole_vs_flower`` / ``warm_vs_flower`` (whole run / warm round over
+    Flower's best in the cell), ``coord_mb`` (coordinator peak RSS, MB), ``coord_vs_ref_mb`` (coordinator peak RSS minus the same row's in the cell
     ``ref``, MB).
     """
 
@@ -91,6 +99,12 @@ class Row:
     overrides: tuple[str, ...] = ()  # flight_parsl key=value overrides
     targets: tuple[Target, ...] = ()
     note: str = ""
+    moves: str = ""  # what crosses from the clients to the aggregator (PREAGG / ONE_MSG)
+
+
+PREAGG = "pre-aggregated in the slot"
+ONE_MSG = "one message per client, like Flower"
+FLOWER_MOVES = "one message per client"
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,7 @@ class Cell:
     overrides: tuple[str, ...] = ()  # for every flight_parsl row of the cell
     smoke: bool = False
     note: str = ""
+    bare: bool = False  # flight_parsl rows run with the CLI's defaults: only --workers and --rounds
 
     def rounds_for(self, default: int) -> int:
         return self.rounds if self.rounds is not None else default
@@ -114,8 +129,11 @@ class Cell:
 
 
 def fp(label: str = "", flags: Sequence[str] = (), overrides: Sequence[str] = (),
-       targets: Sequence[Target] = (), note: str = "") -> Row:
-    return Row(FLIGHT + (f" {label}" if label else ""), FLIGHT, tuple(flags), tuple(overrides), tuple(targets), note)
+       targets: Sequence[Target] = (), note: str = "", moves: str = "") -> Row:
+    if not moves:  # one slot per client or no folding: every client's result travels on its own
+        moves = ONE_MSG if any(o in ("plan.preaggregate=false", "slots=per_client") for o in overrides) else PREAGG
+    return Row(FLIGHT + (f" {label}" if label else ""), FLIGHT, tuple(flags), tuple(overrides), tuple(targets), note,
+               moves)
 
 
 NO_PREAGG = ("no-preagg", (), ("plan.preaggregate=false",), "every client's result returned to the coordinator")
@@ -132,15 +150,18 @@ FLOWER_VARIANTS = {
 
 def flower(variant: str) -> Row:
     cpus, note = FLOWER_VARIANTS[variant]
-    return Row(f"flower-sim {variant}", FLOWER, ("--client-cpus", cpus), (), (), note)
+    return Row(f"flower-sim {variant}", FLOWER, ("--client-cpus", cpus), (), (), note, FLOWER_MOVES)
 
 
 ALL_FLOWER = tuple(flower(v) for v in FLOWER_VARIANTS)
 FEW_FLOWER = (flower("default"), flower("1cpu"))  # N actors do not fit in memory
 
 
-def _variants(*kinds: tuple[str, tuple[str, ...], tuple[str, ...], str]) -> tuple[Row, ...]:
-    return tuple(fp(label, flags, overrides, note=note) for label, flags, overrides, note in kinds)
+def _variants(*kinds: tuple[str, tuple[str, ...], tuple[str, ...], str],
+              targets: Sequence[Sequence[Target]] = ()) -> tuple[Row, ...]:
+    """flight_parsl variant rows; ``targets[i]`` (if given) are the i-th kind's targets."""
+    return tuple(fp(label, flags, overrides, targets=tuple(targets[i]) if i < len(targets) else (), note=note)
+                 for i, (label, flags, overrides, note) in enumerate(kinds))
 
 
 def _targets(**limits: float) -> tuple[Target, ...]:
@@ -148,12 +169,20 @@ def _targets(**limits: float) -> tuple[Target, ...]:
 
 
 R18_64 = _targets(whole_s=15, whole_vs_flower=1 / 3, warm_s=1.5, mem_gb=4)
-TINY_64 = _targets(whole_s=8, warm_s=0.1)
+R18_64_ONE_MSG = _targets(warm_vs_flower=0.1)  # issue 22: "one message per client" warm round <= 0.1x Flower's
+R18_64_PER_CLIENT = _targets(whole_s=30, mem_gb=6)  # issue 22 item 1 (start-up)
+TINY_64 = _targets(whole_s=6, warm_s=0.1)  # whole run: issue 22 item 1 (tiny x64 on HTEX)
 TINY_64_PROCESS = _targets(whole_s=3.5)
+DIGITS_3 = _targets(whole_s=30, mem_gb=3, whole_vs_flower=0.4)
+DIGITS_100 = _targets(whole_vs_flower=0.1)
+TINY_1M = _targets(warm_s=1, coord_mb=500)
 
 CELLS: tuple[Cell, ...] = (
+    Cell("quickstart", "mlp", 4, (fp(targets=_targets(whole_s=8)),), rounds=3, train="local", bare=True,
+         note="the quick start as the README gives it: python -m flight_parsl.scale --workers 4 --rounds 3"),
     Cell("resnet18-64", "resnet18", 64,
-         (fp(targets=R18_64), *_variants(NO_PREAGG, PER_CLIENT), *ALL_FLOWER)),
+         (fp(targets=R18_64), *_variants(NO_PREAGG, PER_CLIENT, targets=(R18_64_ONE_MSG, R18_64_PER_CLIENT)),
+          *ALL_FLOWER)),
     Cell("tiny-64", "tiny", 64,
          (fp(targets=TINY_64), fp(PROCESS[0], PROCESS[1], targets=TINY_64_PROCESS, note=PROCESS[3]),
           *_variants(NO_PREAGG), *ALL_FLOWER)),
@@ -170,21 +199,26 @@ CELLS: tuple[Cell, ...] = (
          (fp(targets=(Target("warm_s", 2), Target("coord_vs_ref_mb", 100, ref="tiny-1k"))), *_variants(NO_PREAGG)),
          overrides=("strategy.clients_per_round=1000",),
          note="1,000 of 100,000 clients sampled per round; no Flower row (the baseline does not sample clients)"),
-    Cell("digits-mlp-64", "mlp", 64,
-         (fp(targets=_targets(whole_s=30, mem_gb=3)), *_variants(NO_PREAGG)),
-         rounds=3, train="local", dataset="digits", note="real training, 3 rounds; no Flower counterpart"),
-    # Smoke cells (work on today's engine; the no-preagg / per-client rows use overrides the
-    # engine rewrite adds, so they show how a failed run is reported). The smoke cells carry the
-    # x64 cells' targets only to exercise the checks.
+    Cell("tiny-1m", "tiny", 1_000_000, (fp(targets=TINY_1M), *_variants(NO_PREAGG)),
+         overrides=("strategy.clients_per_round=1000",),
+         note="1,000 of 1,000,000 clients sampled per round; no Flower row (the baseline does not sample clients)"),
+    Cell("digits-mlp-64", "mlp", 64, (fp(targets=DIGITS_3), *_variants(NO_PREAGG), *FEW_FLOWER),
+         rounds=3, train="local", dataset="digits",
+         note="real training, 3 rounds, both frameworks (Flower: --train local); no flower-sim matched (64 actors "
+              "start for minutes)"),
+    Cell("digits-mlp-64-r100", "mlp", 64, (fp(targets=DIGITS_100), *_variants(NO_PREAGG), *FEW_FLOWER),
+         rounds=100, train="local", dataset="digits",
+         note="real training, 100 rounds, both frameworks (Flower: --train local)"),
+    # Smoke cells: small versions that carry the x64 cells' targets only to exercise the checks.
     Cell("smoke-tiny-8", "tiny", 8,
          (fp(targets=TINY_64), fp(PROCESS[0], PROCESS[1], targets=TINY_64_PROCESS, note=PROCESS[3]),
           *_variants(NO_PREAGG), *ALL_FLOWER), smoke=True, note="smoke cell; targets are tiny-64's"),
     Cell("smoke-smallnet-8", "smallnet", 8, (fp(), *_variants(NO_PREAGG), *ALL_FLOWER), smoke=True,
          note="smoke cell"),
     Cell("smoke-resnet18-8", "resnet18", 8,
-         (fp(targets=R18_64), *_variants(NO_PREAGG, PER_CLIENT), *ALL_FLOWER), smoke=True,
-         note="smoke cell; targets are resnet18-64's"),
-    Cell("smoke-digits-8", "mlp", 8, (fp(targets=_targets(whole_s=30, mem_gb=3)),), rounds=2, train="local",
+         (fp(targets=R18_64), *_variants(NO_PREAGG, PER_CLIENT, targets=(R18_64_ONE_MSG, R18_64_PER_CLIENT)),
+          *ALL_FLOWER), smoke=True, note="smoke cell; targets are resnet18-64's"),
+    Cell("smoke-digits-8", "mlp", 8, (fp(targets=DIGITS_3), flower("default")), rounds=2, train="local",
          dataset="digits", smoke=True, note="smoke cell: real training, 2 rounds; targets are digits-mlp-64's"),
 )
 CELLS_BY_NAME = {c.name: c for c in CELLS}
@@ -197,6 +231,8 @@ METRIC_TEXT = {
     "warm_s": ("warm round", "s"),
     "mem_gb": ("peak machine memory", "GB"),
     "whole_vs_flower": ("whole run / Flower's best", "x"),
+    "warm_vs_flower": ("warm round / Flower's best", "x"),
+    "coord_mb": ("coordinator peak RSS", "MB"),
     "coord_vs_ref_mb": ("coordinator peak RSS minus {ref}'s", "MB"),
 }
 
@@ -248,9 +284,18 @@ class MemSampler:
     def read_kib(self) -> int:
         return meminfo_used_kib(self.path.read_text())
 
-    def start(self) -> None:
-        """Take the baseline (call just before launching)."""
-        self.baseline_kib = self.read_kib()
+    def start(self, window_s: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Take the baseline (call just before launching): the least in use over ``window_s``.
+
+        One reading just before launch is high when memory an earlier run (or other work)
+        held is still being given back, and the run's rise then reads near zero; the least
+        over a window is the floor the run starts from.
+        """
+        reads = [self.read_kib()]
+        for _ in range(int(window_s / SAMPLE_S)):
+            sleep(SAMPLE_S)
+            reads.append(self.read_kib())
+        self.baseline_kib = min(reads)
         self.peak_kib = self.baseline_kib
         self.samples = 0
 
@@ -270,6 +315,66 @@ class MemSampler:
     @property
     def baseline_gb(self) -> float | None:
         return None if self.baseline_kib is None else self.baseline_kib * 1024 / GB
+
+
+# ---------------------------------------------------------------------------
+# A settled machine before each run
+# ---------------------------------------------------------------------------
+
+
+def stray_processes(names: Sequence[str] = STRAY_NAMES) -> list[str]:
+    """``"pid name"`` of every process whose command line names a Parsl / Ray service (anyone's)."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        hit = next((n for n in names if n in cmdline), None)
+        if hit:
+            found.append(f"{entry} {hit}")
+    return found
+
+
+@dataclass
+class Settle:
+    """How the machine stood when a run launched."""
+
+    settled: bool
+    load: float  # the 1-minute load average at the last check
+    waited_s: float
+    strays: list[str]
+
+    def why(self) -> str:
+        """Why it is not settled ('' if it is)."""
+        if self.settled:
+            return ""
+        parts = [f"load {self.load:.2f}"] if self.load is not None else []
+        if self.strays:
+            parts.append(f"{len(self.strays)} stray process(es): {', '.join(self.strays[:3])}")
+        return "; ".join(parts)
+
+
+def settle(threshold: float, max_wait_s: float, read_load: Callable[[], float] = lambda: os.getloadavg()[0],
+           find_strays: Callable[[], list[str]] = stray_processes, sleep: Callable[[float], None] = time.sleep,
+           clock: Callable[[], float] = time.monotonic, poll_s: float = SETTLE_POLL_S) -> Settle:
+    """Wait until the 1-min load is below ``threshold`` and no Parsl / Ray process is alive.
+
+    After ``max_wait_s`` it gives up and says so (``settled=False``): the run goes on and
+    its row is marked unsettled.
+    """
+    start = clock()
+    while True:
+        load, strays = read_load(), find_strays()
+        waited = clock() - start
+        if load < threshold and not strays:
+            return Settle(True, load, waited, [])
+        if waited >= max_wait_s:
+            return Settle(False, load, waited, strays)
+        sleep(min(poll_s, max_wait_s - waited))
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +504,7 @@ class Launch:
 
 
 def run_process(argv: Sequence[str], env: dict[str, str], timeout: float, logs: Path,
-                sampler: MemSampler | None = None) -> Launch:
+                sampler: MemSampler | None = None, baseline_window_s: float = 0.0) -> Launch:
     """Run ``argv`` in its own session, sampling memory, killing it and all its processes on time-out.
 
     Every process of the run seen (:class:`RunProcesses`: Parsl's worker pool and Ray
@@ -411,7 +516,7 @@ def run_process(argv: Sequence[str], env: dict[str, str], timeout: float, logs: 
     out = Launch(stdout_path=logs / "stdout.log", stderr_path=logs / "stderr.log")
     token = f"{os.getpid()}-{time.time_ns()}"
     with out.stdout_path.open("wb") as so, out.stderr_path.open("wb") as se:
-        sampler.start()
+        sampler.start(baseline_window_s)
         out.launch = time.time()
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=so, stderr=se,
                                 env={**env, RUN_MARK: token}, cwd=str(REPO), start_new_session=True)
@@ -483,7 +588,10 @@ def child_env() -> dict[str, str]:
 
 
 def flight_argv(cell: Cell, row: Row, rounds: int, out: Path) -> list[str]:
-    argv = [sys.executable, "-m", "flight_parsl.scale", "--workers", str(cell.workers), "--model", cell.model]
+    argv = [sys.executable, "-m", "flight_parsl.scale", "--workers", str(cell.workers)]
+    if cell.bare:  # the CLI's own defaults (the quick start)
+        return [*argv, "--rounds", str(rounds), "--out", str(out), "-q", *row.flags, *row.overrides]
+    argv += ["--model", cell.model]
     if cell.train == "none":
         argv += ["--train", "none"]
     if cell.dataset:
@@ -493,9 +601,12 @@ def flight_argv(cell: Cell, row: Row, rounds: int, out: Path) -> list[str]:
 
 
 def flower_argv(cell: Cell, row: Row, rounds: int, out: Path, timeout: float) -> list[str]:
-    return [sys.executable, "-m", "flight_parsl.baselines.flower", "--workers", str(cell.workers),
-            "--model", cell.model, "--mode", "simulation", "--rounds", str(rounds), "--out", str(out),
-            "--timeout", f"{timeout:g}", *row.flags]
+    argv = [sys.executable, "-m", "flight_parsl.baselines.flower", "--workers", str(cell.workers),
+            "--model", cell.model]
+    if cell.train != "none":  # the same workload as flight_parsl's row: real local training
+        argv += ["--dataset", cell.dataset or "digits", "--train", cell.train]
+    return argv + ["--mode", "simulation", "--rounds", str(rounds), "--out", str(out),
+                   "--timeout", f"{timeout:g}", *row.flags]
 
 
 def round_figures(makespans: Sequence[float]) -> tuple[float | None, float | None]:
@@ -513,7 +624,20 @@ def read_flight(out: Path) -> dict[str, Any]:
     first, warm = round_figures(makespans)
     return {"summary": summary, "first_s": first, "warm_s": warm, "end": summary.get("end"),
             "coord_mb": summary.get("peak_rss_mb_coordinator"), "own_start2end_s": summary.get("start2end"),
-            "status": summary.get("status")}
+            "status": summary.get("status"), "acc": summary.get("final_test_acc")}
+
+
+ACC_KEYS = ("final_test_acc", "final_acc", "test_acc", "accuracy")
+
+
+def final_acc(summary: dict[str, Any]) -> float | None:
+    """The final test accuracy a summary gives (its top level, else its last round's), or None."""
+    for source in (summary, (summary.get("rounds_detail") or [{}])[-1]):
+        for key in ACC_KEYS:
+            value = _num(source.get(key)) if isinstance(source, dict) else None
+            if value is not None:
+                return value
+    return None
 
 
 def read_flower(out: Path) -> dict[str, Any]:
@@ -523,12 +647,17 @@ def read_flower(out: Path) -> dict[str, Any]:
     first, warm = round_figures(makespans)
     return {"summary": summary, "first_s": first, "warm_s": warm, "end": summary.get("end"),
             "coord_mb": summary.get("peak_rss_mb"), "own_start2end_s": summary.get("start2end"),
-            "actors": summary.get("num_actors"), "status": summary.get("status")}
+            "actors": summary.get("num_actors"), "status": summary.get("status"), "acc": final_acc(summary)}
 
 
-def run_row(cell: Cell, row: Row, rounds: int, out_dir: Path, timeout: float) -> dict[str, Any]:
-    """Run one row of a cell; return its results row (status ok or failed: <one line>)."""
-    run_dir = out_dir / cell.name / slug(row.label)
+def run_row(cell: Cell, row: Row, rounds: int, out_dir: Path, timeout: float, repeat: int = 1,
+            settled: Settle | None = None) -> dict[str, Any]:
+    """Run one row of a cell once; return its results row (status ok or failed: <one line>).
+
+    ``repeat`` numbers the run (its directory is ``OUT/<cell>/<row>/r<repeat>``);
+    ``settled`` is how the machine stood at launch (:func:`settle`).
+    """
+    run_dir = out_dir / cell.name / slug(row.label) / f"r{repeat}"
     if FLOWER == row.framework:
         # The baseline's own limit stops its processes first; ours is the backstop.
         argv = flower_argv(cell, row, rounds, run_dir, max(timeout - 30, timeout * 0.9))
@@ -538,14 +667,18 @@ def run_row(cell: Cell, row: Row, rounds: int, out_dir: Path, timeout: float) ->
         "cell": cell.name, "row": row.label, "framework": row.framework, "model": cell.model,
         "workers": cell.workers, "rounds": rounds, "train": cell.train,
         "args": " ".join([*row.flags, *(cell.overrides if row.framework == FLIGHT else ()), *row.overrides]),
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir), "repeat": repeat, "moves": row.moves,
     }
+    if settled is not None:
+        result.update(settled="yes" if settled.settled else "no", settle_wait_s=settled.waited_s,
+                      unsettled_why=settled.why())
     for stale in ("summary.json", "rounds.csv"):  # from an earlier invocation with the same --out
         (run_dir / stale).unlink(missing_ok=True)
     result["load_1m"] = os.getloadavg()[0]  # other work on the machine skews the timings
-    launch = run_process(argv, child_env(), timeout, run_dir / "logs")
+    launch = run_process(argv, child_env(), timeout, run_dir / "logs", baseline_window_s=BASELINE_WINDOW_S)
     result.update(launch=launch.launch, wall_s=launch.exited - launch.launch, peak_mem_gb=launch.mem_gb,
-                  baseline_mem_gb=launch.baseline_gb, tree_rss_gb=launch.tree_rss_gb)
+                  baseline_mem_gb=launch.baseline_gb, tree_rss_gb=launch.tree_rss_gb,
+                  mem_flag="disagree" if mem_disagrees(launch.mem_gb, launch.tree_rss_gb) else "")
     if launch.killed_leftovers:
         result["note"] = f"stopped {launch.killed_leftovers} processes left running after it exited"
     if launch.timed_out:
@@ -575,9 +708,24 @@ def run_row(cell: Cell, row: Row, rounds: int, out_dir: Path, timeout: float) ->
         status="ok",
         whole_s=figures["end"] - launch.launch if figures.get("end") else None,
         first_s=figures["first_s"], warm_s=figures["warm_s"], coord_mb=figures["coord_mb"],
-        own_start2end_s=figures["own_start2end_s"], actors=figures.get("actors"),
+        own_start2end_s=figures["own_start2end_s"], actors=figures.get("actors"), acc=figures.get("acc"),
     )
     return result
+
+
+def mem_disagrees(machine_gb: float | None, procs_gb: float | None, factor: float = MEM_DISAGREE) -> bool:
+    """Whether the machine figure and the processes' summed RSS differ by more than ``factor`` either way.
+
+    Either can be off: the machine figure counts whatever else on the machine took or gave
+    back memory during the run (it read 0.002 GB for a run whose processes held 1.57 GB);
+    the RSS sum counts shared pages once per process. Neither missing: no flag.
+    """
+    if machine_gb is None or procs_gb is None:
+        return False
+    low, high = sorted((max(machine_gb, 0.0), max(procs_gb, 0.0)))
+    if high == 0:
+        return False
+    return low * factor < high
 
 
 def slug(label: str) -> str:
@@ -601,10 +749,16 @@ def _num(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def best(rows: Sequence[dict[str, Any]], framework: str, metric: str) -> tuple[float, str] | None:
-    """(smallest value, its row label) of ``metric`` over the ok rows of ``framework``."""
-    found = [(v, r["row"]) for r in rows if r.get("framework") == framework and r.get("status") == "ok"
-             and (v := _num(r.get(metric))) is not None]
+def is_ok(row: dict[str, Any]) -> bool:
+    """Whether a row has figures: a run that finished, or a cell-row with at least one run that did."""
+    return str(row.get("status", "")).startswith("ok")
+
+
+def best(rows: Sequence[dict[str, Any]], framework: str, metric: str,
+         moves: str | None = None) -> tuple[float, str] | None:
+    """(smallest value, its row label) of ``metric`` over the ok rows of ``framework`` (and ``moves``)."""
+    found = [(v, r["row"]) for r in rows if r.get("framework") == framework and is_ok(r)
+             and (moves is None or r.get("moves") == moves) and (v := _num(r.get(metric))) is not None]
     return min(found) if found else None
 
 
@@ -615,15 +769,15 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         for r in rows:
             if r.get("framework") != FLIGHT:
                 continue
-            value = _num(r.get(metric)) if r.get("status") == "ok" else None
+            value = _num(r.get(metric)) if is_ok(r) else None
             r[f"{metric}_vs_flower"] = value / ref[0] if value is not None and ref and ref[0] > 0 else None
 
 
-def best_vs_best(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per metric: flight_parsl's best, Flower's best and their ratio (metrics where both ran)."""
+def best_vs_best(rows: Sequence[dict[str, Any]], moves: str | None = None) -> list[dict[str, Any]]:
+    """Per metric: flight_parsl's best (of the rows that move ``moves``), Flower's best and their ratio."""
     out = []
     for metric in RATIO_METRICS:
-        mine, theirs = best(rows, FLIGHT, metric), best(rows, FLOWER, metric)
+        mine, theirs = best(rows, FLIGHT, metric, moves), best(rows, FLOWER, metric)
         if mine and theirs:
             out.append({"metric": metric, "flight": mine, "flower": theirs,
                         "ratio": mine[0] / theirs[0] if theirs[0] > 0 else None})
@@ -632,20 +786,21 @@ def best_vs_best(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def target_value(target: Target, row: dict[str, Any], cell_rows: Sequence[dict[str, Any]],
                  all_rows: Sequence[dict[str, Any]]) -> tuple[float | None, str]:
-    """The figure a target checks, or (None, why it cannot be checked)."""
-    if row.get("status") != "ok":
+    """The figure a target checks (medians, in aggregated rows), or (None, why it cannot be checked)."""
+    if not is_ok(row):
         return None, "run failed"
     if target.metric == "mem_gb":
         value = _num(row.get("peak_mem_gb"))
-    elif target.metric == "whole_vs_flower":
-        ref = best(cell_rows, FLOWER, "whole_s")
+    elif target.metric in ("whole_vs_flower", "warm_vs_flower"):
+        metric = "whole_s" if target.metric == "whole_vs_flower" else "warm_s"
+        ref = best(cell_rows, FLOWER, metric)
         if ref is None:
             return None, "no Flower figure"
-        whole = _num(row.get("whole_s"))
-        value = whole / ref[0] if whole is not None and ref[0] > 0 else None
+        mine = _num(row.get(metric))
+        value = mine / ref[0] if mine is not None and ref[0] > 0 else None
     elif target.metric == "coord_vs_ref_mb":
         ref_rows = [r for r in all_rows if r.get("cell") == target.ref and r.get("row") == row.get("row")]
-        if not ref_rows or ref_rows[0].get("status") != "ok":
+        if not ref_rows or not is_ok(ref_rows[0]):
             return None, f"no {target.ref} figure"
         mine, theirs = _num(row.get("coord_mb")), _num(ref_rows[0].get("coord_mb"))
         value = mine - theirs if mine is not None and theirs is not None else None
@@ -679,6 +834,61 @@ def target_text(target: Target) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Repeats: median with min-max (pure)
+# ---------------------------------------------------------------------------
+
+AGG_FIGURES = ("whole_s", "first_s", "warm_s", "peak_mem_gb", "tree_rss_gb", "coord_mb", "acc", "wall_s",
+               "own_start2end_s", "baseline_mem_gb")
+KEEP = ("cell", "row", "framework", "model", "workers", "rounds", "train", "args", "moves")
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell and row (first-seen order) from its repeated runs.
+
+    Each figure is the median over the runs that finished ok, with ``<figure>_min`` and
+    ``<figure>_max``; ``load_min`` / ``load_max`` span every run's load at launch;
+    ``unsettled`` and ``mem_flags`` count the runs launched on an unsettled machine and
+    the ok runs whose memory figures disagree. Status: ``ok`` (every run finished),
+    ``ok K/N; <first failure>`` (some did), or the failure (none did).
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["cell"], r["row"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        ok = [r for r in rs if r.get("status") == "ok"]
+        agg: dict[str, Any] = {k: rs[0].get(k) for k in KEEP}
+        agg.update(runs=len(rs), ok_runs=len(ok))
+        for fig in AGG_FIGURES:
+            values = [v for r in ok if (v := _num(r.get(fig))) is not None]
+            agg[fig] = median(values) if values else None
+            agg[f"{fig}_min"] = min(values) if values else None
+            agg[f"{fig}_max"] = max(values) if values else None
+        loads = [v for r in rs if (v := _num(r.get("load_1m"))) is not None]
+        agg["load_min"], agg["load_max"] = (min(loads), max(loads)) if loads else (None, None)
+        agg["actors"] = next((r.get("actors") for r in ok if r.get("actors") not in (None, "")), None)
+        agg["unsettled"] = sum(r.get("settled") == "no" for r in rs)
+        agg["mem_flags"] = sum(r.get("mem_flag") == "disagree" for r in ok)
+        failures = [str(r.get("status")) for r in rs if r.get("status") != "ok"]
+        if not failures:
+            agg["status"] = "ok"
+        elif ok:
+            agg["status"] = f"ok {len(ok)}/{len(rs)}; {failures[0]}"
+        else:
+            agg["status"] = failures[0] if len(rs) == 1 else f"{failures[0]} ({len(failures)}/{len(rs)} runs failed)"
+        notes = [str(r["note"]) for r in rs if r.get("note")]
+        agg["note"] = notes[0] if notes else ""
+        out.append(agg)
+    return out
+
+
+# ---------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------
 
@@ -698,19 +908,37 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{number:.{digits}g}"
 
 
+def fmt_range(row: dict[str, Any], fig: str) -> str:
+    """``median (min-max)``, or the one figure when the runs agree (or there is one)."""
+    mid, low, high = row.get(fig), row.get(f"{fig}_min"), row.get(f"{fig}_max")
+    if _num(mid) is None:
+        return "-"
+    if _num(low) is None or _num(high) is None or fmt(low) == fmt(high):
+        return fmt(mid)
+    return f"{fmt(mid)} ({fmt(low)}-{fmt(high)})"
+
+
 def fmt_ratio(value: Any) -> str:
     number = _num(value)
     return "-" if number is None else f"{number:.2f}x"
 
 
+def fmt_load(row: dict[str, Any]) -> str:
+    low, high = _num(row.get("load_min")), _num(row.get("load_max"))
+    if low is None or high is None:
+        return "-"
+    return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
+
+
 STATUS_WIDTH = 140  # the table's status column; results.csv keeps the whole line
-TABLE_HEAD = ("row", "whole run s", "first round s", "warm round s", "peak mem GB", "procs RSS GB", "coord MB",
-              "whole / Fl", "warm / Fl", "mem / Fl", "status")
+MEM_MARK = "!"  # after a peak mem figure: machine figure and procs RSS disagree by > MEM_DISAGREE
+TABLE_HEAD = ("row", "moves", "whole run s", "first round s", "warm round s", "peak mem GB", "procs RSS GB",
+              "coord MB", "whole / Fl", "warm / Fl", "mem / Fl", "load at launch", "status")
 
 
 def render_cell(cell: Cell, cell_rows: Sequence[dict[str, Any]], verdicts: Sequence[dict[str, Any]],
                 rounds: int) -> str:
-    """A cell's markdown: heading, the table, best vs best, the targets."""
+    """A cell's markdown from its aggregated rows: heading, the table, best vs best, the targets."""
     train = "no training" if cell.train == "none" else "local training"
     head = f"### {cell.name}: {cell.model}, {cell.workers} clients, {rounds} rounds, {train}"
     if cell.overrides:
@@ -718,31 +946,51 @@ def render_cell(cell: Cell, cell_rows: Sequence[dict[str, Any]], verdicts: Seque
     lines = [head]
     if cell.note:
         lines.append(f"_{cell.note}_")
-    lines += ["", "| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
+    with_acc = cell.train != "none"
+    cols = list(TABLE_HEAD)
+    if with_acc:
+        cols.insert(cols.index("whole / Fl"), "final acc")
+    lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    flagged = []
     for r in cell_rows:
         actors = _num(r.get("actors"))
         label = r["row"] + ("" if actors is None else f" ({actors:g} actor{'' if actors == 1 else 's'})")
-        status = r.get("status", "")
+        status = str(r.get("status", ""))
         if len(status) > STATUS_WIDTH:
             status = status[:STATUS_WIDTH - 3] + "..."
+        runs = int(_num(r.get("runs")) or 1)
+        if r.get("unsettled"):
+            status += f"; unsettled {r['unsettled']}/{runs}"
         if r.get("note"):
             status += f"; {r['note']}"
-        ok = status.startswith("ok")  # a failed run's partial figures stay in results.csv only
-        cells = [label, fmt(r.get("whole_s")), fmt(r.get("first_s")), fmt(r.get("warm_s")),
-                 fmt(r.get("peak_mem_gb") if ok else None), fmt(r.get("tree_rss_gb") if ok else None),
-                 fmt(r.get("coord_mb")), fmt_ratio(r.get("whole_s_vs_flower")),
-                 fmt_ratio(r.get("warm_s_vs_flower")), fmt_ratio(r.get("peak_mem_gb_vs_flower")),
-                 status.replace("|", "/")]
+        ok = is_ok(r)  # a failed run's partial figures stay in results.csv only
+        mem = fmt_range(r, "peak_mem_gb") if ok else "-"
+        if ok and r.get("mem_flags"):
+            mem += f" {MEM_MARK}"
+            flagged.append(f"{r['row']} ({r['mem_flags']}/{r.get('ok_runs', runs)} runs)")
+        cells = [label, str(r.get("moves") or "-"), fmt_range(r, "whole_s"), fmt_range(r, "first_s"),
+                 fmt_range(r, "warm_s"), mem, fmt_range(r, "tree_rss_gb") if ok else "-", fmt_range(r, "coord_mb")]
+        if with_acc:
+            cells.append(fmt_range(r, "acc"))
+        cells += [fmt_ratio(r.get("whole_s_vs_flower")), fmt_ratio(r.get("warm_s_vs_flower")),
+                  fmt_ratio(r.get("peak_mem_gb_vs_flower")), fmt_load(r), status.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
-    bvb = best_vs_best(cell_rows)
-    if bvb:
-        lines += ["", "flight_parsl best / Flower best: " + "; ".join(
-            f"{METRIC_NAMES[b['metric']]} {fmt(b['flight'][0])} ({b['flight'][1]}) / {fmt(b['flower'][0])} "
-            f"({b['flower'][1]}) = {fmt_ratio(b['ratio'])}" for b in bvb)]
-    elif any(r.get("framework") == FLOWER for r in cell_rows):
-        lines += ["", "flight_parsl best / Flower best: - (one side has no ok run)"]
+    if flagged:
+        lines += ["", f"{MEM_MARK} peak machine memory and the processes' summed RSS differ by more than "
+                  f"{MEM_DISAGREE:g}x: {', '.join(flagged)}; do not trust that peak mem figure."]
+    has_flower = any(r.get("framework") == FLOWER for r in cell_rows)
+    for moves in (PREAGG, ONE_MSG):
+        if not any(r.get("moves") == moves for r in cell_rows if r.get("framework") == FLIGHT):
+            continue
+        bvb = best_vs_best(cell_rows, moves)
+        if bvb:
+            lines += ["", f"flight_parsl best ({moves}) / Flower best: " + "; ".join(
+                f"{METRIC_NAMES[b['metric']]} {fmt(b['flight'][0])} ({b['flight'][1]}) / {fmt(b['flower'][0])} "
+                f"({b['flower'][1]}) = {fmt_ratio(b['ratio'])}" for b in bvb)]
+        elif has_flower:
+            lines += ["", f"flight_parsl best ({moves}) / Flower best: - (one side has no ok run)"]
     if verdicts:
-        lines += ["", "| target | row | value | verdict |", "|---|---|---|---|"]
+        lines += ["", "| target (on the median) | row | value | verdict |", "|---|---|---|---|"]
         for v in verdicts:
             value = fmt(v["value"]) if v["value"] is not None else f"- ({v['why']})"
             lines.append(f"| {v['target']} | {v['row']} | {value} | {v['verdict']} |")
@@ -752,21 +1000,26 @@ def render_cell(cell: Cell, cell_rows: Sequence[dict[str, Any]], verdicts: Seque
 METRIC_NAMES = {"whole_s": "whole run s", "first_s": "first round s", "warm_s": "warm round s",
                 "peak_mem_gb": "peak mem GB"}
 
-CSV_COLUMNS = (
-    "cell", "row", "framework", "model", "workers", "rounds", "train", "args", "status", "whole_s", "first_s",
-    "warm_s", "peak_mem_gb", "baseline_mem_gb", "tree_rss_gb", "coord_mb", "whole_s_vs_flower", "first_s_vs_flower",
-    "warm_s_vs_flower", "peak_mem_gb_vs_flower", "wall_s", "own_start2end_s", "actors", "load_1m", "launch", "note",
-    "targets",
+CSV_COLUMNS = (  # results.csv: every run
+    "cell", "row", "repeat", "framework", "moves", "model", "workers", "rounds", "train", "args", "status",
+    "whole_s", "first_s", "warm_s", "peak_mem_gb", "baseline_mem_gb", "tree_rss_gb", "mem_flag", "coord_mb", "acc",
+    "wall_s", "own_start2end_s", "actors", "load_1m", "settled", "settle_wait_s", "unsettled_why", "launch", "note",
     "run_dir",
+)
+MEDIAN_COLUMNS = (  # medians.csv: one row per cell and row, the figures table.md shows
+    *KEEP, "runs", "ok_runs", "status",
+    *(f"{f}{suffix}" for f in AGG_FIGURES for suffix in ("", "_min", "_max")),
+    "whole_s_vs_flower", "first_s_vs_flower", "warm_s_vs_flower", "peak_mem_gb_vs_flower",
+    "load_min", "load_max", "unsettled", "mem_flags", "actors", "note", "targets",
 )
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
 
 
 def summarize(verdicts: Sequence[dict[str, Any]]) -> str:
@@ -784,12 +1037,13 @@ def describe_cells(cells: Sequence[Cell]) -> str:
     for cell in cells:
         rounds = "--rounds" if cell.rounds is None else str(cell.rounds)
         extra = f" [{' '.join(cell.overrides)}]" if cell.overrides else ""
-        lines.append(f"{cell.name}: {cell.model} x{cell.workers}, rounds {rounds}, train {cell.train}{extra}"
+        what = "the CLI's defaults (mlp, digits)" if cell.bare else cell.model
+        lines.append(f"{cell.name}: {what} x{cell.workers}, rounds {rounds}, train {cell.train}{extra}"
                      + (" (smoke)" if cell.smoke else ""))
         for row in cell.rows:
             args = " ".join([*row.flags, *row.overrides])
             targets = ", ".join(target_text(t) for t in row.targets)
-            lines.append(f"    {row.label:28s} {args:28s} {targets}")
+            lines.append(f"    {row.label:24s} {row.moves:37s} {args:26s} {targets}")
     return "\n".join(lines)
 
 
@@ -804,6 +1058,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"seconds per run before its process group is killed (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--frameworks", default="flight_parsl,flower", help="comma list: flight_parsl, flower")
+    p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                   help=f"runs of every cell row (default {DEFAULT_REPEATS}); the table gives median (min-max)")
+    p.add_argument("--settle-load", type=float, default=DEFAULT_SETTLE_LOAD,
+                   help="before each run wait until the 1-min load average is below this and no Parsl / Ray "
+                        f"process is alive (default {DEFAULT_SETTLE_LOAD:g}: half the CPUs)")
+    p.add_argument("--settle-max-wait", type=float, default=DEFAULT_SETTLE_MAX_S,
+                   help=f"seconds to wait for that before launching anyway, the row marked unsettled "
+                        f"(default {DEFAULT_SETTLE_MAX_S:g}; 0: check once, never wait)")
     p.add_argument("--list", action="store_true", help="print the cells, their rows and targets, and exit")
     p.add_argument("--dry-run", action="store_true", help="check the arguments, print every run's command and exit "
                    "(starts nothing)")
@@ -826,8 +1088,11 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
         print(f"error: --frameworks takes flight_parsl and/or flower, got {args.frameworks!r}", file=sys.stderr)
         return 2
     rounds = args.rounds if args.rounds is not None else (2 if args.quick else DEFAULT_ROUNDS)
-    if rounds < 1 or args.timeout <= 0:
-        print("error: --rounds and --timeout must be positive", file=sys.stderr)
+    if rounds < 1 or args.timeout <= 0 or args.repeats < 1:
+        print("error: --rounds, --timeout and --repeats must be positive", file=sys.stderr)
+        return 2
+    if args.settle_max_wait < 0:
+        print("error: --settle-max-wait must not be negative", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/perf-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     plan = [(c, r) for c in cells for r in c.rows if r.framework in frameworks]
@@ -836,28 +1101,37 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
 
         for cell, row in plan:
             n = cell.rounds_for(rounds)
-            run_out = out / cell.name / slug(row.label)
+            run_out = out / cell.name / slug(row.label) / "r1"  # r2, r3, ... for the repeats
             argv_ = (flight_argv(cell, row, n, run_out) if row.framework == FLIGHT
                      else flower_argv(cell, row, n, run_out, max(args.timeout - 30, args.timeout * 0.9)))
             say(f"{cell.name} | {row.label}: {shlex.join(argv_)}")
-        say(f"dry run: {len(plan)} runs in {len(cells)} cells; nothing started")
+        say(f"dry run: {len(plan)} rows x {args.repeats} repeats = {len(plan) * args.repeats} runs in "
+            f"{len(cells)} cells; nothing started")
         return 0
     out.mkdir(parents=True, exist_ok=True)
 
-    say(f"perf: {len(plan)} runs in {len(cells)} cells -> {out}")
-    rows: list[dict[str, Any]] = []
+    say(f"perf: {len(plan)} rows x {args.repeats} repeats in {len(cells)} cells -> {out} (settle: load < "
+        f"{args.settle_load:g}, no Parsl / Ray process, up to {args.settle_max_wait:g} s)")
+    # Repeats go round a cell's rows (A B C, A B C, ...) so slow drifts of the machine hit every row alike.
+    schedule = [(cell, row, rep) for cell in cells for rep in range(1, args.repeats + 1)
+                for row in cell.rows if row.framework in frameworks]
+    runs: list[dict[str, Any]] = []
     interrupted = False
     try:
-        for i, (cell, row) in enumerate(plan, 1):
+        for i, (cell, row, rep) in enumerate(schedule, 1):
             n = cell.rounds_for(rounds)
-            tag = f"[{i}/{len(plan)}] {cell.name} | {row.label}"
-            say(f"{tag}: start ({cell.model} x{cell.workers}, {n} rounds)")
-            result = run_row(cell, row, n, out, args.timeout)
-            rows.append(result)
+            tag = f"[{i}/{len(schedule)}] {cell.name} | {row.label} | run {rep}/{args.repeats}"
+            state = settle(args.settle_load, args.settle_max_wait)
+            how = (f"settled after {state.waited_s:.0f} s" if state.settled
+                   else f"UNSETTLED after {state.waited_s:.0f} s ({state.why()})")
+            say(f"{tag}: start ({cell.model} x{cell.workers}, {n} rounds; load {state.load:.2f}, {how})")
+            result = run_row(cell, row, n, out, args.timeout, repeat=rep, settled=state)
+            runs.append(result)
             if result["status"] == "ok":
-                say(f"{tag}: ok in {result['wall_s']:.1f} s: whole {fmt(result['whole_s'])} s, first "
-                    f"{fmt(result['first_s'])} s, warm {fmt(result['warm_s'])} s, "
-                    f"mem {fmt(result['peak_mem_gb'])} GB")
+                say(f"{tag}: ok in {fmt(result.get('wall_s'))} s: whole {fmt(result.get('whole_s'))} s, first "
+                    f"{fmt(result.get('first_s'))} s, warm {fmt(result.get('warm_s'))} s, "
+                    f"mem {fmt(result.get('peak_mem_gb'))} GB" + (" (disagrees with procs RSS)"
+                                                             if result.get("mem_flag") else ""))
             else:
                 say(f"{tag}: {result['status']}")
             time.sleep(1.0)  # let the machine's memory settle before the next baseline
@@ -865,6 +1139,7 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
         interrupted = True
         say("interrupted: the run in flight was stopped; the table has the finished runs")
 
+    rows = aggregate(runs)
     sections, verdicts = [], []
     for cell in cells:
         cell_rows = [r for r in rows if r["cell"] == cell.name]
@@ -877,19 +1152,25 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
         verdicts += cell_verdicts
         sections.append(render_cell(cell, cell_rows, cell_verdicts, cell.rounds_for(rounds)))
     header = (f"## flight_parsl vs Flower simulation ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
+              f"Every row: the median (min-max) of {args.repeats} run(s); each run launched once the 1-min load "
+              f"average was below {args.settle_load:g} and no Parsl / Ray process was alive (else the row says "
+              f"'unsettled K/N'; load at launch: the range over its runs). Verdicts are on the medians. "
+              "moves: what crosses from the clients' slots to the aggregator. "
               "whole run: process launch to the last aggregate ready; warm round: mean of rounds after the "
-              "first; peak mem: machine memory in use (MemTotal - MemAvailable) at its peak minus just before "
+              "first; peak mem: machine memory in use (MemTotal - MemAvailable) at its peak minus the least in use over "
+              f"{BASELINE_WINDOW_S:g} s before "
               "launch, GB = 10^9 bytes; procs RSS: peak of the summed RSS of the run's processes (a cross-check "
               "that other work on the machine does not move; shared pages count per process); coord MB: "
               "coordinator / Flower driver peak RSS; x / Fl: the row's figure over Flower's best variant in the cell.")
     report = "\n\n".join([header, *sections, summarize(verdicts)]) + "\n"
     say("\n" + report)
     (out / "table.md").write_text(report)
-    write_csv(out / "results.csv", rows)
-    say(f"results: {out / 'results.csv'}, table: {out / 'table.md'}")
+    write_csv(out / "results.csv", runs)
+    write_csv(out / "medians.csv", rows, MEDIAN_COLUMNS)
+    say(f"results: {out / 'results.csv'} (every run), {out / 'medians.csv'}, table: {out / 'table.md'}")
     if interrupted:
         return 130
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return 0 if all(r["status"] == "ok" for r in runs) else 1
 
 
 if __name__ == "__main__":
