@@ -102,6 +102,33 @@ def test_membership_removes_after_max_missed_and_readmits_when_slots_are_back() 
     assert m.state() == {"missed": {}, "removed": {}}
 
 
+def test_members_are_computed_not_listed() -> None:
+    import random
+    import tracemalloc
+
+    from flight_parsl.fl.membership import Members
+
+    rng = random.Random(3)
+    for _ in range(200):  # against the plain list, with any clients removed
+        n = rng.randint(1, 40)
+        removed = set(rng.sample(range(n), rng.randint(0, n)))
+        want = [c for c in range(n) if c not in removed]
+        got = Members(n, removed)
+        assert len(got) == len(want) and [got[i] for i in range(len(got))] == want and got == want
+        assert list(got) == want and got[-2:] == want[-2:]
+    with pytest.raises(IndexError):
+        Members(3, [1])[2]
+    tracemalloc.start()  # a population of 10^6: no per-client memory
+    m = Membership(1_000_000)
+    m.update(0, [], [5, 7])
+    m.update(1, [], [5, 7])
+    m.update(2, [], [5, 7])  # 5 and 7 missed 3 rounds in a row: removed
+    members = m.members()
+    assert len(members) == 999_998 and members[5] == 6 and members[6] == 8 and members[-1] == 999_999
+    assert tracemalloc.get_traced_memory()[1] < 1_000_000
+    tracemalloc.stop()
+
+
 def test_aimd_adds_one_on_time_and_halves_when_late() -> None:
     a = AIMDEpochs(start=4)
     a.update(on_time=[0], late=[1])

@@ -39,6 +39,7 @@ import heapq
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any
@@ -295,7 +296,7 @@ class PeerLoop:
         stats.count_train(res)
         ctx.recorder.task_rows(self._rows(res, item, received, idle))
 
-    def _route(self, r: int, members: list[int], sent: dict[int, tuple[Ref, float]], stats: _Round) -> dict[int, Ref]:
+    def _route(self, r: int, members: Sequence[int], sent: dict[int, tuple[Ref, float]], stats: _Round) -> dict[int, Ref]:
         """Where each sent model goes: a peer over the members' graph (ProxyFL, AvgPush) or, for
         FedAvg / FML, the mean to every member."""
         if not sent:

@@ -10,8 +10,54 @@ checkpoint holds it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, overload
+
+
+class Members(Sequence[int]):
+    """Clients ``0 .. n - 1`` without the removed ones, ascending, computed on demand.
+
+    Memory is O(removed), not O(population): a sync round samples ``k`` of them by
+    index, so a population of 10^6 costs nothing per round until its clients are sampled.
+    """
+
+    def __init__(self, num_clients: int, removed: Iterable[int] = ()) -> None:
+        self.num_clients = num_clients
+        self.out = sorted(removed)
+
+    def __len__(self) -> int:
+        return self.num_clients - len(self.out)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        size = len(self)
+        i = index + size if index < 0 else index
+        if not 0 <= i < size:
+            raise IndexError(f"member {index} of {size}")
+        client = i  # the smallest id with i members below it: a fixed point, reached in few steps
+        while (nxt := i + bisect_right(self.out, client)) != client:
+            client = nxt
+        return client
+
+    def __iter__(self) -> Iterator[int]:
+        out = set(self.out)
+        return (c for c in range(self.num_clients) if c not in out)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Members):
+            return (self.num_clients, self.out) == (other.num_clients, other.out)
+        return isinstance(other, (list, tuple, range)) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Members({self.num_clients}, removed={self.out})"
 
 
 class Membership:
@@ -30,11 +76,9 @@ class Membership:
         self.missed: dict[int, int] = {}
         self.removed: dict[int, int] = {}  # client -> round it was removed in
 
-    def members(self) -> list[int]:
-        """Clients that may be sampled, ascending."""
-        if not self.removed:
-            return list(range(self.num_clients))
-        return [c for c in range(self.num_clients) if c not in self.removed]
+    def members(self) -> Members:
+        """Clients that may be sampled, ascending (a lazy sequence: nothing per client)."""
+        return Members(self.num_clients, self.removed)
 
     def update(self, round_idx: int, reported: Iterable[int], missed: Iterable[int]) -> list[int]:
         """Account one round; returns the clients removed by it."""
