@@ -16,17 +16,23 @@ no Flower counterpart). For each run the script measures
   driver ``peak_rss_mb``),
 
 then prints one table per cell with the ratios flight_parsl / Flower (against
-Flower's best variant), flight_parsl's best against Flower's best, and every
-target figure as PASS or MISS. A run that fails (an unknown config key, a crash,
-a time-out) is reported with its one-line error and the script goes on.
+Flower's best variant), flight_parsl's best against Flower's best (for the rows that
+pre-aggregate in the slot and for those that move one message per client, like
+Flower), and every target figure as PASS or MISS. Each run launches once the machine
+is settled (1-min load below ``--settle-load``, no Parsl / Ray process alive; else
+after ``--settle-max-wait`` it is marked unsettled); each cell row runs ``--repeats``
+times (default 3) and the tables give the median (min-max), verdicts on the medians.
+A run that fails (an unknown config key, a crash, a time-out) is reported with its
+one-line error and the script goes on.
 
     python artifacts/perf/run.py                      # every target cell
     python artifacts/perf/run.py --quick              # small smoke cells, 2 rounds
     python artifacts/perf/run.py --cells tiny-64,resnet18-64 --rounds 3 --out runs/perf
     python artifacts/perf/run.py --list               # the cells, their rows and targets
 
-Writes ``OUT/results.csv`` (one row per framework variant and cell), ``OUT/table.md``
-(the printed tables) and each run's directory under ``OUT/<cell>/<row>/``.
+Writes ``OUT/results.csv`` (every run), ``OUT/medians.csv`` (one row per framework
+variant and cell), ``OUT/table.md`` (the printed tables) and each run's directory under
+``OUT/<cell>/<row>/r<K>/``.
 """
 
 from __future__ import annotations
