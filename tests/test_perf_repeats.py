@@ -68,7 +68,13 @@ def test_stray_processes_finds_by_command_line() -> None:
     # A process whose command line names a Parsl service is found; this test's own process is not.
     proc = subprocess.Popen(["sh", "-c", "sleep 5 # process_worker_pool"])
     try:
-        found = perf.stray_processes(("process_worker_pool",))
+        import time
+
+        deadline = time.time() + 5
+        found: list[str] = []
+        while f"{proc.pid} process_worker_pool" not in found and time.time() < deadline:  # until sh has exec'd
+            found = perf.stray_processes(("process_worker_pool",))
+            time.sleep(0.02)
         assert f"{proc.pid} process_worker_pool" in found
         assert perf.stray_processes(("no-such-service-name-here",)) == []
     finally:
@@ -187,6 +193,13 @@ def test_render_ranges_marks_and_both_movement_rows() -> None:
     assert "flight_parsl best (one message per client, like Flower) / Flower best: whole run s 20.0 " \
            "(flight_parsl no-preagg) / 45.0 (flower-sim default) = 0.44x" in text
     assert "| target (on the median) | row | value | verdict |" in text
+    mem_cell = perf.Cell("c", "mlp", 8, (perf.fp(targets=(perf.Target("mem_gb", 3),)),))
+    (v,) = perf.check_targets(mem_cell, rows, rows)  # a flagged memory figure says so beside its verdict
+    assert v["verdict"] == "PASS" and v["why"] == "! the machine figure disagrees with procs RSS in 1 run(s)"
+    text = perf.render_cell(mem_cell, rows, [v], rounds=3)
+    assert "| peak machine memory <= 3 GB | flight_parsl | 1.00 (! the machine figure disagrees with procs RSS in " \
+           "1 run(s)) | PASS |" in text
+    assert perf.fmt(99.96) == "100" and perf.fmt(99.94) == "99.9"
     assert perf.fmt_range({"x": 1.0, "x_min": 1.0, "x_max": 1.0}, "x") == "1.00"
     assert perf.fmt_range({"x": None}, "x") == "-"
 

@@ -827,6 +827,8 @@ def check_targets(cell: Cell, cell_rows: Sequence[dict[str, Any]],
                 verdict = "n/a" if why.startswith("no ") else "MISS"
             else:
                 verdict = "PASS" if value <= target.limit else "MISS"
+            if target.metric == "mem_gb" and value is not None and row.get("mem_flags"):
+                why = f"{MEM_MARK} the machine figure disagrees with procs RSS in {row['mem_flags']} run(s)"
             verdicts.append({"row": spec.label, "target": target_text(target), "value": value, "why": why,
                              "metric": target.metric, "verdict": verdict})
     return verdicts
@@ -904,7 +906,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     number = _num(value)
     if number is None:
         return "-" if value in (None, "") else str(value)
-    size = abs(number)
+    size = abs(round(number, 1))  # 99.96 prints as 100, not 100.0
     if size >= 100:
         return f"{number:.0f}"
     if size >= 10:
@@ -999,6 +1001,8 @@ def render_cell(cell: Cell, cell_rows: Sequence[dict[str, Any]], verdicts: Seque
         lines += ["", "| target (on the median) | row | value | verdict |", "|---|---|---|---|"]
         for v in verdicts:
             value = fmt(v["value"]) if v["value"] is not None else f"- ({v['why']})"
+            if v["value"] is not None and v["why"]:
+                value += f" ({v['why']})"
             lines.append(f"| {v['target']} | {v['row']} | {value} | {v['verdict']} |")
     return "\n".join(lines)
 
