@@ -140,7 +140,7 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
     """Two sites, an aggregator per site, one client per task (10 MB model, 2 rounds): with a
     store per site each link carries per round the model once down and the site's partial
     once up (within 5%); with one store (on the bridge) the clients' results cross it too."""
-    from conftest import read_summary, run_quietly
+    from conftest import read_csv, read_summary, run_quietly
 
     from flight_parsl.transfer.redis_server import ManagedRedis, count_keys
 
@@ -168,6 +168,7 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         plan={"clients_per_task": 1},
     )
     figures = {}
+    per_round: dict[bool, list[dict]] = {}  # rounds.csv link_bytes: each round's bytes on each link
     for per_site in (True, False):
         run = run_quietly(make_config, SITES, out=str(tmp_path / f"per_site_{per_site}"),
                           transfer={"kind": "redis", "per_site": per_site}, **common)
@@ -176,6 +177,7 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         model = summary["model_bytes"]
         assert model > 9_000_000
         figures[per_site] = summary["site_links"]
+        per_round[per_site] = [json.loads(r["link_bytes"]) for r in read_csv(run / "rounds.csv")]
         for label in ("site-a", "site-b"):  # a store on each site's own host, or none
             site = summary["sites"][label]
             if per_site:
@@ -195,6 +197,13 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         # one store: each site's four results cross up, and come back down to the site's aggregator
         assert figures[False][host]["from_host"] >= 4 * payload, figures[False][host]
         assert figures[False][host]["to_host"] >= 4 * payload, figures[False][host]
+        # rounds.csv, round by round: one model each way with a store per site, 4+ with one store
+        for way in ("to_host", "from_host"):
+            mine = [r[host][way] / model for r in per_round[True]]
+            print(f"rounds.csv link_bytes per_site {host} {way}: {', '.join(f'{m:.3f}' for m in mine)} models")
+            assert len(mine) == rounds and all(1.0 < m <= 1.05 for m in mine), (host, way, mine)
+            assert sum(r[host][way] for r in per_round[True]) <= figures[True][host][way]
+            assert all(r[host][way] >= 4 * model for r in per_round[False]), (host, way, per_round[False])
     assert left_keys and all(n == 0 for _, n in left_keys), left_keys
     assert len(left_keys) == 3  # two site servers, then the bridge's
     assert listed == [True, True]
