@@ -208,6 +208,9 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
     assert len(left_keys) == 3  # two site servers, then the bridge's
     assert listed == [True, True]
     assert _redis_children() == [] and _leftovers() == []
+    import threading
+
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("collect-")]  # the readers went too
 
 
 def test_the_sites_partials_are_read_at_once_and_fold_bit_identical(tmp_path) -> None:

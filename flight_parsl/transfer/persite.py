@@ -152,11 +152,15 @@ class SiteTransfer:
         for t in self.sites.values():
             t.end_round(round_idx)
 
-    def close(self) -> None:
+    def stop_reading(self) -> None:
+        """End the sites' reader threads (a read under way finishes first); no read ahead after."""
         with self._lock:
             readers, self._readers = self._readers, None
             self._ahead.clear()
         for reader in (readers or {}).values():
             reader.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        self.stop_reading()
         for t in self.sites.values():
             t.close()
