@@ -46,13 +46,25 @@ def test_sites_carry_the_link_and_pack_one_task_a_site(tmp_path: Path) -> None:
     assert all("link" not in yaml.safe_load(Path(f).read_text()) for f in plain)
     cfg = study.values((files, topology), "redis", 4, 2, "resnet18", tmp_path / "run")
     assert cfg["plan"] == {"clients_per_task": 2} and cfg["train"] == {"mode": "none"} and cfg["workers"] == 4
+    assert study.values((files, topology), "redis-per-site", 4, 2, "resnet18", tmp_path / "run")["transfer"] == {
+        "kind": "redis", "per_site": True}
+
+
+def test_a_rounds_bytes_are_the_median_of_the_warm_rounds_link_bytes() -> None:
+    study = _study()
+    cells = ['{"host-a":{"from_host":10,"to_host":100},"host-b":{"from_host":1,"to_host":2}}',
+             '{"host-a":{"from_host":30,"to_host":300},"host-b":{"from_host":1,"to_host":2}}',
+             '{"host-a":{"from_host":20,"to_host":200},"host-b":{"from_host":1,"to_host":2}}', float("nan")]
+    assert study.per_round_links(cells) == {"host-a": {"to_host": 200.0, "from_host": 20.0},
+                                            "host-b": {"to_host": 2.0, "from_host": 1.0}}
+    assert study.per_round_links([]) == {}
 
 
 def test_dry_run_checks_every_cell_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     study = _study()
     out = tmp_path / "out"
     assert study.main(["--dry-run", "--out", str(out)]) == 0
-    assert "dry run: 9 cells, 18 runs" in capsys.readouterr().out
+    assert "dry run: 12 cells, 12 runs" in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:  # tc reads mbps as bytes a second: the site loader refuses it
         study.main(["--dry-run", "--links", "100mbps,20ms", "--out", str(out)])
     assert stop.value.code == 2 and "100mbps" in capsys.readouterr().err

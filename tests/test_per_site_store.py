@@ -140,7 +140,7 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
     """Two sites, an aggregator per site, one client per task (10 MB model, 2 rounds): with a
     store per site each link carries per round the model once down and the site's partial
     once up (within 5%); with one store (on the bridge) the clients' results cross it too."""
-    from conftest import read_summary, run_quietly
+    from conftest import read_csv, read_summary, run_quietly
 
     from flight_parsl.transfer.redis_server import ManagedRedis, count_keys
 
@@ -168,6 +168,7 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         plan={"clients_per_task": 1},
     )
     figures = {}
+    per_round: dict[bool, list[dict]] = {}  # rounds.csv link_bytes: each round's bytes on each link
     for per_site in (True, False):
         run = run_quietly(make_config, SITES, out=str(tmp_path / f"per_site_{per_site}"),
                           transfer={"kind": "redis", "per_site": per_site}, **common)
@@ -176,6 +177,7 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         model = summary["model_bytes"]
         assert model > 9_000_000
         figures[per_site] = summary["site_links"]
+        per_round[per_site] = [json.loads(r["link_bytes"]) for r in read_csv(run / "rounds.csv")]
         for label in ("site-a", "site-b"):  # a store on each site's own host, or none
             site = summary["sites"][label]
             if per_site:
@@ -195,7 +197,90 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
         # one store: each site's four results cross up, and come back down to the site's aggregator
         assert figures[False][host]["from_host"] >= 4 * payload, figures[False][host]
         assert figures[False][host]["to_host"] >= 4 * payload, figures[False][host]
+        # rounds.csv, round by round: one model each way with a store per site, 4+ with one store
+        for way in ("to_host", "from_host"):
+            mine = [r[host][way] / model for r in per_round[True]]
+            print(f"rounds.csv link_bytes per_site {host} {way}: {', '.join(f'{m:.3f}' for m in mine)} models")
+            assert len(mine) == rounds and all(1.0 < m <= 1.05 for m in mine), (host, way, mine)
+            assert sum(r[host][way] for r in per_round[True]) <= figures[True][host][way]
+            assert all(r[host][way] >= 4 * model for r in per_round[False]), (host, way, per_round[False])
     assert left_keys and all(n == 0 for _, n in left_keys), left_keys
     assert len(left_keys) == 3  # two site servers, then the bridge's
     assert listed == [True, True]
     assert _redis_children() == [] and _leftovers() == []
+    import threading
+
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("collect-")]  # the readers went too
+
+
+def test_the_sites_partials_are_read_at_once_and_fold_bit_identical(tmp_path) -> None:
+    """Read ahead (what the engine does as results arrive): each site's partial is read in its
+    own site's thread, so two sites' slow reads overlap; collect hands over exactly the bytes
+    a direct read gives; a read that fails at one site fails only that site's collect, and
+    the other site's partial still folds."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from flight_parsl.core.errors import TransferError
+    from flight_parsl.core.weights import FlatWeights, Layout
+    from flight_parsl.fl.aggregate import WeightedMean
+    from flight_parsl.transfer.persite import SiteTransfer
+    from flight_parsl.transfer.proxy import MappedFileConnector, ProxyTransfer
+
+    delay = 0.5
+    labels = ("site-a", "site-b")
+    channels = {label: ProxyTransfer("file", MappedFileConnector(str(tmp_path / label)), label) for label in labels}
+    readers: dict[str, set[str]] = {label: set() for label in labels}
+    for label, channel in channels.items():
+        plain = channel.read
+
+        def slow(ref, plain=plain, label=label):  # a link's worth of time per read, noting the thread
+            readers[label].add(threading.current_thread().name)
+            time.sleep(delay)
+            return plain(ref)
+
+        channel.read = slow
+    transfer = SiteTransfer(channels)
+    layout = Layout.from_shapes([("w", (50_000,), "float32")])
+    rng = np.random.default_rng(0)
+    try:
+        refs = transfer.publish(FlatWeights(np.zeros(50_000, dtype=np.float32), layout), 0)
+        parts = {label: FlatWeights(rng.standard_normal(50_000).astype(np.float32), layout) for label in labels}
+        results = {label: transfer.for_site(refs, label).reply(parts[label])[0] for label in labels}
+
+        def fold(collected):
+            agg = WeightedMean(parts["site-a"])
+            for label in labels:
+                agg.add(collected[label], 2.0 if label == "site-a" else 3.0)
+            return agg.result().buffer
+
+        t0 = time.perf_counter()
+        for ref in results.values():
+            transfer.prefetch(ref)
+            transfer.prefetch(ref)  # a second call starts no second read
+        ahead = {label: transfer.collect(results[label]) for label in labels}
+        took = time.perf_counter() - t0
+        assert took < 1.6 * delay, f"two sites' reads took {took:.2f} s: one after the other"
+        assert all(names and all(n.startswith(f"collect-{label}") for n in names) for label, names in readers.items())
+        direct = {label: channels[label].collect(results[label]) for label in labels}  # read now, no read ahead
+        assert np.array_equal(fold(ahead), fold(direct))
+        assert fold(ahead).tobytes() == fold(direct).tobytes()
+        assert all(np.array_equal(ahead[label].buffer, parts[label].buffer) for label in labels)
+
+        # a failure at one site: site-a's result is gone from its store; site-b's still folds
+        again = {label: transfer.for_site(refs, label).reply(parts[label])[0] for label in labels}
+        channels["site-a"].store.connector.evict(again["site-a"].key)
+        for ref in again.values():
+            transfer.prefetch(ref)
+        with pytest.raises(TransferError, match="missing"):
+            transfer.collect(again["site-a"])
+        agg = WeightedMean(parts["site-b"])
+        agg.add(transfer.collect(again["site-b"]), 1.0)
+        assert np.array_equal(agg.result().buffer, parts["site-b"].buffer)
+        transfer.end_round(0)
+        assert all(not list((tmp_path / label).glob("*")) for label in labels)
+    finally:
+        transfer.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("collect-")]

@@ -179,6 +179,26 @@ def test_the_first_task_on_a_slot_the_warm_up_missed_is_cold(make_config, tmp_pa
     assert [r["cold_slots"] for r in read_csv(tmp_path / "cold" / "rounds.csv")] == ["1", "0"]
 
 
+def test_each_round_row_has_the_bytes_its_links_carried_since_the_row_before(make_config, tmp_path) -> None:
+    import json
+
+    counters = iter([{"host-a": {"to_host": 100, "from_host": 10}},  # when the warm-up ended
+                     {"host-a": {"to_host": 1100, "from_host": 510}},
+                     {"host-a": {"to_host": 1200, "from_host": 520}, "host-b": {"to_host": 7, "from_host": 3}}])
+    recorder = records.RunRecorder(tmp_path / "links", make_config(workers=2, rounds=2))
+    recorder.round_row(round_row(0, 0.0, 1.0, RoundStats(), test_loss=0.1, test_acc=0.9, sampled=1, participants=1,
+                                 failed=0, publish_s=0.0))  # no virtual hosts (yet): empty
+    recorder.watch_links(lambda: next(counters))
+    for r in (1, 2):
+        recorder.round_row(round_row(r, 0.0, 1.0, RoundStats(), test_loss=0.1, test_acc=0.9, sampled=1,
+                                     participants=1, failed=0, publish_s=0.0))
+    recorder.finish("completed")
+    cells = [r["link_bytes"] for r in read_csv(tmp_path / "links" / "rounds.csv")]
+    assert cells[0] == ""
+    assert json.loads(cells[1]) == {"host-a": {"from_host": 500, "to_host": 1000}}
+    assert json.loads(cells[2]) == {"host-a": {"from_host": 10, "to_host": 100}, "host-b": {"from_host": 3, "to_host": 7}}
+
+
 def test_a_thread_pool_run_has_no_cold_task(make_config) -> None:
     cfg = make_config("train.mode=none", "model.name=tiny", "slots=2", workers=4, rounds=2)
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))

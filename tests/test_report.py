@@ -101,6 +101,13 @@ def test_bytes_grouping(failed_once_run) -> None:
     group, frame = report.bytes_per_round(sites)
     assert group == "site" and sorted(frame.columns) == ["siteA", "siteB"]
     assert "kernel counted" in report.chart_bytes(sites).caption
+    # rounds.csv link_bytes: the kernel's counters per round, drawn beside instead
+    cell = '{"host-a":{"from_host":2000000,"to_host":1000000}}'
+    per_round = report.RunData(run.path, run.rounds.assign(link_bytes=[cell, "", cell]), tasks, run.summary, "")
+    frame = report.link_bytes_per_round(per_round)
+    assert list(frame.index) == [1, 3] and frame.loc[3].to_dict() == {"host-a down": 1e6, "host-a up": 2e6}
+    assert "per round (rounds.csv link_bytes" in report.chart_bytes(per_round).caption
+    assert report.link_bytes_per_round(run).empty
     # a hierarchy: the train tasks under each node, and each aggregator's own task
     tree = run.tasks.copy()
     tree["node"] = np.where(tree["task"] % 2 == 0, "agg-1-0", "agg-1-1")

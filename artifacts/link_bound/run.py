@@ -5,14 +5,14 @@ own link, two clients at each site packed into one task (``plan.clients_per_task
 site moves one model down and one partial up a round. FedAvg with ``train.mode=none`` (the model
 travels, nothing trains), resnet18 (46.8 MB of float32 weights). Per transfer kind (``parsl``: the
 weights inside the Parsl tasks; ``redis``: the run's one redis-server beside the coordinator;
-``file``: a shared directory) and per link (``unshaped``, ``1gbit,5ms``, ``100mbit,20ms``) it runs
+``redis-per-site``: a redis-server in each site, ``transfer.per_site=true``; ``file``: a shared
+directory) and per link (``unshaped``, ``1gbit,5ms``, ``100mbit,20ms``) it runs one run of
+``--rounds`` rounds, whose warm rounds (2 ..) give
 
-- a run of ``--rounds`` rounds, whose warm rounds (2 ..) give the round makespan (median, min-max)
-  and whose tasks.csv says where a round's time goes (get, deserialize, serialize, put, collect);
-- a run of one round, so that the kernel's byte counters of each site link (summary.json
-  ``site_links``, counted from the link check to the end of the run) give the bytes of one round
-  as the difference of the two runs divided by ``rounds - 1`` (the start-up and warm-up traffic,
-  the same in both, cancels out).
+- the round makespan (median, min-max);
+- the bytes each site link carried a round: rounds.csv ``link_bytes``, the kernel's byte counters
+  of each link read at the end of each round (median over the warm rounds);
+- where a round's time goes: tasks.csv (get, deserialize, serialize, put, collect).
 
 The link bound of a round is the bytes that must cross the slowest link, the most loaded site
 link's bytes a round both ways (the partial goes up only once the model is down), divided by the
@@ -22,6 +22,7 @@ filesystem): its bound is no link bound, and the table says so. ``unshaped`` has
     python artifacts/link_bound/run.py --dry-run
     python artifacts/link_bound/run.py                                   # what the README reports
     python artifacts/link_bound/run.py --links 1gbit,5ms --kinds parsl --rounds 3   # one cell
+    python artifacts/link_bound/run.py --kinds redis,redis-per-site --links "1gbit,5ms;100mbit,20ms"
     python artifacts/link_bound/run.py --links 1gbit,5ms --kinds parsl,redis --unencrypted transfer.redis_tls=false \
         --out runs/link_bound-plain                                      # what encryption costs
 
@@ -46,7 +47,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 LINKS = ("unshaped", "1gbit,5ms", "100mbit,20ms")
-KINDS = ("parsl", "redis", "file")
+KINDS = ("parsl", "redis", "redis-per-site", "file")
+#: what each kind sets: ``transfer.kind`` and, for a store per site, ``transfer.per_site``
+TRANSFER = {"parsl": {"kind": "parsl"}, "redis": {"kind": "redis"},
+            "redis-per-site": {"kind": "redis", "per_site": True}, "file": {"kind": "file"}}
 SITE_FILES = (REPO / "configs" / "parsl" / "netns" / "site-a.yaml", REPO / "configs" / "parsl" / "netns" / "site-b.yaml")
 UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12}
 #: tasks.csv columns that say where a round's time goes (per task; the median over the warm rounds' train tasks).
@@ -88,7 +92,7 @@ def values(sites: tuple[list[str], str], kind: str, rounds: int, per_site: int, 
         "topology": topology, "sites": {"files": files}, "model": {"name": model},
         "train": {"mode": "none"}, "strategy": {"name": "fedavg"},
         "plan": {"clients_per_task": per_site}, "round": {"checkpoint": False},
-        "transfer": {"kind": kind},
+        "transfer": dict(TRANSFER[kind]),
     }
 
 
@@ -99,29 +103,34 @@ def _span(xs: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(ok))} ({fmt.format(min(ok))}-{fmt.format(max(ok))})"
 
 
+def per_round_links(cells: list[Any]) -> dict[str, dict[str, float]]:
+    """Bytes each site link carried a round: the median over rounds of rounds.csv ``link_bytes``
+    (JSON cells, one a round: host -> ``to_host`` / ``from_host``)."""
+    import json
+
+    rounds = [json.loads(c) for c in cells if isinstance(c, str) and c]
+    hosts = sorted({h for r in rounds for h in r})
+    return {h: {d: float(statistics.median(r.get(h, {}).get(d, 0) for r in rounds)) for d in ("to_host", "from_host")}
+            for h in hosts}
+
+
 def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """Run one (link, kind) cell: the long run and the one-round run; its results row."""
+    """Run one (link, kind) cell; its results row."""
     import json
 
     link = parse_link(link_text)
     where = out / link_text.replace(",", "-") / kind
     sites = write_sites(where / "sites", link, args.per_site, not args.unencrypted)
-    runs = {}
-    for n in (args.rounds, 1):
-        run_dir = where / f"r{n}"
-        result = flight_parsl.run(values(sites, kind, n, args.per_site, args.model, run_dir), *args.overrides)
-        summary = json.loads((run_dir / "summary.json").read_text())
-        runs[n] = (result, summary, os.getloadavg()[0])
-    result, summary, load = runs[args.rounds]
+    run_dir = where / f"r{args.rounds}"
+    result = flight_parsl.run(values(sites, kind, args.rounds, args.per_site, args.model, run_dir), *args.overrides)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    load = os.getloadavg()[0]
     r = result.rounds
     warm = r[r["round"] >= 2]
     t = result.tasks
     tw = t[(t["round"] >= 2) & (t["kind"] == "train") & (t["status"] == "ok")]
     tw = tw.drop_duplicates(["segment", "round", "task", "attempt"])
-    long_links = summary.get("site_links") or {}
-    short_links = runs[1][1].get("site_links") or {}
-    per_round = {h: {d: (long_links[h][d] - short_links.get(h, {}).get(d, 0)) / (args.rounds - 1)
-                     for d in ("to_host", "from_host")} for h in long_links}
+    per_round = per_round_links(list(warm["link_bytes"])) if "link_bytes" in warm else {}
     bound = link_bound(per_round, rate_bit_s(link), kind)
     makespan = float(warm["makespan_s"].median())
     measured = summary.get("links") or {}
@@ -137,7 +146,7 @@ def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict
         "payload_down_per_round": float(warm["bytes_to_workers"].median()),
         "payload_up_per_round": float(warm["bytes_from_workers"].median()),
         "aggregate_s": float(warm["aggregate_s"].median()), "publish_s": float(warm["publish_s"].median()),
-        "load_1m_long": load, "load_1m_short": runs[1][2],
+        "load_1m_long": load, "bytes_from": "rounds.csv link_bytes",
         "shaper": ",".join(sorted({str(v.get("shaper", "")) for v in measured.values()})),
         "measured_bit_s": ",".join(f"{v.get('measured', {}).get('to_host_bit_s', 0):.3g}/"
                                    f"{v.get('measured', {}).get('from_host_bit_s', 0):.3g}" for v in measured.values()),
@@ -217,17 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                                 not args.unencrypted)
             for kind in kinds:
                 try:
-                    for n in (args.rounds, 1):
-                        flight_parsl.check(flight_parsl.load_config(values(sites, kind, n, args.per_site, args.model,
-                                                                           out / "x"), *args.overrides))
+                    flight_parsl.check(flight_parsl.load_config(values(sites, kind, args.rounds, args.per_site,
+                                                                       args.model, out / "x"), *args.overrides))
                 except flight_parsl.ConfigError as exc:
                     p.error(str(exc).replace(f"{tmp}/", ""))
     cells = [(link, kind) for link in links for kind in kinds]
     if args.dry_run:
         for link_text, kind in cells:
-            print(f"{link_text:>14} {kind:>6}: {2 * args.per_site} clients on 2 sites ({args.per_site} a task), "
-                  f"{args.model}, train none, runs of {args.rounds} and 1 rounds")
-        print(f"dry run: {len(cells)} cells, {2 * len(cells)} runs into {out}; nothing started")
+            print(f"{link_text:>14} {kind:>14}: {2 * args.per_site} clients on 2 sites ({args.per_site} a task), "
+                  f"{args.model}, train none, {args.rounds} rounds")
+        print(f"dry run: {len(cells)} cells, {len(cells)} runs into {out}; nothing started")
         return 0
     import pandas as pd
 

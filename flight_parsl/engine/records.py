@@ -66,6 +66,12 @@ rounds.csv columns (empty: not measured in this mode):
 - ``epsilon``: the largest client DP epsilon so far (decentralized with DP).
 - ``coord_rss_mb``: the coordinator process's resident memory (MiB) when the row was written
   (every mode): flat over a long run unless the coordinator leaks.
+- ``link_bytes``: bytes each virtual host's link carried during the round (several sites on
+  virtual hosts, every mode), from the kernel's counters of the bridge side of its veth, read
+  when the row is written: JSON ``{"HOST": {"to_host": BYTES, "from_host": BYTES}, ...}``,
+  every protocol counted (the model, Redis, TLS, HTEX's task messages, TCP/IP). Round 1
+  counts from the end of the warm-up, each later round from the row before; empty without
+  virtual hosts. summary.json ``site_links`` has the whole run's.
 
 tasks.csv columns. A task runs one or more clients; it has one row per client. Columns
 named ``task_*`` are the task's: every row of a packed task repeats them, so sum them
@@ -193,6 +199,7 @@ ROUND_COLUMNS = (
     "proxy_test_acc",
     "epsilon",
     "coord_rss_mb",
+    "link_bytes",
 )
 
 # One row per client per task attempt; ``task_*`` columns are the task's and repeat on each of its rows.
@@ -332,6 +339,8 @@ class RunRecorder:
         self.segment = 0
         self._slots: set[tuple[str, int]] | None = None  # slots seen (primed, or ran a task); None: not known
         self._cold = 0  # cold tasks since the last round row
+        self._links: Callable[[], dict[str, dict[str, int]]] | None = None  # the virtual hosts' link counters
+        self._link_base: dict[str, dict[str, int]] = {}  # their values at the last round row
         if resume_round is None:
             save_yaml(cfg, self.dir / "config.yaml")
             self.rounds = _Table(self.dir / "rounds.csv", ROUND_COLUMNS)
@@ -414,12 +423,30 @@ class RunRecorder:
             self._cold += len(new)
         self.tasks.write_many(rows)
 
+    def watch_links(self, read: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """From now on each round row gets ``link_bytes``: what ``read`` (host -> ``to_host`` /
+        ``from_host`` byte counters, :meth:`~flight_parsl.execution.netns.VirtualNetwork.link_bytes`)
+        counted since the row before, or since this call for the first one."""
+        self._links = read
+        self._link_base = read()
+
+    def _round_links(self) -> str:
+        """The ``link_bytes`` cell: each link's bytes since the last row (JSON), or empty."""
+        if self._links is None:
+            return ""
+        now = self._links()
+        base, self._link_base = self._link_base, now
+        return json.dumps({host: {way: n - base.get(host, {}).get(way, 0) for way, n in sorted(counts.items())}
+                           for host, counts in sorted(now.items())}, separators=(",", ":"))
+
     def round_row(self, row: dict[str, Any]) -> None:
-        """Append one round row (built by :func:`round_row`), with the round's cold tasks."""
+        """Append one round row (built by :func:`round_row`), with the round's cold tasks and
+        the bytes its links carried."""
+        links = self._round_links()  # first: the round's bytes, before anything else takes time
         if self._slots is not None:
             row = {**row, "cold_slots": self._cold}
             self._cold = 0
-        row = {**row, "coord_rss_mb": round(rss_mb(), 1)}
+        row = {**row, "coord_rss_mb": round(rss_mb(), 1), "link_bytes": links}
         self.rounds.write(row)
         self.update(rounds_completed=self.rounds.rows)
 

@@ -184,6 +184,8 @@ def run_experiment(
             recorder.update(slots=slots, primed_slots=len(primed), slot_pids=sorted(f"{h}:{p}" for h, p in primed),
                             block_jobs=block_jobs(active))
             recorder.primed(primed)
+            if sites is not None and sites.network is not None:
+                recorder.watch_links(sites.network.link_bytes)  # rounds.csv link_bytes, from here on
             late: list[Future[object]] = []  # work still out when its round closed
             if backend is not None and (transfer.store_name is not None or state is not None):
                 ending.push(_release_slots(active, slots, transfer.store_name, state, recorder, late))

@@ -31,6 +31,7 @@ of their own (:class:`AggregatorResiduals`). After every round the loop writes a
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -69,6 +70,8 @@ from flight_parsl.transfer.state import AggregatorFeedback, ClientState, Version
 from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
 
 ROOT = "coordinator"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,6 +143,9 @@ class SyncRound:
         self.agg_residuals: AggregatorResiduals | None = None  # error feedback at aggregators
         self.attempt_of: dict[int, int] = {}  # client -> the attempt whose result reached the root
         self.handling: Pending[_Job] | None = None  # the outcome being handled
+        # a store per site: results for the root are read as they arrive (SiteTransfer.prefetch)
+        self.read_ahead = getattr(ctx.transfer, "prefetch", None)
+        self.reading = True  # False once the round closed: no read ahead of late results
 
     # planning --------------------------------------------------------------------
 
@@ -199,8 +205,29 @@ class SyncRound:
             feedback = None if residuals is None else residuals.feedback(job.node, self.r, job.attempt)
             args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], self.strategy, self.r, job.node,
                     self.comp, feedback)
-        self.queue.submit(job, *args, site=job.site)
+        item = self.queue.submit(job, *args, site=job.site)
         self.stats.tasks += 1
+        if self.read_ahead is not None and job.kind != "relay" and (
+                job.node if job.kind == "train" else self._parent(job.node)) == ROOT:
+            item.future.add_done_callback(self._read_ahead)
+
+    def _read_ahead(self, future: Any) -> None:
+        """A result for the root arrived (a done-callback, in the executor's thread): start
+        reading its outputs now (a store per site: in their site's reader thread), so the
+        partials of several sites cross their links side by side; the fold, in the order
+        results arrive, stays on the coordinator's loop."""
+        if not self.reading:
+            return  # the round has closed: a late result is folded stale or released, not read ahead
+        try:
+            res = future.result()
+        except Exception:  # a failed task has nothing to read; its failure is handled in the loop
+            return
+        assert self.read_ahead is not None
+        for ref, _ in res.outputs:
+            try:
+                self.read_ahead(ref)
+            except Exception:  # noqa: BLE001 - the loop's collect reads it again and reports the error
+                log.debug("read ahead of %r failed to start", ref, exc_info=True)
 
     def _site(self, job: _Job) -> str | None:
         """The site a job runs at (None with one site)."""
@@ -254,6 +281,12 @@ class SyncRound:
 
     def run(self, deadline_s: float) -> None:
         """Handle outcomes until every task has one, the quorum reported, or ``deadline_s`` passes."""
+        try:
+            self._run(deadline_s)
+        finally:
+            self.reading = False
+
+    def _run(self, deadline_s: float) -> None:
         deadline = time.monotonic() + deadline_s
         while len(self.queue) or self.delayed:
             if len(self.folded) >= self.close_at:
@@ -393,6 +426,7 @@ class SyncRound:
         """The round closes with work still out (``kind``: ``late`` at the quorum, ``deadline``):
         that work, and every result still waiting at an aggregator, becomes a failure of
         that kind and its clients are late; retries still waiting out their backoff fail."""
+        self.reading = False
         now = time.time()
         stale = self.ctx.policy.late == "stale"
         for item in self.queue.abandon():
@@ -427,6 +461,7 @@ class SyncRound:
         """The run stops mid-round: release what every task still out (or done and not yet
         handled) stores, now or when it ends (before the channel closes: the executor's
         shutdown waits for its tasks), and what results wait at aggregators."""
+        self.reading = False
         release = partial(release_late, self.ctx.transfer)
         for item in [*self.queue.abandon(), *([self.handling] if self.handling is not None else [])]:
             item.future.add_done_callback(release)

@@ -12,8 +12,9 @@
   the gaps are the slot's idle time (its share of the measured rounds is in the lane's
   name); failed attempts red, late ones orange, retries hatched, round starts dotted;
 * ``bytes``: bytes per round, per site (several sites), per tree edge (a hierarchy:
-  the tasks reporting to each node) or else down / up; with summary.json's
-  ``site_links``, the bytes the kernel counted on each host's link beside it;
+  the tasks reporting to each node) or else down / up; beside it the bytes the kernel
+  counted on each virtual host's link, per round (rounds.csv ``link_bytes``) or, for a run
+  directory from before that column, over the whole run (summary.json's ``site_links``);
 
 and the summary (summary.json), the failed attempts and the config as tables.
 
@@ -474,8 +475,30 @@ def bytes_per_round(run: RunData) -> tuple[str, Any]:
     return "direction", frame
 
 
+def link_bytes_per_round(run: RunData) -> Any:
+    """Frame round x ``HOST down`` / ``HOST up`` of the bytes the kernel counted on each virtual
+    host's link per round (rounds.csv ``link_bytes``); empty when the run has none."""
+    import pandas as pd
+
+    rows: dict[int, dict[str, float]] = {}
+    if "link_bytes" in run.rounds and "round" in run.rounds:
+        for rnd, cell in zip(_num(run.rounds, "round"), _text(run.rounds, "link_bytes")):
+            if not cell or rnd != rnd:
+                continue
+            try:
+                counts = json.loads(cell)
+            except ValueError:
+                continue
+            rows[int(rnd)] = {f"{host} {label}": float(v.get(way, 0)) for host, v in sorted(counts.items())
+                              for way, label in (("to_host", "down"), ("from_host", "up"))}
+    return pd.DataFrame.from_dict(rows, orient="index").sort_index() if rows else pd.DataFrame()
+
+
 def chart_bytes(run: RunData) -> Chart:
+    per_round = link_bytes_per_round(run)
     links = run.summary.get("site_links") or {}
+    if not per_round.empty:
+        links = links or {"": {}}
     fig = _figure(11, 3.6)
     axes = fig.subplots(1, 2, width_ratios=[3, 1]) if links else [fig.subplots()]
     ax = axes[0]
@@ -508,7 +531,21 @@ def chart_bytes(run: RunData) -> Chart:
                "direction": "down (to the workers) and up (from the workers)"}[group]
         caption = (f"Model bytes per round {per}: {frame.to_numpy().sum() / 1e6:.2f} MB in all over "
                    f"{len(frame.index)} rounds.")
-    if links:
+    if not per_round.empty:
+        link_ax = axes[1]
+        width = 0.8 / len(per_round.columns)
+        for i, column in enumerate(per_round.columns):
+            link_ax.bar(per_round.index.astype(float) - 0.4 + (i + 0.5) * width, per_round[column] / 1e6,
+                        width=width, label=str(column))
+        link_ax.set_xlabel("round")
+        link_ax.set_ylabel("MB per round")
+        link_ax.set_title("site links (kernel counters)", fontsize=9)
+        link_ax.legend(fontsize=7)
+        if len(per_round.index) <= 30:
+            link_ax.set_xticks(per_round.index.astype(float))
+        caption += (" Right: the bytes the kernel counted on each virtual host's link per round (rounds.csv "
+                    "link_bytes: every protocol; down is into the host).")
+    elif links:
         link_ax = axes[1]
         hosts = list(links)
         to_host = [links[h].get("to_host", 0) / 1e6 for h in hosts]

@@ -89,7 +89,9 @@ def open_transfer(
                 channel.shared = False  # the site's own server: its keys go with it
                 stack.callback(channel.close)
                 channels[label] = channel
-            yield SiteTransfer(channels)
+            sites = SiteTransfer(channels)
+            stack.callback(sites.stop_reading)  # before the channels close
+            yield sites
             return
         if kind == "redis":
             transfer = _open_redis(stack, redis, cache_size, redis_timeout, redis_password, redis_host, redis_tls,

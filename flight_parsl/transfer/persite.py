@@ -6,12 +6,19 @@ round's global model into every site's store once (one copy crosses each site's 
 hands each task the reference of its own site's store (:meth:`SiteTransfer.for_site`); a
 worker resolves it on its own host and replies into the same store, so the site's
 aggregator reads its children locally and only its partial crosses the link, when the
-coordinator collects it. Every other call goes to the store a reference belongs to.
+coordinator collects it. The coordinator reads the sites' partials at once: as a task's
+result arrives the engine calls :meth:`SiteTransfer.prefetch`, which starts reading it in
+its site's own reader thread, so the partials of several sites cross their links side by
+side, and :meth:`SiteTransfer.collect` hands over what was read (the engine folds in the
+order results arrived, as before: the same sum, bit for bit). Every other call goes to the
+store a reference belongs to.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +26,8 @@ from flight_parsl.core.errors import TransferError
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Resolved
 from flight_parsl.transfer.proxy import ProxyRef, ProxyTransfer, store_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,12 @@ class SiteTransfer:
         self.redis_user: str | None = None
         self.shared = False
         self.where = ", ".join(f"{label}: {t.where}" for label, t in sites.items())
+        self._label = {t.store_name: label for label, t in sites.items()}
+        # site label -> its one reader thread (read ahead); None once closed
+        self._readers: dict[str, ThreadPoolExecutor] | None = {}
+        self._ahead: dict[Any, tuple[int, Future[FlatWeights]]] = {}  # key -> (round, its read under way or done)
+        self._taken: dict[Any, int] = {}  # key -> round: collected or discarded; a late prefetch skips it
+        self._lock = threading.Lock()
 
     @property
     def store_name(self) -> str:
@@ -86,19 +101,66 @@ class SiteTransfer:
             raise TransferError(f"a store per site: no store for site {site!r} (sites: {', '.join(ref.refs)})")
         return ref.refs[site]
 
+    def prefetch(self, ref: ProxyRef) -> None:
+        """Start reading ``ref`` from its site's store in that site's reader thread (one a site:
+        the sites' partials cross their links at once, one site's reads in order), unless it
+        is being read already, or was collected or discarded. :meth:`collect` hands the result
+        over; a read that fails raises there, and only for its own reference."""
+        channel = self._of(ref)
+        key, label = ref.key, self._label[channel.store_name]
+        with self._lock:
+            if key in self._ahead or key in self._taken or self._readers is None:
+                return
+            reader = self._readers.get(label)
+            if reader is None:
+                reader = self._readers[label] = ThreadPoolExecutor(1, thread_name_prefix=f"collect-{label}")
+            self._ahead[key] = (ref.round, reader.submit(channel.read, ref))
+
+    def _claim(self, ref: ProxyRef) -> Future[FlatWeights] | None:
+        """The read ahead of ``ref`` (None: none started); from now on no prefetch starts one."""
+        key = ref.key
+        with self._lock:
+            self._taken[key] = ref.round
+            ahead = self._ahead.pop(key, None)
+        return None if ahead is None else ahead[1]
+
     def collect(self, ref: ProxyRef) -> FlatWeights:
-        return self._of(ref).collect(ref)
+        """``ref``'s weights: what its site's reader read ahead (waiting for it), else read now."""
+        channel = self._of(ref)
+        ahead = self._claim(ref)
+        channel.adopt(ref)
+        if ahead is None:
+            return channel.read(ref)
+        return ahead.result()
 
     def adopt(self, ref: ProxyRef) -> None:
         self._of(ref).adopt(ref)
 
     def discard(self, ref: ProxyRef) -> None:
-        self._of(ref).discard(ref)
+        channel = self._of(ref)
+        ahead = self._claim(ref)
+        if ahead is not None:
+            ahead.cancel()  # a read under way ends on its own; its bytes are dropped
+        channel.discard(ref)
 
     def end_round(self, round_idx: int) -> None:
+        with self._lock:  # reads ahead of the round nobody collected: their keys go with the round
+            stale = [k for k, (r, _) in self._ahead.items() if r == round_idx]
+            for key in stale:
+                self._ahead.pop(key)[1].cancel()
+            self._taken = {k: r for k, r in self._taken.items() if r != round_idx}
         for t in self.sites.values():
             t.end_round(round_idx)
 
+    def stop_reading(self) -> None:
+        """End the sites' reader threads (a read under way finishes first); no read ahead after."""
+        with self._lock:
+            readers, self._readers = self._readers, None
+            self._ahead.clear()
+        for reader in (readers or {}).values():
+            reader.shutdown(wait=True, cancel_futures=True)
+
     def close(self) -> None:
+        self.stop_reading()
         for t in self.sites.values():
             t.close()

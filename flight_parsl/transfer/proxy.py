@@ -292,6 +292,11 @@ class ProxyTransfer:
 
     def collect(self, ref: ProxyRef) -> FlatWeights:
         self.adopt(ref)
+        return self.read(ref)
+
+    def read(self, ref: ProxyRef) -> FlatWeights:
+        """``ref``'s weights from the store, without adopting its key (what :meth:`collect`
+        does after the adopt; a store per site reads ahead with it in a thread a site)."""
         key = ref.key
         try:
             data = self.store.connector.get(key)
