@@ -18,6 +18,7 @@ Given a ``rounds.csv`` instead of a results table, it reads the runs from it (an
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     runs.to_csv(out / "runs.csv", index=False)
     if not from_raw:
         raw_rounds(frame).to_csv(out / "rounds.csv", index=False)
+    elif not (out / "rounds.csv").exists() or not (out / "rounds.csv").samefile(args.results):
+        shutil.copyfile(args.results, out / "rounds.csv")
     if not (out / "results.csv").exists() or not (out / "results.csv").samefile(results_path):
         results.to_csv(out / "results.csv", index=False)
     text = table(runs)
