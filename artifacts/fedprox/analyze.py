@@ -97,7 +97,9 @@ def table(runs: pd.DataFrame) -> str:
     order = runs.assign(_a=runs["arm"].map(ARM_ORDER.index)).sort_values(["dataset", "stragglers", "_a"])
     for (dataset, level, name), g in order.groupby(["dataset", "stragglers", "arm"], sort=False):
         def ms(col: str, digits: int = 3) -> str:
-            return f"{g[col].mean():.{digits}f} +- {g[col].std(ddof=1) if len(g) > 1 else 0:.{digits}f}"
+            if len(g) == 1:  # one seed: no spread to give
+                return f"{g[col].iloc[0]:.{digits}f}"
+            return f"{g[col].mean():.{digits}f} +- {g[col].std(ddof=1):.{digits}f}"
 
         lines.append(
             f"| {dataset} | {level:.0%} | {name} | {ms('final_acc')} | {ms('last5_acc')} | {ms('final_loss')} | "
