@@ -90,3 +90,19 @@ def test_fedprox_dry_runs_say_where_they_write(tmp_path: Path) -> None:
     assert done.returncode == 0 and f"write {results.parent / 'curves.csv'}" in done.stdout, done.stdout
     assert str(FEDPROX) not in done.stdout
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("folder", ["mnist5k", "synthetic-200r"])
+def test_fedprox_committed_raw_files_give_the_committed_table(folder: str, tmp_path: Path) -> None:
+    """A folder's raw rounds.csv (every round of every run) and results.csv give its table, runs.csv and
+    curves.csv again, byte for byte, without the run folders."""
+    committed = FEDPROX / folder
+    if not (committed / "rounds.csv").is_file():
+        pytest.skip(f"{folder} has no raw rounds.csv")
+    out = tmp_path / "again"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "artifacts/fedprox/analyze.py", str(committed / "rounds.csv"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("table.md", "runs.csv", "curves.csv", "rounds.csv", "results.csv"):
+        assert (out / name).read_bytes() == (committed / name).read_bytes(), name

@@ -1,12 +1,15 @@
 """Artifact 1 on one machine: flight_parsl's weak scaling next to Flower, in one results table.
 
 Runs, for every worker count and model, a no-training round on flight_parsl with each
-transfer (one sweep; one DataFlowKernel per worker count, whose start-up the comparison
-adds to the whole run of every cell of that count), then the same workload on
-Flower's simulation engine and on one Flower server with N gRPC client processes.
+transfer, then the same workload on Flower's simulation engine and on one Flower server
+with N gRPC client processes. Every flight_parsl run is a process of its own (one
+``flight_parsl.scale`` command per cell: worker count x model x transfer x trial), so
+each run starts its own executor and its ``start2end`` is that run's whole run, measured,
+as each Flower run's is; ``<out>/processes.csv`` also records each process's wall time
+from launch to exit.
 flight_parsl runs with ``slots=per_client``: one worker process per client, as Flight's
 weak-scaling artifact ran (``--workers`` counts clients). With ``--packed`` a second
-flight_parsl sweep runs the engine's default packing (``slots=auto``: about one slot per
+flight_parsl run of each cell runs the engine's default packing (``slots=auto``: about one slot per
 core, each task training several clients), shown as ``flight_parsl/<transfer>+packed``.
 Every run appends one row to the results table, with the slots it ran on; cells already
 there with status ok are skipped, so an interrupted run resumes. Finally it prints the
@@ -18,7 +21,7 @@ against flight_parsl's one-slot-per-client rows) and draws the figure with analy
 Trailing ``key.sub=value`` arguments go to every flight_parsl run (e.g. ``backend=thread``
 for a quick check without Parsl).
 
-``--cluster SITE`` runs the flight_parsl sweeps on a multi-node Slurm site instead (for example
+``--cluster SITE`` runs the flight_parsl runs on a multi-node Slurm site instead (for example
 ``configs/parsl/slurm-cluster.yaml`` on ``jobs/local_slurm/start.sh --nodes 3``), and no Flower:
 one slot per client is a copy of the site per worker count N whose blocks start
 ``ceil(N / nodes_per_block)`` workers on each node; the packed layout is the site as it is (its
@@ -30,9 +33,11 @@ own slots, each task folding several clients). Rows go to ``<out>/results.csv`` 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -47,15 +52,33 @@ PACKED = "+packed"  # system suffix of flight_parsl rows packed onto fewer slots
 
 
 def flight_parsl_command(
-    args: argparse.Namespace, results: Path, packed: bool = False, workers: str | None = None, site: Path | None = None
+    args: argparse.Namespace, results: Path, packed: bool = False, workers: str | None = None, site: Path | None = None,
+    model: str | None = None, transfer: str | None = None, trials: int | None = None,
 ) -> list[str]:
-    """The flight_parsl sweep's command line (``workers`` and ``site``: one worker count of a cluster sweep)."""
+    """A flight_parsl sweep's command line (``workers``, ``model``, ``transfer``: one cell's; ``trials``: the
+    trials 0..trials-1, of which the finished ones are skipped; ``site``: a cluster run's site)."""
     return [
         sys.executable, "-m", "flight_parsl.scale", "--train", "none", "--rounds", str(args.rounds),
-        "--workers", workers or args.workers, "--model", args.models, "--transfer", args.transfers,
-        "--trials", str(args.trials), "--out", str(Path(args.out) / ("flight_parsl-packed" if packed else "flight_parsl")),
+        "--workers", workers or args.workers, "--model", model or args.models, "--transfer", transfer or args.transfers,
+        "--trials", str(trials or args.trials),
+        "--out", str(Path(args.out) / ("flight_parsl-packed" if packed else "flight_parsl")),
         "--results", str(results), f"slots={'auto' if packed else 'per_client'}",
         *(["--parsl-config", str(site)] if site is not None else []), *args.overrides,
+    ]
+
+
+def per_run_commands(
+    args: argparse.Namespace, results: Path, packed: bool = False, counts: list[str] | None = None,
+    site: Path | None = None, sites: dict[str, Path] | None = None,
+) -> list[list[str]]:
+    """One command per run: worker count x model x transfer x trial. Trial k's command asks for trials
+    0..k (the sweep skips the finished ones), so each process runs one run on an executor of its own."""
+    return [
+        flight_parsl_command(args, results, packed, n, (sites or {}).get(n, site), model, transfer, trial + 1)
+        for n in counts or [w.strip() for w in args.workers.split(",")]
+        for model in args.models.split(",")
+        for transfer in args.transfers.split(",")
+        for trial in range(args.trials)
     ]
 
 
@@ -81,21 +104,43 @@ def site_slots(site: Path) -> int:
 
 
 def cluster_commands(args: argparse.Namespace, results: Path, write: bool = True) -> list[list[str]]:
-    """The cluster sweeps: one per worker count with one slot per client, then (``--packed``) one
-    on the site as it is for the counts above its slots."""
+    """The cluster runs, one process each: one slot per client (a copy of the site per worker count),
+    then (``--packed``) the site as it is for the counts above its slots."""
     site, out = Path(args.cluster), Path(args.out)
-    counts = [int(w) for w in args.workers.split(",")]
-    commands = [flight_parsl_command(args, results, False, str(n), cluster_site(site, n, out, write)) for n in counts]
-    packed = [str(n) for n in counts if n > site_slots(site)]
+    counts = [w.strip() for w in args.workers.split(",")]
+    sites = {n: cluster_site(site, int(n), out, write) for n in counts}
+    commands = per_run_commands(args, results, False, counts, sites=sites)
+    packed = [n for n in counts if int(n) > site_slots(site)]
     if args.packed and packed:
-        commands.append(flight_parsl_command(args, results, True, ",".join(packed), site))
+        commands += per_run_commands(args, results, True, packed, site)
     return commands
 
 
-def run_flight_parsl(args: argparse.Namespace, results: Path, packed: bool = False) -> None:
-    """The flight_parsl sweep (it skips its own finished cells): one slot per client, or the
-    engine's default packing (``slots=auto``) with ``packed``."""
-    subprocess.run(flight_parsl_command(args, results, packed), check=False)
+def local_commands(args: argparse.Namespace, results: Path) -> list[list[str]]:
+    """The local flight_parsl runs, one process each: one slot per client, then (``--packed``) packed."""
+    return per_run_commands(args, results) + (per_run_commands(args, results, True) if args.packed else [])
+
+
+def timed(cmd: list[str], log: Path, label: str) -> None:
+    """Run one process and append its wall time, launch to exit, to ``log`` (processes.csv)."""
+    t0 = time.time()
+    done = subprocess.run(cmd, check=False)
+    new = not log.exists()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new:
+            writer.writerow(["label", "launch", "wall_s", "returncode"])
+        writer.writerow([label, f"{t0:.3f}", f"{time.time() - t0:.3f}", done.returncode])
+
+
+def label_of(cmd: list[str]) -> str:
+    """A flight_parsl process's label: ``flight_parsl[+packed] <model> n=<N> <transfer> trials <T>``."""
+    def get(flag: str) -> str:
+        return cmd[cmd.index(flag) + 1]
+
+    packed = PACKED if "slots=auto" in cmd else ""
+    return f"flight_parsl{packed} {get('--model')} n={get('--workers')} {get('--transfer')} trials {get('--trials')}"
 
 
 def flower_commands(args: argparse.Namespace, results: Path) -> list[tuple[str, list[str]]]:
@@ -122,7 +167,7 @@ def run_flower(args: argparse.Namespace, results: Path) -> None:
     """Flower runs, one process each, skipping finished cells."""
     for label, cmd in flower_commands(args, results):
         print(label, flush=True)
-        subprocess.run(cmd, check=False)
+        timed(cmd, Path(args.out) / "processes.csv", label)
 
 
 def comparison(results: Path) -> str:
@@ -139,14 +184,10 @@ def comparison(results: Path) -> str:
     frame["system"] = frame["framework"].where(~ours, "flight_parsl/" + frame["transfer"])
     frame.loc[packed, "system"] += PACKED
     frame["memory_mb"] = frame["peak_rss_mb"].fillna(0) + frame["peak_rss_workers_mb"].fillna(0)
-    # A sweep reuses one executor per worker count: only its first run paid for starting it. The
-    # whole run of every flight_parsl cell includes that start-up, as Flower's whole run includes its own.
-    # Start-up = start to priming done (Parsl loads, workers spawn and warm up); the first run of a
-    # worker count paid it, later runs only re-primed. The packed sweep has executors of its own.
-    paid = frame["priming_done"] - frame["start"]
-    group = [frame.loc[ours, "num_workers"], packed[ours]]
-    startup = paid[ours].groupby(group).transform("max")
-    frame.loc[ours, "start2end"] += startup - paid[ours]
+    # The whole run is each row's own start2end, nothing added: run.py starts every flight_parsl run as a
+    # process of its own, so the run started its own executor (its start is the executor's start).
+    # A row of a sweep that shared one executor between runs (tables written before) keeps its own
+    # start2end too, which for every run but the first of an executor leaves out the start-up.
     cells = frame.groupby(["model", "num_workers", "system"])[
         ["slots", "round_makespan_s", "start2end", "memory_mb"]
     ].mean()
@@ -176,7 +217,7 @@ def comparison(results: Path) -> str:
 
 
 def dry_run(p: argparse.ArgumentParser, args: argparse.Namespace, results: Path) -> int:
-    """Check the lists, print the sweeps' and Flower's commands; nothing starts."""
+    """Check the lists, print the flight_parsl and Flower commands; nothing starts."""
     import shlex
 
     workers = [w.strip() for w in args.workers.split(",")]
@@ -189,24 +230,18 @@ def dry_run(p: argparse.ArgumentParser, args: argparse.Namespace, results: Path)
     if args.cluster:
         if not Path(args.cluster).is_file():
             p.error(f"--cluster {args.cluster!r}: no such site file")
-        sweeps = cluster_commands(args, results, write=False)
-        for cmd in sweeps:
+        runs = cluster_commands(args, results, write=False)
+        for cmd in runs:
             print(shlex.join(cmd))
-        runs = sum(len(cmd[cmd.index("--workers") + 1].split(",")) for cmd in sweeps)
-        runs *= len(args.models.split(",")) * args.trials * len(args.transfers.split(","))
-        print(f"dry run: {runs} flight_parsl runs in {len(sweeps)} sweep(s) on {args.cluster}, no Flower, "
+        print(f"dry run: {len(runs)} flight_parsl runs, one process each, on {args.cluster}, no Flower, "
               f"then the figure {figure}; nothing started")
         return 0
-    commands = [flight_parsl_command(args, results)] + ([flight_parsl_command(args, results, True)] if args.packed else [])
-    if args.flower:
-        commands += [cmd for _, cmd in flower_commands(args, results)]
-    for cmd in commands:
+    ours = local_commands(args, results)
+    flower = [cmd for _, cmd in flower_commands(args, results)] if args.flower else []
+    for cmd in ours + flower:
         print(shlex.join(cmd))
-    cells = len(workers) * len(args.models.split(",")) * args.trials
-    per_sweep = cells * len(args.transfers.split(","))
-    print(f"dry run: {per_sweep * (2 if args.packed else 1)} flight_parsl runs in {1 + args.packed} sweep(s), "
-          f"{len(commands) - 1 - args.packed} Flower runs, then the figure {figure}; "
-          "nothing started")
+    print(f"dry run: {len(ours)} flight_parsl runs, one process each, {len(flower)} Flower runs, "
+          f"then the figure {figure}; nothing started")
     return 0
 
 
@@ -223,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", default=None, help="PNG to write (default <out>/scaling.png)")
     p.add_argument("--packed", action="store_true", help="also run flight_parsl with the engine's default packing "
                    "(slots=auto), as the systems flight_parsl/<transfer>+packed")
-    p.add_argument("--cluster", default=None, metavar="SITE", help="run the flight_parsl sweeps on this multi-node "
+    p.add_argument("--cluster", default=None, metavar="SITE", help="run the flight_parsl runs on this multi-node "
                    "Slurm site file (one slot per client: a copy per worker count; packed: the site as it is); no Flower")
     p.add_argument("--dry-run", action="store_true", help="check the arguments, print the commands it would run "
                    "and exit (starts nothing)")
@@ -232,13 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.out) / "results.csv"
     if args.dry_run:
         return dry_run(p, args, results)
-    if args.cluster:
-        for cmd in cluster_commands(args, results):
-            subprocess.run(cmd, check=False)
-    else:
-        run_flight_parsl(args, results)
-        if args.packed:
-            run_flight_parsl(args, results, packed=True)
+    log = Path(args.out) / "processes.csv"
+    for cmd in cluster_commands(args, results) if args.cluster else local_commands(args, results):
+        timed(cmd, log, label_of(cmd))
     if args.flower and not args.cluster:
         run_flower(args, results)
     if not results.exists():

@@ -1,17 +1,24 @@
-"""Table and figure of the FedProx artifact, from its results table (or its saved curves).
+"""Table and figure of the FedProx artifact, from its results table (or its saved raw rounds).
 
     python artifacts/fedprox/analyze.py runs/fedprox/results.csv                           # into runs/fedprox
     python artifacts/fedprox/analyze.py runs/fedprox/results.csv --out artifacts/fedprox   # publish
+    python artifacts/fedprox/analyze.py artifacts/fedprox/mnist5k/rounds.csv --out /tmp/x  # again, from the raw files
 
 Writes ``curves.csv`` (mean and std over seeds of each arm x straggler level x round),
+``runs.csv`` (one row per run: the figures the table averages),
 ``table.md`` (final test accuracy and training-loss stability, mean +- std over seeds)
 and ``fedprox.png`` (training loss and test accuracy against rounds, as the paper
-plots them: one column per straggler level, one row per dataset and metric).
+plots them: one column per straggler level, one row per dataset and metric), and the raw
+results they are computed from: ``rounds.csv`` (every round of every run: its config keys and
+rounds.csv metrics) and ``results.csv`` (the sweeps' table: one row per run, its status and times).
+Given a ``rounds.csv`` instead of a results table, it reads the runs from it (and the
+``results.csv`` beside it), so the committed raw files reproduce the table without the run folders.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,7 +97,9 @@ def table(runs: pd.DataFrame) -> str:
     order = runs.assign(_a=runs["arm"].map(ARM_ORDER.index)).sort_values(["dataset", "stragglers", "_a"])
     for (dataset, level, name), g in order.groupby(["dataset", "stragglers", "arm"], sort=False):
         def ms(col: str, digits: int = 3) -> str:
-            return f"{g[col].mean():.{digits}f} +- {g[col].std(ddof=1) if len(g) > 1 else 0:.{digits}f}"
+            if len(g) == 1:  # one seed: no spread to give
+                return f"{g[col].iloc[0]:.{digits}f}"
+            return f"{g[col].mean():.{digits}f} +- {g[col].std(ddof=1):.{digits}f}"
 
         lines.append(
             f"| {dataset} | {level:.0%} | {name} | {ms('final_acc')} | {ms('last5_acc')} | {ms('final_loss')} | "
@@ -125,20 +134,43 @@ def figure(curve: pd.DataFrame, path: str | Path) -> None:
             ax.set_xlabel("round")
             ax.set_ylabel("training loss" if metric == "train_loss" else "test accuracy")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    for ax in axes[0]:  # each column may hold other arms (a level some arms did not run)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 #: What main writes under --out.
-WRITES = ("curves.csv", "runs.csv", "table.md", "fedprox.png")
+WRITES = ("curves.csv", "runs.csv", "table.md", "fedprox.png", "rounds.csv", "results.csv")
+
+#: The columns of the raw ``rounds.csv``: the run, its keys, and the rounds.csv metrics the analysis uses.
+RAW_COLUMNS = ["run", "cell", *KEYS, "round", "start", "end", "makespan_s", "sampled", "participants", "failed",
+               "tasks", "test_loss", "test_acc", "train_loss", "train_acc", "global_train_loss", "global_train_acc"]
+
+
+def raw_rounds(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every round of every run, trimmed to RAW_COLUMNS; ``run`` is the run folder's name."""
+    raw = frame.assign(run=frame["run_dir"].map(lambda d: Path(d).name))
+    return raw[[c for c in RAW_COLUMNS if c in raw.columns]]
+
+
+def load_raw(path: str | Path) -> pd.DataFrame:
+    """A raw ``rounds.csv`` (written by :func:`raw_rounds`) as :func:`load_runs` returns its frame."""
+    frame = pd.read_csv(path)
+    frame["run_dir"] = frame["run"]
+    frame["arm"] = frame.apply(arm, axis=1)
+    frame["stragglers"] = frame["strategy.stragglers"].astype(float)
+    frame["dataset"] = frame["data.dataset"]
+    frame["seed"] = frame["seed"].astype(int)
+    return frame
 
 
 def main(argv: list[str] | None = None) -> None:
     """Write curves.csv, runs.csv, table.md and fedprox.png under --out; print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", help="the sweeps' results table (runs/fedprox/results.csv)")
+    p.add_argument("results", help="the sweeps' results table (runs/fedprox/results.csv), or a raw rounds.csv "
+                   "this script wrote (the results.csv beside it gives the run times)")
     p.add_argument("--out", help="folder to write into (default: the results table's folder; the artifact's "
                    "own folder only when named)")
     p.add_argument("--dry-run", action="store_true", help="check the arguments, print what would be written and exit")
@@ -149,13 +181,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"read {args.results}{there}; write {', '.join(str(out / n) for n in WRITES)}")
         print("dry run: nothing written")
         return
-    frame = load_runs(args.results)
+    header = pd.read_csv(args.results, nrows=0).columns
+    from_raw = "round" in header
+    frame = load_raw(args.results) if from_raw else load_runs(args.results)
+    results_path = Path(args.results).parent / "results.csv" if from_raw else Path(args.results)
+    results = pd.read_csv(results_path)
     runs = per_run(frame)
     curve = curves(frame)
+    out.mkdir(parents=True, exist_ok=True)
     curve.to_csv(out / "curves.csv", index=False)
     runs.to_csv(out / "runs.csv", index=False)
+    if not from_raw:
+        raw_rounds(frame).to_csv(out / "rounds.csv", index=False)
+    elif not (out / "rounds.csv").exists() or not (out / "rounds.csv").samefile(args.results):
+        shutil.copyfile(args.results, out / "rounds.csv")
+    if not (out / "results.csv").exists() or not (out / "results.csv").samefile(results_path):
+        results.to_csv(out / "results.csv", index=False)
     text = table(runs)
-    results = pd.read_csv(args.results)
     ok = results[results["status"] == "ok"]
     text += (
         f"\n\n{len(ok)} runs ok of {len(results)}; run time (start2end) {ok['start2end'].sum():.0f} s in all, "

@@ -6,7 +6,7 @@ MNIST images, offline; ``mnist``: the paper's 1000 devices, when downloaded), th
 command of flight_parsl (one HTEX executor per command, clients packed onto its
 slots), all rows into one results table. Then :mod:`analyze` writes the table and
 the figure into ``--out``; ``--publish`` then copies them into this folder (the
-committed ``table.md``, ``runs.csv``, ``curves.csv``, ``fedprox.png``), which a run
+committed ``table.md``, ``runs.csv``, ``curves.csv``, ``fedprox.png`` and the raw ``rounds.csv`` and ``results.csv``), which a run
 never touches without it. Running it again resumes: cells already in the table are
 skipped.
 
