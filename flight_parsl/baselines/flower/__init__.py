@@ -4,6 +4,10 @@ The same debug workload as ``flight_parsl.scale --train none``: the reference
 model (``build_model(reference_spec(name))`` under ``torch.manual_seed(0)``) as
 numpy arrays in state_dict order, N clients that each return exactly the
 parameters they received, Flower's FedAvg over all N clients, 1 round by default.
+``--train local`` (simulation mode) trains for real instead: the workload of
+``python -m flight_parsl.scale`` for the same flags (flight_parsl's data split,
+seeded model, SGD settings and local training loop in each client), the global
+model tested after every round (``rounds.csv``, summary.json ``test_acc``).
 
 Two modes:
 

@@ -1,4 +1,4 @@
-"""The processes of a Flower debug run: server, client and simulation driver (imports flwr).
+"""The processes of a Flower run: server, client and simulation driver (imports flwr).
 
 Only the child processes that :mod:`flight_parsl.baselines.flower.runner` starts
 import this module (and Ray's actors, which unpickle its client function):
@@ -14,14 +14,19 @@ import this module (and Ray's actors, which unpickle its client function):
     ``flwr.simulation.run_simulation`` (the Simulation Runtime, Ray backend) with
     a ``ServerApp(server_fn=...)`` running the same strategy and a
     ``ClientApp(client_fn=...)`` running the same client in N virtual SuperNodes.
+    With ``--train local`` the client is a :class:`TrainClient` (flight_parsl's
+    local training on the SuperNode's shard) and the strategy evaluates the
+    global model on the test split after every round.
 
 Each writes ``flower_result.json`` into the run directory, also after an error:
 round times, payload bytes, client reports and its own peak RSS.
 
 The strategy is Flower's own (legacy) ``FedAvg`` with ``fraction_fit=1.0``,
 ``min_fit_clients = min_available_clients = N``, no federated evaluation
-(``fraction_evaluate=0``, the clients do not train) and ``accept_failures=False``.
-The subclass only records times and byte counts; aggregation is Flower's.
+(``fraction_evaluate=0``) and ``accept_failures=False``; when training, Flower's
+centralized evaluation (``evaluate_fn``) on the server. The subclass only records
+times, byte counts and test figures; aggregation (weighted by each client's
+number of examples) is Flower's.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from flight_parsl.baselines.flower.runner import parse_client_cpus
-from flight_parsl.baselines.flower.workload import describe, model_arrays
+from flight_parsl.baselines.flower.workload import TrainJob, describe, model_arrays, train_config
 
 RESULT_FILE = "flower_result.json"
 PARAMS_FILE = "final_parameters.npz"
@@ -88,6 +93,16 @@ class RunRecord:
         self.client_maxrss_kb: dict[int, int] = {}  # pid -> largest ru_maxrss reported in fit
         self.errors: list[str] = []
         self.final: list[np.ndarray] | None = None
+        self.initial_eval: dict[str, float] | None = None  # round 0: the initial model's test figures
+
+    def evaluated(self, server_round: int, loss: float, acc: float, start: float, done: float) -> None:
+        """Record the global model's test loss and accuracy after ``server_round`` (0: initial)."""
+        figures = {"test_loss": float(loss), "test_acc": float(acc), "eval_start": start, "eval_done": done}
+        with self.lock:
+            if server_round == 0:
+                self.initial_eval = figures
+            else:
+                self.rounds.setdefault(server_round, {"round": server_round}).update(figures)
 
     def to_json(self) -> dict[str, Any]:
         with self.lock:
@@ -97,6 +112,7 @@ class RunRecord:
                 "rounds": [self.rounds[r] for r in sorted(self.rounds)],
                 "client_maxrss_kb": {str(pid): kb for pid, kb in self.client_maxrss_kb.items()},
                 "errors": list(self.errors),
+                "initial_eval": self.initial_eval,
             }
 
 
@@ -122,7 +138,10 @@ class TimedFedAvg(FedAvg):
     of round 1 would otherwise do), so a round's start is when ``configure_fit`` is
     entered in both modes. ``configure_fit`` records that start and the payload
     sent (serialized tensors x clients); ``aggregate_fit`` records the payload
-    received, the clients' reports and when the aggregate is ready.
+    received, the clients' reports and when the aggregate is ready. With training,
+    ``evaluate_fn`` is Flower's centralized evaluation (the server evaluates the
+    global model after each round, and the initial one as round 0) and
+    ``on_fit_config_fn`` tells each client the round.
     """
 
     def __init__(
@@ -135,6 +154,8 @@ class TimedFedAvg(FedAvg):
         initial_parameters: Parameters,
         keep_final: bool = False,
         on_final: Callable[[], None] | None = None,
+        evaluate_fn: Callable[..., Any] | None = None,
+        on_fit_config_fn: Callable[[int], dict[str, Scalar]] | None = None,
     ) -> None:
         super().__init__(
             fraction_fit=1.0,
@@ -144,6 +165,8 @@ class TimedFedAvg(FedAvg):
             min_available_clients=workers,
             accept_failures=False,
             initial_parameters=initial_parameters,
+            evaluate_fn=evaluate_fn,
+            on_fit_config_fn=on_fit_config_fn,
         )
         self.record = record
         self.workers = workers
@@ -203,6 +226,11 @@ class TimedFedAvg(FedAvg):
             )
             if "configure_start" in rnd:
                 rnd["makespan_s"] = ready - rnd["configure_start"]
+            losses = [res.metrics["train_loss"] for _, res in results if "train_loss" in res.metrics]
+            accs = [res.metrics["train_acc"] for _, res in results if "train_acc" in res.metrics]
+            if losses:  # training: the mean over the round's clients, as flight_parsl's rounds.csv
+                rnd["train_loss"] = float(np.mean(losses))
+                rnd["train_acc"] = float(np.mean(accs)) if accs else None
             for _, res in results:
                 pid, kb = res.metrics.get("pid"), res.metrics.get("maxrss_kb")
                 if isinstance(pid, int) and isinstance(kb, int):
@@ -269,13 +297,62 @@ def client_fn(context: Any) -> Client:
     return EchoClient().to_client()
 
 
+class TrainClient(NumPyClient):
+    """Trains like a flight_parsl slot: :func:`flight_parsl.worker.training.train_local` on
+    client ``client``'s shard (flight_parsl's data, partition, model, SGD settings and
+    per-round shuffling seed), from the parameters it received; returns the new parameters
+    and its shard size (FedAvg's weight)."""
+
+    def __init__(self, job: TrainJob, client: int) -> None:
+        self.job = job
+        self.client = client
+
+    def get_parameters(self, config: dict[str, Scalar]) -> list[np.ndarray]:
+        return []
+
+    def fit(
+        self, parameters: list[np.ndarray], config: dict[str, Scalar]
+    ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
+        from flight_parsl.worker.training import train_local
+
+        round_idx = int(config["server_round"]) - 1  # flight_parsl counts rounds from 0 inside
+        weights = self.job.to_flat(parameters)
+        out, samples, loss, acc, cpu_s = train_local(weights, self.job.workload, self.job.settings,
+                                                     self.client, round_idx)
+        metrics: dict[str, Scalar] = {"pid": os.getpid(), "maxrss_kb": maxrss_kb(), "client": self.client,
+                                      "train_loss": float(loss), "train_acc": float(acc), "cpu_s": float(cpu_s)}
+        return self.job.to_arrays(out), int(samples), metrics
+
+    def evaluate(
+        self, parameters: list[np.ndarray], config: dict[str, Scalar]
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        return 0.0, 1, {}
+
+
+class TrainClientFn:
+    """Flower ``client_fn`` of a training run: a :class:`TrainClient` for the SuperNode's
+    partition id (0 .. N-1, flight_parsl's client index). Picklable, for Ray's actors."""
+
+    def __init__(self, job: TrainJob) -> None:
+        self.job = job
+
+    def __call__(self, context: Any) -> Client:
+        return TrainClient(self.job, int(context.node_config["partition-id"])).to_client()
+
+
 # ---------------------------------------------------------------------------
 # Simulation engine: engine-up and warm-up hooks
 # ---------------------------------------------------------------------------
 
 
-def _warm_actor(actor: Any) -> int:
-    """Runs inside a Ray actor: this module (hence flwr and numpy) is imported by now."""
+def _warm_actor(actor: Any, workload: Any = None) -> int:
+    """Runs inside a Ray actor: this module (hence flwr and numpy) is imported by now. With a
+    training workload, also what flight_parsl's warm-up task does in a slot
+    (:func:`flight_parsl.worker.training.warm_up`: torch, the data, the model, one step)."""
+    if workload is not None:
+        from flight_parsl.worker.training import warm_up
+
+        warm_up(workload)
     return os.getpid()
 
 
@@ -296,8 +373,9 @@ class EngineProbe:
     the measured rounds.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, workload: Any = None) -> None:
         self.timeout = timeout
+        self.workload = workload  # training: each actor warms up on it
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.engine_up: float | None = None
@@ -327,7 +405,8 @@ class EngineProbe:
 
                 actors = list(backend.pool.pool)
                 probe.actor_pids = list(
-                    ray.get([a.__ray_call__.remote(_warm_actor) for a in actors], timeout=probe.timeout)
+                    ray.get([a.__ray_call__.remote(_warm_actor, probe.workload) for a in actors],
+                            timeout=probe.timeout)
                 )
                 probe.actors = actors
                 probe.warm_done = time.time()
@@ -412,6 +491,39 @@ def _prepare(args: argparse.Namespace, result: dict[str, Any]) -> tuple[Paramete
     result["model_info"]["model_payload_bytes"] = payload_bytes(initial)
     del arrays
     return initial, RunRecord(args.workers)
+
+
+def _prepare_training(
+    args: argparse.Namespace, result: dict[str, Any]
+) -> tuple[Parameters, RunRecord, TrainJob, dict[str, Any]]:
+    """The training run's initial model, record, client job and strategy hooks.
+
+    flight_parsl's own :func:`~flight_parsl.engine.context.prepare` on the config
+    ``flight_parsl.scale`` builds for the same flags: the seeded initial model, the
+    local settings, the workload and the test-set evaluator.
+    """
+    from flight_parsl.engine.context import prepare
+
+    cfg = train_config(args.workers, args.rounds, args.model, args.dataset, args.epochs, args.batch_size, args.lr)
+    exp = prepare(cfg)
+    job = TrainJob(exp.workload, exp.settings, exp.initial.layout)
+    arrays = job.to_arrays(exp.initial)
+    result["model_info"] = describe(arrays)
+    initial = ndarrays_to_parameters(arrays)
+    result["model_info"]["model_payload_bytes"] = payload_bytes(initial)
+    result["num_parameters"] = exp.num_parameters
+    record = RunRecord(args.workers)
+    evaluator = exp.evaluate
+    assert evaluator is not None  # train.mode local always has one
+
+    def evaluate_fn(server_round: int, parameters: list[np.ndarray], config: dict[str, Scalar]) -> Any:
+        start = time.time()
+        loss, acc = evaluator(job.to_flat(parameters))
+        record.evaluated(server_round, loss, acc, start, time.time())
+        return float(loss), {"accuracy": float(acc)}
+
+    hooks = {"evaluate_fn": evaluate_fn, "on_fit_config_fn": lambda rnd: {"server_round": rnd}}
+    return initial, record, job, hooks
 
 
 def server_main(argv: list[str]) -> int:
@@ -500,6 +612,11 @@ def simulate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="flight_parsl.baselines.flower simulate")
     _common_args(parser)
     parser.add_argument("--client-cpus", type=parse_client_cpus, default="matched")  # runner checked it
+    parser.add_argument("--train", choices=("none", "local"), default="none")
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
     args = parser.parse_args(argv)
     import ray
     from flwr.clientapp import ClientApp
@@ -520,10 +637,17 @@ def simulate_main(argv: list[str]) -> int:
     }
     record: RunRecord | None = None
     probe = EngineProbe(args.timeout)
+    client_app_fn: Callable[[Any], Client] = client_fn
     rc = 0
     try:
-        initial, record = _prepare(args, result)
-        strategy = _strategy(args, record, initial, on_final=probe.probe_actors)
+        hooks: dict[str, Any] = {}
+        if args.train == "local":
+            initial, record, job, hooks = _prepare_training(args, result)
+            probe.workload = job.workload
+            client_app_fn = TrainClientFn(job)
+        else:
+            initial, record = _prepare(args, result)
+        strategy = _strategy(args, record, initial, on_final=probe.probe_actors, **hooks)
         del initial
         server = make_server(record, strategy, args.server_threads)
         result["server_fit_threads"] = fit_threads(args.server_threads)
@@ -539,7 +663,7 @@ def simulate_main(argv: list[str]) -> int:
         with probe.patched():
             run_simulation(
                 server_app=ServerApp(server_fn=server_fn),
-                client_app=ClientApp(client_fn=client_fn),
+                client_app=ClientApp(client_fn=client_app_fn),
                 num_supernodes=args.workers,
                 backend_config=backend_config,  # type: ignore[arg-type]
             )

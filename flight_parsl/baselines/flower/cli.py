@@ -30,8 +30,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m flight_parsl.baselines.flower",
-        description="Flower's side of the weak-scaling comparison: N clients, FedAvg, "
-        "no training (each client returns the parameters it received).",
+        description="Flower's side of the comparison: N clients, FedAvg; no training (each client "
+        "returns the parameters it received) or, with --train local, flight_parsl's training workload.",
     )
     parser.add_argument("--workers", type=int, required=True, help="clients (N)")
     parser.add_argument("--model", required=True, help="a flight_parsl model name, built at its reference size")
@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="simulation: Ray resources per client. matched (default): N logical CPUs, "
                         "1 per client, one actor per client; default: Flower's own settings (2 of the "
                         "machine's CPUs per client, so cpus // 2 actors); X: X of the machine's CPUs per client")
+    parser.add_argument("--train", choices=("none", "local"), default="none",
+                        help="none (default): the debug round, each client returns what it got; local: "
+                        "real training, the workload of 'python -m flight_parsl.scale' for the same flags "
+                        "(its data split, model, SGD settings; simulation mode only)")
+    parser.add_argument("--dataset", default=None,
+                        help="--train local: the dataset (default: flight_parsl's, digits)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="--train local: local epochs (default: flight_parsl's train.epochs)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="--train local: batch size (default: flight_parsl's train.batch_size)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="--train local: SGD learning rate (default: flight_parsl's train.lr)")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments, print the run, start nothing")
     parser.add_argument("--save-params", action="store_true",
                         help="write the final aggregated parameters to OUT/final_parameters.npz")
@@ -72,8 +84,18 @@ def _line(row: dict[str, Any]) -> str:
         value = row.get(key)
         return f"{value:.3f}" if isinstance(value, float) else "-"
 
+    accuracy = ""
+    if row.get("train") == "local":  # the test accuracy lives in summary.json, not in the results row
+        import json
+        from pathlib import Path
+
+        try:
+            acc = json.loads((Path(row["run_dir"]) / "summary.json").read_text()).get("test_acc")
+        except (OSError, ValueError):
+            acc = None
+        accuracy = f"test acc {acc:.4f}, " if isinstance(acc, float) else "test acc -, "
     return (
-        f"{row['framework']} {row['model']} n={row['num_workers']}: {row['status']}; "
+        f"{row['framework']} {row['model']} n={row['num_workers']}: {row['status']}; {accuracy}"
         f"prime2end {fmt('prime2end')} s, round {fmt('round_makespan_s')} s, start2end {fmt('start2end')} s, "
         f"server peak {fmt('peak_rss_mb')} MB, clients peak {fmt('peak_rss_workers_mb')} MB "
         f"-> {row['run_dir']}/summary.json"
@@ -82,6 +104,14 @@ def _line(row: dict[str, Any]) -> str:
 
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _training(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The training flags checked together (ConfigError names a bad combination or value)."""
+    from flight_parsl.baselines.flower.runner import check_training_inputs
+
+    return check_training_inputs(args.workers, args.model, args.mode, args.rounds, args.train,
+                                 args.dataset, args.epochs, args.batch_size, args.lr)
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -95,11 +125,17 @@ def _dry_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--model {args.model!r}: unknown model; valid names: {', '.join(sorted(model_names()))}")
         if args.workers < 1 or args.rounds < 1:
             raise ConfigError(f"--workers {args.workers} / --rounds {args.rounds}: both must be >= 1")
+        training = _training(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     flwr = "installed" if importlib.util.find_spec("flwr") else "not installed (pip install -e \".[flower]\")"
-    print(f"flower {args.mode}: {args.workers} clients, model {args.model}, {args.rounds} round(s), "
+    work = "no training"
+    if training is not None:
+        work = (f"training on {training['dataset']} ({training['partition']['kind']} split, seed {training['seed']}), "
+                f"SGD lr {training['lr']:g} momentum {training['momentum']:g}, {training['epochs']} epoch(s), "
+                f"batch {training['batch_size']}")
+    print(f"flower {args.mode}: {args.workers} clients, model {args.model}, {args.rounds} round(s), {work}, "
           f"results {args.results or '-'}; flwr {flwr}")
     print("dry run: 1 run")
     return 0
@@ -124,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             args.workers, args.model, args.mode, args.out, rounds=args.rounds, trial=args.trial,
             timeout=args.timeout, results=args.results, save_params=args.save_params,
             mem_limit_gb=args.mem_limit_gb or None, server_threads=args.server_threads,
-            client_cpus=args.client_cpus,
+            client_cpus=args.client_cpus, train=args.train, dataset=args.dataset, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr,
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -72,6 +72,9 @@ FRAMEWORKS = {"grpc": "flower-grpc", "simulation": "flower-simulation"}
 TRANSFERS = {"grpc": "grpc", "simulation": "ray"}
 INSTALL_HINT = 'pip install -e ".[flower]"'
 RESULT_FILE = "flower_result.json"  # written by the child processes (app.RESULT_FILE)
+ROUNDS_FILE = "rounds.csv"  # training runs: one row a round
+ROUNDS_COLUMNS = ("round", "start", "end", "makespan_s", "eval_s", "participants", "test_loss", "test_acc",
+                  "train_loss", "train_acc")
 PARAMS_FILE = "final_parameters.npz"
 # gRPC message limit for server and clients: twice Flower's 512 MiB default; ResNet-152's
 # payload is 241 MB, so every model of the zoo fits with room to spare.
@@ -107,6 +110,37 @@ def check_inputs(workers: Any, model: Any, mode: Any, rounds: Any, timeout: Any)
         raise FlowerInputError(
             f"ray is not installed (Flower's simulation engine needs flwr[simulation]): {INSTALL_HINT}"
         )
+
+
+TRAIN_ONLY = ("dataset", "epochs", "batch_size", "lr")
+
+
+def check_training_inputs(
+    workers: int, model: str, mode: str, rounds: int, train: Any,
+    dataset: Any, epochs: Any, batch_size: Any, lr: Any,
+) -> dict[str, Any] | None:
+    """Check ``train`` and the training flags; for ``train="local"`` return what the run
+    trains (dataset, split, optimizer, ...: flight_parsl's config for the same flags), else None.
+
+    Raises:
+        FlowerInputError: a bad combination (a training flag without ``train="local"``,
+            training in grpc mode); ConfigError: a value flight_parsl's config rejects
+            (its message names the key), missing data, an untrainable model.
+    """
+    from flight_parsl.baselines.flower.workload import TRAIN_MODES, check_training, train_config
+
+    if train not in TRAIN_MODES:
+        raise FlowerInputError(f"train must be one of {', '.join(TRAIN_MODES)}, got {train!r}")
+    given = [name for name, value in zip(TRAIN_ONLY, (dataset, epochs, batch_size, lr)) if value is not None]
+    if train == "none":
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            verb = "applies" if len(given) == 1 else "apply"
+            raise FlowerInputError(f"{flags} {verb} to --train local only (this run is --train none: no training)")
+        return None
+    if mode != "simulation":
+        raise FlowerInputError(f"--train local runs in simulation mode only, not {mode!r}")
+    return dict(check_training(train_config(workers, rounds, model, dataset, epochs, batch_size, lr)))
 
 
 CLIENT_CPUS_MODES = ("matched", "default")
@@ -503,6 +537,42 @@ def _summarize(
     return summary
 
 
+def _training_summary(summary: dict[str, Any], training: dict[str, Any], result: dict[str, Any], out: Path) -> None:
+    """Add a training run's figures to ``summary`` and write ``out/rounds.csv``."""
+    import csv
+
+    summary["train"] = "local"
+    summary["training"] = {k: v for k, v in training.items() if k != "shard_sizes"}
+    summary["training"]["samples"] = sum(training["shard_sizes"] or [])
+    summary["num_parameters"] = result.get("num_parameters")
+    initial = result.get("initial_eval") or {}
+    summary["initial_test_acc"] = initial.get("test_acc")
+    summary["initial_test_loss"] = initial.get("test_loss")
+    rows = []
+    for r in summary["rounds_detail"]:
+        if "aggregate_ready" not in r:
+            continue
+        eval_s = r["eval_done"] - r["eval_start"] if "eval_done" in r else None
+        rows.append({"round": r["round"], "start": r.get("configure_start"), "end": r["aggregate_ready"],
+                     "makespan_s": r.get("makespan_s"), "eval_s": eval_s, "participants": r.get("results"),
+                     "test_loss": r.get("test_loss"), "test_acc": r.get("test_acc"),
+                     "train_loss": r.get("train_loss"), "train_acc": r.get("train_acc")})
+    last = rows[-1] if rows else {}
+    summary["test_acc"] = last.get("test_acc")
+    summary["test_loss"] = last.get("test_loss")
+    detail = [r for r in summary["rounds_detail"] if "aggregate_ready" in r]
+    if detail and "eval_done" in detail[-1] and summary.get("end") is not None:
+        # The run ends when the last round's model has been evaluated (as flight_parsl's does).
+        summary["end"] = detail[-1]["eval_done"]
+        summary["start2end"] = summary["end"] - summary["start"] if summary.get("start") is not None else None
+        if summary.get("priming_done") is not None:
+            summary["prime2end"] = summary["end"] - summary["priming_done"]
+    with (out / ROUNDS_FILE).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROUNDS_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+
+
 def _row(summary: dict[str, Any]) -> dict[str, Any]:
     from flight_parsl.results.table import COLUMNS
 
@@ -528,6 +598,11 @@ def run_flower(
     mem_limit_gb: float | None = 18.0,
     server_threads: int | None = None,
     client_cpus: str | float | None = None,
+    train: str = "none",
+    dataset: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """Run one Flower debug run; write ``out/summary.json``; return its results-table row.
 
@@ -544,10 +619,21 @@ def run_flower(
     client on the machine's CPUs) or a number of the machine's CPUs per client
     (see :func:`flight_parsl.baselines.flower.app.simulation_backend_config`).
 
+    ``train="local"`` (simulation only) trains for real: the workload of
+    ``python -m flight_parsl.scale --workers N --model M --rounds R [--dataset D]``
+    (:func:`~flight_parsl.baselines.flower.workload.train_config`: flight_parsl's data
+    split, seeded initial model, SGD settings and local training loop in each client,
+    Flower's FedAvg weighted by shard sizes, the global model evaluated on the test set
+    after every round by Flower's centralized evaluation); ``dataset``, ``epochs``,
+    ``batch_size`` and ``lr`` override flight_parsl's defaults and apply to training only.
+    summary.json then holds ``training`` (what was trained), ``test_acc`` / ``test_loss``
+    of the last round, and every round's figures, also in ``out/rounds.csv``.
+
     Raises:
         FlowerInputError, ConfigError: a bad argument (nothing is started).
     """
     check_inputs(workers, model, mode, rounds, timeout)
+    training = check_training_inputs(workers, model, mode, rounds, train, dataset, epochs, batch_size, lr)
     if server_threads is not None and (isinstance(server_threads, bool) or not isinstance(server_threads, int)
                                        or server_threads < 1):
         raise FlowerInputError(f"server_threads must be a positive integer or None, got {server_threads!r}")
@@ -558,10 +644,13 @@ def run_flower(
         if mode != "simulation":
             raise FlowerInputError(f"client_cpus applies to the simulation mode only, not {mode!r}")
         extra += ["--client-cpus", str(parse_client_cpus(client_cpus))]
+    if training is not None:
+        extra += ["--train", "local", "--dataset", training["dataset"], "--epochs", str(training["epochs"]),
+                  "--batch-size", str(training["batch_size"]), "--lr", repr(training["lr"])]
     run_dir = Path(out) if out is not None else default_out(mode, model, workers, trial)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
-    for stale in (RESULT_FILE, PARAMS_FILE, "summary.json"):
+    for stale in (RESULT_FILE, PARAMS_FILE, "summary.json", ROUNDS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
 
     watch = Watch(float(timeout), mem_limit_gb)
@@ -597,6 +686,8 @@ def run_flower(
         elif len([r for r in result.get("rounds", []) if "aggregate_ready" in r]) != rounds:
             status = "failed: not every round finished"
     summary = _summarize(mode, model, workers, rounds, trial, run_dir, info, result, status)
+    if training is not None:
+        _training_summary(summary, training, result, run_dir)
     if result.get("error") and status != "ok":
         summary["error"] = result["error"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
