@@ -171,7 +171,7 @@ def _parsl_backend(
         from flight_parsl.execution.primed_pool import write_spec
 
         spec = write_spec(Path(run_dir) / "parsl" / "prime.pkl", prime[0], prime[1], site_start_timeout(site))
-    config = build_parsl_config(site, workers, run_dir, spec)
+    config = build_parsl_config(site, workers, run_dir, spec, prime[0] if prime is not None else ())
     # a stop signal waits for the interchange and the worker pool to be up (and owned), or gone
     with deferred():
         try:
