@@ -92,8 +92,8 @@ def prime_task(
     distinct slots (see :func:`~flight_parsl.worker.barrier.meet`).
 
     With ``timing`` a third item gives the slot's start-up in Unix time (the run's
-    start-up phases): ``pool_started`` (the slot's parent process, an HTEX worker
-    pool's manager), ``worker_started`` (this process), ``task_started`` (this task
+    start-up phases): ``pool_started`` (the slot's parent process: on HTEX the pool's
+    forkserver, :mod:`flight_parsl.execution.primed_pool`), ``worker_started`` (this process), ``task_started`` (this task
     reached the slot), ``primed`` (imports and data done, before the barrier).
     """
     import importlib
