@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.execution.primed_pool import PRELOAD, ForkedWorkers, launch_command
+from flight_parsl.execution.primed_pool import PRELOAD, ForkedWorkers, fork_workers, launch_command
 from flight_parsl.execution.site import build_parsl_config, load_site
 
 
@@ -72,3 +72,8 @@ def test_workers_fork_from_a_server_that_imported_the_modules() -> None:
         assert preloaded and tasks and parent != os.getpid() and child.exitcode == 0
     finally:
         multiprocessing.forkserver._forkserver._stop()
+
+
+def test_only_a_pool_with_more_workers_than_cores_forks_them() -> None:
+    assert fork_workers(64, cores=2) and fork_workers("inf", cores=2) and fork_workers(None, cores=2)
+    assert not fork_workers(2, cores=2) and not fork_workers("2", cores=16)
