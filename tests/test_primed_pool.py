@@ -74,6 +74,9 @@ def test_workers_fork_from_a_server_that_imported_the_modules() -> None:
         multiprocessing.forkserver._forkserver._stop()
 
 
-def test_only_a_pool_with_more_workers_than_cores_forks_them() -> None:
-    assert fork_workers(64, cores=2) and fork_workers("inf", cores=2) and fork_workers(None, cores=2)
-    assert not fork_workers(2, cores=2) and not fork_workers("2", cores=16)
+def test_a_training_pool_forks_only_with_more_workers_than_cores() -> None:
+    training = [*PRELOAD, "flight_parsl.worker.training"]
+    assert fork_workers(64, training, cores=2) and fork_workers("inf", training, cores=2)
+    assert fork_workers(None, training, cores=2)
+    assert not fork_workers(2, training, cores=2) and not fork_workers("2", training, cores=16)
+    assert fork_workers(2, PRELOAD, cores=2)  # no torch to import: forked

@@ -38,9 +38,9 @@ A worker Parsl's watchdog restarts primes again before it takes a task. A task o
 this way reports it (``TaskResult.primed_at_start``) and is not marked ``task_cold``. The prime
 spec names one workload: a backend reused by a sweep keeps priming for the run that opened it.
 
-**Workers forked from a warm parent** (``--preload MODULES``), on a node with more workers than
-cores (:func:`fork_workers`; with as many cores as workers, spawned workers import side by side
-and that is faster than one server importing alone). Parsl's pool starts each worker
+**Workers forked from a warm parent** (``--preload MODULES``), unless the run trains with no
+more workers than cores (:func:`fork_workers`: then spawned workers import torch side by side,
+faster than one server importing it alone). Parsl's pool starts each worker
 with a *spawn* context: every worker is a fresh interpreter that imports Python, Parsl, numpy,
 the task modules (and torch, to train) on its own, one after the other on a busy node. Here the
 workers come from a ``forkserver`` context instead, whose server imports this module, Parsl's
@@ -111,17 +111,23 @@ def launch_command(spec: str | Path | None, htex_launch_cmd: str, preload: tuple
     return f"python3 -m flight_parsl.execution.primed_pool {POOL_SCRIPT} {priming}{arguments}"
 
 
-def fork_workers(max_workers_per_node: Any, cores: int | None = None) -> bool:
-    """Whether a pool forks its workers from a warm forkserver: when it runs more workers than the
-    node has cores (HTEX's ``--max_workers_per_node``; unbounded or unknown counts as more).
-    Measured on 2 cores: 64 resnet18 slots start 0.1x the time and 0.36x the memory (PSS);
-    2 training slots start about 4 s slower forked (the server imports torch alone, where two
-    spawned workers import it side by side)."""
+#: A preloaded module that imports torch: the server's import takes seconds, alone.
+_TRAINING = "flight_parsl.worker.training"
+
+
+def fork_workers(max_workers_per_node: Any, preload: list[str] | tuple[str, ...] = (), cores: int | None = None) -> bool:
+    """Whether a pool forks its workers from a warm forkserver: unless it trains (torch among the
+    ``preload``) with no more workers than the node has cores (HTEX's ``--max_workers_per_node``;
+    unbounded or unknown counts as more). Measured on 2 cores: 64 resnet18 slots start in 0.1x
+    the time and 0.36x the memory (PSS); tiny x64 (2 slots, no training) 0.7x; 2 training slots
+    start about 4 s slower forked (the server imports torch alone, where two spawned workers
+    import it side by side), so those spawn."""
     cores = cores or os.cpu_count() or 1
     try:
-        return float(max_workers_per_node) > cores
+        many = float(max_workers_per_node) > cores
     except (TypeError, ValueError):
-        return True
+        many = True
+    return many or _TRAINING not in preload
 
 
 class ForkedWorkers:
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[_SPEC_ENV] = options[SPEC_OPTION]
     preload = [*PRELOAD, *(m for m in options.get(PRELOAD_OPTION, "").split(",") if m and m not in PRELOAD)]
     known, _ = pool.get_arg_parser().parse_known_args(argv)
-    if fork_workers(known.max_workers_per_node):
+    if fork_workers(known.max_workers_per_node, preload):
         pool.SpawnContext = ForkedWorkers(pool.SpawnContext, preload)  # the main block's workers: forked
     source = Path(pool.__file__).read_text()
     if _MAIN_MARK not in source:
