@@ -14,6 +14,7 @@ from flight_parsl.engine.progress import Progress
 from flight_parsl.transfer.redis_server import count_keys
 from flight_parsl.engine.runner import run_experiment
 from redis_fixtures import managed_redis  # noqa: F401 (fixture)
+from test_startup import assert_startup_phases
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -39,6 +40,7 @@ def test_debug_round_on_htex_workers(make_config) -> None:
     assert summary["status"] == "completed"
     assert summary["primed_slots"] == summary["slots"] == 2  # the warm-up reached every slot
     assert summary["start"] < summary["dfk_start_done"] < summary["priming_done"] < summary["end"]
+    assert_startup_phases(summary)
     assert (out / "parsl").is_dir()
     assert_each_process_reads_the_model_once(tasks)
 

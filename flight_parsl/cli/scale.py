@@ -211,8 +211,11 @@ def _main(argv: list[str] | None) -> int:
         cfg, grid = configure(args)
         if args.dry_run:
             return dry_run(args, cfg, grid, resume=bool(args.resume))
+        from flight_parsl.engine import startup
         from flight_parsl.engine.progress import Progress
         from flight_parsl.engine.runner import run_experiment
+
+        startup.count_process_start()  # the first run reports this process's interpreter and imports
 
         progress = Progress(cfg.rounds, enabled=not args.quiet)
         if args.resume:

@@ -7,7 +7,9 @@ Layout of a run directory::
     tasks.csv      one row per client per task attempt (and per aggregate / relay task);
                    built by :func:`result_rows`, :func:`failure_rows`, :func:`dropped_rows`
     summary.json   timestamps (start, dfk_start_done, priming_done, end), derived
-                   durations, status and totals; rewritten at each milestone
+                   durations, status and totals; rewritten at each milestone; the
+                   start-up phases ``startup_phases`` and their ``startup_marks``
+                   (:mod:`flight_parsl.engine.startup`)
     checkpoint.pkl the state after the last finished round (flight_parsl.engine.checkpoint)
     faults.csv     injected faults, when a run injects some (flight_parsl.processes.injector)
 

@@ -3,7 +3,8 @@
 Timestamps follow the weak-scaling artifact: ``start`` (the run begins),
 ``dfk_start_done`` (the executor is up), ``priming_done`` (a warm-up task came
 back), ``end`` (the last round's aggregate is ready); summary.json derives
-``start2end`` and ``prime2end`` from them.
+``start2end`` and ``prime2end`` from them, and splits start2end into the start-up
+phases ``startup_phases`` (:mod:`flight_parsl.engine.startup`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flight_parsl.config.experiment import checkpoint_hash
 from flight_parsl.engine.context import RunContext, compression, faults, prepare, workload
 from flight_parsl.processes import leftovers
 from flight_parsl.engine.decentralized import run_decentralized
+from flight_parsl.engine import startup
 from flight_parsl.engine.events import SlotClock
 from flight_parsl.execution.links import describe_check
 from flight_parsl.processes.multisite import RunSites, open_run_sites
@@ -108,6 +110,7 @@ def run_experiment(
     with :func:`~flight_parsl.processes.multisite.open_run_sites`) and a ``backend`` opened on
     them let many runs share one virtual network and one DataFlowKernel.
     """
+    process_start = startup.take_process_start()  # the command line's first run: its interpreter and imports
     progress = progress or Progress(cfg.rounds)
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     cfg.out = str(out)  # config.yaml names its own directory: what --resume continues
@@ -224,6 +227,7 @@ def run_experiment(
         if sites is not None and sites.link_bytes:
             recorder.update(site_links=sites.link_bytes)
         recorder.update(block_jobs=block_jobs(active))  # blocks started during the run too
+        phases = startup.record(recorder.summary, active.marks, warmup.timings, process_start)
         stopping.check()  # a stop signal whose exception Python dropped: the run did not complete
         recorder.finish("completed")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as core.errors.Terminated (its text names the signal)
@@ -234,6 +238,8 @@ def run_experiment(
         raise
     s = recorder.summary
     progress.say(f"done: start2end {s['start2end']:.2f}s  prime2end {s['prime2end']:.2f}s  -> {out}")
+    if any(v is not None for k, v in phases.items() if k != "rounds"):
+        progress.say(f"start-up: {startup.describe(phases)}")
     return out
 
 

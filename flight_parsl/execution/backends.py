@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -54,6 +55,7 @@ class Backend:
     runs: int = 0
     dfk: Any = None  # Parsl's DataFlowKernel (Parsl backends): where its blocks' job ids are
     pending_timeout: float | None = None  # seconds a block may wait in the batch queue (None: start_timeout)
+    marks: dict[str, float] = field(default_factory=dict)  # start-up marks (flight_parsl.engine.startup)
 
 
 def pending_blocks(backend: Backend) -> dict[str, str]:
@@ -157,7 +159,6 @@ def _parsl_backend(
     workers: int, run_dir: str | Path, parsl_config: str | None,
     prime: tuple[tuple[str, ...], Workload | None] | None = None,
 ) -> Iterator[Backend]:
-    import parsl
     from parsl.concurrent import ParslPoolExecutor
 
     from flight_parsl.execution.site import (
@@ -170,21 +171,83 @@ def _parsl_backend(
         from flight_parsl.execution.primed_pool import write_spec
 
         spec = write_spec(Path(run_dir) / "parsl" / "prime.pkl", prime[0], prime[1], site_start_timeout(site))
-    config = build_parsl_config(site, workers, run_dir, spec)
+    config = build_parsl_config(site, workers, run_dir, spec, prime[0] if prime is not None else ())
     # a stop signal waits for the interchange and the worker pool to be up (and owned), or gone
     with deferred():
         try:
-            dfk = parsl.load(config)
+            dfk, marks = load_dfk(config)
         except Exception as exc:  # Parsl raises many kinds here; one message for the user
             raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
     try:
         yield Backend(
             ParslPoolExecutor(dfk=dfk), "parsl", describe_site(site, workers), site_start_timeout(site), _slots(config),
-            dfk=dfk, pending_timeout=site_pending_timeout(site),
+            dfk=dfk, pending_timeout=site_pending_timeout(site), marks=marks,
         )
     finally:
         with deferred():
             close_dfk(dfk)
+
+
+def load_dfk(config: Any) -> tuple[Any, dict[str, float]]:
+    """``parsl.load(config)``, then launch the executors' initial blocks at once; return the
+    DataFlowKernel and its start-up marks (:mod:`flight_parsl.engine.startup`): ``dfk_begin``,
+    ``interchange_begin``/``interchange_up`` (the executors' start, first to last),
+    ``dfk_loaded``, ``block_launched`` (the first block's launch began).
+
+    Parsl launches ``init_blocks`` at its JobStatusPoller's first tick with executors, one
+    ``strategy_period`` (5 s by default) after the DataFlowKernel starts: start-up spent waiting.
+    The poller's tick runs here once, right away, for every strategy (:func:`start_blocks_now`).
+    Parsl's exceptions pass through."""
+    import parsl
+
+    marks: dict[str, float] = {}
+    for executor in config.executors:
+        _time_calls(executor, "start", marks, "interchange_begin", "interchange_up")
+        if hasattr(executor, "_launch_block"):
+            _time_calls(executor, "_launch_block", marks, "block_launched", None)
+    marks["dfk_begin"] = time.time()
+    dfk = parsl.load(config)
+    marks["dfk_loaded"] = time.time()
+    start_blocks_now(dfk)
+    return dfk, marks
+
+
+def _time_calls(obj: Any, name: str, marks: dict[str, float], first_begin: str, last_end: str | None) -> None:
+    """Wrap ``obj.name`` (on the instance): the first call's begin and the last call's end go into ``marks``."""
+    method = getattr(obj, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        marks.setdefault(first_begin, time.time())
+        try:
+            return method(*args, **kwargs)
+        finally:
+            if last_end is not None:
+                marks[last_end] = time.time()
+
+    setattr(obj, name, timed)
+
+
+def start_blocks_now(dfk: Any) -> None:
+    """Run the DataFlowKernel's JobStatusPoller tick now instead of a ``strategy_period`` later.
+
+    That first tick is where Parsl's strategies (``none``, ``simple``, ``htex_auto_scale``)
+    scale out ``init_blocks`` (once: they keep a ``first`` flag per executor), and where
+    ``simple`` adds blocks for queued tasks; running it early is the same tick, earlier. The
+    poller's callback is wrapped in a lock first, so this tick and the poller's own timer
+    thread never run the strategy at the same time (no block is launched twice). A failing
+    tick is logged, as Parsl's timer does."""
+    poller = getattr(dfk, "job_status_poller", None)
+    if poller is None or not callable(getattr(poller, "callback", None)):
+        return
+    lock = threading.Lock()
+    tick = poller.callback
+
+    def locked(*args: Any) -> None:
+        with lock:
+            tick(*args)
+
+    poller.callback = locked
+    poller.make_callback()
 
 
 def close_dfk(dfk: Any) -> None:
@@ -254,9 +317,13 @@ class Warmup:
         self._next_check = 0.0
         self.deadline = self.started + backend.start_timeout
         self.barrier = _barrier_dir()
+        #: each slot's start-up (``prime_task``'s timing: Parsl slots only), once :meth:`wait` returned
+        self.timings: list[dict[str, float | None]] = []
+        timing = backend.kind == "parsl"  # a local pool's slots are the coordinator or its children
         try:
             self.futures = [
-                backend.executor.submit(prime_task, modules, self.barrier, self.count, backend.start_timeout, workload)
+                backend.executor.submit(prime_task, modules, self.barrier, self.count, backend.start_timeout, workload,
+                                        timing)
                 for _ in range(self.count)
             ]
         except BaseException:
@@ -305,7 +372,9 @@ class Warmup:
                 self._check_pending()
                 wait(self.futures, timeout=0.1)
             try:
-                seen = {f.result(timeout=max(0.0, self.deadline - time.monotonic())) for f in self.futures}
+                answers = [f.result(timeout=max(0.0, self.deadline - time.monotonic())) for f in self.futures]
+                seen = {(a[0], a[1]) for a in answers}
+                self.timings = [a[2] for a in answers if len(a) > 2]
             except FuturesTimeout as exc:
                 raise ExecutorError(
                     f"no worker started within {backend.start_timeout:.0f} s ({backend.description}); "

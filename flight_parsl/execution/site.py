@@ -512,7 +512,8 @@ def _no_memoizer_kwargs() -> dict[str, Any]:
 
 
 def build_parsl_config(
-    site: Mapping[str, Any], workers: int, run_dir: str | Path, prime_spec: str | Path | None = None
+    site: Mapping[str, Any], workers: int, run_dir: str | Path, prime_spec: str | Path | None = None,
+    preload: tuple[str, ...] = (),
 ) -> Config:
     """Build a fresh Parsl Config with one HighThroughputExecutor for ``site``.
 
@@ -525,7 +526,8 @@ def build_parsl_config(
             site with a ``strategy`` (blocks may start after the warm-up) every block's worker
             pool primes its workers before it takes tasks. Ignored on a site without one. Every
             pool starts through :mod:`flight_parsl.execution.primed_pool` (its workers wait for
-            tasks without the task queue's lock).
+            tasks without the task queue's lock) and forks its workers from a server that
+            imported the task modules and ``preload`` (the run's warm-up modules).
 
     Returns:
         A new, unloaded ``parsl.config.Config``.
@@ -561,7 +563,9 @@ def build_parsl_config(
 
     from flight_parsl.execution.primed_pool import launch_command
 
-    htex_kwargs["launch_cmd"] = launch_command(prime_spec if s["strategy"] != "none" else None, DEFAULT_LAUNCH_CMD)
+    htex_kwargs["launch_cmd"] = launch_command(
+        prime_spec if s["strategy"] != "none" else None, DEFAULT_LAUNCH_CMD, preload
+    )
     if accelerators is not None:
         htex_kwargs["available_accelerators"] = (
             accelerators if isinstance(accelerators, int) else [str(a) for a in accelerators]

@@ -242,15 +242,14 @@ def open_sites_backend(
     :class:`SiteRouter`; always clean the DataFlowKernel up."""
     import time
 
-    import parsl
     from parsl.concurrent import ParslPoolExecutor
 
-    from flight_parsl.execution.backends import Backend, close_dfk
+    from flight_parsl.execution.backends import Backend, close_dfk, load_dfk
 
     started_at = time.time()
     config = build_sites_config(sites, slots, run_dir, network)
     try:
-        dfk = parsl.load(config)
+        dfk, marks = load_dfk(config)
     except Exception as exc:  # Parsl raises many kinds here; one message for the user
         raise ExecutorError(f"Parsl failed to start ({type(exc).__name__}: {exc}); logs: {config.run_dir}") from exc
     try:
@@ -270,6 +269,7 @@ def open_sites_backend(
             sum(site_slots.values()),
             started_at=started_at,
             dfk=dfk,
+            marks=marks,
         )
     finally:
         close_dfk(dfk)

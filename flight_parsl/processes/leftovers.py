@@ -100,9 +100,12 @@ def note(
         proc = getattr(executor, "interchange_proc", None)
         if proc is not None:
             processes.append({"pid": proc.pid, "match": "interchange"})
+    # a worker's parent is its pool's forkserver (flight_parsl.execution.primed_pool): list the pool
+    managers = {(stat_field(pid, 1) or pid) if _FORKSERVER in _cmdline(pid) else pid for pid in managers}
     processes += [{"pid": pid, "match": "process_worker_pool"} for pid in sorted(managers)]
-    # the managers' children (workers, their multiprocessing server) outlive a SIGKILLed manager
-    processes += [{"pid": pid, "match": "spawn_main"} for pid in sorted(children(set(managers)))]
+    # the managers' children and theirs (the forkserver, workers, the multiprocessing Manager) outlive
+    # a SIGKILLed manager
+    processes += [{"pid": pid, "match": "multiprocessing"} for pid in sorted(_descendants(set(managers)))]
     for proc in processes:
         proc["started"] = _started(proc["pid"])
     path = Path(run_dir) / FILENAME
@@ -130,6 +133,16 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
     return text[text.rindex(")") + 2 :].split()[0] in ("Z", "X")
+
+
+#: In the command line of a worker pool's forkserver and of the workers it forks.
+_FORKSERVER = "multiprocessing.forkserver"
+
+
+def _descendants(pools: set[int]) -> dict[int, int]:
+    """The pools' children and their children (a pool's forkserver's workers): pid -> parent."""
+    kids = children(pools)
+    return {**kids, **children(set(kids))} if kids else kids
 
 
 def _same(proc: dict[str, Any]) -> bool:
@@ -220,7 +233,7 @@ def left(run_dir: str | Path) -> list[str]:
         out.append(f"process_worker_pool pid {pid}")
         pools.add(pid)
     listed_pids = {int(p["pid"]) for p in listed.get("processes", [])}
-    for pid in sorted(set(children(pools)) - listed_pids):
+    for pid in sorted(set(_descendants(pools)) - listed_pids):
         out.append(f"worker pid {pid} (a child of a worker pool)")
     out += [d for d in listed.get("directories", []) if Path(d).exists()]
     redis = listed.get("redis")
@@ -276,7 +289,7 @@ def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
     pools |= set(_pools_of(run_dir))
     # a pool's current children first: workers it restarted after the list was written are not on it
     listed_pids = {int(p["pid"]) for p in listed.get("processes", [])}
-    kids = [{"pid": c, "match": "", "started": _started(c)} for c in sorted(set(children(pools)) - listed_pids)]
+    kids = [{"pid": c, "match": "", "started": _started(c)} for c in sorted(set(_descendants(pools)) - listed_pids)]
     more = [{"pid": p, "match": "process_worker_pool", "started": _started(p)} for p in sorted(pools - listed_pids)]
     # pools before their workers: a pool that still runs restarts a worker killed before it
     for proc in [*more, *listed.get("processes", []), *kids]:

@@ -82,21 +82,36 @@ def prime_task(
     expected: int = 1,
     max_wait: float = 0.0,
     workload: Workload | None = None,
-) -> tuple[str, int]:
+    timing: bool = False,
+) -> tuple[str, int] | tuple[str, int, dict[str, float | None]]:
     """Warm-up: import what the round's tasks import, load the data; return host and pid.
 
     With ``barrier`` (a directory the slots share) the task marks itself there and
     waits until ``expected`` tasks have, at most ``max_wait`` seconds: a slot runs one
     task at a time, so ``expected`` concurrent warm-up tasks occupy ``expected``
     distinct slots (see :func:`~flight_parsl.worker.barrier.meet`).
+
+    With ``timing`` a third item gives the slot's start-up in Unix time (the run's
+    start-up phases): ``pool_started`` (the slot's parent process: on HTEX the pool's
+    forkserver, :mod:`flight_parsl.execution.primed_pool`), ``worker_started`` (this process), ``task_started`` (this task
+    reached the slot), ``primed`` (imports and data done, before the barrier).
     """
     import importlib
 
+    task_started = time.time()
     for name in modules:
         importlib.import_module(name)
     if workload is not None:
         warm_data(workload)
+    primed = time.time()
     meet(barrier, expected, max_wait)
+    if timing:
+        from flight_parsl.core.proctime import process_started
+
+        return socket.gethostname(), os.getpid(), {
+            "pool_started": process_started(os.getppid()), "worker_started": process_started(),
+            "task_started": task_started, "primed": primed,
+        }
     return socket.gethostname(), os.getpid()
 
 
