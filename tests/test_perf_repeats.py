@@ -259,3 +259,15 @@ def test_main_repeats_go_round_the_rows(tmp_path: Path, monkeypatch: pytest.Monk
     table = (tmp_path / "table.md").read_text()
     assert "median (min-max) of 2 run(s)" in table and "3.50 (3.00-4.00)" in table
     assert perf.main(["--repeats", "0", "--out", str(tmp_path)], say=said.append) == 2
+
+
+def test_skip_leaves_out_rows_everywhere_or_in_one_cell(capsys: pytest.CaptureFixture[str]) -> None:
+    said: list[str] = []
+    assert perf.main(["--cells", "smoke-tiny-8,smoke-digits-8", "--dry-run",
+                      "--skip", "flower-sim matched,smoke-tiny-8:flight_parsl process"], say=said.append) == 0
+    rows = [line.split(": ", 1)[0] for line in said[:-1]]
+    assert "smoke-tiny-8 | flower-sim default" in rows and "smoke-digits-8 | flower-sim default" in rows
+    assert not any("matched" in r or r == "smoke-tiny-8 | flight_parsl process" for r in rows)
+    assert "smoke-tiny-8 | flight_parsl" in rows
+    assert perf.main(["--cells", "smoke-tiny-8", "--dry-run", "--skip", "no-such-row"], say=said.append) == 2
+    assert "--skip names no row: no-such-row" in capsys.readouterr().err

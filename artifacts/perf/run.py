@@ -1068,6 +1068,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help=f"seconds per run before its process group is killed (default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--frameworks", default="flight_parsl,flower", help="comma list: flight_parsl, flower")
+    p.add_argument("--skip", default="",
+                   help="comma list of rows to leave out: a row label ('flower-sim matched') in every cell, or "
+                        "'CELL:LABEL' in one cell")
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                    help=f"runs of every cell row (default {DEFAULT_REPEATS}); the table gives median (min-max)")
     p.add_argument("--settle-load", type=float, default=DEFAULT_SETTLE_LOAD,
@@ -1105,7 +1108,16 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
         print("error: --settle-max-wait must not be negative", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/perf-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    plan = [(c, r) for c in cells for r in c.rows if r.framework in frameworks]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    labels = {r.label for c in cells for r in c.rows} | {f"{c.name}:{r.label}" for c in cells for r in c.rows}
+    if skip - labels:
+        print(f"error: --skip names no row: {', '.join(sorted(skip - labels))} (see --list)", file=sys.stderr)
+        return 2
+
+    def wanted(cell: Cell, row: Row) -> bool:
+        return row.framework in frameworks and not {row.label, f"{cell.name}:{row.label}"} & skip
+
+    plan = [(c, r) for c in cells for r in c.rows if wanted(c, r)]
     if args.dry_run:
         import shlex
 
@@ -1124,7 +1136,7 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
         f"{args.settle_load:g}, no Parsl / Ray process, up to {args.settle_max_wait:g} s)")
     # Repeats go round a cell's rows (A B C, A B C, ...) so slow drifts of the machine hit every row alike.
     schedule = [(cell, row, rep) for cell in cells for rep in range(1, args.repeats + 1)
-                for row in cell.rows if row.framework in frameworks]
+                for row in cell.rows if wanted(cell, row)]
     runs: list[dict[str, Any]] = []
     interrupted = False
     try:
