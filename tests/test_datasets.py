@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +180,18 @@ def test_unknown_name_lists_valid():
     message = str(info.value)
     assert "'cifar10'" in message
     assert "digits, fashion_mnist, mnist" in message
+
+
+def test_digits_read_from_the_shipped_file_equal_scikit_learns_and_skip_its_import():
+    from sklearn.datasets import load_digits
+
+    from flight_parsl.data.datasets import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert images.shape == (1797, 8, 8) and labels.dtype == np.int64
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    code = ("import sys; from flight_parsl.data.datasets import load_dataset; d = load_dataset('digits'); "
+            "print(len(d.x_train), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["1438", "False"]

@@ -136,13 +136,35 @@ def _make_dataset(
     return Dataset(name, *arrays, num_classes=num_classes)
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as ``(images (1797, 8, 8) float64, labels int64)``, the values
+    ``sklearn.datasets.load_digits()`` gives, read from the file scikit-learn ships without importing
+    scikit-learn (its import costs about a second of CPU in every process that loads the data).
+
+    Raises:
+        DataError: scikit-learn is not installed.
+    """
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'digits' needs scikit-learn, which is not installed: pip install scikit-learn")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():  # a scikit-learn that keeps the file elsewhere: ask it
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target.astype(np.int64)
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+
+
 def _load_digits(name: str, root: str | None) -> Dataset:
     """Load scikit-learn's 8x8 digits, split 80/20 per class with seed 0; root is ignored."""
-    from sklearn.datasets import load_digits  # lazily: only this loader needs scikit-learn
-
-    bunch = load_digits()
-    images = (bunch.images.astype(np.float32) / np.float32(16.0))[:, None, :, :]
-    labels = bunch.target.astype(np.int64)
+    raw_images, labels = digits_arrays()
+    images = (raw_images.astype(np.float32) / np.float32(16.0))[:, None, :, :]
     train, test = _stratified_split(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     x_train, x_test = images[train], images[test]
     mean, std = np.float32(x_train.mean()), np.float32(x_train.std())
