@@ -45,11 +45,15 @@ def test_the_warm_up_modules_go_to_the_workers_forkserver(tmp_path: Path) -> Non
     assert "--preload" not in build_parsl_config(site, 2, tmp_path).executors[0].launch_cmd
 
 
-def _report(queue: Any) -> None:
+#: stdlib modules the suite is unlikely to have imported; the test preloads the first one it has not
+UNUSED_MODULES = ("tabnanny", "pyclbr", "sched", "netrc", "colorsys")
+
+
+def _report(queue: Any, module: str) -> None:
     import os
     import sys
 
-    queue.put(("colorsys" in sys.modules, "flight_parsl.worker.tasks" in sys.modules, os.getppid()))
+    queue.put((module in sys.modules, "flight_parsl.worker.tasks" in sys.modules, os.getppid()))
 
 
 def test_workers_fork_from_a_server_that_imported_the_modules() -> None:
@@ -60,12 +64,14 @@ def test_workers_fork_from_a_server_that_imported_the_modules() -> None:
     import os
     import sys
 
-    assert "colorsys" not in sys.modules  # this process never imported it: the child's copy is the server's
-    context = ForkedWorkers(multiprocessing.get_context("spawn"), [*PRELOAD, "colorsys"])
+    unused = [m for m in UNUSED_MODULES if m not in sys.modules]
+    assert unused, "every candidate module is imported already"
+    module = unused[0]  # this process never imported it: the child's copy is the server's
+    context = ForkedWorkers(multiprocessing.get_context("spawn"), [*PRELOAD, module])
     try:
         queue = context.Queue()
         assert type(queue).__module__ == "multiprocessing.queues" and context.Process.__name__ == "ForkServerProcess"
-        child = context.Process(target=_report, args=(queue,))
+        child = context.Process(target=_report, args=(queue, module))
         child.start()
         preloaded, tasks, parent = queue.get(timeout=120)
         child.join(30)
