@@ -157,7 +157,8 @@ def test_site_links_carry_one_model_down_and_one_partial_up_per_round(make_confi
                 noted = json.loads((tmp_path / "per_site_True" / "leftovers.json").read_text())
                 listed.append({"pid": self.pid, "match": "redis-server"}.items() <= next(
                     (p for p in noted["processes"] if p["pid"] == self.pid), {}).items()
-                    and str(self.directory) in noted["directories"])
+                    and str(self.directory) in noted["directories"]
+                    and (self.unix_socket is None or str(Path(self.unix_socket).parent) in noted["directories"]))
         stop(self)
 
     monkeypatch.setattr(ManagedRedis, "stop", counting_stop)

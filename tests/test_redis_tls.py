@@ -227,3 +227,47 @@ def test_an_htex_run_over_tls_keeps_its_state_and_leaves_no_secret(make_config, 
     assert any("process_worker_pool" in c for c in secrets["primed_cmdlines"])  # the workers' were read too
     assert _leaks(secrets, secrets["cmdlines"] + [caplog.text] + _run_dir_texts(run)) == []
     assert [d.exists() for d in secrets["directories"]] == [False]
+
+
+def test_clients_on_the_servers_own_host_use_its_unix_socket_and_others_tls(monkeypatch) -> None:
+    """A managed server over TLS also listens on a private Unix socket: a connector on the server's
+    own host goes through it (no network, no TLS, still the run's user); one whose network
+    namespace does not hold the server's address (a site across its link) speaks TLS."""
+    require_redis_server()
+    import os
+    import stat
+
+    import flight_parsl.transfer.redis_server as redis_server
+    from flight_parsl.transfer.proxy import TimedRedisConnector
+
+    assert redis_server.on_this_host("127.0.0.1") and not redis_server.on_this_host("192.0.2.1")  # TEST-NET-1
+    with open_transfer("redis", redis_timeout=5.0, redis_tls=True) as transfer:
+        server, connector = transfer.server, transfer.store.connector
+        path = server.unix_socket
+        assert path is not None and stat.S_ISSOCK(os.stat(path).st_mode)
+        assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+        assert os.path.dirname(path) != str(server.directory)  # outlives a restart's new directory
+        assert redis_server.local_socket(server.host, server.address.port) == path
+        assert connector.local and connector.unix_socket == path and connector.config()["unix_socket"] == path
+        # the socket wants the run's user too
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis_client(server.address, 5.0, unix_socket=path).ping()
+        with pytest.raises(ReplyError, match="NOAUTH"):
+            BulkReader("unused", 0, 5.0, unix_socket=path).get("k")
+        _round_trip(transfer)
+        # a worker on another host rebuilds the connector from its config: TLS to the address
+        monkeypatch.setattr(redis_server, "_ON_THIS_HOST", {server.host: False})
+        remote = TimedRedisConnector(**connector.config())
+        assert not remote.local and remote.tls and remote._reader._tls is not None
+        remote.put(b"x")  # over TLS, as the run's user
+        key = remote.put(b"across the link")
+        assert bytes(connector.get(key)) == b"across the link"  # read back through the socket
+        remote.close()
+        server.kill()
+        server.restart()  # faults.redis_stop: the same socket path again
+        assert server.unix_socket == path and os.path.exists(path)
+        _round_trip(transfer)
+    assert not os.path.exists(os.path.dirname(path))
+    assert redis_server.local_socket(server.host, server.address.port) is None
+    with ManagedRedis(password="pw") as plain:  # without TLS: no socket, the connector speaks plain TCP
+        assert plain.unix_socket is None

@@ -56,6 +56,9 @@ def test_bytes_round_trip_and_size() -> None:
     assert flat.nbytes <= len(data) < flat.nbytes + 2048
     with pytest.raises(TypeError):
         FlatWeights.from_bytes(pickle.dumps([1, 2]))
+    buffer = flat.to_buffer()  # the same bytes, in a buffer numpy allocated (what a store's put sends)
+    assert isinstance(buffer, memoryview) and buffer.format == "B" and bytes(buffer) == data
+    assert np.array_equal(FlatWeights.from_bytes(buffer).buffer, flat.buffer)
 
 
 def test_buffer_must_match_layout() -> None:

@@ -43,6 +43,9 @@ from typing import Any
 import flight_parsl
 from flight_parsl.api import link_arg as parse_link, shaped_sites, two_site_topology
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu import KINDS as CPU_KINDS, CpuSampler  # noqa: E402  (beside this script)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -122,7 +125,12 @@ def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict
     where = out / link_text.replace(",", "-") / kind
     sites = write_sites(where / "sites", link, args.per_site, not args.unencrypted)
     run_dir = where / f"r{args.rounds}"
-    result = flight_parsl.run(values(sites, kind, args.rounds, args.per_site, args.model, run_dir), *args.overrides)
+    config = values(sites, kind, args.rounds, args.per_site, args.model, run_dir)
+    if args.cpu:
+        with CpuSampler(match=str(run_dir)) as sampler:  # the sites' pools name the run's directory
+            result = flight_parsl.run(config, *args.overrides)
+    else:
+        result = flight_parsl.run(config, *args.overrides)
     summary = json.loads((run_dir / "summary.json").read_text())
     load = os.getloadavg()[0]
     r = result.rounds
@@ -154,6 +162,11 @@ def cell(link_text: str, kind: str, args: argparse.Namespace, out: Path) -> dict
     for host, v in sorted(per_round.items()):
         row[f"{host}_down_per_round"] = v["to_host"]
         row[f"{host}_up_per_round"] = v["from_host"]
+    if args.cpu and len(warm):  # CPU seconds a warm round, per kind of process
+        spent = sampler.between(float(warm["start"].min()), float(warm["end"].max()))
+        for k in (*CPU_KINDS, *(f"{k}_sys" for k in CPU_KINDS), "machine", "softirq"):
+            row[f"cpu_{k}_s"] = spent.get(k, 0.0) / len(warm)
+        row["cpu_run_s"] = sum(row[f"cpu_{k}_s"] for k in CPU_KINDS)
     for col in PARTS:
         row[col] = float(tw[col].median()) if col in tw and len(tw) else float("nan")
     # The rest of a task's round trip: from its submission to its start on the slot (the inputs on their
@@ -198,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unencrypted", action="store_true", help="HTEX without CurveZMQ encryption between the "
                    "coordinator's interchange and the sites' worker pools (the sites' default is encrypted)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. transfer.redis_tls=false)")
+    p.add_argument("--cpu", action="store_true", help="sample the CPU time of the run's processes (cpu.py): "
+                   "results.csv gets cpu_<kind>_s, CPU seconds a warm round per kind of process")
     p.add_argument("--table", action="store_true", help="only rewrite table.md from --out's results.csv")
     args = p.parse_args(argv)
     if args.table:
@@ -252,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         pd.DataFrame(rows).to_csv(out / "results.csv", index=False)
         print(f"[{time.time() - t0:6.0f}s] {link_text} {kind}: round {row['makespan_s']:.2f}s, bound "
               f"{row['bound_s']:.2f}s, ratio {row['ratio']:.2f}, load {row['load_1m_long']:.1f}", flush=True)
+        if args.cpu:
+            print("         CPU s a warm round: " + ", ".join(f"{k} {row[f'cpu_{k}_s']:.2f}" for k in
+                  (*CPU_KINDS, "softirq", "machine")) + f"; the run's processes {row['cpu_run_s']:.2f} (in the kernel "
+                  + ", ".join(f"{k} {row[f'cpu_{k}_sys_s']:.2f}" for k in CPU_KINDS if row[f"cpu_{k}_s"]) + ")",
+                  flush=True)
     text = table(rows)
     (out / "table.md").write_text(text + "\n")
     print(text)

@@ -98,14 +98,27 @@ class FlatWeights:
                 return self.buffer[entry.offset : entry.offset + entry.size].reshape(entry.shape)
         raise KeyError(name)
 
-    def to_bytes(self) -> bytes:
-        """Serialize: a small header (magic, header length, pickled layout) then the raw
-        buffer, 64-byte aligned. Costs one copy of the buffer."""
+    def _header(self) -> bytes:
         layout = pickle.dumps(self.layout, protocol=5)
         head = len(_MAGIC) + 8 + len(layout)
         pad = -head % 64
-        header = _MAGIC + (head + pad).to_bytes(8, "little") + layout + b"\0" * pad
-        return b"".join((header, self.buffer.data.cast("B")))
+        return _MAGIC + (head + pad).to_bytes(8, "little") + layout + b"\0" * pad
+
+    def to_bytes(self) -> bytes:
+        """Serialize: a small header (magic, header length, pickled layout) then the raw
+        buffer, 64-byte aligned. Costs one copy of the buffer."""
+        return b"".join((self._header(), self.buffer.data.cast("B")))
+
+    def to_buffer(self) -> memoryview:
+        """:meth:`to_bytes`'s bytes in one buffer that numpy allocates, for writers that take any
+        bytes-like object (a store's put). numpy asks for transparent huge pages on a large
+        buffer, so the copy faults a few 2 MiB pages instead of thousands of 4 KiB ones: for
+        resnet18 about a third of :meth:`to_bytes`'s CPU time."""
+        header = self._header()
+        out = np.empty(len(header) + self.buffer.nbytes, dtype=np.uint8)
+        out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+        out[len(header) :] = np.ascontiguousarray(self.buffer).view(np.uint8)
+        return out.data
 
     @staticmethod
     def from_bytes(data: bytes | bytearray | memoryview) -> FlatWeights:

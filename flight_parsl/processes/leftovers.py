@@ -71,6 +71,15 @@ def _network(sites: Any) -> dict[str, Any] | None:
     }
 
 
+def _server_directories(server: Any) -> list[str]:
+    """A managed redis-server's temporary directory and its Unix socket's (a server over TLS)."""
+    found = [str(server.directory)] if server.directory is not None else []
+    socket_path = getattr(server, "unix_socket", None)
+    if isinstance(socket_path, str):
+        found.append(str(Path(socket_path).parent))
+    return found
+
+
 def note(
     run_dir: str | Path, transfer: Any, backend: Any, managers: AbstractSet[int] = frozenset(),
     state: Any = None, sites: Any = None,
@@ -83,16 +92,14 @@ def note(
     bridge_redis = getattr(sites, "server", None)
     if bridge_redis is not None and bridge_redis.pid is not None:
         processes.append({"pid": bridge_redis.pid, "match": "redis-server"})
-        if bridge_redis.directory is not None:
-            directories.append(str(bridge_redis.directory))
+        directories += _server_directories(bridge_redis)
     if getattr(state, "root", None):
         directories.append(str(state.root))
     me = {"pid": os.getpid(), "started": _started(os.getpid())}
     for server in (getattr(transfer, "server", None), *getattr(transfer, "servers", ())):  # a store per site: several
         if server is not None and server.pid is not None:
             processes.append({"pid": server.pid, "match": "redis-server"})
-            if server.directory is not None:
-                directories.append(str(server.directory))
+            directories += _server_directories(server)
     if getattr(transfer, "kind", None) == "file" and getattr(transfer, "where", None):
         directories.append(str(transfer.where))
     dfk = getattr(backend, "dfk", None) or getattr(getattr(backend, "executor", None), "_dfk", None)

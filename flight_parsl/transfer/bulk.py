@@ -19,6 +19,7 @@ caller) and carry the same timeout as the other Redis clients.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -132,6 +133,15 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     return view if whole else None
 
 
+def _stale(sock: socket.socket) -> bool:
+    """Whether an idle socket has something to read: the server closed it (it was restarted,
+    or timed the client out), since an idle connection gets no reply of its own."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 class BulkReader:
     """Reads of one Redis server over a few raw sockets, each value into one buffer.
 
@@ -144,6 +154,8 @@ class BulkReader:
         username: the ACL user ``AUTH`` logs in as (None: the default user).
         tls: speak TLS, checking the server's certificate and host name against ``ca``
             (the CA's PEM text; None: the system's trusted CAs).
+        unix_socket: connect to the server's Unix socket at this path instead (its own
+            host: ``host``, ``port`` and ``tls`` unused).
     """
 
     def __init__(
@@ -155,20 +167,31 @@ class BulkReader:
         username: str | None = None,
         tls: bool = False,
         ca: str | None = None,
+        unix_socket: str | None = None,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        self.unix_socket = unix_socket
         self._password = password
         self._username = username
         self._tls: ssl.SSLContext | None = None
-        if tls:
+        if tls and unix_socket is None:
             self._tls = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
 
     def _connect(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.unix_socket is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.unix_socket)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls is not None:
             try:
                 sock = self._tls.wrap_socket(sock, server_hostname=self.host)
@@ -191,6 +214,9 @@ class BulkReader:
         """The value of ``key``, or None when it is missing."""
         with self._lock:
             sock = self._idle.pop() if self._idle else None
+        if sock is not None and _stale(sock):
+            sock.close()
+            sock = None
         if sock is None:
             sock = self._connect()
         try:

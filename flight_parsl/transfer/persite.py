@@ -86,11 +86,12 @@ class SiteTransfer:
 
     def publish(self, weights: FlatWeights, round_idx: int) -> SiteRefs:
         """The model into every site's store at once: one thread a site, so the copies cross the
-        sites' links side by side, not one link after another."""
+        sites' links side by side, not one link after another (serialized once for all)."""
+        data = weights.to_buffer()
         if len(self.sites) == 1:
-            return SiteRefs({label: t.publish(weights, round_idx) for label, t in self.sites.items()}, round_idx)
+            return SiteRefs({label: t.publish(weights, round_idx, data) for label, t in self.sites.items()}, round_idx)
         with ThreadPoolExecutor(len(self.sites), thread_name_prefix="publish") as pool:
-            futures = {label: pool.submit(t.publish, weights, round_idx) for label, t in self.sites.items()}
+            futures = {label: pool.submit(t.publish, weights, round_idx, data) for label, t in self.sites.items()}
             return SiteRefs({label: f.result() for label, f in futures.items()}, round_idx)
 
     def for_site(self, ref: Any, site: str | None) -> Any:

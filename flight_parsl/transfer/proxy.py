@@ -70,7 +70,14 @@ class TimedRedisConnector(RedisConnector):
     (the run's ACL user, whose key pattern is ``prefix*``); names every key
     ``<prefix><uuid>``; and with ``tls`` speaks TLS, checking the server against ``ca`` (the
     PEM text of the run's CA). Its config carries all of it to the workers, which rebuild
-    it from there. A get reads the value straight into one buffer
+    it from there. A managed server over TLS also listens on a Unix socket
+    (``unix_socket``, found in :func:`~flight_parsl.transfer.redis_server.local_socket` where
+    the server was started): a process on the server's own host (whose network namespace
+    holds the server's address: :func:`~flight_parsl.transfer.redis_server.on_this_host`)
+    connects there, without TLS, since its bytes never reach a network; one on another host
+    (across a site's link) speaks TLS. With one Redis beside the coordinator, the
+    coordinator's publish and collect go through the socket and the sites' workers through
+    TLS; with a store per site, the other way round. A get reads the value straight into one buffer
     (:class:`~flight_parsl.transfer.bulk.BulkReader`) instead of through redis-py's parser.
     """
 
@@ -85,9 +92,12 @@ class TimedRedisConnector(RedisConnector):
         prefix: str = "",
         tls: bool = False,
         ca: str | None = None,
+        unix_socket: str | None = None,
     ) -> None:
         from flight_parsl.transfer.bulk import BulkReader
-        from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, RedisAddress, redis_client
+        from flight_parsl.transfer.redis_server import (
+            DEFAULT_TIMEOUT, RedisAddress, local_socket, on_this_host, redis_client,
+        )
 
         super().__init__(hostname, port, clear)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else timeout
@@ -96,11 +106,17 @@ class TimedRedisConnector(RedisConnector):
         self.prefix = prefix
         self.tls = tls
         self.ca = ca
+        self.unix_socket = unix_socket if unix_socket is not None else local_socket(hostname, port) if tls else None
+        # the socket when this process is on the server's host (and the socket is there)
+        local = self.unix_socket if self.unix_socket and os.path.exists(self.unix_socket) and on_this_host(
+            hostname) else None
+        self.local = local is not None
         self._redis_client.close()  # never connected: clients connect on first use
         self._redis_client = redis_client(
-            RedisAddress(hostname, port), self.timeout, password, username=username, tls=tls, ca=ca
+            RedisAddress(hostname, port), self.timeout, password, username=username, tls=tls, ca=ca,
+            unix_socket=local,
         )
-        self._reader = BulkReader(hostname, port, self.timeout, password, username, tls, ca)
+        self._reader = BulkReader(hostname, port, self.timeout, password, username, tls, ca, unix_socket=local)
 
     def _key(self) -> RedisKey:
         return RedisKey(redis_key=f"{self.prefix}{uuid.uuid4()}")
@@ -112,7 +128,8 @@ class TimedRedisConnector(RedisConnector):
     def put(self, obj: BytesLike) -> RedisKey:
         """Store ``obj`` under a new key of the run's prefix."""
         key = self._key()
-        self._redis_client.set(key.redis_key, bytes(obj))
+        # bytes and memoryviews go to the socket as they are (redis-py sends a large one apart): no copy
+        self._redis_client.set(key.redis_key, obj if isinstance(obj, (bytes, memoryview)) else bytes(obj))
         return key
 
     def put_batch(self, objs: Sequence[BytesLike]) -> list[RedisKey]:
@@ -134,13 +151,13 @@ class TimedRedisConnector(RedisConnector):
         """The connector's configuration: the timeout, the user, its password, the prefix and TLS too."""
         return {
             **super().config(), "timeout": self.timeout, "password": self.password, "username": self.username,
-            "prefix": self.prefix, "tls": self.tls, "ca": self.ca,
+            "prefix": self.prefix, "tls": self.tls, "ca": self.ca, "unix_socket": self.unix_socket,
         }
 
     def __repr__(self) -> str:
         """Name the server and the user, never the password."""
         return (f"{type(self).__name__}(hostname={self.hostname!r}, port={self.port}, timeout={self.timeout}, "
-                f"username={self.username!r}, tls={self.tls})")
+                f"username={self.username!r}, tls={self.tls}, local={self.local})")
 
 
 def identity(data: BytesLike) -> BytesLike:
@@ -220,7 +237,7 @@ class ProxyRef:
 
     def reply(self, weights: FlatWeights) -> tuple[ProxyRef, float, float]:
         t0 = time.perf_counter()
-        data = weights.to_bytes()
+        data = weights.to_buffer()
         t1 = time.perf_counter()
         store = store_of(self.proxy)
         try:
@@ -276,8 +293,11 @@ class ProxyTransfer:
             self._lifetimes[round_idx] = ContextLifetime(self.store, name=f"round-{round_idx}")
         return self._lifetimes[round_idx]
 
-    def publish(self, weights: FlatWeights, round_idx: int) -> ProxyRef:
-        data = weights.to_bytes()
+    def publish(self, weights: FlatWeights, round_idx: int, data: memoryview | None = None) -> ProxyRef:
+        """The round's model into the store (``data``: its ``to_buffer()``, when the caller has it
+        already: a store per site serializes the model once for every site)."""
+        if data is None:
+            data = weights.to_buffer()
         try:
             with deferred():  # the key and its lifetime are written together, or not at all
                 proxy = self.store.proxy(data, lifetime=self._lifetime(round_idx), populate_target=False)

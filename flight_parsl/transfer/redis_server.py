@@ -117,6 +117,7 @@ def redis_client(
     username: str | None = None,
     tls: bool = False,
     ca: str | None = None,
+    unix_socket: str | None = None,
 ) -> redis.Redis:
     """Build a client that tries once (no retries, no backoff) with the given timeouts.
 
@@ -132,7 +133,18 @@ def redis_client(
         tls: Speak TLS and check the server's certificate and host name.
         ca: The PEM text of the CA that signed the server's certificate (None with ``tls``:
             the system's trusted CAs).
+        unix_socket: Connect to the server's Unix socket at this path instead (on the
+            server's own host: no network, so no TLS; ``address``, ``tls`` and ``ca`` unused).
     """
+    if unix_socket is not None:
+        return redis.Redis(
+            unix_socket_path=unix_socket,
+            username=username,
+            password=password,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
     ssl_args: dict[str, object] = {}
     if tls:
         ssl_args = {"ssl": True, "ssl_ca_data": ca, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
@@ -256,6 +268,33 @@ def count_keys(
         client.close()
 
 
+#: The Unix socket of each managed server over TLS that this process started: (host, port) ->
+#: its path. A connector made here for that server carries the path to its other users.
+_LOCAL_SOCKETS: dict[tuple[str, int], str] = {}
+_ON_THIS_HOST: dict[str, bool] = {}
+
+
+def local_socket(host: str, port: int) -> str | None:
+    """The Unix socket of the managed server at ``host:port`` this process started (None: none)."""
+    return _LOCAL_SOCKETS.get((host, port))
+
+
+def on_this_host(host: str) -> bool:
+    """Whether ``host`` is an address of this host (of this process's network namespace: a
+    socket can bind it). A virtual host's address is not the coordinator's, and the other way
+    round, so each side of a site link answers for its own end only. Cached per address."""
+    if host not in _ON_THIS_HOST:
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+                probe.bind((infos[0][4][0], 0))
+        except OSError:
+            _ON_THIS_HOST[host] = False
+        else:
+            _ON_THIS_HOST[host] = True
+    return _ON_THIS_HOST[host]
+
+
 def _free_port(host: str) -> int:
     """Ask the kernel for a free TCP port on host (bind to port 0, then release it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -296,7 +335,11 @@ class ManagedRedis:
     With ``tls`` it listens on a TLS port only (its plain port is 0), with a CA and a server
     certificate for ``host`` made for it (:mod:`~flight_parsl.transfer.redis_tls`): files of
     mode 0600 in its own temporary directory, removed with it; :attr:`ca_pem` is what
-    clients check it against. The same certificates serve a :meth:`restart`.
+    clients check it against. The same certificates serve a :meth:`restart`. A server over TLS
+    also listens on a Unix socket (:attr:`unix_socket`, mode 0700 in a private directory of its
+    own that outlives a restart): the clients on its own host use it instead of TLS
+    (:class:`~flight_parsl.transfer.proxy.TimedRedisConnector`), since their bytes never reach a
+    network; every client on another host still speaks TLS, and every client logs in.
 
     Example:
         with ManagedRedis() as server:
@@ -339,6 +382,7 @@ class ManagedRedis:
         self._directory: Path | None = None
         self._users: dict[str, list[str]] = {}  # ACL users made by add_user, made again on restart
         self._lock = threading.Lock()
+        self._socket_dir: Path | None = None  # with tls: the Unix socket's directory (kept across restarts)
 
     # -- public API ------------------------------------------------------------------
 
@@ -358,6 +402,11 @@ class ManagedRedis:
     def directory(self) -> Path | None:
         """The server's temporary directory (removed on stop), or None before start."""
         return self._directory
+
+    @property
+    def unix_socket(self) -> str | None:
+        """The path of the server's Unix socket (with ``tls``, while started; else None)."""
+        return str(self._socket_dir / "redis.sock") if self._socket_dir is not None else None
 
     @property
     def ca_pem(self) -> str | None:
@@ -402,6 +451,8 @@ class ManagedRedis:
                     log.debug("redis-server bind failed (attempt %d): %s", attempt, exc)
                     continue
                 atexit.register(self.stop)
+                if self.unix_socket is not None:
+                    _LOCAL_SOCKETS[(self.host, self.address.port)] = self.unix_socket
                 log.info("started redis-server pid %s at %s", self.pid, self._address)
                 return self.address
             raise ExecutorError(
@@ -450,6 +501,11 @@ class ManagedRedis:
         with self._lock:
             self._shutdown()
             atexit.unregister(self.stop)
+            if self._socket_dir is not None:
+                if self._address is not None:
+                    _LOCAL_SOCKETS.pop((self.host, self._address.port), None)
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would (fault injection); :meth:`restart` brings it back."""
@@ -516,6 +572,9 @@ class ManagedRedis:
                 "--tls-ca-cert-file", str(certs.ca_file),
                 "--tls-auth-clients", "no",  # clients prove who they are with the run's user and password
             ]  # fmt: skip
+            if self._socket_dir is None:  # made once: a restart listens on the same path
+                self._socket_dir = Path(tempfile.mkdtemp(prefix="flight-parsl-redis-sock-"))  # mode 0700
+            args += ["--unixsocket", str(self._socket_dir / "redis.sock"), "--unixsocketperm", "700"]
         else:
             args += ["--port", str(port)]
         args += [
