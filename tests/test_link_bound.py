@@ -69,3 +69,35 @@ def test_dry_run_checks_every_cell_and_writes_nothing(tmp_path: Path, capsys: py
         study.main(["--dry-run", "--links", "100mbps,20ms", "--out", str(out)])
     assert stop.value.code == 2 and "100mbps" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_cpu_sampler_counts_each_kind_of_process_over_a_stretch_of_time() -> None:
+    """--cpu: CPU seconds of this process (the coordinator, less the sampler's own) and of the
+    processes below it, by kind (a delay line's from its command line), between two times."""
+    import subprocess
+    import sys
+    import time
+
+    _study()  # puts the script's folder on sys.path
+    import cpu_time
+
+    assert cpu_time.classify("/usr/bin/redis-server 10.231.87.1:51957", False) == "redis"
+    assert cpu_time.classify("parsl: HTEX interchange", False) == "interchange"
+    assert cpu_time.classify("python3 -m flight_parsl.execution.primed_pool process_worker_pool.py", False) == "workers"
+    assert cpu_time.classify("python3 -c from multiprocessing.forkserver import main", True) == "workers"
+    assert cpu_time.classify("python -I delayline.py [] --die-with-parent", False) == "delay_line"
+    assert cpu_time.classify("ip netns exec x tc", False) == "other"
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+    with cpu_time.CpuSampler(interval=0.05) as sampler:
+        time.sleep(0.1)
+        t0, c0 = time.time(), time.process_time()
+        child = subprocess.Popen([sys.executable, "-c", burn, "delayline"])
+        while time.process_time() - c0 < 0.3:
+            pass
+        child.wait(timeout=30)
+        time.sleep(0.2)
+        t1 = time.time()
+    spent = sampler.between(t0, t1)
+    assert 0.2 < spent["coordinator"] < 0.6 and 0.3 < spent["delay_line"] < 0.6, spent
+    assert spent["machine"] >= spent["coordinator"] and "softirq" in spent
+    assert sampler.between(t1 + 5, t1 + 6)["coordinator"] == 0  # after the last sample: nothing

@@ -44,7 +44,7 @@ import flight_parsl
 from flight_parsl.api import link_arg as parse_link, shaped_sites, two_site_topology
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu import KINDS as CPU_KINDS, CpuSampler  # noqa: E402  (beside this script)
+from cpu_time import KINDS as CPU_KINDS, CpuSampler  # noqa: E402  (beside this script)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unencrypted", action="store_true", help="HTEX without CurveZMQ encryption between the "
                    "coordinator's interchange and the sites' worker pools (the sites' default is encrypted)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. transfer.redis_tls=false)")
-    p.add_argument("--cpu", action="store_true", help="sample the CPU time of the run's processes (cpu.py): "
+    p.add_argument("--cpu", action="store_true", help="sample the CPU time of the run's processes (cpu_time.py): "
                    "results.csv gets cpu_<kind>_s, CPU seconds a warm round per kind of process")
     p.add_argument("--table", action="store_true", help="only rewrite table.md from --out's results.csv")
     args = p.parse_args(argv)

@@ -113,6 +113,9 @@ class CpuSampler:
                     below.add(pid)
                     changed = True
         for pid in below:
+            if self._kind.get(pid) == "other":  # ``ip netns exec`` becomes the redis-server it execs: look again
+                self._cmd.pop(pid, None)
+                del self._kind[pid]
             if pid not in self._kind:
                 if pid == self.root:
                     self._kind[pid] = "coordinator"
