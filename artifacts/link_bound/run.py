@@ -25,6 +25,8 @@ filesystem): its bound is no link bound, and the table says so. ``unshaped`` has
     python artifacts/link_bound/run.py --kinds redis,redis-per-site --links "1gbit,5ms;100mbit,20ms"
     python artifacts/link_bound/run.py --links 1gbit,5ms --kinds parsl,redis --unencrypted transfer.redis_tls=false \
         --out runs/link_bound-plain                                      # what encryption costs
+    python artifacts/link_bound/run.py --cpu --links '1gbit,5ms;unshaped' --kinds redis,redis-per-site
+                                           # + CPU seconds a warm round per kind of process (cpu_time.py)
 
 Every output goes to --out (default ``runs/link_bound``): ``results.csv`` (one row a cell),
 ``table.md`` and a run directory per run; the committed files are copied here by hand (README.md).

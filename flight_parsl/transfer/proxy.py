@@ -107,9 +107,9 @@ class TimedRedisConnector(RedisConnector):
         self.tls = tls
         self.ca = ca
         self.unix_socket = unix_socket if unix_socket is not None else local_socket(hostname, port) if tls else None
-        # the socket when this process is on the server's host (and the socket is there)
-        local = self.unix_socket if self.unix_socket and os.path.exists(self.unix_socket) and on_this_host(
-            hostname) else None
+        # the socket when this process is on the server's host (and the socket is there, and its own)
+        local = self.unix_socket if self.unix_socket and os.access(self.unix_socket, os.R_OK | os.W_OK) and (
+            on_this_host(hostname)) else None
         self.local = local is not None
         self._redis_client.close()  # never connected: clients connect on first use
         self._redis_client = redis_client(
