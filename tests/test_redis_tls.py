@@ -259,9 +259,10 @@ def test_clients_on_the_servers_own_host_use_its_unix_socket_and_others_tls(monk
         monkeypatch.setattr(redis_server, "_ON_THIS_HOST", {server.host: False})
         remote = TimedRedisConnector(**connector.config())
         assert not remote.local and remote.tls and remote._reader._tls is not None
-        remote.put(b"x")  # over TLS, as the run's user
-        key = remote.put(b"across the link")
+        key = remote.put(b"across the link")  # over TLS, as the run's user
         assert bytes(connector.get(key)) == b"across the link"  # read back through the socket
+        floats = np.arange(5, dtype=np.float32)  # a view of another format: its length counted in bytes
+        assert bytes(remote.get(connector.put(floats.data))) == floats.tobytes()
         remote.close()
         server.kill()
         server.restart()  # faults.redis_stop: the same socket path again

@@ -128,8 +128,7 @@ class TimedRedisConnector(RedisConnector):
     def put(self, obj: BytesLike) -> RedisKey:
         """Store ``obj`` under a new key of the run's prefix."""
         key = self._key()
-        # bytes and memoryviews go to the socket as they are (redis-py sends a large one apart): no copy
-        self._redis_client.set(key.redis_key, obj if isinstance(obj, (bytes, memoryview)) else bytes(obj))
+        self._redis_client.set(key.redis_key, _flat(obj))
         return key
 
     def put_batch(self, objs: Sequence[BytesLike]) -> list[RedisKey]:
@@ -158,6 +157,17 @@ class TimedRedisConnector(RedisConnector):
         """Name the server and the user, never the password."""
         return (f"{type(self).__name__}(hostname={self.hostname!r}, port={self.port}, timeout={self.timeout}, "
                 f"username={self.username!r}, tls={self.tls}, local={self.local})")
+
+
+def _flat(obj: BytesLike) -> bytes | memoryview:
+    """``obj`` as bytes or a byte-format view of it, without a copy where it is contiguous:
+    redis-py sends a large one apart from the command, as it is (and counts its length in bytes)."""
+    if isinstance(obj, bytes):
+        return obj
+    try:
+        return memoryview(obj).cast("B")
+    except TypeError:  # not C-contiguous
+        return bytes(obj)
 
 
 def identity(data: BytesLike) -> BytesLike:
