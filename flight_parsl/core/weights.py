@@ -98,14 +98,22 @@ class FlatWeights:
                 return self.buffer[entry.offset : entry.offset + entry.size].reshape(entry.shape)
         raise KeyError(name)
 
-    def to_bytes(self) -> bytes:
-        """Serialize: a small header (magic, header length, pickled layout) then the raw
-        buffer, 64-byte aligned. Costs one copy of the buffer."""
+    def to_parts(self) -> tuple[bytes, memoryview]:
+        """The serialized form in two parts, without copying the buffer: a small header
+        (magic, header length, pickled layout, padded to 64 bytes) and a byte view of the
+        buffer itself. A writer that takes several buffers (``os.writev``) stores a model
+        with one copy, straight from the buffer it has; ``b"".join`` of the parts is
+        :meth:`to_bytes`."""
         layout = pickle.dumps(self.layout, protocol=5)
         head = len(_MAGIC) + 8 + len(layout)
         pad = -head % 64
         header = _MAGIC + (head + pad).to_bytes(8, "little") + layout + b"\0" * pad
-        return b"".join((header, self.buffer.data.cast("B")))
+        return header, np.ascontiguousarray(self.buffer).data.cast("B")
+
+    def to_bytes(self) -> bytes:
+        """Serialize: a small header (magic, header length, pickled layout) then the raw
+        buffer, 64-byte aligned. Costs one copy of the buffer."""
+        return b"".join(self.to_parts())
 
     @staticmethod
     def from_bytes(data: bytes | bytearray | memoryview) -> FlatWeights:

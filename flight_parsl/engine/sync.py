@@ -366,6 +366,9 @@ class SyncRound:
                 t1 = time.perf_counter()
                 self.root_agg.add(unpack(weights), part.weight)  # decoding counts as aggregation
                 del weights
+                # folded: nothing reads it again, so its key goes now, not with the round (a
+                # store holds a few results, not the round's, and a file store reuses its file)
+                self.ctx.transfer.discard(part.ref)
                 collect_s += t1 - t0
                 self.stats.aggregate_s += time.perf_counter() - t1
                 self.stats.edge_bytes += part.ref.nbytes

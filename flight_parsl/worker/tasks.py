@@ -245,7 +245,7 @@ def train_task(
                 assert compression is not None
                 out, e = _encode(codec, compression, out, state, (client,))
                 encode_s += e
-            payload, s, p = ref.reply(out)
+            payload, s, p = ref.reply(out, recycle=True)
             serialize_s, put_s = serialize_s + s, put_s + p
             outputs.append((payload, outcome.samples))
         del out
@@ -254,7 +254,7 @@ def train_task(
         if codec is not None:
             assert compression is not None
             result, encode_s = _encode(codec, compression, result, state, [c for c, _ in clients])
-        payload, serialize_s, put_s = ref.reply(result)
+        payload, serialize_s, put_s = ref.reply(result, recycle=True)
         outputs.append((payload, partial.total))
     compute_s = time.perf_counter() - t0 - serialize_s - put_s - encode_s
     return _result(
@@ -327,7 +327,7 @@ def aggregate_task(
             encoded = codec.encode(result.buffer)
         result = pack(codec, encoded, result.layout, compression.block)
         encode_s = time.perf_counter() - t0
-    payload, serialize_s, put_s = ref.reply(result)
+    payload, serialize_s, put_s = ref.reply(result, recycle=True)
     return _result(
         "aggregate", node, round_idx, started,
         get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s, put_s=put_s,
