@@ -126,3 +126,25 @@ def test_one_message_per_client_gives_the_pre_aggregated_model(make_config, tmp_
     moved = [int(r["bytes_from_workers"]) for r in read_csv(each / "rounds.csv")]
     assert moved == [12 * int(r["bytes_from_workers"]) for r in read_csv(packed / "rounds.csv")]  # 24 vs 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("flight_parsl-")] == []  # stores removed
+
+
+def test_only_results_for_the_coordinator_reuse_files(tmp_path) -> None:
+    """A late aggregate task may still map its children after their round's keys went:
+    their files are deleted on eviction, never reused; the coordinator's results are."""
+    from flight_parsl.core.model_spec import ModelSpec
+    from flight_parsl.core.types import LocalSettings, Workload
+    from flight_parsl.data import PartitionSpec
+    from flight_parsl.worker.tasks import COORDINATOR, train_task
+
+    workload = Workload("none", ModelSpec("logreg", 1, 8, 10), "digits", None, PartitionSpec(), 4, 0)
+    clients = [(c, LocalSettings(epochs=1, batch_size=16, lr=0.1, momentum=0.5)) for c in range(3)]
+    with open_transfer("file", file_dir=str(tmp_path)) as t:
+        (store_dir,) = tmp_path.iterdir()
+        ref = t.publish(_weights(0), 0)
+        for node, pooled in (("agg-1-0", 0), (COORDINATOR, 3)):
+            res = train_task(ref, 0, node, clients, workload)
+            assert len(res.outputs) == 3
+            for out, _ in res.outputs:
+                assert np.array_equal(t.collect(out).buffer, _weights(0).buffer)
+                t.discard(out)
+            assert len(os.listdir(store_dir / ".pool")) == pooled if pooled else not (store_dir / ".pool").exists()

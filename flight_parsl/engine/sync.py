@@ -67,9 +67,9 @@ from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_by
 from flight_parsl.transfer.base import Ref
 from flight_parsl.transfer.codecs import encode, make_codec, unpack
 from flight_parsl.transfer.state import AggregatorFeedback, ClientState, VersionBook, aggregator_key
-from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
+from flight_parsl.worker.tasks import COORDINATOR, aggregate_task, relay_task, train_task
 
-ROOT = "coordinator"
+ROOT = COORDINATOR  # the node name train tasks report to at the root
 
 log = logging.getLogger(__name__)
 

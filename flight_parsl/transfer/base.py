@@ -43,10 +43,11 @@ class Ref(Protocol):
     def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[Ref, float, float]:
         """Package ``weights`` for the trip back, through the same channel.
 
-        ``recycle``: the payload is a result that its parent reads once and never caches
-        (a train or aggregate task's output), so a store may reuse its storage for a later
-        result once its key is evicted (the ``file`` channel does). Never for a model that
-        others cache (a relay's or a peer's).
+        ``recycle``: the payload is a result that its reader maps once, folds and lets go
+        before its key is evicted (a train task's result for the coordinator), so a store may
+        reuse its storage for a later result once the key is gone (the ``file`` channel does).
+        Never for a model that others cache (a relay's or a peer's), nor for a child of an
+        aggregator: a late aggregate task may still read it after its round's keys went.
 
         Returns the new reference and the seconds spent serializing and putting.
         """
