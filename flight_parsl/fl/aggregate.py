@@ -19,7 +19,10 @@ class Aggregator(Protocol):
     """Folds results in one at a time."""
 
     def add(self, weights: FlatWeights, weight: float) -> None:
-        """Fold in one result (a client's weights, or a partial) with its weight."""
+        """Fold in one result (a client's weights, or a partial) with its weight.
+
+        ``weights.buffer`` may map a store's file that is released, and reused for a later
+        result, as soon as ``add`` returns: keep a copy of anything kept, never the buffer."""
 
     def result(self) -> FlatWeights:
         """The aggregate of everything added."""
