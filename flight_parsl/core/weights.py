@@ -104,10 +104,18 @@ class FlatWeights:
         pad = -head % 64
         return _MAGIC + (head + pad).to_bytes(8, "little") + layout + b"\0" * pad
 
+    def to_parts(self) -> tuple[bytes, memoryview]:
+        """The serialized form in two parts, without copying the buffer: a small header
+        (magic, header length, pickled layout, padded to 64 bytes) and a byte view of the
+        buffer itself. A writer that takes several buffers (``os.writev``) stores a model
+        with one copy, straight from the buffer it has; ``b"".join`` of the parts is
+        :meth:`to_bytes`."""
+        return self._header(), np.ascontiguousarray(self.buffer).data.cast("B")
+
     def to_bytes(self) -> bytes:
         """Serialize: a small header (magic, header length, pickled layout) then the raw
         buffer, 64-byte aligned. Costs one copy of the buffer."""
-        return b"".join((self._header(), self.buffer.data.cast("B")))
+        return b"".join(self.to_parts())
 
     def to_buffer(self) -> memoryview:
         """:meth:`to_bytes`'s bytes in one buffer that numpy allocates, for writers that take any

@@ -67,9 +67,9 @@ from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_by
 from flight_parsl.transfer.base import Ref
 from flight_parsl.transfer.codecs import encode, make_codec, unpack
 from flight_parsl.transfer.state import AggregatorFeedback, ClientState, VersionBook, aggregator_key
-from flight_parsl.worker.tasks import aggregate_task, relay_task, train_task
+from flight_parsl.worker.tasks import COORDINATOR, aggregate_task, relay_task, train_task
 
-ROOT = "coordinator"
+ROOT = COORDINATOR  # the node name train tasks report to at the root
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +366,9 @@ class SyncRound:
                 t1 = time.perf_counter()
                 self.root_agg.add(unpack(weights), part.weight)  # decoding counts as aggregation
                 del weights
+                # folded: nothing reads it again, so its key goes now, not with the round (a
+                # store holds a few results, not the round's, and a file store reuses its file)
+                self.ctx.transfer.discard(part.ref)
                 collect_s += t1 - t0
                 self.stats.aggregate_s += time.perf_counter() - t1
                 self.stats.edge_bytes += part.ref.nbytes

@@ -19,7 +19,10 @@ class Aggregator(Protocol):
     """Folds results in one at a time."""
 
     def add(self, weights: FlatWeights, weight: float) -> None:
-        """Fold in one result (a client's weights, or a partial) with its weight."""
+        """Fold in one result (a client's weights, or a partial) with its weight.
+
+        ``weights.buffer`` may map a store's file that is released, and reused for a later
+        result, as soon as ``add`` returns: keep a copy of anything kept, never the buffer."""
 
     def result(self) -> FlatWeights:
         """The aggregate of everything added."""
@@ -33,8 +36,10 @@ class Aggregator(Protocol):
         """Sum of the weights added: the weight of :meth:`result` when folded again."""
 
 
-#: Elements per step of a scaled add: the float64 scratch is 8 MiB, not a model.
+#: Elements per step of a scaled add: the scratch is 8 MiB at most, not a model.
 CHUNK = 1 << 20
+#: Results a :class:`WeightedMean` sums in float32 before it adds them into its float64 sum.
+BLOCK = 16
 
 
 def _check(layout: Layout, weights: FlatWeights, weight: float) -> None:
@@ -45,34 +50,71 @@ def _check(layout: Layout, weights: FlatWeights, weight: float) -> None:
 
 
 class WeightedMean:
-    """Streaming weighted mean of flat buffers (float64 accumulator).
+    """Streaming weighted mean of flat buffers: float32 blocks summed into a float64 sum.
 
-    It holds the accumulator (two float32 models) and nothing else model-sized: the
-    template's layout, not its buffer, and a scaled add goes through a small scratch.
+    Results are summed, weighted, into a float32 block of up to ``block`` of them, and each
+    full block is added into a float64 sum. A fold then reads and writes float32 only (a
+    float64 add of a float32 model moves about three times the bytes: for ResNet-18's
+    47 MB some 11 ms against 3.5 ms, and a coordinator that folds one result per client
+    does little else), while the float64 sum still carries a mean over thousands of
+    results. The error is that of a float32 sum of ``block`` terms: a few float32 ulps of
+    the mean at most (``block=16``), the float32 result's own precision class.
+    ``block=1`` adds every result straight into float64.
+
+    Memory: the block (one float32 model) alone while at most ``block`` results came in
+    (an aggregator task's children, a slot's clients), the float64 sum (two more) from the
+    first full block on; nothing else model-sized: the template's layout, not its buffer,
+    and a scaled add goes through a small scratch.
     """
 
-    def __init__(self, template: FlatWeights) -> None:
+    def __init__(self, template: FlatWeights, block: int = BLOCK) -> None:
         self._layout = template.layout
-        self._acc = np.zeros(template.layout.size, dtype=np.float64)
+        self._size = template.layout.size
+        self._block_size = max(1, block)
+        self._acc: np.ndarray | None = None  # the float64 sum (from the first full block on)
+        self._block: np.ndarray | None = None  # the float32 block
+        self._in_block = 0
         self._scratch: np.ndarray | None = None
         self._total = 0.0
         self._count = 0
 
     def add(self, weights: FlatWeights, weight: float) -> None:
         _check(self._layout, weights, weight)
-        acc, src = self._acc, weights.buffer
-        if weight == 1:  # cast-and-add in place: no model-sized temporary
-            np.add(acc, src, out=acc)
+        src = weights.buffer
+        if self._block_size == 1:
+            if self._acc is None:
+                self._acc = np.zeros(self._size, dtype=np.float64)
+            into = self._acc
         else:
-            if self._scratch is None:
-                self._scratch = np.empty(min(CHUNK, acc.size), dtype=np.float64)
-            for start in range(0, acc.size, CHUNK):
-                stop = min(start + CHUNK, acc.size)
+            if self._block is None:
+                self._block = np.zeros(self._size, dtype=np.float32)
+            into = self._block
+        if weight == 1:  # add in place (a cast-and-add into float64): no model-sized temporary
+            np.add(into, src, out=into)
+        else:
+            if self._scratch is None or self._scratch.dtype != into.dtype:
+                self._scratch = np.empty(min(CHUNK, into.size), dtype=into.dtype)
+            for start in range(0, into.size, CHUNK):
+                stop = min(start + CHUNK, into.size)
                 scratch = self._scratch[: stop - start]
                 np.multiply(src[start:stop], weight, out=scratch)
-                np.add(acc[start:stop], scratch, out=acc[start:stop])
+                np.add(into[start:stop], scratch, out=into[start:stop])
         self._total += weight
         self._count += 1
+        if self._block_size > 1:
+            self._in_block += 1
+            if self._in_block == self._block_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Add the float32 block into the float64 sum and clear it."""
+        if self._block is None or not self._in_block:
+            return
+        if self._acc is None:
+            self._acc = np.zeros(self._size, dtype=np.float64)
+        np.add(self._acc, self._block, out=self._acc)
+        self._block.fill(0.0)
+        self._in_block = 0
 
     @property
     def total(self) -> float:
@@ -85,8 +127,15 @@ class WeightedMean:
     def result(self) -> FlatWeights:
         if self._count == 0:
             raise ValueError("no result to aggregate")
-        out = np.empty(self._acc.shape, dtype=np.float32)
-        np.divide(self._acc, self._total, out=out, casting="same_kind")  # no float64 temporary
+        if self._acc is None:  # one block, not full: divide it (in float64, as the sum would be)
+            summed = self._block
+        else:
+            self._flush()
+            summed = self._acc
+        assert summed is not None
+        out = np.empty(self._size, dtype=np.float32)
+        # computed in float64, written as float32: no model-sized temporary
+        np.divide(summed, self._total, out=out, dtype=np.float64, casting="same_kind")
         return FlatWeights(out, self._layout)
 
 

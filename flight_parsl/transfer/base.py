@@ -40,8 +40,14 @@ class Ref(Protocol):
         bytes fetched. ``cache=False``: a one-time read the process's store does not keep
         (an aggregator's children), so it holds no model after the caller drops it."""
 
-    def reply(self, weights: FlatWeights) -> tuple[Ref, float, float]:
+    def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[Ref, float, float]:
         """Package ``weights`` for the trip back, through the same channel.
+
+        ``recycle``: the payload is a result that its reader maps once, folds and lets go
+        before its key is evicted (a train task's result for the coordinator), so a store may
+        reuse its storage for a later result once the key is gone (the ``file`` channel does).
+        Never for a model that others cache (a relay's or a peer's), nor for a child of an
+        aggregator: a late aggregate task may still read it after its round's keys went.
 
         Returns the new reference and the seconds spent serializing and putting.
         """
@@ -72,7 +78,8 @@ class Transfer(Protocol[RefT]):
         """Take charge of a reference a worker created, so its round's end releases it."""
 
     def discard(self, ref: RefT) -> None:
-        """Release a result that came back after its round closed."""
+        """Release a result now: one folded at the root (nothing reads it again), or one
+        that came back after its round closed."""
 
     def end_round(self, round_idx: int) -> None:
         """Release everything the round stored."""

@@ -31,7 +31,7 @@ class InlineRef:
         weights = FlatWeights.from_bytes(self.data)
         return Resolved(weights, 0.0, time.perf_counter() - t0, len(self.data))
 
-    def reply(self, weights: FlatWeights) -> tuple[InlineRef, float, float]:
+    def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[InlineRef, float, float]:
         t0 = time.perf_counter()
         ref = InlineRef(weights.to_bytes())
         return ref, time.perf_counter() - t0, 0.0

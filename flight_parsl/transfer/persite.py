@@ -46,7 +46,7 @@ class SiteRefs:
     def resolve(self, cache: bool = True) -> Resolved:
         raise TransferError("a store per site: a task needs its own site's reference (SiteTransfer.for_site)")
 
-    def reply(self, weights: FlatWeights) -> tuple[ProxyRef, float, float]:
+    def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[ProxyRef, float, float]:
         raise TransferError("a store per site: a task needs its own site's reference (SiteTransfer.for_site)")
 
 

@@ -49,6 +49,10 @@ if TYPE_CHECKING:  # annotations only: a slot imports no more than it did
     from flight_parsl.fl.protocols import SyncStrategy
 
 
+#: The node name of the coordinator (the root) that train tasks report to.
+COORDINATOR = "coordinator"
+
+
 def warm_data(workload: Workload) -> None:
     """Load the dataset and its partition, and take one training step, in this process."""
     if workload.mode == "none":
@@ -225,7 +229,11 @@ def train_task(
     t0 = time.perf_counter()
     codec = compression.codec_up() if compression is not None and compression.deltas else None
     feedback = codec is not None and compression is not None and compression.feedback
-    # A lone client's result is its own partial: no accumulator (two models of float64) to fill.
+    # Results for the coordinator, which folds each once and lets it go at once, may reuse an
+    # evicted result's storage; not those for an aggregator: a late aggregate task may still be
+    # reading them after their round ended (see Ref.reply).
+    recycle = node == COORDINATOR
+    # A lone client's result is its own partial: no accumulator to fill.
     partial = fold.aggregator(weights) if fold is not None and len(clients) > 1 else None
     outputs: list[tuple[Ref, float]] = []
     outcomes: list[ClientOutcome] = []
@@ -245,7 +253,7 @@ def train_task(
                 assert compression is not None
                 out, e = _encode(codec, compression, out, state, (client,))
                 encode_s += e
-            payload, s, p = ref.reply(out)
+            payload, s, p = ref.reply(out, recycle=recycle)
             serialize_s, put_s = serialize_s + s, put_s + p
             outputs.append((payload, outcome.samples))
         del out
@@ -254,7 +262,7 @@ def train_task(
         if codec is not None:
             assert compression is not None
             result, encode_s = _encode(codec, compression, result, state, [c for c, _ in clients])
-        payload, serialize_s, put_s = ref.reply(result)
+        payload, serialize_s, put_s = ref.reply(result, recycle=recycle)
         outputs.append((payload, partial.total))
     compute_s = time.perf_counter() - t0 - serialize_s - put_s - encode_s
     return _result(
