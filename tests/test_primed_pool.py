@@ -131,3 +131,30 @@ def test_the_pool_starts_its_workers_forkserver_before_it_imports_parsl(tmp_path
     env[SPAWN_ENV] = "1"
     done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120, env=env)
     assert "server None" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_pools_spawned_children_do_not_rerun_it_as_their_main(monkeypatch: Any) -> None:
+    """Run as ``python -m``, the pool's module hides itself from spawn's preparation data (its
+    Manager would re-import Parsl's pool for nothing); another main module is left alone."""
+    import sys
+    import types
+    from importlib.machinery import ModuleSpec
+    from multiprocessing import spawn
+
+    from flight_parsl.execution import primed_pool
+
+    other = types.ModuleType("__main__")
+    other.__spec__ = ModuleSpec("some_tool", None)
+    other.__file__ = "/somewhere/some_tool.py"
+    monkeypatch.setitem(sys.modules, "__main__", other)
+    primed_pool.spawn_without_main()
+    assert other.__spec__ is not None and other.__file__ == "/somewhere/some_tool.py"
+    assert spawn.get_preparation_data("x").get("init_main_from_name") == "some_tool"
+
+    pool_main = types.ModuleType("__main__")
+    pool_main.__spec__ = ModuleSpec(primed_pool.__name__, None)
+    pool_main.__file__ = primed_pool.__file__
+    monkeypatch.setitem(sys.modules, "__main__", pool_main)
+    primed_pool.spawn_without_main()
+    data = spawn.get_preparation_data("x")
+    assert "init_main_from_name" not in data and "init_main_from_path" not in data

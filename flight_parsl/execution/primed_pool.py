@@ -244,6 +244,18 @@ def _communicate_when_primed(self: Any, pair_setup: Any) -> None:
     _communicate(self, pair_setup)
 
 
+def spawn_without_main() -> None:
+    """The pool's spawned children (its multiprocessing Manager; workers under
+    ``FLIGHT_PARSL_SPAWN_WORKERS=1``) skip re-running this module as their ``__mp_main__``: a spawned
+    child imports the parent's main module first (Parsl's pool with it, about 0.8 s of CPU), and
+    nothing they unpickle names it (the workers' functions are this module's, by its own name).
+    Only when this module is the process's main module (``python -m``)."""
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(getattr(main, "__spec__", None), "name", None) == __name__:
+        main.__spec__ = None  # spawn's preparation data: no init_main_from_name ...
+        vars(main).pop("__file__", None)  # ... nor init_main_from_path
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run Parsl's worker pool main block with lock-free waits, and primed workers with a prime
     spec (see the module docstring)."""
@@ -280,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         pool.worker = lock_free_worker
     sys.argv = [pool.__file__, *argv]
+    spawn_without_main()
     try:
         exec(compile(body, pool.__file__, "exec"), vars(pool))  # noqa: S102 - Parsl's own main block
     finally:
