@@ -55,8 +55,8 @@ watchdog restarts a SIGKILLed worker through the same server. A worker checks it
 as before (``os.kill(manager_pid, 0)``). Training pools fork too, with as few workers as cores:
 torch is imported once, by the server, not once per worker beside the coordinator's own import
 (digits mlp x64 on 2 slots: about 2 s less CPU per run, see docs/running.md).
-``FLIGHT_PARSL_SPAWN_WORKERS=1`` in the pool's environment (a site's ``worker_init``) gives
-Parsl's spawned workers back.
+``FLIGHT_PARSL_SPAWN_WORKERS=1`` in the pool's environment (a site's ``provider.worker_init``)
+gives Parsl's spawned workers back.
 """
 
 from __future__ import annotations
