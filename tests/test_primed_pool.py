@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flight_parsl.execution.primed_pool import PRELOAD, ForkedWorkers, fork_workers, launch_command
+from flight_parsl.execution.primed_pool import (
+    PRELOAD, SPAWN_ENV, ForkedWorkers, fork_workers, launch_command, preload_modules,
+)
 from flight_parsl.execution.site import build_parsl_config, load_site
 
 
@@ -80,9 +82,79 @@ def test_workers_fork_from_a_server_that_imported_the_modules() -> None:
         multiprocessing.forkserver._forkserver._stop()
 
 
-def test_a_training_pool_forks_only_with_more_workers_than_cores() -> None:
-    training = [*PRELOAD, "flight_parsl.worker.training"]
-    assert fork_workers(64, training, cores=2) and fork_workers("inf", training, cores=2)
-    assert fork_workers(None, training, cores=2)
-    assert not fork_workers(2, training, cores=2) and not fork_workers("2", training, cores=16)
-    assert fork_workers(2, PRELOAD, cores=2)  # no torch to import: forked
+def test_pools_fork_their_workers_unless_told_to_spawn(monkeypatch: Any) -> None:
+    monkeypatch.delenv(SPAWN_ENV, raising=False)
+    assert fork_workers()  # training or not, with any number of workers
+    monkeypatch.setenv(SPAWN_ENV, "1")
+    assert not fork_workers()
+
+
+def test_the_forkserver_preloads_the_modules_the_command_line_names() -> None:
+    argv = ["process_worker_pool.py", "--preload", "flight_parsl.worker.training,flight_parsl.worker.tasks", "-p", "0"]
+    assert preload_modules(argv) == [*PRELOAD, "flight_parsl.worker.training"]
+    assert preload_modules(["process_worker_pool.py", "-p", "0"]) == list(PRELOAD)
+    assert preload_modules(["--preload"]) == list(PRELOAD)  # no value: nothing more
+
+
+def test_the_pool_starts_its_workers_forkserver_before_it_imports_parsl(tmp_path: Path) -> None:
+    """Run as the pool's main module, the module starts the forkserver first thing: the server
+    (a child of this process) runs while Parsl's pool module is still being imported."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import builtins, multiprocessing.forkserver as fs, runpy, sys\n"
+        "real = builtins.__import__\n"
+        "def spy(name, *a, **k):\n"
+        "    if name.startswith('parsl.executors.high_throughput') and not hasattr(spy, 'seen'):\n"
+        "        spy.seen = fs._forkserver._forkserver_pid\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = spy\n"
+        "sys.argv = ['primed_pool', 'process_worker_pool.py', '--preload', 'colorsys']\n"
+        "try:\n"
+        "    runpy.run_module('flight_parsl.execution.primed_pool', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('server', spy.seen, fs._forkserver._preload_modules)\n"
+        "fs._forkserver._stop()\n"
+    )
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop(SPAWN_ENV, None)
+    done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120, env=env)
+    line = [x for x in done.stdout.splitlines() if x.startswith("server ")]
+    assert line, done.stdout + done.stderr
+    _, pid, preload = line[0].split(" ", 2)
+    assert pid != "None" and "'colorsys'" in preload and "'flight_parsl.worker.tasks'" in preload
+    env[SPAWN_ENV] = "1"
+    done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120, env=env)
+    assert "server None" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_pools_spawned_children_do_not_rerun_it_as_their_main(monkeypatch: Any) -> None:
+    """Run as ``python -m``, the pool's module hides itself from spawn's preparation data (its
+    Manager would re-import Parsl's pool for nothing); another main module is left alone."""
+    import sys
+    import types
+    from importlib.machinery import ModuleSpec
+    from multiprocessing import spawn
+
+    from flight_parsl.execution import primed_pool
+
+    other = types.ModuleType("__main__")
+    other.__spec__ = ModuleSpec("some_tool", None)
+    other.__file__ = "/somewhere/some_tool.py"
+    monkeypatch.setitem(sys.modules, "__main__", other)
+    primed_pool.spawn_without_main()
+    assert other.__spec__ is not None and other.__file__ == "/somewhere/some_tool.py"
+    assert spawn.get_preparation_data("x").get("init_main_from_name") == "some_tool"
+
+    pool_main = types.ModuleType("__main__")
+    pool_main.__spec__ = ModuleSpec(primed_pool.__name__, None)
+    pool_main.__file__ = primed_pool.__file__
+    monkeypatch.setitem(sys.modules, "__main__", pool_main)
+    primed_pool.spawn_without_main()
+    data = spawn.get_preparation_data("x")
+    assert "init_main_from_name" not in data and "init_main_from_path" not in data

@@ -50,11 +50,18 @@ def idle_summary(clock: SlotClock) -> dict[str, float]:
     return {"idle_pct_mean": statistics.fmean(idle), "idle_pct_std": statistics.pstdev(idle)}
 
 
+#: What a process's first ``torch.optim`` optimizer imports (its ``_disable_dynamo`` guard imports
+#: ``torch._dynamo``: about 1.3 s of CPU, inside a slot's first training step otherwise). Named in the
+#: warm-up, the workers' forkserver imports it once per node (:mod:`flight_parsl.execution.primed_pool`).
+OPTIMIZER_IMPORTS = ("torch._dynamo",)
+
+
 def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """Modules the round's tasks import on a slot, imported during priming."""
+    """Modules the round's tasks import on a slot, imported during priming (and by the workers'
+    forkserver, before the workers fork)."""
     modules: list[str] = []
     if cfg.train.mode == "local":
-        modules.append("flight_parsl.worker.training")
+        modules += ["flight_parsl.worker.training", *OPTIMIZER_IMPORTS]
     if cfg.mode == "decentralized":
         modules.append("flight_parsl.worker.peer_training")
     if cfg.transfer.kind != "parsl":

@@ -38,20 +38,25 @@ A worker Parsl's watchdog restarts primes again before it takes a task. A task o
 this way reports it (``TaskResult.primed_at_start``) and is not marked ``task_cold``. The prime
 spec names one workload: a backend reused by a sweep keeps priming for the run that opened it.
 
-**Workers forked from a warm parent** (``--preload MODULES``), unless the run trains with no
-more workers than cores (:func:`fork_workers`: then spawned workers import torch side by side,
-faster than one server importing it alone). Parsl's pool starts each worker
+**Workers forked from a warm parent** (``--preload MODULES``). Parsl's pool starts each worker
 with a *spawn* context: every worker is a fresh interpreter that imports Python, Parsl, numpy,
 the task modules (and torch, to train) on its own, one after the other on a busy node. Here the
 workers come from a ``forkserver`` context instead, whose server imports this module, Parsl's
 pool, :mod:`flight_parsl.worker.tasks` and the modules ``--preload`` names (the run's warm-up
 modules, torch with them when the run trains) once; each worker is a fork of it, its imported
-pages shared until written. The pool's queues, values and its multiprocessing Manager stay
-Parsl's spawn context (a forkserver child receives them as a spawned one does). The server only
-imports: no torch operation runs there, so no thread pool exists to be forked. A worker is a
-child of the forkserver (itself a child of the pool): ``ps`` and the slot census see the
-forkserver as the worker's parent; the pool's watchdog restarts a SIGKILLed worker through the
-same server. A worker checks its pool is alive as before (``os.kill(manager_pid, 0)``).
+pages shared until written. The server starts first thing in the pool's process
+(:func:`start_forkserver`, before the pool imports Parsl), so its imports run while the pool
+imports, starts its Manager and connects; the workers fork once it is ready. The pool's
+queues, values and its multiprocessing Manager stay Parsl's spawn context (a forkserver child
+receives them as a spawned one does). The server only imports: no torch operation runs there,
+so no thread pool exists to be forked. A worker is a child of the forkserver (itself a child of
+the pool): ``ps`` and the slot census see the forkserver as the worker's parent; the pool's
+watchdog restarts a SIGKILLed worker through the same server. A worker checks its pool is alive
+as before (``os.kill(manager_pid, 0)``). Training pools fork too, with as few workers as cores:
+torch is imported once, by the server, not once per worker beside the coordinator's own import
+(digits mlp x64 on 2 slots: about 2 s less CPU per run, see docs/running.md).
+``FLIGHT_PARSL_SPAWN_WORKERS=1`` in the pool's environment (a site's ``provider.worker_init``)
+gives Parsl's spawned workers back.
 """
 
 from __future__ import annotations
@@ -69,16 +74,43 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
-from parsl.executors.high_throughput import process_worker_pool as pool
+#: The option naming the modules the workers' forkserver imports (comma separated).
+PRELOAD_OPTION = "--preload"
+#: What the workers' forkserver always imports: this module (Parsl's pool with it) and the task bodies.
+PRELOAD = ("flight_parsl.execution.primed_pool", "flight_parsl.worker.tasks")
+#: Set to 1 in a pool's environment: its workers are spawned (Parsl's own way), not forked.
+SPAWN_ENV = "FLIGHT_PARSL_SPAWN_WORKERS"
+
+
+def fork_workers() -> bool:
+    """Whether a pool forks its workers from a warm forkserver (unless ``FLIGHT_PARSL_SPAWN_WORKERS=1``)."""
+    return os.environ.get(SPAWN_ENV, "") != "1"
+
+
+def preload_modules(argv: list[str]) -> list[str]:
+    """What the workers' forkserver imports: :data:`PRELOAD` and the modules ``--preload`` names in ``argv``."""
+    named = argv[argv.index(PRELOAD_OPTION) + 1] if PRELOAD_OPTION in argv[:-1] else ""
+    return [*PRELOAD, *(m for m in named.split(",") if m and m not in PRELOAD)]
+
+
+def start_forkserver(preload: list[str]) -> None:
+    """Start the workers' forkserver now, importing ``preload``: its imports (torch, to train) run
+    beside the pool's own start instead of after it. Stdlib only: it runs before Parsl is imported."""
+    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+if __name__ == "__main__" and fork_workers():  # the pool's process: its workers' server starts first
+    start_forkserver(preload_modules(sys.argv[1:]))
+
+from parsl.executors.high_throughput import process_worker_pool as pool  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 #: The option naming the prime spec; the rest of the command line is HTEX's pool arguments.
 SPEC_OPTION = "--prime-spec"
-#: The option naming the modules the workers' forkserver imports (comma separated).
-PRELOAD_OPTION = "--preload"
-#: What the workers' forkserver always imports: this module (Parsl's pool with it) and the task bodies.
-PRELOAD = ("flight_parsl.execution.primed_pool", "flight_parsl.worker.tasks")
 #: The first argument: the script this module stands in for (kept so that process listings find the pool).
 POOL_SCRIPT = "process_worker_pool.py"
 _SPEC_ENV = "FLIGHT_PARSL_PRIME_SPEC"
@@ -109,25 +141,6 @@ def launch_command(spec: str | Path | None, htex_launch_cmd: str, preload: tuple
     if preload:
         priming += f"{PRELOAD_OPTION} {shlex.quote(','.join(preload))} "
     return f"python3 -m flight_parsl.execution.primed_pool {POOL_SCRIPT} {priming}{arguments}"
-
-
-#: A preloaded module that imports torch: the server's import takes seconds, alone.
-_TRAINING = "flight_parsl.worker.training"
-
-
-def fork_workers(max_workers_per_node: Any, preload: list[str] | tuple[str, ...] = (), cores: int | None = None) -> bool:
-    """Whether a pool forks its workers from a warm forkserver: unless it trains (torch among the
-    ``preload``) with no more workers than the node has cores (HTEX's ``--max_workers_per_node``;
-    unbounded or unknown counts as more). Measured on 2 cores: 64 resnet18 slots start in 0.1x
-    the time and 0.36x the memory (PSS); tiny x64 (2 slots, no training) 0.7x; 2 training slots
-    start about 4 s slower forked (the server imports torch alone, where two spawned workers
-    import it side by side), so those spawn."""
-    cores = cores or os.cpu_count() or 1
-    try:
-        many = float(max_workers_per_node) > cores
-    except (TypeError, ValueError):
-        many = True
-    return many or _TRAINING not in preload
 
 
 class ForkedWorkers:
@@ -231,6 +244,18 @@ def _communicate_when_primed(self: Any, pair_setup: Any) -> None:
     _communicate(self, pair_setup)
 
 
+def spawn_without_main() -> None:
+    """The pool's spawned children (its multiprocessing Manager; workers under
+    ``FLIGHT_PARSL_SPAWN_WORKERS=1``) skip re-running this module as their ``__mp_main__``: a spawned
+    child imports the parent's main module first (Parsl's pool with it, about 0.8 s of CPU), and
+    nothing they unpickle names it (the workers' functions are this module's, by its own name).
+    Only when this module is the process's main module (``python -m``)."""
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(getattr(main, "__spec__", None), "name", None) == __name__:
+        main.__spec__ = None  # spawn's preparation data: no init_main_from_name ...
+        vars(main).pop("__file__", None)  # ... nor init_main_from_path
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run Parsl's worker pool main block with lock-free waits, and primed workers with a prime
     spec (see the module docstring)."""
@@ -251,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[_SPEC_ENV] = options[SPEC_OPTION]
     preload = [*PRELOAD, *(m for m in options.get(PRELOAD_OPTION, "").split(",") if m and m not in PRELOAD)]
     known, _ = pool.get_arg_parser().parse_known_args(argv)
-    if fork_workers(known.max_workers_per_node, preload):
+    if fork_workers():
         pool.SpawnContext = ForkedWorkers(pool.SpawnContext, preload)  # the main block's workers: forked
     source = Path(pool.__file__).read_text()
     if _MAIN_MARK not in source:
@@ -267,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         pool.worker = lock_free_worker
     sys.argv = [pool.__file__, *argv]
+    spawn_without_main()
     try:
         exec(compile(body, pool.__file__, "exec"), vars(pool))  # noqa: S102 - Parsl's own main block
     finally:
