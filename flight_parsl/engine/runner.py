@@ -76,6 +76,7 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
             redis=(address.host, address.port), password=getattr(connector, "password", None),
             username=getattr(connector, "username", None), prefix=getattr(connector, "prefix", None),
             tls=bool(getattr(connector, "tls", False)), ca=getattr(connector, "ca", None),
+            admin=getattr(transfer, "admin", None),
         ))
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
 

@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -141,6 +142,7 @@ def _open_redis(
     rules = run_user_rules(username, password, prefix)
     server = None
     made = None  # the user the run made on an external server
+    lister: Any = None  # makes a client of a user that may list keys (the run's own may not)
     if redis is None:  # a server of its own: its default user's password stays with the coordinator
         from flight_parsl.transfer.redis_tls import is_loopback
 
@@ -148,6 +150,7 @@ def _open_redis(
         server = stack.enter_context(ManagedRedis(password=new_password(), host=redis_host, tls=tls))
         address, ca = server.address, server.ca_pem
         server.add_user(rules)
+        lister = server.admin
     else:  # credentials from the environment (redis_auth), if the server wants some
         # credentials given here (the sites' own server) or else the environment's (--redis): never a mix
         from_env = redis_password is None
@@ -168,6 +171,7 @@ def _open_redis(
         else:
             stack.callback(_remove_user, admin, username)
             made = username
+            lister = partial(redis_client, address, timeout, given_password, username=given_user, tls=tls, ca=ca)
     connector = TimedRedisConnector(
         address.host, address.port, timeout=timeout, password=password, username=username, prefix=prefix,
         tls=tls, ca=ca,
@@ -175,6 +179,7 @@ def _open_redis(
     transfer = ProxyTransfer("redis", connector, str(address), cache_size)
     transfer.server = server  # the run's own server, which fault injection may stop
     transfer.redis_user, transfer.shared = made, redis is not None
+    transfer.admin = lister
     return transfer
 
 

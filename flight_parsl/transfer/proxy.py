@@ -253,6 +253,9 @@ class ProxyTransfer:
         # On a server that outlives the run (--redis): the ACL user the run made there (None: none),
         # and whether a coordinator killed without unwinding leaves the run's keys (and that user) there.
         self.redis_user: str | None = None
+        # a client of the server's admin user (the caller closes it), for what the run's user may not
+        # do: list the run's client-state keys at the end (Redis only; None: the run's own user)
+        self.admin: Any = None
         self.shared = False
         self.store = Store(
             f"flight-parsl-{uuid.uuid4().hex[:12]}",
