@@ -180,6 +180,7 @@ def _open_redis(
     transfer.server = server  # the run's own server, which fault injection may stop
     transfer.redis_user, transfer.shared = made, redis is not None
     transfer.admin = lister
+    transfer.user_rules = rules if made is not None else None
     return transfer
 
 

@@ -19,6 +19,7 @@ caller) and carry the same timeout as the other Redis clients.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
@@ -132,6 +133,16 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     return view if whole else None
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle socket has something to read: between requests only its end (the server
+    closed it, e.g. a restarted server after ``faults.redis_stop``) or garbage, never a reply;
+    redis-py checks its pooled connections the same way before using one again."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    ready, _, _ = select.select([sock], [], [], 0)
+    return bool(ready)
+
+
 class BulkReader:
     """Reads of one Redis server over a few raw sockets, each value into one buffer.
 
@@ -191,6 +202,9 @@ class BulkReader:
         """The value of ``key``, or None when it is missing."""
         with self._lock:
             sock = self._idle.pop() if self._idle else None
+        if sock is not None and _readable(sock):  # the server closed it (a restarted server): a fresh one
+            sock.close()
+            sock = None
         if sock is None:
             sock = self._connect()
         try:

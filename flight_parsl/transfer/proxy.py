@@ -256,6 +256,9 @@ class ProxyTransfer:
         # a client of the server's admin user (the caller closes it), for what the run's user may not
         # do: list the run's client-state keys at the end (Redis only; None: the run's own user)
         self.admin: Any = None
+        # ``ACL SETUSER`` rules of the run's user made on a server given by address (a managed server
+        # of the sites' own registers them, to make the user again when a fault restarts it)
+        self.user_rules: list[str] | None = None
         self.shared = False
         self.store = Store(
             f"flight-parsl-{uuid.uuid4().hex[:12]}",

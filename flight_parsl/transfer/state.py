@@ -255,7 +255,10 @@ class VersionBook:
         for c, v in sorted(self.accepted.items()):
             blob = self.store.get(c, v)
             if blob is None:
-                raise TransferError(f"the accepted state {v} of client {c} is missing from the store")
+                where = getattr(self.store, "where", None)  # a store per site: which site's
+                at = f" ({where(c)})" if callable(where) else ""
+                raise TransferError(f"the accepted state {v} of client {c} is missing from the store{at}: a Redis "
+                                    f"that was stopped lost it; continue from the last checkpoint with --resume")
             out[c] = (v, blob)
         return out
 
