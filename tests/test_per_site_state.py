@@ -296,12 +296,17 @@ def test_the_bulk_reader_drops_sockets_a_restarted_server_closed() -> None:
         admin = server.admin(5.0)
         admin.set("k", b"before")
         admin.close()
-        reader = BulkReader(server.address.host, server.address.port, 5.0, "pw-for-this-test-only")
-        assert bytes(reader.get("k")) == b"before"
+        address = server.address
+        reader = BulkReader(address.host, address.port, 5.0, "pw-for-this-test-only", reconnect=True)
+        plain = BulkReader(address.host, address.port, 5.0, "pw-for-this-test-only")  # one store's, as before
+        assert bytes(reader.get("k")) == b"before" and bytes(plain.get("k")) == b"before"
         server.kill()
         server.restart()
         admin = server.admin(5.0)
         admin.set("k", b"after")
         admin.close()
         assert bytes(reader.get("k")) == b"after"
+        with pytest.raises(Exception):  # noqa: B017 - the dead socket's end, however the kernel words it
+            plain.get("k")
         reader.close()
+        plain.close()

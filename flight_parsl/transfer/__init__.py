@@ -86,7 +86,7 @@ def open_transfer(
             channels = {}
             for label, (address, password, ca) in site_redis.items():
                 channel = cast("ProxyTransfer", _open_redis(stack, address, cache_size, redis_timeout, password,
-                                                            redis_host, redis_tls, ca))
+                                                            redis_host, redis_tls, ca, reconnect=True))
                 channel.shared = False  # the site's own server: its keys go with it
                 stack.callback(channel.close)
                 channels[label] = channel
@@ -121,8 +121,10 @@ def _open_redis(
     redis_host: str,
     redis_tls: bool | str = "auto",
     redis_ca: str | None = None,
+    reconnect: bool = False,
 ) -> Transfer:
-    """The ``redis`` channel: the server (managed, or given), the run's ACL user, its connector."""
+    """The ``redis`` channel: the server (managed, or given), the run's ACL user, its connector
+    (``reconnect``: its reads survive a restart of the server, for a site's own store)."""
     import redis as redis_py
 
     from flight_parsl.transfer.proxy import ProxyTransfer, TimedRedisConnector
@@ -174,7 +176,7 @@ def _open_redis(
             lister = partial(redis_client, address, timeout, given_password, username=given_user, tls=tls, ca=ca)
     connector = TimedRedisConnector(
         address.host, address.port, timeout=timeout, password=password, username=username, prefix=prefix,
-        tls=tls, ca=ca,
+        tls=tls, ca=ca, reconnect=reconnect,
     )
     transfer = ProxyTransfer("redis", connector, str(address), cache_size)
     transfer.server = server  # the run's own server, which fault injection may stop

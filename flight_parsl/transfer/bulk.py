@@ -155,6 +155,10 @@ class BulkReader:
         username: the ACL user ``AUTH`` logs in as (None: the default user).
         tls: speak TLS, checking the server's certificate and host name against ``ca``
             (the CA's PEM text; None: the system's trusted CAs).
+        reconnect: before reusing an idle socket, check that the server has not closed it
+            (one ``select``), and take a fresh one if it has: a site's own store, restarted by
+            ``faults.redis_stop``, serves its next rounds. Off (the default), a read on a socket
+            a restarted server closed fails, and the run with it, as it always did with one store.
     """
 
     def __init__(
@@ -166,8 +170,10 @@ class BulkReader:
         username: str | None = None,
         tls: bool = False,
         ca: str | None = None,
+        reconnect: bool = False,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
+        self.reconnect = reconnect
         self._password = password
         self._username = username
         self._tls: ssl.SSLContext | None = None
@@ -202,7 +208,7 @@ class BulkReader:
         """The value of ``key``, or None when it is missing."""
         with self._lock:
             sock = self._idle.pop() if self._idle else None
-        if sock is not None and _readable(sock):  # the server closed it (a restarted server): a fresh one
+        if sock is not None and self.reconnect and _readable(sock):  # the server closed it (restarted): a fresh one
             sock.close()
             sock = None
         if sock is None:

@@ -85,6 +85,7 @@ class TimedRedisConnector(RedisConnector):
         prefix: str = "",
         tls: bool = False,
         ca: str | None = None,
+        reconnect: bool = False,
     ) -> None:
         from flight_parsl.transfer.bulk import BulkReader
         from flight_parsl.transfer.redis_server import DEFAULT_TIMEOUT, RedisAddress, redis_client
@@ -96,11 +97,12 @@ class TimedRedisConnector(RedisConnector):
         self.prefix = prefix
         self.tls = tls
         self.ca = ca
+        self.reconnect = reconnect  # a site's own store: reads survive its restart (BulkReader)
         self._redis_client.close()  # never connected: clients connect on first use
         self._redis_client = redis_client(
             RedisAddress(hostname, port), self.timeout, password, username=username, tls=tls, ca=ca
         )
-        self._reader = BulkReader(hostname, port, self.timeout, password, username, tls, ca)
+        self._reader = BulkReader(hostname, port, self.timeout, password, username, tls, ca, reconnect)
 
     def _key(self) -> RedisKey:
         return RedisKey(redis_key=f"{self.prefix}{uuid.uuid4()}")
@@ -134,7 +136,7 @@ class TimedRedisConnector(RedisConnector):
         """The connector's configuration: the timeout, the user, its password, the prefix and TLS too."""
         return {
             **super().config(), "timeout": self.timeout, "password": self.password, "username": self.username,
-            "prefix": self.prefix, "tls": self.tls, "ca": self.ca,
+            "prefix": self.prefix, "tls": self.tls, "ca": self.ca, "reconnect": self.reconnect,
         }
 
     def __repr__(self) -> str:
