@@ -10,7 +10,7 @@ import pytest
 
 from flight_parsl.cli.grid import expand, is_list_key, split_overrides
 from flight_parsl.cli.scale import build_parser, configure, is_sweep
-from flight_parsl.config.experiment import ClientAt, build_config, config_hash
+from flight_parsl.config.experiment import ClientAt, RedisStop, build_config, config_hash
 from flight_parsl.config.schema import json_schema
 from flight_parsl.core.errors import ConfigError
 
@@ -69,10 +69,11 @@ def test_overrides_stand_anywhere_and_inject_keeps_its_commas() -> None:
 def test_faults_are_typed_once_and_written_back_as_given() -> None:
     cfg = build_config(overrides=["faults.kill=1@2, 3@4", "faults.hang=0@1", "faults.redis_stop=2",
                                   "transfer.kind=redis"])
-    assert cfg.faults.kill == [ClientAt(1, 2), ClientAt(3, 4)] and cfg.faults.redis_stop == [2]
+    assert cfg.faults.kill == [ClientAt(1, 2), ClientAt(3, 4)] and cfg.faults.redis_stop == [RedisStop(2)]
     again = build_config(values=[cfg.to_dict()])  # config.yaml reads back to the same config
     assert again.faults == cfg.faults and config_hash(again) == config_hash(cfg)
     assert cfg.to_dict()["faults"]["kill"] == ["1@2", "3@4"]
+    assert cfg.to_dict()["faults"]["redis_stop"] == [2]  # a round alone stays an int in config.yaml
 
 
 def test_hashes_of_configs_written_before_the_schema_are_unchanged() -> None:

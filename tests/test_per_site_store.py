@@ -33,9 +33,6 @@ NO_NETNS = netns_available()
     ([SITES, "transfer.per_site=true"], {"transfer": {"kind": "redis", "redis": "10.0.0.1:6379"}},
      "key 'transfer.per_site' = True: each site gets a managed redis-server of its own: leave transfer.redis "
      "(--redis) unset, got '10.0.0.1:6379'"),
-    ([SITES, "transfer.per_site=true", "transfer.codec=topk:0.1", "transfer.error_feedback=true"],
-     {"transfer": {"kind": "redis"}},
-     "key 'transfer.error_feedback' = True: the run's client state lives in one store"),
 ])
 def test_a_store_per_site_is_refused_where_it_cannot_work(make_config, overrides, values, message) -> None:
     with pytest.raises(ConfigError) as err:

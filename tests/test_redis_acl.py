@@ -54,8 +54,10 @@ def test_a_second_runs_credentials_get_noperm_on_the_first_runs_keys(two_runs, m
     assert first.prefix.startswith("flight_parsl:") and first.username.startswith("flight_parsl-")
     key = first.put(b"first run's model")
     assert key.redis_key.startswith(first.prefix)  # never a bare uuid
+    admin = managed_redis.admin(5.0)
     assert {key.redis_key for key in first.put_batch([b"a", b"b"])} <= {
-        k.decode() for k in _login(first).scan_iter(match=f"{first.prefix}*")}
+        k.decode() for k in admin.scan_iter(match=f"{first.prefix}*")}
+    admin.close()
     intruder = _login(second)
     for attempt in (lambda: intruder.get(key.redis_key), lambda: intruder.set(key.redis_key, b"forged"),
                     lambda: intruder.delete(key.redis_key), lambda: intruder.strlen(key.redis_key),
@@ -84,13 +86,34 @@ def test_a_second_runs_credentials_get_noperm_on_the_first_runs_keys(two_runs, m
 def test_the_run_user_cannot_act_on_the_whole_server(two_runs) -> None:
     first, _ = two_runs
     client = _login(first)
-    for command in (("FLUSHALL",), ("FLUSHDB",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("ACL", "LIST"),
+    for command in (("FLUSHALL",), ("FLUSHDB",), ("KEYS", "*"), ("SCAN", "0"), ("SCAN", "0", "MATCH", "*"),
+                    ("SCAN", "0", "MATCH", f"{first.prefix}*"), ("RANDOMKEY",), ("CONFIG", "GET", "*"), ("ACL", "LIST"),
                     ("ACL", "SETUSER", "me", "on", "+@all", "~*"), ("FUNCTION", "FLUSH"), ("EVAL", "return 1", "0"),
                     ("SHUTDOWN",), ("CLIENT", "LIST"), ("MONITOR",)):
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.execute_command(*command)
     assert client.ping()
     client.close()
+
+
+def test_the_run_user_cannot_list_other_runs_key_names(two_runs, managed_redis) -> None:
+    """A key pattern does not filter what SCAN and KEYS return: the run's user gets NOPERM on
+    every command that lists key names, and still reads and writes its own keys by name."""
+    first, second = two_runs
+    theirs = second.put(b"second run's model")
+    mine = first.put(b"first run's model")
+    client = _login(first)
+    with pytest.raises(redis.exceptions.NoPermissionError, match="scan"):
+        list(client.scan_iter(match="*"))
+    with pytest.raises(redis.exceptions.NoPermissionError, match="keys"):
+        client.keys("*")
+    with pytest.raises(redis.exceptions.NoPermissionError, match="randomkey"):
+        client.randomkey()
+    assert bytes(client.get(mine.redis_key)) == b"first run's model"
+    client.close()
+    admin = managed_redis.admin(5.0)  # what the admin sees: both runs' keys (so there was a name to leak)
+    assert {mine.redis_key, theirs.redis_key} <= {k.decode() for k in admin.scan_iter(match="flight_parsl:*")}
+    admin.close()
 
 
 def test_each_run_user_is_removed_at_the_end_with_its_keys(managed_redis) -> None:

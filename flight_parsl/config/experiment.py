@@ -102,7 +102,36 @@ def _slot_kill(value: Any) -> Any:
     return SlotKill(count, "time" if at_time else "round", float(moment))
 
 
+@dataclass(frozen=True)
+class RedisStop:
+    """``ROUND`` or ``SITE@ROUND`` (``faults.redis_stop``): SIGKILL the run's managed redis-server
+    in round ROUND (from 1); with a store per site (``transfer.per_site``) ``ROUND`` stops every
+    site's server and ``SITE@ROUND`` the server of site SITE (its label) only."""
+
+    round: int
+    site: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.round) if self.site is None else f"{self.site}@{self.round}"
+
+    @property
+    def shown(self) -> int | str:
+        """As config.yaml and errors show it: the round alone (an int, as before sites), or ``SITE@ROUND``."""
+        return self.round if self.site is None else str(self)
+
+
+def _redis_stop(value: Any) -> Any:
+    if isinstance(value, RedisStop):
+        return value
+    text = str(value).strip()
+    site, sep, r = text.rpartition("@")
+    if isinstance(value, bool) or not r.isdigit() or int(r) < 1 or (sep and (not site or any(c.isspace() for c in site))):
+        raise ValueError(f"{value!r} is not ROUND or SITE@ROUND (rounds count from 1, SITE a site's label)")
+    return RedisStop(int(r), site if sep else None)
+
+
 ClientRound = Annotated[ClientAt, BeforeValidator(_client_at), PlainSerializer(str)]
+Stop = Annotated[RedisStop, BeforeValidator(_redis_stop), PlainSerializer(lambda v: v.shown)]
 Kill = Annotated[SlotKill, BeforeValidator(_slot_kill), PlainSerializer(str)]
 Slots = Annotated[int, Field(gt=0)] | Literal["auto", "per_client"]
 
@@ -228,7 +257,9 @@ class FaultsConfig:
     round) or K@Ts (T seconds after the first round started); the pids are the ones
     the run recorded (parsl backend, local site). ``redis_stop``: rounds in which the
     run's managed redis-server is SIGKILLed ``kill_after_s`` into the round, and
-    started again on its port ``redis_down_s`` seconds later (< 0: never). ``slow``:
+    started again on its port ``redis_down_s`` seconds later (< 0: never); with a store per
+    site (``transfer.per_site``) ``ROUND`` stops every site's server, ``SITE@ROUND`` the
+    server of site SITE only. ``slow``:
     clients whose training is stretched ``slow_factor`` times, every round.
     """
 
@@ -239,7 +270,7 @@ class FaultsConfig:
     hang_s: NonNegativeFloat = 30.0
     kill_slots: CommaList[Kill] = field(default_factory=list)
     kill_after_s: NonNegativeFloat = 0.5
-    redis_stop: CommaList[Annotated[int, Field(ge=1)]] = field(default_factory=list)
+    redis_stop: CommaList[Stop] = field(default_factory=list)
     redis_down_s: float = 1.0
     slow: CommaList[NonNegative] = field(default_factory=list)
     slow_factor: Annotated[float, Field(ge=1)] = 4.0
@@ -653,13 +684,6 @@ def _check_per_site(cfg: ExperimentConfig) -> None:
     if t.redis is not None:
         raise _fail("transfer.per_site", True, f"each site gets a managed redis-server of its own: leave "
                     f"transfer.redis (--redis) unset, got {t.redis!r}")
-    if cfg.train.keep_momentum or t.error_feedback:
-        key = "transfer.error_feedback" if t.error_feedback else "train.keep_momentum"
-        raise _fail(key, True, "the run's client state lives in one store; transfer.per_site=true does not "
-                    "keep it yet (one store per site)")
-    if cfg.faults.redis_stop:
-        raise _fail("faults.redis_stop", cfg.faults.redis_stop, "stopping Redis acts on the run's one managed "
-                    "server; transfer.per_site=true runs one per site")
 
 
 def _validate_faults(cfg: ExperimentConfig) -> None:
@@ -669,12 +693,18 @@ def _validate_faults(cfg: ExperimentConfig) -> None:
         raise _fail("faults.kill", [str(k) for k in f.kill], "a slot that kills itself needs its own process (backend parsl)")
     if f.kill_slots and cfg.backend != "parsl":
         raise _fail("faults.kill_slots", [str(k) for k in f.kill_slots], "killing worker processes needs backend parsl")
+    stops = [s.shown for s in f.redis_stop]
     if f.redis_stop and (cfg.transfer.kind != "redis" or cfg.transfer.redis):
         raise _fail(
-            "faults.redis_stop", f.redis_stop,
+            "faults.redis_stop", stops,
             "stopping Redis needs transfer.kind=redis with the run's own managed server (transfer.redis unset), "
             f"got transfer.kind={cfg.transfer.kind!r}, transfer.redis={cfg.transfer.redis!r}",
         )
+    named = sorted({s.site for s in f.redis_stop if s.site is not None})
+    if named and not cfg.transfer.per_site:
+        raise _fail("faults.redis_stop", stops, f"SITE@ROUND stops one site's own redis-server, which only "
+                    f"transfer.per_site=true runs (a store per site); give the round alone to stop the run's one "
+                    f"server (site(s) named: {', '.join(named)})")
     for client in f.slow:
         if client >= cfg.workers:
             raise _fail("faults.slow", f.slow, f"client {client} is not a client id in 0..{cfg.workers - 1}")

@@ -16,6 +16,7 @@ from concurrent.futures import Future, wait
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from flight_parsl.config.experiment import ExperimentConfig
 from flight_parsl.core.memory import PeakSampler
@@ -69,10 +70,21 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
     return tuple(modules)
 
 
-def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> ClientState | None:
-    """The run's per-client state store, when some client keeps state; None otherwise."""
+def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack, placement: Any = None) -> ClientState | None:
+    """The run's per-client state store, when some client keeps state; None otherwise. With a
+    store per site (``transfer.per_site``) each site's clients keep theirs in their site's store."""
     if not cfg.train.keep_momentum and not cfg.transfer.error_feedback and cfg.mode != "decentralized":
         return None
+    channels = getattr(transfer, "sites", None)
+    if isinstance(channels, dict):  # SiteTransfer: label -> the site's channel
+        from flight_parsl.transfer.persite import SiteState
+
+        stores: dict[str, ClientState] = {}
+        for label, channel in channels.items():
+            store = _state(cfg, channel, stack)
+            assert store is not None
+            stores[label] = store
+        return SiteState(stores, placement)
     where = getattr(transfer, "where", None)
     if transfer.kind == "redis" and where:
         from flight_parsl.transfer.redis_server import RedisAddress
@@ -83,8 +95,22 @@ def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack) -> Clien
             redis=(address.host, address.port), password=getattr(connector, "password", None),
             username=getattr(connector, "username", None), prefix=getattr(connector, "prefix", None),
             tls=bool(getattr(connector, "tls", False)), ca=getattr(connector, "ca", None),
+            admin=getattr(transfer, "admin", None),
         ))
     return stack.enter_context(open_state(directory=cfg.transfer.file_dir))
+
+
+def _keep_users(sites: RunSites, transfer: Transfer) -> None:
+    """The run's ACL user on each managed server of ``sites`` (the bridge's, or each site's own),
+    which the channel made as on a server given by address, is registered with the server, so a
+    restart after ``faults.redis_stop`` makes it again."""
+    channels = getattr(transfer, "sites", None)
+    pairs = (list(sites.site_server().items()) if isinstance(channels, dict) else [("", sites.server)])
+    for label, server in pairs:
+        channel = channels[label] if isinstance(channels, dict) else transfer
+        rules = getattr(channel, "user_rules", None)
+        if server is not None and rules:
+            server.add_user(rules)
 
 
 def _service_host(cfg: ExperimentConfig) -> str:
@@ -166,8 +192,10 @@ def run_experiment(
                     transfer.shared = False  # the sites' own server: its keys go with it
                 if sites is not None and sites.site_servers and hasattr(transfer, "servers"):
                     transfer.servers = sites.site_servers  # a store per site: listed in leftovers.json
+                if sites is not None:  # a restart (faults.redis_stop) of the sites' servers makes the run's user again
+                    _keep_users(sites, transfer)
                 leftovers.note(out, transfer, None, sites=sites)  # a SIGKILL from here on leaves a list to clean up after
-                state = _state(cfg, transfer, stack)
+                state = _state(cfg, transfer, stack, sites.placement if sites is not None else None)
             with deferred():
                 active = stack.enter_context(
                     _backend(cfg, slots, out, recorder, backend, sites, prime=(warm_modules(cfg), work[0]))
@@ -203,7 +231,9 @@ def run_experiment(
                 progress.say(f"warning: the warm-up reached {len(primed)} of {slots} slots")
             census = SlotCensus(slots, primed if cfg.backend == "parsl" else set())
             with deferred():
-                injector = FaultInjector(cfg, out, census, getattr(transfer, "server", None))
+                injector = FaultInjector(  # the run's managed server (its own, or the sites' bridge's), or the sites'
+                    cfg, out, census, getattr(transfer, "server", None) or (sites.server if sites is not None else None),
+                    sites.site_server() if sites is not None else None)
                 stack.callback(injector.close)
                 leftovers.note(out, transfer, active, set(census.parent.values()), state, sites)
             ctx = RunContext(cfg, exp, active.executor, transfer, recorder, progress, slots, cfg.round, state,

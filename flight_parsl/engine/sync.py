@@ -194,6 +194,7 @@ class SyncRound:
             assert job.spec is not None
             clients = [(c, self._settings(c)) for c in job.clients]
             state = ctx.state if self.versions is None else self.versions.view(job.clients, self.r, job.attempt)
+            state = _at_site(state, job.site)
             args: tuple[Any, ...] = (
                 train_task, job.ref, self.r, job.node, clients, ctx.exp.workload, self.fold, state, ctx.faults,
                 job.attempt, self.comp,
@@ -203,6 +204,7 @@ class SyncRound:
         else:  # a fresh list: the task pops its children to hold one model at a time
             residuals = self.agg_residuals
             feedback = None if residuals is None else residuals.feedback(job.node, self.r, job.attempt)
+            feedback = _at_site(feedback, job.site)
             args = (aggregate_task, [(p.ref, p.weight) for p in job.parts], self.strategy, self.r, job.node,
                     self.comp, feedback)
         item = self.queue.submit(job, *args, site=job.site)
@@ -536,6 +538,16 @@ def _modeled_bytes(tree: Topology | None, sampled: list[int], size: int) -> tupl
     return two_tier_bytes(active, size), hierarchical_bytes(active, size)
 
 
+def _at_site(state: Any, site: str | None) -> Any:
+    """What a task at ``site`` carries of the run's client state: with a store per site
+    (:class:`~flight_parsl.transfer.persite.SiteState`) its own site's store, never the others'."""
+    store = getattr(state, "store", state)  # a VersionedView or an AggregatorFeedback wraps the store
+    for_site = getattr(store, "for_site", None)
+    if for_site is None or site is None:
+        return state
+    return for_site(site) if store is state else replace(state, store=for_site(site))
+
+
 def _versions(ctx: RunContext) -> VersionBook | None:
     """The versions of the run's client state: momentum (``train.keep_momentum``) and error-feedback
     residuals (``transfer.error_feedback``), or None when no client keeps state."""
@@ -642,6 +654,9 @@ def run_sync(ctx: RunContext) -> LoopResult:
     strategy = as_sync(exp.strategy)
     rng = np.random.default_rng(cfg.seed)
     tree = _tree(ctx)
+    name_aggregators = getattr(ctx.state, "name_aggregators", None)  # a store per site: where residuals live
+    if tree is not None and name_aggregators is not None:
+        name_aggregators(node.name for node in tree.aggregators)
     site = ctx.placement.client_site.__getitem__ if ctx.placement is not None else None
     planner = Planner(ctx.slots, cfg.plan.clients_per_task, exp.expected_work if exp.shard_sizes else None, site)
     weights = exp.initial

@@ -159,12 +159,16 @@ class FaultInjector:
         server: the run's managed redis-server (for ``faults.redis_stop``).
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, census: SlotCensus, server: Any = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, census: SlotCensus, server: Any = None,
+                 site_servers: dict[str, Any] | None = None) -> None:
         f = cfg.faults
         self.census, self.server = census, server
+        self.site_servers = site_servers or {}  # a store per site: label -> that site's managed server
         # (count or fraction, "round" | "time", 0-based round or seconds), as the config typed them
         self.kills = [(k.count, k.at, k.when - 1 if k.at == "round" else k.when) for k in f.kill_slots]
-        self.redis_rounds = frozenset(r - 1 for r in f.redis_stop)
+        self.redis_rounds: dict[int, list[str | None]] = {}  # 0-based round -> sites (None: every server)
+        for stop in f.redis_stop:
+            self.redis_rounds.setdefault(stop.round - 1, []).append(stop.site)
         self.after_s, self.down_s = f.kill_after_s, f.redis_down_s
         self.seed = cfg.seed
         self.round = -1
@@ -209,8 +213,8 @@ class FaultInjector:
         for count, kind, when in self.kills:
             if kind == "round" and int(when) == round_idx:
                 self._later(self.after_s, self.kill_slots, count)
-        if round_idx in self.redis_rounds:
-            self._later(self.after_s, self.stop_redis)
+        for site in dict.fromkeys(self.redis_rounds.get(round_idx, [])):
+            self._later(self.after_s, self.stop_redis, site)
 
     def close(self) -> None:
         """Cancel what has not fired; close faults.csv."""
@@ -254,24 +258,33 @@ class FaultInjector:
         log.info("killed worker processes %s", chosen)
         return chosen
 
-    def stop_redis(self) -> None:
-        """SIGKILL the managed redis-server; start it again on its port ``redis_down_s`` later."""
-        if self.server is None or not self.server.running:
-            self._row("redis_kill", "", "no managed redis-server running")
-            return
-        pid = self.server.pid
-        self.server.kill()
-        self._row("redis_kill", str(pid), f"SIGKILL redis-server at {self.server.address}")
-        if self.down_s >= 0:
-            self._later(self.down_s, self._restart_redis)
+    def stop_redis(self, site: str | None = None) -> None:
+        """SIGKILL the managed redis-server (with a store per site: ``site``'s, or every site's
+        when None); start each again on its port ``redis_down_s`` later."""
+        if self.site_servers:
+            targets = [(label, self.site_servers[label]) for label in
+                       ([site] if site is not None else list(self.site_servers))]
+        else:
+            targets = [(None, self.server)]
+        for label, server in targets:
+            of = "" if label is None else f" of site {label}"
+            if server is None or not server.running:
+                self._row("redis_kill", "", f"no managed redis-server{of} running")
+                continue
+            pid = server.pid
+            server.kill()
+            self._row("redis_kill", str(pid), f"SIGKILL redis-server{of} at {server.address}")
+            if self.down_s >= 0:
+                self._later(self.down_s, self._restart_redis, server, of)
 
-    def _restart_redis(self) -> None:
+    def _restart_redis(self, server: Any = None, of: str = "") -> None:
+        server = self.server if server is None else server
         try:
-            address = self.server.restart()
+            address = server.restart()
         except Exception as exc:  # noqa: BLE001 - recorded; the run sees Redis gone
-            self._row("redis_restart", "", f"failed: {type(exc).__name__}: {exc}")
+            self._row("redis_restart", "", f"failed{of}: {type(exc).__name__}: {exc}")
             return
-        self._row("redis_restart", str(self.server.pid), f"redis-server back at {address} (empty)")
+        self._row("redis_restart", str(server.pid), f"redis-server{of} back at {address} (empty)")
 
     def killed_in(self, round_idx: int) -> int:
         """Worker processes killed while round ``round_idx`` ran."""

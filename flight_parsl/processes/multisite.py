@@ -70,6 +70,10 @@ class RunSites:
             }
         return out
 
+    def site_server(self) -> dict[str, Any]:
+        """``transfer.per_site``: site label -> its own managed redis-server (``faults.redis_stop``)."""
+        return dict(zip(self.site_redis, self.site_servers, strict=True))
+
     def run_link_bytes(self) -> dict[str, dict[str, int]]:
         """What each host's link carried since the link check (kernel counters, both ways)."""
         if self.network is None:
@@ -106,6 +110,12 @@ def open_run_sites(cfg: ExperimentConfig) -> Iterator[RunSites | None]:
     if cfg.transfer.per_site and missing:
         raise ConfigError(f"config: key 'transfer.per_site' = True: each site needs a virtual_host for its own "
                           f"store; site(s) {', '.join(map(repr, missing))} have none")
+    labels = [s["label"] for s in sites]
+    unknown = sorted({stop.site for stop in cfg.faults.redis_stop if stop.site is not None} - set(labels))
+    if unknown:
+        raise ConfigError(f"config: key 'faults.redis_stop' = {[stop.shown for stop in cfg.faults.redis_stop]}: "
+                          f"site(s) {', '.join(map(repr, unknown))} are not sites of the run "
+                          f"(sites: {', '.join(labels)})")
     with ExitStack() as stack:
         network = None
         checked: dict[str, dict[str, Any]] = {}

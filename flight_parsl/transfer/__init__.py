@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -85,7 +86,7 @@ def open_transfer(
             channels = {}
             for label, (address, password, ca) in site_redis.items():
                 channel = cast("ProxyTransfer", _open_redis(stack, address, cache_size, redis_timeout, password,
-                                                            redis_host, redis_tls, ca))
+                                                            redis_host, redis_tls, ca, reconnect=True))
                 channel.shared = False  # the site's own server: its keys go with it
                 stack.callback(channel.close)
                 channels[label] = channel
@@ -120,8 +121,10 @@ def _open_redis(
     redis_host: str,
     redis_tls: bool | str = "auto",
     redis_ca: str | None = None,
+    reconnect: bool = False,
 ) -> Transfer:
-    """The ``redis`` channel: the server (managed, or given), the run's ACL user, its connector."""
+    """The ``redis`` channel: the server (managed, or given), the run's ACL user, its connector
+    (``reconnect``: its reads survive a restart of the server, for a site's own store)."""
     import redis as redis_py
 
     from flight_parsl.transfer.proxy import ProxyTransfer, TimedRedisConnector
@@ -141,6 +144,7 @@ def _open_redis(
     rules = run_user_rules(username, password, prefix)
     server = None
     made = None  # the user the run made on an external server
+    lister: Any = None  # makes a client of a user that may list keys (the run's own may not)
     if redis is None:  # a server of its own: its default user's password stays with the coordinator
         from flight_parsl.transfer.redis_tls import is_loopback
 
@@ -148,6 +152,7 @@ def _open_redis(
         server = stack.enter_context(ManagedRedis(password=new_password(), host=redis_host, tls=tls))
         address, ca = server.address, server.ca_pem
         server.add_user(rules)
+        lister = server.admin
     else:  # credentials from the environment (redis_auth), if the server wants some
         # credentials given here (the sites' own server) or else the environment's (--redis): never a mix
         from_env = redis_password is None
@@ -168,13 +173,16 @@ def _open_redis(
         else:
             stack.callback(_remove_user, admin, username)
             made = username
+            lister = partial(redis_client, address, timeout, given_password, username=given_user, tls=tls, ca=ca)
     connector = TimedRedisConnector(
         address.host, address.port, timeout=timeout, password=password, username=username, prefix=prefix,
-        tls=tls, ca=ca,
+        tls=tls, ca=ca, reconnect=reconnect,
     )
     transfer = ProxyTransfer("redis", connector, str(address), cache_size)
     transfer.server = server  # the run's own server, which fault injection may stop
     transfer.redis_user, transfer.shared = made, redis is not None
+    transfer.admin = lister
+    transfer.user_rules = rules if made is not None else None
     return transfer
 
 

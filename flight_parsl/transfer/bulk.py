@@ -133,13 +133,14 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     return view if whole else None
 
 
-def _stale(sock: socket.socket) -> bool:
-    """Whether an idle socket has something to read: the server closed it (it was restarted,
-    or timed the client out), since an idle connection gets no reply of its own."""
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle socket has something to read: between requests only its end (the server
+    closed it, e.g. a restarted server after ``faults.redis_stop``) or garbage, never a reply;
+    redis-py checks its pooled connections the same way before using one again."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
+    ready, _, _ = select.select([sock], [], [], 0)
+    return bool(ready)
 
 
 class BulkReader:
@@ -156,6 +157,10 @@ class BulkReader:
             (the CA's PEM text; None: the system's trusted CAs).
         unix_socket: connect to the server's Unix socket at this path instead (its own
             host: ``host``, ``port`` and ``tls`` unused).
+        reconnect: before reusing an idle socket, check that the server has not closed it
+            (one ``select``), and take a fresh one if it has: a site's own store, restarted by
+            ``faults.redis_stop``, serves its next rounds. Off (the default), a read on a socket
+            a restarted server closed fails, and the run with it, as it always did with one store.
     """
 
     def __init__(
@@ -168,9 +173,11 @@ class BulkReader:
         tls: bool = False,
         ca: str | None = None,
         unix_socket: str | None = None,
+        reconnect: bool = False,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.unix_socket = unix_socket
+        self.reconnect = reconnect
         self._password = password
         self._username = username
         self._tls: ssl.SSLContext | None = None
@@ -214,7 +221,7 @@ class BulkReader:
         """The value of ``key``, or None when it is missing."""
         with self._lock:
             sock = self._idle.pop() if self._idle else None
-        if sock is not None and _stale(sock):
+        if sock is not None and self.reconnect and _readable(sock):  # the server closed it (restarted): a fresh one
             sock.close()
             sock = None
         if sock is None:

@@ -12,6 +12,12 @@ its site's own reader thread, so the partials of several sites cross their links
 side, and :meth:`SiteTransfer.collect` hands over what was read (the engine folds in the
 order results arrived, as before: the same sum, bit for bit). Every other call goes to the
 store a reference belongs to.
+
+The run's client state (``train.keep_momentum``, ``transfer.error_feedback``) lives the same
+way: :class:`SiteState` keeps each client's blobs (momentum, residual) in its own site's store,
+and an aggregator's residual in its aggregator's site's, so a task at a site carries only its
+site's handle (:meth:`SiteState.for_site`) and the state never crosses a site link. Only the
+coordinator's own calls (accepting a version, a checkpoint's snapshot or restore) cross it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from flight_parsl.core.errors import TransferError
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Resolved
 from flight_parsl.transfer.proxy import ProxyRef, ProxyTransfer, store_of
+from flight_parsl.transfer.state import _AGGREGATOR_KEYS, ClientState
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +172,74 @@ class SiteTransfer:
         self.stop_reading()
         for t in self.sites.values():
             t.close()
+
+
+class SiteState:
+    """The run's client state with a store per site: each key in the store of the site it belongs to.
+
+    ``stores``: site label -> that site's client state (its Redis keys under the run's prefix).
+    ``placement``: the run's :class:`~flight_parsl.engine.placement.Placement` (``client_site``,
+    ``node``): a client's blob and its error-feedback residual live at the client's site, an
+    aggregator's residual (:func:`~flight_parsl.transfer.state.aggregator_key` of its place in
+    the tree, named by :meth:`name_aggregators`) at its aggregator's site. The coordinator calls
+    :meth:`get`, :meth:`put` and :meth:`delete`, which go to the key's site; a task gets its
+    site's own handle (:meth:`for_site`). Pickled (the release of a reused executor's slots) it
+    keeps the stores only.
+    """
+
+    def __init__(self, stores: dict[str, ClientState], placement: Any = None) -> None:
+        self.stores = stores
+        self.placement = placement
+        self.aggregators: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"stores": self.stores, "placement": None, "aggregators": ()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def name_aggregators(self, names: Any) -> None:
+        """The tree's aggregators in the order :func:`~flight_parsl.transfer.state.aggregator_key` numbers them."""
+        self.aggregators = tuple(names)
+
+    def site_of(self, key: int) -> str:
+        """The site whose store keeps ``key`` (a client, its residual, an aggregator's residual)."""
+        if self.placement is None:
+            raise TransferError("a store per site: this handle has no placement (a task gets its site's own)")
+        key = int(key)
+        if key >= 0:
+            return str(self.placement.client_site[key])
+        if key > _AGGREGATOR_KEYS:  # feedback_key(client) = -1 - client
+            return str(self.placement.client_site[-1 - key])
+        index = _AGGREGATOR_KEYS - key
+        if index >= len(self.aggregators):
+            raise TransferError(f"a store per site: no aggregator number {index} in the tree")
+        return str(self.placement.node(self.aggregators[index]))
+
+    def where(self, key: int) -> str:
+        """Which site's store keeps ``key``, and where it is (for error messages)."""
+        site = self.site_of(key)
+        store = self.stores[site]
+        host, port = getattr(store, "host", None), getattr(store, "port", None)
+        return f"site {site}'s store" + (f" at {host}:{port}" if host is not None else "")
+
+    def for_site(self, site: str | None) -> ClientState:
+        """The handle a task at ``site`` carries: its site's store."""
+        if site not in self.stores:
+            raise TransferError(f"a store per site: no client state for site {site!r} (sites: {', '.join(self.stores)})")
+        return self.stores[site]
+
+    def get(self, client: int, version: str | None = None) -> bytes | None:
+        return self.stores[self.site_of(client)].get(client, version)
+
+    def put(self, client: int, data: bytes, version: str | None = None) -> None:
+        self.stores[self.site_of(client)].put(client, data, version)
+
+    def delete(self, client: int, version: str | None = None) -> None:
+        delete = getattr(self.stores[self.site_of(client)], "delete", None)
+        if delete is not None:
+            delete(client, version)
+
+    def release(self) -> None:
+        for store in self.stores.values():
+            store.release()

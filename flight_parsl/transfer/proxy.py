@@ -188,6 +188,7 @@ class TimedRedisConnector(RedisConnector):
         tls: bool = False,
         ca: str | None = None,
         unix_socket: str | None = None,
+        reconnect: bool = False,
     ) -> None:
         from flight_parsl.transfer.bulk import BulkReader
         from flight_parsl.transfer.redis_server import (
@@ -206,12 +207,15 @@ class TimedRedisConnector(RedisConnector):
         local = self.unix_socket if self.unix_socket and os.access(self.unix_socket, os.R_OK | os.W_OK) and (
             on_this_host(hostname)) else None
         self.local = local is not None
+        self.reconnect = reconnect  # a site's own store: reads survive its restart (BulkReader)
         self._redis_client.close()  # never connected: clients connect on first use
         self._redis_client = redis_client(
             RedisAddress(hostname, port), self.timeout, password, username=username, tls=tls, ca=ca,
             unix_socket=local,
         )
-        self._reader = BulkReader(hostname, port, self.timeout, password, username, tls, ca, unix_socket=local)
+        self._reader = BulkReader(
+            hostname, port, self.timeout, password, username, tls, ca, unix_socket=local, reconnect=reconnect
+        )
 
     def _key(self) -> RedisKey:
         return RedisKey(redis_key=f"{self.prefix}{uuid.uuid4()}")
@@ -246,6 +250,7 @@ class TimedRedisConnector(RedisConnector):
         return {
             **super().config(), "timeout": self.timeout, "password": self.password, "username": self.username,
             "prefix": self.prefix, "tls": self.tls, "ca": self.ca, "unix_socket": self.unix_socket,
+            "reconnect": self.reconnect,
         }
 
     def __repr__(self) -> str:
@@ -383,6 +388,12 @@ class ProxyTransfer:
         # On a server that outlives the run (--redis): the ACL user the run made there (None: none),
         # and whether a coordinator killed without unwinding leaves the run's keys (and that user) there.
         self.redis_user: str | None = None
+        # a client of the server's admin user (the caller closes it), for what the run's user may not
+        # do: list the run's client-state keys at the end (Redis only; None: the run's own user)
+        self.admin: Any = None
+        # ``ACL SETUSER`` rules of the run's user made on a server given by address (a managed server
+        # of the sites' own registers them, to make the user again when a fault restarts it)
+        self.user_rules: list[str] | None = None
         self.shared = False
         self.store = Store(
             f"flight-parsl-{uuid.uuid4().hex[:12]}",

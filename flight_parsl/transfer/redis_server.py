@@ -161,8 +161,12 @@ def redis_client(
 
 
 #: What a run's ACL user may do besides its keys: read and write them, talk to the server;
-#: never the commands that act on the whole server (FLUSHALL, KEYS, CONFIG, ...) or scripts.
-RUN_USER_RULES = ("+@read", "+@write", "+@connection", "-@dangerous", "-@scripting")
+#: never the commands that act on the whole server (FLUSHALL, KEYS, CONFIG, ...) or scripts,
+#: nor list key names: a key pattern does not filter what SCAN, KEYS or RANDOMKEY return, so
+#: they would show other runs' key names (the run's own code never lists keys as its user: a
+#: run's client state is cleared through the server's admin connection).
+RUN_USER_RULES = ("+@read", "+@write", "+@connection", "-@dangerous", "-@scripting", "-scan", "-keys",
+                  "-randomkey")
 
 
 def run_user_rules(username: str, password: str, prefix: str) -> list[str]:

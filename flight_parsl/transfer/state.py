@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,13 +143,15 @@ class RedisState:
         except Exception as exc:
             raise self._fail("delete", client, exc) from exc
 
-    def clear(self) -> None:
-        """Delete every key of the handle's prefix."""
-        conn = self.connection()
+    def clear(self, admin: Any = None) -> None:
+        """Delete every key of the handle's prefix, listed with SCAN through ``admin`` (a client
+        of the server's admin user: a run's ACL user may not list key names); None: this
+        handle's own connection (credentials used as given, which may list keys)."""
+        conn = admin if admin is not None else self.connection()
         keys = list(conn.scan_iter(match=f"{self.prefix}*", count=1000))
         for i in range(0, len(keys), 1000):
             conn.delete(*keys[i : i + 1000])
-        _CONNECTIONS.pop(self, None)
+        self.release()
 
     def release(self) -> None:
         conn = _CONNECTIONS.pop(self, None)
@@ -253,7 +255,10 @@ class VersionBook:
         for c, v in sorted(self.accepted.items()):
             blob = self.store.get(c, v)
             if blob is None:
-                raise TransferError(f"the accepted state {v} of client {c} is missing from the store")
+                where = getattr(self.store, "where", None)  # a store per site: which site's
+                at = f" ({where(c)})" if callable(where) else ""
+                raise TransferError(f"the accepted state {v} of client {c} is missing from the store{at}: a Redis "
+                                    f"that was stopped lost it; continue from the last checkpoint with --resume")
             out[c] = (v, blob)
         return out
 
@@ -280,6 +285,19 @@ class VersionBook:
         for c, (v, blob) in (residuals or {}).items():
             self.store.put(feedback_key(c), blob, v)
             self.accepted[c] = v
+
+
+def _clear(state: RedisState, admin: Callable[[], Any] | None) -> None:
+    """``state.clear`` through a fresh client of ``admin`` (closed after), or its own connection."""
+    if admin is None:
+        state.clear()
+        return
+    conn = admin()
+    try:
+        state.clear(conn)
+    finally:
+        conn.close()
+        state.release()
 
 
 def _delete(store: ClientState, client: int, version: str) -> None:
@@ -338,6 +356,7 @@ def open_state(
     prefix: str | None = None,
     tls: bool = False,
     ca: str | None = None,
+    admin: Callable[[], Any] | None = None,
 ) -> Iterator[ClientState]:
     """A run-scoped client state: Redis keys under a fresh prefix, or a fresh directory.
 
@@ -345,7 +364,8 @@ def open_state(
     run's, which its ACL user may touch; default ``flight_parsl:<fresh id>:``), reached as
     ``username`` with ``password`` (over TLS checked against ``ca`` with ``tls``); otherwise in
     a new directory under ``directory`` (default /dev/shm or the temp dir). Everything is
-    removed on exit, including after an error or Ctrl-C.
+    removed on exit, including after an error or Ctrl-C: the keys are listed through a client
+    ``admin()`` makes (the server's admin user, closed after; None: ``username`` itself).
     """
     run = uuid.uuid4().hex[:12]
     if redis is not None:
@@ -355,7 +375,7 @@ def open_state(
             yield state
         finally:
             try:
-                state.clear()
+                _clear(state, admin)
             except Exception as exc:  # the server may be gone with its keys; never hide the cause
                 log.warning("cannot remove client state keys from Redis at %s:%s: %s", redis[0], redis[1], exc)
         return

@@ -1,0 +1,312 @@
+"""A store per site with client state and faults (``transfer.per_site=true``).
+
+Without namespaces: each key of the client state (a client's momentum, its residual, an
+aggregator's residual) is routed to its site's store, a task gets its site's handle only, a
+checkpoint's snapshot restores into the right sites; ``faults.redis_stop`` takes ``ROUND`` or
+``SITE@ROUND``. As root in namespaces: a run keeping momentum and error-feedback residuals
+gives the rounds of the same run with one store, keeps each client's state in its own site's
+store; a SIGKILL of one site's redis-server fails that site's clients, and the run (without
+client state) goes on, or (with client state, lost with the server) stops with one message and
+``--resume`` restores every client's state from the checkpoint: the rounds of the run that was
+never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flight_parsl.core.errors import ConfigError
+from flight_parsl.execution.netns import netns_available
+
+REPO = Path(__file__).resolve().parents[1]
+TWO_SITES = REPO / "configs" / "topologies" / "example_two_sites.yaml"
+SITE_A = REPO / "configs" / "parsl" / "netns" / "site-a.yaml"
+SITE_B = REPO / "configs" / "parsl" / "netns" / "site-b.yaml"
+SITES = f"sites.files={SITE_A},{SITE_B}"
+STATE = ["model.name=logreg", "train.keep_momentum=true", "transfer.codec=int8", "transfer.error_feedback=true"]
+
+NO_NETNS = netns_available()
+
+
+def _placement():
+    from flight_parsl.engine.placement import place
+    from flight_parsl.topology.tree import parse_topology
+
+    tree = parse_topology(str(TWO_SITES), 8)
+    return tree, place(tree, 8, ["site-a", "site-b"])
+
+
+def test_each_key_of_the_client_state_lives_in_its_sites_store(tmp_path) -> None:
+    from flight_parsl.engine.sync import AggregatorResiduals, _at_site
+    from flight_parsl.transfer.persite import SiteState
+    from flight_parsl.transfer.state import DirState, VersionBook, feedback_key
+
+    tree, placement = _placement()
+
+    def fresh(name: str) -> tuple[SiteState, dict[str, Path]]:
+        dirs = {label: tmp_path / name / label for label in ("site-a", "site-b")}
+        for d in dirs.values():
+            d.mkdir(parents=True)
+        state = SiteState({label: DirState(str(d)) for label, d in dirs.items()}, placement)
+        state.name_aggregators(node.name for node in tree.aggregators)
+        return state, dirs
+
+    def names(d: Path) -> set[str]:
+        return {p.name for p in d.iterdir()}
+
+    state, dirs = fresh("run")
+    book = VersionBook(state, momentum=True, residuals=True)
+    aggs = AggregatorResiduals(state, tree)
+    for clients, site in (([0, 1], "site-a"), ([4, 5], "site-b")):  # what a train task does at its site
+        view = _at_site(book.view(clients, 0, 0), site)
+        assert view.store is state.stores[site]  # the task carries its own site's store, no other
+        for c in clients:
+            view.put(c, f"momentum {c}".encode())
+            view.put(feedback_key(c), f"residual {c}".encode())
+        book.accept(clients, 0, 0)
+    for node, site in (("agg-a", "site-a"), ("agg-b", "site-b")):  # an aggregate task at its site
+        feedback = _at_site(aggs.feedback(node, 0, 0), site)
+        assert feedback.store is state.stores[site]
+        feedback.keep(f"residual {node}".encode())
+        aggs.accept(node, 0, 0)
+    assert names(dirs["site-a"]) == {"0@1.0.bin", "1@1.0.bin", "-1@1.0.bin", "-2@1.0.bin", f"{-(1 << 40)}@1.0.bin"}
+    assert names(dirs["site-b"]) == {"4@1.0.bin", "5@1.0.bin", "-5@1.0.bin", "-6@1.0.bin", f"{-(1 << 40) - 1}@1.0.bin"}
+    assert state.get(5, "1.0") == b"momentum 5" and state.get(feedback_key(0), "1.0") == b"residual 0"
+    assert "site site-b's store" in state.where(5)
+
+    # the checkpoint: read through the routing, restored into a fresh run's stores at the same sites
+    saved, residuals, agg_saved = book.snapshot(), book.residual_snapshot(), aggs.snapshot()
+    again, again_dirs = fresh("resumed")
+    VersionBook(again, momentum=True, residuals=True).restore(saved, residuals)
+    AggregatorResiduals(again, tree).restore(agg_saved)
+    assert names(again_dirs["site-a"]) == names(dirs["site-a"]) and names(again_dirs["site-b"]) == names(dirs["site-b"])
+
+    # a lost site store: the checkpoint names the site and what to do
+    (dirs["site-b"] / "4@1.0.bin").unlink()
+    with pytest.raises(Exception, match=r"client 4 is missing from the store \(site site-b's store\).*--resume"):
+        book.snapshot()
+    # pickled (a reused executor's release task) it keeps the stores only
+    shipped = pickle.loads(pickle.dumps(state))
+    assert shipped.placement is None and set(shipped.stores) == {"site-a", "site-b"}
+    with pytest.raises(Exception, match="no client state for site 'site-c'"):
+        state.for_site("site-c")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["faults.redis_stop=0"], r"key 'faults.redis_stop\[0\]' = 0: 0 is not ROUND or SITE@ROUND"),
+    (["faults.redis_stop=site-b@0"], r"'site-b@0' is not ROUND or SITE@ROUND \(rounds count from 1"),
+    (["faults.redis_stop=site-b@"], r"'site-b@' is not ROUND or SITE@ROUND"),
+    (["faults.redis_stop=site-b@2", "transfer.per_site=false"],
+     r"^config: key 'faults.redis_stop' = \['site-b@2'\]: SITE@ROUND stops one site's own redis-server, which only "
+     r"transfer.per_site=true runs"),
+])
+def test_bad_redis_stops_are_one_message(make_config, overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config(SITES, "transfer.per_site=true", *overrides, backend="parsl", workers=8, topology=str(TWO_SITES),
+                    transfer={"kind": "redis"})
+
+
+def test_redis_stop_takes_rounds_and_site_rounds_and_keeps_old_hashes(make_config) -> None:
+    from flight_parsl.config.experiment import RedisStop, config_hash
+
+    cfg = make_config(SITES, "transfer.per_site=true", "faults.redis_stop=2,site-b@3", *STATE, backend="parsl",
+                      workers=8, topology=str(TWO_SITES), transfer={"kind": "redis"})
+    assert cfg.faults.redis_stop == [RedisStop(2), RedisStop(3, "site-b")]
+    assert cfg.to_dict()["faults"]["redis_stop"] == [2, "site-b@3"]
+    from flight_parsl.config.experiment import build_config
+
+    plain = build_config(overrides=["faults.redis_stop=2,4", "transfer.kind=redis"])
+    assert config_hash(plain) == "2bf024029c284f1d"  # the hash main gave before SITE@ROUND existed
+
+
+def test_a_site_the_run_does_not_have_is_refused_before_anything_is_made(make_config) -> None:
+    from flight_parsl.processes.multisite import open_run_sites
+
+    cfg = make_config(SITES, "transfer.per_site=true", "faults.redis_stop=site-c@2", backend="parsl", workers=8,
+                      topology=str(TWO_SITES), transfer={"kind": "redis"})
+    with pytest.raises(ConfigError, match=r"^config: key 'faults.redis_stop' = \['site-c@2'\]: site\(s\) 'site-c' are "
+                                          r"not sites of the run \(sites: site-a, site-b\)$"):
+        with open_run_sites(cfg):
+            pass
+
+
+class _Server:
+    """What the injector needs of a ManagedRedis."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.running, self.address, self.events = pid, True, f"10.0.0.{pid}:6379", []
+
+    def kill(self) -> None:
+        self.running = False
+        self.events.append("kill")
+
+    def restart(self) -> str:
+        self.running = True
+        self.events.append("restart")
+        return self.address
+
+
+@pytest.mark.parametrize(("stop", "killed"), [("2", {"site-a", "site-b"}), ("site-b@2", {"site-b"})])
+def test_the_injector_stops_every_sites_server_or_one(make_config, tmp_path, stop, killed) -> None:
+    import time
+
+    from conftest import read_csv
+
+    from flight_parsl.processes.injector import FaultInjector, SlotCensus
+
+    cfg = make_config(SITES, "transfer.per_site=true", f"faults.redis_stop={stop}", "faults.kill_after_s=0",
+                      "faults.redis_down_s=0", backend="parsl", workers=8, topology=str(TWO_SITES),
+                      transfer={"kind": "redis"})
+    servers = {"site-a": _Server(1), "site-b": _Server(2)}
+    injector = FaultInjector(cfg, tmp_path, SlotCensus(4), None, servers)
+    injector.start_round(0)
+    injector.start_round(1)
+    deadline = time.time() + 5
+    while time.time() < deadline and sum(len(s.events) for s in servers.values()) < 2 * len(killed):
+        time.sleep(0.05)
+    injector.close()
+    assert {label for label, s in servers.items() if s.events} == killed
+    assert all(s.events == ["kill", "restart"] for label, s in servers.items() if label in killed)
+    rows = read_csv(tmp_path / "faults.csv")
+    assert sorted(r["action"] for r in rows) == sorted(["redis_kill", "redis_restart"] * len(killed))
+    assert all(r["round"] == "2" and "of site site-" in r["detail"] for r in rows)
+
+
+def _leftovers() -> list[str]:
+    pid = os.getpid()
+    ns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
+    return [line.split()[0] for line in ns.splitlines() if line.startswith(f"fpns-{pid}-")]
+
+
+def _redis_children() -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process().children(recursive=True) if "redis-server" in " ".join(p.cmdline())]
+
+
+def _common(tmp_path: Path, name: str) -> dict:
+    return dict(backend="parsl", workers=8, rounds=3, topology=str(TWO_SITES), out=str(tmp_path / name),
+                transfer={"kind": "redis"})
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces here: {NO_NETNS}")
+def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(make_config, tmp_path,
+                                                                                  monkeypatch) -> None:
+    """Momentum and error feedback (int8, at clients and at the sites' aggregators), 3 rounds:
+    one store on the bridge, then a store per site whose site-b server is SIGKILLed in round 2
+    (its clients fail; their state goes with the server, so the checkpoint stops the run with
+    one message), then --resume. The resumed run's rounds equal the one-store run's, and each
+    client's state was in its own site's store only."""
+    from conftest import read_csv, read_summary, run_quietly
+
+    from flight_parsl.config.experiment import resume_config
+    from flight_parsl.engine.progress import Progress
+    from flight_parsl.engine.runner import run_experiment
+    from flight_parsl.transfer import state as state_module
+
+    found: dict[str, set[int]] = {}  # the site store's address -> the keys the run's client state left there
+    clear = state_module._clear
+
+    def listing_clear(state, admin):  # just before the run's state keys go: what each store holds
+        conn = admin()
+        try:
+            keys = [k.decode().removeprefix(state.prefix) for k in conn.scan_iter(match=f"{state.prefix}*")]
+        finally:
+            conn.close()
+        found[f"{state.host}"] = {int(k.split("@")[0]) for k in keys}
+        clear(state, admin)
+
+    monkeypatch.setattr(state_module, "_clear", listing_clear)
+    one = run_quietly(make_config, SITES, *STATE, **_common(tmp_path, "one_store"))
+    assert read_summary(one)["status"] == "completed"
+    found.clear()
+
+    faulty = ["faults.redis_stop=site-b@2", "faults.kill_after_s=0", "faults.hang=4@2,5@2,6@2,7@2",
+              "faults.hang_s=0.5", "faults.redis_down_s=0", "round.retries=1"]
+    with pytest.raises(Exception, match=r"the accepted state 1\.0 of client [4-7] is missing from the store \(site "
+                                        r"site-b's store at 10\.[0-9.]+:\d+\): a Redis that was stopped lost it; "
+                                        r"continue from the last checkpoint with --resume"):
+        run_quietly(make_config, SITES, "transfer.per_site=true", *STATE, *faulty, **_common(tmp_path, "per_site"))
+    run = tmp_path / "per_site"
+    rows = read_csv(run / "rounds.csv")
+    assert [(r["round"], r["reported"], r["failed"]) for r in rows] == [("1", "8", "0"), ("2", "4", "4")]
+    faults = read_csv(run / "faults.csv")
+    assert [f["action"] for f in faults] == ["redis_kill", "redis_restart"] and "of site site-b" in faults[0]["detail"]
+    failed = [t for t in read_csv(run / "tasks.csv") if t["round"] == "2" and t["status"] != "ok"]
+    assert failed and {t["site"] for t in failed} == {"site-b"}
+    assert read_summary(run)["status"] == "failed"
+    assert _redis_children() == [] and _leftovers() == []
+
+    found.clear()
+    cfg = resume_config(run)  # config.yaml, its injected faults dropped: what --resume runs
+    assert not cfg.faults.redis_stop and cfg.transfer.per_site and cfg.train.keep_momentum
+    run_experiment(cfg, Progress(cfg.rounds, enabled=False), resume=True)
+    assert read_summary(run)["status"] == "completed"
+    resumed, plain = read_csv(run / "rounds.csv"), read_csv(one / "rounds.csv")
+    assert [r["round"] for r in resumed] == ["1", "2", "3"]
+    for mine, theirs in zip(resumed, plain, strict=True):
+        for column in ("test_loss", "test_acc", "train_loss"):
+            assert float(mine[column]) == pytest.approx(float(theirs[column]), rel=1e-6, abs=1e-9), (column, mine)
+    hosts = {label: s["host_address"] for label, s in read_summary(run)["sites"].items()}
+    a, b = found[hosts["site-a"]], found[hosts["site-b"]]
+    assert a == {0, 1, 2, 3, -1, -2, -3, -4, -(1 << 40)}, a  # momentum, residuals, agg-a's residual
+    assert b == {4, 5, 6, 7, -5, -6, -7, -8, -(1 << 40) - 1}, b
+    assert _redis_children() == [] and _leftovers() == []
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces here: {NO_NETNS}")
+def test_a_killed_site_store_fails_its_sites_clients_and_the_run_goes_on(make_config, tmp_path) -> None:
+    """No client state: a SIGKILL of site-b's redis-server in round 2 fails site-b's clients
+    (recorded in rounds.csv and tasks.csv), the round closes with site-a's, the server comes
+    back with the run's user and round 3 has every client again."""
+    from conftest import read_csv, read_summary, run_quietly
+
+    run = run_quietly(make_config, SITES, "transfer.per_site=true", "model.name=logreg", "train.mode=none",
+                      "faults.redis_stop=site-b@2", "faults.kill_after_s=0", "faults.hang=4@2,5@2,6@2,7@2",
+                      "faults.hang_s=0.5", "faults.redis_down_s=0", "round.retries=1", **_common(tmp_path, "run"))
+    assert read_summary(run)["status"] == "completed"
+    rows = read_csv(run / "rounds.csv")
+    assert [(r["round"], r["reported"], r["failed"]) for r in rows] == [("1", "8", "0"), ("2", "4", "4"),
+                                                                         ("3", "8", "0")]
+    faults = read_csv(run / "faults.csv")
+    assert [f["action"] for f in faults] == ["redis_kill", "redis_restart"]
+    for f in faults:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(f["target"]), 0)  # neither the killed nor the restarted server is left
+    failed = [t for t in read_csv(run / "tasks.csv") if t["status"] != "ok"]
+    assert failed and {(t["round"], t["site"]) for t in failed} == {("2", "site-b")}
+    assert _redis_children() == [] and _leftovers() == []
+
+
+def test_the_bulk_reader_drops_sockets_a_restarted_server_closed() -> None:
+    """After faults.redis_stop restarts a server, the coordinator's idle reading sockets are closed
+    at the other end: the next read takes a fresh socket instead of failing on the dead one."""
+    from redis_fixtures import require_redis_server
+
+    from flight_parsl.transfer.bulk import BulkReader
+    from flight_parsl.transfer.redis_server import ManagedRedis
+
+    require_redis_server()
+    with ManagedRedis(password="pw-for-this-test-only") as server:
+        admin = server.admin(5.0)
+        admin.set("k", b"before")
+        admin.close()
+        address = server.address
+        reader = BulkReader(address.host, address.port, 5.0, "pw-for-this-test-only", reconnect=True)
+        plain = BulkReader(address.host, address.port, 5.0, "pw-for-this-test-only")  # one store's, as before
+        assert bytes(reader.get("k")) == b"before" and bytes(plain.get("k")) == b"before"
+        server.kill()
+        server.restart()
+        admin = server.admin(5.0)
+        admin.set("k", b"after")
+        admin.close()
+        assert bytes(reader.get("k")) == b"after"
+        with pytest.raises(Exception):  # noqa: B017 - the dead socket's end, however the kernel words it
+            plain.get("k")
+        reader.close()
+        plain.close()
