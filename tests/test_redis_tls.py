@@ -267,7 +267,10 @@ def test_clients_on_the_servers_own_host_use_its_unix_socket_and_others_tls(monk
         server.kill()
         server.restart()  # faults.redis_stop: the same socket path again
         assert server.unix_socket == path and os.path.exists(path)
-        _round_trip(transfer)
+        monkeypatch.setattr(redis_server, "_ON_THIS_HOST", {server.host: True})  # back on the server's host
+        again = TimedRedisConnector(**connector.config())  # a new client finds it at the same path
+        assert again.local and bytes(again.get(again.put(b"after the restart"))) == b"after the restart"
+        again.close()
     assert not os.path.exists(os.path.dirname(path))
     assert redis_server.local_socket(server.host, server.address.port) is None
     with ManagedRedis(password="pw") as plain:  # without TLS: no socket, the connector speaks plain TCP
