@@ -111,7 +111,7 @@ def test_the_pool_starts_its_workers_forkserver_before_it_imports_parsl(tmp_path
         "        spy.seen = fs._forkserver._forkserver_pid\n"
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = spy\n"
-        "sys.argv = ['primed_pool', 'process_worker_pool.py', '--preload', 'colorsys']\n"
+        "sys.argv = ['primed_pool', 'process_worker_pool.py', '--preload', 'colorsys', *sys.argv[1:]]\n"
         "try:\n"
         "    runpy.run_module('flight_parsl.execution.primed_pool', run_name='__main__')\n"
         "except SystemExit:\n"
@@ -128,6 +128,10 @@ def test_the_pool_starts_its_workers_forkserver_before_it_imports_parsl(tmp_path
     assert line, done.stdout + done.stderr
     _, pid, preload = line[0].split(" ", 2)
     assert pid != "None" and "'colorsys'" in preload and "'flight_parsl.worker.tasks'" in preload
+    # a priming pool's workers need the environment main() sets: its server starts at the first worker
+    spec = [sys.executable, str(probe), "--prime-spec", str(tmp_path / "prime.pkl")]
+    done = subprocess.run(spec, capture_output=True, text=True, timeout=120, env=env)
+    assert "server None" in done.stdout, done.stdout + done.stderr
     env[SPAWN_ENV] = "1"
     done = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120, env=env)
     assert "server None" in done.stdout, done.stdout + done.stderr

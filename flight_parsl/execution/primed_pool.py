@@ -46,7 +46,8 @@ pool, :mod:`flight_parsl.worker.tasks` and the modules ``--preload`` names (the 
 modules, torch with them when the run trains) once; each worker is a fork of it, its imported
 pages shared until written. The server starts first thing in the pool's process
 (:func:`start_forkserver`, before the pool imports Parsl), so its imports run while the pool
-imports, starts its Manager and connects; the workers fork once it is ready. The pool's
+imports, starts its Manager and connects; the workers fork once it is ready (a priming pool starts
+it at its first worker instead, after it has set up the environment its workers prime with). The pool's
 queues, values and its multiprocessing Manager stay Parsl's spawn context (a forkserver child
 receives them as a spawned one does). The server only imports: no torch operation runs there,
 so no thread pool exists to be forked. A worker is a child of the forkserver (itself a child of
@@ -102,15 +103,18 @@ def start_forkserver(preload: list[str]) -> None:
     forkserver.ensure_running()
 
 
-if __name__ == "__main__" and fork_workers():  # the pool's process: its workers' server starts first
+#: The option naming the prime spec; the rest of the command line is HTEX's pool arguments.
+SPEC_OPTION = "--prime-spec"
+
+# The pool's process: its workers' server starts first, unless the workers prime (they need the
+# environment main() sets up, which a server started now would not pass on: it starts on first use then)
+if __name__ == "__main__" and fork_workers() and SPEC_OPTION not in sys.argv:
     start_forkserver(preload_modules(sys.argv[1:]))
 
 from parsl.executors.high_throughput import process_worker_pool as pool  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-#: The option naming the prime spec; the rest of the command line is HTEX's pool arguments.
-SPEC_OPTION = "--prime-spec"
 #: The first argument: the script this module stands in for (kept so that process listings find the pool).
 POOL_SCRIPT = "process_worker_pool.py"
 _SPEC_ENV = "FLIGHT_PARSL_PRIME_SPEC"
