@@ -204,3 +204,27 @@ def test_a_thread_pool_run_has_no_cold_task(make_config) -> None:
     out = run_experiment(cfg, Progress(cfg.rounds, enabled=False))
     assert {t["task_cold"] for t in read_csv(out / "tasks.csv")} == {"0"}
     assert [r["cold_slots"] for r in read_csv(out / "rounds.csv")] == ["0", "0"]
+
+
+def test_a_stop_that_lands_while_a_row_is_flushed_waits_until_the_row_is_counted(tmp_path) -> None:
+    """A stop signal inside a row's write is raised after ``rows`` counts the row on disk (the
+    summary's ``rounds_completed`` then matches rounds.csv)."""
+    from flight_parsl.core import stopping
+    from flight_parsl.core.errors import Terminated
+
+    table = records._Table(tmp_path / "t.csv", ("a",))
+    flush = table._file.flush
+
+    def flush_then_stop() -> None:
+        flush()
+        stopping.stop(15)  # what the command's SIGTERM handler calls, here between flush and count
+
+    table._file.flush = flush_then_stop  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Terminated):
+            table.write({"a": 1})
+    finally:
+        stopping.reset()
+        table._file.flush = flush  # type: ignore[method-assign]
+        table.close()
+    assert table.rows == 1 == len(read_csv(tmp_path / "t.csv"))

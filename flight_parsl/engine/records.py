@@ -315,10 +315,11 @@ class _Table:
         self.write_many([row])
 
     def write_many(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows and flush once."""
-        self._writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
-        self._file.flush()
-        self.rows += len(rows)
+        """Append rows and flush once; a stop signal waits, so that ``rows`` counts what is on disk."""
+        with deferred():
+            self._writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+            self._file.flush()
+            self.rows += len(rows)
 
     def close(self) -> None:
         self._file.close()
@@ -455,7 +456,7 @@ class RunRecorder:
     def finish(self, status: str, error: str | None = None) -> None:
         """Mark the end, record the status, close the tables."""
         self.summary["status"] = status
-        self.summary["rounds_completed"] = self.rounds.rows  # a signal may land between a row and its count
+        self.summary["rounds_completed"] = self.rounds.rows  # a signal may land between a row and its update
         if error is not None:
             self.summary["error"] = error
         if "end" not in self.summary:
