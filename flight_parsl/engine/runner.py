@@ -54,6 +54,8 @@ def idle_summary(clock: SlotClock) -> dict[str, float]:
 #: What a process's first ``torch.optim`` optimizer imports (its ``_disable_dynamo`` guard imports
 #: ``torch._dynamo``: about 1.3 s of CPU, inside a slot's first training step otherwise). Named in the
 #: warm-up, the workers' forkserver imports it once per node (:mod:`flight_parsl.execution.primed_pool`).
+#: Only decentralized training (Adam, :mod:`flight_parsl.worker.peer_training`) builds one in a slot:
+#: a client's SGD (:func:`flight_parsl.worker.training.train_local`) steps without ``torch.optim``.
 OPTIMIZER_IMPORTS = ("torch._dynamo",)
 
 
@@ -62,9 +64,11 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
     forkserver, before the workers fork)."""
     modules: list[str] = []
     if cfg.train.mode == "local":
-        modules += ["flight_parsl.worker.training", *OPTIMIZER_IMPORTS]
+        modules.append("flight_parsl.worker.training")
     if cfg.mode == "decentralized":
         modules.append("flight_parsl.worker.peer_training")
+        if cfg.train.mode == "local":
+            modules += OPTIMIZER_IMPORTS
     if cfg.transfer.kind != "parsl":
         modules += ["proxystore.proxy", "proxystore.store", f"proxystore.connectors.{cfg.transfer.kind}"]
     return tuple(modules)
