@@ -203,6 +203,8 @@ def test_render_ranges_marks_and_both_movement_rows() -> None:
     assert perf.fmt(99.96) == "100" and perf.fmt(99.94) == "99.9"
     assert perf.fmt_range({"x": 1.0, "x_min": 1.0, "x_max": 1.0}, "x") == "1.00"
     assert perf.fmt_range({"x": None}, "x") == "-"
+    assert perf.fmt_range({"x": 2e-6, "x_min": 0.0, "x_max": 0.004}, "x", 0.001) == "<0.001 (0-0.004)"
+    assert perf.fmt_range({"x": 2e-6}, "x") == "2e-06"
 
 
 def test_argv_of_training_and_quickstart_cells() -> None:

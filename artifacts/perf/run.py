@@ -664,6 +664,7 @@ class Launch:
     tree_pss_gb: float | None = None  # peak over the PSS scans of MemScan.total: PSS + unmapped /dev/shm
     shm_gb: float | None = None  # of which the run's unmapped /dev/shm files (at that peak)
     pss_file_gb: float | None = None  # of which file-backed pages (at that peak)
+    pss_shmem_gb: float | None = None  # of which mapped shmem: /dev/shm files, shared anonymous memory (at that peak)
     pss_scans: int = 0
     sampler_cpu: float | None = None  # this script's CPU seconds per second of the run while it watched it
     killed_leftovers: int = 0
@@ -709,7 +710,7 @@ def run_process(argv: Sequence[str], env: dict[str, str], timeout: float, logs: 
                         out.pss_scans += 1
                         if scan.procs and scan.total / GB > (out.tree_pss_gb or 0.0):
                             out.tree_pss_gb, out.shm_gb = scan.total / GB, scan.shm / GB
-                            out.pss_file_gb = scan.pss_file / GB
+                            out.pss_file_gb, out.pss_shmem_gb = scan.pss_file / GB, scan.pss_shmem / GB
                         next_pss = now + max(SCAN_S, cost / PSS_CPU_SHARE)
                 if now - out.launch > timeout:
                     out.timed_out = True
@@ -862,6 +863,7 @@ def run_row(cell: Cell, row: Row, rounds: int, out_dir: Path, timeout: float, re
     result.update(launch=launch.launch, wall_s=launch.exited - launch.launch, peak_mem_gb=launch.mem_gb,
                   baseline_mem_gb=launch.baseline_gb, tree_rss_gb=launch.tree_rss_gb,
                   tree_pss_gb=launch.tree_pss_gb, shm_gb=launch.shm_gb, pss_file_gb=launch.pss_file_gb,
+                  pss_shmem_gb=launch.pss_shmem_gb,
                   pss_scans=launch.pss_scans, sampler_cpu=launch.sampler_cpu,
                   mem_flag="disagree" if mem_disagrees(launch.mem_gb, launch.tree_pss_gb) else "")
     if launch.killed_leftovers:
@@ -1026,7 +1028,7 @@ def target_text(target: Target) -> str:
 # ---------------------------------------------------------------------------
 
 AGG_FIGURES = ("whole_s", "first_s", "warm_s", "peak_mem_gb", "tree_pss_gb", "shm_gb", "tree_rss_gb", "coord_mb",
-               "acc", "wall_s", "own_start2end_s", "baseline_mem_gb", "pss_file_gb", "sampler_cpu")
+               "acc", "wall_s", "own_start2end_s", "baseline_mem_gb", "pss_file_gb", "pss_shmem_gb", "sampler_cpu")
 KEEP = ("cell", "row", "framework", "model", "workers", "rounds", "train", "args", "moves")
 
 
@@ -1096,14 +1098,19 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{number:.{digits}g}"
 
 
-def fmt_range(row: dict[str, Any], fig: str) -> str:
-    """``median (min-max)``, or the one figure when the runs agree (or there is one)."""
+def fmt_range(row: dict[str, Any], fig: str, floor: float = 0.0) -> str:
+    """``median (min-max)``, or the one figure when the runs agree (or there is one); a figure above
+    0 and below ``floor`` prints as ``<floor``."""
+    def f(value: Any) -> str:
+        number = _num(value)
+        return f"<{floor:g}" if number is not None and 0 < number < floor else fmt(value)
+
     mid, low, high = row.get(fig), row.get(f"{fig}_min"), row.get(f"{fig}_max")
     if _num(mid) is None:
         return "-"
-    if _num(low) is None or _num(high) is None or fmt(low) == fmt(high):
-        return fmt(mid)
-    return f"{fmt(mid)} ({fmt(low)}-{fmt(high)})"
+    if _num(low) is None or _num(high) is None or f(low) == f(high):
+        return f(mid)
+    return f"{f(mid)} ({f(low)}-{f(high)})"
 
 
 def fmt_ratio(value: Any) -> str:
@@ -1118,6 +1125,7 @@ def fmt_load(row: dict[str, Any]) -> str:
     return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
+SHM_FLOOR_GB = 0.001  # the table's shm column: less (a model of KBs, named semaphores) prints as <0.001
 STATUS_WIDTH = 140  # the table's status column; results.csv keeps the whole line
 MEM_MARK = "!"  # after a peak mem figure: machine figure and procs PSS disagree by > MEM_DISAGREE
 TABLE_HEAD = ("row", "moves", "whole run s", "first round s", "warm round s", "peak mem GB", "procs PSS GB",
@@ -1157,8 +1165,8 @@ def render_cell(cell: Cell, cell_rows: Sequence[dict[str, Any]], verdicts: Seque
             mem += f" {MEM_MARK}"
             flagged.append(f"{r['row']} ({r['mem_flags']}/{r.get('ok_runs', runs)} runs)")
         cells = [label, str(r.get("moves") or "-"), fmt_range(r, "whole_s"), fmt_range(r, "first_s"),
-                 fmt_range(r, "warm_s"), mem, *(fmt_range(r, f) if ok else "-" for f in ("tree_pss_gb", "shm_gb",
-                                                                                         "tree_rss_gb")),
+                 fmt_range(r, "warm_s"), mem, *(fmt_range(r, f, floor) if ok else "-" for f, floor in (
+                     ("tree_pss_gb", 0.0), ("shm_gb", SHM_FLOOR_GB), ("tree_rss_gb", 0.0))),
                  fmt_range(r, "coord_mb")]
         if with_acc:
             cells.append(fmt_range(r, "acc"))
@@ -1196,7 +1204,7 @@ METRIC_NAMES = {"whole_s": "whole run s", "first_s": "first round s", "warm_s": 
 CSV_COLUMNS = (  # results.csv: every run
     "cell", "row", "repeat", "framework", "moves", "model", "workers", "rounds", "train", "args", "status",
     "whole_s", "first_s", "warm_s", "peak_mem_gb", "baseline_mem_gb", "tree_pss_gb", "shm_gb", "pss_file_gb",
-    "tree_rss_gb", "mem_flag", "pss_scans", "sampler_cpu", "coord_mb", "acc",
+    "pss_shmem_gb", "tree_rss_gb", "mem_flag", "pss_scans", "sampler_cpu", "coord_mb", "acc",
     "wall_s", "own_start2end_s", "actors", "load_1m", "settled", "settle_wait_s", "unsettled_why", "launch", "note",
     "run_dir",
 )
