@@ -561,6 +561,7 @@ def pss_scan(pids: Iterable[int], shm: ShmFiles | None = None, proc: str | Path 
     out = MemScan()
     mapped: set[int] = set()
     entries: set[str] = set()
+    prefix = os.path.realpath(shm.root) + "/" if shm is not None else ""  # maps gives resolved paths
     for pid in pids:
         base = Path(proc) / str(pid)
         try:
@@ -577,7 +578,7 @@ def pss_scan(pids: Iterable[int], shm: ShmFiles | None = None, proc: str | Path 
         out.pss_shmem += fields.get("Pss_Shmem", 0) * 1024
         out.rss += fields.get("Rss", 0) * 1024
         if shm is not None:
-            inodes, names = shm_mappings(maps, str(shm.root) + "/")
+            inodes, names = shm_mappings(maps, prefix)
             mapped |= inodes
             entries |= names
     if shm is not None:
