@@ -115,12 +115,12 @@ def _run(row: str, rep: int, status: str = "ok", framework: str = "flight_parsl"
 
 def _runs() -> list[dict]:
     return [
-        _run("flight_parsl", 1, whole_s=10.0, warm_s=0.5, peak_mem_gb=1.0, tree_rss_gb=1.2, load_1m=0.2,
-             settled="yes"),
-        _run("flight_parsl", 2, whole_s=30.0, warm_s=0.7, peak_mem_gb=0.002, tree_rss_gb=1.57, load_1m=0.9,
-             settled="yes", mem_flag="disagree"),
-        _run("flight_parsl", 3, whole_s=12.0, warm_s=0.6, peak_mem_gb=1.1, tree_rss_gb=1.3, load_1m=1.4,
-             settled="no"),
+        _run("flight_parsl", 1, whole_s=10.0, warm_s=0.5, peak_mem_gb=1.0, tree_pss_gb=0.9, shm_gb=0.01,
+             tree_rss_gb=1.2, load_1m=0.2, settled="yes"),
+        _run("flight_parsl", 2, whole_s=30.0, warm_s=0.7, peak_mem_gb=0.002, tree_pss_gb=1.2, shm_gb=0.02,
+             tree_rss_gb=1.57, load_1m=0.9, settled="yes", mem_flag="disagree"),
+        _run("flight_parsl", 3, whole_s=12.0, warm_s=0.6, peak_mem_gb=1.1, tree_pss_gb=1.0, shm_gb=0.0,
+             tree_rss_gb=1.3, load_1m=1.4, settled="no"),
         _run("flight_parsl no-preagg", 1, whole_s=20.0, warm_s=2.0, load_1m=0.5),
         _run("flight_parsl no-preagg", 2, "failed: exit 1: boom", load_1m=0.6),
         _run("flower-sim default", 1, framework="flower", whole_s=40.0, warm_s=8.0, actors=1, load_1m=0.3),
@@ -182,12 +182,13 @@ def test_render_ranges_marks_and_both_movement_rows() -> None:
     rows = perf.aggregate(runs)
     perf.add_ratios(rows)
     text = perf.render_cell(cell, rows, perf.check_targets(cell, rows, rows), rounds=3)
-    assert "| row | moves | whole run s | first round s | warm round s | peak mem GB | procs RSS GB | coord MB | " \
-           "final acc | whole / Fl |" in text
+    assert "| row | moves | whole run s | first round s | warm round s | peak mem GB | procs PSS GB | shm GB | " \
+           "procs RSS GB | coord MB | final acc | whole / Fl |" in text
     assert ("| flight_parsl | pre-aggregated in the slot | 12.0 (10.0-30.0) | - | 0.6 (0.5-0.7) | "
-            "1.00 (0.002-1.10) ! | 1.30 (1.20-1.57) | - | 0.95 | 0.27x |") in text
+            "1.00 (0.002-1.10) ! | 1.00 (0.9-1.20) | 0.01 (0-0.02) | 1.30 (1.20-1.57) | - | 0.95 | 0.27x |") in text
     assert "| 0.20-1.40 | ok; unsettled 1/3 |" in text
-    assert "! peak machine memory and the processes' summed RSS differ by more than 2x: flight_parsl (1/3 runs)" in text
+    assert "! peak machine memory and the processes' PSS (with the run's /dev/shm) differ by more than 2x: " \
+           "flight_parsl (1/3 runs)" in text
     assert "flight_parsl best (pre-aggregated in the slot) / Flower best: whole run s 12.0 (flight_parsl) / 45.0 " \
            "(flower-sim default) = 0.27x" in text
     assert "flight_parsl best (one message per client, like Flower) / Flower best: whole run s 20.0 " \
@@ -195,13 +196,15 @@ def test_render_ranges_marks_and_both_movement_rows() -> None:
     assert "| target (on the median) | row | value | verdict |" in text
     mem_cell = perf.Cell("c", "mlp", 8, (perf.fp(targets=(perf.Target("mem_gb", 3),)),))
     (v,) = perf.check_targets(mem_cell, rows, rows)  # a flagged memory figure says so beside its verdict
-    assert v["verdict"] == "PASS" and v["why"] == "! the machine figure disagrees with procs RSS in 1 run(s)"
+    assert v["verdict"] == "PASS" and v["why"] == "! the machine figure disagrees with procs PSS in 1 run(s)"
     text = perf.render_cell(mem_cell, rows, [v], rounds=3)
-    assert "| peak machine memory <= 3 GB | flight_parsl | 1.00 (! the machine figure disagrees with procs RSS in " \
+    assert "| peak machine memory <= 3 GB | flight_parsl | 1.00 (! the machine figure disagrees with procs PSS in " \
            "1 run(s)) | PASS |" in text
     assert perf.fmt(99.96) == "100" and perf.fmt(99.94) == "99.9"
     assert perf.fmt_range({"x": 1.0, "x_min": 1.0, "x_max": 1.0}, "x") == "1.00"
     assert perf.fmt_range({"x": None}, "x") == "-"
+    assert perf.fmt_range({"x": 2e-6, "x_min": 0.0, "x_max": 0.004}, "x", 0.001) == "<0.001 (0-0.004)"
+    assert perf.fmt_range({"x": 2e-6}, "x") == "2e-06"
 
 
 def test_argv_of_training_and_quickstart_cells() -> None:

@@ -156,12 +156,12 @@ def test_render_cell() -> None:
     text = perf.render_cell(cell, rows, perf.check_targets(cell, rows, rows), rounds=3)
     assert text.startswith("### c: tiny, 8 clients, 3 rounds, no training")
     assert "_a note_" in text
-    assert ("| flight_parsl | pre-aggregated in the slot | 10.0 | 2.00 | 1.00 | 3.00 | - | 500 | 0.33x | 0.25x | "
-            "1.50x | - | ok |") in text
+    assert ("| flight_parsl | pre-aggregated in the slot | 10.0 | 2.00 | 1.00 | 3.00 | - | - | - | 500 | 0.33x | "
+            "0.25x | 1.50x | - | ok |") in text
     assert "| flower-sim matched (8 actors) | one message per client | 30.0 |" in text
     assert "| flower-sim default (1 actor) | one message per client | 40.0 |" in text
-    assert ("| flight_parsl no-preagg | one message per client, like Flower | - | - | - | - | - | - | - | - | - | - | "
-            "failed: exit 2: error: unknown config key |") in text
+    assert ("| flight_parsl no-preagg | one message per client, like Flower | - | - | - | - | - | - | - | - | - | - "
+            "| - | - | failed: exit 2: error: unknown config key |") in text
     assert ("flight_parsl best (pre-aggregated in the slot) / Flower best: whole run s 6.00 (flight_parsl process) / "
             "30.0 (flower-sim matched) = 0.20x") in text
     # the one-message row failed: its best-vs-best line says so

@@ -11,7 +11,14 @@ no Flower counterpart). For each run the script measures
 - first round and warm round (mean of the rounds after the first), from the run's
   own per-round makespans;
 - peak machine memory: ``MemTotal - MemAvailable`` from /proc/meminfo, sampled every
-  ~50 ms while the subprocess runs, peak minus the value just before launch;
+  ~50 ms while the subprocess runs, peak minus the least in use over the second before launch
+  (the run's /dev/shm files count: shmem is not available memory);
+- the run's processes' summed PSS (/proc/PID/smaps_rollup: shared pages split between
+  the processes that map them) plus the run's /dev/shm files none of them maps, at its
+  peak; read every 0.5 s, or less often where the reads would take more than
+  ``PSS_CPU_SHARE`` of a CPU (one process that imported torch costs ~2 ms); the summed
+  RSS (every 0.5 s, shared pages once per process) beside it. A machine figure more
+  than 2x off the PSS figure either way is flagged;
 - the coordinator's peak RSS (flight_parsl's ``peak_rss_mb_coordinator``, Flower's
   driver ``peak_rss_mb``),
 
@@ -44,6 +51,7 @@ import math
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -55,7 +63,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 MEMINFO = "/proc/meminfo"
 SAMPLE_S = 0.05
-SCAN_S = 0.5  # how often the processes of a run are recorded
+SCAN_S = 0.5  # how often the processes of a run are recorded (and their RSS read: /proc/PID/statm)
+# PSS (/proc/PID/smaps_rollup) walks every mapping's page tables: ~2 ms for one process that imported
+# torch against ~0.01 ms for statm. So the PSS scans run at most every SCAN_S and then as seldom as
+# keeps their CPU below this share of one CPU (the interval stretches to the last scan's cost / share).
+PSS_CPU_SHARE = 0.03
+SHM_DIR = "/dev/shm"  # the file store's results and published models live here (shmem: no process's PSS
+# unless mapped)
 RUN_MARK = "FLIGHT_PARSL_PERF_RUN"  # environment mark of a run's processes
 GB = 1e9  # memory figures and targets are in GB = 10^9 bytes
 DEFAULT_ROUNDS = 3
@@ -67,7 +81,7 @@ DEFAULT_SETTLE_LOAD = 0.5 * (os.cpu_count() or 2)  # 1.0 on 2 cores
 DEFAULT_SETTLE_MAX_S = 240.0
 SETTLE_POLL_S = 2.0
 BASELINE_WINDOW_S = 1.0  # machine memory baseline: the least in use over this window before launch
-MEM_DISAGREE = 2.0  # machine figure vs procs RSS: flagged beyond this factor either way
+MEM_DISAGREE = 2.0  # machine figure vs procs PSS (+ the run's unmapped /dev/shm): flagged beyond this factor
 # Processes of a Parsl or Ray run: none may be alive (this script's or anyone's) when a run launches.
 STRAY_NAMES = ("process_worker_pool", "interchange", "raylet", "gcs_server")
 
@@ -431,6 +445,150 @@ def rss_bytes(pids: Iterable[int]) -> int:
     return total
 
 
+ROLLUP_FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")
+
+
+def rollup_kib(text: str) -> dict[str, int]:
+    """The KiB fields of a /proc/PID/smaps_rollup text that :data:`ROLLUP_FIELDS` names (those present)."""
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, rest = line.partition(":")
+        if sep and name in ROLLUP_FIELDS:
+            try:
+                fields[name] = int(rest.split()[0])
+            except (IndexError, ValueError):
+                pass
+    return fields
+
+
+DELETED = " (deleted)"
+
+
+def shm_mappings(maps_text: str, prefix: str = SHM_DIR + "/") -> tuple[set[int], set[str]]:
+    """(inodes, top-level entry names) of the files under ``prefix`` a /proc/PID/maps text maps.
+
+    A deleted file's inode is there too; its name ends in `` (deleted)``, which is dropped.
+    """
+    inodes, entries = set(), set()
+    for line in maps_text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].startswith(prefix):
+            try:
+                inodes.add(int(parts[4]))
+            except ValueError:
+                continue
+            entries.add(parts[5][len(prefix):].removesuffix(DELETED).split("/", 1)[0])
+    return inodes, entries
+
+
+class ShmFiles:
+    """The run's files in /dev/shm: those under the entries that appeared after launch and that a
+    process of the run has mapped a file from.
+
+    Created just before launch, it remembers what /dev/shm held. :meth:`claim` takes the
+    entries a scan saw the run's processes map (flight_parsl's file store directory: every
+    worker maps the published model from it; the named semaphores); once claimed, an entry
+    stays the run's, and :meth:`files` lists the regular files under it with their allocated
+    bytes: the results written there that no one maps yet, the pooled files. New entries
+    no process of the run maps (another run's, started meanwhile by someone else) are not
+    counted; nor is a run's directory none of its processes ever maps.
+    """
+
+    def __init__(self, root: str | Path = SHM_DIR) -> None:
+        self.root = Path(root)
+        self.before = self._entries()
+        self.owned: set[str] = set()
+
+    def _entries(self) -> set[tuple[str, int]]:
+        try:
+            with os.scandir(self.root) as it:
+                return {(e.name, e.inode()) for e in it}
+        except OSError:
+            return set()
+
+    def claim(self, entries: Iterable[str]) -> None:
+        """Make the named top-level entries the run's, those that were not there at launch."""
+        old = {name for name, _ in self.before}
+        self.owned.update(name for name in entries if name and name not in old)
+
+    def files(self) -> dict[int, int]:
+        """inode -> allocated bytes (st_blocks x 512) of every regular file under the run's entries."""
+        found: dict[int, int] = {}
+        stack = [self.root / name for name in self.owned]
+        while stack:
+            path = stack.pop()
+            try:
+                st = path.lstat()
+            except OSError:
+                continue  # gone meanwhile
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    stack.extend(path.iterdir())
+                except OSError:
+                    pass
+            elif stat.S_ISREG(st.st_mode):
+                found[st.st_ino] = st.st_blocks * 512
+        return found
+
+
+@dataclass
+class MemScan:
+    """One PSS scan of a run's processes (bytes)."""
+
+    pss: int = 0  # summed PSS: a page shared by k processes counts 1/k in each
+    pss_anon: int = 0
+    pss_file: int = 0  # file-backed pages (libraries, mapped files): page cache, which MemAvailable counts free
+    pss_shmem: int = 0  # shmem mapped (the /dev/shm files the processes map, shared anonymous memory)
+    rss: int = 0  # summed RSS of the same processes: shared pages once per process
+    shm: int = 0  # the run's /dev/shm files that no process of the run maps (in no one's PSS)
+    shm_all: int = 0  # all of the run's /dev/shm files, mapped or not
+    procs: int = 0  # processes read
+
+    @property
+    def total(self) -> int:
+        """What the run's processes hold: their PSS plus the run's /dev/shm files no one of them maps."""
+        return self.pss + self.shm
+
+
+def pss_scan(pids: Iterable[int], shm: ShmFiles | None = None, proc: str | Path = "/proc") -> MemScan:
+    """Sum /proc/PID/smaps_rollup over ``pids`` and add the run's unmapped /dev/shm files.
+
+    A /dev/shm file some process of the run maps is in that process's PSS (Pss_Shmem, split
+    between its mappers), so only the run's files (:class:`ShmFiles`) none maps (a result
+    written and not read yet, a pooled file) are added, at their allocated size. A process
+    that has exited is skipped.
+    """
+    out = MemScan()
+    mapped: set[int] = set()
+    entries: set[str] = set()
+    prefix = os.path.realpath(shm.root) + "/" if shm is not None else ""  # maps gives resolved paths
+    for pid in pids:
+        base = Path(proc) / str(pid)
+        try:
+            fields = rollup_kib((base / "smaps_rollup").read_text())
+            maps = (base / "maps").read_text() if shm is not None else ""
+        except OSError:
+            continue
+        if "Pss" not in fields:
+            continue
+        out.procs += 1
+        out.pss += fields["Pss"] * 1024
+        out.pss_anon += fields.get("Pss_Anon", 0) * 1024
+        out.pss_file += fields.get("Pss_File", 0) * 1024
+        out.pss_shmem += fields.get("Pss_Shmem", 0) * 1024
+        out.rss += fields.get("Rss", 0) * 1024
+        if shm is not None:
+            inodes, names = shm_mappings(maps, prefix)
+            mapped |= inodes
+            entries |= names
+    if shm is not None:
+        shm.claim(entries)
+        files = shm.files()
+        out.shm_all = sum(files.values())
+        out.shm = sum(size for inode, size in files.items() if inode not in mapped)
+    return out
+
+
 class RunProcesses:
     """Finds every process of one run: those under it, and those carrying its environment mark.
 
@@ -504,6 +662,12 @@ class Launch:
     mem_gb: float | None = None
     baseline_gb: float | None = None
     tree_rss_gb: float | None = None  # peak over the scans of the run's processes' summed RSS
+    tree_pss_gb: float | None = None  # peak over the PSS scans of MemScan.total: PSS + unmapped /dev/shm
+    shm_gb: float | None = None  # of which the run's unmapped /dev/shm files (at that peak)
+    pss_file_gb: float | None = None  # of which file-backed pages (at that peak)
+    pss_shmem_gb: float | None = None  # of which mapped shmem: /dev/shm files, shared anonymous memory (at that peak)
+    pss_scans: int = 0
+    sampler_cpu: float | None = None  # this script's CPU seconds per second of the run while it watched it
     killed_leftovers: int = 0
     stderr_path: Path | None = None
     stdout_path: Path | None = None
@@ -523,25 +687,40 @@ def run_process(argv: Sequence[str], env: dict[str, str], timeout: float, logs: 
     token = f"{os.getpid()}-{time.time_ns()}"
     with out.stdout_path.open("wb") as so, out.stderr_path.open("wb") as se:
         sampler.start(baseline_window_s)
+        shm = ShmFiles()
+        cpu0 = time.process_time()
         out.launch = time.time()
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=so, stderr=se,
                                 env={**env, RUN_MARK: token}, cwd=str(REPO), start_new_session=True)
         procs = RunProcesses(proc.pid, token)
         tracked = procs.found
-        next_scan = 0.0
+        next_scan = next_pss = 0.0
         try:
             while proc.poll() is None:
                 sampler.sample()
                 now = time.time()
                 if now >= next_scan:
-                    rss = rss_bytes(procs.scan()) / GB
+                    pids = procs.scan()
+                    rss = rss_bytes(pids) / GB
                     out.tree_rss_gb = max(out.tree_rss_gb or 0.0, rss)
                     next_scan = now + SCAN_S
+                    if now >= next_pss:  # PSS as often as PSS_CPU_SHARE allows
+                        cost = time.process_time()
+                        scan = pss_scan(pids, shm)
+                        cost = time.process_time() - cost
+                        out.pss_scans += 1
+                        if scan.procs and scan.total / GB > (out.tree_pss_gb or 0.0):
+                            out.tree_pss_gb, out.shm_gb = scan.total / GB, scan.shm / GB
+                            out.pss_file_gb, out.pss_shmem_gb = scan.pss_file / GB, scan.pss_shmem / GB
+                        next_pss = now + max(SCAN_S, cost / PSS_CPU_SHARE)
                 if now - out.launch > timeout:
                     out.timed_out = True
                     break
                 time.sleep(SAMPLE_S)
         finally:
+            watched = time.time() - out.launch
+            if watched > 0:
+                out.sampler_cpu = (time.process_time() - cpu0) / watched
             if proc.poll() is None:  # timed out or interrupted: stop the group and everything seen under it
                 procs.scan()
                 _signal_all(proc.pid, _alive(tracked), signal.SIGTERM)
@@ -684,7 +863,10 @@ def run_row(cell: Cell, row: Row, rounds: int, out_dir: Path, timeout: float, re
     launch = run_process(argv, child_env(), timeout, run_dir / "logs", baseline_window_s=BASELINE_WINDOW_S)
     result.update(launch=launch.launch, wall_s=launch.exited - launch.launch, peak_mem_gb=launch.mem_gb,
                   baseline_mem_gb=launch.baseline_gb, tree_rss_gb=launch.tree_rss_gb,
-                  mem_flag="disagree" if mem_disagrees(launch.mem_gb, launch.tree_rss_gb) else "")
+                  tree_pss_gb=launch.tree_pss_gb, shm_gb=launch.shm_gb, pss_file_gb=launch.pss_file_gb,
+                  pss_shmem_gb=launch.pss_shmem_gb,
+                  pss_scans=launch.pss_scans, sampler_cpu=launch.sampler_cpu,
+                  mem_flag="disagree" if mem_disagrees(launch.mem_gb, launch.tree_pss_gb) else "")
     if launch.killed_leftovers:
         result["note"] = f"stopped {launch.killed_leftovers} processes left running after it exited"
     if launch.timed_out:
@@ -720,11 +902,12 @@ def run_row(cell: Cell, row: Row, rounds: int, out_dir: Path, timeout: float, re
 
 
 def mem_disagrees(machine_gb: float | None, procs_gb: float | None, factor: float = MEM_DISAGREE) -> bool:
-    """Whether the machine figure and the processes' summed RSS differ by more than ``factor`` either way.
+    """Whether the machine figure and the processes' figure differ by more than ``factor`` either way.
 
-    Either can be off: the machine figure counts whatever else on the machine took or gave
-    back memory during the run (it read 0.002 GB for a run whose processes held 1.57 GB);
-    the RSS sum counts shared pages once per process. Neither missing: no flag.
+    The processes' figure is their summed PSS plus the run's unmapped /dev/shm files
+    (:class:`MemScan`), which counts a shared page once in all. The machine figure counts
+    whatever else on the machine took or gave back memory during the run (it read 0.002 GB
+    for a run whose processes held 1.57 GB of RSS). Either missing: no flag.
     """
     if machine_gb is None or procs_gb is None:
         return False
@@ -828,7 +1011,7 @@ def check_targets(cell: Cell, cell_rows: Sequence[dict[str, Any]],
             else:
                 verdict = "PASS" if value <= target.limit else "MISS"
             if target.metric == "mem_gb" and value is not None and row.get("mem_flags"):
-                why = f"{MEM_MARK} the machine figure disagrees with procs RSS in {row['mem_flags']} run(s)"
+                why = f"{MEM_MARK} the machine figure disagrees with procs PSS in {row['mem_flags']} run(s)"
             verdicts.append({"row": spec.label, "target": target_text(target), "value": value, "why": why,
                              "metric": target.metric, "verdict": verdict})
     return verdicts
@@ -845,8 +1028,8 @@ def target_text(target: Target) -> str:
 # Repeats: median with min-max (pure)
 # ---------------------------------------------------------------------------
 
-AGG_FIGURES = ("whole_s", "first_s", "warm_s", "peak_mem_gb", "tree_rss_gb", "coord_mb", "acc", "wall_s",
-               "own_start2end_s", "baseline_mem_gb")
+AGG_FIGURES = ("whole_s", "first_s", "warm_s", "peak_mem_gb", "tree_pss_gb", "shm_gb", "tree_rss_gb", "coord_mb",
+               "acc", "wall_s", "own_start2end_s", "baseline_mem_gb", "pss_file_gb", "pss_shmem_gb", "sampler_cpu")
 KEEP = ("cell", "row", "framework", "model", "workers", "rounds", "train", "args", "moves")
 
 
@@ -916,14 +1099,19 @@ def fmt(value: Any, digits: int = 3) -> str:
     return f"{number:.{digits}g}"
 
 
-def fmt_range(row: dict[str, Any], fig: str) -> str:
-    """``median (min-max)``, or the one figure when the runs agree (or there is one)."""
+def fmt_range(row: dict[str, Any], fig: str, floor: float = 0.0) -> str:
+    """``median (min-max)``, or the one figure when the runs agree (or there is one); a figure above
+    0 and below ``floor`` prints as ``<floor``."""
+    def f(value: Any) -> str:
+        number = _num(value)
+        return f"<{floor:g}" if number is not None and 0 < number < floor else fmt(value)
+
     mid, low, high = row.get(fig), row.get(f"{fig}_min"), row.get(f"{fig}_max")
     if _num(mid) is None:
         return "-"
-    if _num(low) is None or _num(high) is None or fmt(low) == fmt(high):
-        return fmt(mid)
-    return f"{fmt(mid)} ({fmt(low)}-{fmt(high)})"
+    if _num(low) is None or _num(high) is None or f(low) == f(high):
+        return f(mid)
+    return f"{f(mid)} ({f(low)}-{f(high)})"
 
 
 def fmt_ratio(value: Any) -> str:
@@ -938,10 +1126,11 @@ def fmt_load(row: dict[str, Any]) -> str:
     return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
+SHM_FLOOR_GB = 0.001  # the table's shm column: less (a model of KBs, named semaphores) prints as <0.001
 STATUS_WIDTH = 140  # the table's status column; results.csv keeps the whole line
-MEM_MARK = "!"  # after a peak mem figure: machine figure and procs RSS disagree by > MEM_DISAGREE
-TABLE_HEAD = ("row", "moves", "whole run s", "first round s", "warm round s", "peak mem GB", "procs RSS GB",
-              "coord MB", "whole / Fl", "warm / Fl", "mem / Fl", "load at launch", "status")
+MEM_MARK = "!"  # after a peak mem figure: machine figure and procs PSS disagree by > MEM_DISAGREE
+TABLE_HEAD = ("row", "moves", "whole run s", "first round s", "warm round s", "peak mem GB", "procs PSS GB",
+              "shm GB", "procs RSS GB", "coord MB", "whole / Fl", "warm / Fl", "mem / Fl", "load at launch", "status")
 
 
 def render_cell(cell: Cell, cell_rows: Sequence[dict[str, Any]], verdicts: Sequence[dict[str, Any]],
@@ -977,14 +1166,17 @@ def render_cell(cell: Cell, cell_rows: Sequence[dict[str, Any]], verdicts: Seque
             mem += f" {MEM_MARK}"
             flagged.append(f"{r['row']} ({r['mem_flags']}/{r.get('ok_runs', runs)} runs)")
         cells = [label, str(r.get("moves") or "-"), fmt_range(r, "whole_s"), fmt_range(r, "first_s"),
-                 fmt_range(r, "warm_s"), mem, fmt_range(r, "tree_rss_gb") if ok else "-", fmt_range(r, "coord_mb")]
+                 fmt_range(r, "warm_s"), mem, *(fmt_range(r, f, floor) if ok else "-" for f, floor in (
+                     ("tree_pss_gb", 0.0), ("shm_gb", SHM_FLOOR_GB), ("tree_rss_gb", 0.0))),
+                 fmt_range(r, "coord_mb")]
         if with_acc:
             cells.append(fmt_range(r, "acc"))
         cells += [fmt_ratio(r.get("whole_s_vs_flower")), fmt_ratio(r.get("warm_s_vs_flower")),
                   fmt_ratio(r.get("peak_mem_gb_vs_flower")), fmt_load(r), status.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     if flagged:
-        lines += ["", f"{MEM_MARK} peak machine memory and the processes' summed RSS differ by more than "
+        lines += ["", f"{MEM_MARK} peak machine memory and the processes' PSS (with the run's /dev/shm) differ by "
+                  "more than "
                   f"{MEM_DISAGREE:g}x: {', '.join(flagged)}; do not trust that peak mem figure."]
     has_flower = any(r.get("framework") == FLOWER for r in cell_rows)
     for moves in (PREAGG, ONE_MSG):
@@ -1012,7 +1204,8 @@ METRIC_NAMES = {"whole_s": "whole run s", "first_s": "first round s", "warm_s": 
 
 CSV_COLUMNS = (  # results.csv: every run
     "cell", "row", "repeat", "framework", "moves", "model", "workers", "rounds", "train", "args", "status",
-    "whole_s", "first_s", "warm_s", "peak_mem_gb", "baseline_mem_gb", "tree_rss_gb", "mem_flag", "coord_mb", "acc",
+    "whole_s", "first_s", "warm_s", "peak_mem_gb", "baseline_mem_gb", "tree_pss_gb", "shm_gb", "pss_file_gb",
+    "pss_shmem_gb", "tree_rss_gb", "mem_flag", "pss_scans", "sampler_cpu", "coord_mb", "acc",
     "wall_s", "own_start2end_s", "actors", "load_1m", "settled", "settle_wait_s", "unsettled_why", "launch", "note",
     "run_dir",
 )
@@ -1152,8 +1345,10 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
             if result["status"] == "ok":
                 say(f"{tag}: ok in {fmt(result.get('wall_s'))} s: whole {fmt(result.get('whole_s'))} s, first "
                     f"{fmt(result.get('first_s'))} s, warm {fmt(result.get('warm_s'))} s, "
-                    f"mem {fmt(result.get('peak_mem_gb'))} GB" + (" (disagrees with procs RSS)"
-                                                             if result.get("mem_flag") else ""))
+                    f"mem {fmt(result.get('peak_mem_gb'))} GB, procs PSS {fmt(result.get('tree_pss_gb'))} GB "
+                    f"(shm {fmt(result.get('shm_gb'))}), RSS {fmt(result.get('tree_rss_gb'))} GB"
+                    + (" (machine and PSS disagree)" if result.get("mem_flag") else "")
+                    + f"; sampler {fmt(result.get('sampler_cpu'))} CPU s/s, {result.get('pss_scans', 0)} PSS scans")
             else:
                 say(f"{tag}: {result['status']}")
             time.sleep(1.0)  # let the machine's memory settle before the next baseline
@@ -1181,8 +1376,13 @@ def main(argv: list[str] | None = None, say: Callable[[str], None] = print) -> i
               "whole run: process launch to the last aggregate ready; warm round: mean of rounds after the "
               "first; peak mem: machine memory in use (MemTotal - MemAvailable) at its peak minus the least in use over "
               f"{BASELINE_WINDOW_S:g} s before "
-              "launch, GB = 10^9 bytes; procs RSS: peak of the summed RSS of the run's processes (a cross-check "
-              "that other work on the machine does not move; shared pages count per process); coord MB: "
+              "launch, GB = 10^9 bytes (it includes the run's /dev/shm files: shmem is not available memory); "
+              "procs PSS: peak of the run's processes' summed PSS (a page k processes share counts 1/k in each) "
+              "plus the run's /dev/shm files that none of them maps (shm GB, at that peak: the file store's results "
+              "not read yet, its pooled files; a mapped file is in its mappers' PSS), read every "
+              f"{SCAN_S:g} s or, when the reads cost more, as often as keeps them under {PSS_CPU_SHARE:.0%} of a CPU: "
+              f"the cross-check that other work on the machine does not move ({MEM_MARK}: the two differ by more "
+              f"than {MEM_DISAGREE:g}x); procs RSS: peak summed RSS (shared pages once per process); coord MB: "
               "coordinator / Flower driver peak RSS; x / Fl: the row's figure over Flower's best variant in the cell.")
     report = "\n\n".join([header, *sections, summarize(verdicts)]) + "\n"
     say("\n" + report)
