@@ -75,3 +75,44 @@ def test_a_model_sized_read_costs_one_payload_of_memory(server) -> None:
     growth = peak_rss_mb() - before
     assert value is not None and len(value) == size
     assert growth < 1.1 * size / 2**20, growth  # redis-py's parser: about three payloads
+
+
+class _Recording:
+    """A socket that notes each write and the first read after it."""
+
+    def __init__(self, sock) -> None:
+        self.sock, self.events = sock, []
+
+    def sendall(self, data) -> None:
+        self.events.append(("send", bytes(data)))
+        self.sock.sendall(data)
+
+    def recv(self, n):
+        self.events.append(("recv", b""))
+        return self.sock.recv(n)
+
+    def recv_into(self, view, n=0):
+        self.events.append(("recv", b""))
+        return self.sock.recv_into(view, n)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_length_and_the_first_slices_leave_in_one_write(server, monkeypatch) -> None:
+    """One round trip before the first byte: across a 10 ms link the read's second round trip was
+    a STRLEN waited for alone."""
+    client, reader = server
+    value = os.urandom(3 * bulk.CHUNK + 5)
+    client.set("k", value)
+    real = reader._connect
+    made = []
+    monkeypatch.setattr(reader, "_connect", lambda: made.append(_Recording(real())) or made[-1])
+    assert reader.get("k") == value
+    events = made[0].events
+    first_read = next(i for i, (what, _) in enumerate(events) if what == "recv")
+    sends = [data for what, data in events[:first_read] if what == "send"]
+    assert len(sends) == 1, sends
+    assert sends[0].count(b"STRLEN") == 1 and sends[0].count(b"GETRANGE") == bulk.WINDOW
+    total = b"".join(data for what, data in events if what == "send")
+    assert total.count(b"GETRANGE") == 4  # one request a slice: nothing asked twice

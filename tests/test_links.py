@@ -13,7 +13,7 @@ import yaml
 
 from flight_parsl.core.errors import ConfigError
 from flight_parsl.execution import links as links_mod
-from flight_parsl.execution.links import Link, check_links, host_links, measure_link, off_by
+from flight_parsl.execution.links import Link, check_links, host_links, measure_link, off_by, tcp_settings
 from flight_parsl.execution.netns import netns_available, virtual_network
 from flight_parsl.execution.site import normalize_site
 
@@ -181,6 +181,12 @@ def test_shaped_links_measure_within_twenty_percent_and_leave_nothing() -> None:
         assert abs(m["rtt_ms"] - link.rtt_ms) <= max(0.2 * link.rtt_ms, 2.0), (name, m)
         assert m["rtt_ms"] >= link.rtt_ms  # never faster than the delay both ways
         assert m["check_s"] < 4.0, m  # under 2 s a check; a second one when the first was off
+        tcp = checked[name]["tcp"]  # what decides a warm connection's window after a round's idle
+        assert set(tcp) == {"host", "coordinator"}
+        for side in tcp.values():
+            assert set(side) == {"tcp_congestion_control", "tcp_slow_start_after_idle", "tcp_rmem", "tcp_wmem"}
+            assert side["tcp_slow_start_after_idle"] in ("0", "1") and len(side["tcp_rmem"].split()) == 3
+        assert tcp["coordinator"] == tcp_settings()  # the bridge side is this process's namespace
     assert _leftovers() == []
 
 

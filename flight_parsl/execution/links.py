@@ -532,14 +532,49 @@ def off_by(link: Link, measured: Mapping[str, Any]) -> list[str]:
     return out
 
 
+#: The kernel's TCP settings that decide how a model-sized transfer on a warm connection starts
+#: (``/proc/sys/net/ipv4``; each network namespace has its own): summary.json ``links.<host>.tcp``.
+#: With a congestion control that sets the window itself (``bbr``: the kernel's ``cong_control``
+#: hook) a connection idle between rounds keeps its window whatever ``tcp_slow_start_after_idle``
+#: says; with ``cubic`` or ``reno`` and ``tcp_slow_start_after_idle = 1`` it restarts from the
+#: initial window, a few round trips of slow start a transfer on a long link.
+TCP_SETTINGS = ("tcp_congestion_control", "tcp_slow_start_after_idle", "tcp_rmem", "tcp_wmem")
+
+
+def tcp_settings(netns: str | None = None) -> dict[str, str]:
+    """:data:`TCP_SETTINGS` in ``netns`` (None: this process's namespace), as the kernel writes them
+    (whitespace made single spaces); a setting that cannot be read is left out."""
+    paths = [f"/proc/sys/net/ipv4/{k}" for k in TCP_SETTINGS]
+    out: dict[str, str] = {}
+    if netns is None:
+        for key, path in zip(TCP_SETTINGS, paths):
+            try:
+                with open(path) as f:
+                    out[key] = " ".join(f.read().split())
+            except OSError:
+                continue
+        return out
+    script = 'for f in "$@"; do printf "%s\\n" "$(cat "$f" 2>/dev/null)"; done'
+    proc = subprocess.run(["ip", "netns", "exec", netns, "sh", "-c", script, "sh", *paths], check=False,
+                          capture_output=True, text=True, timeout=30)
+    lines = proc.stdout.split("\n") if proc.returncode == 0 else []
+    for key, line in zip(TCP_SETTINGS, lines):
+        if line.strip():
+            out[key] = " ".join(line.split())
+    return out
+
+
 def check_links(network: Any, links: Mapping[str, Link]) -> dict[str, dict[str, Any]]:
     """Measure every shaped link of ``network`` (a :class:`~flight_parsl.execution.netns.VirtualNetwork`);
     log one warning per link more than 20% off what was asked.
 
     Returns:
-        host -> ``{"asked": ..., "measured": ..., "off": [...]}`` (summary.json's ``links``).
+        host -> ``{"asked": ..., "measured": ..., "off": [...], "shaper": ..., "tcp": {"host": ...,
+        "coordinator": ...}}`` (summary.json's ``links``; ``tcp``: :func:`tcp_settings` of the host's
+        namespace and of the coordinator's).
     """
     out: dict[str, dict[str, Any]] = {}
+    coordinator = tcp_settings()
     for name, link in links.items():
         host = network.host(name)
         t0 = time.monotonic()
@@ -555,7 +590,9 @@ def check_links(network: Any, links: Mapping[str, Link]) -> dict[str, dict[str, 
             log.warning("link of virtual host %s (%s) is more than %d%% off what was asked: %s%s",
                         name, link.describe(), round(TOLERANCE * 100), "; ".join(off), loss)
         out[name] = {"asked": link.asked(), "measured": measured, "off": off,
-                     "shaper": getattr(host, "shaper", "")}
+                     "shaper": getattr(host, "shaper", ""),
+                     # the host's sockets (its side's sends) and the coordinator's (the bridge side's)
+                     "tcp": {"host": tcp_settings(host.netns), "coordinator": coordinator}}
     return out
 
 

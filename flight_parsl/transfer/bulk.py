@@ -7,7 +7,9 @@ server copy the whole value into a reply buffer of its own before writing it.
 
 :class:`BulkReader` asks for the value's length (``STRLEN``), allocates one buffer
 of that size, and fetches the value as ``GETRANGE`` slices of :data:`CHUNK` bytes,
-:data:`WINDOW` of them in flight, each received with ``recv_into`` in place: one
+:data:`WINDOW` of them in flight (the first ones in the same write as ``STRLEN``: one
+round trip before the first byte, which counts across a link), each received with
+``recv_into`` in place: one
 copy on this side (the kernel's, into huge pages where the kernel gives them) and
 only a chunk-sized reply buffer on the server's, whose single thread every slot
 shares.
@@ -113,23 +115,31 @@ def _slices(size: int) -> Iterator[tuple[int, int]]:
 
 
 def read_value(sock: socket.socket, key: str) -> memoryview | None:
-    """The value of ``key`` (one buffer), or None when the key is missing or vanishes mid-read."""
-    sock.sendall(encode("STRLEN", key))
+    """The value of ``key`` (one buffer), or None when the key is missing or vanishes mid-read.
+
+    ``STRLEN`` and the first :data:`WINDOW` ``GETRANGE`` requests leave in one write, before the
+    length is known (each asks for a whole :data:`CHUNK`; Redis cuts a range at the value's end
+    and answers an empty string past it): the read waits for one round trip before its first
+    byte, not two (a 10 ms round trip less a read across a 1 Gbit/s, 5 ms link).
+    """
+    first = [(k * CHUNK, (k + 1) * CHUNK) for k in range(WINDOW)]
+    sock.sendall(encode("STRLEN", key) + b"".join(encode("GETRANGE", key, s, e - 1) for s, e in first))
     size = _integer(sock)
-    if size == 0:  # a missing key, or an empty value
-        sock.sendall(encode("EXISTS", key))
-        return memoryview(b"") if _integer(sock) else None
-    view = receive_buffer(size).data  # a memoryview of the buffer
     slices = list(_slices(size))
+    view = receive_buffer(size).data if size else memoryview(b"")  # a memoryview of the buffer
     whole = True
-    for i, (start, stop) in enumerate(slices):
-        if i == 0:
-            for s, e in slices[:WINDOW]:
-                sock.sendall(encode("GETRANGE", key, s, e - 1))
-        elif i + WINDOW - 1 < len(slices):
+    for i in range(max(len(slices), WINDOW)):
+        if i >= 1 and i + WINDOW - 1 < len(slices):  # keep WINDOW requests in flight
             s, e = slices[i + WINDOW - 1]
             sock.sendall(encode("GETRANGE", key, s, e - 1))
-        whole = _bulk_into(sock, view[start:stop]) and whole
+        if i < len(slices):
+            start, stop = slices[i]
+            whole = _bulk_into(sock, view[start:stop]) and whole
+        else:  # a first request past the value's end: an empty reply
+            whole = _bulk_into(sock, memoryview(b"")) and whole
+    if size == 0:  # a missing key, or an empty value
+        sock.sendall(encode("EXISTS", key))
+        return memoryview(b"") if _integer(sock) and whole else None
     return view if whole else None
 
 
