@@ -140,10 +140,11 @@ def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_
         assert not (run / "site_state" / "site-a" / "0@1.0.bin").exists()
     assert not (run / "site_state").exists()
     # what a killed coordinator left: removed by `python -m flight_parsl.cleanup RUN_DIR` (and the next start)
-    from flight_parsl.processes.leftovers import clean
+    from flight_parsl.processes.leftovers import clean, left
 
     (run / "site_state" / "site-b").mkdir(parents=True)
     (run / "site_state" / "site-b" / "4@1.0.bin").write_bytes(b"momentum 4")
+    assert left(run) == [str(run / "site_state")]  # what --dry-run lists
     assert clean(run) == [str(run / "site_state")] and not (run / "site_state").exists()
 
 

@@ -227,9 +227,10 @@ def left(run_dir: str | Path) -> list[str]:
     """
     run_dir = Path(run_dir)
     listed = _listed(run_dir)
+    mirrors = run_dir / "site_state"  # client state the sites' tasks mirrored (transfer.persite.MIRROR_DIR)
+    out = [str(mirrors)] if mirrors.is_dir() else []
     if listed is None:
-        return []
-    out = []
+        return out
     pools = set()
     for proc in listed.get("processes", []):
         if _same(proc):
