@@ -97,6 +97,57 @@ def test_each_key_of_the_client_state_lives_in_its_sites_store(tmp_path) -> None
         state.for_site("site-c")
 
 
+def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_they_lost(tmp_path) -> None:
+    """A site's store with a mirror (MirroredState): a task's write goes to both, the coordinator's
+    snapshot reads the mirror and asks the store only which accepted keys it lost (key names)."""
+    from flight_parsl.transfer.persite import SiteState, site_mirrors
+    from flight_parsl.transfer.state import DirState, MirroredState, VersionBook
+
+    class Server(DirState):  # a site's server: counts the blobs read from it, tells what it lost
+        reads: list[int] = []
+
+        def get(self, client, version=None):
+            Server.reads.append(client)
+            return super().get(client, version)
+
+        def missing(self, keys):
+            return [(c, v) for c, v in keys if DirState.get(self, c, v) is None]
+
+    tree, placement = _placement()
+    run = tmp_path / "run"
+    with site_mirrors(run, ["site-a", "site-b"]) as mirrors:
+        servers = {label: Server(str(tmp_path / label)) for label in mirrors}
+        for server in servers.values():
+            Path(server.root).mkdir()
+        state = SiteState({label: MirroredState(servers[label], mirrors[label]) for label in mirrors}, placement)
+        book = VersionBook(state, momentum=True)
+        for clients, site in (([0, 1], "site-a"), ([4, 5], "site-b")):
+            view = book.view(clients, 0, 0)
+            for c in clients:
+                state.for_site(site).put(c, f"momentum {c}".encode(), "1.0")
+                assert view.get(c) is None  # nothing accepted yet
+            book.accept(clients, 0, 0)
+        assert sorted(p.name for p in (run / "site_state" / "site-b").iterdir()) == ["4@1.0.bin", "5@1.0.bin"]
+        assert state.for_site("site-a").get(0, "1.0") == b"momentum 0" and Server.reads == [0]  # a task: its server
+        Server.reads.clear()
+        assert book.snapshot() == {c: ("1.0", f"momentum {c}".encode()) for c in (0, 1, 4, 5)}
+        assert Server.reads == []  # the checkpoint: the mirrors only
+        (tmp_path / "site-b" / "5@1.0.bin").unlink()  # site-b's server lost client 5's state
+        with pytest.raises(Exception, match=r"state 1\.0 of client 5 is missing from the store \(site site-b's store\)"):
+            book.snapshot()
+        book.accept([0], 1, 0)  # a version no longer accepted goes from the server and the mirror
+        assert not (tmp_path / "site-a" / "0@1.0.bin").exists()
+        assert not (run / "site_state" / "site-a" / "0@1.0.bin").exists()
+    assert not (run / "site_state").exists()
+    # what a killed coordinator left: removed by `python -m flight_parsl.cleanup RUN_DIR` (and the next start)
+    from flight_parsl.processes.leftovers import clean, left
+
+    (run / "site_state" / "site-b").mkdir(parents=True)
+    (run / "site_state" / "site-b" / "4@1.0.bin").write_bytes(b"momentum 4")
+    assert left(run) == [str(run / "site_state")]  # what --dry-run lists
+    assert clean(run) == [str(run / "site_state")] and not (run / "site_state").exists()
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["faults.redis_stop=0"], r"key 'faults.redis_stop\[0\]' = 0: 0 is not ROUND or SITE@ROUND"),
     (["faults.redis_stop=site-b@0"], r"'site-b@0' is not ROUND or SITE@ROUND \(rounds count from 1"),
@@ -210,6 +261,7 @@ def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(
     from flight_parsl.transfer import state as state_module
 
     found: dict[str, set[int]] = {}  # the site store's address -> the keys the run's client state left there
+    mirrored: dict[str, set[int]] = {}  # a site's label -> the keys its tasks mirrored in the run directory
     clear = state_module._clear
 
     def listing_clear(state, admin):  # just before the run's state keys go: what each store holds
@@ -219,12 +271,24 @@ def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(
         finally:
             conn.close()
         found[f"{state.host}"] = {int(k.split("@")[0]) for k in keys}
+        for site in (tmp_path / "per_site" / "site_state").glob("site-*"):  # the mirrors outlive the stores' keys
+            mirrored[site.name] = {int(f.name.split("@")[0]) for f in site.iterdir()}
         clear(state, admin)
 
+    read_by_coordinator: list[int] = []  # client state read from a Redis by this process (the coordinator)
+    get = state_module.RedisState.get
+
+    def counting_get(self, client, version=None):
+        read_by_coordinator.append(client)
+        return get(self, client, version)
+
     monkeypatch.setattr(state_module, "_clear", listing_clear)
+    monkeypatch.setattr(state_module.RedisState, "get", counting_get)
     one = run_quietly(make_config, SITES, *STATE, **_common(tmp_path, "one_store"))
     assert read_summary(one)["status"] == "completed"
+    assert read_by_coordinator  # one store: the checkpoint reads each client's state from the store
     found.clear()
+    read_by_coordinator.clear()
 
     faulty = ["faults.redis_stop=site-b@2", "faults.kill_after_s=0", "faults.hang=4@2,5@2,6@2,7@2",
               "faults.hang_s=0.5", "faults.redis_down_s=0", "round.retries=1"]
@@ -241,8 +305,12 @@ def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(
     assert failed and {t["site"] for t in failed} == {"site-b"}
     assert read_summary(run)["status"] == "failed"
     assert _redis_children() == [] and _leftovers() == []
+    # a store per site: the checkpoint read the state from the sites' mirrors, never across a link
+    assert read_by_coordinator == [] and not (run / "site_state").exists()
+    assert {4, 5, 6, 7} <= mirrored["site-b"] and not mirrored["site-b"] & {0, 1, 2, 3}
 
     found.clear()
+    mirrored.clear()
     cfg = resume_config(run)  # config.yaml, its injected faults dropped: what --resume runs
     assert not cfg.faults.redis_stop and cfg.transfer.per_site and cfg.train.keep_momentum
     run_experiment(cfg, Progress(cfg.rounds, enabled=False), resume=True)
@@ -256,6 +324,8 @@ def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(
     a, b = found[hosts["site-a"]], found[hosts["site-b"]]
     assert a == {0, 1, 2, 3, -1, -2, -3, -4, -(1 << 40)}, a  # momentum, residuals, agg-a's residual
     assert b == {4, 5, 6, 7, -5, -6, -7, -8, -(1 << 40) - 1}, b
+    assert mirrored == {"site-a": a, "site-b": b}  # each site's mirror: its own keys (and versions in use)
+    assert read_by_coordinator == [] and not (run / "site_state").exists()
     assert _redis_children() == [] and _leftovers() == []
 
 
@@ -310,3 +380,34 @@ def test_the_bulk_reader_drops_sockets_a_restarted_server_closed() -> None:
             plain.get("k")
         reader.close()
         plain.close()
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces here: {NO_NETNS}")
+def test_every_sites_server_killed_in_a_round_and_the_run_goes_on(make_config, tmp_path) -> None:
+    """``faults.redis_stop=2`` with a store per site: every site's redis-server is SIGKILLed 2 s into
+    round 2 (a round takes well under a second here), when site-a's clients and their aggregator
+    are done and three of site-b's clients have stored their results, while client 7 hangs (3.5 s).
+    Both servers come back empty: client 7 replies into site-b's new server, but agg-b finds its
+    other children's results gone and fails (retried once, failed again), so the round closes
+    with site-a's four; round 3 publishes into both restarted servers and has every client again.
+    Nothing is left: no Redis process (the sites' servers go with their keys) or namespace."""
+    from conftest import read_csv, read_summary, run_quietly
+
+    run = run_quietly(make_config, SITES, "transfer.per_site=true", "model.name=logreg", "train.mode=none",
+                      "faults.redis_stop=2", "faults.kill_after_s=2", "faults.hang=7@2",
+                      "faults.hang_s=3.5", "faults.redis_down_s=0", "round.retries=1", **_common(tmp_path, "run"))
+    summary = read_summary(run)
+    assert summary["status"] == "completed"
+    rows = read_csv(run / "rounds.csv")
+    assert [(r["round"], r["reported"], r["failed"]) for r in rows] == [("1", "8", "0"), ("2", "4", "4"),
+                                                                         ("3", "8", "0")]
+    faults = read_csv(run / "faults.csv")
+    assert sorted(f["action"] for f in faults) == ["redis_kill", "redis_kill", "redis_restart", "redis_restart"]
+    assert all(f["round"] == "2" for f in faults)
+    assert {f["detail"].split(" of site ")[1].split()[0] for f in faults} == {"site-a", "site-b"}
+    for f in faults:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(f["target"]), 0)  # neither the killed nor the restarted servers are left
+    failed = [t for t in read_csv(run / "tasks.csv") if t["status"] != "ok"]
+    assert failed and {(t["round"], t["site"]) for t in failed} == {("2", "site-b")}
+    assert _redis_children() == [] and _leftovers() == []  # the sites' servers went with their keys

@@ -74,20 +74,24 @@ def warm_modules(cfg: ExperimentConfig) -> tuple[str, ...]:
     return tuple(modules)
 
 
-def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack, placement: Any = None) -> ClientState | None:
+def _state(cfg: ExperimentConfig, transfer: Transfer, stack: ExitStack, placement: Any = None,
+           run_dir: Path | None = None) -> ClientState | None:
     """The run's per-client state store, when some client keeps state; None otherwise. With a
-    store per site (``transfer.per_site``) each site's clients keep theirs in their site's store."""
+    store per site (``transfer.per_site``) each site's clients keep theirs in their site's store,
+    with a mirror at the site under ``run_dir`` that the checkpoint reads (no state crosses a link)."""
     if not cfg.train.keep_momentum and not cfg.transfer.error_feedback and cfg.mode != "decentralized":
         return None
     channels = getattr(transfer, "sites", None)
     if isinstance(channels, dict):  # SiteTransfer: label -> the site's channel
-        from flight_parsl.transfer.persite import SiteState
+        from flight_parsl.transfer.persite import SiteState, site_mirrors
+        from flight_parsl.transfer.state import MirroredState
 
+        mirrors = stack.enter_context(site_mirrors(run_dir, list(channels))) if run_dir is not None else {}
         stores: dict[str, ClientState] = {}
         for label, channel in channels.items():
             store = _state(cfg, channel, stack)
             assert store is not None
-            stores[label] = store
+            stores[label] = MirroredState(store, mirrors[label]) if label in mirrors else store
         return SiteState(stores, placement)
     where = getattr(transfer, "where", None)
     if transfer.kind == "redis" and where:
@@ -199,7 +203,7 @@ def run_experiment(
                 if sites is not None:  # a restart (faults.redis_stop) of the sites' servers makes the run's user again
                     _keep_users(sites, transfer)
                 leftovers.note(out, transfer, None, sites=sites)  # a SIGKILL from here on leaves a list to clean up after
-                state = _state(cfg, transfer, stack, sites.placement if sites is not None else None)
+                state = _state(cfg, transfer, stack, sites.placement if sites is not None else None, out)
             with deferred():
                 active = stack.enter_context(
                     _backend(cfg, slots, out, recorder, backend, sites, prime=(warm_modules(cfg), work[0]))

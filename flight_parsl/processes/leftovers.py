@@ -227,9 +227,10 @@ def left(run_dir: str | Path) -> list[str]:
     """
     run_dir = Path(run_dir)
     listed = _listed(run_dir)
+    mirrors = run_dir / "site_state"  # client state the sites' tasks mirrored (transfer.persite.MIRROR_DIR)
+    out = [str(mirrors)] if mirrors.is_dir() else []
     if listed is None:
-        return []
-    out = []
+        return out
     pools = set()
     for proc in listed.get("processes", []):
         if _same(proc):
@@ -289,9 +290,13 @@ def clean(run_dir: str | Path, wait_s: float = 5.0) -> list[str]:
     """
     run_dir = Path(run_dir)
     listed = _listed(run_dir)
-    if listed is None:
-        return []
     done = []
+    mirrors = run_dir / "site_state"  # client state the sites' tasks mirrored (transfer.persite.MIRROR_DIR)
+    if mirrors.is_dir():
+        shutil.rmtree(mirrors, ignore_errors=True)
+        done.append(str(mirrors))
+    if listed is None:
+        return done
     pools = {int(p["pid"]) for p in listed.get("processes", []) if p["match"] == "process_worker_pool" and _same(p)}
     pools |= set(_pools_of(run_dir))
     # a pool's current children first: workers it restarted after the list was written are not on it

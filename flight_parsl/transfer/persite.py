@@ -16,23 +16,34 @@ store a reference belongs to.
 The run's client state (``train.keep_momentum``, ``transfer.error_feedback``) lives the same
 way: :class:`SiteState` keeps each client's blobs (momentum, residual) in its own site's store,
 and an aggregator's residual in its aggregator's site's, so a task at a site carries only its
-site's handle (:meth:`SiteState.for_site`) and the state never crosses a site link. Only the
-coordinator's own calls (accepting a version, a checkpoint's snapshot or restore) cross it.
+site's handle (:meth:`SiteState.for_site`) and the state never crosses a site link. A task also
+writes each blob into its site's mirror (:class:`~flight_parsl.transfer.state.MirroredState`,
+files in the run directory written at the site), from which the coordinator reads a checkpoint's
+blobs: of the per-round checkpoint only key names cross the link (which accepted keys a site's
+server lost). The coordinator's other calls (deleting a version no longer accepted, a restore
+at ``--resume``) are small or once a run.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flight_parsl.core.errors import TransferError
+
+#: The folder of the run directory where each site's tasks mirror its clients' state.
+MIRROR_DIR = "site_state"
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Resolved
 from flight_parsl.transfer.proxy import ProxyRef, ProxyTransfer, store_of
-from flight_parsl.transfer.state import _AGGREGATOR_KEYS, ClientState
+from flight_parsl.transfer.state import _AGGREGATOR_KEYS, ClientState, DirState
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +231,7 @@ class SiteState:
         """Which site's store keeps ``key``, and where it is (for error messages)."""
         site = self.site_of(key)
         store = self.stores[site]
+        store = getattr(store, "store", store)  # a mirrored site: its server
         host, port = getattr(store, "host", None), getattr(store, "port", None)
         return f"site {site}'s store" + (f" at {host}:{port}" if host is not None else "")
 
@@ -230,7 +242,27 @@ class SiteState:
         return self.stores[site]
 
     def get(self, client: int, version: str | None = None) -> bytes | None:
-        return self.stores[self.site_of(client)].get(client, version)
+        """The blob of ``client`` (a key of the client state), from its site's mirror when the site
+        has one (:class:`~flight_parsl.transfer.state.MirroredState`: no byte of it crosses the
+        site's link), else from its site's store."""
+        store = self.stores[self.site_of(client)]
+        mirror = getattr(store, "mirror", None)
+        return (mirror if mirror is not None else store).get(client, version)
+
+    def lost(self, keys: Any) -> list[tuple[int, str | None]]:
+        """Which of ``keys`` ((key, version) pairs) their sites' stores no longer hold (a server
+        that was stopped lost them): one pipelined lookup a site, of key names only. Stores
+        that cannot tell (no ``missing``) report nothing."""
+        by_site: dict[str, list[tuple[int, str | None]]] = {}
+        for key, version in keys:
+            by_site.setdefault(self.site_of(key), []).append((int(key), version))
+        out: list[tuple[int, str | None]] = []
+        for site, wanted in by_site.items():
+            store = self.stores[site]
+            missing = getattr(getattr(store, "store", store), "missing", None)
+            if missing is not None:
+                out += missing(wanted)
+        return out
 
     def put(self, client: int, data: bytes, version: str | None = None) -> None:
         self.stores[self.site_of(client)].put(client, data, version)
@@ -243,3 +275,21 @@ class SiteState:
     def release(self) -> None:
         for store in self.stores.values():
             store.release()
+
+
+@contextmanager
+def site_mirrors(run_dir: str | Path, labels: list[str]) -> Iterator[dict[str, DirState]]:
+    """A folder a site (``run_dir/site_state/<label>``) where its tasks mirror its clients' state
+    (:class:`~flight_parsl.transfer.state.MirroredState`): the checkpoint reads the blobs there,
+    not across the site's link. Removed when the run ends, whatever ends it (the checkpoint holds
+    what ``--resume`` restores); what a killed coordinator left there is removed at the next start."""
+    root = Path(run_dir).resolve() / MIRROR_DIR  # the tasks at the sites have their own working directories
+    shutil.rmtree(root, ignore_errors=True)
+    mirrors = {}
+    for label in labels:
+        (root / label).mkdir(parents=True)
+        mirrors[label] = DirState(str(root / label))
+    try:
+        yield mirrors
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

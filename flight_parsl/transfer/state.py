@@ -143,6 +143,20 @@ class RedisState:
         except Exception as exc:
             raise self._fail("delete", client, exc) from exc
 
+    def missing(self, keys: Sequence[tuple[int, str | None]]) -> list[tuple[int, str | None]]:
+        """Which of ``keys`` (client, version) the server does not hold: one pipelined ``EXISTS``
+        a key, so only the key names cross the wire, never a blob."""
+        if not keys:
+            return []
+        try:
+            pipe = self.connection().pipeline(transaction=False)
+            for client, version in keys:
+                pipe.exists(f"{self.prefix}{_key(client, version)}")
+            found = pipe.execute()
+        except Exception as exc:
+            raise self._fail("look up", keys[0][0], exc) from exc
+        return [key for key, n in zip(keys, found, strict=True) if not n]
+
     def clear(self, admin: Any = None) -> None:
         """Delete every key of the handle's prefix, listed with SCAN through ``admin`` (a client
         of the server's admin user: a run's ACL user may not list key names); None: this
@@ -160,6 +174,35 @@ class RedisState:
 
 
 _CONNECTIONS: dict[RedisState, Any] = {}
+
+
+@dataclass(frozen=True)
+class MirroredState:
+    """A site's client state (``transfer.per_site``) with a copy on the site's side of its link.
+
+    Tasks read ``store`` (the site's Redis) and write both: the blob into ``store``, then the same
+    bytes into ``mirror`` (files in the run directory, written by the task at its site). The
+    coordinator reads a checkpoint's blobs from ``mirror`` (:class:`~flight_parsl.transfer.persite.SiteState`),
+    so they never cross the site's link; it asks ``store`` only which accepted keys it lost."""
+
+    store: ClientState
+    mirror: DirState
+
+    def get(self, client: int, version: str | None = None) -> bytes | None:
+        return self.store.get(client, version)
+
+    def put(self, client: int, data: bytes, version: str | None = None) -> None:
+        self.store.put(client, data, version)
+        self.mirror.put(client, data, version)
+
+    def delete(self, client: int, version: str | None = None) -> None:
+        delete = getattr(self.store, "delete", None)
+        if delete is not None:
+            delete(client, version)
+        self.mirror.delete(client, version)
+
+    def release(self) -> None:
+        self.store.release()
 
 
 @dataclass(frozen=True)
@@ -252,8 +295,11 @@ class VersionBook:
         if not self.momentum:
             return {}
         out = {}
+        # a store per site reads the blobs from the sites' mirrors: which ones the sites' servers lost
+        lost_keys = getattr(self.store, "lost", None)
+        lost = set(lost_keys(sorted(self.accepted.items()))) if callable(lost_keys) else set()
         for c, v in sorted(self.accepted.items()):
-            blob = self.store.get(c, v)
+            blob = None if (c, v) in lost else self.store.get(c, v)
             if blob is None:
                 where = getattr(self.store, "where", None)  # a store per site: which site's
                 at = f" ({where(c)})" if callable(where) else ""
