@@ -384,9 +384,9 @@ def test_the_bulk_reader_drops_sockets_a_restarted_server_closed() -> None:
 
 @pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces here: {NO_NETNS}")
 def test_every_sites_server_killed_in_a_round_and_the_run_goes_on(make_config, tmp_path) -> None:
-    """``faults.redis_stop=2`` with a store per site: every site's redis-server is SIGKILLed 2 s into
+    """``faults.redis_stop=2`` with a store per site: every site's redis-server is SIGKILLed 3 s into
     round 2 (a round takes well under a second here), when site-a's clients and their aggregator
-    are done and three of site-b's clients have stored their results, while client 7 hangs (3.5 s).
+    are done and three of site-b's clients have stored their results, while client 7 hangs (5 s).
     Both servers come back empty: client 7 replies into site-b's new server, but agg-b finds its
     other children's results gone and fails (retried once, failed again), so the round closes
     with site-a's four; round 3 publishes into both restarted servers and has every client again.
@@ -394,8 +394,8 @@ def test_every_sites_server_killed_in_a_round_and_the_run_goes_on(make_config, t
     from conftest import read_csv, read_summary, run_quietly
 
     run = run_quietly(make_config, SITES, "transfer.per_site=true", "model.name=logreg", "train.mode=none",
-                      "faults.redis_stop=2", "faults.kill_after_s=2", "faults.hang=7@2",
-                      "faults.hang_s=3.5", "faults.redis_down_s=0", "round.retries=1", **_common(tmp_path, "run"))
+                      "faults.redis_stop=2", "faults.kill_after_s=3", "faults.hang=7@2",
+                      "faults.hang_s=5", "faults.redis_down_s=0", "round.retries=1", **_common(tmp_path, "run"))
     summary = read_summary(run)
     assert summary["status"] == "completed"
     rows = read_csv(run / "rounds.csv")
