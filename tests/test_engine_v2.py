@@ -55,10 +55,6 @@ def test_planner_spreads_a_round_over_the_slots_and_retries_with_new_ids() -> No
     tree = Planner(slots=2).plan({"agg-0": [0, 1, 2], "agg-1": [3, 4, 5]})  # 3 per task: one task per group
     assert [(t.node, t.clients) for t in tree] == [("agg-0", (0, 1, 2)), ("agg-1", (3, 4, 5))]
     assert clients_per_task(1000, 8) == 125 and clients_per_task(1000, 8, fixed=10) == 10
-    assert clients_per_task(64, 2, split=4) == 8 and clients_per_task(64, 2, fixed=32, split=4) == 32
-    assert clients_per_task(3, 64, split=4) == 1
-    split = Planner(slots=2, split=4).plan({"coordinator": list(range(64))})
-    assert [len(t.clients) for t in split] == [8] * 8 and sorted(c for t in split for c in t.clients) == list(range(64))
 
 
 def test_policy_deadline_is_finite_and_scales_with_the_work() -> None:
@@ -112,23 +108,6 @@ def test_preaggregated_rounds_equal_per_client_rounds(make_config, tmp_path) -> 
         assert float(x["test_loss"]) == pytest.approx(float(y["test_loss"]), rel=1e-6)
         # two tasks return two partials, against eight client results
         assert int(y["bytes_from_workers"]) == 4 * int(x["bytes_from_workers"])
-
-
-def test_one_message_per_client_splits_a_large_model_s_round_into_four_tasks_a_slot(
-        make_config, tmp_path, monkeypatch) -> None:
-    """Results that travel one per client come in smaller tasks (the coordinator folds while the
-    slots write), when a model is large enough; pre-aggregated ones stay one task a slot."""
-    import flight_parsl.engine.sync as sync
-
-    common = ("model.name=logreg", "train.epochs=1", "slots=2")
-    small = run_quietly(make_config, *common, "plan.preaggregate=false", workers=16, rounds=1, out=str(tmp_path / "s"))
-    monkeypatch.setattr(sync, "SPLIT_MIN_BYTES", 0)  # logreg counts as large
-    packed = run_quietly(make_config, *common, workers=16, rounds=1, out=str(tmp_path / "p"))
-    each = run_quietly(make_config, *common, "plan.preaggregate=false", workers=16, rounds=1, out=str(tmp_path / "e"))
-    fixed = run_quietly(make_config, *common, "plan.preaggregate=false", "plan.clients_per_task=16", workers=16,
-                        rounds=1, out=str(tmp_path / "f"))
-    assert [int(read_csv(o / "rounds.csv")[0]["tasks"]) for o in (small, packed, each, fixed)] == [2, 2, 8, 1]
-    assert sorted(int(t["client"]) for t in read_csv(each / "tasks.csv")) == list(range(16))
 
 
 def test_a_non_linear_strategy_gets_every_client_result(make_config) -> None:

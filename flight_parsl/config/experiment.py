@@ -234,9 +234,7 @@ class PlanConfig:
     """How sampled clients are packed into tasks.
 
     ``clients_per_task``: 0 spreads the round's clients over the slots (one task
-    per slot; four per slot when every client's result (of a model of 1 MiB or more)
-    travels on its own on a flat topology, so the coordinator folds while the slots
-    still write); K packs K per task. ``preaggregate``: a linear strategy's task folds
+    per slot); K packs K per task. ``preaggregate``: a linear strategy's task folds
     its clients into one partial in the slot (false: every client's result travels).
     """
 

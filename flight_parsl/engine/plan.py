@@ -25,22 +25,11 @@ class TaskSpec:
     attempt: int = 0
 
 
-#: Tasks per slot a flat round's sample is split into when every client's result travels on
-#: its own (nothing folded in the slot, ``plan.preaggregate=false`` or a non-linear strategy):
-#: the coordinator folds one task's results while the slots still write the next ones',
-#: instead of all of them after the slots are done. A slot loses nothing by it: it folds
-#: nothing, and its process resolves the round's model once for all its tasks. Only for models
-#: of at least ``SPLIT_MIN_BYTES``: a small result folds in less time than a task's dispatch.
-ONE_MESSAGE_SPLIT = 4
-SPLIT_MIN_BYTES = 1 << 20
-
-
-def clients_per_task(sampled: int, slots: int, fixed: int = 0, split: int = 1) -> int:
-    """``fixed`` when set, else the sample spread evenly over the slots, ``split`` tasks a slot
-    (one by default)."""
+def clients_per_task(sampled: int, slots: int, fixed: int = 0) -> int:
+    """``fixed`` when set, else the sample spread evenly over the slots (one task per slot)."""
     if fixed > 0:
         return fixed
-    return max(1, math.ceil(sampled / (max(1, slots) * max(1, split))))
+    return max(1, math.ceil(sampled / max(1, slots)))
 
 
 def pack(clients: Sequence[int], bins: int, cost: Callable[[int], float] | None = None) -> list[list[int]]:
@@ -71,11 +60,9 @@ class Planner:
         fixed_clients_per_task: int = 0,
         cost: Callable[[int], float] | None = None,
         site: Callable[[int], str] | None = None,
-        split: int = 1,
     ) -> None:
         self.slots = max(1, slots)
         self.fixed = fixed_clients_per_task
-        self.split = split  # tasks a slot, without fixed_clients_per_task
         self.cost = cost
         self.site = site  # several sites: a task packs clients of one site only
         self._next_id = 0
@@ -88,7 +75,7 @@ class Planner:
     def plan(self, groups: Mapping[str, Sequence[int]]) -> list[TaskSpec]:
         """Tasks for one round; ``groups`` maps a tree node to its sampled client children."""
         total = sum(len(g) for g in groups.values())
-        per_task = clients_per_task(total, self.slots, self.fixed, self.split)
+        per_task = clients_per_task(total, self.slots, self.fixed)
         tasks = []
         for node, clients in groups.items():
             for same_site in self._by_site(clients):

@@ -57,7 +57,7 @@ from flight_parsl.engine.outcomes import (
     lost_slot,
     release_late,
 )
-from flight_parsl.engine.plan import ONE_MESSAGE_SPLIT, SPLIT_MIN_BYTES, Planner, TaskSpec
+from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows, round_row
 from flight_parsl.fl.aggregate import Aggregator, Offset
 from flight_parsl.fl.aimd import AIMDEpochs
@@ -658,12 +658,9 @@ def run_sync(ctx: RunContext) -> LoopResult:
     if tree is not None and name_aggregators is not None:
         name_aggregators(node.name for node in tree.aggregators)
     site = ctx.placement.client_site.__getitem__ if ctx.placement is not None else None
+    planner = Planner(ctx.slots, cfg.plan.clients_per_task, exp.expected_work if exp.shard_sizes else None, site)
     weights = exp.initial
     size = len(weights.to_bytes())  # payload bytes of one model, for the cost model
-    # every client's result its own message to the coordinator: smaller tasks, folded while the slots write
-    one_message = tree is None and not (strategy.linear and cfg.plan.preaggregate) and size >= SPLIT_MIN_BYTES
-    planner = Planner(ctx.slots, cfg.plan.clients_per_task, exp.expected_work if exp.shard_sizes else None, site,
-                      split=ONE_MESSAGE_SPLIT if one_message else 1)
     summaries: list[RoundSummary] = []
     peaks: dict[Slot, float] = {}
     clock = SlotClock()
