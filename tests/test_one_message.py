@@ -148,3 +148,41 @@ def test_only_results_for_the_coordinator_reuse_files(tmp_path) -> None:
                 assert np.array_equal(t.collect(out).buffer, _weights(0).buffer)
                 t.discard(out)
             assert len(os.listdir(store_dir / ".pool")) == pooled if pooled else not (store_dir / ".pool").exists()
+
+
+def test_a_reader_keeps_the_map_of_a_reused_result_file_and_reads_the_new_result_through_it(tmp_path) -> None:
+    """The coordinator maps a pooled file once: the next result written into it (longer or
+    shorter) reads right through the kept map; a deleted file's map is forgotten first."""
+    conn = MappedFileConnector(str(tmp_path / "s"), pool_files=1)
+    first = conn.put_parts(_weights(1).to_parts(), recycle=True)
+    got = FlatWeights.from_bytes(conn.get(first))
+    assert np.array_equal(got.buffer, _weights(1).buffer) and conn.kept_maps() == 1
+    (kept,) = conn._maps.values()
+    del got
+    conn.evict(first)  # into the pool, its map kept
+    for seed, n in ((2, 5000), (3, 300), (4, 5000), (5, 9000)):  # the same file, shorter and longer again
+        key = conn.put_parts(_weights(seed, n=n).to_parts(), recycle=True)
+        data = conn.get(key)
+        assert len(data) == len(_weights(seed, n=n).to_bytes())
+        got = FlatWeights.from_bytes(data)
+        assert np.array_equal(got.buffer, _weights(seed, n=n).buffer) and conn.kept_maps() == 1
+        if n <= 5000:
+            assert next(iter(conn._maps.values())) is kept  # read through the same map, not a new one
+        del got, data
+        conn.evict(key)
+    a, b = (conn.put_parts(_weights(s).to_parts(), recycle=True) for s in (6, 7))
+    for key in (a, b):
+        assert conn.get(key) is not None
+    assert conn.kept_maps() == 2
+    conn.evict(a)
+    conn.evict(b)  # the pool is full: b's file is deleted, and its map forgotten before
+    assert conn.kept_maps() == 1 and len(os.listdir(conn.pool_dir)) == 1
+    plain = conn.put_parts(_weights(8).to_parts())  # not a result: mapped per read, never kept
+    assert np.array_equal(FlatWeights.from_bytes(conn.get(plain)).buffer, _weights(8).buffer)
+    assert conn.kept_maps() == 1
+    conn.close()
+    assert conn.kept_maps() == 0 and not (tmp_path / "s").exists()
+    off = MappedFileConnector(str(tmp_path / "o"), map_files=0)
+    assert MappedFileConnector.from_config(off.config()).map_files == 0
+    key = off.put_parts(_weights(9).to_parts(), recycle=True)
+    assert np.array_equal(FlatWeights.from_bytes(off.get(key)).buffer, _weights(9).buffer) and off.kept_maps() == 0
