@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import signal
+import sys
+from types import ModuleType
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +56,15 @@ def run_quietly(make_config, *overrides: str, **values: Any) -> Path:
 
     cfg = make_config(*overrides, **values)
     return run_experiment(cfg, Progress(cfg.rounds, enabled=False))
+
+
+def perf_script() -> ModuleType:
+    """artifacts/perf/run.py as a module, loaded once per test session (its tests share it)."""
+    if "perf_run" not in sys.modules:
+        script = Path(__file__).resolve().parents[1] / "artifacts" / "perf" / "run.py"
+        spec = importlib.util.spec_from_file_location("perf_run", script)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["perf_run"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["perf_run"]

@@ -7,7 +7,6 @@ meanwhile cannot move it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,15 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import perf_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "artifacts" / "perf" / "run.py"
-if "perf_run" in sys.modules:
-    perf = sys.modules["perf_run"]
-else:
-    spec = importlib.util.spec_from_file_location("perf_run", SCRIPT)
-    perf = importlib.util.module_from_spec(spec)
-    sys.modules["perf_run"] = perf
-    spec.loader.exec_module(perf)
+perf = perf_script()
 
 pytestmark = pytest.mark.timeout(60)
 

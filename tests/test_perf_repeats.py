@@ -6,20 +6,12 @@ Pure parts only (fake load readers, canned runs); no Parsl, no Flower, no sleepi
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import perf_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "artifacts" / "perf" / "run.py"
-if "perf_run" in sys.modules:
-    perf = sys.modules["perf_run"]
-else:
-    spec = importlib.util.spec_from_file_location("perf_run", SCRIPT)
-    perf = importlib.util.module_from_spec(spec)
-    sys.modules["perf_run"] = perf
-    spec.loader.exec_module(perf)
+perf = perf_script()
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,19 +6,14 @@ No Parsl and no Flower: runs use stand-in processes (sh, sleep) and canned rows.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import perf_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "artifacts" / "perf" / "run.py"
-spec = importlib.util.spec_from_file_location("perf_run", SCRIPT)
-perf = importlib.util.module_from_spec(spec)
-sys.modules["perf_run"] = perf
-spec.loader.exec_module(perf)
+perf = perf_script()
 
 pytestmark = pytest.mark.timeout(30)
 
