@@ -106,6 +106,8 @@ def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_
     a blob in neither is one message asking for --resume."""
     from dataclasses import replace
 
+    from flight_parsl.engine.sync import _ClientBook
+    from flight_parsl.fl.membership import Membership
     from flight_parsl.transfer.persite import SiteState, site_mirrors
     from flight_parsl.transfer.state import DirState, MirroredState, VersionBook
 
@@ -152,6 +154,9 @@ def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_
         assert replace(view, store=site_b).get(5) == b"momentum 5"
         assert (tmp_path / "site-b" / "5@1.0.bin").read_bytes() == b"momentum 5"
         assert state.restorable(book.accepted_keys()) == {"site-b": [(4, "1.0")]}
+        clients = _ClientBook(Membership(8, 1, 1), None, book)  # the sync loop's: what each checkpoint records
+        assert clients.from_mirrors() == {"site-b": [(4, "1.0")]}
+        assert clients.from_mirrors() == {}  # still lost, not read back yet: recorded once
         Server.reads.clear()
         assert site_b.get(5, "1.0") == b"momentum 5" and Server.reads == [5]  # local to the server again
         # a blob in neither (the mirror's file gone too): the run cannot go on from it, --resume can
@@ -255,6 +260,24 @@ def test_the_injector_stops_every_sites_server_or_one(make_config, tmp_path, sto
     rows = read_csv(tmp_path / "faults.csv")
     assert sorted(r["action"] for r in rows) == sorted(["redis_kill", "redis_restart"] * len(killed))
     assert all(r["round"] == "2" and "of site site-" in r["detail"] for r in rows)
+
+
+def test_a_restore_is_a_row_of_faults_csv_even_when_nothing_was_injected(make_config, tmp_path) -> None:
+    """A site's server that stopped by itself: the run's ``state_restored`` row makes faults.csv."""
+    from conftest import read_csv
+
+    from flight_parsl.processes.injector import FaultInjector, SlotCensus
+
+    cfg = make_config(SITES, "transfer.per_site=true", backend="parsl", workers=8, topology=str(TWO_SITES),
+                      transfer={"kind": "redis"})
+    injector = FaultInjector(cfg, tmp_path, SlotCensus(4))
+    assert not injector and not (tmp_path / "faults.csv").exists()  # nothing injected, no file
+    injector.start_round(2)
+    injector.record("state_restored", "site-b", "2 accepted blobs of site site-b its server lost (clients 4 5)")
+    injector.close()
+    rows = read_csv(tmp_path / "faults.csv")
+    assert [(r["round"], r["action"], r["target"]) for r in rows] == [("3", "state_restored", "site-b")]
+    assert rows[0]["detail"].startswith("2 accepted blobs of site site-b")
 
 
 def _leftovers() -> list[str]:
