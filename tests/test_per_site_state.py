@@ -5,10 +5,11 @@ aggregator's residual) is routed to its site's store, a task gets its site's han
 checkpoint's snapshot restores into the right sites; ``faults.redis_stop`` takes ``ROUND`` or
 ``SITE@ROUND``. As root in namespaces: a run keeping momentum and error-feedback residuals
 gives the rounds of the same run with one store, keeps each client's state in its own site's
-store; a SIGKILL of one site's redis-server fails that site's clients, and the run (without
-client state) goes on, or (with client state, lost with the server) stops with one message and
-``--resume`` restores every client's state from the checkpoint: the rounds of the run that was
-never stopped.
+store; a SIGKILL of one site's redis-server fails that site's clients, and the run goes on:
+without client state, and with it (lost with the server, read back from the site's mirror by
+the site's tasks: the rounds of the same run that lost no state); a blob in neither the store
+nor the mirror stops it with one message, and ``--resume`` restores every client's state from
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -99,7 +101,13 @@ def test_each_key_of_the_client_state_lives_in_its_sites_store(tmp_path) -> None
 
 def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_they_lost(tmp_path) -> None:
     """A site's store with a mirror (MirroredState): a task's write goes to both, the coordinator's
-    snapshot reads the mirror and asks the store only which accepted keys it lost (key names)."""
+    snapshot reads the mirror and asks the store only which accepted keys it lost (key names);
+    a blob the store lost is read back from the mirror by the site's task, which puts it back;
+    a blob in neither is one message asking for --resume."""
+    from dataclasses import replace
+
+    from flight_parsl.engine.sync import _ClientBook
+    from flight_parsl.fl.membership import Membership
     from flight_parsl.transfer.persite import SiteState, site_mirrors
     from flight_parsl.transfer.state import DirState, MirroredState, VersionBook
 
@@ -128,12 +136,38 @@ def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_
                 assert view.get(c) is None  # nothing accepted yet
             book.accept(clients, 0, 0)
         assert sorted(p.name for p in (run / "site_state" / "site-b").iterdir()) == ["4@1.0.bin", "5@1.0.bin"]
+        Server.reads.clear()
         assert state.for_site("site-a").get(0, "1.0") == b"momentum 0" and Server.reads == [0]  # a task: its server
         Server.reads.clear()
         assert book.snapshot() == {c: ("1.0", f"momentum {c}".encode()) for c in (0, 1, 4, 5)}
         assert Server.reads == []  # the checkpoint: the mirrors only
-        (tmp_path / "site-b" / "5@1.0.bin").unlink()  # site-b's server lost client 5's state
-        with pytest.raises(Exception, match=r"state 1\.0 of client 5 is missing from the store \(site site-b's store\)"):
+        assert state.restorable(book.accepted_keys()) == {}  # no server lost anything
+
+        # site-b's server lost clients 4's and 5's state (stopped, back empty): the mirror holds it
+        (tmp_path / "site-b" / "4@1.0.bin").unlink()
+        (tmp_path / "site-b" / "5@1.0.bin").unlink()
+        assert state.restorable(book.accepted_keys()) == {"site-b": [(4, "1.0"), (5, "1.0")]}
+        assert book.snapshot()[5] == ("1.0", b"momentum 5") and Server.reads == []  # the checkpoint goes on
+        # the site's next task reads client 5's state from the mirror and puts it back into the server
+        view = book.view([5], 1, 0)
+        site_b = state.for_site("site-b")
+        assert replace(view, store=site_b).get(5) == b"momentum 5"
+        assert (tmp_path / "site-b" / "5@1.0.bin").read_bytes() == b"momentum 5"
+        assert state.restorable(book.accepted_keys()) == {"site-b": [(4, "1.0")]}
+        clients = _ClientBook(Membership(8, 1, 1), None, book)  # the sync loop's: what each checkpoint records
+        assert clients.from_mirrors() == {"site-b": [(4, "1.0")]}
+        assert clients.from_mirrors() == {}  # still lost, not read back yet: recorded once
+        Server.reads.clear()
+        assert site_b.get(5, "1.0") == b"momentum 5" and Server.reads == [5]  # local to the server again
+        # a blob in neither (the mirror's file gone too): the run cannot go on from it, --resume can
+        (run / "site_state" / "site-b" / "4@1.0.bin").unlink()
+        with pytest.raises(Exception, match=r"^the accepted state 1\.0 of client 4 is missing from the store \(site "
+                                            r"site-b's store, and its mirror .*site_state/site-b\): a Redis that was "
+                                            r"stopped lost it and its mirror does not hold it; continue from the last "
+                                            r"checkpoint with --resume$"):
+            state.restorable(book.accepted_keys())
+        assert site_b.get(4, "1.0") is None  # a task finds nothing, as before the mirror
+        with pytest.raises(Exception, match=r"state 1\.0 of client 4 is missing from the store \(site site-b's store"):
             book.snapshot()
         book.accept([0], 1, 0)  # a version no longer accepted goes from the server and the mirror
         assert not (tmp_path / "site-a" / "0@1.0.bin").exists()
@@ -228,6 +262,24 @@ def test_the_injector_stops_every_sites_server_or_one(make_config, tmp_path, sto
     assert all(r["round"] == "2" and "of site site-" in r["detail"] for r in rows)
 
 
+def test_a_restore_is_a_row_of_faults_csv_even_when_nothing_was_injected(make_config, tmp_path) -> None:
+    """A site's server that stopped by itself: the run's ``state_restored`` row makes faults.csv."""
+    from conftest import read_csv
+
+    from flight_parsl.processes.injector import FaultInjector, SlotCensus
+
+    cfg = make_config(SITES, "transfer.per_site=true", backend="parsl", workers=8, topology=str(TWO_SITES),
+                      transfer={"kind": "redis"})
+    injector = FaultInjector(cfg, tmp_path, SlotCensus(4))
+    assert not injector and not (tmp_path / "faults.csv").exists()  # nothing injected, no file
+    injector.start_round(2)
+    injector.record("state_restored", "site-b", "2 accepted blobs of site site-b its server lost (clients 4 5)")
+    injector.close()
+    rows = read_csv(tmp_path / "faults.csv")
+    assert [(r["round"], r["action"], r["target"]) for r in rows] == [("3", "state_restored", "site-b")]
+    assert rows[0]["detail"].startswith("2 accepted blobs of site site-b")
+
+
 def _leftovers() -> list[str]:
     pid = os.getpid()
     ns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
@@ -246,23 +298,36 @@ def _common(tmp_path: Path, name: str) -> dict:
 
 
 @pytest.mark.skipif(NO_NETNS is not None, reason=f"no network namespaces here: {NO_NETNS}")
-def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(make_config, tmp_path,
-                                                                                  monkeypatch) -> None:
-    """Momentum and error feedback (int8, at clients and at the sites' aggregators), 3 rounds:
-    one store on the bridge, then a store per site whose site-b server is SIGKILLed in round 2
-    (its clients fail; their state goes with the server, so the checkpoint stops the run with
-    one message), then --resume. The resumed run's rounds equal the one-store run's, and each
-    client's state was in its own site's store only."""
+def test_client_state_stays_at_its_site_comes_back_from_its_mirror_and_resumes(make_config, tmp_path,
+                                                                               monkeypatch) -> None:
+    """Momentum and error feedback (int8, at clients and at the sites' aggregators), 3 rounds.
+
+    The reference, one store on the bridge: site-b's four clients fail in round 2 (their slots
+    SIGKILL themselves, no retry), so they keep their round-1 state. The same with a store per site,
+    where site-b's clients fail because site-b's redis-server is SIGKILLed in round 2 and comes
+    back empty 3 s into the round (clients 4 to 6 have stored their results, client 7 hangs 5 s, so
+    agg-b finds its children's results gone): their accepted state (momentum, residuals, agg-b's
+    residual) goes with it. Client 7's task reads its state after the restart, from the mirror, and
+    puts it back; the checkpoint finds the other 7 blobs in site-b's mirror and the run goes on
+    (faults.csv ``state_restored``); in round 3 site-b's tasks read them back from the mirror, and
+    the rounds equal the reference's. Then, at round 3's checkpoint, the test stops site-b's server again
+    and removes one blob from the mirror too: the run stops with one message, and ``--resume``
+    reruns round 3 from round 2's checkpoint (every client's state written back from it) to the
+    same round 3. Each client's state was in its own site's store only, and the coordinator read
+    none of it from a site's Redis."""
     from conftest import read_csv, read_summary, run_quietly
 
     from flight_parsl.config.experiment import resume_config
+    from flight_parsl.engine import sync
     from flight_parsl.engine.progress import Progress
     from flight_parsl.engine.runner import run_experiment
+    from flight_parsl.processes.injector import FaultInjector
     from flight_parsl.transfer import state as state_module
 
     found: dict[str, set[int]] = {}  # the site store's address -> the keys the run's client state left there
     mirrored: dict[str, set[int]] = {}  # a site's label -> the keys its tasks mirrored in the run directory
     clear = state_module._clear
+    run = tmp_path / "per_site"
 
     def listing_clear(state, admin):  # just before the run's state keys go: what each store holds
         conn = admin()
@@ -271,7 +336,7 @@ def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(
         finally:
             conn.close()
         found[f"{state.host}"] = {int(k.split("@")[0]) for k in keys}
-        for site in (tmp_path / "per_site" / "site_state").glob("site-*"):  # the mirrors outlive the stores' keys
+        for site in (run / "site_state").glob("site-*"):  # the mirrors outlive the stores' keys
             mirrored[site.name] = {int(f.name.split("@")[0]) for f in site.iterdir()}
         clear(state, admin)
 
@@ -284,42 +349,90 @@ def test_client_state_stays_at_its_site_survives_a_lost_site_store_and_a_resume(
 
     monkeypatch.setattr(state_module, "_clear", listing_clear)
     monkeypatch.setattr(state_module.RedisState, "get", counting_get)
-    one = run_quietly(make_config, SITES, *STATE, **_common(tmp_path, "one_store"))
+    one = run_quietly(make_config, SITES, *STATE, "faults.kill=4@2,5@2,6@2,7@2", "round.retries=0",
+                      **_common(tmp_path, "one_store"))
     assert read_summary(one)["status"] == "completed"
+    plain = read_csv(one / "rounds.csv")
+    assert [(r["round"], r["reported"], r["failed"]) for r in plain] == [("1", "8", "0"), ("2", "4", "4"),
+                                                                          ("3", "8", "0")]
     assert read_by_coordinator  # one store: the checkpoint reads each client's state from the store
     found.clear()
     read_by_coordinator.clear()
 
-    faulty = ["faults.redis_stop=site-b@2", "faults.kill_after_s=0", "faults.hang=4@2,5@2,6@2,7@2",
-              "faults.hang_s=0.5", "faults.redis_down_s=0", "round.retries=1"]
-    with pytest.raises(Exception, match=r"the accepted state 1\.0 of client [4-7] is missing from the store \(site "
-                                        r"site-b's store at 10\.[0-9.]+:\d+\): a Redis that was stopped lost it; "
-                                        r"continue from the last checkpoint with --resume"):
+    injectors: list[FaultInjector] = []
+    start_run = FaultInjector.start_run
+
+    def keep_injector(self):
+        injectors.append(self)
+        start_run(self)
+
+    lookups: list[dict] = []
+    from_mirrors = sync._ClientBook.from_mirrors
+
+    def stop_again_at_round_3(self):  # site-b's server SIGKILLed again, and client 5's blob gone from the mirror
+        if len(lookups) == 2:
+            injectors[-1].stop_redis("site-b")
+            deadline = time.time() + 30
+            while sum(f["action"] == "redis_restart" for f in read_csv(run / "faults.csv")) < 2:
+                assert time.time() < deadline, "site-b's server did not come back"
+                time.sleep(0.05)
+            (run / "site_state" / "site-b" / f"5@{self.versions.accepted[5]}.bin").unlink()
+        lookups.append(from_mirrors(self))
+        return lookups[-1]
+
+    monkeypatch.setattr(FaultInjector, "start_run", keep_injector)
+    monkeypatch.setattr(sync._ClientBook, "from_mirrors", stop_again_at_round_3)
+    # site-b's server SIGKILLed 3 s into round 2 (a round takes well under a second here), when
+    # clients 4 to 6 have kept their new state and stored their results while client 7 hangs (5 s):
+    # agg-b finds its children's results gone and fails (retried once, failed again)
+    faulty = ["faults.redis_stop=site-b@2", "faults.kill_after_s=3", "faults.hang=7@2", "faults.hang_s=5",
+              "faults.redis_down_s=0", "round.retries=1"]
+    with pytest.raises(Exception, match=r"^the accepted state 3\.\d of client 5 is missing from the store \(site "
+                                        r"site-b's store at 10\.[0-9.]+:\d+, and its mirror \S+/site_state/site-b\): "
+                                        r"a Redis that was stopped lost it and its mirror does not hold it; continue "
+                                        r"from the last checkpoint with --resume$"):
         run_quietly(make_config, SITES, "transfer.per_site=true", *STATE, *faulty, **_common(tmp_path, "per_site"))
-    run = tmp_path / "per_site"
     rows = read_csv(run / "rounds.csv")
-    assert [(r["round"], r["reported"], r["failed"]) for r in rows] == [("1", "8", "0"), ("2", "4", "4")]
+    assert [(r["round"], r["reported"], r["failed"]) for r in rows] == [("1", "8", "0"), ("2", "4", "4"),
+                                                                         ("3", "8", "0")]
+    # the rounds after the lost store are those of the run that lost nothing (round 2's train_loss
+    # is not: it averages the local losses of site-b's clients that trained before their site failed)
+    for mine, theirs in zip(rows, plain, strict=True):
+        for column in ("test_loss", "test_acc") + (("train_loss",) if mine["round"] != "2" else ()):
+            assert float(mine[column]) == pytest.approx(float(theirs[column]), rel=1e-6, abs=1e-9), (column, mine)
     faults = read_csv(run / "faults.csv")
-    assert [f["action"] for f in faults] == ["redis_kill", "redis_restart"] and "of site site-b" in faults[0]["detail"]
-    failed = [t for t in read_csv(run / "tasks.csv") if t["round"] == "2" and t["status"] != "ok"]
-    assert failed and {t["site"] for t in failed} == {"site-b"}
+    assert [(f["round"], f["action"]) for f in faults] == [
+        ("2", "redis_kill"), ("2", "redis_restart"), ("2", "state_restored"), ("3", "redis_kill"),
+        ("3", "redis_restart")]
+    # client 7's task, at its site, read its round-1 state after the kill: from the mirror, put back into
+    # the restarted server; the checkpoint finds the other 7 accepted blobs lost, all in the mirror
+    restored = faults[2]
+    assert restored["target"] == "site-b" and restored["detail"].startswith(
+        "7 accepted blobs of site site-b its server lost (clients 4 5 6; residuals of clients 4 5 6; "
+        "1 aggregator residual)"), restored
+    assert [sorted(d) for d in lookups[:2]] == [[], ["site-b"]]
+    assert sorted(lookups[1]["site-b"]) == sorted([(c, "1.0") for c in (4, 5, 6)] + [
+        (-1 - c, "1.0") for c in (4, 5, 6)] + [(-(1 << 40) - 1, "1.0")])
+    failed = [t for t in read_csv(run / "tasks.csv") if t["status"] != "ok"]
+    assert failed and {(t["round"], t["site"]) for t in failed} == {("2", "site-b")}
     assert read_summary(run)["status"] == "failed"
     assert _redis_children() == [] and _leftovers() == []
     # a store per site: the checkpoint read the state from the sites' mirrors, never across a link
     assert read_by_coordinator == [] and not (run / "site_state").exists()
-    assert {4, 5, 6, 7} <= mirrored["site-b"] and not mirrored["site-b"] & {0, 1, 2, 3}
+    assert {4, 6, 7} <= mirrored["site-b"] and not mirrored["site-b"] & {0, 1, 2, 3}
 
     found.clear()
     mirrored.clear()
+    monkeypatch.setattr(sync._ClientBook, "from_mirrors", from_mirrors)  # no more stops
     cfg = resume_config(run)  # config.yaml, its injected faults dropped: what --resume runs
     assert not cfg.faults.redis_stop and cfg.transfer.per_site and cfg.train.keep_momentum
     run_experiment(cfg, Progress(cfg.rounds, enabled=False), resume=True)
     assert read_summary(run)["status"] == "completed"
-    resumed, plain = read_csv(run / "rounds.csv"), read_csv(one / "rounds.csv")
-    assert [r["round"] for r in resumed] == ["1", "2", "3"]
-    for mine, theirs in zip(resumed, plain, strict=True):
-        for column in ("test_loss", "test_acc", "train_loss"):
-            assert float(mine[column]) == pytest.approx(float(theirs[column]), rel=1e-6, abs=1e-9), (column, mine)
+    assert len(read_csv(run / "faults.csv")) == 5  # nothing lost, nothing restored
+    resumed = read_csv(run / "rounds.csv")
+    assert [(r["round"], r["reported"]) for r in resumed] == [("1", "8"), ("2", "4"), ("3", "8")]
+    for column in ("test_loss", "test_acc", "train_loss"):  # round 3 again, its state from the checkpoint
+        assert float(resumed[2][column]) == pytest.approx(float(rows[2][column]), rel=1e-6, abs=1e-9), column
     hosts = {label: s["host_address"] for label, s in read_summary(run)["sites"].items()}
     a, b = found[hosts["site-a"]], found[hosts["site-b"]]
     assert a == {0, 1, 2, 3, -1, -2, -3, -4, -(1 << 40)}, a  # momentum, residuals, agg-a's residual

@@ -548,6 +548,27 @@ def _at_site(state: Any, site: str | None) -> Any:
     return for_site(site) if store is state else replace(state, store=for_site(site))
 
 
+def _restored(ctx: RunContext, site: str, keys: list[tuple[int, str | None]]) -> None:
+    """Record that site ``site``'s server lost ``keys`` of the run's client state, which its mirror
+    holds and its tasks put back: a ``state_restored`` row of faults.csv (and a line on the console)."""
+    clients = sorted({k for k, _ in keys if k >= 0})
+    residuals = sorted({-1 - k for k, _ in keys if k < 0 and k > aggregator_key(0)})
+    aggregators = sum(1 for k, _ in keys if k <= aggregator_key(0))
+    parts = [f"clients {' '.join(map(str, clients))}"] if clients else []
+    if residuals:
+        parts.append(f"residuals of clients {' '.join(map(str, residuals))}")
+    if aggregators:
+        parts.append(f"{aggregators} aggregator residual{'s' if aggregators > 1 else ''}")
+    detail = (f"{len(keys)} accepted blobs of site {site} its server lost ({'; '.join(parts)}): read from "
+              f"the site's mirror by its tasks and put back into its store")
+    ctx.progress.say(f"site {site}: {detail}")
+    record = getattr(ctx.injector, "record", None)
+    if record is not None:
+        record("state_restored", site, detail)
+    else:
+        log.warning("site %s: %s", site, detail)
+
+
 def _versions(ctx: RunContext) -> VersionBook | None:
     """The versions of the run's client state: momentum (``train.keep_momentum``) and error-feedback
     residuals (``transfer.error_feedback``), or None when no client keeps state."""
@@ -586,6 +607,10 @@ class AggregatorResiduals:
         for version in gone:
             delete(aggregator_key(self.index[node]), version)
 
+    def accepted_keys(self) -> list[tuple[int, str]]:
+        """Every aggregator's accepted (store key, version)."""
+        return [(aggregator_key(self.index[node]), version) for node, version in sorted(self.accepted.items())]
+
     def snapshot(self) -> dict[str, tuple[str, bytes]]:
         """Every aggregator's accepted residual and its version (for a checkpoint)."""
         out = {}
@@ -612,6 +637,28 @@ class _ClientBook:
     aimd: AIMDEpochs | None
     versions: VersionBook | None = None
     aggregators: AggregatorResiduals | None = None
+    lost: set[tuple[int, str | None]] = field(default_factory=set)  # lost keys the last checkpoint found
+
+    def from_mirrors(self) -> dict[str, list[tuple[int, str | None]]]:
+        """With a store per site (:class:`~flight_parsl.transfer.persite.SiteState`): the accepted
+        keys each site's server lost since the last checkpoint looked (a server stopped and restarted
+        empty), all held by the site's mirror, whose tasks read them there and put them back. One
+        pipelined lookup of key names a site; nothing without a store per site.
+
+        Raises:
+            TransferError: a lost key is in no mirror either (the message asks for ``--resume``).
+        """
+        store = self.versions.store if self.versions is not None else None
+        restorable = getattr(store, "restorable", None)
+        if restorable is None:
+            return {}
+        keys: list[tuple[int, str]] = self.versions.accepted_keys() if self.versions is not None else []
+        if self.aggregators is not None:
+            keys += self.aggregators.accepted_keys()
+        found: dict[str, list[tuple[int, str | None]]] = restorable(keys)
+        new = {site: [k for k in lost if k not in self.lost] for site, lost in found.items()}
+        self.lost = {k for lost in found.values() for k in lost}  # a blob not read back yet is counted once
+        return {site: lost for site, lost in new.items() if lost}
 
     def state(self) -> dict[str, Any]:
         out: dict[str, Any] = {"membership": self.membership.state()}
@@ -778,6 +825,8 @@ def run_sync(ctx: RunContext) -> LoopResult:
                 + f"; finished rounds are in {recorder.dir}"
             )
         if cfg.round.checkpoint:
+            for label, keys in book.from_mirrors().items():  # a store per site: what a restarted server lost
+                _restored(ctx, label, keys)
             point = checkpoint.Checkpoint(r + 1, weights, rng.bit_generator.state, slowest, tied_to, book.state())
             with deferred():  # written and renamed whole: a stop signal waits for the rename
                 checkpoint.save(recorder.dir, point)

@@ -13,7 +13,9 @@ redis-server in a round and start it again on its port. Nothing is simulated:
 tasks on a killed process fail with Parsl's ``WorkerLost``, Redis clients lose
 their connection and the keys. Every action is a row of ``faults.csv`` in the run
 directory (when, round, action, target, detail; ``round`` counts from 1 as in rounds.csv,
-0 for a timed fault that fires before the first round starts).
+0 for a timed fault that fires before the first round starts). What the run did about one is
+a row too: ``state_restored`` (target: a site) when a site's restarted server lost client state
+that the site's mirror held (:meth:`FaultInjector.record`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 import time
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -176,16 +178,19 @@ class FaultInjector:
         self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._file = None
+        self._file: TextIO | None = None
         self._writer: Any = None
         self.path = Path(run_dir) / "faults.csv"
         if self.kills or self.redis_rounds:
-            new = not self.path.exists()
-            self._file = self.path.open("a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=FAULT_COLUMNS)
-            if new:
-                self._writer.writeheader()
-                self._file.flush()
+            self._open()
+
+    def _open(self) -> None:
+        new = not self.path.exists()
+        self._file = self.path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=FAULT_COLUMNS)
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
 
     def __bool__(self) -> bool:
         return bool(self.kills or self.redis_rounds)
@@ -240,6 +245,15 @@ class FaultInjector:
                 )
                 self._file.flush()
 
+    def record(self, action: str, target: str, detail: str = "") -> None:
+        """A row of faults.csv for what the run did about a fault (``state_restored``: client
+        state a site's restarted server lost, read back from the site's mirror), in the round
+        under way; faults.csv is made if nothing was injected (a server that stopped by itself)."""
+        with self._lock:
+            if self._file is None and not self._closed:
+                self._open()
+        self._row(action, target, detail)
+
     def kill_slots(self, count: float) -> list[int]:
         """SIGKILL ``count`` recorded worker processes (a fraction of the slots when < 1)."""
         alive = sorted(self.census.alive())
@@ -261,6 +275,7 @@ class FaultInjector:
     def stop_redis(self, site: str | None = None) -> None:
         """SIGKILL the managed redis-server (with a store per site: ``site``'s, or every site's
         when None); start each again on its port ``redis_down_s`` later."""
+        targets: list[tuple[str | None, Any]]
         if self.site_servers:
             targets = [(label, self.site_servers[label]) for label in
                        ([site] if site is not None else list(self.site_servers))]

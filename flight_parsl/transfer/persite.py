@@ -21,7 +21,10 @@ writes each blob into its site's mirror (:class:`~flight_parsl.transfer.state.Mi
 files in the run directory written at the site), from which the coordinator reads a checkpoint's
 blobs: of the per-round checkpoint only key names cross the link (which accepted keys a site's
 server lost). The coordinator's other calls (deleting a version no longer accepted, a restore
-at ``--resume``) are small or once a run.
+at ``--resume``) are small or once a run. A blob a site's restarted server lost is read back
+from the site's mirror by the site's next task that needs it, which puts it back into the
+store (:class:`~flight_parsl.transfer.state.MirroredState`); the checkpoint only checks that
+the mirror holds every lost one (:meth:`SiteState.restorable`) and the run goes on.
 """
 
 from __future__ import annotations
@@ -231,9 +234,22 @@ class SiteState:
         """Which site's store keeps ``key``, and where it is (for error messages)."""
         site = self.site_of(key)
         store = self.stores[site]
+        mirror = getattr(store, "mirror", None)
         store = getattr(store, "store", store)  # a mirrored site: its server
         host, port = getattr(store, "host", None), getattr(store, "port", None)
-        return f"site {site}'s store" + (f" at {host}:{port}" if host is not None else "")
+        return (f"site {site}'s store" + (f" at {host}:{port}" if host is not None else "")
+                + (f", and its mirror {mirror.root}" if mirror is not None else ""))
+
+    def describe(self, key: int) -> str:
+        """What ``key`` holds, in words: a client's blob, its residual, an aggregator's residual."""
+        key = int(key)
+        if key >= 0:
+            return f"client {key}"
+        if key > _AGGREGATOR_KEYS:
+            return f"the error-feedback residual of client {-1 - key}"
+        index = _AGGREGATOR_KEYS - key
+        name = self.aggregators[index] if index < len(self.aggregators) else f"number {index}"
+        return f"the error-feedback residual of aggregator {name}"
 
     def for_site(self, site: str | None) -> ClientState:
         """The handle a task at ``site`` carries: its site's store."""
@@ -244,10 +260,15 @@ class SiteState:
     def get(self, client: int, version: str | None = None) -> bytes | None:
         """The blob of ``client`` (a key of the client state), from its site's mirror when the site
         has one (:class:`~flight_parsl.transfer.state.MirroredState`: no byte of it crosses the
-        site's link), else from its site's store."""
+        site's link), else (or when the mirror lacks it) from its site's store."""
         store = self.stores[self.site_of(client)]
         mirror = getattr(store, "mirror", None)
-        return (mirror if mirror is not None else store).get(client, version)
+        if mirror is None:
+            return store.get(client, version)
+        blob = mirror.get(client, version)
+        if blob is None:  # not mirrored (a file removed by hand): the site's server, across the link
+            blob = getattr(store, "store", store).get(client, version)
+        return blob
 
     def lost(self, keys: Any) -> list[tuple[int, str | None]]:
         """Which of ``keys`` ((key, version) pairs) their sites' stores no longer hold (a server
@@ -262,6 +283,29 @@ class SiteState:
             missing = getattr(getattr(store, "store", store), "missing", None)
             if missing is not None:
                 out += missing(wanted)
+        return out
+
+    def restorable(self, keys: Any) -> dict[str, list[tuple[int, str | None]]]:
+        """Which of ``keys`` ((key, version) pairs) each site's server lost (:meth:`lost`), by site,
+        every one of them held by the site's mirror: the site's tasks read them there and put them
+        back (:class:`~flight_parsl.transfer.state.MirroredState`), so the run goes on. Only key
+        names cross the links (the mirror is looked up in the run directory).
+
+        Raises:
+            TransferError: a lost key the site's mirror does not hold either (or a site without
+                a mirror lost it): the run cannot go on from its state; ``--resume`` can.
+        """
+        out: dict[str, list[tuple[int, str | None]]] = {}
+        for key, version in self.lost(keys):
+            site = self.site_of(key)
+            mirror = getattr(self.stores[site], "mirror", None)
+            if mirror is None or not mirror.has(key, version):
+                raise TransferError(
+                    f"the accepted state {version} of {self.describe(key)} is missing from the store "
+                    f"({self.where(key)}): a Redis that was stopped lost it"
+                    + (" and its mirror does not hold it" if mirror is not None else "")
+                    + "; continue from the last checkpoint with --resume")
+            out.setdefault(site, []).append((key, version))
         return out
 
     def put(self, client: int, data: bytes, version: str | None = None) -> None:

@@ -69,6 +69,10 @@ class DirState:
         except FileNotFoundError:
             return None
 
+    def has(self, client: int, version: str | None = None) -> bool:
+        """Whether the client's blob of ``version`` is there (without reading it)."""
+        return os.path.exists(self._path(client, version))
+
     def put(self, client: int, data: bytes, version: str | None = None) -> None:
         path = self._path(client, version)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # threads of one process write side by side
@@ -183,13 +187,28 @@ class MirroredState:
     Tasks read ``store`` (the site's Redis) and write both: the blob into ``store``, then the same
     bytes into ``mirror`` (files in the run directory, written by the task at its site). The
     coordinator reads a checkpoint's blobs from ``mirror`` (:class:`~flight_parsl.transfer.persite.SiteState`),
-    so they never cross the site's link; it asks ``store`` only which accepted keys it lost."""
+    so they never cross the site's link; it asks ``store`` only which accepted keys it lost.
+
+    A blob the store lacks (its server was stopped and came back empty) is read from ``mirror``
+    and put back into ``store`` (:meth:`get`): the site's task that reads it next restores it, at
+    the site, so the run goes on from the state it had and later reads are local to Redis again.
+    This lives here, in the handle a task carries, because only the task is at the site: the
+    coordinator writing the blob back would carry it across the site's link."""
 
     store: ClientState
     mirror: DirState
 
     def get(self, client: int, version: str | None = None) -> bytes | None:
-        return self.store.get(client, version)
+        """The blob from ``store``; when it is not there, from ``mirror``, written back into ``store``.
+        A store that cannot be reached raises as before (the task fails, and is retried)."""
+        blob = self.store.get(client, version)
+        if blob is not None:
+            return blob
+        blob = self.mirror.get(client, version)
+        if blob is not None:
+            self.store.put(client, blob, version)
+            log.info("client state %s restored from the mirror %s", _key(client, version), self.mirror.root)
+        return blob
 
     def put(self, client: int, data: bytes, version: str | None = None) -> None:
         self.store.put(client, data, version)
@@ -264,6 +283,10 @@ class VersionBook:
         """The store keys of ``client`` that carry versions."""
         return [k for k, on in ((client, self.momentum), (feedback_key(client), self.residuals)) if on]
 
+    def accepted_keys(self) -> list[tuple[int, str]]:
+        """Every accepted (store key, version): each client's blob and residual that carry versions."""
+        return [(k, v) for c, v in sorted(self.accepted.items()) for k in self._keys(c)]
+
     def view(self, clients: Sequence[int], round_idx: int, attempt: int) -> VersionedView:
         read = tuple((c, self.accepted.get(c)) for c in clients)
         return VersionedView(self.store, read, self.version(round_idx, attempt), self.residuals)
@@ -295,11 +318,8 @@ class VersionBook:
         if not self.momentum:
             return {}
         out = {}
-        # a store per site reads the blobs from the sites' mirrors: which ones the sites' servers lost
-        lost_keys = getattr(self.store, "lost", None)
-        lost = set(lost_keys(sorted(self.accepted.items()))) if callable(lost_keys) else set()
-        for c, v in sorted(self.accepted.items()):
-            blob = None if (c, v) in lost else self.store.get(c, v)
+        for c, v in sorted(self.accepted.items()):  # a store per site: from the sites' mirrors
+            blob = self.store.get(c, v)
             if blob is None:
                 where = getattr(self.store, "where", None)  # a store per site: which site's
                 at = f" ({where(c)})" if callable(where) else ""
