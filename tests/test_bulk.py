@@ -116,3 +116,62 @@ def test_the_length_and_the_first_slices_leave_in_one_write(server, monkeypatch)
     assert sends[0].count(b"STRLEN") == 1 and sends[0].count(b"GETRANGE") == bulk.WINDOW
     total = b"".join(data for what, data in events if what == "send")
     assert total.count(b"GETRANGE") == 4  # one request a slice: nothing asked twice
+
+
+# A streamed put: SETRANGE slices into a temporary key, renamed once whole --------------------
+
+
+def test_a_streamed_put_stores_its_parts_exactly(server) -> None:
+    client, reader = server
+    for sizes in ([1], [64, bulk.CHUNK, 3], [1000] * 7, [bulk.CHUNK + 5, 0, 17]):
+        parts = [os.urandom(n) for n in sizes]
+        reader.put("s", sum(sizes), iter(parts))
+        assert client.get("s") == b"".join(parts), sizes
+        assert client.exists("s" + bulk.PARTIAL_SUFFIX) == 0
+    assert len(reader._idle) == 1  # the same socket as the reads'
+    assert reader.get("s") == b"".join(parts)
+
+
+def test_a_reader_never_sees_a_streamed_value_before_it_is_whole(server) -> None:
+    client, reader = server
+    parts = [os.urandom(10_000) for _ in range(5)]
+    seen = []
+
+    def slowly():
+        for part in parts:
+            seen.append((client.exists("v"), reader.get("v")))  # between the parts already sent
+            yield part
+
+    reader.put("v", 50_000, slowly())
+    assert seen == [(0, None)] * 5
+    assert reader.get("v") == b"".join(parts)
+
+
+def test_a_streamed_put_that_fails_midway_leaves_no_key(server) -> None:
+    client, reader = server
+
+    def broken():
+        yield os.urandom(5000)
+        yield os.urandom(5000)
+        raise RuntimeError("the fold failed")
+
+    with pytest.raises(RuntimeError, match="the fold failed"):
+        reader.put("f", 20_000, broken())
+    assert client.exists("f") == 0
+    assert client.exists("f" + bulk.PARTIAL_SUFFIX) == 0  # the part-written value is deleted
+    assert reader._idle == []  # the socket held a command half sent: never reused
+    with pytest.raises(ValueError, match="got 5000 bytes of the 20000"):
+        reader.put("f", 20_000, iter([os.urandom(5000)]))
+    with pytest.raises(ValueError, match="more than the 10 bytes"):
+        reader.put("f", 10, iter([os.urandom(11)]))
+    assert client.exists("f") == 0 and client.exists("f" + bulk.PARTIAL_SUFFIX) == 0
+    reader.put("f", 3, iter([b"abc"]))  # a fresh socket
+    assert client.get("f") == b"abc"
+
+
+def test_a_streamed_put_the_server_refuses_is_an_error_and_leaves_no_key(server) -> None:
+    client, reader = server
+    client.rpush("l" + bulk.PARTIAL_SUFFIX, b"x")  # SETRANGE on a list: WRONGTYPE
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        reader.put("l", 4, iter([b"abcd"]))
+    assert client.exists("l") == 0

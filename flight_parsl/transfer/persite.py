@@ -67,6 +67,9 @@ class SiteRefs:
     def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[ProxyRef, float, float]:
         raise TransferError("a store per site: a task needs its own site's reference (SiteTransfer.for_site)")
 
+    def streams(self) -> bool:
+        return False
+
 
 class SiteTransfer:
     """The coordinator's side of a store per site (``sites``: label -> that site's channel)."""

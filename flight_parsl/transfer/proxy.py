@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,10 +31,11 @@ from proxystore.connectors.redis import RedisConnector, RedisKey
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.stopping import deferred
-from flight_parsl.core.weights import FlatWeights
+from flight_parsl.core.weights import FlatWeights, Layout, header
 from flight_parsl.transfer.base import Resolved
 
 if TYPE_CHECKING:
+    import numpy as np
     from proxystore.serialize import BytesLike
     from proxystore.store import Store
     from proxystore.store.factory import StoreFactory
@@ -283,6 +284,14 @@ class TimedRedisConnector(RedisConnector):
         self._redis_client.set(key.redis_key, _flat(obj))
         return key
 
+    def put_stream(self, size: int, parts: Iterable[bytes | memoryview]) -> RedisKey:
+        """Store ``size`` bytes under a new key of the run's prefix, sending each of ``parts`` as
+        soon as it is yielded (:meth:`~flight_parsl.transfer.bulk.BulkReader.put`: the value
+        appears under its key whole, or not at all)."""
+        key = self._key()
+        self._reader.put(key.redis_key, size, parts)
+        return key
+
     def put_batch(self, objs: Sequence[BytesLike]) -> list[RedisKey]:
         """Store ``objs`` under new keys of the run's prefix (one MSET)."""
         keys = [self._key() for _ in objs]
@@ -413,6 +422,42 @@ class ProxyRef:
             else:
                 key = put_parts(parts, recycle=recycle)
                 proxy, nbytes = store.proxy_from_key(key), sum(len(p) for p in parts)
+        except Exception as exc:
+            raise TransferError(
+                f"cannot store the result of round {self.round + 1} in {store_location(self.proxy)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return ProxyRef(proxy, nbytes, self.round), t1 - t0, time.perf_counter() - t1
+
+    def streams(self) -> bool:
+        """Whether :meth:`reply_stream` can send a result as it is made (a Redis store)."""
+        try:
+            return hasattr(store_of(self.proxy).connector, "put_stream")
+        except Exception:  # noqa: BLE001 - no store: reply reports it
+            return False
+
+    def reply_stream(self, layout: Layout, slices: Iterable[np.ndarray]) -> tuple[ProxyRef, float, float]:
+        """A result stored as it is made: ``slices`` yields its float32 buffer in consecutive
+        slices (e.g. :meth:`~flight_parsl.fl.aggregate.WeightedMean.finish`, which folds and
+        divides a slice only when asked for it), and each slice leaves for the store as soon as it
+        exists, so the work that makes the result overlaps its put. The payload is the bytes
+        :meth:`reply` sends. Returns the reference, the seconds spent on the header (the
+        serialization; the slices are sent as they are) and on the put (making the slices
+        included). Only where :meth:`streams`."""
+        t0 = time.perf_counter()
+        store = store_of(self.proxy)
+        head = header(layout)
+        nbytes = len(head) + layout.size * 4
+        t1 = time.perf_counter()
+
+        def parts() -> Iterator[bytes | memoryview]:
+            yield head
+            for piece in slices:
+                yield piece.data.cast("B")
+
+        try:
+            key = store.connector.put_stream(nbytes, parts())
+            proxy: Any = store.proxy_from_key(key)
         except Exception as exc:
             raise TransferError(
                 f"cannot store the result of round {self.round + 1} in {store_location(self.proxy)}: "
