@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 from proxystore.connectors.file import FileConnector
 from proxystore.connectors.redis import RedisConnector, RedisKey
 
@@ -35,7 +36,6 @@ from flight_parsl.core.weights import FlatWeights, Layout, header
 from flight_parsl.transfer.base import Resolved
 
 if TYPE_CHECKING:
-    import numpy as np
     from proxystore.serialize import BytesLike
     from proxystore.store import Store
     from proxystore.store.factory import StoreFactory
@@ -332,6 +332,18 @@ def _flat(obj: BytesLike) -> bytes | memoryview:
         return bytes(obj)
 
 
+#: Bytes of each slice of a model a streamed publish sends (the server copies one slice at a time).
+PUBLISH_SLICE = 4 << 20
+
+
+def _model_parts(head: bytes, weights: FlatWeights) -> Iterator[bytes | memoryview]:
+    """The serialized model as its header, then byte views of its buffer's slices (no copy)."""
+    yield head
+    body = np.ascontiguousarray(weights.buffer).data.cast("B")
+    for start in range(0, body.nbytes, PUBLISH_SLICE):
+        yield body[start : start + PUBLISH_SLICE]
+
+
 def identity(data: BytesLike) -> BytesLike:
     """Store (de)serializer: payloads are already bytes."""
     return data
@@ -515,12 +527,25 @@ class ProxyTransfer:
             self._lifetimes[round_idx] = ContextLifetime(self.store, name=f"round-{round_idx}")
         return self._lifetimes[round_idx]
 
+    @property
+    def streams(self) -> bool:
+        """Whether the store takes a streamed put (Redis): :meth:`publish` then sends the model
+        straight from its buffer, slice by slice, with no serialized copy."""
+        return hasattr(self.store.connector, "put_stream")
+
     def publish(self, weights: FlatWeights, round_idx: int, data: memoryview | None = None) -> ProxyRef:
         """The round's model into the store (``data``: its ``to_buffer()``, when the caller has it
-        already: a store per site serializes the model once for every site)."""
-        put_parts = None if data is not None else getattr(self.store.connector, "put_parts", None)
+        already). A store that streams (:attr:`streams`) gets the header and then the model's own
+        buffer in slices, no serialized copy of it made (a store per site sends the one buffer
+        to every site at once)."""
+        put_stream = getattr(self.store.connector, "put_stream", None) if data is None else None
+        put_parts = None if data is not None or put_stream is not None else getattr(
+            self.store.connector, "put_parts", None)
         payload: Any
-        if put_parts is None:
+        if put_stream is not None:
+            head = header(weights.layout)
+            nbytes = len(head) + weights.nbytes
+        elif put_parts is None:
             payload = weights.to_buffer() if data is None else data
             nbytes = len(payload)
         else:
@@ -528,7 +553,11 @@ class ProxyTransfer:
             nbytes = sum(len(p) for p in payload)
         try:
             with deferred():  # the key and its lifetime are written together, or not at all
-                if put_parts is None:
+                proxy: Any
+                if put_stream is not None:
+                    key = put_stream(nbytes, _model_parts(head, weights))
+                    proxy = self.store.proxy_from_key(key, lifetime=self._lifetime(round_idx))
+                elif put_parts is None:
                     proxy = self.store.proxy(payload, lifetime=self._lifetime(round_idx), populate_target=False)
                 else:  # straight from the model's buffer; never recycled: workers cache it
                     key = put_parts(payload)
