@@ -9,9 +9,8 @@ import pytest
 from conftest import read_csv, run_quietly
 from flight_parsl.core.weights import FlatWeights, Layout
 from flight_parsl.engine import checkpoint
-from flight_parsl.fl.aggregate import WeightedMean
+from flight_parsl.fl.aggregate import CHUNK, WeightedMean
 from flight_parsl.transfer import open_transfer
-from flight_parsl.transfer.proxy import ProxyRef
 from flight_parsl.transfer.redis_server import count_keys
 from flight_parsl.worker import tasks
 from redis_fixtures import managed_redis  # noqa: F401 (fixture)
@@ -71,14 +70,14 @@ def test_a_run_with_streamed_puts_is_the_run_without_them_bit_for_bit(
     same test losses and global model with the streamed put as with the fold-then-put."""
     common = ("transfer.kind=redis", f"transfer.redis={managed_redis.address}", "model.name=mlp", "train.epochs=1",
               "slots=2", f"topology={topology}")
-    streamed_puts = []
-    real = ProxyRef.reply_stream
+    streamed_puts = []  # folds finished as they were sent
+    real = WeightedMean.finish
 
-    def counted(self, layout, slices):
+    def counted(self, weights, weight, step=CHUNK):
         streamed_puts.append(1)
-        return real(self, layout, slices)
+        return real(self, weights, weight, step)
 
-    monkeypatch.setattr(ProxyRef, "reply_stream", counted)
+    monkeypatch.setattr(WeightedMean, "finish", counted)
     streamed = run_quietly(make_config, *common, workers=8, rounds=2, out=str(tmp_path / "streamed"))
     count = len(streamed_puts)
     assert count >= 4  # two rounds of at least two tasks (+ aggregate tasks on the tree)

@@ -422,6 +422,10 @@ class ProxyRef:
     def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[ProxyRef, float, float]:
         t0 = time.perf_counter()
         store = store_of(self.proxy)
+        if hasattr(store.connector, "put_stream"):  # straight from the buffer, in slices: no serialized copy
+            slices = (weights.buffer[s : s + PUBLISH_SLICE // 4] for s in range(0, weights.buffer.size,
+                                                                                   PUBLISH_SLICE // 4))
+            return self.reply_stream(weights.layout, slices)
         put_parts = getattr(store.connector, "put_parts", None)
         if put_parts is None:
             data = weights.to_buffer()
@@ -465,7 +469,7 @@ class ProxyRef:
         def parts() -> Iterator[bytes | memoryview]:
             yield head
             for piece in slices:
-                yield piece.data.cast("B")
+                yield np.ascontiguousarray(piece).data.cast("B")
 
         try:
             key = store.connector.put_stream(nbytes, parts())
