@@ -14,11 +14,11 @@ copy on this side (the kernel's, into huge pages where the kernel gives them) an
 only a chunk-sized reply buffer on the server's, whose single thread every slot
 shares.
 
-A streamed put (:func:`write_value`, :meth:`BulkReader.put`) goes the other way: a value
-whose bytes are still being made (a slot's partial, cast slice by slice) leaves slice by
-slice as ``SETRANGE`` commands into a temporary key, every reply read at the end, and the
-temporary key is renamed to the value's own in the same pipeline, so no reader finds the
-key before it is whole, and a put that fails midway leaves no key of that name.
+A streamed put (:func:`write_value`, :meth:`BulkReader.put`) goes the other way: one ``SET``
+whose value, its length announced first, is sent in parts as they are made (a slot's partial,
+folded and cast slice by slice), so the work that makes the value overlaps its transfer. Redis
+runs a command only once it has all of it: no reader finds the key before the value is whole,
+and a put that stops midway stores nothing.
 
 It speaks the few lines of RESP these commands need and nothing else; every other
 command stays with redis-py. Sockets are kept per reader (one per concurrent
@@ -149,63 +149,33 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     return view if whole else None
 
 
-#: Appended to a streamed value's key while it is written (still under the run's key prefix).
-PARTIAL_SUFFIX = ".partial"
-
-
-def _command_head(*args: str | int, payload: int) -> bytes:
-    """A RESP request whose last argument, ``payload`` bytes long, is sent after this head
-    (followed by CRLF)."""
-    return b"*%d\r\n" % (len(args) + 1) + b"".join(
-        b"$%d\r\n%b\r\n" % (len(raw), raw) for raw in (str(a).encode() for a in args)
-    ) + b"$%d\r\n" % payload
-
-
 def write_value(sock: socket.socket, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
-    """Store ``size`` bytes under ``key``, sent part by part as ``parts`` yields them.
+    """``SET key`` to ``size`` bytes, sent part by part as ``parts`` yields them.
 
-    The value is made under ``key`` + :data:`PARTIAL_SUFFIX`: a ``SETRANGE`` of its last
-    byte allocates it whole at once (no growing copies on the server), each part is a
-    ``SETRANGE`` at its offset, sent as soon as the part exists, and a ``RENAME`` to ``key``
-    closes the pipeline; the replies are read at the end, so the link never waits for a
-    round trip. A reader never sees ``key`` part-written: it appears whole, with the rename.
-    Raises when the parts do not add up to ``size`` or the server answers an error.
+    The command's head announces the value's length; each part goes to the socket as soon as it
+    is yielded, while the next is made; the reply is read at the end. Redis executes a command
+    only once all of it has arrived (and reads a large value straight into the value's own
+    buffer, as for any ``SET``), so a reader never sees ``key`` part-written, and a put that
+    stops midway (its connection closed with the command unfinished) stores nothing.
+    Raises when the parts do not add up to ``size`` (before the command is complete) or the
+    server answers an error.
     """
-    if size <= 0:
-        raise ValueError("a streamed put needs a value of at least one byte")
-    tmp = key + PARTIAL_SUFFIX
-    sock.sendall(encode("SETRANGE", tmp, size - 1, "\0"))
-    commands = 1
-    offset = 0
-    crlf = b""
+    raw = key.encode()
+    sock.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n" % (len(raw), raw, size))
+    sent = 0
     for part in parts:
         view = memoryview(part).cast("B")
-        if not view.nbytes:
-            continue
-        if offset + view.nbytes > size:
+        if sent + view.nbytes > size:
             raise ValueError(f"a streamed put got more than the {size} bytes it announced")
-        sock.sendall(crlf + _command_head("SETRANGE", tmp, offset, payload=view.nbytes))
-        sock.sendall(view)
-        crlf = b"\r\n"
-        offset += view.nbytes
-        commands += 1
-    if offset != size:
-        raise ValueError(f"a streamed put got {offset} bytes of the {size} it announced")
-    sock.sendall(crlf + encode("RENAME", tmp, key))
-    error: ReplyError | None = None  # the first error; the pipeline's other replies are read past it
-    for _ in range(commands):
-        try:
-            _integer(sock)
-        except ReplyError as exc:
-            error = error or exc
-    try:
-        reply = _line(sock)
-    except ReplyError as exc:
-        error, reply = error or exc, b"+OK"
-    if error is not None:  # the caller deletes what the rename may have made of a part-written value
-        raise error
+        if view.nbytes:
+            sock.sendall(view)
+        sent += view.nbytes
+    if sent != size:
+        raise ValueError(f"a streamed put got {sent} bytes of the {size} it announced")
+    sock.sendall(b"\r\n")
+    reply = _line(sock)
     if reply != b"+OK":
-        raise ProtocolError(f"expected +OK to RENAME, got {reply[:40]!r}")
+        raise ProtocolError(f"expected +OK to SET, got {reply[:40]!r}")
 
 
 def _readable(sock: socket.socket) -> bool:
@@ -317,11 +287,9 @@ class BulkReader:
     def put(self, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
         """Store ``size`` bytes under ``key`` as ``parts`` yields them (:func:`write_value`).
 
-        On a failure midway (the server, the link, or ``parts`` itself raising) the socket is
-        closed and the part-written value is deleted, under its temporary name and under ``key``
-        (the pipeline's rename runs even after a refused ``SETRANGE``), when the server still
-        answers (best effort: on a server that went away it goes with the server). ``key`` is
-        new and named to no reader before this returns, so nothing reads it meanwhile."""
+        On a failure midway (the server, the link, or ``parts`` itself raising) the socket, which
+        holds an unfinished command, is closed: the server drops the command, and ``key`` is
+        left as it was (a new key: missing)."""
         with self._lock:
             sock = self._idle.pop() if self._idle else None
         if sock is not None and self.reconnect and _readable(sock):
@@ -333,27 +301,12 @@ class BulkReader:
             write_value(sock, key, size, parts)
         except BaseException:
             sock.close()
-            self._drop(key, key + PARTIAL_SUFFIX)
             raise
         with self._lock:
             keep = not self._closed
             if keep:
                 self._idle.append(sock)
         if not keep:
-            sock.close()
-
-    def _drop(self, *keys: str) -> None:
-        """``DEL keys`` on a fresh socket, errors ignored (a failed streamed put's leftovers)."""
-        try:
-            sock = self._connect()
-        except Exception:  # noqa: BLE001 - best effort: the server may be gone
-            return
-        try:
-            sock.sendall(encode("DEL", *keys))
-            _integer(sock)
-        except Exception:  # noqa: BLE001
-            pass
-        finally:
             sock.close()
 
     def close(self) -> None:
