@@ -90,3 +90,14 @@ def test_a_run_with_streamed_puts_is_the_run_without_them_bit_for_bit(
     losses = [[r["test_loss"] for r in read_csv(run / "rounds.csv")] for run in (streamed, plain)]
     assert losses[0] == losses[1] and all(x != "" for x in losses[0])
     assert count_keys(managed_redis.address) == 0
+
+
+@pytest.mark.parametrize("block", [1, 16])
+def test_a_reserved_mean_is_the_same_mean(block) -> None:
+    results = [_weights(seed) for seed in range(3)]
+    plain, reserved = WeightedMean(results[0], block), WeightedMean(results[0], block)
+    reserved.reserve()
+    for i, w in enumerate(results):
+        plain.add(w, 1.0 + i)
+        reserved.add(w, 1.0 + i)
+    assert plain.result().buffer.tobytes() == reserved.result().buffer.tobytes()

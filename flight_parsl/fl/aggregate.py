@@ -107,6 +107,19 @@ class WeightedMean:
             if self._in_block == self._block_size:
                 self._flush()
 
+    def reserve(self) -> None:
+        """Allocate the buffer the first :meth:`add` folds into now, and touch its pages, so that
+        the fold does not fault them in (the same zeros: the result is unchanged)."""
+        if self._count:
+            return
+        if self._block_size == 1:
+            if self._acc is None:
+                self._acc = np.empty(self._size, dtype=np.float64)
+                self._acc.fill(0.0)
+        elif self._block is None:
+            self._block = np.empty(self._size, dtype=np.float32)
+            self._block.fill(0.0)
+
     def _flush(self) -> None:
         """Add the float32 block into the float64 sum and clear it."""
         if self._block is None or not self._in_block:
@@ -236,6 +249,12 @@ class Offset:
 
     def add(self, weights: FlatWeights, weight: float) -> None:
         self._inner.add(weights, weight)
+
+    def reserve(self) -> None:
+        """The inner aggregator's :meth:`WeightedMean.reserve`, where it has one."""
+        reserve = getattr(self._inner, "reserve", None)
+        if reserve is not None:
+            reserve()
 
     @property
     def total(self) -> float:
