@@ -116,3 +116,71 @@ def test_the_length_and_the_first_slices_leave_in_one_write(server, monkeypatch)
     assert sends[0].count(b"STRLEN") == 1 and sends[0].count(b"GETRANGE") == bulk.WINDOW
     total = b"".join(data for what, data in events if what == "send")
     assert total.count(b"GETRANGE") == 4  # one request a slice: nothing asked twice
+
+
+# A streamed put: one SET whose value is sent in parts as they are made -----------------------
+
+
+def test_a_streamed_put_stores_its_parts_exactly(server) -> None:
+    client, reader = server
+    for sizes in ([1], [64, bulk.CHUNK, 3], [1000] * 7, [bulk.CHUNK + 5, 0, 17]):
+        parts = [os.urandom(n) for n in sizes]
+        reader.put("s", sum(sizes), iter(parts))
+        assert client.get("s") == b"".join(parts), sizes
+    assert len(reader._idle) == 1  # the same socket as the reads'
+    assert reader.get("s") == b"".join(parts)
+    assert client.dbsize() == 1
+
+
+def test_a_reader_never_sees_a_streamed_value_before_it_is_whole(server) -> None:
+    client, reader = server
+    client.set("v", b"old")
+    parts = [os.urandom(10_000) for _ in range(5)]
+    seen = []
+
+    def slowly():
+        for part in parts:
+            seen.append((client.exists("w"), reader.get("w"), client.get("v")))  # between the parts sent
+            yield part
+
+    reader.put("w", 50_000, slowly())
+    assert seen == [(0, None, b"old")] * 5
+    assert reader.get("w") == b"".join(parts)
+    reader.put("v", 50_000, iter(parts))  # over an old value: the old one until the new is whole
+    assert client.get("v") == b"".join(parts)
+
+
+def test_a_streamed_put_that_fails_midway_stores_nothing(server) -> None:
+    client, reader = server
+
+    def broken():
+        yield os.urandom(5000)
+        yield os.urandom(5000)
+        raise RuntimeError("the fold failed")
+
+    with pytest.raises(RuntimeError, match="the fold failed"):
+        reader.put("f", 20_000, broken())
+    assert reader._idle == []  # the socket held a command half sent: closed, never reused
+    with pytest.raises(ValueError, match="got 5000 bytes of the 20000"):
+        reader.put("f", 20_000, iter([os.urandom(5000)]))
+    with pytest.raises(ValueError, match="more than the 10 bytes"):
+        reader.put("f", 10, iter([os.urandom(11)]))
+    client.set("g", b"kept")
+    with pytest.raises(RuntimeError, match="the fold failed"):
+        reader.put("g", 20_000, broken())
+    assert client.exists("f") == 0 and client.get("g") == b"kept" and client.dbsize() == 1
+    reader.put("f", 3, iter([b"abc"]))  # a fresh socket
+    assert client.get("f") == b"abc"
+
+
+def test_a_streamed_put_the_server_refuses_is_an_error(server, managed_redis) -> None:
+    client, _ = server
+    client.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~*", "+get", "+strlen", "+getrange")
+    ro = BulkReader(managed_redis.address.host, managed_redis.address.port, timeout=5.0, password="pw",
+                    username="reader")
+    try:
+        with pytest.raises(ReplyError, match="NOPERM"):
+            ro.put("r", 4, iter([b"abcd"]))
+        assert client.exists("r") == 0
+    finally:
+        ro.close()

@@ -67,6 +67,16 @@ class Layout:
         return cls(tuple(entries))
 
 
+def header(layout: Layout) -> bytes:
+    """The serialized form's head for weights of ``layout`` (magic, header length, pickled layout,
+    padded to 64 bytes): what :meth:`FlatWeights.to_bytes` puts before the buffer's bytes, so a
+    writer may send it, then the buffer in slices as they are made."""
+    pickled = pickle.dumps(layout, protocol=5)
+    head = len(_MAGIC) + 8 + len(pickled)
+    pad = -head % 64
+    return _MAGIC + (head + pad).to_bytes(8, "little") + pickled + b"\0" * pad
+
+
 @dataclass
 class FlatWeights:
     """A model's weights: one 1-D float32 buffer and the layout that names its parts."""
@@ -99,10 +109,7 @@ class FlatWeights:
         raise KeyError(name)
 
     def _header(self) -> bytes:
-        layout = pickle.dumps(self.layout, protocol=5)
-        head = len(_MAGIC) + 8 + len(layout)
-        pad = -head % 64
-        return _MAGIC + (head + pad).to_bytes(8, "little") + layout + b"\0" * pad
+        return header(self.layout)
 
     def to_parts(self) -> tuple[bytes, memoryview]:
         """The serialized form in two parts, without copying the buffer: a small header

@@ -8,6 +8,7 @@ total weight. Non-linear ones (a coordinate-wise median) need every client's res
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -106,6 +107,19 @@ class WeightedMean:
             if self._in_block == self._block_size:
                 self._flush()
 
+    def reserve(self) -> None:
+        """Allocate the buffer the first :meth:`add` folds into now, and touch its pages, so that
+        the fold does not fault them in (the same zeros: the result is unchanged)."""
+        if self._count:
+            return
+        if self._block_size == 1:
+            if self._acc is None:
+                self._acc = np.empty(self._size, dtype=np.float64)
+                self._acc.fill(0.0)
+        elif self._block is None:
+            self._block = np.empty(self._size, dtype=np.float32)
+            self._block.fill(0.0)
+
     def _flush(self) -> None:
         """Add the float32 block into the float64 sum and clear it."""
         if self._block is None or not self._in_block:
@@ -137,6 +151,57 @@ class WeightedMean:
         # computed in float64, written as float32: no model-sized temporary
         np.divide(summed, self._total, out=out, dtype=np.float64, casting="same_kind")
         return FlatWeights(out, self._layout)
+
+    def finish(self, weights: FlatWeights, weight: float, step: int = CHUNK) -> Iterator[np.ndarray]:
+        """:meth:`add` of a last result, then :meth:`result`, done a slice at a time: yields the
+        result's float32 buffer as consecutive slices of ``step`` elements, each folded, summed
+        and divided only when it is asked for, so that a caller can send one slice while the next
+        is made (a streamed put). Every step is element by element, so the slices are the very
+        bytes :meth:`add` and :meth:`result` give. A yielded slice is a scratch buffer that the
+        next one overwrites: send (or copy) it before asking for the next. :attr:`total` and
+        :attr:`count` include ``weights`` as soon as this is called; the accumulator is spent
+        afterwards (add nothing more)."""
+        _check(self._layout, weights, weight)
+        src = weights.buffer
+        self._total += weight
+        self._count += 1
+        if self._block_size == 1:
+            if self._acc is None:
+                self._acc = np.zeros(self._size, dtype=np.float64)
+            into, flush = self._acc, False
+        else:
+            if self._block is None:
+                self._block = np.zeros(self._size, dtype=np.float32)
+            into = self._block
+            self._in_block += 1
+            flush = self._in_block == self._block_size or self._acc is not None  # the block goes into the sum
+        total = self._total
+        out = np.empty(min(step, self._size), dtype=np.float32)
+        scratch = None if weight == 1 else np.empty(min(step, CHUNK, self._size), dtype=into.dtype)
+        return self._finish(src, weight, into, flush, total, out, scratch, step)
+
+    def _finish(self, src: np.ndarray, weight: float, into: np.ndarray, flush: bool, total: float,
+                out: np.ndarray, scratch: np.ndarray | None, step: int) -> Iterator[np.ndarray]:
+        for start in range(0, self._size, step):
+            stop = min(start + step, self._size)
+            part = into[start:stop]
+            if scratch is None:  # as add: in place
+                np.add(part, src[start:stop], out=part)
+            else:  # as add's scaled add, through a scratch of at most CHUNK elements
+                for s in range(start, stop, CHUNK):
+                    e = min(s + CHUNK, stop)
+                    tmp = scratch[: e - s]
+                    np.multiply(src[s:e], weight, out=tmp)
+                    np.add(into[s:e], tmp, out=into[s:e])
+            summed = part
+            if flush:  # as _flush: the block's slice into the float64 sum
+                if self._acc is None:
+                    self._acc = np.zeros(self._size, dtype=np.float64)
+                np.add(self._acc[start:stop], part, out=self._acc[start:stop])
+                summed = self._acc[start:stop]
+            dst = out[: stop - start]
+            np.divide(summed, total, out=dst, dtype=np.float64, casting="same_kind")
+            yield dst
 
 
 class CoordinateMedian:
@@ -184,6 +249,12 @@ class Offset:
 
     def add(self, weights: FlatWeights, weight: float) -> None:
         self._inner.add(weights, weight)
+
+    def reserve(self) -> None:
+        """The inner aggregator's :meth:`WeightedMean.reserve`, where it has one."""
+        reserve = getattr(self._inner, "reserve", None)
+        if reserve is not None:
+            reserve()
 
     @property
     def total(self) -> float:

@@ -14,6 +14,12 @@ copy on this side (the kernel's, into huge pages where the kernel gives them) an
 only a chunk-sized reply buffer on the server's, whose single thread every slot
 shares.
 
+A streamed put (:func:`write_value`, :meth:`BulkReader.put`) goes the other way: one ``SET``
+whose value, its length announced first, is sent in parts as they are made (a slot's partial,
+folded and cast slice by slice), so the work that makes the value overlaps its transfer. Redis
+runs a command only once it has all of it: no reader finds the key before the value is whole,
+and a put that stops midway stores nothing.
+
 It speaks the few lines of RESP these commands need and nothing else; every other
 command stays with redis-py. Sockets are kept per reader (one per concurrent
 caller) and carry the same timeout as the other Redis clients.
@@ -25,7 +31,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -143,6 +149,35 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     return view if whole else None
 
 
+def write_value(sock: socket.socket, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
+    """``SET key`` to ``size`` bytes, sent part by part as ``parts`` yields them.
+
+    The command's head announces the value's length; each part goes to the socket as soon as it
+    is yielded, while the next is made; the reply is read at the end. Redis executes a command
+    only once all of it has arrived (and reads a large value straight into the value's own
+    buffer, as for any ``SET``), so a reader never sees ``key`` part-written, and a put that
+    stops midway (its connection closed with the command unfinished) stores nothing.
+    Raises when the parts do not add up to ``size`` (before the command is complete) or the
+    server answers an error.
+    """
+    raw = key.encode()
+    sock.sendall(b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n" % (len(raw), raw, size))
+    sent = 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        if sent + view.nbytes > size:
+            raise ValueError(f"a streamed put got more than the {size} bytes it announced")
+        if view.nbytes:
+            sock.sendall(view)
+        sent += view.nbytes
+    if sent != size:
+        raise ValueError(f"a streamed put got {sent} bytes of the {size} it announced")
+    sock.sendall(b"\r\n")
+    reply = _line(sock)
+    if reply != b"+OK":
+        raise ProtocolError(f"expected +OK to SET, got {reply[:40]!r}")
+
+
 def _readable(sock: socket.socket) -> bool:
     """Whether an idle socket has something to read: between requests only its end (the server
     closed it, e.g. a restarted server after ``faults.redis_stop``) or garbage, never a reply;
@@ -248,6 +283,31 @@ class BulkReader:
         if not keep:
             sock.close()
         return value
+
+    def put(self, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
+        """Store ``size`` bytes under ``key`` as ``parts`` yields them (:func:`write_value`).
+
+        On a failure midway (the server, the link, or ``parts`` itself raising) the socket, which
+        holds an unfinished command, is closed: the server drops the command, and ``key`` is
+        left as it was (a new key: missing)."""
+        with self._lock:
+            sock = self._idle.pop() if self._idle else None
+        if sock is not None and self.reconnect and _readable(sock):
+            sock.close()
+            sock = None
+        if sock is None:
+            sock = self._connect()
+        try:
+            write_value(sock, key, size, parts)
+        except BaseException:
+            sock.close()
+            raise
+        with self._lock:
+            keep = not self._closed
+            if keep:
+                self._idle.append(sock)
+        if not keep:
+            sock.close()
 
     def close(self) -> None:
         """Close the idle sockets; one still in use closes when its read returns."""

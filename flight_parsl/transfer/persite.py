@@ -70,6 +70,9 @@ class SiteRefs:
     def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[ProxyRef, float, float]:
         raise TransferError("a store per site: a task needs its own site's reference (SiteTransfer.for_site)")
 
+    def streams(self) -> bool:
+        return False
+
 
 class SiteTransfer:
     """The coordinator's side of a store per site (``sites``: label -> that site's channel)."""
@@ -107,8 +110,9 @@ class SiteTransfer:
 
     def publish(self, weights: FlatWeights, round_idx: int) -> SiteRefs:
         """The model into every site's store at once: one thread a site, so the copies cross the
-        sites' links side by side, not one link after another (serialized once for all)."""
-        data = weights.to_buffer()
+        sites' links side by side, not one link after another (serialized once for all; streamed
+        from the model's own buffer, with no serialized copy, where every site's store streams)."""
+        data = None if all(t.streams for t in self.sites.values()) else weights.to_buffer()
         if len(self.sites) == 1:
             return SiteRefs({label: t.publish(weights, round_idx, data) for label, t in self.sites.items()}, round_idx)
         with ThreadPoolExecutor(len(self.sites), thread_name_prefix="publish") as pool:

@@ -22,16 +22,17 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 from proxystore.connectors.file import FileConnector
 from proxystore.connectors.redis import RedisConnector, RedisKey
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.stopping import deferred
-from flight_parsl.core.weights import FlatWeights
+from flight_parsl.core.weights import FlatWeights, Layout, header
 from flight_parsl.transfer.base import Resolved
 
 if TYPE_CHECKING:
@@ -283,6 +284,14 @@ class TimedRedisConnector(RedisConnector):
         self._redis_client.set(key.redis_key, _flat(obj))
         return key
 
+    def put_stream(self, size: int, parts: Iterable[bytes | memoryview]) -> RedisKey:
+        """Store ``size`` bytes under a new key of the run's prefix, sending each of ``parts`` as
+        soon as it is yielded (:meth:`~flight_parsl.transfer.bulk.BulkReader.put`: the value
+        appears under its key whole, or not at all)."""
+        key = self._key()
+        self._reader.put(key.redis_key, size, parts)
+        return key
+
     def put_batch(self, objs: Sequence[BytesLike]) -> list[RedisKey]:
         """Store ``objs`` under new keys of the run's prefix (one MSET)."""
         keys = [self._key() for _ in objs]
@@ -321,6 +330,18 @@ def _flat(obj: BytesLike) -> bytes | memoryview:
         return memoryview(obj).cast("B")
     except TypeError:  # not C-contiguous
         return bytes(obj)
+
+
+#: Bytes of each slice of a model a streamed publish sends (the server copies one slice at a time).
+PUBLISH_SLICE = 4 << 20
+
+
+def _model_parts(head: bytes, weights: FlatWeights) -> Iterator[bytes | memoryview]:
+    """The serialized model as its header, then byte views of its buffer's slices (no copy)."""
+    yield head
+    body = np.ascontiguousarray(weights.buffer).data.cast("B")
+    for start in range(0, body.nbytes, PUBLISH_SLICE):
+        yield body[start : start + PUBLISH_SLICE]
 
 
 def identity(data: BytesLike) -> BytesLike:
@@ -401,6 +422,10 @@ class ProxyRef:
     def reply(self, weights: FlatWeights, recycle: bool = False) -> tuple[ProxyRef, float, float]:
         t0 = time.perf_counter()
         store = store_of(self.proxy)
+        if hasattr(store.connector, "put_stream"):  # straight from the buffer, in slices: no serialized copy
+            slices = (weights.buffer[s : s + PUBLISH_SLICE // 4] for s in range(0, weights.buffer.size,
+                                                                                   PUBLISH_SLICE // 4))
+            return self.reply_stream(weights.layout, slices)
         put_parts = getattr(store.connector, "put_parts", None)
         if put_parts is None:
             data = weights.to_buffer()
@@ -413,6 +438,42 @@ class ProxyRef:
             else:
                 key = put_parts(parts, recycle=recycle)
                 proxy, nbytes = store.proxy_from_key(key), sum(len(p) for p in parts)
+        except Exception as exc:
+            raise TransferError(
+                f"cannot store the result of round {self.round + 1} in {store_location(self.proxy)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return ProxyRef(proxy, nbytes, self.round), t1 - t0, time.perf_counter() - t1
+
+    def streams(self) -> bool:
+        """Whether :meth:`reply_stream` can send a result as it is made (a Redis store)."""
+        try:
+            return hasattr(store_of(self.proxy).connector, "put_stream")
+        except Exception:  # noqa: BLE001 - no store: reply reports it
+            return False
+
+    def reply_stream(self, layout: Layout, slices: Iterable[np.ndarray]) -> tuple[ProxyRef, float, float]:
+        """A result stored as it is made: ``slices`` yields its float32 buffer in consecutive
+        slices (e.g. :meth:`~flight_parsl.fl.aggregate.WeightedMean.finish`, which folds and
+        divides a slice only when asked for it), and each slice leaves for the store as soon as it
+        exists, so the work that makes the result overlaps its put. The payload is the bytes
+        :meth:`reply` sends. Returns the reference, the seconds spent on the header (the
+        serialization; the slices are sent as they are) and on the put (making the slices
+        included). Only where :meth:`streams`."""
+        t0 = time.perf_counter()
+        store = store_of(self.proxy)
+        head = header(layout)
+        nbytes = len(head) + layout.size * 4
+        t1 = time.perf_counter()
+
+        def parts() -> Iterator[bytes | memoryview]:
+            yield head
+            for piece in slices:
+                yield np.ascontiguousarray(piece).data.cast("B")
+
+        try:
+            key = store.connector.put_stream(nbytes, parts())
+            proxy: Any = store.proxy_from_key(key)
         except Exception as exc:
             raise TransferError(
                 f"cannot store the result of round {self.round + 1} in {store_location(self.proxy)}: "
@@ -470,12 +531,25 @@ class ProxyTransfer:
             self._lifetimes[round_idx] = ContextLifetime(self.store, name=f"round-{round_idx}")
         return self._lifetimes[round_idx]
 
+    @property
+    def streams(self) -> bool:
+        """Whether the store takes a streamed put (Redis): :meth:`publish` then sends the model
+        straight from its buffer, slice by slice, with no serialized copy."""
+        return hasattr(self.store.connector, "put_stream")
+
     def publish(self, weights: FlatWeights, round_idx: int, data: memoryview | None = None) -> ProxyRef:
         """The round's model into the store (``data``: its ``to_buffer()``, when the caller has it
-        already: a store per site serializes the model once for every site)."""
-        put_parts = None if data is not None else getattr(self.store.connector, "put_parts", None)
+        already). A store that streams (:attr:`streams`) gets the header and then the model's own
+        buffer in slices, no serialized copy of it made (a store per site sends the one buffer
+        to every site at once)."""
+        put_stream = getattr(self.store.connector, "put_stream", None) if data is None else None
+        put_parts = None if data is not None or put_stream is not None else getattr(
+            self.store.connector, "put_parts", None)
         payload: Any
-        if put_parts is None:
+        if put_stream is not None:
+            head = header(weights.layout)
+            nbytes = len(head) + weights.nbytes
+        elif put_parts is None:
             payload = weights.to_buffer() if data is None else data
             nbytes = len(payload)
         else:
@@ -483,7 +557,11 @@ class ProxyTransfer:
             nbytes = sum(len(p) for p in payload)
         try:
             with deferred():  # the key and its lifetime are written together, or not at all
-                if put_parts is None:
+                proxy: Any
+                if put_stream is not None:
+                    key = put_stream(nbytes, _model_parts(head, weights))
+                    proxy = self.store.proxy_from_key(key, lifetime=self._lifetime(round_idx))
+                elif put_parts is None:
                     proxy = self.store.proxy(payload, lifetime=self._lifetime(round_idx), populate_target=False)
                 else:  # straight from the model's buffer; never recycled: workers cache it
                     key = put_parts(payload)

@@ -235,10 +235,14 @@ def train_task(
     recycle = node == COORDINATOR
     # A lone client's result is its own partial: no accumulator to fill.
     partial = fold.aggregator(weights) if fold is not None and len(clients) > 1 else None
+    # Without a codec, the last client's fold, the cast and the put of the partial go slice by slice
+    # (a streamed put: each slice leaves while the next is folded), where the store streams.
+    stream = partial is not None and codec is None and _streams(ref, partial)
+    last: tuple[FlatWeights, float] | None = None
     outputs: list[tuple[Ref, float]] = []
     outcomes: list[ClientOutcome] = []
     serialize_s = put_s = encode_s = 0.0
-    for client, settings in clients:
+    for index, (client, settings) in enumerate(clients):
         inject(faults, round_idx, client, attempt)
         out, outcome = _train_one(weights, workload, settings, client, round_idx, state)
         outcomes.append(outcome)
@@ -246,7 +250,9 @@ def train_task(
             delta = out.buffer if settings.return_delta else out.buffer - weights.buffer
             residual = _residual(state, client, delta.size) if feedback else None
             out = out.like(delta if residual is None else delta + residual)
-        if partial is not None:
+        if stream and index == len(clients) - 1:
+            last = (out, outcome.samples)  # folded as it is sent, below
+        elif partial is not None:
             partial.add(out, outcome.samples)
         else:
             if codec is not None:
@@ -257,7 +263,12 @@ def train_task(
             serialize_s, put_s = serialize_s + s, put_s + p
             outputs.append((payload, outcome.samples))
         del out
-    if partial is not None:
+    if partial is not None and last is not None:
+        slices = partial.finish(*last)  # type: ignore[attr-defined]  # _streams checked it
+        last = None
+        payload, serialize_s, put_s = ref.reply_stream(weights.layout, slices)  # type: ignore[attr-defined]
+        outputs.append((payload, partial.total))
+    elif partial is not None:
         result = partial.result()
         if codec is not None:
             assert compression is not None
@@ -271,6 +282,14 @@ def train_task(
         bytes_in=fetched, bytes_out=sum(r.nbytes for r, _ in outputs), outputs=outputs, clients=outcomes,
         encode_s=encode_s, decode_s=decode_s, device=_device(workload),
     )
+
+
+def _streams(ref: Ref, partial: Aggregator) -> bool:
+    """Whether a partial can be finished and stored slice by slice: an aggregator that finishes in
+    slices (:meth:`~flight_parsl.fl.aggregate.WeightedMean.finish`) and a store that takes a
+    streamed put (:meth:`~flight_parsl.transfer.proxy.ProxyRef.reply_stream`: Redis)."""
+    streams = getattr(ref, "streams", None)
+    return hasattr(partial, "finish") and streams is not None and bool(streams())
 
 
 def _device(workload: Workload) -> str:
@@ -303,6 +322,7 @@ def aggregate_task(
     get_s = deserialize_s = compute_s = decode_s = encode_s = 0.0
     bytes_in = 0
     partial: Aggregator | None = None
+    encoding = compression is not None and compression.deltas
     while children:  # the last child's reference also carries the reply
         ref, weight = children.pop()
         weights, g, d, fetched = ref.resolve(cache=False)
@@ -312,6 +332,21 @@ def aggregate_task(
         t0 = time.perf_counter()
         if partial is None:
             partial = strategy.aggregator(weights)
+        if not children and not encoding and _streams(ref, partial):
+            # the last child's fold, the cast and the put slice by slice (a streamed put)
+            total = partial.total + weight
+            slices = partial.finish(weights, weight)  # type: ignore[attr-defined]  # _streams checked it
+            compute_s += time.perf_counter() - t0
+            layout = weights.layout
+            del weights
+            partial = None
+            payload, serialize_s, put_s = ref.reply_stream(layout, slices)  # type: ignore[attr-defined]
+            return _result(
+                "aggregate", node, round_idx, started,
+                get_s=get_s, deserialize_s=deserialize_s, compute_s=compute_s, serialize_s=serialize_s,
+                put_s=put_s, bytes_in=bytes_in, bytes_out=payload.nbytes, outputs=[(payload, total)],
+                encode_s=encode_s, decode_s=decode_s,
+            )
         partial.add(weights, weight)
         compute_s += time.perf_counter() - t0
         del weights
