@@ -127,7 +127,7 @@ def test_a_streamed_put_stores_its_parts_exactly(server) -> None:
         parts = [os.urandom(n) for n in sizes]
         reader.put("s", sum(sizes), iter(parts))
         assert client.get("s") == b"".join(parts), sizes
-    assert len(reader._idle) == 1  # the same socket as the reads'
+    assert len(reader._idle_puts) == 1 and not reader._idle  # one socket for every put, kept apart from reads'
     assert reader.get("s") == b"".join(parts)
     assert client.dbsize() == 1
 
@@ -184,3 +184,24 @@ def test_a_streamed_put_the_server_refuses_is_an_error(server, managed_redis) ->
         assert client.exists("r") == 0
     finally:
         ro.close()
+
+
+def test_a_put_survives_a_restarted_server_and_a_read_fails_on_it_unless_reconnect(managed_redis) -> None:
+    """Puts take a fresh socket where a restarted server closed theirs (as redis-py's puts did);
+    reads do so only with ``reconnect`` (a site's own store), and never find that a put spent theirs."""
+    address = managed_redis.address
+    plain = bulk.BulkReader(address.host, address.port, timeout=5.0)
+    again = bulk.BulkReader(address.host, address.port, timeout=5.0, reconnect=True)
+    for reader in (plain, again):
+        reader.put("k", 3, [b"abc"])
+        assert reader.get("k") == b"abc"
+    managed_redis.kill()
+    managed_redis.restart()
+    for reader in (plain, again):
+        reader.put("k", 3, [b"xyz"])  # a fresh socket: the restart closed the old one
+    assert again.get("k") == b"xyz"
+    with pytest.raises(ConnectionError):
+        plain.get("k")  # its idle read socket was closed by the restart
+    assert plain.get("k") == b"xyz"  # a fresh one then
+    plain.close()
+    again.close()

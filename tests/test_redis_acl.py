@@ -167,10 +167,15 @@ def test_a_run_keeps_its_client_state_under_its_prefix(make_config, managed_redi
     """A real run (thread backend) with per-client state: every key it writes is under its prefix,
     written as its user, and nothing is left."""
     seen: list[str] = []
-    real = TimedRedisConnector.put
+    real, real_stream = TimedRedisConnector.put, TimedRedisConnector.put_stream
 
     def put(self, obj):
         key = real(self, obj)
+        seen.append(f"{self.username} {self.prefix} {key.redis_key}")
+        return key
+
+    def put_stream(self, size, parts):  # models and results: streamed from their buffers
+        key = real_stream(self, size, parts)
         seen.append(f"{self.username} {self.prefix} {key.redis_key}")
         return key
 
@@ -183,6 +188,7 @@ def test_a_run_keeps_its_client_state_under_its_prefix(make_config, managed_redi
         return real_state_put(self, client, data, version)
 
     monkeypatch.setattr(TimedRedisConnector, "put", put)
+    monkeypatch.setattr(TimedRedisConnector, "put_stream", put_stream)
     monkeypatch.setattr(RedisState, "put", state_put)
     out = run_quietly(make_config, "transfer.kind=redis", f"transfer.redis={managed_redis.address}",
                       "model.name=logreg", "train.keep_momentum=true", workers=2, rounds=2)

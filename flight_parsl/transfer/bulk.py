@@ -31,9 +31,12 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 #: Bytes per ``GETRANGE`` request.
 CHUNK = 4 << 20
@@ -229,6 +232,7 @@ class BulkReader:
         if tls and unix_socket is None:
             self._tls = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
         self._idle: list[socket.socket] = []
+        self._idle_puts: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -262,56 +266,49 @@ class BulkReader:
                 raise
         return sock
 
-    def get(self, key: str) -> memoryview | None:
-        """The value of ``key``, or None when it is missing."""
+    def _use(self, pool: list[socket.socket], check: bool, act: Callable[[socket.socket], T]) -> T:
+        """``act`` on an idle socket of ``pool`` (with ``check``: one the server has not closed) or a
+        new one; the socket goes back to ``pool`` after, or is closed when ``act`` raised (it may
+        hold part of a reply or an unfinished command: never reused)."""
         with self._lock:
-            sock = self._idle.pop() if self._idle else None
-        if sock is not None and self.reconnect and _readable(sock):  # the server closed it (restarted): a fresh one
+            sock = pool.pop() if pool else None
+        if sock is not None and check and _readable(sock):  # the server closed it (restarted): a fresh one
             sock.close()
             sock = None
         if sock is None:
             sock = self._connect()
         try:
-            value = read_value(sock, key)
-        except BaseException:  # the socket may hold part of a reply: never reuse it
-            sock.close()
-            raise
-        with self._lock:
-            keep = not self._closed
-            if keep:
-                self._idle.append(sock)
-        if not keep:
-            sock.close()
-        return value
-
-    def put(self, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
-        """Store ``size`` bytes under ``key`` as ``parts`` yields them (:func:`write_value`).
-
-        On a failure midway (the server, the link, or ``parts`` itself raising) the socket, which
-        holds an unfinished command, is closed: the server drops the command, and ``key`` is
-        left as it was (a new key: missing)."""
-        with self._lock:
-            sock = self._idle.pop() if self._idle else None
-        if sock is not None and self.reconnect and _readable(sock):
-            sock.close()
-            sock = None
-        if sock is None:
-            sock = self._connect()
-        try:
-            write_value(sock, key, size, parts)
+            out = act(sock)
         except BaseException:
             sock.close()
             raise
         with self._lock:
             keep = not self._closed
             if keep:
-                self._idle.append(sock)
+                pool.append(sock)
         if not keep:
             sock.close()
+        return out
+
+    def get(self, key: str) -> memoryview | None:
+        """The value of ``key``, or None when it is missing."""
+        return self._use(self._idle, self.reconnect, lambda sock: read_value(sock, key))
+
+    def put(self, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
+        """Store ``size`` bytes under ``key`` as ``parts`` yields them (:func:`write_value`).
+
+        On a failure midway (the server, the link, or ``parts`` itself raising) the socket, which
+        holds an unfinished command, is closed: the server drops the command, and ``key`` is
+        left as it was (a new key: missing). Puts keep sockets of their own and always take a
+        fresh one where the server closed theirs (a restarted server): a put survives a restart,
+        as redis-py's did, and never spends a socket a read would have found closed (reads fail
+        on one unless ``reconnect``, as they always did with one store)."""
+        self._use(self._idle_puts, True, lambda sock: write_value(sock, key, size, parts))
 
     def close(self) -> None:
         """Close the idle sockets; one still in use closes when its read returns."""
         with self._lock:
-            idle, self._idle, self._closed = self._idle, [], True
+            idle, self._idle, self._closed = self._idle + self._idle_puts, [], True
+            self._idle_puts = []
         for sock in idle:
             sock.close()
