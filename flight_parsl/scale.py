@@ -1,8 +1,6 @@
 """``python -m flight_parsl.scale``: the command line lives in :mod:`flight_parsl.cli.scale`."""
 
-import sys
-
-from flight_parsl.cli.scale import main
+from flight_parsl.cli.scale import run_and_exit
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from conftest import read_csv, read_summary
-from flight_parsl.cli.scale import sigterm_stops_the_run
+from flight_parsl.cli.scale import STOP_REPORT_S, sigterm_stops_the_run
 from flight_parsl.core.errors import Terminated
 from redis_fixtures import require_redis_server
 
@@ -108,7 +108,11 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_leaves_nothing_running(transfer, 
         else:
             assert len(list(file_dir.glob("flight_parsl-*"))) == 1
         proc.send_signal(signal.SIGTERM)
-        status = proc.wait(timeout=60)
+        try:
+            status = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # the run wrote every thread's stack STOP_REPORT_S after the signal
+            pytest.fail("the run did not exit within 60 s of SIGTERM; its stderr:\n"
+                        + (tmp_path / "stderr").read_text()[-30000:])
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -164,3 +168,38 @@ def test_sigterm_raises_terminated_once_and_the_handler_is_restored() -> None:
     assert str(info.value) == "terminated by SIGTERM" and info.value.signum == signal.SIGTERM
     assert isinstance(info.value, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+STACKS_SCRIPT = """
+import os, signal, sys, threading, time
+import flight_parsl.cli.scale as scale
+
+scale.STOP_REPORT_S = float(sys.argv[1])
+def stuck_clean_up():
+    time.sleep(60)
+with scale.sigterm_stops_the_run():
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.2)
+    print("after SIGUSR1", file=sys.stderr, flush=True)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except KeyboardInterrupt:
+        stuck_clean_up()
+"""
+
+
+def test_a_hung_clean_up_writes_every_threads_stack_and_sigusr1_does_at_any_time(tmp_path) -> None:
+    """SIGUSR1 writes the stacks and the run goes on; a clean-up still running STOP_REPORT_S after
+    SIGTERM writes them by itself (the run's stderr is what a hung CI run or batch job leaves)."""
+    assert 5 <= STOP_REPORT_S < 60  # after the seconds a clean-up takes, before Slurm's KillWait and the test's wait
+    proc = subprocess.Popen([sys.executable, "-c", STACKS_SCRIPT, "0.5"], stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    first, _, after = err.partition("after SIGUSR1")
+    assert "Current thread" in first and '"<string>", line 9' in first, err  # at the os.kill of SIGUSR1
+    assert "Timeout (0:00:00.500000)!" in after and "stuck_clean_up" in after, err
+    assert proc.returncode == -signal.SIGKILL  # still stuck: the report does not end the process

@@ -8,12 +8,16 @@ set with ``key.sub=value`` (see ``flight_parsl.config.experiment``). Precedence:
 SIGTERM (what Slurm and PBS send at walltime and on ``scancel``) stops a run like
 Ctrl-C: every finished row stays, summary.json says ``interrupted``, the executor,
 a managed Redis and the file channel's directory are cleaned up, and the exit
-status is 143 (Ctrl-C: 130). Repeated signals do not cut the clean-up short.
+status is 143 (Ctrl-C: 130). Repeated signals do not cut the clean-up short. A clean-up
+still running :data:`STOP_REPORT_S` seconds after the stop signal writes every thread's stack
+to stderr (it should take seconds), and SIGUSR1 does the same at any time: a run that hangs
+says where.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -21,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from flight_parsl.core import stopping
 from flight_parsl.core.errors import ConfigError, FlightParslError, Terminated
@@ -33,6 +37,9 @@ if TYPE_CHECKING:
     from flight_parsl.cli.sweep import SweepSpec
     from flight_parsl.config.experiment import ExperimentConfig
     from flight_parsl.engine.progress import Progress
+
+#: Seconds after a stop signal at which a clean-up still running writes every thread's stack to stderr.
+STOP_REPORT_S = 20.0
 
 # flag dest -> config key
 FLAG_KEYS = {
@@ -160,8 +167,10 @@ def sigterm_stops_the_run() -> Iterator[None]:
     Only the first stop signal raises: later ones (``scancel`` may repeat SIGTERM, a user
     presses Ctrl-C twice) are ignored so that the clean-up the first one started can finish;
     SIGKILL stays the hard stop. One that arrives while the run starts or stops a process
-    waits for that step to end (:mod:`flight_parsl.core.stopping`). Outside the main thread
-    (where handlers cannot be installed) this does nothing.
+    waits for that step to end (:mod:`flight_parsl.core.stopping`). A clean-up still running
+    :data:`STOP_REPORT_S` after the first one writes every thread's stack to stderr, as SIGUSR1
+    does at any time while open. Outside the main thread (where handlers cannot be installed)
+    this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -173,16 +182,39 @@ def sigterm_stops_the_run() -> Iterator[None]:
         if fired:
             return
         fired = True
+        report_stacks_later()  # a clean-up that hangs says where
         stopping.stop(signum)
 
     stopping.reset()
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    err = _stderr_with_fd()
+    if err is not None:
+        faulthandler.register(signal.SIGUSR1, file=err, all_threads=True)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
+        if err is not None:
+            faulthandler.unregister(signal.SIGUSR1)
         for signum, old in previous.items():
             signal.signal(signum, old)
         stopping.reset()
+
+
+def report_stacks_later() -> None:
+    """If this process still runs :data:`STOP_REPORT_S` from now, write every thread's stack to stderr."""
+    err = _stderr_with_fd()
+    if err is not None:
+        faulthandler.dump_traceback_later(STOP_REPORT_S, file=err)
+
+
+def _stderr_with_fd() -> TextIO | None:
+    """The process's stderr where it has a file descriptor (faulthandler writes to one), else None."""
+    err = sys.__stderr__
+    try:
+        return err if err is not None and err.fileno() >= 0 else None
+    except (OSError, ValueError):  # closed, or not a file
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +224,16 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
     except KeyboardInterrupt as exc:  # a stop signal that came after the run had ended
         return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def run_and_exit() -> NoReturn:
+    """The process's entry (``python -m flight_parsl.scale``, ``flight-parsl-scale``): :func:`main`,
+    then exit with its status. After a stop signal an exit that hangs (a thread never joined)
+    writes every thread's stack to stderr :data:`STOP_REPORT_S` later, as a hung clean-up does."""
+    status = main()
+    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        report_stacks_later()
+    sys.exit(status)
 
 
 def _main(argv: list[str] | None) -> int:
