@@ -15,6 +15,7 @@ from __future__ import annotations
 import pickle
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -75,6 +76,66 @@ def header(layout: Layout) -> bytes:
     head = len(_MAGIC) + 8 + len(pickled)
     pad = -head % 64
     return _MAGIC + (head + pad).to_bytes(8, "little") + pickled + b"\0" * pad
+
+
+def _header_length(view: memoryview) -> int | None:
+    """The length of the serialized form's head (None: fewer bytes than the magic and length)."""
+    if len(view) < len(_MAGIC) + 8:
+        return None
+    if view[: len(_MAGIC)] != _MAGIC:
+        raise TypeError("not a FlatWeights payload (bad magic)")
+    return int.from_bytes(view[len(_MAGIC) : len(_MAGIC) + 8], "little")
+
+
+def _layout(view: memoryview, start: int) -> Layout:
+    layout = pickle.loads(view[len(_MAGIC) + 8 : start])
+    if not isinstance(layout, Layout):
+        raise TypeError(f"expected a Layout header, got {type(layout).__name__}")
+    return layout
+
+
+class PayloadSlices:
+    """Reads the serialized form (:meth:`FlatWeights.to_bytes`) as it arrives in consecutive byte
+    slices, ``(offset, bytes)``: the head first, then hands each piece of the buffer on as
+    ``on_values(element offset, float32 values)``, a view of the slice (valid during the call).
+    ``expect`` checks the layout before any value is handed on (it raises to refuse it).
+    :meth:`done` checks that the whole buffer came."""
+
+    def __init__(self, expect: Callable[[Layout], None], on_values: Callable[[int, np.ndarray], None]) -> None:
+        self._expect, self._on_values = expect, on_values
+        self._head = bytearray()  # the head while it comes in pieces (a slice shorter than the head)
+        self._start: int | None = None  # the head's length, once the layout is read
+        self.layout: Layout | None = None
+        self._received = 0  # buffer bytes handed on
+
+    def __call__(self, offset: int, data: memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if self._start is None:
+            if offset != len(self._head):
+                raise ValueError("a FlatWeights payload's slices must come in order")
+            if self._head:  # the head came cut across slices: the bytes so far, from offset 0
+                view = memoryview(bytes(self._head) + view)
+            start = _header_length(view)
+            if start is None or len(view) < start:
+                self._head[:] = view
+                return
+            self.layout = _layout(view, start)
+            self._expect(self.layout)
+            self._start, view, offset = start, view[start:], start
+        self._values(offset - self._start, view)
+
+    def _values(self, at: int, view: memoryview) -> None:
+        if at != self._received or len(view) % 4:
+            raise ValueError("a FlatWeights payload's slices must come in order, whole float32 values each")
+        if len(view):
+            self._on_values(at // 4, np.frombuffer(view, dtype=np.float32))
+        self._received += len(view)
+
+    def done(self) -> Layout:
+        """The layout, once every value of the buffer was handed on; raises when some are missing."""
+        if self.layout is None or self._received != 4 * self.layout.size:
+            raise ValueError("a FlatWeights payload ended before its buffer was whole")
+        return self.layout
 
 
 @dataclass
@@ -140,14 +201,11 @@ class FlatWeights:
         """Inverse of :meth:`to_bytes`, without copying: the buffer is a read-only view of
         ``data`` (which it keeps alive), so it may come from a socket, a file map or Redis."""
         view = memoryview(data)
-        if view[: len(_MAGIC)] != _MAGIC:
-            raise TypeError("not a FlatWeights payload (bad magic)")
-        start = int.from_bytes(view[len(_MAGIC) : len(_MAGIC) + 8], "little")
-        layout = pickle.loads(view[len(_MAGIC) + 8 : start])
-        if not isinstance(layout, Layout):
-            raise TypeError(f"expected a Layout header, got {type(layout).__name__}")
+        start = _header_length(view)
+        if start is None or len(view) < start:
+            raise TypeError("not a FlatWeights payload (cut short)")
         buffer = np.frombuffer(view, dtype=np.float32, offset=start)
-        return FlatWeights(buffer, layout)
+        return FlatWeights(buffer, _layout(view, start))
 
     # torch conversions --------------------------------------------------------
 

@@ -59,7 +59,7 @@ from flight_parsl.engine.outcomes import (
 )
 from flight_parsl.engine.plan import Planner, TaskSpec
 from flight_parsl.engine.records import dropped_rows, failure_rows, result_rows, round_row
-from flight_parsl.fl.aggregate import Aggregator, Offset
+from flight_parsl.fl.aggregate import Aggregator, Offset, WeightedMean
 from flight_parsl.fl.aimd import AIMDEpochs
 from flight_parsl.fl.membership import Membership
 from flight_parsl.fl.protocols import as_sync
@@ -145,6 +145,8 @@ class SyncRound:
         self.handling: Pending[_Job] | None = None  # the outcome being handled
         # a store per site: results for the root are read as they arrive (SiteTransfer.prefetch)
         self.read_ahead = getattr(ctx.transfer, "prefetch", None)
+        # plain models into a weighted mean: folded as they are read (ProxyTransfer.collect_fold)
+        self.collect_fold = getattr(ctx.transfer, "collect_fold", None) if isinstance(self.root_agg, WeightedMean) else None
         self.reading = True  # False once the round closed: no read ahead of late results
 
     # planning --------------------------------------------------------------------
@@ -370,10 +372,14 @@ class SyncRound:
         if parent == ROOT:
             for part in parts:
                 t0 = time.perf_counter()
-                weights = self.ctx.transfer.collect(part.ref)
-                t1 = time.perf_counter()
-                self.root_agg.add(unpack(weights), part.weight)  # decoding counts as aggregation
-                del weights
+                if self.collect_fold is not None:  # folded as it is read
+                    fold_s = self.collect_fold(part.ref, self.root_agg, part.weight)
+                    t1 = time.perf_counter() - fold_s
+                else:
+                    weights = self.ctx.transfer.collect(part.ref)
+                    t1 = time.perf_counter()
+                    self.root_agg.add(unpack(weights), part.weight)  # decoding counts as aggregation
+                    del weights
                 # folded: nothing reads it again, so its key goes now, not with the round (a
                 # store holds a few results, not the round's, and a file store reuses its file)
                 self.ctx.transfer.discard(part.ref)

@@ -43,8 +43,8 @@ CHUNK = 1 << 20
 BLOCK = 16
 
 
-def _check(layout: Layout, weights: FlatWeights, weight: float) -> None:
-    if weights.layout != layout:
+def _check(layout: Layout, got: Layout, weight: float) -> None:
+    if got != layout:
         raise ValueError("result weights do not match the global model's layout")
     if weight <= 0:
         raise ValueError(f"weight must be > 0, got {weight}")
@@ -80,26 +80,43 @@ class WeightedMean:
         self._count = 0
 
     def add(self, weights: FlatWeights, weight: float) -> None:
-        _check(self._layout, weights, weight)
-        src = weights.buffer
+        _check(self._layout, weights.layout, weight)
+        self.add_part(0, weights.buffer, weight)
+        self.added(weight)
+
+    def expect(self, layout: Layout, weight: float) -> None:
+        """Raise ValueError unless a result of ``layout`` and ``weight`` can be folded in."""
+        _check(self._layout, layout, weight)
+
+    def add_part(self, start: int, values: np.ndarray, weight: float) -> None:
+        """Fold ``values``, the elements ``start`` on of one result, into the sum with ``weight``:
+        :meth:`add` a piece at a time (a result read a slice at a time,
+        :meth:`~flight_parsl.transfer.proxy.ProxyTransfer.collect_fold`). Once every piece of the
+        result is in (each exactly once), :meth:`added` counts it; nothing else in between."""
+        into = self._target()[start : start + values.size]
+        if weight == 1:  # add in place (a cast-and-add into float64): no model-sized temporary
+            np.add(into, values, out=into)
+            return
+        if self._scratch is None or self._scratch.dtype != into.dtype:
+            self._scratch = np.empty(min(CHUNK, self._size), dtype=into.dtype)
+        for s in range(0, into.size, CHUNK):
+            e = min(s + CHUNK, into.size)
+            scratch = self._scratch[: e - s]
+            np.multiply(values[s:e], weight, out=scratch)
+            np.add(into[s:e], scratch, out=into[s:e])
+
+    def _target(self) -> np.ndarray:
+        """The buffer a fold adds into: the float32 block, or the float64 sum with ``block=1``."""
         if self._block_size == 1:
             if self._acc is None:
                 self._acc = np.zeros(self._size, dtype=np.float64)
-            into = self._acc
-        else:
-            if self._block is None:
-                self._block = np.zeros(self._size, dtype=np.float32)
-            into = self._block
-        if weight == 1:  # add in place (a cast-and-add into float64): no model-sized temporary
-            np.add(into, src, out=into)
-        else:
-            if self._scratch is None or self._scratch.dtype != into.dtype:
-                self._scratch = np.empty(min(CHUNK, into.size), dtype=into.dtype)
-            for start in range(0, into.size, CHUNK):
-                stop = min(start + CHUNK, into.size)
-                scratch = self._scratch[: stop - start]
-                np.multiply(src[start:stop], weight, out=scratch)
-                np.add(into[start:stop], scratch, out=into[start:stop])
+            return self._acc
+        if self._block is None:
+            self._block = np.zeros(self._size, dtype=np.float32)
+        return self._block
+
+    def added(self, weight: float) -> None:
+        """Count one result whose every piece :meth:`add_part` folded in."""
         self._total += weight
         self._count += 1
         if self._block_size > 1:
@@ -161,43 +178,27 @@ class WeightedMean:
         next one overwrites: send (or copy) it before asking for the next. :attr:`total` and
         :attr:`count` include ``weights`` as soon as this is called; the accumulator is spent
         afterwards (add nothing more)."""
-        _check(self._layout, weights, weight)
-        src = weights.buffer
+        _check(self._layout, weights.layout, weight)
+        into = self._target()
         self._total += weight
         self._count += 1
-        if self._block_size == 1:
-            if self._acc is None:
-                self._acc = np.zeros(self._size, dtype=np.float64)
-            into, flush = self._acc, False
-        else:
-            if self._block is None:
-                self._block = np.zeros(self._size, dtype=np.float32)
-            into = self._block
+        flush = False
+        if self._block_size > 1:
             self._in_block += 1
             flush = self._in_block == self._block_size or self._acc is not None  # the block goes into the sum
-        total = self._total
         out = np.empty(min(step, self._size), dtype=np.float32)
-        scratch = None if weight == 1 else np.empty(min(step, CHUNK, self._size), dtype=into.dtype)
-        return self._finish(src, weight, into, flush, total, out, scratch, step)
+        return self._finish(weights.buffer, weight, into, flush, self._total, out, step)
 
     def _finish(self, src: np.ndarray, weight: float, into: np.ndarray, flush: bool, total: float,
-                out: np.ndarray, scratch: np.ndarray | None, step: int) -> Iterator[np.ndarray]:
+                out: np.ndarray, step: int) -> Iterator[np.ndarray]:
         for start in range(0, self._size, step):
             stop = min(start + step, self._size)
-            part = into[start:stop]
-            if scratch is None:  # as add: in place
-                np.add(part, src[start:stop], out=part)
-            else:  # as add's scaled add, through a scratch of at most CHUNK elements
-                for s in range(start, stop, CHUNK):
-                    e = min(s + CHUNK, stop)
-                    tmp = scratch[: e - s]
-                    np.multiply(src[s:e], weight, out=tmp)
-                    np.add(into[s:e], tmp, out=into[s:e])
-            summed = part
+            self.add_part(start, src[start:stop], weight)
+            summed = into[start:stop]
             if flush:  # as _flush: the block's slice into the float64 sum
                 if self._acc is None:
                     self._acc = np.zeros(self._size, dtype=np.float64)
-                np.add(self._acc[start:stop], part, out=self._acc[start:stop])
+                np.add(self._acc[start:stop], summed, out=self._acc[start:stop])
                 summed = self._acc[start:stop]
             dst = out[: stop - start]
             np.divide(summed, total, out=dst, dtype=np.float64, casting="same_kind")
@@ -216,7 +217,7 @@ class CoordinateMedian:
         self._total = 0.0
 
     def add(self, weights: FlatWeights, weight: float) -> None:
-        _check(self._layout, weights, weight)
+        _check(self._layout, weights.layout, weight)
         self._rows.append(np.array(weights.buffer, dtype=np.float32, copy=True))
         self._total += weight
 

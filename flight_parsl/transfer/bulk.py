@@ -123,8 +123,11 @@ def _slices(size: int) -> Iterator[tuple[int, int]]:
         yield start, min(size, start + CHUNK)
 
 
-def read_value(sock: socket.socket, key: str) -> memoryview | None:
-    """The value of ``key`` (one buffer), or None when the key is missing or vanishes mid-read.
+def _read(sock: socket.socket, key: str, into: Callable[[int, int, int], memoryview],
+          sink: Callable[[int, memoryview], None] | None = None) -> tuple[int, bool]:
+    """Fetch ``key`` as ``GETRANGE`` slices: each is received into ``into(size, start, stop)``
+    and, once whole, handed to ``sink(start, view)``. Returns the value's size (0 for a missing
+    key) and whether every slice came whole (False: the key changed or vanished mid-read).
 
     ``STRLEN`` and the first :data:`WINDOW` ``GETRANGE`` requests leave in one write, before the
     length is known (each asks for a whole :data:`CHUNK`; Redis cuts a range at the value's end
@@ -135,7 +138,6 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
     sock.sendall(encode("STRLEN", key) + b"".join(encode("GETRANGE", key, s, e - 1) for s, e in first))
     size = _integer(sock)
     slices = list(_slices(size))
-    view = receive_buffer(size).data if size else memoryview(b"")  # a memoryview of the buffer
     whole = True
     for i in range(max(len(slices), WINDOW)):
         if i >= 1 and i + WINDOW - 1 < len(slices):  # keep WINDOW requests in flight
@@ -143,13 +145,46 @@ def read_value(sock: socket.socket, key: str) -> memoryview | None:
             sock.sendall(encode("GETRANGE", key, s, e - 1))
         if i < len(slices):
             start, stop = slices[i]
-            whole = _bulk_into(sock, view[start:stop]) and whole
+            view = into(size, start, stop)
+            ok = _bulk_into(sock, view)
+            if ok and whole and sink is not None:
+                sink(start, view)
+            whole = ok and whole
         else:  # a first request past the value's end: an empty reply
             whole = _bulk_into(sock, memoryview(b"")) and whole
+    return size, whole
+
+
+def _exists(sock: socket.socket, key: str) -> bool:
+    sock.sendall(encode("EXISTS", key))
+    return bool(_integer(sock))
+
+
+def read_value(sock: socket.socket, key: str) -> memoryview | None:
+    """The value of ``key`` (one buffer), or None when the key is missing or vanishes mid-read."""
+    buffer: list[memoryview] = []
+
+    def into(size: int, start: int, stop: int) -> memoryview:
+        if not buffer:
+            buffer.append(receive_buffer(size).data)  # a memoryview of the buffer
+        return buffer[0][start:stop]
+
+    size, whole = _read(sock, key, into)
     if size == 0:  # a missing key, or an empty value
-        sock.sendall(encode("EXISTS", key))
-        return memoryview(b"") if _integer(sock) and whole else None
-    return view if whole else None
+        return memoryview(b"") if _exists(sock, key) and whole else None
+    return buffer[0] if whole else None
+
+
+def read_slices(sock: socket.socket, key: str, sink: Callable[[int, memoryview], None],
+                scratch: memoryview) -> int | None:
+    """Hand the value of ``key`` to ``sink(offset, view)`` a slice at a time, each received into
+    ``scratch`` (at least :data:`CHUNK` bytes; ``view`` is overwritten by the next slice): no
+    buffer of the value's size. Returns the value's size, or None when the key is missing or
+    vanishes mid-read (``sink`` may have seen its first slices then)."""
+    size, whole = _read(sock, key, lambda size, start, stop: scratch[: stop - start], sink)
+    if size == 0:
+        return 0 if _exists(sock, key) and whole else None
+    return size if whole else None
 
 
 def write_value(sock: socket.socket, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
@@ -293,6 +328,12 @@ class BulkReader:
     def get(self, key: str) -> memoryview | None:
         """The value of ``key``, or None when it is missing."""
         return self._use(self._idle, self.reconnect, lambda sock: read_value(sock, key))
+
+    def get_slices(self, key: str, sink: Callable[[int, memoryview], None]) -> int | None:
+        """Hand the value of ``key`` to ``sink`` a slice at a time (:func:`read_slices`, through a
+        scratch of :data:`CHUNK` bytes); its size, or None when it is missing."""
+        scratch = receive_buffer(CHUNK).data
+        return self._use(self._idle, self.reconnect, lambda sock: read_slices(sock, key, sink, scratch))
 
     def put(self, key: str, size: int, parts: Iterable[bytes | memoryview]) -> None:
         """Store ``size`` bytes under ``key`` as ``parts`` yields them (:func:`write_value`).

@@ -22,9 +22,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 from proxystore.connectors.file import FileConnector
@@ -32,7 +32,7 @@ from proxystore.connectors.redis import RedisConnector, RedisKey
 
 from flight_parsl.core.errors import TransferError
 from flight_parsl.core.stopping import deferred
-from flight_parsl.core.weights import FlatWeights, Layout, header
+from flight_parsl.core.weights import FlatWeights, Layout, PayloadSlices, header
 from flight_parsl.transfer.base import Resolved
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from proxystore.store.factory import StoreFactory
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FETCH_LOCK = threading.Lock()  # one resolve at a time per process, as the store's own lock does
 
@@ -302,6 +303,12 @@ class TimedRedisConnector(RedisConnector):
         """The value of ``key`` (a view of one buffer), or None when it is missing."""
         return self._reader.get(key.redis_key)
 
+    def get_slices(self, key: Any, sink: Callable[[int, memoryview], None]) -> int | None:
+        """Hand the value of ``key`` to ``sink(offset, view)`` a slice at a time, with no buffer of
+        its size (:meth:`~flight_parsl.transfer.bulk.BulkReader.get_slices`); its size, or None
+        when it is missing."""
+        return self._reader.get_slices(key.redis_key, sink)
+
     def close(self, clear: bool | None = None) -> None:
         """Close the sockets (``clear``: as ProxyStore's, flush the whole database first)."""
         self._reader.close()
@@ -482,6 +489,19 @@ class ProxyRef:
         return ProxyRef(proxy, nbytes, self.round), t1 - t0, time.perf_counter() - t1
 
 
+class PartFold(Protocol):
+    """What :meth:`ProxyTransfer.collect_fold` folds into (:class:`~flight_parsl.fl.aggregate.WeightedMean`)."""
+
+    def expect(self, layout: Layout, weight: float) -> None:
+        """Raise ValueError unless a result of ``layout`` and ``weight`` fits."""
+
+    def add_part(self, start: int, values: np.ndarray, weight: float) -> None:
+        """Fold the elements ``start`` on of a result."""
+
+    def added(self, weight: float) -> None:
+        """Count a result whose every element was folded."""
+
+
 class ProxyTransfer:
     """Coordinator side of a ProxyStore channel.
 
@@ -582,17 +602,56 @@ class ProxyTransfer:
     def read(self, ref: ProxyRef) -> FlatWeights:
         """``ref``'s weights from the store, without adopting its key (what :meth:`collect`
         does after the adopt; a store per site reads ahead with it in a thread a site)."""
-        key = ref.key
+        data = self._reading(ref, self.store.connector.get)
+        if data is None:
+            raise TransferError(f"result key {ref.key} of round {ref.round + 1} is missing from the {self.kind} store")
+        return FlatWeights.from_bytes(data)
+
+    def _reading(self, ref: ProxyRef, read: Callable[[Any], T], passing: tuple[type[Exception], ...] = ()) -> T:
+        """``read(ref.key)``; the store's failure as a TransferError naming the store, key and round
+        (an exception of a ``passing`` type as it is)."""
         try:
-            data = self.store.connector.get(key)
+            return read(ref.key)
+        except passing:
+            raise
         except Exception as exc:
             raise TransferError(
-                f"{self.kind} store at {self.where} failed reading key {key} of round {ref.round + 1}: "
+                f"{self.kind} store at {self.where} failed reading key {ref.key} of round {ref.round + 1}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        if data is None:
-            raise TransferError(f"result key {key} of round {ref.round + 1} is missing from the {self.kind} store")
-        return FlatWeights.from_bytes(data)
+
+    def collect_fold(self, ref: ProxyRef, into: PartFold, weight: float) -> float:
+        """:meth:`collect` ``ref`` and fold it into ``into`` with ``weight``, a slice at a time as
+        it is read where the store reads in slices (Redis): each slice is folded while the next
+        is on its way, and no buffer of the model's size is made (a fresh one costs its page
+        faults in every round). Otherwise :meth:`collect`, then one fold. Returns the seconds
+        spent folding; the rest of the call is the read. A read that fails midway raises
+        :class:`TransferError` with part of the result folded in: the run stops on it."""
+        self.adopt(ref)
+        get_slices = getattr(self.store.connector, "get_slices", None)
+        if get_slices is None:
+            weights = self.read(ref)
+            t0 = time.perf_counter()
+            into.expect(weights.layout, weight)
+            into.add_part(0, weights.buffer, weight)
+            into.added(weight)
+            return time.perf_counter() - t0
+        fold_s = 0.0
+
+        def fold(start: int, values: np.ndarray) -> None:
+            nonlocal fold_s
+            t0 = time.perf_counter()
+            into.add_part(start, values, weight)
+            fold_s += time.perf_counter() - t0
+
+        payload = PayloadSlices(lambda layout: into.expect(layout, weight), fold)
+        # a result that does not fit (its layout, its length) raises as a fold does: ValueError, TypeError
+        size = self._reading(ref, lambda key: get_slices(key, payload), (ValueError, TypeError))
+        if size is None:
+            raise TransferError(f"result key {ref.key} of round {ref.round + 1} is missing from the {self.kind} store")
+        payload.done()
+        into.added(weight)
+        return fold_s
 
     def discard(self, ref: ProxyRef) -> None:
         try:
