@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
@@ -439,18 +440,24 @@ class ProxyRef:
         else:  # the store writes the buffer as it is: no joined copy
             parts = weights.to_parts()
         t1 = time.perf_counter()
-        try:
+        with self._storing():
             if put_parts is None:
                 proxy, nbytes = store.proxy(data, populate_target=False), len(data)
             else:
                 key = put_parts(parts, recycle=recycle)
                 proxy, nbytes = store.proxy_from_key(key), sum(len(p) for p in parts)
+        return ProxyRef(proxy, nbytes, self.round), t1 - t0, time.perf_counter() - t1
+
+    @contextmanager
+    def _storing(self) -> Iterator[None]:
+        """A failure to store this task's result, as one TransferError naming the round and store."""
+        try:
+            yield
         except Exception as exc:
             raise TransferError(
                 f"cannot store the result of round {self.round + 1} in {store_location(self.proxy)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        return ProxyRef(proxy, nbytes, self.round), t1 - t0, time.perf_counter() - t1
 
     def streams(self) -> bool:
         """Whether :meth:`reply_stream` can send a result as it is made (a Redis store)."""
@@ -478,14 +485,9 @@ class ProxyRef:
             for piece in slices:
                 yield np.ascontiguousarray(piece).data.cast("B")
 
-        try:
+        with self._storing():
             key = store.connector.put_stream(nbytes, parts())
             proxy: Any = store.proxy_from_key(key)
-        except Exception as exc:
-            raise TransferError(
-                f"cannot store the result of round {self.round + 1} in {store_location(self.proxy)}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
         return ProxyRef(proxy, nbytes, self.round), t1 - t0, time.perf_counter() - t1
 
 
