@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
