@@ -106,7 +106,7 @@ def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_
     a blob in neither is one message asking for --resume."""
     from dataclasses import replace
 
-    from flight_parsl.engine.sync import _ClientBook
+    from flight_parsl.engine.sync import NO_CHECKPOINT, _ClientBook
     from flight_parsl.fl.membership import Membership
     from flight_parsl.transfer.persite import SiteState, site_mirrors
     from flight_parsl.transfer.state import DirState, MirroredState, VersionBook
@@ -166,6 +166,9 @@ def test_the_checkpoint_reads_the_sites_mirrors_and_asks_their_stores_only_what_
                                             r"stopped lost it and its mirror does not hold it; continue from the last "
                                             r"checkpoint with --resume$"):
             state.restorable(book.accepted_keys())
+        with pytest.raises(Exception, match=r"does not hold it; the run keeps no checkpoint to resume from "
+                                            r"\(round\.checkpoint=false\): start it again$"):
+            clients.from_mirrors(NO_CHECKPOINT)  # the sync loop's, when the run keeps no checkpoint
         assert site_b.get(4, "1.0") is None  # a task finds nothing, as before the mirror
         with pytest.raises(Exception, match=r"state 1\.0 of client 4 is missing from the store \(site site-b's store"):
             book.snapshot()
@@ -280,6 +283,30 @@ def test_a_restore_is_a_row_of_faults_csv_even_when_nothing_was_injected(make_co
     assert rows[0]["detail"].startswith("2 accepted blobs of site site-b")
 
 
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_every_round_looks_up_lost_client_state_with_or_without_checkpoints(make_config, tmp_path, monkeypatch,
+                                                                             checkpoint) -> None:
+    """``round.checkpoint=false`` too: each round's end asks the sites' stores what they lost, so a
+    restore is recorded and a blob lost from a store and its mirror stops the run (its message then
+    says there is no checkpoint), instead of a task starting its client afresh."""
+    from conftest import run_quietly
+
+    from flight_parsl.engine import sync
+
+    hints: list[str] = []
+    real = sync._ClientBook.from_mirrors
+
+    def spy(self, hint=sync.RESUME_HINT):
+        hints.append(hint)
+        return real(self, hint)
+
+    monkeypatch.setattr(sync._ClientBook, "from_mirrors", spy)
+    run_quietly(make_config, *STATE, f"round.checkpoint={str(checkpoint).lower()}", workers=4, rounds=3,
+                out=str(tmp_path / "run"))
+    assert hints == [sync.RESUME_HINT if checkpoint else sync.NO_CHECKPOINT] * 3
+    assert (tmp_path / "run" / "checkpoint.pkl").exists() == checkpoint
+
+
 def _leftovers() -> list[str]:
     pid = os.getpid()
     ns = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout
@@ -369,7 +396,7 @@ def test_client_state_stays_at_its_site_comes_back_from_its_mirror_and_resumes(m
     lookups: list[dict] = []
     from_mirrors = sync._ClientBook.from_mirrors
 
-    def stop_again_at_round_3(self):  # site-b's server SIGKILLed again, and client 5's blob gone from the mirror
+    def stop_again_at_round_3(self, *hint):  # site-b's server SIGKILLed again, and client 5's blob gone from the mirror
         if len(lookups) == 2:
             injectors[-1].stop_redis("site-b")
             deadline = time.time() + 30
@@ -377,7 +404,7 @@ def test_client_state_stays_at_its_site_comes_back_from_its_mirror_and_resumes(m
                 assert time.time() < deadline, "site-b's server did not come back"
                 time.sleep(0.05)
             (run / "site_state" / "site-b" / f"5@{self.versions.accepted[5]}.bin").unlink()
-        lookups.append(from_mirrors(self))
+        lookups.append(from_mirrors(self, *hint))
         return lookups[-1]
 
     monkeypatch.setattr(FaultInjector, "start_run", keep_injector)

@@ -66,12 +66,16 @@ from flight_parsl.fl.protocols import as_sync
 from flight_parsl.topology.tree import Topology, hierarchical_bytes, two_tier_bytes
 from flight_parsl.transfer.base import Ref
 from flight_parsl.transfer.codecs import encode, make_codec, unpack
+from flight_parsl.transfer.persite import RESUME_HINT
 from flight_parsl.transfer.state import AggregatorFeedback, ClientState, VersionBook, aggregator_key
 from flight_parsl.worker.tasks import COORDINATOR, aggregate_task, relay_task, train_task
 
 ROOT = COORDINATOR  # the node name train tasks report to at the root
 
 log = logging.getLogger(__name__)
+
+#: The end of the message of client state lost from a site's store and mirror, without checkpoints.
+NO_CHECKPOINT = "the run keeps no checkpoint to resume from (round.checkpoint=false): start it again"
 
 
 @dataclass
@@ -651,14 +655,14 @@ class _ClientBook:
     aggregators: AggregatorResiduals | None = None
     lost: set[tuple[int, str | None]] = field(default_factory=set)  # lost keys the last checkpoint found
 
-    def from_mirrors(self) -> dict[str, list[tuple[int, str | None]]]:
+    def from_mirrors(self, hint: str = RESUME_HINT) -> dict[str, list[tuple[int, str | None]]]:
         """With a store per site (:class:`~flight_parsl.transfer.persite.SiteState`): the accepted
         keys each site's server lost since the last checkpoint looked (a server stopped and restarted
         empty), all held by the site's mirror, whose tasks read them there and put them back. One
         pipelined lookup of key names a site; nothing without a store per site.
 
         Raises:
-            TransferError: a lost key is in no mirror either (the message asks for ``--resume``).
+            TransferError: a lost key is in no mirror either (the message ends with ``hint``).
         """
         store = self.versions.store if self.versions is not None else None
         restorable = getattr(store, "restorable", None)
@@ -667,7 +671,7 @@ class _ClientBook:
         keys: list[tuple[int, str]] = self.versions.accepted_keys() if self.versions is not None else []
         if self.aggregators is not None:
             keys += self.aggregators.accepted_keys()
-        found: dict[str, list[tuple[int, str | None]]] = restorable(keys)
+        found: dict[str, list[tuple[int, str | None]]] = restorable(keys, hint)
         new = {site: [k for k in lost if k not in self.lost] for site, lost in found.items()}
         self.lost = {k for lost in found.values() for k in lost}  # a blob not read back yet is counted once
         return {site: lost for site, lost in new.items() if lost}
@@ -836,9 +840,11 @@ def run_sync(ctx: RunContext) -> LoopResult:
                 + (f" (first: {first_msg})" if first_msg else "")
                 + f"; finished rounds are in {recorder.dir}"
             )
+        # a store per site: what a restarted server lost, every round (without checkpoints too: a
+        # blob lost from a store and its mirror stops the run, never starts its client afresh)
+        for label, keys in book.from_mirrors(RESUME_HINT if cfg.round.checkpoint else NO_CHECKPOINT).items():
+            _restored(ctx, label, keys)
         if cfg.round.checkpoint:
-            for label, keys in book.from_mirrors().items():  # a store per site: what a restarted server lost
-                _restored(ctx, label, keys)
             point = checkpoint.Checkpoint(r + 1, weights, rng.bit_generator.state, slowest, tied_to, book.state())
             with deferred():  # written and renamed whole: a stop signal waits for the rename
                 checkpoint.save(recorder.dir, point)

@@ -43,6 +43,8 @@ from flight_parsl.core.errors import TransferError
 
 #: The folder of the run directory where each site's tasks mirror its clients' state.
 MIRROR_DIR = "site_state"
+#: What a run that lost client state from a site's store and its mirror can do, with checkpoints.
+RESUME_HINT = "continue from the last checkpoint with --resume"
 from flight_parsl.core.weights import FlatWeights
 from flight_parsl.transfer.base import Resolved
 from flight_parsl.transfer.proxy import ProxyRef, ProxyTransfer, store_of
@@ -289,7 +291,7 @@ class SiteState:
                 out += missing(wanted)
         return out
 
-    def restorable(self, keys: Any) -> dict[str, list[tuple[int, str | None]]]:
+    def restorable(self, keys: Any, hint: str = RESUME_HINT) -> dict[str, list[tuple[int, str | None]]]:
         """Which of ``keys`` ((key, version) pairs) each site's server lost (:meth:`lost`), by site,
         every one of them held by the site's mirror: the site's tasks read them there and put them
         back (:class:`~flight_parsl.transfer.state.MirroredState`), so the run goes on. Only key
@@ -297,7 +299,8 @@ class SiteState:
 
         Raises:
             TransferError: a lost key the site's mirror does not hold either (or a site without
-                a mirror lost it): the run cannot go on from its state; ``--resume`` can.
+                a mirror lost it): the run cannot go on from its state; the message ends with
+                ``hint`` (``--resume`` can, from the last checkpoint).
         """
         out: dict[str, list[tuple[int, str | None]]] = {}
         for key, version in self.lost(keys):
@@ -308,7 +311,7 @@ class SiteState:
                     f"the accepted state {version} of {self.describe(key)} is missing from the store "
                     f"({self.where(key)}): a Redis that was stopped lost it"
                     + (" and its mirror does not hold it" if mirror is not None else "")
-                    + "; continue from the last checkpoint with --resume")
+                    + f"; {hint}")
             out.setdefault(site, []).append((key, version))
         return out
 
