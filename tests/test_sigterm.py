@@ -203,3 +203,35 @@ def test_a_hung_clean_up_writes_every_threads_stack_and_sigusr1_does_at_any_time
     assert "Current thread" in first and '"<string>", line 9' in first, err  # at the os.kill of SIGUSR1
     assert "Timeout (0:00:00.500000)!" in after and "stuck_clean_up" in after, err
     assert proc.returncode == -signal.SIGKILL  # still stuck: the report does not end the process
+
+
+def test_a_teardown_after_a_stop_releases_a_logging_lock_the_signal_left_held() -> None:
+    """The rare hang behind this file's SIGTERM test (about 1 run in 100; the stacks of one): the
+    signal was raised between a logging handler's acquire and its try in the main thread, and
+    Parsl's threads, logging to that handler, waited for its lock while the executor's shutdown
+    joined them. A run's teardown after a stop signal releases the lock first."""
+    import io
+    import logging
+    import threading
+
+    from flight_parsl.core.stopping import TeardownStack
+
+    log = logging.getLogger("flight_parsl.tests.leaked_lock")
+    handler = logging.StreamHandler(io.StringIO())
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    try:
+        handler.acquire()  # where Handler.handle was when the signal raised: held, never released
+        thread = threading.Thread(target=log.debug, args=("from one of Parsl's threads",), daemon=True)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive()  # it waits for the lock
+        with pytest.raises(Terminated):
+            with TeardownStack() as stack:
+                stack.callback(thread.join, 10)  # the executor's shutdown joins its threads
+                raise Terminated(signal.SIGTERM)
+        assert not thread.is_alive()
+        assert handler.stream.getvalue() == "from one of Parsl's threads\n"
+    finally:
+        log.removeHandler(handler)

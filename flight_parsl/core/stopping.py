@@ -15,6 +15,7 @@ seconds. A stop whose exception Python dropped (raised inside a weakref callback
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -84,12 +85,38 @@ def deferred() -> Iterator[None]:
         raise exception_for(signum)
 
 
+def release_logging_locks() -> int:
+    """Release every logging lock this thread holds; returns how many acquisitions it released.
+
+    Python 3.11's logging takes a handler's lock with ``acquire()`` just before its ``try``; a
+    stop signal raised between the two leaves the lock held by the main thread, and every other
+    thread that logs to that handler (Parsl's, whose log is at DEBUG) then waits for it forever:
+    the executor's shutdown, which joins them, hangs. Called where no logging call of this thread
+    is under way (a run's teardown), so any lock it holds then is such a leftover."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = {id(h): h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers}
+    locks = [getattr(logging, "_lock", None), *(h.lock for h in handlers.values())]
+    released = 0
+    for lock in locks:
+        owned = getattr(lock, "_is_owned", None)  # an RLock's
+        while owned is not None and owned():
+            lock.release()  # type: ignore[union-attr]
+            released += 1
+    return released
+
+
 class TeardownStack(ExitStack):
     """An ExitStack whose unwinding (the clean-up of everything a run opened) is not cut short
-    by a stop signal: one that arrives meanwhile is raised once every callback has run."""
+    by a stop signal: one that arrives meanwhile is raised once every callback has run. Unwound
+    after a stop signal, it first releases the logging locks that signal may have left held
+    (:func:`release_logging_locks`), so that the threads the clean-up joins can log."""
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            released = release_logging_locks()
+            if released:
+                logging.getLogger(__name__).debug("released %d logging lock(s) a stop signal left held", released)
         with deferred():
             return bool(super().__exit__(exc_type, exc, tb))
