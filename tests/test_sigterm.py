@@ -206,7 +206,7 @@ def test_a_hung_clean_up_writes_every_threads_stack_and_sigusr1_does_at_any_time
 
 
 def test_a_teardown_after_a_stop_releases_a_logging_lock_the_signal_left_held() -> None:
-    """The rare hang behind this file's SIGTERM test (about 1 run in 100; the stacks of one): the
+    """The rare hang behind this file's SIGTERM test (3 in about 150 stops; the stacks of two): the
     signal was raised between a logging handler's acquire and its try in the main thread, and
     Parsl's threads, logging to that handler, waited for its lock while the executor's shutdown
     joined them. A run's teardown after a stop signal releases the lock first."""
