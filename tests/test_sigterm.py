@@ -84,8 +84,11 @@ def describe(processes: dict[int, psutil.Process]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("transfer", ["redis", "file"])
-def test_sigterm_stops_the_run_like_ctrl_c_and_leaves_nothing_running(transfer, tmp_path) -> None:
+@pytest.mark.parametrize(("transfer", "to"), [("redis", "run"), ("file", "run"), ("file", "group")])
+def test_sigterm_stops_the_run_like_ctrl_c_and_leaves_nothing_running(transfer, to, tmp_path) -> None:
+    """``to="group"``: Ctrl-C in a terminal, SIGINT to the run's whole process group, the HTEX
+    interchange included (as ``scancel`` signals every process of a job step): the clean-up must
+    not wait for the interchange, which is gone."""
     if transfer == "redis":
         require_redis_server()
     out = tmp_path / "run"
@@ -97,7 +100,8 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_leaves_nothing_running(transfer, 
     ]  # fmt: skip
     # Output goes to files, not pipes: a leaked grandchild holding a pipe would hang the test.
     with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=dict(os.environ))
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=dict(os.environ),
+                                start_new_session=to == "group")
     try:
         before = wait_for_rounds(out / "rounds.csv", proc, 1)
         processes = run_processes(proc.pid, str(out))
@@ -107,25 +111,33 @@ def test_sigterm_stops_the_run_like_ctrl_c_and_leaves_nothing_running(transfer, 
             assert "redis-server" in started, started
         else:
             assert len(list(file_dir.glob("flight_parsl-*"))) == 1
-        proc.send_signal(signal.SIGTERM)
+        if to == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         try:
             status = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:  # the run wrote every thread's stack STOP_REPORT_S after the signal
-            pytest.fail("the run did not exit within 60 s of SIGTERM; its stderr:\n"
+            pytest.fail("the run did not exit within 60 s of the stop signal; its stderr:\n"
                         + (tmp_path / "stderr").read_text()[-30000:])
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
-    assert status == 143
     err = (tmp_path / "stderr").read_text()
-    assert [line for line in err.splitlines() if line.strip()] == [
-        "terminated by SIGTERM; stopped the run, finished rows are in the run directory"
-    ], err
+    lines = [line for line in err.splitlines() if line.strip()]
     summary = read_summary(out)
     assert summary["status"] == "interrupted"
-    assert summary["error"] == "terminated by SIGTERM"
+    if to == "group":  # before the run's one line, the interchange's own KeyboardInterrupt traceback
+        assert status == 130
+        assert lines[-1] == "interrupted; finished rows are in the run directory", err
+        assert not any("flight_parsl" in line for line in lines[:-1]), err
+        assert summary["error"] == "interrupted by the user"
+    else:
+        assert status == 143
+        assert lines == ["terminated by SIGTERM; stopped the run, finished rows are in the run directory"], err
+        assert summary["error"] == "terminated by SIGTERM"
     rounds = read_csv(out / "rounds.csv")
     assert len(rounds) >= before
     assert [int(r["round"]) for r in rounds] == list(range(1, len(rounds) + 1))

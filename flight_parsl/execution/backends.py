@@ -252,9 +252,19 @@ def start_blocks_now(dfk: Any) -> None:
 
 def close_dfk(dfk: Any) -> None:
     """Clean a DataFlowKernel up and forget it; a failing cleanup is logged, never raised
-    (it must not hide the error that ended the run)."""
+    (it must not hide the error that ended the run).
+
+    Parsl's clean-up scales every block in, and first asks the interchange for its managers, to
+    cancel idle blocks first, waiting for the answer without a timeout. Ctrl-C in a terminal, or a
+    ``scancel``, signals the interchange together with the run (they share a process group), so it
+    may be gone by then and the clean-up would wait for ever (tests/test_sigterm.py). The order does
+    not matter when every block goes: the executors' query answers ``[]`` here, and the scale-in
+    cancels every block through the provider without asking the interchange."""
     import parsl
 
+    for executor in getattr(dfk, "executors", {}).values():
+        if hasattr(executor, "connected_managers"):
+            executor.connected_managers = list
     try:
         dfk.cleanup()
     except Exception:
